@@ -1,0 +1,864 @@
+//! The agent API: every request the (untrusted) host may send to the in-guest
+//! veil agent, as typed, versioned, serde-JSON structures.
+//!
+//! The wire form of one request is an [`AgentMessage`]:
+//!
+//! ```json
+//! {"api_version": 1, "kind": "exec_process", "request": {"container_id": "c1", ...}}
+//! ```
+//!
+//! The same JSON, with bulk payloads replaced by their length (see
+//! [`AgentRequest::policy_view`]), is what the workload policy (Rego) sees as
+//! `input.request`. Keep this crate small: it is linked into the agent.
+//!
+//! Not in this crate: the transport (vsock framing), the policy itself
+//! (`veil-policy`), and the agent's behaviour.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+/// The agent API version this crate speaks.
+pub const API_VERSION: u32 = 1;
+
+/// Largest accepted serialized message (JSON), in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest payload (stdin chunk, file chunk, config value) in one request, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+/// Largest number of argv / env entries / mounts in one process or container.
+pub const MAX_LIST_ITEMS: usize = 4096;
+/// Largest single string (argument, environment entry, path) in bytes.
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
+/// Largest identifier (container id, exec id, sandbox id) in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Errors decoding or validating an agent message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiError {
+    #[error("agent message is {actual} bytes, larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize, actual: usize },
+    #[error("agent message is not valid JSON for this API: {0}")]
+    Json(String),
+    #[error("unsupported agent API version: expected {expected}, got {actual}")]
+    Version { expected: u32, actual: u32 },
+    #[error("unknown request kind {0:?}")]
+    UnknownKind(String),
+    #[error("invalid field {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ApiError {
+    ApiError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Bytes carried as standard base64 in JSON.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() > MAX_PAYLOAD_BYTES / 3 * 4 + 4 {
+            return Err(serde::de::Error::custom(format!(
+                "payload larger than {MAX_PAYLOAD_BYTES} bytes"
+            )));
+        }
+        B64.decode(s.as_bytes())
+            .map(Bytes)
+            .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
+    }
+}
+
+/// Secret bytes: base64 in JSON, zeroized on drop, never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretBytes(pub Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl Serialize for SecretBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let encoded = Zeroizing::new(B64.encode(self.0.as_slice()));
+        s.serialize_str(&encoded)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Zeroizing::new(String::deserialize(d)?);
+        if s.len() > MAX_PAYLOAD_BYTES / 3 * 4 + 4 {
+            return Err(serde::de::Error::custom(format!(
+                "payload larger than {MAX_PAYLOAD_BYTES} bytes"
+            )));
+        }
+        B64.decode(s.as_bytes())
+            .map(|v| SecretBytes(Zeroizing::new(v)))
+            .map_err(|_| serde::de::Error::custom("invalid base64 in secret payload"))
+    }
+}
+
+/// An image as the host names it: the reference and the manifest digest it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRef {
+    /// e.g. `registry.example/app:1.2`.
+    pub reference: String,
+    /// Manifest digest, `sha256:<64 hex>`.
+    pub digest: String,
+}
+
+/// The user a process runs as.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+/// Linux capability sets (names such as `CAP_NET_BIND_SERVICE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    #[serde(default)]
+    pub effective: Vec<String>,
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    #[serde(default)]
+    pub ambient: Vec<String>,
+}
+
+/// An OCI process: what a container's init process or an exec runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// argv, including argv\[0\].
+    pub args: Vec<String>,
+    /// `NAME=value` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory (absolute).
+    pub cwd: String,
+    #[serde(default)]
+    pub user: User,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    #[serde(default)]
+    pub terminal: bool,
+}
+
+/// An OCI mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    pub destination: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub fs_type: String,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// Create the pod sandbox (once per guest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    pub sandbox_id: String,
+    pub hostname: String,
+    #[serde(default)]
+    pub pod_name: String,
+    #[serde(default)]
+    pub pod_namespace: String,
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Kernel modules the host asks the guest to load.
+    #[serde(default)]
+    pub kernel_modules: Vec<String>,
+    /// Share one PID namespace across the sandbox's containers.
+    #[serde(default)]
+    pub sandbox_pidns: bool,
+}
+
+/// Create (but not start) a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContainerRequest {
+    pub container_id: String,
+    /// The Kubernetes container name (the policy entry it claims to be).
+    pub name: String,
+    pub image: ImageRef,
+    pub process: Process,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub read_only_rootfs: bool,
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// Device paths to expose.
+    #[serde(default)]
+    pub devices: Vec<String>,
+}
+
+/// Start a created container's init process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartContainerRequest {
+    pub container_id: String,
+}
+
+/// Remove a container (stopping it first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveContainerRequest {
+    pub container_id: String,
+    #[serde(default)]
+    pub timeout_secs: u32,
+}
+
+/// Run an additional process in a running container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProcessRequest {
+    pub container_id: String,
+    pub exec_id: String,
+    pub process: Process,
+}
+
+/// Send a signal to a container's init process (empty `exec_id`) or an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalProcessRequest {
+    pub container_id: String,
+    #[serde(default)]
+    pub exec_id: String,
+    pub signal: u32,
+}
+
+/// Which output stream to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Read a process's stdout/stderr (container logs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadStreamRequest {
+    pub container_id: String,
+    #[serde(default)]
+    pub exec_id: String,
+    pub stream: Stream,
+    #[serde(default)]
+    pub max_bytes: u32,
+}
+
+/// Write to a process's stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteStdinRequest {
+    pub container_id: String,
+    #[serde(default)]
+    pub exec_id: String,
+    pub data: Bytes,
+}
+
+/// What kind of file a copy creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    Regular,
+    Directory,
+    Symlink,
+}
+
+/// Copy a file (chunk) into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyFileRequest {
+    /// Absolute destination path in the guest.
+    pub path: String,
+    pub file_type: FileType,
+    #[serde(default)]
+    pub mode: u32,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub data: Bytes,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+}
+
+/// Resource usage of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsContainerRequest {
+    pub container_id: String,
+}
+
+/// Produce TEE evidence binding `runtime_data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetEvidenceRequest {
+    #[serde(default)]
+    pub runtime_data: Bytes,
+}
+
+/// Whether an update carries a secret or plain configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigKind {
+    Secret,
+    Config,
+}
+
+/// Replace a named secret or configuration value inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfigRequest {
+    pub kind: ConfigKind,
+    /// e.g. `db-password`.
+    pub name: String,
+    pub data: SecretBytes,
+}
+
+/// The kinds of request, as named on the wire and in the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RequestKind {
+    CreateSandbox,
+    CreateContainer,
+    StartContainer,
+    RemoveContainer,
+    ExecProcess,
+    SignalProcess,
+    ReadStream,
+    WriteStdin,
+    CopyFile,
+    StatsContainer,
+    GetEvidence,
+    UpdateConfig,
+}
+
+impl RequestKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [RequestKind; 12] = [
+        RequestKind::CreateSandbox,
+        RequestKind::CreateContainer,
+        RequestKind::StartContainer,
+        RequestKind::RemoveContainer,
+        RequestKind::ExecProcess,
+        RequestKind::SignalProcess,
+        RequestKind::ReadStream,
+        RequestKind::WriteStdin,
+        RequestKind::CopyFile,
+        RequestKind::StatsContainer,
+        RequestKind::GetEvidence,
+        RequestKind::UpdateConfig,
+    ];
+
+    /// The snake_case name used on the wire and as the policy rule prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::CreateSandbox => "create_sandbox",
+            RequestKind::CreateContainer => "create_container",
+            RequestKind::StartContainer => "start_container",
+            RequestKind::RemoveContainer => "remove_container",
+            RequestKind::ExecProcess => "exec_process",
+            RequestKind::SignalProcess => "signal_process",
+            RequestKind::ReadStream => "read_stream",
+            RequestKind::WriteStdin => "write_stdin",
+            RequestKind::CopyFile => "copy_file",
+            RequestKind::StatsContainer => "stats_container",
+            RequestKind::GetEvidence => "get_evidence",
+            RequestKind::UpdateConfig => "update_config",
+        }
+    }
+
+    /// Parse a wire name.
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| ApiError::UnknownKind(s.chars().take(64).collect()))
+    }
+}
+
+impl fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One request from the host to the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRequest {
+    CreateSandbox(CreateSandboxRequest),
+    CreateContainer(CreateContainerRequest),
+    StartContainer(StartContainerRequest),
+    RemoveContainer(RemoveContainerRequest),
+    ExecProcess(ExecProcessRequest),
+    SignalProcess(SignalProcessRequest),
+    ReadStream(ReadStreamRequest),
+    WriteStdin(WriteStdinRequest),
+    CopyFile(CopyFileRequest),
+    StatsContainer(StatsContainerRequest),
+    GetEvidence(GetEvidenceRequest),
+    UpdateConfig(UpdateConfigRequest),
+}
+
+impl AgentRequest {
+    /// The request's kind.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            AgentRequest::CreateSandbox(_) => RequestKind::CreateSandbox,
+            AgentRequest::CreateContainer(_) => RequestKind::CreateContainer,
+            AgentRequest::StartContainer(_) => RequestKind::StartContainer,
+            AgentRequest::RemoveContainer(_) => RequestKind::RemoveContainer,
+            AgentRequest::ExecProcess(_) => RequestKind::ExecProcess,
+            AgentRequest::SignalProcess(_) => RequestKind::SignalProcess,
+            AgentRequest::ReadStream(_) => RequestKind::ReadStream,
+            AgentRequest::WriteStdin(_) => RequestKind::WriteStdin,
+            AgentRequest::CopyFile(_) => RequestKind::CopyFile,
+            AgentRequest::StatsContainer(_) => RequestKind::StatsContainer,
+            AgentRequest::GetEvidence(_) => RequestKind::GetEvidence,
+            AgentRequest::UpdateConfig(_) => RequestKind::UpdateConfig,
+        }
+    }
+
+    /// The request body as full JSON (payloads base64-encoded).
+    pub fn body_json(&self) -> serde_json::Value {
+        let r = match self {
+            AgentRequest::CreateSandbox(r) => serde_json::to_value(r),
+            AgentRequest::CreateContainer(r) => serde_json::to_value(r),
+            AgentRequest::StartContainer(r) => serde_json::to_value(r),
+            AgentRequest::RemoveContainer(r) => serde_json::to_value(r),
+            AgentRequest::ExecProcess(r) => serde_json::to_value(r),
+            AgentRequest::SignalProcess(r) => serde_json::to_value(r),
+            AgentRequest::ReadStream(r) => serde_json::to_value(r),
+            AgentRequest::WriteStdin(r) => serde_json::to_value(r),
+            AgentRequest::CopyFile(r) => serde_json::to_value(r),
+            AgentRequest::StatsContainer(r) => serde_json::to_value(r),
+            AgentRequest::GetEvidence(r) => serde_json::to_value(r),
+            AgentRequest::UpdateConfig(r) => serde_json::to_value(r),
+        };
+        // Serializing these plain structs to a Value cannot fail (string keys only).
+        r.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The body as the policy sees it: the JSON of the request with every
+    /// bulk payload (`data`) replaced by `data_len`, so secrets and file
+    /// contents never enter the policy engine.
+    pub fn policy_view(&self) -> serde_json::Value {
+        let mut v = self.body_json();
+        let len = match self {
+            AgentRequest::WriteStdin(r) => Some(r.data.0.len()),
+            AgentRequest::CopyFile(r) => Some(r.data.0.len()),
+            AgentRequest::GetEvidence(r) => Some(r.runtime_data.0.len()),
+            AgentRequest::UpdateConfig(r) => Some(r.data.0.len()),
+            _ => None,
+        };
+        if let (Some(len), Some(obj)) = (len, v.as_object_mut()) {
+            obj.remove("data");
+            obj.remove("runtime_data");
+            obj.insert("data_len".into(), serde_json::Value::from(len as u64));
+        }
+        v
+    }
+
+    /// Check the request's fields against the API limits and syntax rules.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        match self {
+            AgentRequest::CreateSandbox(r) => {
+                check_id("sandbox_id", &r.sandbox_id)?;
+                check_str("hostname", &r.hostname)?;
+                check_str("pod_name", &r.pod_name)?;
+                check_str("pod_namespace", &r.pod_namespace)?;
+                check_list("dns", &r.dns)?;
+                check_list("kernel_modules", &r.kernel_modules)
+            }
+            AgentRequest::CreateContainer(r) => {
+                check_id("container_id", &r.container_id)?;
+                check_str("name", &r.name)?;
+                check_str("image.reference", &r.image.reference)?;
+                check_str("image.digest", &r.image.digest)?;
+                check_process("process", &r.process)?;
+                if r.mounts.len() > MAX_LIST_ITEMS {
+                    return Err(invalid("mounts", "too many entries"));
+                }
+                for (i, m) in r.mounts.iter().enumerate() {
+                    check_path(&format!("mounts[{i}].destination"), &m.destination)?;
+                    check_str(&format!("mounts[{i}].source"), &m.source)?;
+                    check_str(&format!("mounts[{i}].type"), &m.fs_type)?;
+                    check_list(&format!("mounts[{i}].options"), &m.options)?;
+                }
+                if r.sysctls.len() > MAX_LIST_ITEMS {
+                    return Err(invalid("sysctls", "too many entries"));
+                }
+                check_list("devices", &r.devices)
+            }
+            AgentRequest::StartContainer(r) => check_id("container_id", &r.container_id),
+            AgentRequest::RemoveContainer(r) => check_id("container_id", &r.container_id),
+            AgentRequest::ExecProcess(r) => {
+                check_id("container_id", &r.container_id)?;
+                check_id("exec_id", &r.exec_id)?;
+                check_process("process", &r.process)
+            }
+            AgentRequest::SignalProcess(r) => {
+                check_id("container_id", &r.container_id)?;
+                check_opt_id("exec_id", &r.exec_id)?;
+                if r.signal == 0 || r.signal > 64 {
+                    return Err(invalid("signal", format!("{} is not in 1..=64", r.signal)));
+                }
+                Ok(())
+            }
+            AgentRequest::ReadStream(r) => {
+                check_id("container_id", &r.container_id)?;
+                check_opt_id("exec_id", &r.exec_id)
+            }
+            AgentRequest::WriteStdin(r) => {
+                check_id("container_id", &r.container_id)?;
+                check_opt_id("exec_id", &r.exec_id)
+            }
+            AgentRequest::CopyFile(r) => {
+                check_path("path", &r.path)?;
+                if let Some(t) = &r.symlink_target {
+                    check_str("symlink_target", t)?;
+                }
+                if r.file_type == FileType::Symlink && r.symlink_target.is_none() {
+                    return Err(invalid("symlink_target", "required for a symlink"));
+                }
+                Ok(())
+            }
+            AgentRequest::StatsContainer(r) => check_id("container_id", &r.container_id),
+            AgentRequest::GetEvidence(r) => {
+                if r.runtime_data.0.len() > 64 * 1024 {
+                    return Err(invalid("runtime_data", "larger than 64 KiB"));
+                }
+                Ok(())
+            }
+            AgentRequest::UpdateConfig(r) => check_id("name", &r.name),
+        }
+    }
+}
+
+fn check_str(field: &str, s: &str) -> Result<(), ApiError> {
+    if s.len() > MAX_STRING_BYTES {
+        return Err(invalid(
+            field,
+            format!("{} bytes, limit {MAX_STRING_BYTES}", s.len()),
+        ));
+    }
+    if s.contains('\0') {
+        return Err(invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn check_list(field: &str, items: &[String]) -> Result<(), ApiError> {
+    if items.len() > MAX_LIST_ITEMS {
+        return Err(invalid(
+            field,
+            format!("{} entries, limit {MAX_LIST_ITEMS}", items.len()),
+        ));
+    }
+    for (i, s) in items.iter().enumerate() {
+        check_str(&format!("{field}[{i}]"), s)?;
+    }
+    Ok(())
+}
+
+fn check_path(field: &str, p: &str) -> Result<(), ApiError> {
+    check_str(field, p)?;
+    if !p.starts_with('/') {
+        return Err(invalid(field, format!("{p:?} is not an absolute path")));
+    }
+    Ok(())
+}
+
+/// Identifiers: 1..=128 bytes of `[A-Za-z0-9_.-]`, not starting with `.`.
+fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(invalid(
+            field,
+            format!("length {} is not in 1..={MAX_ID_BYTES}", id.len()),
+        ));
+    }
+    if id.starts_with('.')
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        return Err(invalid(
+            field,
+            format!("{id:?} may only contain A-Z a-z 0-9 _ - . and not start with ."),
+        ));
+    }
+    Ok(())
+}
+
+fn check_opt_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() {
+        Ok(())
+    } else {
+        check_id(field, id)
+    }
+}
+
+fn check_process(field: &str, p: &Process) -> Result<(), ApiError> {
+    if p.args.is_empty() {
+        return Err(invalid(format!("{field}.args"), "empty argv"));
+    }
+    check_list(&format!("{field}.args"), &p.args)?;
+    check_list(&format!("{field}.env"), &p.env)?;
+    for (i, e) in p.env.iter().enumerate() {
+        if !e.contains('=') {
+            return Err(invalid(
+                format!("{field}.env[{i}]"),
+                format!("{e:?} is not NAME=value"),
+            ));
+        }
+    }
+    check_path(&format!("{field}.cwd"), &p.cwd)?;
+    let c = &p.capabilities;
+    for (n, set) in [
+        ("bounding", &c.bounding),
+        ("effective", &c.effective),
+        ("inheritable", &c.inheritable),
+        ("permitted", &c.permitted),
+        ("ambient", &c.ambient),
+    ] {
+        check_list(&format!("{field}.capabilities.{n}"), set)?;
+    }
+    if p.user.additional_gids.len() > MAX_LIST_ITEMS {
+        return Err(invalid(format!("{field}.user.additional_gids"), "too many"));
+    }
+    Ok(())
+}
+
+/// A versioned request as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentMessage {
+    pub api_version: u32,
+    pub request: AgentRequest,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMessage {
+    api_version: u32,
+    kind: String,
+    request: serde_json::Value,
+}
+
+fn body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::Json(e.to_string()))
+}
+
+impl AgentMessage {
+    /// Wrap a request in the current API version.
+    pub fn new(request: AgentRequest) -> Self {
+        AgentMessage {
+            api_version: API_VERSION,
+            request,
+        }
+    }
+
+    /// Decode and validate a message from untrusted bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ApiError> {
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(ApiError::TooLarge {
+                limit: MAX_MESSAGE_BYTES,
+                actual: bytes.len(),
+            });
+        }
+        let raw: RawMessage =
+            serde_json::from_slice(bytes).map_err(|e| ApiError::Json(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    /// Decode and validate a message from an already-parsed JSON value.
+    pub fn from_value(v: serde_json::Value) -> Result<Self, ApiError> {
+        let raw: RawMessage = serde_json::from_value(v).map_err(|e| ApiError::Json(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawMessage) -> Result<Self, ApiError> {
+        if raw.api_version != API_VERSION {
+            return Err(ApiError::Version {
+                expected: API_VERSION,
+                actual: raw.api_version,
+            });
+        }
+        let b = raw.request;
+        let request = match RequestKind::parse(&raw.kind)? {
+            RequestKind::CreateSandbox => AgentRequest::CreateSandbox(body(b)?),
+            RequestKind::CreateContainer => AgentRequest::CreateContainer(body(b)?),
+            RequestKind::StartContainer => AgentRequest::StartContainer(body(b)?),
+            RequestKind::RemoveContainer => AgentRequest::RemoveContainer(body(b)?),
+            RequestKind::ExecProcess => AgentRequest::ExecProcess(body(b)?),
+            RequestKind::SignalProcess => AgentRequest::SignalProcess(body(b)?),
+            RequestKind::ReadStream => AgentRequest::ReadStream(body(b)?),
+            RequestKind::WriteStdin => AgentRequest::WriteStdin(body(b)?),
+            RequestKind::CopyFile => AgentRequest::CopyFile(body(b)?),
+            RequestKind::StatsContainer => AgentRequest::StatsContainer(body(b)?),
+            RequestKind::GetEvidence => AgentRequest::GetEvidence(body(b)?),
+            RequestKind::UpdateConfig => AgentRequest::UpdateConfig(body(b)?),
+        };
+        request.validate()?;
+        Ok(AgentMessage {
+            api_version: raw.api_version,
+            request,
+        })
+    }
+
+    /// The wire JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "api_version": self.api_version,
+            "kind": self.request.kind().as_str(),
+            "request": self.request.body_json(),
+        })
+    }
+
+    /// The wire JSON with payloads replaced by their length (see [`AgentRequest::policy_view`]).
+    pub fn policy_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "api_version": self.api_version,
+            "kind": self.request.kind().as_str(),
+            "request": self.request.policy_view(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exec() -> AgentMessage {
+        AgentMessage::new(AgentRequest::ExecProcess(ExecProcessRequest {
+            container_id: "c1".into(),
+            exec_id: "e1".into(),
+            process: Process {
+                args: vec!["sh".into(), "-c".into(), "id".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                ..Default::default()
+            },
+        }))
+    }
+
+    #[test]
+    fn round_trip_json() {
+        let m = exec();
+        let bytes = serde_json::to_vec(&m.to_json()).unwrap();
+        assert_eq!(AgentMessage::from_json(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_unknown_version_kind_and_fields() {
+        let mut v = exec().to_json();
+        v["api_version"] = 2.into();
+        assert_eq!(
+            AgentMessage::from_value(v).unwrap_err(),
+            ApiError::Version {
+                expected: 1,
+                actual: 2
+            }
+        );
+        let mut v = exec().to_json();
+        v["kind"] = "pull_image".into();
+        assert!(matches!(
+            AgentMessage::from_value(v),
+            Err(ApiError::UnknownKind(_))
+        ));
+        let mut v = exec().to_json();
+        v["request"]["hooks"] = serde_json::json!([]);
+        assert!(matches!(AgentMessage::from_value(v), Err(ApiError::Json(_))));
+    }
+
+    #[test]
+    fn rejects_bad_ids_and_env() {
+        let mut v = exec().to_json();
+        v["request"]["container_id"] = "../etc".into();
+        assert!(matches!(
+            AgentMessage::from_value(v),
+            Err(ApiError::Invalid { .. })
+        ));
+        let mut v = exec().to_json();
+        v["request"]["process"]["env"] = serde_json::json!(["NOEQUALS"]);
+        let e = AgentMessage::from_value(v).unwrap_err();
+        assert!(e.to_string().contains("process.env[0]"), "{e}");
+    }
+
+    #[test]
+    fn policy_view_hides_payloads() {
+        let m = AgentMessage::new(AgentRequest::UpdateConfig(UpdateConfigRequest {
+            kind: ConfigKind::Secret,
+            name: "db-password".into(),
+            data: SecretBytes(Zeroizing::new(b"hunter2".to_vec())),
+        }));
+        let v = m.policy_view();
+        assert_eq!(v["request"]["data_len"], 7);
+        assert!(!v.to_string().contains("aHVudGVyMg"));
+        assert!(!format!("{m:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn too_large_is_refused() {
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            AgentMessage::from_json(&big),
+            Err(ApiError::TooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = AgentMessage::from_json(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_json_shapes_never_panic(kind in "[a-z_]{0,20}", id in ".{0,40}", sig in any::<u32>()) {
+            let v = serde_json::json!({"api_version": 1, "kind": kind, "request": {"container_id": id, "signal": sig}});
+            let _ = AgentMessage::from_value(v);
+        }
+    }
+}

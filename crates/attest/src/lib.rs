@@ -1,0 +1,58 @@
+#![recursion_limit = "256"]
+//! Verify attestation evidence from Trusted Execution Environments and turn it
+//! into [`Claims`]: one normalized, JSON-serializable description of what runs
+//! in the TEE, whatever the hardware.
+//!
+//! This crate is pure: it does no network I/O and reads no files. Callers pass
+//! in the evidence, the certificates or collateral, the trusted roots (beyond
+//! the vendor roots pinned here) and the current time. That keeps it usable in
+//! the in-guest agent, the key broker and the offline `veil attest verify`.
+//!
+//! Not for: producing evidence (that is `veil-tee`), deciding whether a secret
+//! may be released (that is the key broker's policy).
+
+pub mod claims;
+pub mod dcap;
+pub mod error;
+pub mod expect;
+pub mod hexbytes;
+pub mod sgx;
+pub mod sim;
+pub mod snp;
+pub mod tdx;
+
+pub use claims::{Claims, Platform, Tee};
+pub use error::{Error, Refusal};
+pub use expect::Expectations;
+
+/// Upper bound on any evidence document this crate will parse.
+pub const MAX_EVIDENCE_BYTES: usize = 1 << 20;
+
+/// Everything a verification needs besides the evidence itself.
+#[derive(Default)]
+pub struct Context<'a> {
+    /// Verification time, Unix seconds (certificate and collateral validity).
+    pub now_unix: u64,
+    /// Values the evidence must carry (report data, init-data digest, …).
+    pub expectations: Expectations,
+    /// SEV-SNP certificates and options.
+    pub snp: snp::Options<'a>,
+    /// The sim root to trust; sim evidence is refused without one.
+    pub sim_root: Option<sim::SimRootKey>,
+}
+
+/// Verify `evidence` of kind `tee` and apply the context's expectations.
+pub fn verify(tee: Tee, evidence: &[u8], ctx: &Context<'_>) -> Result<Claims, Error> {
+    let claims = match tee {
+        Tee::Snp => snp::verify(evidence, &ctx.snp, ctx.now_unix)?,
+        Tee::Sim => sim::verify(evidence, ctx.sim_root.as_ref())?,
+        other => {
+            return Err(Error::refused(
+                "tee",
+                format!("verification of {other} evidence is not available in this build"),
+            ));
+        }
+    };
+    ctx.expectations.check(&claims)?;
+    Ok(claims)
+}

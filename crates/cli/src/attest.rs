@@ -1,0 +1,335 @@
+//! `veil attest …`: verify evidence offline; produce sim evidence.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use veil_attest::sim::{SimPlatformKey, SimReportBody, SimRootKey, SimTcb};
+use veil_attest::snp::{CertSource, Product, TcbVersion};
+use veil_attest::{Claims, Context, Error, Expectations, Tee};
+
+use crate::output;
+
+/// Attestation evidence: verify it offline, or produce simulated evidence.
+#[derive(Subcommand)]
+pub enum AttestCommand {
+    /// Verify evidence against pinned vendor roots and print the claims.
+    ///
+    /// Exit status: 0 verified, 1 refused (the message names the failed check
+    /// with expected and actual values), 2 malformed input.
+    Verify(VerifyArgs),
+    /// Create a sim platform key pair (private key + public root).
+    SimKeygen(SimKeygenArgs),
+    /// Produce a signed sim report for given report data, init-data digest
+    /// and measurement.
+    SimReport(SimReportArgs),
+}
+
+/// Arguments of `veil attest verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Kind of evidence: snp, sim (tdx, sgx, az-snp-vtpm, az-tdx-vtpm, tpm as supported).
+    #[arg(long)]
+    pub tee: Tee,
+    /// Evidence file (SNP: raw 1184-byte report, hex, or CoCo JSON; sim: raw or JSON).
+    #[arg(long)]
+    pub evidence: PathBuf,
+    /// Certificate file(s), DER or PEM (VCEK/VLEK; ASK/ARK are pinned in veil).
+    #[arg(long = "cert", value_name = "FILE")]
+    pub certs: Vec<PathBuf>,
+    /// Offline VCEK cache: DIR/vcek/<Product>/<hwid>/bl<N>_tee<N>_snp<N>_ucode<N>[_fmc<N>].der
+    #[arg(long, value_name = "DIR")]
+    pub cert_cache: Option<PathBuf>,
+    /// Expected report data (hex; zero-padded to the field, e.g. a 48-byte binding digest).
+    #[arg(long, value_name = "HEX")]
+    pub report_data: Option<String>,
+    /// Expected init-data digest (hex; SNP compares it with HOST_DATA).
+    #[arg(long, value_name = "HEX")]
+    pub init_data_digest: Option<String>,
+    /// Minimum TCB, e.g. `bootloader=3,tee=0,snp=8,microcode=115`.
+    #[arg(long, value_name = "NAME=SVN,...")]
+    pub min_tcb: Option<String>,
+    /// Accept a TEE launched with debugging enabled.
+    #[arg(long)]
+    pub allow_debug: bool,
+    /// SNP: accept a guest policy that allows a migration agent.
+    #[arg(long)]
+    pub allow_migration_agent: bool,
+    /// SNP: required VMPL of the report requester, or `any`.
+    #[arg(long, default_value = "0")]
+    pub vmpl: String,
+    /// sim: the trusted sim root public key (PEM). Sim evidence is refused without it.
+    #[arg(long, value_name = "FILE")]
+    pub sim_root: Option<PathBuf>,
+    /// Verification time (RFC 3339), default now.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Print the claims as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `veil attest sim-keygen`.
+#[derive(Args)]
+pub struct SimKeygenArgs {
+    /// Where to write the private platform key (PKCS#8 PEM, mode 0600).
+    #[arg(long, default_value = "sim-platform.key")]
+    pub key: PathBuf,
+    /// Where to write the public root key verifiers trust (SPKI PEM).
+    #[arg(long = "root", default_value = "sim-root.pub")]
+    pub root: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Arguments of `veil attest sim-report`.
+#[derive(Args)]
+pub struct SimReportArgs {
+    /// The sim platform private key (from `sim-keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Report data (hex, at most 64 bytes; zero-padded).
+    #[arg(long, value_name = "HEX", default_value = "")]
+    pub report_data: String,
+    /// Init-data digest recorded at launch (hex, at most 64 bytes).
+    #[arg(long, value_name = "HEX", default_value = "")]
+    pub init_data_digest: String,
+    /// Launch measurement (hex, at most 48 bytes).
+    #[arg(long, value_name = "HEX", default_value = "")]
+    pub measurement: String,
+    /// TCB SVNs, e.g. `bootloader=1,tee=0,snp=2,microcode=3`.
+    #[arg(long, value_name = "NAME=SVN,...")]
+    pub tcb: Option<String>,
+    /// Mark the simulated TEE as launched with debugging enabled.
+    #[arg(long)]
+    pub debug: bool,
+    /// Output file (JSON evidence); default stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Write the raw binary report instead of JSON.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Run an attest subcommand.
+pub fn run(cmd: AttestCommand) -> Result<ExitCode> {
+    match cmd {
+        AttestCommand::Verify(a) => verify(a),
+        AttestCommand::SimKeygen(a) => sim_keygen(a),
+        AttestCommand::SimReport(a) => sim_report(a),
+    }
+}
+
+/// Reads VCEKs from an offline cache directory.
+struct DirCache(PathBuf);
+
+impl CertSource for DirCache {
+    fn vcek(&self, product: Product, chip_id: &[u8; 64], tcb: &TcbVersion) -> Option<Vec<u8>> {
+        let rel = veil_attest::snp::certs::cache_path(product, chip_id, tcb);
+        fs::read(self.0.join(rel)).ok()
+    }
+}
+
+fn hex_arg(name: &str, v: &str) -> Result<Vec<u8>> {
+    veil_attest::hexbytes::parse_hex(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
+}
+
+fn read_limited(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
+    if meta.len() > veil_attest::MAX_EVIDENCE_BYTES as u64 {
+        bail!(
+            "{what} {} is {} bytes; the limit is {}",
+            path.display(),
+            meta.len(),
+            veil_attest::MAX_EVIDENCE_BYTES
+        );
+    }
+    fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Parse `--at` or return the current time, as Unix seconds.
+pub fn at_time(at: Option<&str>) -> Result<u64> {
+    match at {
+        Some(s) => {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("--at {s:?} is not an RFC 3339 time"))?;
+            u64::try_from(t.unix_timestamp()).context("--at is before 1970")
+        }
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)),
+    }
+}
+
+fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let evidence = read_limited(&a.evidence, "evidence")?;
+    let mut certs = Vec::new();
+    for c in &a.certs {
+        certs.push(read_limited(c, "certificate")?);
+    }
+    let mut expectations = Expectations {
+        allow_debug: a.allow_debug,
+        ..Default::default()
+    };
+    if let Some(rd) = &a.report_data {
+        expectations.report_data = Some(hex_arg("report-data", rd)?);
+    }
+    if let Some(d) = &a.init_data_digest {
+        expectations.init_data_digest = Some(hex_arg("init-data-digest", d)?);
+    }
+    if let Some(t) = &a.min_tcb {
+        expectations.min_tcb =
+            veil_attest::expect::parse_min_tcb(t).map_err(|e| anyhow::anyhow!("--min-tcb: {e}"))?;
+    }
+    let vmpl = match a.vmpl.as_str() {
+        "any" => None,
+        n => Some(n.parse::<u32>().context("--vmpl must be a number or `any`")?),
+    };
+    let sim_root = match &a.sim_root {
+        Some(p) => {
+            let pem = fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(SimRootKey::from_pem(&pem)?)
+        }
+        None => None,
+    };
+    let cache = a.cert_cache.clone().map(DirCache);
+    let ctx = Context {
+        now_unix: at_time(a.at.as_deref())?,
+        expectations,
+        snp: veil_attest::snp::Options {
+            certs,
+            cert_source: cache.as_ref().map(|c| c as &dyn CertSource),
+            vmpl,
+            allow_migration_agent: a.allow_migration_agent,
+            chain_cache: None,
+        },
+        sim_root,
+    };
+    if a.tee == Tee::Sim {
+        eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
+    }
+    match veil_attest::verify(a.tee, &evidence, &ctx) {
+        Ok(claims) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&claims)?);
+            } else {
+                print_summary(&claims);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ Error::Refused(_)) => {
+            eprintln!("veil: refused: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("veil: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn print_summary(c: &Claims) {
+    let signer = match c.tee {
+        Tee::Sim => "sim platform key (NOT hardware)".to_string(),
+        _ => format!("{} ({})", c.platform.signer.to_uppercase(), c.platform.product),
+    };
+    println!("verified: {} evidence, signed by {signer}", c.tee);
+    let tcb: Vec<String> = c.tcb.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    output::kv("measurement", &hex::encode(&c.measurement));
+    output::kv("report_data", &hex::encode(&c.report_data));
+    output::kv("init_data", &hex::encode(&c.init_data));
+    output::kv("tcb", &tcb.join(" "));
+    output::kv("debug", if c.debug { "ON" } else { "off" });
+    output::kv("chip_id", &c.platform.chip_id);
+    if !c.hardware_backed {
+        output::kv("hardware", "NO: simulated TEE");
+    }
+}
+
+fn write_new(path: &Path, bytes: &[u8], private: bool, force: bool) -> Result<()> {
+    use std::io::Write;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {} (use --force to overwrite)", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sim_keygen(a: SimKeygenArgs) -> Result<ExitCode> {
+    let key = SimPlatformKey::generate();
+    let root = key.root().to_pem()?;
+    write_new(&a.key, key.to_pem()?.as_bytes(), true, a.force)?;
+    if let Err(e) = write_new(&a.root, root.as_bytes(), false, a.force) {
+        let _ = fs::remove_file(&a.key);
+        return Err(e);
+    }
+    eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
+    println!("sim platform key: {}", a.key.display());
+    println!("sim root (trust this in verifiers): {}", a.root.display());
+    println!(
+        "platform id: {}",
+        hex::encode(key.root().platform_id())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sim_report(a: SimReportArgs) -> Result<ExitCode> {
+    let pem = zeroize::Zeroizing::new(
+        fs::read_to_string(&a.key).with_context(|| format!("reading {}", a.key.display()))?,
+    );
+    let key = SimPlatformKey::from_pem(&pem)?;
+    let mut body = SimReportBody::new(
+        &hex_arg("report-data", &a.report_data)?,
+        &hex_arg("measurement", &a.measurement)?,
+        &hex_arg("init-data-digest", &a.init_data_digest)?,
+    )?;
+    body.debug = a.debug;
+    if let Some(t) = &a.tcb {
+        let m = veil_attest::expect::parse_min_tcb(t).map_err(|e| anyhow::anyhow!("--tcb: {e}"))?;
+        let mut tcb = SimTcb::default();
+        for (k, v) in m {
+            let v = u8::try_from(v).with_context(|| format!("--tcb {k}={v}: SVN above 255"))?;
+            match k.as_str() {
+                "bootloader" => tcb.bootloader = v,
+                "tee" => tcb.tee = v,
+                "snp" => tcb.snp = v,
+                "microcode" => tcb.microcode = v,
+                other => bail!("--tcb: unknown component {other:?} (bootloader, tee, snp, microcode)"),
+            }
+        }
+        body.tcb = tcb;
+    }
+    eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
+    let out = if a.raw {
+        key.sign(&body)
+    } else {
+        let mut j = key.evidence_json(&body).into_bytes();
+        j.push(b'\n');
+        j
+    };
+    match &a.output {
+        Some(p) => output::write_atomic(p, &out)?,
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -53,9 +53,9 @@ pub fn inspect_evidence(evidence: &[u8]) -> Result<Claims> {
 
 fn claims(q: &Quote, a: Option<&Appraisal>) -> Result<Claims> {
     // The parser pairs tee_type 0 with an enclave report; this only guards that.
-    let r: &EnclaveReport = q
-        .sgx()
-        .ok_or_else(|| Error::malformed("DCAP quote", "SGX quote without an enclave report body"))?;
+    let r: &EnclaveReport = q.sgx().ok_or_else(|| {
+        Error::malformed("DCAP quote", "SGX quote without an enclave report body")
+    })?;
     let mut tcb = BTreeMap::new();
     tcb.insert("isv_svn".into(), u64::from(r.isv_svn));
     tcb.insert("config_svn".into(), u64::from(r.config_svn));
@@ -73,10 +73,16 @@ fn claims(q: &Quote, a: Option<&Appraisal>) -> Result<Claims> {
     raw.insert("isv_prod_id".into(), json!(r.isv_prod_id));
     raw.insert("isv_svn".into(), json!(r.isv_svn));
     raw.insert("attributes".into(), json!(hex::encode(r.attributes)));
-    raw.insert("misc_select".into(), json!(format!("{:08x}", r.misc_select)));
+    raw.insert(
+        "misc_select".into(),
+        json!(format!("{:08x}", r.misc_select)),
+    );
     raw.insert("config_id".into(), json!(hex::encode(r.config_id)));
     raw.insert("config_svn".into(), json!(r.config_svn));
-    raw.insert("isv_ext_prod_id".into(), json!(hex::encode(r.isv_ext_prod_id)));
+    raw.insert(
+        "isv_ext_prod_id".into(),
+        json!(hex::encode(r.isv_ext_prod_id)),
+    );
     raw.insert("isv_family_id".into(), json!(hex::encode(r.isv_family_id)));
     raw.insert("cpu_svn".into(), json!(hex::encode(r.cpu_svn)));
     raw.insert("report_data".into(), json!(hex::encode(r.report_data)));

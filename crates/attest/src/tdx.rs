@@ -81,10 +81,19 @@ fn claims(q: &Quote, a: Option<&Appraisal>, ev: Option<&DcapEvidence>) -> Result
     }
     raw.insert("mr_config_id".into(), json!(hex::encode(td.mr_config_id)));
     raw.insert("mr_owner".into(), json!(hex::encode(td.mr_owner)));
-    raw.insert("mr_owner_config".into(), json!(hex::encode(td.mr_owner_config)));
+    raw.insert(
+        "mr_owner_config".into(),
+        json!(hex::encode(td.mr_owner_config)),
+    );
     raw.insert("mr_seam".into(), json!(hex::encode(td.mr_seam)));
-    raw.insert("mr_signer_seam".into(), json!(hex::encode(td.mr_signer_seam)));
-    raw.insert("seam_attributes".into(), json!(hex::encode(td.seam_attributes)));
+    raw.insert(
+        "mr_signer_seam".into(),
+        json!(hex::encode(td.mr_signer_seam)),
+    );
+    raw.insert(
+        "seam_attributes".into(),
+        json!(hex::encode(td.seam_attributes)),
+    );
     raw.insert("td_attributes".into(), json!(hex::encode(td.td_attributes)));
     raw.insert("xfam".into(), json!(hex::encode(td.xfam)));
     raw.insert("tee_tcb_svn".into(), json!(hex::encode(td.tee_tcb_svn)));

@@ -23,8 +23,13 @@ const INSIDE: &str = "2025-07-01T00:00:00Z";
 
 #[test]
 fn quote_verifies_up_to_date_inside_window() {
-    let c = tdx::verify(&fixture("quote.bin"), &collateral(), &TcbPolicy::default(), at(INSIDE))
-        .unwrap();
+    let c = tdx::verify(
+        &fixture("quote.bin"),
+        &collateral(),
+        &TcbPolicy::default(),
+        at(INSIDE),
+    )
+    .unwrap();
     assert_eq!(c.tee, Tee::Tdx);
     assert!(c.hardware_backed);
     assert_eq!(c.platform.signer, "pck");
@@ -34,12 +39,32 @@ fn quote_verifies_up_to_date_inside_window() {
     assert_eq!(c.raw["tcb_policy"]["exception"], serde_json::Value::Null);
     assert_eq!(c.raw["quote_version"], 4);
     // MRTD is the measurement, MRCONFIGID the init-data field (48 bytes).
-    assert_eq!(hex::encode(&c.measurement), c.raw["mr_td"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(&c.measurement),
+        c.raw["mr_td"].as_str().unwrap()
+    );
     assert_eq!(c.init_data.len(), 48);
-    assert_eq!(hex::encode(&c.init_data), c.raw["mr_config_id"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(&c.init_data),
+        c.raw["mr_config_id"].as_str().unwrap()
+    );
     assert_eq!(c.report_data.len(), 64);
-    assert_eq!(c.tcb.len(), 18, "16 TEE_TCB_SVN components + qe_svn + pce_svn");
-    for k in ["rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_owner", "mr_owner_config", "mr_seam", "xfam", "td_attributes"] {
+    assert_eq!(
+        c.tcb.len(),
+        18,
+        "16 TEE_TCB_SVN components + qe_svn + pce_svn"
+    );
+    for k in [
+        "rtmr0",
+        "rtmr1",
+        "rtmr2",
+        "rtmr3",
+        "mr_owner",
+        "mr_owner_config",
+        "mr_seam",
+        "xfam",
+        "td_attributes",
+    ] {
         assert!(c.raw[k].is_string(), "{k}");
     }
     assert!(!c.debug);
@@ -75,7 +100,11 @@ fn refused_before_window() {
     )
     .unwrap_err();
     assert_eq!(e.check(), Some("dcap.collateral_not_yet_valid"), "{e}");
-    assert!(e.to_string().contains("verification time 2025-06-01T00:00:00Z"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("verification time 2025-06-01T00:00:00Z"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -99,13 +128,21 @@ fn coco_json_evidence_verifies() {
 
 #[test]
 fn noncollateral_quotes_parse_but_say_unverified() {
-    for (name, version) in [("quote-v4-noncollateral.bin", 4), ("quote-v5-noncollateral.bin", 5)] {
+    for (name, version) in [
+        ("quote-v4-noncollateral.bin", 4),
+        ("quote-v5-noncollateral.bin", 5),
+    ] {
         let c = tdx::inspect(&fixture(name)).unwrap();
         assert_eq!(c.raw["quote_version"], version, "{name}");
         assert!(!c.hardware_backed, "{name}");
         assert_eq!(c.platform.signer, "unverified");
         assert_eq!(c.raw["signature_verified"], false);
-        assert!(c.raw["verification"].as_str().unwrap().starts_with("NOT VERIFIED"));
+        assert!(
+            c.raw["verification"]
+                .as_str()
+                .unwrap()
+                .starts_with("NOT VERIFIED")
+        );
         assert_eq!(c.measurement.len(), 48);
         assert!(c.measurement.iter().any(|b| *b != 0), "{name}: MRTD is set");
         assert_eq!(c.init_data.len(), 48);
@@ -139,10 +176,19 @@ fn sgx_collateral_does_not_fit_a_tdx_quote() {
         .unwrap(),
     )
     .unwrap();
-    let e = tdx::verify(&fixture("quote.bin"), &sgx_coll, &TcbPolicy::default(), at(INSIDE))
-        .unwrap_err();
+    let e = tdx::verify(
+        &fixture("quote.bin"),
+        &sgx_coll,
+        &TcbPolicy::default(),
+        at(INSIDE),
+    )
+    .unwrap_err();
     assert_eq!(e.check(), Some("dcap.collateral_kind"));
-    assert!(e.to_string().contains("expected TCB info id TDX, got TCB info id SGX"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("expected TCB info id TDX, got TCB info id SGX"),
+        "{e}"
+    );
 }
 
 /// Offsets inside `quote.bin` (v4): the signed header+body, the signature,
@@ -173,9 +219,21 @@ fn flipped_bytes_fail_naming_the_check() {
         ("quote signature r", sig_start + 3, "dcap.quote_signature"),
         ("quote signature s", sig_start + 63, "dcap.quote_signature"),
         ("attestation key", key_start + 10, "dcap.attestation_key"),
-        ("QE report", qe_report_start + 100, "dcap.qe_report_signature"),
-        ("QE report data", qe_report_start + 330, "dcap.qe_report_signature"),
-        ("QE report signature", qe_sig_start + 20, "dcap.qe_report_signature"),
+        (
+            "QE report",
+            qe_report_start + 100,
+            "dcap.qe_report_signature",
+        ),
+        (
+            "QE report data",
+            qe_report_start + 330,
+            "dcap.qe_report_signature",
+        ),
+        (
+            "QE report signature",
+            qe_sig_start + 20,
+            "dcap.qe_report_signature",
+        ),
         ("QE auth data", auth_start + 1, "dcap.attestation_key"),
         ("PCK chain PEM", chain_start + 200, "dcap.pck_chain"),
         ("PCK chain PEM late", chain_start + 1500, "dcap.pck_chain"),
@@ -197,7 +255,10 @@ fn tampered_collateral_fails_naming_the_check() {
 
     // TCB info body altered (a status flipped): its signature no longer verifies.
     let mut j = base.clone();
-    let ti = j["tcb_info"].as_str().unwrap().replacen("UpToDate", "OutOfDate", 1);
+    let ti = j["tcb_info"]
+        .as_str()
+        .unwrap()
+        .replacen("UpToDate", "OutOfDate", 1);
     j["tcb_info"] = ti.into();
     let c = Collateral::from_json(j.to_string().as_bytes()).unwrap();
     let e = tdx::verify(&quote, &c, &TcbPolicy::default(), now).unwrap_err();
@@ -227,8 +288,13 @@ fn tampered_collateral_fails_naming_the_check() {
 fn debug_policy_and_expectations_compose() {
     // The fixture TD is not a debug TD; Expectations on top of verified
     // claims still apply (wrong report data is refused with both values).
-    let c = tdx::verify(&fixture("quote.bin"), &collateral(), &TcbPolicy::default(), at(INSIDE))
-        .unwrap();
+    let c = tdx::verify(
+        &fixture("quote.bin"),
+        &collateral(),
+        &TcbPolicy::default(),
+        at(INSIDE),
+    )
+    .unwrap();
     let exp = veil_attest::Expectations {
         report_data: Some(vec![0xAB; 48]),
         ..Default::default()
@@ -249,7 +315,11 @@ fn pcs_directory_form_verifies_like_json() {
     // issuer chains as PEM files, CRLs as DER.
     let j: serde_json::Value = serde_json::from_slice(&fixture("collateral.json")).unwrap();
     let s = |k: &str| j[k].as_str().unwrap().to_string();
-    let tcb = format!(r#"{{"tcbInfo":{},"signature":"{}"}}"#, s("tcb_info"), s("tcb_info_signature"));
+    let tcb = format!(
+        r#"{{"tcbInfo":{},"signature":"{}"}}"#,
+        s("tcb_info"),
+        s("tcb_info_signature")
+    );
     let qe = format!(
         r#"{{"enclaveIdentity":{},"signature":"{}"}}"#,
         s("qe_identity"),
@@ -259,11 +329,20 @@ fn pcs_directory_form_verifies_like_json() {
     let root_crl = hex::decode(s("root_ca_crl")).unwrap();
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("tcb_info.json", tcb.into_bytes()),
-        ("tcb_info_issuer_chain.pem", s("tcb_info_issuer_chain").into_bytes()),
+        (
+            "tcb_info_issuer_chain.pem",
+            s("tcb_info_issuer_chain").into_bytes(),
+        ),
         ("qe_identity.json", qe.into_bytes()),
-        ("qe_identity_issuer_chain.pem", s("qe_identity_issuer_chain").into_bytes()),
+        (
+            "qe_identity_issuer_chain.pem",
+            s("qe_identity_issuer_chain").into_bytes(),
+        ),
         ("pck_crl.der", pck_crl),
-        ("pck_crl_issuer_chain.pem", s("pck_crl_issuer_chain").into_bytes()),
+        (
+            "pck_crl_issuer_chain.pem",
+            s("pck_crl_issuer_chain").into_bytes(),
+        ),
         ("root_ca_crl.der", root_crl),
     ];
     let c = Collateral::from_pcs_files(files.iter().map(|(n, d)| (*n, d.as_slice()))).unwrap();
@@ -271,11 +350,14 @@ fn pcs_directory_form_verifies_like_json() {
     assert_eq!(claims.raw["tcb_status"], "UpToDate");
 
     // A missing file and an unknown file are refused by name.
-    let e = Collateral::from_pcs_files(files[1..].iter().map(|(n, d)| (*n, d.as_slice())))
-        .unwrap_err();
+    let e =
+        Collateral::from_pcs_files(files[1..].iter().map(|(n, d)| (*n, d.as_slice()))).unwrap_err();
     assert!(e.to_string().contains("missing tcb_info.json"), "{e}");
     let mut more = files.clone();
     more.push(("notes.txt", b"x".to_vec()));
     let e = Collateral::from_pcs_files(more.iter().map(|(n, d)| (*n, d.as_slice()))).unwrap_err();
-    assert!(e.to_string().contains("unexpected file \"notes.txt\""), "{e}");
+    assert!(
+        e.to_string().contains("unexpected file \"notes.txt\""),
+        "{e}"
+    );
 }

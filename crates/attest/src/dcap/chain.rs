@@ -79,10 +79,13 @@ pub fn crl_signed_by(crl: &CertificateList, issuer: &Certificate) -> bool {
 }
 
 fn revoked_in(c: &Certificate, crl: &CertificateList) -> bool {
-    crl.tbs_cert_list.revoked_certificates.as_ref().is_some_and(|list| {
-        list.iter()
-            .any(|r| r.serial_number == c.tbs_certificate.serial_number)
-    })
+    crl.tbs_cert_list
+        .revoked_certificates
+        .as_ref()
+        .is_some_and(|list| {
+            list.iter()
+                .any(|r| r.serial_number == c.tbs_certificate.serial_number)
+        })
 }
 
 /// Check `chain` (leaf first; a trailing root copy is allowed) up to the
@@ -106,7 +109,11 @@ pub fn check_chain(
                 return Err(Error::mismatch(
                     check,
                     format!("{role} ends in a root that is not the pinned Intel SGX Root CA"),
-                    format!("root {:?} (SHA-256 {})", subject_cn(root), super::INTEL_SGX_ROOT_CA_SHA256),
+                    format!(
+                        "root {:?} (SHA-256 {})",
+                        subject_cn(root),
+                        super::INTEL_SGX_ROOT_CA_SHA256
+                    ),
                     format!("root {:?}", subject_cn(last)),
                 ));
             }
@@ -114,7 +121,10 @@ pub fn check_chain(
         }
     }
     if certs.is_empty() {
-        return Err(Error::refused(check, format!("{role} has no certificate below the root")));
+        return Err(Error::refused(
+            check,
+            format!("{role} has no certificate below the root"),
+        ));
     }
     for (i, c) in certs.iter().enumerate() {
         let issuer = certs.get(i + 1).copied().unwrap_or(root);
@@ -167,7 +177,12 @@ pub fn check_chain(
 
 /// Check that `crl` is signed by the last-but-root certificate of `chain` or
 /// by the pinned root.
-pub fn check_crl(check: &'static str, what: &str, crl: &CertificateList, issuers: &[Certificate]) -> Result<()> {
+pub fn check_crl(
+    check: &'static str,
+    what: &str,
+    crl: &CertificateList,
+    issuers: &[Certificate],
+) -> Result<()> {
     let root = pinned_root();
     let ok = issuers
         .iter()

@@ -163,7 +163,9 @@ impl Collateral {
     /// Build collateral from raw PCS files given as `(file name, contents)`
     /// (the caller reads the directory). Names are those in [`PCS_FILES`];
     /// an unknown or repeated name, or a missing required file, is refused.
-    pub fn from_pcs_files<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self> {
+    pub fn from_pcs_files<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self> {
         let mut tcb_info = None;
         let mut tcb_chain = None;
         let mut qe_identity = None;
@@ -202,13 +204,12 @@ impl Collateral {
             }
         }
         let need = |v: Option<&'a [u8]>, name: &str| {
-            v.ok_or_else(|| Error::malformed(WHAT, format!("missing {name} in the collateral directory")))
+            v.ok_or_else(|| {
+                Error::malformed(WHAT, format!("missing {name} in the collateral directory"))
+            })
         };
-        let (tcb_body, tcb_sig) = split_signed_json(
-            "tcb_info.json",
-            need(tcb_info, "tcb_info.json")?,
-            "tcbInfo",
-        )?;
+        let (tcb_body, tcb_sig) =
+            split_signed_json("tcb_info.json", need(tcb_info, "tcb_info.json")?, "tcbInfo")?;
         let (qe_body, qe_sig) = split_signed_json(
             "qe_identity.json",
             need(qe_identity, "qe_identity.json")?,
@@ -261,7 +262,10 @@ impl Collateral {
             if sig.len() != 64 {
                 return Err(Error::malformed(
                     WHAT,
-                    format!("{name} must be 64 bytes (ECDSA P-256 r ‖ s), got {}", sig.len()),
+                    format!(
+                        "{name} must be 64 bytes (ECDSA P-256 r ‖ s), got {}",
+                        sig.len()
+                    ),
                 ));
             }
         }
@@ -425,8 +429,7 @@ fn json_u64(v: &serde_json::Value, doc: &str, field: &str) -> Result<u64> {
 fn json_dates(v: &serde_json::Value, item: &str) -> Result<Dated> {
     let date = |field: &str| -> Result<u64> {
         let s = json_str(v, item, field)?;
-        parse_rfc3339(&s)
-            .map_err(|e| Error::malformed(WHAT, format!("{item} {field} {s:?}: {e}")))
+        parse_rfc3339(&s).map_err(|e| Error::malformed(WHAT, format!("{item} {field} {s:?}: {e}")))
     };
     Ok(Dated {
         item: item.to_string(),
@@ -461,8 +464,9 @@ pub(crate) fn cert_dates(c: &Certificate, role: &str) -> Dated {
 
 /// Parse a PEM chain (leaf first).
 pub(crate) fn parse_chain(field: &str, pem: &str) -> Result<Vec<Certificate>> {
-    let chain = Certificate::load_pem_chain(pem.as_bytes())
-        .map_err(|e| Error::malformed(WHAT, format!("{field} is not a PEM certificate chain: {e}")))?;
+    let chain = Certificate::load_pem_chain(pem.as_bytes()).map_err(|e| {
+        Error::malformed(WHAT, format!("{field} is not a PEM certificate chain: {e}"))
+    })?;
     if chain.is_empty() || chain.len() > MAX_CHAIN_CERTS {
         return Err(Error::malformed(
             WHAT,
@@ -553,12 +557,15 @@ fn split_signed_json(name: &str, data: &[u8], key: &str) -> Result<(String, Vec<
         enclave_identity: Option<&'a RawValue>,
         signature: String,
     }
-    let s: Signed<'_> = serde_json::from_slice(data)
-        .map_err(|e| Error::malformed(WHAT, format!("{name}: {e}")))?;
+    let s: Signed<'_> =
+        serde_json::from_slice(data).map_err(|e| Error::malformed(WHAT, format!("{name}: {e}")))?;
     let body = match key {
         "tcbInfo" => s.tcb_info,
         _ => s.enclave_identity,
     }
     .ok_or_else(|| Error::malformed(WHAT, format!("{name}: missing {key:?}")))?;
-    Ok((body.get().to_string(), decode_hex(&format!("{name} signature"), &s.signature)?))
+    Ok((
+        body.get().to_string(),
+        decode_hex(&format!("{name} signature"), &s.signature)?,
+    ))
 }

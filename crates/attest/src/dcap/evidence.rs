@@ -74,7 +74,10 @@ impl DcapEvidence {
         if quote.len() > MAX_QUOTE_BYTES {
             return Err(Error::malformed(
                 "DCAP evidence",
-                format!("quote of {} bytes is more than the {MAX_QUOTE_BYTES}-byte limit", quote.len()),
+                format!(
+                    "quote of {} bytes is more than the {MAX_QUOTE_BYTES}-byte limit",
+                    quote.len()
+                ),
             ));
         }
         let cc_eventlog = j

@@ -66,7 +66,10 @@ pub fn format_time(secs: u64) -> String {
     i64::try_from(secs)
         .ok()
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("{secs} (Unix seconds)"))
 }
 
@@ -126,7 +129,10 @@ impl Appraisal {
                 "exception": self.accepted_exception.map(|s| s.as_str()),
             }),
         );
-        raw.insert("platform_tcb_status".into(), json!(self.platform_tcb_status.as_str()));
+        raw.insert(
+            "platform_tcb_status".into(),
+            json!(self.platform_tcb_status.as_str()),
+        );
         raw.insert("platform_tcb_date".into(), json!(self.platform_tcb_date));
         raw.insert("qe_tcb_status".into(), json!(self.qe_tcb_status.as_str()));
         raw.insert(
@@ -137,7 +143,10 @@ impl Appraisal {
             "collateral_expiration".into(),
             json!(format_time(self.collateral_expiration)),
         );
-        raw.insert("verification_time".into(), json!(format_time(self.verified_at)));
+        raw.insert(
+            "verification_time".into(),
+            json!(format_time(self.verified_at)),
+        );
         raw.insert("fmspc".into(), json!(hex::encode(self.fmspc)));
         raw.insert(
             "pck".into(),
@@ -147,10 +156,7 @@ impl Appraisal {
                 "pce_svn": self.pck_pce_svn,
             }),
         );
-        raw.insert(
-            "root_ca_sha256".into(),
-            json!(INTEL_SGX_ROOT_CA_SHA256),
-        );
+        raw.insert("root_ca_sha256".into(), json!(INTEL_SGX_ROOT_CA_SHA256));
     }
 }
 
@@ -171,7 +177,10 @@ pub(crate) fn header_raw_fields(q: &Quote, raw: &mut serde_json::Map<String, ser
     raw.insert("quote_version".into(), json!(q.header.version));
     raw.insert("qe_svn".into(), json!(q.header.qe_svn));
     raw.insert("pce_svn".into(), json!(q.header.pce_svn));
-    raw.insert("qe_vendor_id".into(), json!(hex::encode(q.header.qe_vendor_id)));
+    raw.insert(
+        "qe_vendor_id".into(),
+        json!(hex::encode(q.header.qe_vendor_id)),
+    );
     raw.insert("user_data".into(), json!(hex::encode(q.header.user_data)));
 }
 
@@ -182,12 +191,11 @@ pub(crate) fn parse_expecting(bytes: &[u8], tee_type: u32) -> Result<Quote> {
         return Err(Error::mismatch(
             "dcap.tee_type",
             "quote is for another TEE",
-            format!("{} quote (tee_type {tee_type:#x})", quote::tee_type_name(tee_type)),
             format!(
-                "{} quote (tee_type {:#x})",
-                q.tee_name(),
-                q.header.tee_type
+                "{} quote (tee_type {tee_type:#x})",
+                quote::tee_type_name(tee_type)
             ),
+            format!("{} quote (tee_type {:#x})", q.tee_name(), q.header.tee_type),
         ));
     }
     Ok(q)
@@ -229,7 +237,11 @@ pub(crate) fn verify_quote(
             format!("type {}", q.cert_data_type),
         ));
     }
-    let (want_tcb, want_qe) = if is_tdx { ("TDX", "TD_QE") } else { ("SGX", "QE") };
+    let (want_tcb, want_qe) = if is_tdx {
+        ("TDX", "TD_QE")
+    } else {
+        ("SGX", "QE")
+    };
     if collateral.tcb_info.id != want_tcb {
         return Err(Error::mismatch(
             "dcap.collateral_kind",
@@ -392,7 +404,10 @@ fn explain(msg: &str, q: &Quote, c: &Collateral, now: u64) -> Error {
         || has("SERVTD_EXT")
         || has("MR service TD")
     {
-        let attrs = q.td().map(|t| hex::encode(t.td_attributes)).unwrap_or_default();
+        let attrs = q
+            .td()
+            .map(|t| hex::encode(t.td_attributes))
+            .unwrap_or_default();
         return Error::refused(
             "dcap.td_attributes",
             format!("TD attributes {attrs} refused: {msg}"),
@@ -402,19 +417,34 @@ fn explain(msg: &str, q: &Quote, c: &Collateral, now: u64) -> Error {
         return diag;
     }
     if has("expired") || has("in the future") {
-        return Error::refused("dcap.collateral_expired", format!("collateral not valid at {}: {msg}", format_time(now)));
+        return Error::refused(
+            "dcap.collateral_expired",
+            format!("collateral not valid at {}: {msg}", format_time(now)),
+        );
     }
     if has("TCB info") || has("QE Identity") {
-        return Error::refused("dcap.collateral_kind", format!("collateral does not fit the quote: {msg}"));
+        return Error::refused(
+            "dcap.collateral_kind",
+            format!("collateral does not fit the quote: {msg}"),
+        );
     }
-    Error::refused("dcap.verify", format!("DCAP quote verification failed: {msg}"))
+    Error::refused(
+        "dcap.verify",
+        format!("DCAP quote verification failed: {msg}"),
+    )
 }
 
 /// Check every chain and CRL independently to name the one that fails.
 fn diagnose_chains(q: &Quote, c: &Collateral, now: u64) -> Result<()> {
     chain::check_crl("dcap.root_ca_crl", "root CA CRL", &c.root_ca_crl, &[])?;
     let root_crl = [&c.root_ca_crl];
-    chain::check_chain("dcap.tcb_info_chain", "TCB info issuer chain", &c.tcb_info_chain, &root_crl, now)?;
+    chain::check_chain(
+        "dcap.tcb_info_chain",
+        "TCB info issuer chain",
+        &c.tcb_info_chain,
+        &root_crl,
+        now,
+    )?;
     chain::check_chain(
         "dcap.qe_identity_chain",
         "QE identity issuer chain",
@@ -425,11 +455,20 @@ fn diagnose_chains(q: &Quote, c: &Collateral, now: u64) -> Result<()> {
     let pck_chain = match &c.pck_chain_override {
         Some(chain) => chain.clone(),
         None => {
-            let pem = std::str::from_utf8(&q.cert_data)
-                .map_err(|_| Error::refused("dcap.pck_chain", "PCK certificate chain in the quote is not PEM text"))?;
-            collateral::parse_chain("PCK certificate chain", pem.trim_end_matches('\0')).map_err(|e| {
-                Error::refused("dcap.pck_chain", format!("PCK certificate chain in the quote does not parse: {e}"))
-            })?
+            let pem = std::str::from_utf8(&q.cert_data).map_err(|_| {
+                Error::refused(
+                    "dcap.pck_chain",
+                    "PCK certificate chain in the quote is not PEM text",
+                )
+            })?;
+            collateral::parse_chain("PCK certificate chain", pem.trim_end_matches('\0')).map_err(
+                |e| {
+                    Error::refused(
+                        "dcap.pck_chain",
+                        format!("PCK certificate chain in the quote does not parse: {e}"),
+                    )
+                },
+            )?
         }
     };
     chain::check_chain(
@@ -439,7 +478,12 @@ fn diagnose_chains(q: &Quote, c: &Collateral, now: u64) -> Result<()> {
         &[&c.root_ca_crl, &c.pck_crl],
         now,
     )?;
-    let issuers: Vec<Certificate> = c.pck_crl_chain.iter().chain(pck_chain.iter()).cloned().collect();
+    let issuers: Vec<Certificate> = c
+        .pck_crl_chain
+        .iter()
+        .chain(pck_chain.iter())
+        .cloned()
+        .collect();
     chain::check_crl("dcap.pck_crl", "PCK CRL", &c.pck_crl, &issuers)?;
     Ok(())
 }
@@ -452,7 +496,10 @@ mod tests {
     fn pinned_root_is_intel_sgx_root_ca() {
         let root = pinned_root();
         assert_eq!(chain::subject_cn(root), "Intel SGX Root CA");
-        assert_eq!(hex::encode(Sha256::digest(INTEL_SGX_ROOT_CA_DER)), INTEL_SGX_ROOT_CA_SHA256);
+        assert_eq!(
+            hex::encode(Sha256::digest(INTEL_SGX_ROOT_CA_DER)),
+            INTEL_SGX_ROOT_CA_SHA256
+        );
         assert!(chain::signed_by(root, root), "self-signed");
     }
 

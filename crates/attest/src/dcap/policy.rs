@@ -132,7 +132,9 @@ impl TcbPolicy {
     /// are compromised and its evidence means nothing.
     pub fn accept(mut self, status: TcbStatus) -> Result<Self, String> {
         if status == TcbStatus::Revoked {
-            return Err("TCB status Revoked can never be accepted: the platform's keys are revoked".into());
+            return Err(
+                "TCB status Revoked can never be accepted: the platform's keys are revoked".into(),
+            );
         }
         self.accepted.insert(status);
         Ok(self)
@@ -193,6 +195,11 @@ mod tests {
         for s in TcbStatus::ALL {
             assert_eq!(s.as_str().parse::<TcbStatus>().unwrap(), s);
         }
-        assert!("Fine".parse::<TcbStatus>().unwrap_err().contains("known: UpToDate"));
+        assert!(
+            "Fine"
+                .parse::<TcbStatus>()
+                .unwrap_err()
+                .contains("known: UpToDate")
+        );
     }
 }

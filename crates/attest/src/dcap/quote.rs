@@ -373,8 +373,9 @@ fn arr<const N: usize>(b: &[u8], r: Range<usize>) -> [u8; N] {
 }
 
 impl Quote {
-    /// Parse a quote of version 3, 4 or 5. Trailing bytes after the signature
-    /// data are refused (they would be unauthenticated).
+    /// Parse a quote of version 3, 4 or 5. Zero padding after the signature
+    /// data is ignored; any other trailing byte is refused (it would be
+    /// unauthenticated).
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > MAX_QUOTE_BYTES {
             return Err(Error::malformed(
@@ -457,14 +458,18 @@ impl Quote {
                     other => {
                         return Err(Error::malformed(
                             WHAT,
-                            format!("v5 body type at offset 0x30 is {other}; known: 1 (SGX), 2 (TD 1.0), 3 (TD 1.5), 4 (TD 1.5 with service TDs)"),
+                            format!(
+                                "v5 body type at offset 0x30 is {other}; known: 1 (SGX), 2 (TD 1.0), 3 (TD 1.5), 4 (TD 1.5 with service TDs)"
+                            ),
                         ));
                     }
                 };
                 if body_size != want {
                     return Err(Error::malformed(
                         WHAT,
-                        format!("v5 body size at offset 0x32 is {body_size}, body type {body_type} needs {want}"),
+                        format!(
+                            "v5 body size at offset 0x32 is {body_size}, body type {body_type} needs {want}"
+                        ),
                     ));
                 }
                 if is_td != (header.tee_type == TEE_TYPE_TDX) {
@@ -495,12 +500,14 @@ impl Quote {
         let sig_len = r.u32("signature data length")? as usize;
         let sig_start = r.pos;
         let sig_data = r.take(sig_len, "signature data")?;
-        if r.pos != bytes.len() {
+        // Quote buffers are often fixed-size and zero-padded; anything else
+        // after the signature data would be unauthenticated, so refuse it.
+        if let Some(i) = bytes[r.pos..].iter().position(|b| *b != 0) {
             return Err(Error::malformed(
                 WHAT,
                 format!(
-                    "{} unexpected bytes after the signature data (which ends at offset {:#x})",
-                    bytes.len() - r.pos,
+                    "non-zero byte at offset {:#x}, after the signature data (which ends at offset {:#x})",
+                    r.pos + i,
                     r.pos
                 ),
             ));
@@ -636,6 +643,9 @@ mod tests {
         q[2] = 2;
         q[4] = 0x81;
         let e = Quote::parse(&q).unwrap_err();
-        assert!(e.to_string().contains("TD report body at offset 0x30"), "{e}");
+        assert!(
+            e.to_string().contains("TD report body at offset 0x30"),
+            "{e}"
+        );
     }
 }

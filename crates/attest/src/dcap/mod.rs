@@ -237,6 +237,9 @@ pub(crate) fn verify_quote(
             format!("type {}", q.cert_data_type),
         ));
     }
+    if collateral.pck_chain_override.is_none() {
+        pck_chain_from_quote(&q)?;
+    }
     let (want_tcb, want_qe) = if is_tdx {
         ("TDX", "TD_QE")
     } else {
@@ -434,6 +437,71 @@ fn explain(msg: &str, q: &Quote, c: &Collateral, now: u64) -> Error {
     )
 }
 
+/// The PCK chain a quote carries (certification data type 5), parsed
+/// strictly: every byte must belong to a PEM certificate (NUL padding and
+/// whitespace aside), so no part of it is silently skipped.
+fn pck_chain_from_quote(q: &Quote) -> Result<Vec<Certificate>> {
+    let pem = std::str::from_utf8(&q.cert_data).map_err(|_| {
+        Error::refused(
+            "dcap.pck_chain",
+            "PCK certificate chain in the quote is not PEM text",
+        )
+    })?;
+    let pem = pem.trim_end_matches('\0');
+    if !strict_pem_layout(pem) {
+        return Err(Error::refused(
+            "dcap.pck_chain",
+            "PCK certificate chain in the quote is not a plain sequence of PEM certificates separated by newlines",
+        ));
+    }
+    let chain = collateral::parse_chain("PCK certificate chain", pem)
+        .map_err(|e| {
+            Error::refused(
+                "dcap.pck_chain",
+                format!("PCK certificate chain in the quote does not parse: {e}"),
+            )
+        })?;
+    if !(2..=3).contains(&chain.len()) {
+        return Err(Error::mismatch(
+            "dcap.pck_chain",
+            "PCK certificate chain in the quote has an unexpected length",
+            "PCK certificate, PCK CA and optionally the root: 2 or 3 certificates",
+            format!("{} certificate(s)", chain.len()),
+        ));
+    }
+    // A root copy in the quote is not needed (the root is pinned) but must
+    // be the pinned root itself, so that no byte of the chain goes unchecked.
+    if let Some(root) = chain.get(2) {
+        let same = x509_cert::der::Encode::to_der(root)
+            .map(|d| d == INTEL_SGX_ROOT_CA_DER)
+            .unwrap_or(false);
+        if !same {
+            return Err(Error::mismatch(
+                "dcap.pck_chain",
+                "PCK certificate chain in the quote ends in a certificate that is not the pinned Intel SGX Root CA",
+                format!("Intel SGX Root CA (SHA-256 {INTEL_SGX_ROOT_CA_SHA256})"),
+                format!("{:?}", chain::subject_cn(root)),
+            ));
+        }
+    }
+    Ok(chain)
+}
+
+/// PEM certificates back to back, one newline between blocks and at most one
+/// at the end: the layout Intel's quoting library writes. Anything else in
+/// the chain text would go unauthenticated.
+fn strict_pem_layout(pem: &str) -> bool {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let body = pem.strip_suffix('\n').unwrap_or(pem);
+    body.starts_with(BEGIN)
+        && body.ends_with(END)
+        && body
+            .split(END)
+            .skip(1)
+            .all(|rest| rest.is_empty() || rest.starts_with(&format!("\n{BEGIN}")))
+}
+
 /// Check every chain and CRL independently to name the one that fails.
 fn diagnose_chains(q: &Quote, c: &Collateral, now: u64) -> Result<()> {
     chain::check_crl("dcap.root_ca_crl", "root CA CRL", &c.root_ca_crl, &[])?;
@@ -454,22 +522,7 @@ fn diagnose_chains(q: &Quote, c: &Collateral, now: u64) -> Result<()> {
     )?;
     let pck_chain = match &c.pck_chain_override {
         Some(chain) => chain.clone(),
-        None => {
-            let pem = std::str::from_utf8(&q.cert_data).map_err(|_| {
-                Error::refused(
-                    "dcap.pck_chain",
-                    "PCK certificate chain in the quote is not PEM text",
-                )
-            })?;
-            collateral::parse_chain("PCK certificate chain", pem.trim_end_matches('\0')).map_err(
-                |e| {
-                    Error::refused(
-                        "dcap.pck_chain",
-                        format!("PCK certificate chain in the quote does not parse: {e}"),
-                    )
-                },
-            )?
-        }
+        None => pck_chain_from_quote(q)?,
     };
     chain::check_chain(
         "dcap.pck_chain",

@@ -19,7 +19,12 @@ fn report_verifies_with_its_root_and_is_labelled() {
     assert_eq!(c.report_data[..48], [0x42; 48]);
     assert_eq!(c.report_data[48..], [0; 16]);
     assert_eq!(c.init_data.len(), 64);
-    assert!(c.raw["warning"].as_str().unwrap().contains("NO confidentiality"));
+    assert!(
+        c.raw["warning"]
+            .as_str()
+            .unwrap()
+            .contains("NO confidentiality")
+    );
 }
 
 #[test]
@@ -64,20 +69,33 @@ fn expectations_apply_to_sim_claims() {
     let mut b = body();
     b.debug = true;
     let ev = key.sign(&b);
-    let ctx = |exp| Context { sim_root: Some(key.root()), expectations: exp, ..Default::default() };
+    let ctx = |exp| Context {
+        sim_root: Some(key.root()),
+        expectations: exp,
+        ..Default::default()
+    };
     let e = veil_attest::verify(Tee::Sim, &ev, &ctx(Expectations::default())).unwrap_err();
     assert_eq!(e.check(), Some("debug"));
     let e = veil_attest::verify(
         Tee::Sim,
         &ev,
-        &ctx(Expectations { allow_debug: true, init_data_digest: Some(vec![0x34; 32]), ..Default::default() }),
+        &ctx(Expectations {
+            allow_debug: true,
+            init_data_digest: Some(vec![0x34; 32]),
+            ..Default::default()
+        }),
     )
     .unwrap_err();
     assert_eq!(e.check(), Some("init_data"));
     veil_attest::verify(
         Tee::Sim,
         &ev,
-        &ctx(Expectations { allow_debug: true, init_data_digest: Some(vec![0x33; 32]), report_data: Some(vec![0x42; 48]), ..Default::default() }),
+        &ctx(Expectations {
+            allow_debug: true,
+            init_data_digest: Some(vec![0x33; 32]),
+            report_data: Some(vec![0x42; 48]),
+            ..Default::default()
+        }),
     )
     .expect("matching expectations");
 }

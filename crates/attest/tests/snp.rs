@@ -45,8 +45,12 @@ fn check_of(r: Result<veil_attest::Claims, Error>) -> String {
 
 #[test]
 fn milan_vcek_report_verifies_to_pinned_ark() {
-    let c = verify(&fixture("milan-vcek-report.bin"), opts(&["milan-vcek.der"]), Expectations::default())
-        .expect("real Milan VCEK report verifies");
+    let c = verify(
+        &fixture("milan-vcek-report.bin"),
+        opts(&["milan-vcek.der"]),
+        Expectations::default(),
+    )
+    .expect("real Milan VCEK report verifies");
     assert_eq!(c.tee, Tee::Snp);
     assert!(c.hardware_backed);
     assert_eq!(c.platform.product, "Milan");
@@ -56,10 +60,15 @@ fn milan_vcek_report_verifies_to_pinned_ark() {
     assert_eq!(c.raw["version"], 2);
     assert_eq!(c.raw["chip_id_checked"], true);
     assert!(!c.debug);
-    let expected: BTreeMap<String, u64> = [("bootloader", 3), ("tee", 0), ("snp", 8), ("microcode", 115)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let expected: BTreeMap<String, u64> = [
+        ("bootloader", 3),
+        ("tee", 0),
+        ("snp", 8),
+        ("microcode", 115),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     assert_eq!(c.tcb, expected);
 }
 
@@ -67,7 +76,12 @@ fn milan_vcek_report_verifies_to_pinned_ark() {
 fn milan_vlek_report_verifies_through_asvk() {
     let mut o = opts(&["milan-vlek.der"]);
     o.vmpl = Some(1);
-    let c = verify(&fixture("milan-vlek-report.bin"), o, Expectations::default()).expect("VLEK report verifies");
+    let c = verify(
+        &fixture("milan-vlek-report.bin"),
+        o,
+        Expectations::default(),
+    )
+    .expect("VLEK report verifies");
     assert_eq!(c.platform.signer, "vlek");
     assert_eq!(c.raw["version"], 3);
     assert_eq!(c.raw["vmpl"], 1);
@@ -75,7 +89,11 @@ fn milan_vlek_report_verifies_through_asvk() {
 
 #[test]
 fn vlek_report_at_vmpl1_refused_when_vmpl0_required() {
-    let r = verify(&fixture("milan-vlek-report.bin"), opts(&["milan-vlek.der"]), Expectations::default());
+    let r = verify(
+        &fixture("milan-vlek-report.bin"),
+        opts(&["milan-vlek.der"]),
+        Expectations::default(),
+    );
     let m = check_of(r);
     assert!(m.starts_with("snp.vmpl|"), "{m}");
     assert!(m.contains("expected 0, got 1"), "{m}");
@@ -85,7 +103,11 @@ fn vlek_report_at_vmpl1_refused_when_vmpl0_required() {
 fn vlek_report_without_vlek_chain_refused() {
     let mut o = opts(&["milan-vcek.der"]);
     o.vmpl = Some(1);
-    let m = check_of(verify(&fixture("milan-vlek-report.bin"), o, Expectations::default()));
+    let m = check_of(verify(
+        &fixture("milan-vlek-report.bin"),
+        o,
+        Expectations::default(),
+    ));
     assert!(m.starts_with("snp.endorsement_key|"), "{m}");
     assert!(m.contains("VLEK") && m.contains("ASVK"), "{m}");
 }
@@ -104,7 +126,11 @@ fn milan_report_2_hex_with_chain_file_verifies() {
 #[test]
 fn invalid_vceks_are_refused() {
     for bad in ["invalid-vcek-legacy.der", "invalid-vcek-new.der"] {
-        let r = verify(&fixture("milan-vcek-report.bin"), opts(&[bad]), Expectations::default());
+        let r = verify(
+            &fixture("milan-vcek-report.bin"),
+            opts(&[bad]),
+            Expectations::default(),
+        );
         assert!(r.is_err(), "{bad} must not verify the Milan report");
     }
 }
@@ -126,7 +152,9 @@ fn pinned_roots_chain_for_every_product() {
 
 #[test]
 fn turin_vcek_chains_to_pinned_turin_roots() {
-    let vcek = certs::parse_certs(&fixture("turin-vcek.der")).unwrap().remove(0);
+    let vcek = certs::parse_certs(&fixture("turin-vcek.der"))
+        .unwrap()
+        .remove(0);
     let roots = certs::pinned(Product::Turin);
     certs::verify_issued_by(&vcek, &roots.ask, NOW).expect("Turin VCEK signed by pinned ASK");
     assert_eq!(certs::product_of(&vcek), Some(Product::Turin));
@@ -144,8 +172,15 @@ fn wrong_report_data_refused() {
         report_data: Some(vec![0xAB; 48]),
         ..Default::default()
     };
-    let m = check_of(verify(&fixture("milan-vcek-report.bin"), opts(&["milan-vcek.der"]), exp));
-    assert!(m.starts_with("report_data|report_data mismatch: expected abab"), "{m}");
+    let m = check_of(verify(
+        &fixture("milan-vcek-report.bin"),
+        opts(&["milan-vcek.der"]),
+        exp,
+    ));
+    assert!(
+        m.starts_with("report_data|report_data mismatch: expected abab"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -154,7 +189,11 @@ fn wrong_init_data_digest_refused() {
         init_data_digest: Some(vec![0x11; 32]),
         ..Default::default()
     };
-    let m = check_of(verify(&fixture("milan-vcek-report.bin"), opts(&["milan-vcek.der"]), exp));
+    let m = check_of(verify(
+        &fixture("milan-vcek-report.bin"),
+        opts(&["milan-vcek.der"]),
+        exp,
+    ));
     assert!(m.starts_with("init_data|host_data mismatch"), "{m}");
     assert!(m.contains("expected 1111"), "{m}");
 }
@@ -177,25 +216,46 @@ fn tcb_below_minimum_refused() {
         min_tcb: [("microcode".to_string(), 200)].into(),
         ..Default::default()
     };
-    let m = check_of(verify(&fixture("milan-vcek-report.bin"), opts(&["milan-vcek.der"]), exp));
-    assert!(m.starts_with("tcb|TCB component microcode below minimum: expected >= 200, got 115"), "{m}");
+    let m = check_of(verify(
+        &fixture("milan-vcek-report.bin"),
+        opts(&["milan-vcek.der"]),
+        exp,
+    ));
+    assert!(
+        m.starts_with("tcb|TCB component microcode below minimum: expected >= 200, got 115"),
+        "{m}"
+    );
 }
 
 #[test]
 fn debug_claim_refused_unless_allowed() {
     // Real reports have debug off; the debug check is the shared
     // expectation applied to the verified claims.
-    let mut c = verify(&fixture("milan-vcek-report.bin"), opts(&["milan-vcek.der"]), Expectations::default()).unwrap();
+    let mut c = verify(
+        &fixture("milan-vcek-report.bin"),
+        opts(&["milan-vcek.der"]),
+        Expectations::default(),
+    )
+    .unwrap();
     c.debug = true;
     let e = Expectations::default().check(&c).unwrap_err();
     assert_eq!(e.check(), Some("debug"));
     assert!(e.to_string().contains("expected debug off, got debug on"));
-    Expectations { allow_debug: true, ..Default::default() }.check(&c).unwrap();
+    Expectations {
+        allow_debug: true,
+        ..Default::default()
+    }
+    .check(&c)
+    .unwrap();
 }
 
 #[test]
 fn missing_vcek_is_named() {
-    let m = check_of(verify(&fixture("milan-vcek-report.bin"), opts(&[]), Expectations::default()));
+    let m = check_of(verify(
+        &fixture("milan-vcek-report.bin"),
+        opts(&[]),
+        Expectations::default(),
+    ));
     assert!(m.starts_with("snp.endorsement_key|"), "{m}");
 }
 
@@ -209,8 +269,15 @@ fn vcek_found_in_offline_cache() {
     }
     let dir = tempfile::tempdir().unwrap();
     let report = Report::parse(&fixture("milan-vcek-report.bin")).unwrap();
-    let rel = certs::cache_path(Product::Milan, &report.chip_id, &report.reported_tcb_for(Product::Milan));
-    assert!(rel.starts_with("vcek/Milan/") && rel.ends_with("/bl3_tee0_snp8_ucode115.der"), "{rel}");
+    let rel = certs::cache_path(
+        Product::Milan,
+        &report.chip_id,
+        &report.reported_tcb_for(Product::Milan),
+    );
+    assert!(
+        rel.starts_with("vcek/Milan/") && rel.ends_with("/bl3_tee0_snp8_ucode115.der"),
+        "{rel}"
+    );
     let path = dir.path().join(&rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, fixture("milan-vcek.der")).unwrap();
@@ -230,7 +297,13 @@ fn coco_json(raw: &[u8], with_vcek: bool) -> Vec<u8> {
     let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap());
     let tcb = |o: usize| serde_json::json!({"fmc": null, "bootloader": raw[o], "tee": raw[o+1], "snp": raw[o+6], "microcode": raw[o+7]});
     let v = u32_at(0);
-    let cpuid = |o: usize| if v >= 3 { serde_json::json!(raw[o]) } else { serde_json::Value::Null };
+    let cpuid = |o: usize| {
+        if v >= 3 {
+            serde_json::json!(raw[o])
+        } else {
+            serde_json::Value::Null
+        }
+    };
     let mut j = serde_json::json!({
         "attestation_report": {
             "version": v, "guest_svn": u32_at(4), "policy": u64_at(8),
@@ -250,7 +323,8 @@ fn coco_json(raw: &[u8], with_vcek: bool) -> Vec<u8> {
         "cert_chain": null
     });
     if with_vcek {
-        j["cert_chain"] = serde_json::json!([{"cert_type": "VCEK", "data": fixture("milan-vcek.der")}]);
+        j["cert_chain"] =
+            serde_json::json!([{"cert_type": "VCEK", "data": fixture("milan-vcek.der")}]);
     }
     serde_json::to_vec(&j).unwrap()
 }
@@ -258,16 +332,25 @@ fn coco_json(raw: &[u8], with_vcek: bool) -> Vec<u8> {
 #[test]
 fn coco_json_evidence_with_vcek_in_cert_chain_verifies() {
     let json = coco_json(&fixture("milan-vcek-report.bin"), true);
-    let c = verify(&json, opts(&[]), Expectations::default()).expect("CoCo snp evidence JSON verifies");
+    let c =
+        verify(&json, opts(&[]), Expectations::default()).expect("CoCo snp evidence JSON verifies");
     assert_eq!(c.platform.signer, "vcek");
 }
 
 #[test]
 fn coco_json_with_altered_field_refused() {
-    let mut v: serde_json::Value = serde_json::from_slice(&coco_json(&fixture("milan-vcek-report.bin"), true)).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&coco_json(&fixture("milan-vcek-report.bin"), true)).unwrap();
     v["attestation_report"]["guest_svn"] = 5.into();
-    let m = check_of(verify(&serde_json::to_vec(&v).unwrap(), opts(&[]), Expectations::default()));
-    assert!(m.starts_with("snp.signature|report signature does not verify with VCEK"), "{m}");
+    let m = check_of(verify(
+        &serde_json::to_vec(&v).unwrap(),
+        opts(&[]),
+        Expectations::default(),
+    ));
+    assert!(
+        m.starts_with("snp.signature|report signature does not verify with VCEK"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -282,7 +365,10 @@ fn unrelated_product_certificates_are_ignored() {
         opts(&["milan-vcek.der", "genoa-ask-ark-asvk.pem"]),
         Expectations::default(),
     );
-    assert!(r.is_ok(), "unrelated product certificates are ignored: {r:?}");
+    assert!(
+        r.is_ok(),
+        "unrelated product certificates are ignored: {r:?}"
+    );
 }
 
 fn shared_cache() -> &'static ChainCache {

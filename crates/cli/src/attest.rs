@@ -69,6 +69,16 @@ pub struct VerifyArgs {
     /// Print the claims as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// TDX/SGX: collateral JSON file, or a directory of raw PCS files.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub collateral: Option<PathBuf>,
+    /// TDX/SGX: also accept this TCB status (repeatable; default UpToDate only).
+    /// An accepted non-UpToDate status is shown in the output.
+    #[arg(long = "accept-tcb-status", value_name = "STATUS")]
+    pub accept_tcb_status: Vec<veil_attest::dcap::TcbStatus>,
+    /// TDX/SGX: only parse the quote; its signature chain is NOT verified (the output says so).
+    #[arg(long)]
+    pub no_collateral: bool,
 }
 
 /// Arguments of `veil attest sim-keygen`.
@@ -185,9 +195,24 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         expectations.min_tcb =
             veil_attest::expect::parse_min_tcb(t).map_err(|e| anyhow::anyhow!("--min-tcb: {e}"))?;
     }
+    if matches!(a.tee, Tee::Tdx | Tee::Sgx) {
+        return crate::attest_dcap::verify(crate::attest_dcap::DcapArgs {
+            tee: a.tee,
+            evidence: &evidence,
+            collateral: a.collateral.as_deref(),
+            no_collateral: a.no_collateral,
+            accept: &a.accept_tcb_status,
+            expectations,
+            now_unix: at_time(a.at.as_deref())?,
+            json: a.json,
+        });
+    }
     let vmpl = match a.vmpl.as_str() {
         "any" => None,
-        n => Some(n.parse::<u32>().context("--vmpl must be a number or `any`")?),
+        n => Some(
+            n.parse::<u32>()
+                .context("--vmpl must be a number or `any`")?,
+        ),
     };
     let sim_root = match &a.sim_root {
         Some(p) => {
@@ -235,7 +260,11 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
 fn print_summary(c: &Claims) {
     let signer = match c.tee {
         Tee::Sim => "sim platform key (NOT hardware)".to_string(),
-        _ => format!("{} ({})", c.platform.signer.to_uppercase(), c.platform.product),
+        _ => format!(
+            "{} ({})",
+            c.platform.signer.to_uppercase(),
+            c.platform.product
+        ),
     };
     println!("verified: {} evidence, signed by {signer}", c.tee);
     let tcb: Vec<String> = c.tcb.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -283,10 +312,7 @@ fn sim_keygen(a: SimKeygenArgs) -> Result<ExitCode> {
     eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
     println!("sim platform key: {}", a.key.display());
     println!("sim root (trust this in verifiers): {}", a.root.display());
-    println!(
-        "platform id: {}",
-        hex::encode(key.root().platform_id())
-    );
+    println!("platform id: {}", hex::encode(key.root().platform_id()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -311,7 +337,9 @@ fn sim_report(a: SimReportArgs) -> Result<ExitCode> {
                 "tee" => tcb.tee = v,
                 "snp" => tcb.snp = v,
                 "microcode" => tcb.microcode = v,
-                other => bail!("--tcb: unknown component {other:?} (bootloader, tee, snp, microcode)"),
+                other => {
+                    bail!("--tcb: unknown component {other:?} (bootloader, tee, snp, microcode)")
+                }
             }
         }
         body.tcb = tcb;

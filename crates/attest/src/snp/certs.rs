@@ -111,7 +111,9 @@ fn name_cn(name: &x509_cert::name::Name) -> String {
 /// (`SEV-Milan`, `SEV-VLEK-Genoa`).
 pub fn product_of(cert: &Certificate) -> Option<Product> {
     let cn = issuer_cn(cert);
-    let name = cn.strip_prefix("SEV-VLEK-").or_else(|| cn.strip_prefix("SEV-"))?;
+    let name = cn
+        .strip_prefix("SEV-VLEK-")
+        .or_else(|| cn.strip_prefix("SEV-"))?;
     Product::from_name(name)
 }
 
@@ -128,8 +130,9 @@ fn spl(cert: &Certificate, oid: &ObjectIdentifier, name: &str) -> Result<Option<
     let Some(raw) = extension(cert, oid) else {
         return Ok(None);
     };
-    let v = u32::from_der(raw)
-        .map_err(|e| Error::malformed("VCEK certificate", format!("extension {name} ({oid}): {e}")))?;
+    let v = u32::from_der(raw).map_err(|e| {
+        Error::malformed("VCEK certificate", format!("extension {name} ({oid}): {e}"))
+    })?;
     u8::try_from(v).map(Some).map_err(|_| {
         Error::malformed(
             "VCEK certificate",
@@ -151,7 +154,12 @@ pub struct EndorsementKeyInfo {
 
 /// Read the AMD extensions of a VCEK/VLEK.
 pub fn endorsement_key_info(cert: &Certificate) -> Result<EndorsementKeyInfo> {
-    let missing = |n: &str| Error::malformed("VCEK/VLEK certificate", format!("missing TCB extension {n}"));
+    let missing = |n: &str| {
+        Error::malformed(
+            "VCEK/VLEK certificate",
+            format!("missing TCB extension {n}"),
+        )
+    };
     let product_name = extension(cert, &OID_PRODUCT_NAME).map(|raw| {
         der::asn1::Ia5StringRef::from_der(raw)
             .map(|s| s.to_string())
@@ -202,7 +210,10 @@ pub fn verify_issued_by(child: &Certificate, issuer: &Certificate, now_unix: u64
         .to_der()
         .map_err(|e| Error::malformed("certificate", format!("{issuer_name} public key: {e}")))?;
     let key = rsa::RsaPublicKey::from_public_key_der(&spki).map_err(|e| {
-        Error::malformed("certificate", format!("{issuer_name} public key is not RSA: {e}"))
+        Error::malformed(
+            "certificate",
+            format!("{issuer_name} public key is not RSA: {e}"),
+        )
     })?;
     let tbs = child
         .tbs_certificate
@@ -215,7 +226,9 @@ pub fn verify_issued_by(child: &Certificate, issuer: &Certificate, now_unix: u64
         .map_err(|_| {
             Error::refused(
                 "snp.cert_chain",
-                format!("signature on certificate {child_name} does not verify with {issuer_name}'s key"),
+                format!(
+                    "signature on certificate {child_name} does not verify with {issuer_name}'s key"
+                ),
             )
         })?;
     check_validity(child, now_unix)
@@ -229,7 +242,10 @@ pub fn check_validity(cert: &Certificate, now_unix: u64) -> Result<()> {
     if now_unix < nb || now_unix > na {
         return Err(Error::mismatch(
             "snp.cert_validity",
-            format!("certificate {} is not valid at the verification time", subject_cn(cert)),
+            format!(
+                "certificate {} is not valid at the verification time",
+                subject_cn(cert)
+            ),
             format!("{} .. {}", v.not_before, v.not_after),
             format!("unix time {now_unix}"),
         ));

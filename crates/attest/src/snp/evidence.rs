@@ -53,8 +53,26 @@ struct Tcb {
 impl Tcb {
     fn encode(&self) -> [u8; 8] {
         match self.fmc {
-            Some(fmc) => [fmc, self.bootloader, self.tee, self.snp, 0, 0, 0, self.microcode],
-            None => [self.bootloader, self.tee, 0, 0, 0, 0, self.snp, self.microcode],
+            Some(fmc) => [
+                fmc,
+                self.bootloader,
+                self.tee,
+                self.snp,
+                0,
+                0,
+                0,
+                self.microcode,
+            ],
+            None => [
+                self.bootloader,
+                self.tee,
+                0,
+                0,
+                0,
+                0,
+                self.snp,
+                self.microcode,
+            ],
         }
     }
 }
@@ -115,7 +133,10 @@ fn put(out: &mut [u8], at: usize, field: &str, bytes: &[u8], len: usize) -> Resu
     if bytes.len() != len {
         return Err(Error::malformed(
             "SNP evidence JSON",
-            format!("attestation_report.{field} has {} bytes, expected {len}", bytes.len()),
+            format!(
+                "attestation_report.{field} has {} bytes, expected {len}",
+                bytes.len()
+            ),
         ));
     }
     out[at..at + len].copy_from_slice(bytes);
@@ -139,7 +160,13 @@ impl SevReport {
         put(&mut b, 0x90, "measurement", &self.measurement, 48)?;
         put(&mut b, 0xC0, "host_data", &self.host_data, 32)?;
         put(&mut b, 0xE0, "id_key_digest", &self.id_key_digest, 48)?;
-        put(&mut b, 0x110, "author_key_digest", &self.author_key_digest, 48)?;
+        put(
+            &mut b,
+            0x110,
+            "author_key_digest",
+            &self.author_key_digest,
+            48,
+        )?;
         put(&mut b, 0x140, "report_id", &self.report_id, 32)?;
         put(&mut b, 0x160, "report_id_ma", &self.report_id_ma, 32)?;
         b[0x180..0x188].copy_from_slice(&self.reported_tcb.encode());
@@ -148,7 +175,11 @@ impl SevReport {
         b[0x18A] = self.cpuid_step.unwrap_or(0);
         put(&mut b, 0x1A0, "chip_id", &self.chip_id, 64)?;
         b[0x1E0..0x1E8].copy_from_slice(&self.committed_tcb.encode());
-        b[0x1E8..0x1EB].copy_from_slice(&[self.current.build, self.current.minor, self.current.major]);
+        b[0x1E8..0x1EB].copy_from_slice(&[
+            self.current.build,
+            self.current.minor,
+            self.current.major,
+        ]);
         b[0x1EC..0x1EF].copy_from_slice(&[
             self.committed.build,
             self.committed.minor,
@@ -180,7 +211,11 @@ pub fn parse(bytes: &[u8]) -> Result<SnpEvidence> {
     if bytes.len() > crate::MAX_EVIDENCE_BYTES {
         return Err(Error::malformed(
             "SNP evidence",
-            format!("{} bytes exceeds the {} byte limit", bytes.len(), crate::MAX_EVIDENCE_BYTES),
+            format!(
+                "{} bytes exceeds the {} byte limit",
+                bytes.len(),
+                crate::MAX_EVIDENCE_BYTES
+            ),
         ));
     }
     if bytes.len() == REPORT_LEN {
@@ -195,7 +230,10 @@ pub fn parse(bytes: &[u8]) -> Result<SnpEvidence> {
             .map_err(|e| Error::malformed("SNP evidence JSON", e.to_string()))?;
         let report = match ev.attestation_report {
             ReportJson::Encoded(s) => decode_text(&s).ok_or_else(|| {
-                Error::malformed("SNP evidence JSON", "attestation_report is neither hex nor base64")
+                Error::malformed(
+                    "SNP evidence JSON",
+                    "attestation_report is neither hex nor base64",
+                )
             })?,
             ReportJson::Fields(r) => r.encode()?,
         };
@@ -207,7 +245,11 @@ pub fn parse(bytes: &[u8]) -> Result<SnpEvidence> {
             .collect();
         return Ok(SnpEvidence { report, certs });
     }
-    if !text.is_empty() && text.iter().all(|c| c.is_ascii_hexdigit() || c.is_ascii_whitespace()) {
+    if !text.is_empty()
+        && text
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() || c.is_ascii_whitespace())
+    {
         let compact: String = text
             .iter()
             .filter(|c| !c.is_ascii_whitespace())

@@ -1,6 +1,7 @@
 //! AMD SEV-SNP: verify an attestation report and its VCEK/VLEK chain up to
 //! AMD's pinned roots, then map it to [`Claims`].
 
+pub mod bench;
 pub mod certs;
 pub mod evidence;
 pub mod report;
@@ -108,7 +109,10 @@ pub fn verify_report(
 
     // The endorsement key: from the evidence / given certificates first,
     // then from the cache.
-    let mut ek: Option<Certificate> = given.iter().find(|c| certs::subject_cn(c) == want_cn).cloned();
+    let mut ek: Option<Certificate> = given
+        .iter()
+        .find(|c| certs::subject_cn(c) == want_cn)
+        .cloned();
     if ek.is_none() && kind == SigningKey::Vcek {
         if let Some(src) = opts.cert_source {
             let products: Vec<Product> = match cpuid_product {
@@ -135,7 +139,11 @@ pub fn verify_report(
             "snp.endorsement_key",
             reason,
             format!("a {kind_name} certificate"),
-            if have.is_empty() { "no certificates".into() } else { have.join(", ") },
+            if have.is_empty() {
+                "no certificates".into()
+            } else {
+                have.join(", ")
+            },
         ));
     };
 
@@ -194,7 +202,10 @@ pub fn verify_report(
     let mut chip_checked = false;
     if kind == SigningKey::Vcek && !report.chip_id_masked() {
         let hwid = info.hwid.as_deref().ok_or_else(|| {
-            Error::malformed("VCEK certificate", "missing hwid extension (1.3.6.1.4.1.3704.1.4)")
+            Error::malformed(
+                "VCEK certificate",
+                "missing hwid extension (1.3.6.1.4.1.3704.1.4)",
+            )
         })?;
         let reported = &report.chip_id[..hwid.len().min(64)];
         if hwid.is_empty() || !crate::expect::ct_eq(hwid, reported) {
@@ -263,7 +274,10 @@ fn ek_verifying_key(ek: &Certificate) -> Result<p384::ecdsa::VerifyingKey> {
         .to_der()
         .map_err(|e| Error::malformed("VCEK certificate", e.to_string()))?;
     p384::ecdsa::VerifyingKey::from_public_key_der(&spki).map_err(|e| {
-        Error::malformed("VCEK certificate", format!("public key is not ECDSA P-384: {e}"))
+        Error::malformed(
+            "VCEK certificate",
+            format!("public key is not ECDSA P-384: {e}"),
+        )
     })
 }
 

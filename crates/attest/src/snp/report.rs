@@ -261,9 +261,7 @@ fn sig_component(b: &[u8], r: Range<usize>, name: &str) -> Result<[u8; 48]> {
     if field[48..].iter().any(|&x| x != 0) {
         return Err(Error::malformed(
             "SNP report",
-            format!(
-                "signature {name} at offset {start:#x}: bytes 48..72 must be zero for P-384"
-            ),
+            format!("signature {name} at offset {start:#x}: bytes 48..72 must be zero for P-384"),
         ));
     }
     let mut out = [0u8; 48];
@@ -293,13 +291,8 @@ impl Report {
                 format!("version at offset 0x0 is {version}; supported: 2, 3, 4, 5"),
             ));
         }
-        let cpuid = (version >= 3).then(|| {
-            (
-                bytes[CPUID_FAM_ID],
-                bytes[CPUID_MOD_ID],
-                bytes[CPUID_STEP],
-            )
-        });
+        let cpuid =
+            (version >= 3).then(|| (bytes[CPUID_FAM_ID], bytes[CPUID_MOD_ID], bytes[CPUID_STEP]));
         let mit_vectors = (version >= 5).then(|| {
             (
                 u64_at(bytes, LAUNCH_MIT_VECTOR),
@@ -356,7 +349,9 @@ impl Report {
             7 => Ok(SigningKey::None),
             other => Err(Error::malformed(
                 "SNP report",
-                format!("FLAGS.SIGNING_KEY at offset 0x48 is {other}; known: 0 (VCEK), 1 (VLEK), 7 (none)"),
+                format!(
+                    "FLAGS.SIGNING_KEY at offset 0x48 is {other}; known: 0 (VCEK), 1 (VLEK), 7 (none)"
+                ),
             )),
         }
     }

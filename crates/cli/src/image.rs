@@ -11,9 +11,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
+use veil_image::crypt::jwe::{JweUnwrapper, JweWrapper};
+use veil_image::crypt::kbs::{KbsUnwrapper, KbsWrapper, LocalKeks, ResourceUri};
+use veil_image::crypt::keys::{parse_private_key, parse_public_key};
+use veil_image::crypt::{self, CryptError, KeyUnwrapper, KeyWrapper, LayerSelection};
 use veil_image::source::SourceError;
 use veil_image::verity::{self, VerityHash, VerityParams};
 use veil_image::{OciLayout, OciRef, Platform};
+use zeroize::Zeroizing;
 
 /// OCI images: inspect, measure, encrypt, sign, verify, unpack.
 #[derive(Subcommand)]
@@ -23,6 +28,47 @@ pub enum ImageCommand {
     /// Compute a dm-verity hash tree and root hash, bit-identical to
     /// `veritysetup format` with the same parameters.
     Measure(MeasureArgs),
+    /// Encrypt layers (ocicrypt AES-256-CTR + HMAC-SHA256) for JWE public
+    /// keys and/or a KBS-held key (`kbs:///repo/type/tag`).
+    Encrypt(EncryptArgs),
+    /// Decrypt encrypted layers; every layer's HMAC and digest are checked
+    /// before anything is written under its digest or tagged.
+    Decrypt(DecryptArgs),
+}
+
+/// Arguments of `veil image encrypt`.
+#[derive(Args)]
+pub struct EncryptArgs {
+    /// Source image: `oci:DIR[:TAG]`.
+    pub source: String,
+    /// Destination: `oci:DIR:TAG` (may be the same directory).
+    pub destination: String,
+    /// Recipient: `jwe:PUBLIC_KEY.pem` (RSA or EC), or `kbs:///repo/type/tag`
+    /// (needs --kek). Repeatable.
+    #[arg(long = "recipient", required = true)]
+    pub recipients: Vec<String>,
+    /// File holding the 32-byte key-encryption key stored in the KBS at the
+    /// `kbs://` recipient's path (raw bytes, or base64).
+    #[arg(long, value_name = "FILE")]
+    pub kek: Option<PathBuf>,
+    /// Encrypt only this layer index (negative counts from the top). Repeatable.
+    #[arg(long = "layer", allow_hyphen_values = true)]
+    pub layers: Vec<i64>,
+}
+
+/// Arguments of `veil image decrypt`.
+#[derive(Args)]
+pub struct DecryptArgs {
+    /// Source image: `oci:DIR[:TAG]`.
+    pub source: String,
+    /// Destination: `oci:DIR:TAG`.
+    pub destination: String,
+    /// Private key file (PEM/DER; RSA or EC). Repeatable.
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<PathBuf>,
+    /// KBS keys as an offline resources file `{"repo/type/tag": "<base64>"}`.
+    #[arg(long, value_name = "FILE")]
+    pub kbs_keys: Option<PathBuf>,
 }
 
 /// Arguments of `veil image inspect`.
@@ -77,7 +123,128 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
     match cmd {
         ImageCommand::Inspect(a) => inspect(a),
         ImageCommand::Measure(a) => measure(a),
+        ImageCommand::Encrypt(a) => encrypt(a),
+        ImageCommand::Decrypt(a) => decrypt(a),
     }
+}
+
+fn crypt_result<T>(r: Result<T, CryptError>) -> Result<Result<T, ExitCode>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) if e.is_refusal() => {
+            eprintln!("veil: refused: {e}");
+            Ok(Err(ExitCode::from(1)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn destination(s: &str) -> Result<(OciLayout, String)> {
+    let r = OciRef::parse(s)?;
+    let tag = r
+        .tag
+        .clone()
+        .with_context(|| format!("destination {s:?} needs a tag: oci:DIR:TAG"))?;
+    Ok((OciLayout::create(&r.dir)?, tag))
+}
+
+fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
+    let src = OciRef::parse(&a.source)?;
+    let src_layout = OciLayout::open(&src.dir)?;
+    let mut jwe_keys = Vec::new();
+    let mut wrappers: Vec<Box<dyn KeyWrapper>> = Vec::new();
+    for r in &a.recipients {
+        if let Some(path) = r.strip_prefix("jwe:") {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            jwe_keys.push(parse_public_key(&bytes).with_context(|| format!("public key {path}"))?);
+        } else if r.starts_with("kbs://") {
+            let kid = ResourceUri::parse(r)?;
+            let path = a
+                .kek
+                .as_ref()
+                .context("a kbs:// recipient needs --kek FILE")?;
+            let raw = Zeroizing::new(
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            );
+            let key = if raw.len() == 32 {
+                raw
+            } else {
+                use base64::Engine as _;
+                Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(String::from_utf8_lossy(&raw).trim())
+                        .context("--kek: expected 32 raw bytes or base64")?,
+                )
+            };
+            wrappers.push(Box::new(KbsWrapper::new(kid, &key)?));
+        } else {
+            anyhow::bail!("recipient {r:?}: expected jwe:PUBLIC_KEY_FILE or kbs:///repo/type/tag");
+        }
+    }
+    if !jwe_keys.is_empty() {
+        wrappers.push(Box::new(JweWrapper::new(jwe_keys)));
+    }
+    let refs: Vec<&dyn KeyWrapper> = wrappers.iter().map(|w| w.as_ref()).collect();
+    let selection = if a.layers.is_empty() {
+        LayerSelection::All
+    } else {
+        LayerSelection::Indexes(a.layers.clone())
+    };
+    let (dst, tag) = destination(&a.destination)?;
+    let desc = match crypt_result(crypt::encrypt_image(
+        &src_layout,
+        src.tag.as_deref(),
+        &dst,
+        &tag,
+        &refs,
+        &selection,
+    ))? {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    println!("{}", desc.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
+    let src = OciRef::parse(&a.source)?;
+    let src_layout = OciLayout::open(&src.dir)?;
+    let mut unwrappers: Vec<Box<dyn KeyUnwrapper>> = Vec::new();
+    let mut keys = Vec::new();
+    for path in &a.keys {
+        let bytes = Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        keys.push(
+            parse_private_key(&bytes).with_context(|| format!("private key {}", path.display()))?,
+        );
+    }
+    if !keys.is_empty() {
+        unwrappers.push(Box::new(JweUnwrapper::new(keys)));
+    }
+    if let Some(path) = &a.kbs_keys {
+        let bytes = Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        unwrappers.push(Box::new(KbsUnwrapper::new(LocalKeks::from_json(&bytes)?)));
+    }
+    if unwrappers.is_empty() {
+        anyhow::bail!("give at least one --key or --kbs-keys");
+    }
+    let refs: Vec<&dyn KeyUnwrapper> = unwrappers.iter().map(|u| u.as_ref()).collect();
+    let (dst, tag) = destination(&a.destination)?;
+    let desc = match crypt_result(crypt::decrypt_image(
+        &src_layout,
+        src.tag.as_deref(),
+        &dst,
+        &tag,
+        &refs,
+    ))? {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    println!("{}", desc.digest);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Print a refusal and return exit status 1; other errors propagate (2).

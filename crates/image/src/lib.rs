@@ -12,10 +12,12 @@
 //! are allowed (that is `veil-policy`).
 
 pub mod builder;
+pub mod crypt;
 pub mod digest;
 pub mod layout;
 pub mod source;
 pub mod spec;
+pub mod verity;
 
 pub use digest::{Digest, DigestAlgorithm};
 pub use layout::{OciLayout, OciRef};

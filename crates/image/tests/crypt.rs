@@ -1,0 +1,368 @@
+//! ocicrypt interop with the real `skopeo`: images encrypted by skopeo
+//! decrypt with veil to the original layers and the other way round; a
+//! tampered layer or a wrong key is refused with nothing committed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use veil_image::crypt::jwe::{JweUnwrapper, JweWrapper};
+use veil_image::crypt::kbs::{KbsUnwrapper, KbsWrapper, LocalKeks, ResourceUri};
+use veil_image::crypt::keys::{parse_private_key, parse_public_key};
+use veil_image::crypt::{self, CryptError, KeyUnwrapper, KeyWrapper, LayerSelection};
+use veil_image::source::BlobSource;
+use veil_image::spec::{Compression, Platform};
+use veil_image::{OciLayout, ResolvedImage};
+
+fn openssl(args: &[&str], dir: &Path) {
+    common::run(Command::new("openssl").args(args).current_dir(dir));
+}
+
+/// (private, public) PEM paths for `kind`: rsa, p256, p256-pkcs8, p384.
+fn keypair(dir: &Path, kind: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (sk, pk) = (format!("{kind}.key"), format!("{kind}.pub"));
+    match kind {
+        "rsa" => openssl(&["genrsa", "-out", &sk, "2048"], dir),
+        // With an "EC PARAMETERS" block first (veil skips it; skopeo can't).
+        "p256" => openssl(
+            &["ecparam", "-name", "prime256v1", "-genkey", "-out", &sk],
+            dir,
+        ),
+        // PKCS#8: the only EC encoding skopeo's ocicrypt reads.
+        "p256-pkcs8" => openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &sk,
+            ],
+            dir,
+        ),
+        "p384" => openssl(
+            &[
+                "ecparam",
+                "-name",
+                "secp384r1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &sk,
+            ],
+            dir,
+        ),
+        _ => unreachable!(),
+    }
+    openssl(&["pkey", "-in", &sk, "-pubout", "-out", &pk], dir);
+    (dir.join(sk), dir.join(pk))
+}
+
+fn resolve(layout: &Path, tag: &str) -> ResolvedImage {
+    OciLayout::open(layout)
+        .unwrap()
+        .resolve(Some(tag), &Platform::linux_amd64())
+        .unwrap()
+}
+
+fn unwrapper(key: &Path) -> JweUnwrapper {
+    JweUnwrapper::new(vec![
+        parse_private_key(&std::fs::read(key).unwrap()).unwrap(),
+    ])
+}
+
+fn assert_same_layers(a: &ResolvedImage, b: &ResolvedImage) {
+    let da: Vec<_> = a
+        .layers()
+        .iter()
+        .map(|l| (&l.digest, l.size, &l.media_type))
+        .collect();
+    let db: Vec<_> = b
+        .layers()
+        .iter()
+        .map(|l| (&l.digest, l.size, &l.media_type))
+        .collect();
+    assert_eq!(da, db);
+    assert_eq!(a.config_digest(), b.config_digest());
+}
+
+#[test]
+fn skopeo_encrypted_images_decrypt_with_veil() {
+    for kind in ["rsa", "p256", "p384"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sk, pk) = keypair(tmp.path(), kind);
+        common::busybox_image(tmp.path(), "plain", Compression::Gzip);
+        let src = tmp.path().join("layout");
+        common::run(
+            common::skopeo(tmp.path())
+                .args(["copy", "--quiet", "--encryption-key"])
+                .arg(format!("jwe:{}", pk.display()))
+                .arg(format!("oci:{}:plain", src.display()))
+                .arg(format!("oci:{}:enc", src.display())),
+        );
+        let enc = resolve(&src, "enc");
+        assert!(
+            enc.layers()
+                .iter()
+                .all(|l| l.media_type.ends_with("+gzip+encrypted")),
+            "{kind}"
+        );
+
+        let layout = OciLayout::open(&src).unwrap();
+        let out = OciLayout::create(tmp.path().join("out")).unwrap();
+        crypt::decrypt_image(&layout, Some("enc"), &out, "dec", &[&unwrapper(&sk)]).unwrap();
+        assert_same_layers(
+            &resolve(&tmp.path().join("out"), "dec"),
+            &resolve(&src, "plain"),
+        );
+    }
+}
+
+#[test]
+fn veil_encrypted_images_decrypt_with_skopeo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rsa_sk, rsa_pk) = keypair(tmp.path(), "rsa");
+    let (ec_sk, ec_pk) = keypair(tmp.path(), "p256-pkcs8");
+    let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::Gzip);
+    let wrapper = JweWrapper::new(vec![
+        parse_public_key(&std::fs::read(&rsa_pk).unwrap()).unwrap(),
+        parse_public_key(&std::fs::read(&ec_pk).unwrap()).unwrap(),
+    ]);
+    crypt::encrypt_image(
+        &layout,
+        Some("plain"),
+        &layout,
+        "enc",
+        &[&wrapper],
+        &LayerSelection::All,
+    )
+    .unwrap();
+    let src = tmp.path().join("layout");
+    let enc = resolve(&src, "enc");
+    assert!(
+        enc.layers()
+            .iter()
+            .all(|l| l.media_type.ends_with("+encrypted"))
+    );
+    // skopeo can't read them without a key…
+    let no_key = common::skopeo(tmp.path())
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:enc", src.display()))
+        .arg(format!("oci:{}:nokey", tmp.path().join("x").display()))
+        .output()
+        .unwrap();
+    // (skopeo copies encrypted layers as-is without a key; they stay encrypted.)
+    if no_key.status.success() {
+        let copied = resolve(&tmp.path().join("x"), "nokey");
+        assert!(
+            copied
+                .layers()
+                .iter()
+                .all(|l| l.media_type.ends_with("+encrypted"))
+        );
+    }
+    // …and decrypts them with either key to the original layers.
+    for (i, sk) in [rsa_sk, ec_sk].iter().enumerate() {
+        let dst = tmp.path().join(format!("skopeo-dec-{i}"));
+        common::run(
+            common::skopeo(tmp.path())
+                .args(["copy", "--quiet", "--decryption-key"])
+                .arg(sk)
+                .arg(format!("oci:{}:enc", src.display()))
+                .arg(format!("oci:{}:dec", dst.display())),
+        );
+        assert_same_layers(&resolve(&dst, "dec"), &resolve(&src, "plain"));
+    }
+}
+
+#[test]
+fn selected_layers_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, pk) = keypair(tmp.path(), "p256");
+    let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::None);
+    let w = JweWrapper::new(vec![
+        parse_public_key(&std::fs::read(&pk).unwrap()).unwrap(),
+    ]);
+    crypt::encrypt_image(
+        &layout,
+        Some("plain"),
+        &layout,
+        "enc",
+        &[&w],
+        &LayerSelection::Indexes(vec![-1]),
+    )
+    .unwrap();
+    let enc = resolve(&tmp.path().join("layout"), "enc");
+    let plain = resolve(&tmp.path().join("layout"), "plain");
+    assert_eq!(enc.layers()[0], plain.layers()[0]);
+    assert!(enc.layers()[1].media_type.ends_with("tar+encrypted"));
+}
+
+/// Replace layer `i` of `tag` by `bytes` (fixing the descriptor, as an
+/// attacker who controls the registry can) and tag the result `evil`.
+fn swap_layer_blob(layout: &OciLayout, tag: &str, i: usize, bytes: &[u8]) {
+    let img = layout.resolve(Some(tag), &Platform::linux_amd64()).unwrap();
+    let mut manifest = img.manifest.clone();
+    let new = layout
+        .write_blob(bytes, &manifest.layers[i].media_type)
+        .unwrap();
+    manifest.layers[i].digest = new.digest;
+    manifest.layers[i].size = new.size;
+    let mbytes = serde_json::to_vec(&manifest).unwrap();
+    let desc = layout
+        .write_blob(&mbytes, veil_image::spec::media_type::OCI_MANIFEST)
+        .unwrap();
+    layout.set_tag("evil", desc).unwrap();
+}
+
+#[test]
+fn tampered_ciphertext_is_refused_and_nothing_is_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sk, pk) = keypair(tmp.path(), "rsa");
+    let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::None);
+    let w = JweWrapper::new(vec![
+        parse_public_key(&std::fs::read(&pk).unwrap()).unwrap(),
+    ]);
+    crypt::encrypt_image(
+        &layout,
+        Some("plain"),
+        &layout,
+        "enc",
+        &[&w],
+        &LayerSelection::All,
+    )
+    .unwrap();
+    let enc = layout
+        .resolve(Some("enc"), &Platform::linux_amd64())
+        .unwrap();
+    let mut blob = layout
+        .read_blob(&enc.layers()[0], 64 << 20, "layer")
+        .unwrap();
+    let mid = blob.len() / 2;
+    blob[mid] ^= 0x01;
+    swap_layer_blob(&layout, "enc", 0, &blob);
+
+    let out_dir = tmp.path().join("out");
+    let out = OciLayout::create(&out_dir).unwrap();
+    let err =
+        crypt::decrypt_image(&layout, Some("evil"), &out, "dec", &[&unwrapper(&sk)]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CryptError::Refused {
+                check: "layer HMAC",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_refusal());
+    // No tag, and no decrypted blob under any digest.
+    assert!(out.index().unwrap().manifests.is_empty());
+    let blobs: Vec<_> = std::fs::read_dir(out_dir.join("blobs/sha256"))
+        .unwrap()
+        .collect();
+    assert!(blobs.is_empty(), "{blobs:?}");
+    // skopeo agrees the layer is bad.
+    let st = common::skopeo(tmp.path())
+        .args(["copy", "--quiet", "--decryption-key"])
+        .arg(&sk)
+        .arg(format!("oci:{}:evil", tmp.path().join("layout").display()))
+        .arg(format!("oci:{}:dec", tmp.path().join("sk").display()))
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+}
+
+#[test]
+fn wrong_key_is_refused_with_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, pk) = keypair(tmp.path(), "p256");
+    let (other_sk, _) = keypair(tmp.path(), "rsa");
+    let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::None);
+    let w = JweWrapper::new(vec![
+        parse_public_key(&std::fs::read(&pk).unwrap()).unwrap(),
+    ]);
+    crypt::encrypt_image(
+        &layout,
+        Some("plain"),
+        &layout,
+        "enc",
+        &[&w],
+        &LayerSelection::All,
+    )
+    .unwrap();
+    let out = OciLayout::create(tmp.path().join("out")).unwrap();
+    let err = crypt::decrypt_image(&layout, Some("enc"), &out, "dec", &[&unwrapper(&other_sk)])
+        .unwrap_err();
+    assert!(matches!(err, CryptError::NoKey(_)), "{err}");
+    assert!(err.to_string().contains("jwe"), "{err}");
+}
+
+#[test]
+fn kbs_key_provider_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::Gzip);
+    let kid = ResourceUri::parse("kbs:///default/key/image-kek").unwrap();
+    let kek = [0x42u8; 32];
+    let w = KbsWrapper::new(kid.clone(), &kek).unwrap();
+    crypt::encrypt_image(
+        &layout,
+        Some("plain"),
+        &layout,
+        "enc",
+        &[&w as &dyn KeyWrapper],
+        &LayerSelection::All,
+    )
+    .unwrap();
+    let enc = layout
+        .resolve(Some("enc"), &Platform::linux_amd64())
+        .unwrap();
+    for l in enc.layers() {
+        let v = &l.annotations[veil_image::crypt::kbs::ANNOTATION_PROVIDER_AA];
+        use base64::Engine as _;
+        let packet: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(v).unwrap())
+                .unwrap();
+        assert_eq!(packet["kid"], "kbs:///default/key/image-kek");
+        assert_eq!(packet["wrap_type"], "A256GCM");
+    }
+    let keks = LocalKeks::from_json(
+        format!(r#"{{"default/key/image-kek":"{}"}}"#, {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(kek)
+        })
+        .as_bytes(),
+    )
+    .unwrap();
+    let u = KbsUnwrapper::new(keks);
+    let out = OciLayout::create(tmp.path().join("out")).unwrap();
+    crypt::decrypt_image(
+        &layout,
+        Some("enc"),
+        &out,
+        "dec",
+        &[&u as &dyn KeyUnwrapper],
+    )
+    .unwrap();
+    assert_same_layers(
+        &resolve(&tmp.path().join("out"), "dec"),
+        &resolve(&tmp.path().join("layout"), "plain"),
+    );
+    // The KBS does not hold the key: refused, naming the resource.
+    let u = KbsUnwrapper::new(LocalKeks::default());
+    let err = crypt::decrypt_image(
+        &layout,
+        Some("enc"),
+        &out,
+        "dec2",
+        &[&u as &dyn KeyUnwrapper],
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("kbs:///default/key/image-kek"),
+        "{err}"
+    );
+}

@@ -1,0 +1,279 @@
+//! The policy data: what one sandbox (pod) may do.
+//!
+//! This is the JSON object embedded in `policy.rego` as
+//! `policy_data := {...}`. [`PolicyData::canonicalize`] puts every
+//! order-insensitive list into a fixed order, so two equivalent policies
+//! serialize to the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the policy data format (and of the rules that read it).
+pub const POLICY_FORMAT_VERSION: u32 = 1;
+
+/// Everything the rules need to decide on a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyData {
+    /// [`POLICY_FORMAT_VERSION`].
+    pub version: u32,
+    /// Sandbox-wide rules.
+    pub sandbox: SandboxPolicy,
+    /// One entry per container (init containers included), sorted by name.
+    pub containers: Vec<ContainerPolicy>,
+    /// Environment variables the platform injects (name and value regexes).
+    /// They never match a name a container's own rules define.
+    pub platform_env: Vec<PlatformEnvRule>,
+    /// Mounts every container may have (proc, dev, hosts, …).
+    pub default_mounts: Vec<MountRule>,
+}
+
+/// Sandbox-wide rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxPolicy {
+    /// Anchored regex the pod name must match.
+    pub pod_name: String,
+    /// Exact pod namespace.
+    pub namespace: String,
+    /// Whether containers share one PID namespace.
+    pub sandbox_pidns: bool,
+    /// Kernel modules the host may ask to load.
+    pub kernel_modules: Vec<String>,
+    /// Anchored regexes of guest paths `copy_file` may write.
+    pub copy_file: Vec<String>,
+    /// Whether the host may request TEE evidence.
+    pub allow_get_evidence: bool,
+    /// Whether the host may read container statistics.
+    pub allow_stats: bool,
+    /// `kind/name` of secrets and config values the host may update (e.g. `secret/db-password`).
+    pub update_config: Vec<String>,
+}
+
+/// How an environment rule's value is matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The value must be exactly `value`.
+    Exact,
+    /// The value must match the anchored regex `value`.
+    Regex,
+}
+
+/// One allowed environment variable of a container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvRule {
+    pub name: String,
+    pub value: String,
+    pub strategy: Strategy,
+    /// The variable must be present.
+    pub required: bool,
+}
+
+/// A platform-injected variable: both name and value are anchored regexes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformEnvRule {
+    pub name: String,
+    pub value: String,
+}
+
+/// An allowed mount. `source` is an anchored regex; the rest must match exactly
+/// (options as a set).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountRule {
+    pub destination: String,
+    #[serde(rename = "type")]
+    pub fs_type: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// The image a container must run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePolicy {
+    /// The reference as written in the manifest (informational).
+    pub reference: String,
+    /// The manifest digest the container must run.
+    pub digest: String,
+}
+
+/// The user a container runs as.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPolicy {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// Allowed capability sets (requests may hold a subset of each).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityPolicy {
+    pub bounding: Vec<String>,
+    pub effective: Vec<String>,
+    pub inheritable: Vec<String>,
+    pub permitted: Vec<String>,
+    pub ambient: Vec<String>,
+}
+
+/// Everything one container may be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerPolicy {
+    /// Kubernetes container name.
+    pub name: String,
+    /// An init container.
+    pub init: bool,
+    pub image: ImagePolicy,
+    /// Exact argv.
+    pub args: Vec<String>,
+    pub env: Vec<EnvRule>,
+    pub cwd: String,
+    pub user: UserPolicy,
+    pub capabilities: CapabilityPolicy,
+    pub privileged: bool,
+    /// The request must set no_new_privileges.
+    pub no_new_privileges: bool,
+    /// The request must mount the root filesystem read-only.
+    pub read_only_rootfs: bool,
+    pub mounts: Vec<MountRule>,
+    pub sysctls: BTreeMap<String, String>,
+    /// Exact argv of each command `exec_process` may run.
+    pub exec: Vec<Vec<String>>,
+    /// The host may read the init process's stdout/stderr (logs).
+    pub allow_stdio: bool,
+    /// The host may write to the init process's stdin.
+    pub allow_stdin: bool,
+    /// Signals the host may send.
+    pub signals: Vec<u32>,
+}
+
+fn sort_dedup<T: Ord + Clone>(v: &mut Vec<T>) {
+    let set: BTreeSet<T> = v.drain(..).collect();
+    v.extend(set);
+}
+
+impl PolicyData {
+    /// Put every order-insensitive list into its canonical order.
+    pub fn canonicalize(&mut self) {
+        let s = &mut self.sandbox;
+        sort_dedup(&mut s.kernel_modules);
+        sort_dedup(&mut s.copy_file);
+        sort_dedup(&mut s.update_config);
+        sort_dedup(&mut self.platform_env);
+        for m in &mut self.default_mounts {
+            sort_dedup(&mut m.options);
+        }
+        sort_dedup(&mut self.default_mounts);
+        for c in &mut self.containers {
+            c.canonicalize();
+        }
+        self.containers.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// The container named `name`.
+    pub fn container(&self, name: &str) -> Option<&ContainerPolicy> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// Check internal consistency: version, unique names, regexes that compile.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != POLICY_FORMAT_VERSION {
+            return Err(format!(
+                "policy data version: expected {POLICY_FORMAT_VERSION}, got {}",
+                self.version
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for c in &self.containers {
+            if !names.insert(c.name.as_str()) {
+                return Err(format!("container {:?} appears twice", c.name));
+            }
+            if !is_digest(&c.image.digest) {
+                return Err(format!(
+                    "container {:?}: image digest {:?} is not sha256:<64 hex>",
+                    c.name, c.image.digest
+                ));
+            }
+            for e in &c.env {
+                if e.strategy == Strategy::Regex {
+                    check_regex(&format!("container {:?} env {}", c.name, e.name), &e.value)?;
+                }
+            }
+            for m in &c.mounts {
+                check_regex(
+                    &format!("container {:?} mount {}", c.name, m.destination),
+                    &m.source,
+                )?;
+            }
+        }
+        check_regex("sandbox.pod_name", &self.sandbox.pod_name)?;
+        for r in &self.sandbox.copy_file {
+            check_regex("sandbox.copy_file", r)?;
+        }
+        for r in &self.platform_env {
+            check_regex("platform_env name", &r.name)?;
+            check_regex("platform_env value", &r.value)?;
+        }
+        for m in &self.default_mounts {
+            check_regex(&format!("default mount {}", m.destination), &m.source)?;
+        }
+        Ok(())
+    }
+}
+
+impl ContainerPolicy {
+    fn canonicalize(&mut self) {
+        sort_dedup(&mut self.env);
+        for m in &mut self.mounts {
+            sort_dedup(&mut m.options);
+        }
+        sort_dedup(&mut self.mounts);
+        sort_dedup(&mut self.exec);
+        sort_dedup(&mut self.signals);
+        sort_dedup(&mut self.user.additional_gids);
+        let c = &mut self.capabilities;
+        for set in [
+            &mut c.bounding,
+            &mut c.effective,
+            &mut c.inheritable,
+            &mut c.permitted,
+            &mut c.ambient,
+        ] {
+            sort_dedup(set);
+        }
+    }
+}
+
+/// `sha256:` followed by 64 lowercase hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Every regex in the policy must be anchored (`^…$`) and compile.
+pub fn check_regex(what: &str, re: &str) -> Result<(), String> {
+    if !(re.starts_with('^') && re.ends_with('$')) {
+        return Err(format!("{what}: regex {re:?} must be anchored with ^ and $"));
+    }
+    regex::Regex::new(re)
+        .map(|_| ())
+        .map_err(|e| format!("{what}: invalid regex {re:?}: {e}"))
+}
+
+/// Anchor a user-written regex: `^(?:re)$`.
+pub fn anchor(re: &str) -> String {
+    format!("^(?:{re})$")
+}
+
+/// A regex matching exactly `s`.
+pub fn exact_regex(s: &str) -> String {
+    format!("^{}$", regex::escape(s))
+}

@@ -1,0 +1,279 @@
+//! Generation settings: what the operator configures once instead of
+//! weakening every policy (platform-injected environment, default mounts,
+//! the KBS the agent talks to, defaults for exec / logs / signals).
+//!
+//! A settings file is TOML; every key is optional and falls back to
+//! [`Settings::default`]. Unknown keys are refused.
+
+use serde::{Deserialize, Serialize};
+
+use crate::binding::HashAlgorithm;
+use crate::model::{MountRule, PlatformEnvRule, check_regex};
+
+/// Largest accepted settings file, in bytes.
+pub const MAX_SETTINGS_BYTES: usize = 1024 * 1024;
+
+/// Guest directory of one sandbox, as a regex fragment (the id varies).
+pub const SANDBOX_DIR_RE: &str = r"/run/veil/sandbox/[A-Za-z0-9_-][A-Za-z0-9_.-]*";
+
+/// Settings for `veil policy generate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Init-data digest algorithm.
+    pub algorithm: HashAlgorithm,
+    /// Namespace assumed when a manifest names none.
+    pub namespace: String,
+    pub kbs: KbsSettings,
+    pub image: ImageSettings,
+    pub sandbox: SandboxSettings,
+    pub containers: ContainerDefaults,
+    /// Platform-injected environment variables (anchored regexes).
+    pub platform_env: Vec<PlatformEnvRule>,
+    /// Mounts the runtime gives every container.
+    pub default_mounts: Vec<MountRule>,
+}
+
+/// Where the agent's attestation and secret requests go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KbsSettings {
+    /// KBS URL (empty: no `aa.toml` / `cdh.toml` in init-data).
+    pub url: String,
+    /// PEM certificate the agent pins for the KBS's TLS (empty: system roots).
+    pub cert: String,
+}
+
+/// Image trust settings passed to the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// URI of the image signature trust policy (containers-policy.json), e.g. `kbs:///default/security-policy/prod`.
+    pub security_policy_uri: String,
+}
+
+/// Sandbox-wide defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSettings {
+    /// Anchored regexes of guest paths the host may copy files to (volume paths are added per pod).
+    pub copy_file: Vec<String>,
+    pub allow_get_evidence: bool,
+    pub allow_stats: bool,
+    /// `kind/name` entries the host may update.
+    pub update_config: Vec<String>,
+    pub kernel_modules: Vec<String>,
+}
+
+/// Per-container defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerDefaults {
+    /// Whether logs (stdout/stderr) may be read unless a pod annotation says otherwise.
+    pub allow_stdio: bool,
+    /// Signals the host may send to every container (plus the image's StopSignal).
+    pub signals: Vec<u32>,
+    /// Commands every container may exec.
+    pub exec: Vec<Vec<String>>,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            copy_file: vec![format!(
+                r"^{SANDBOX_DIR_RE}/(hostname|hosts|resolv\.conf)$"
+            )],
+            allow_get_evidence: true,
+            allow_stats: true,
+            update_config: Vec::new(),
+            kernel_modules: Vec::new(),
+        }
+    }
+}
+
+impl Default for ContainerDefaults {
+    fn default() -> Self {
+        ContainerDefaults {
+            allow_stdio: true,
+            // SIGTERM, SIGKILL: what the kubelet sends to stop a container.
+            signals: vec![9, 15],
+            exec: Vec::new(),
+        }
+    }
+}
+
+fn env(name: &str, value: &str) -> PlatformEnvRule {
+    PlatformEnvRule {
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+fn mount(dest: &str, ty: &str, source: &str, options: &[&str]) -> MountRule {
+    MountRule {
+        destination: dest.into(),
+        fs_type: ty.into(),
+        source: source.into(),
+        options: options.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Kubernetes-injected variables: HOSTNAME, the API server and service links.
+fn default_platform_env() -> Vec<PlatformEnvRule> {
+    let ip = r"[0-9a-fA-F.:]{2,45}";
+    vec![
+        env("^HOSTNAME$", r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"),
+        env("^TERM$", "^xterm$"),
+        env(r"^[A-Z_][A-Z0-9_]*_SERVICE_HOST$", &format!("^{ip}$")),
+        env(r"^[A-Z_][A-Z0-9_]*_SERVICE_PORT(_[A-Z0-9_]+)?$", "^[0-9]{1,5}$"),
+        env(
+            r"^[A-Z_][A-Z0-9_]*_PORT$",
+            &format!(r"^(tcp|udp|sctp)://(\[{ip}\]|{ip}):[0-9]{{1,5}}$"),
+        ),
+        env(
+            r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)$",
+            &format!(r"^(tcp|udp|sctp)://(\[{ip}\]|{ip}):[0-9]{{1,5}}$"),
+        ),
+        env(r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_PROTO$", "^(tcp|udp|sctp)$"),
+        env(r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_PORT$", "^[0-9]{1,5}$"),
+        env(r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_ADDR$", &format!("^{ip}$")),
+    ]
+}
+
+/// The mounts the veil runtime gives every container.
+fn default_mounts() -> Vec<MountRule> {
+    let sb = SANDBOX_DIR_RE;
+    vec![
+        mount("/proc", "proc", "^proc$", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "^tmpfs$",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "^devpts$",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "^shm$",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount("/dev/mqueue", "mqueue", "^mqueue$", &["nosuid", "noexec", "nodev"]),
+        mount("/sys", "sysfs", "^sysfs$", &["nosuid", "noexec", "nodev", "ro"]),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "^cgroup$",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+        mount("/etc/hostname", "bind", &format!("^{sb}/hostname$"), &["rbind", "rprivate", "ro"]),
+        mount("/etc/hosts", "bind", &format!("^{sb}/hosts$"), &["rbind", "rprivate", "ro"]),
+        mount(
+            "/etc/resolv.conf",
+            "bind",
+            &format!(r"^{sb}/resolv\.conf$"),
+            &["rbind", "rprivate", "ro"],
+        ),
+        mount(
+            "/dev/termination-log",
+            "bind",
+            &format!("^{sb}/termination-log/[A-Za-z0-9_-][A-Za-z0-9_.-]*$"),
+            &["rbind", "rprivate", "rw"],
+        ),
+    ]
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            algorithm: HashAlgorithm::Sha384,
+            namespace: "default".into(),
+            kbs: KbsSettings::default(),
+            image: ImageSettings::default(),
+            sandbox: SandboxSettings::default(),
+            containers: ContainerDefaults::default(),
+            platform_env: default_platform_env(),
+            default_mounts: default_mounts(),
+        }
+    }
+}
+
+impl Settings {
+    /// Parse a settings file; missing keys take their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_SETTINGS_BYTES {
+            return Err(format!(
+                "settings file is {} bytes, limit {MAX_SETTINGS_BYTES}",
+                text.len()
+            ));
+        }
+        let s: Settings = toml::from_str(text).map_err(|e| {
+            format!(
+                "invalid settings: {}",
+                e.to_string().lines().collect::<Vec<_>>().join(" ")
+            )
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Check every regex and value in the settings.
+    pub fn validate(&self) -> Result<(), String> {
+        for r in &self.platform_env {
+            check_regex("settings platform_env.name", &r.name)?;
+            check_regex("settings platform_env.value", &r.value)?;
+        }
+        for m in &self.default_mounts {
+            check_regex(&format!("settings default_mounts {}", m.destination), &m.source)?;
+        }
+        for r in &self.sandbox.copy_file {
+            check_regex("settings sandbox.copy_file", r)?;
+        }
+        if self.containers.signals.iter().any(|s| *s == 0 || *s > 64) {
+            return Err("settings containers.signals: signals are 1..=64".into());
+        }
+        if !self.kbs.url.is_empty()
+            && !(self.kbs.url.starts_with("https://") || self.kbs.url.starts_with("http://"))
+        {
+            return Err(format!(
+                "settings kbs.url {:?}: expected an http(s) URL",
+                self.kbs.url
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_overridable() {
+        Settings::default().validate().unwrap();
+        let s = Settings::from_toml(
+            "algorithm = \"sha256\"\n[containers]\nallow_stdio = false\n[[platform_env]]\nname = \"^APP_IDENTITY_ENDPOINT$\"\nvalue = \"^http://[0-9.]+:[0-9]+/.*$\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.algorithm, HashAlgorithm::Sha256);
+        assert!(!s.containers.allow_stdio);
+        assert_eq!(s.containers.signals, vec![9, 15]);
+        assert_eq!(s.platform_env.len(), 1);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(Settings::from_toml("nope = 1").unwrap_err().contains("nope"));
+        assert!(
+            Settings::from_toml("[[platform_env]]\nname = \"FOO\"\nvalue = \"^.*$\"\n")
+                .unwrap_err()
+                .contains("anchored")
+        );
+        assert!(Settings::from_toml("[kbs]\nurl = \"ftp://x\"\n").is_err());
+    }
+}

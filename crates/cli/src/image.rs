@@ -16,6 +16,7 @@ use veil_image::crypt::kbs::{KbsUnwrapper, KbsWrapper, LocalKeks, ResourceUri};
 use veil_image::crypt::keys::{parse_private_key, parse_public_key};
 use veil_image::crypt::{self, CryptError, KeyUnwrapper, KeyWrapper, LayerSelection};
 use veil_image::source::SourceError;
+use veil_image::unpack::{self, UnpackLimits};
 use veil_image::verity::{self, VerityHash, VerityParams};
 use veil_image::{OciLayout, OciRef, Platform};
 use zeroize::Zeroizing;
@@ -34,6 +35,27 @@ pub enum ImageCommand {
     /// Decrypt encrypted layers; every layer's HMAC and digest are checked
     /// before anything is written under its digest or tagged.
     Decrypt(DecryptArgs),
+    /// Unpack an image into a new root filesystem directory, safely
+    /// (contained paths, whiteouts, diff_id checks; devices refused).
+    Unpack(UnpackArgs),
+}
+
+/// Arguments of `veil image unpack`.
+#[derive(Args)]
+pub struct UnpackArgs {
+    /// Image reference: `oci:DIR[:TAG]`.
+    pub reference: String,
+    /// Target directory (must not exist; created only on success).
+    pub rootfs: PathBuf,
+    /// Private key file for encrypted layers (PEM/DER). Repeatable.
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<PathBuf>,
+    /// KBS keys as an offline resources file `{"repo/type/tag": "<base64>"}`.
+    #[arg(long, value_name = "FILE")]
+    pub kbs_keys: Option<PathBuf>,
+    /// Skip device nodes and FIFOs instead of refusing the image.
+    #[arg(long)]
+    pub allow_devices: bool,
 }
 
 /// Arguments of `veil image encrypt`.
@@ -125,6 +147,7 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
         ImageCommand::Measure(a) => measure(a),
         ImageCommand::Encrypt(a) => encrypt(a),
         ImageCommand::Decrypt(a) => decrypt(a),
+        ImageCommand::Unpack(a) => unpack(a),
     }
 }
 
@@ -206,28 +229,69 @@ fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
-    let src = OciRef::parse(&a.source)?;
-    let src_layout = OciLayout::open(&src.dir)?;
+fn unpack(a: UnpackArgs) -> Result<ExitCode> {
+    let r = OciRef::parse(&a.reference)?;
+    let layout = OciLayout::open(&r.dir)?;
+    let img = match source_result(layout.resolve(r.tag.as_deref(), &Platform::linux_amd64()))? {
+        Ok(img) => img,
+        Err(code) => return Ok(code),
+    };
+    let unwrappers = load_unwrappers(&a.keys, a.kbs_keys.as_deref())?;
+    let refs: Vec<&dyn KeyUnwrapper> = unwrappers.iter().map(|u| u.as_ref()).collect();
+    let limits = UnpackLimits {
+        allow_devices: a.allow_devices,
+        ..UnpackLimits::default()
+    };
+    match unpack::unpack_image(&layout, &img, &a.rootfs, &refs, &limits) {
+        Ok(stats) => {
+            println!(
+                "unpacked {} ({} layers, {} entries, {} bytes) into {}",
+                img.manifest_digest(),
+                stats.layers,
+                stats.entries,
+                stats.bytes,
+                a.rootfs.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is_refusal() => {
+            eprintln!("veil: refused: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn load_unwrappers(
+    keys: &[PathBuf],
+    kbs_keys: Option<&std::path::Path>,
+) -> Result<Vec<Box<dyn KeyUnwrapper>>> {
     let mut unwrappers: Vec<Box<dyn KeyUnwrapper>> = Vec::new();
-    let mut keys = Vec::new();
-    for path in &a.keys {
+    let mut parsed = Vec::new();
+    for path in keys {
         let bytes = Zeroizing::new(
             std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         );
-        keys.push(
+        parsed.push(
             parse_private_key(&bytes).with_context(|| format!("private key {}", path.display()))?,
         );
     }
-    if !keys.is_empty() {
-        unwrappers.push(Box::new(JweUnwrapper::new(keys)));
+    if !parsed.is_empty() {
+        unwrappers.push(Box::new(JweUnwrapper::new(parsed)));
     }
-    if let Some(path) = &a.kbs_keys {
+    if let Some(path) = kbs_keys {
         let bytes = Zeroizing::new(
             std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         );
         unwrappers.push(Box::new(KbsUnwrapper::new(LocalKeks::from_json(&bytes)?)));
     }
+    Ok(unwrappers)
+}
+
+fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
+    let src = OciRef::parse(&a.source)?;
+    let src_layout = OciLayout::open(&src.dir)?;
+    let unwrappers = load_unwrappers(&a.keys, a.kbs_keys.as_deref())?;
     if unwrappers.is_empty() {
         anyhow::bail!("give at least one --key or --kbs-keys");
     }

@@ -17,6 +17,7 @@ pub mod digest;
 pub mod layout;
 pub mod source;
 pub mod spec;
+pub mod unpack;
 pub mod verity;
 
 pub use digest::{Digest, DigestAlgorithm};

@@ -479,4 +479,24 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, CryptError::Refused { .. }), "{err}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_jwe_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let sk = p256::SecretKey::from_slice(&[1u8; 32]).unwrap();
+            let _ = JweUnwrapper::new(vec![PrivateKey::P256(sk)]).unwrap(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_json_jwe_never_panics(
+            protected in "[A-Za-z0-9_-]{0,40}",
+            ek in "[A-Za-z0-9_-]{0,60}",
+            alg in proptest::sample::select(vec!["RSA-OAEP", "ECDH-ES+A256KW", "dir", ""]),
+        ) {
+            let doc = json!({"protected": protected, "header": {"alg": alg, "epk": {"kty":"EC","crv":"P-256","x":ek,"y":ek}},
+                "encrypted_key": ek, "iv": ek, "ciphertext": ek, "tag": ek, "unprotected": {"enc": "A256GCM"}});
+            let sk = p256::SecretKey::from_slice(&[1u8; 32]).unwrap();
+            let _ = JweUnwrapper::new(vec![PrivateKey::P256(sk)]).unwrap(&serde_json::to_vec(&doc).unwrap());
+        }
+    }
 }

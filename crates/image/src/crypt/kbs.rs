@@ -338,4 +338,11 @@ mod tests {
         .unwrap();
         assert!(KbsUnwrapper::new(keks).unwrap(&packet).unwrap().is_some());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_packets_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let _ = KbsUnwrapper::new(LocalKeks::default()).unwrap(&bytes);
+        }
+    }
 }

@@ -59,7 +59,13 @@ impl Expectations {
             }
         }
         if let Some(digest) = &self.init_data_digest {
-            let want = regularize(digest, claims.init_data.len());
+            // vTPM TEEs carry init-data as PCR 8 = SHA-256(zeros ‖ digest).
+            let want = match claims.tee {
+                crate::Tee::AzSnpVtpm | crate::Tee::AzTdxVtpm | crate::Tee::Tpm => {
+                    crate::tpm::expected_init_data_field(digest)?
+                }
+                _ => regularize(digest, claims.init_data.len()),
+            };
             if !ct_eq(&want, &claims.init_data) {
                 return Err(Error::mismatch(
                     "init_data",
@@ -104,6 +110,9 @@ fn init_data_label(claims: &Claims) -> &'static str {
     match claims.tee {
         crate::Tee::Snp => "host_data mismatch (init-data digest)",
         crate::Tee::Tdx => "mr_config_id mismatch (init-data digest)",
+        crate::Tee::AzSnpVtpm | crate::Tee::AzTdxVtpm | crate::Tee::Tpm => {
+            "PCR 8 mismatch (init-data digest extended into a zeroed PCR 8)"
+        }
         _ => "init_data mismatch (init-data digest)",
     }
 }

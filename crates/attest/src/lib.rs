@@ -11,6 +11,7 @@
 //! Not for: producing evidence (that is `veil-tee`), deciding whether a secret
 //! may be released (that is the key broker's policy).
 
+pub mod azure;
 pub mod claims;
 pub mod dcap;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod sgx;
 pub mod sim;
 pub mod snp;
 pub mod tdx;
+pub mod tpm;
 
 pub use claims::{Claims, Platform, Tee};
 pub use error::{Error, Refusal};
@@ -39,6 +41,8 @@ pub struct Context<'a> {
     pub snp: snp::Options<'a>,
     /// The sim root to trust; sim evidence is refused without one.
     pub sim_root: Option<sim::SimRootKey>,
+    /// Attestation keys trusted for plain `tpm` evidence (refused without one).
+    pub tpm_aks: Vec<tpm::AkPublic>,
 }
 
 /// Verify `evidence` of kind `tee` and apply the context's expectations.
@@ -46,6 +50,8 @@ pub fn verify(tee: Tee, evidence: &[u8], ctx: &Context<'_>) -> Result<Claims, Er
     let claims = match tee {
         Tee::Snp => snp::verify(evidence, &ctx.snp, ctx.now_unix)?,
         Tee::Sim => sim::verify(evidence, ctx.sim_root.as_ref())?,
+        Tee::AzSnpVtpm => azure::verify_snp_vtpm(evidence, &ctx.snp, ctx.now_unix)?,
+        Tee::Tpm => tpm::verify(evidence, &ctx.tpm_aks)?,
         other => {
             return Err(Error::refused(
                 "tee",

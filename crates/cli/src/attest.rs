@@ -79,6 +79,9 @@ pub struct VerifyArgs {
     /// TDX/SGX: only parse the quote; its signature chain is NOT verified (the output says so).
     #[arg(long)]
     pub no_collateral: bool,
+    /// tpm: a trusted attestation key (PEM/DER SubjectPublicKeyInfo or TPM2B_PUBLIC); repeatable.
+    #[arg(long = "ak", value_name = "FILE")]
+    pub aks: Vec<PathBuf>,
 }
 
 /// Arguments of `veil attest sim-keygen`.
@@ -233,11 +236,17 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
             chain_cache: None,
         },
         sim_root,
+        tpm_aks: read_aks(&a.aks)?,
     };
     if a.tee == Tee::Sim {
         eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
     }
-    match veil_attest::verify(a.tee, &evidence, &ctx) {
+    let result = if a.tee == Tee::AzTdxVtpm {
+        az_tdx_vtpm(&a, &evidence, &ctx)?
+    } else {
+        veil_attest::verify(a.tee, &evidence, &ctx)
+    };
+    match result {
         Ok(claims) => {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&claims)?);
@@ -275,8 +284,60 @@ fn print_summary(c: &Claims) {
     output::kv("debug", if c.debug { "ON" } else { "off" });
     output::kv("chip_id", &c.platform.chip_id);
     if !c.hardware_backed {
-        output::kv("hardware", "NO: simulated TEE");
+        output::kv(
+            "hardware",
+            match c.tee {
+                Tee::Tpm => "not established: trust rests on the given attestation key (--ak)",
+                Tee::AzTdxVtpm => "NOT VERIFIED: TD quote parsed without collateral",
+                _ => "NO: simulated TEE",
+            },
+        );
     }
+}
+
+/// `--ak` files: trusted TPM attestation keys.
+fn read_aks(paths: &[PathBuf]) -> Result<Vec<veil_attest::tpm::AkPublic>> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = read_limited(p, "attestation key")?;
+            veil_attest::tpm::AkPublic::from_bytes(&bytes)
+                .with_context(|| format!("--ak {}", p.display()))
+        })
+        .collect()
+}
+
+/// `az-tdx-vtpm`: the TD quote needs DCAP collateral (`--collateral`), or
+/// `--no-collateral` to check only the vTPM part and parse the quote.
+fn az_tdx_vtpm(
+    a: &VerifyArgs,
+    evidence: &[u8],
+    ctx: &Context<'_>,
+) -> Result<std::result::Result<Claims, Error>> {
+    let claims = if a.no_collateral {
+        if a.collateral.is_some() {
+            bail!("--no-collateral and --collateral exclude each other");
+        }
+        eprintln!(
+            "veil: WARNING: --no-collateral: the vTPM quote and HCL report are checked, but the TD quote is only parsed; its signature and PCK certificate chain are NOT verified"
+        );
+        veil_attest::azure::inspect_tdx_vtpm(evidence)
+    } else {
+        let Some(path) = &a.collateral else {
+            bail!(
+                "az-tdx-vtpm evidence needs --collateral FILE|DIR for its TD quote; --no-collateral checks only the vTPM part"
+            );
+        };
+        let collateral = crate::attest_dcap::read_collateral(path)?;
+        let policy = veil_attest::dcap::TcbPolicy {
+            allow_debug: a.allow_debug,
+            ..Default::default()
+        }
+        .accept_all(a.accept_tcb_status.iter().copied())
+        .map_err(|e| anyhow::anyhow!("--accept-tcb-status: {e}"))?;
+        veil_attest::azure::verify_tdx_vtpm(evidence, &collateral, &policy, ctx.now_unix)
+    };
+    Ok(claims.and_then(|c| ctx.expectations.check(&c).map(|()| c)))
 }
 
 fn write_new(path: &Path, bytes: &[u8], private: bool, force: bool) -> Result<()> {

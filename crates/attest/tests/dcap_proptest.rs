@@ -118,7 +118,10 @@ fn every_single_bit_flip_is_refused() {
             } else {
                 sgx::verify(&t, &coll, &policy, INSIDE)
             };
-            assert!(r.is_err(), "{tee} quote with byte {pos:#x} flipped verified");
+            assert!(
+                r.is_err(),
+                "{tee} quote with byte {pos:#x} flipped verified"
+            );
         }
     }
 }

@@ -29,8 +29,13 @@ fn accepting() -> TcbPolicy {
 
 #[test]
 fn default_policy_refuses_and_says_why() {
-    let e = sgx::verify(&fixture("quote.bin"), &collateral(), &TcbPolicy::default(), at(INSIDE))
-        .unwrap_err();
+    let e = sgx::verify(
+        &fixture("quote.bin"),
+        &collateral(),
+        &TcbPolicy::default(),
+        at(INSIDE),
+    )
+    .unwrap_err();
     assert_eq!(e.check(), Some("dcap.tcb_status"));
     assert_eq!(
         e.to_string(),
@@ -40,7 +45,13 @@ fn default_policy_refuses_and_says_why() {
 
 #[test]
 fn accepted_status_verifies_and_is_listed() {
-    let c = sgx::verify(&fixture("quote.bin"), &collateral(), &accepting(), at(INSIDE)).unwrap();
+    let c = sgx::verify(
+        &fixture("quote.bin"),
+        &collateral(),
+        &accepting(),
+        at(INSIDE),
+    )
+    .unwrap();
     assert_eq!(c.tee, Tee::Sgx);
     assert!(c.hardware_backed);
     assert_eq!(c.raw["tcb_status"], "ConfigurationAndSWHardeningNeeded");
@@ -48,15 +59,24 @@ fn accepted_status_verifies_and_is_listed() {
         c.raw["advisory_ids"],
         serde_json::json!(["INTEL-SA-00289", "INTEL-SA-00615"])
     );
-    assert_eq!(c.raw["tcb_policy"]["exception"], "ConfigurationAndSWHardeningNeeded");
+    assert_eq!(
+        c.raw["tcb_policy"]["exception"],
+        "ConfigurationAndSWHardeningNeeded"
+    );
     assert_eq!(
         c.raw["tcb_policy"]["accepted"],
         serde_json::json!(["UpToDate", "ConfigurationAndSWHardeningNeeded"])
     );
     // MRENCLAVE is the measurement; CONFIGID (64 bytes) the init-data field.
-    assert_eq!(hex::encode(&c.measurement), c.raw["mr_enclave"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(&c.measurement),
+        c.raw["mr_enclave"].as_str().unwrap()
+    );
     assert_eq!(c.init_data.len(), 64);
-    assert_eq!(hex::encode(&c.init_data), c.raw["config_id"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(&c.init_data),
+        c.raw["config_id"].as_str().unwrap()
+    );
     for k in ["mr_signer", "attributes", "report_data"] {
         assert!(c.raw[k].is_string(), "{k}");
     }
@@ -68,18 +88,26 @@ fn accepted_status_verifies_and_is_listed() {
 
 #[test]
 fn accepting_another_status_is_not_enough() {
-    let p = TcbPolicy::default().accept(TcbStatus::SWHardeningNeeded).unwrap();
+    let p = TcbPolicy::default()
+        .accept(TcbStatus::SWHardeningNeeded)
+        .unwrap();
     let e = sgx::verify(&fixture("quote.bin"), &collateral(), &p, at(INSIDE)).unwrap_err();
     assert!(
-        e.to_string().ends_with("accepted: UpToDate, SWHardeningNeeded"),
+        e.to_string()
+            .ends_with("accepted: UpToDate, SWHardeningNeeded"),
         "{e}"
     );
 }
 
 #[test]
 fn refused_after_window() {
-    let e = sgx::verify(&fixture("quote.bin"), &collateral(), &accepting(), at("2025-08-01T00:00:00Z"))
-        .unwrap_err();
+    let e = sgx::verify(
+        &fixture("quote.bin"),
+        &collateral(),
+        &accepting(),
+        at("2025-08-01T00:00:00Z"),
+    )
+    .unwrap_err();
     assert_eq!(e.check(), Some("dcap.collateral_expired"));
     assert!(
         e.to_string().starts_with("collateral expired: TCB info nextUpdate 2025-07-19T10:56:11Z, verification time 2025-08-01T00:00:00Z"),
@@ -104,8 +132,13 @@ fn coco_json_evidence() {
     let ev = serde_json::json!({
         "quote": base64::engine::general_purpose::STANDARD.encode(fixture("quote.bin"))
     });
-    let c = sgx::verify_evidence(ev.to_string().as_bytes(), &collateral(), &accepting(), at(INSIDE))
-        .unwrap();
+    let c = sgx::verify_evidence(
+        ev.to_string().as_bytes(),
+        &collateral(),
+        &accepting(),
+        at(INSIDE),
+    )
+    .unwrap();
     assert_eq!(c.raw["tcb_status"], "ConfigurationAndSWHardeningNeeded");
 }
 
@@ -143,8 +176,16 @@ fn flipped_bytes_fail_naming_the_check() {
         ("report data", 48 + 383, "dcap.quote_signature"),
         ("quote signature", sig_start + 40, "dcap.quote_signature"),
         ("attestation key", key_start + 63, "dcap.attestation_key"),
-        ("QE report", qe_report_start + 64, "dcap.qe_report_signature"),
-        ("QE report signature", qe_sig_start, "dcap.qe_report_signature"),
+        (
+            "QE report",
+            qe_report_start + 64,
+            "dcap.qe_report_signature",
+        ),
+        (
+            "QE report signature",
+            qe_sig_start,
+            "dcap.qe_report_signature",
+        ),
         ("QE auth data", auth_start + 31, "dcap.attestation_key"),
         ("PCK chain PEM", chain_start + 300, "dcap.pck_chain"),
     ];

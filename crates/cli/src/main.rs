@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod attest;
+mod attest_dcap;
 mod image;
 mod output;
 

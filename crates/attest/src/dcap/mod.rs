@@ -80,6 +80,58 @@ pub fn parse_rfc3339(s: &str) -> std::result::Result<u64, String> {
     u64::try_from(t.unix_timestamp()).map_err(|_| format!("time before 1970: {s:?}"))
 }
 
+/// DCAP options for the top-level dispatcher (`veil_attest::verify`).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Collateral to appraise quotes with. Without it, TDX/SGX evidence is
+    /// refused (use [`inspect`] to parse without verifying).
+    pub collateral: Option<Collateral>,
+    /// Which TCB statuses to accept; debug enclaves/TDs.
+    pub policy: TcbPolicy,
+}
+
+/// Verify TDX or SGX evidence (a raw quote or CoCo JSON) with `opts` at
+/// `now_unix`.
+pub fn verify(
+    tee: crate::Tee,
+    evidence: &[u8],
+    opts: &Options,
+    now_unix: u64,
+) -> Result<crate::Claims> {
+    let Some(collateral) = &opts.collateral else {
+        return Err(Error::refused(
+            "dcap.collateral",
+            format!(
+                "{tee} evidence cannot be verified without collateral (PCK CRL, root CA CRL, TCB info, QE identity and their issuer chains)"
+            ),
+        ));
+    };
+    match tee {
+        crate::Tee::Tdx => {
+            crate::tdx::verify_evidence(evidence, collateral, &opts.policy, now_unix)
+        }
+        crate::Tee::Sgx => {
+            crate::sgx::verify_evidence(evidence, collateral, &opts.policy, now_unix)
+        }
+        other => Err(Error::refused(
+            "tee",
+            format!("{other} evidence is not a DCAP quote"),
+        )),
+    }
+}
+
+/// Parse TDX or SGX evidence WITHOUT verifying it (see [`crate::tdx::inspect`]).
+pub fn inspect(tee: crate::Tee, evidence: &[u8]) -> Result<crate::Claims> {
+    match tee {
+        crate::Tee::Tdx => crate::tdx::inspect_evidence(evidence),
+        crate::Tee::Sgx => crate::sgx::inspect_evidence(evidence),
+        other => Err(Error::refused(
+            "tee",
+            format!("{other} evidence is not a DCAP quote"),
+        )),
+    }
+}
+
 /// The outcome of verifying a quote with collateral.
 #[derive(Debug, Clone)]
 pub struct Appraisal {
@@ -454,13 +506,12 @@ fn pck_chain_from_quote(q: &Quote) -> Result<Vec<Certificate>> {
             "PCK certificate chain in the quote is not a plain sequence of PEM certificates separated by newlines",
         ));
     }
-    let chain = collateral::parse_chain("PCK certificate chain", pem)
-        .map_err(|e| {
-            Error::refused(
-                "dcap.pck_chain",
-                format!("PCK certificate chain in the quote does not parse: {e}"),
-            )
-        })?;
+    let chain = collateral::parse_chain("PCK certificate chain", pem).map_err(|e| {
+        Error::refused(
+            "dcap.pck_chain",
+            format!("PCK certificate chain in the quote does not parse: {e}"),
+        )
+    })?;
     if !(2..=3).contains(&chain.len()) {
         return Err(Error::mismatch(
             "dcap.pck_chain",

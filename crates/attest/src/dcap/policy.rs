@@ -107,7 +107,10 @@ impl FromStr for TcbStatus {
 /// Which TCB statuses to accept, and whether a debug enclave/TD is acceptable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcbPolicy {
-    accepted: BTreeSet<TcbStatus>,
+    /// Accepted statuses (default: `UpToDate` only). `Revoked` is never
+    /// accepted, even if listed here; prefer [`TcbPolicy::accept`], which
+    /// refuses to add it.
+    pub accepted: BTreeSet<TcbStatus>,
     /// Accept an enclave/TD launched in debug mode (its memory is readable by
     /// the host). Off by default.
     pub allow_debug: bool,

@@ -1,0 +1,289 @@
+//! `veil attest verify --tee tdx|sgx`: collateral as JSON or a PCS directory,
+//! the verification time, the TCB status policy and `--no-collateral`, with
+//! the exit codes and messages users see (0 ok, 1 refused, 2 malformed).
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/");
+const INSIDE: &str = "2025-07-01T00:00:00Z";
+
+fn veil() -> Command {
+    Command::cargo_bin("veil").unwrap()
+}
+
+fn fx(p: &str) -> String {
+    format!("{FIX}{p}")
+}
+
+#[test]
+fn tdx_verifies_with_json_collateral() {
+    veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &fx("tdx/quote.bin"),
+        ])
+        .args(["--collateral", &fx("tdx/collateral.json"), "--at", INSIDE])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "verified: tdx evidence, signed by PCK",
+        ))
+        .stdout(predicate::str::contains("tcb_status    UpToDate"))
+        .stdout(predicate::str::contains("valid until 2025-07-19T10:00:35Z"));
+    let out = veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--json",
+            "--evidence",
+            &fx("tdx/quote.bin"),
+        ])
+        .args(["--collateral", &fx("tdx/collateral.json"), "--at", INSIDE])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["tee"], "tdx");
+    assert_eq!(c["measurement"], c["raw"]["mr_td"]);
+    assert_eq!(c["init_data"], c["raw"]["mr_config_id"]);
+    assert_eq!(c["raw"]["signature_verified"], true);
+}
+
+#[test]
+fn tdx_expired_collateral_exits_1_naming_tcb_info() {
+    veil()
+        .args(["attest", "verify", "--tee", "tdx", "--evidence", &fx("tdx/quote.bin")])
+        .args(["--collateral", &fx("tdx/collateral.json"), "--at", "2025-08-01T00:00:00Z"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "refused: collateral expired: TCB info nextUpdate 2025-07-19T10:16:03Z, verification time 2025-08-01T00:00:00Z",
+        ));
+}
+
+#[test]
+fn sgx_status_policy() {
+    veil()
+        .args(["attest", "verify", "--tee", "sgx", "--evidence", &fx("sgx/quote.bin")])
+        .args(["--collateral", &fx("sgx/collateral.json"), "--at", INSIDE])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "TCB status ConfigurationAndSWHardeningNeeded not accepted (advisories INTEL-SA-00289, INTEL-SA-00615); accepted: UpToDate",
+        ));
+    veil()
+        .args(["attest", "verify", "--tee", "sgx", "--evidence", &fx("sgx/quote.bin")])
+        .args(["--collateral", &fx("sgx/collateral.json"), "--at", INSIDE])
+        .args(["--accept-tcb-status", "ConfigurationAndSWHardeningNeeded"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "ConfigurationAndSWHardeningNeeded (INTEL-SA-00289, INTEL-SA-00615) — ACCEPTED BY POLICY EXCEPTION",
+        ));
+    veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "sgx",
+            "--evidence",
+            &fx("sgx/quote.bin"),
+        ])
+        .args([
+            "--collateral",
+            &fx("sgx/collateral.json"),
+            "--accept-tcb-status",
+            "Fine",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown TCB status \"Fine\""));
+}
+
+#[test]
+fn no_collateral_parses_and_says_not_verified() {
+    // The v4 sample is a debug TD: refused unless debug is allowed.
+    veil()
+        .args(["attest", "verify", "--tee", "tdx", "--no-collateral"])
+        .args(["--evidence", &fx("tdx/quote-v4-noncollateral.bin")])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("debugging enabled"));
+    for q in [
+        "tdx/quote-v4-noncollateral.bin",
+        "tdx/quote-v5-noncollateral.bin",
+    ] {
+        veil()
+            .args([
+                "attest",
+                "verify",
+                "--tee",
+                "tdx",
+                "--no-collateral",
+                "--allow-debug",
+            ])
+            .args(["--evidence", &fx(q)])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(
+                "NOT VERIFIED: tdx quote parsed without collateral",
+            ))
+            .stdout(predicate::str::contains("mr_td"))
+            .stderr(predicate::str::contains("NOT verified"));
+    }
+    let out = veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--no-collateral",
+            "--allow-debug",
+            "--json",
+        ])
+        .args(["--evidence", &fx("tdx/quote-v5-noncollateral.bin")])
+        .output()
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["hardware_backed"], false);
+    assert_eq!(c["raw"]["signature_verified"], false);
+    assert_eq!(c["platform"]["signer"], "unverified");
+}
+
+#[test]
+fn missing_collateral_is_a_usage_error() {
+    veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &fx("tdx/quote.bin"),
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "tdx evidence needs --collateral FILE|DIR",
+        ));
+}
+
+#[test]
+fn pcs_directory_and_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx("tdx/collateral.json")).unwrap()).unwrap();
+    let s = |k: &str| j[k].as_str().unwrap().to_string();
+    let w = |name: &str, data: Vec<u8>| std::fs::write(dir.path().join(name), data).unwrap();
+    w(
+        "tcb_info.json",
+        format!(
+            r#"{{"tcbInfo":{},"signature":"{}"}}"#,
+            s("tcb_info"),
+            s("tcb_info_signature")
+        )
+        .into_bytes(),
+    );
+    w(
+        "qe_identity.json",
+        format!(
+            r#"{{"enclaveIdentity":{},"signature":"{}"}}"#,
+            s("qe_identity"),
+            s("qe_identity_signature")
+        )
+        .into_bytes(),
+    );
+    w(
+        "tcb_info_issuer_chain.pem",
+        s("tcb_info_issuer_chain").into_bytes(),
+    );
+    w(
+        "qe_identity_issuer_chain.pem",
+        s("qe_identity_issuer_chain").into_bytes(),
+    );
+    w(
+        "pck_crl_issuer_chain.pem",
+        s("pck_crl_issuer_chain").into_bytes(),
+    );
+    w("pck_crl.der", hex::decode(s("pck_crl")).unwrap());
+    w("root_ca_crl.der", hex::decode(s("root_ca_crl")).unwrap());
+    let d = dir.path().to_str().unwrap();
+    veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &fx("tdx/quote.bin"),
+        ])
+        .args(["--collateral", d, "--at", INSIDE])
+        .assert()
+        .success();
+
+    // A byte of MRTD changed: the quote signature check names itself.
+    let qdir = tempfile::tempdir().unwrap();
+    let mut q = std::fs::read(fx("tdx/quote.bin")).unwrap();
+    q[48 + 140] ^= 1;
+    let qp = qdir.path().join("tampered.bin");
+    std::fs::write(&qp, q).unwrap();
+    veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            qp.to_str().unwrap(),
+        ])
+        .args(["--collateral", d, "--at", INSIDE])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "quote signature does not verify with the attestation key",
+        ));
+
+    // Truncated quote: malformed, exit 2, names the field.
+    let qp = qdir.path().join("short.bin");
+    std::fs::write(&qp, &std::fs::read(fx("tdx/quote.bin")).unwrap()[..700]).unwrap();
+    veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            qp.to_str().unwrap(),
+        ])
+        .args(["--collateral", &fx("tdx/collateral.json"), "--at", INSIDE])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("malformed DCAP quote"));
+}
+
+#[test]
+fn expectations_apply_to_dcap_claims() {
+    veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &fx("tdx/quote.bin"),
+        ])
+        .args(["--collateral", &fx("tdx/collateral.json"), "--at", INSIDE])
+        .args(["--init-data-digest", &"ab".repeat(48)])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "mr_config_id mismatch (init-data digest)",
+        ));
+}

@@ -86,10 +86,13 @@ fn diff_value(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
             }
         }
         (Value::Array(x), Value::Array(y)) if !path.ends_with(".args") => {
-            let both: Vec<Value> = x.iter().chain(y.iter()).cloned().collect();
-            if let Some(key) = list_key(&both).filter(|_| {
-                list_key(x).is_some() || x.is_empty()
-            }) {
+            let key = match (list_key(x), list_key(y)) {
+                (Some(a), Some(b)) if a == b => Some(a),
+                (Some(a), None) if y.is_empty() => Some(a),
+                (None, Some(b)) if x.is_empty() => Some(b),
+                _ => None,
+            };
+            if let Some(key) = key {
                 let index = |items: &[Value]| -> BTreeMap<String, Value> {
                     items
                         .iter()

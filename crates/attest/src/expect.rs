@@ -80,7 +80,9 @@ impl Expectations {
                 let known: Vec<_> = claims.tcb.keys().map(String::as_str).collect();
                 return Err(Error::mismatch(
                     "tcb",
-                    format!("minimum TCB names component {component:?} that this evidence does not report"),
+                    format!(
+                        "minimum TCB names component {component:?} that this evidence does not report"
+                    ),
                     format!("one of {}", known.join(", ")),
                     component.clone(),
                 ));

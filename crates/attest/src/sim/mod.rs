@@ -27,7 +27,9 @@ use std::ops::Range;
 use base64::Engine;
 use p384::ecdsa::signature::{Signer, Verifier};
 use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
-use p384::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use p384::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -222,7 +224,10 @@ impl SimReport {
     /// Parse a raw report, or the JSON evidence form.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         if bytes.len() > crate::MAX_EVIDENCE_BYTES {
-            return Err(Error::malformed("sim evidence", "larger than the evidence limit"));
+            return Err(Error::malformed(
+                "sim evidence",
+                "larger than the evidence limit",
+            ));
         }
         let raw = if bytes.trim_ascii_start().first() == Some(&b'{') {
             let ev: SimEvidence = serde_json::from_slice(bytes)
@@ -236,11 +241,17 @@ impl SimReport {
         if raw.len() != REPORT_LEN {
             return Err(Error::malformed(
                 "sim report",
-                format!("length is {} bytes, a sim report is {REPORT_LEN}", raw.len()),
+                format!(
+                    "length is {} bytes, a sim report is {REPORT_LEN}",
+                    raw.len()
+                ),
             ));
         }
         if &raw[MAGIC_RANGE] != MAGIC {
-            return Err(Error::malformed("sim report", "bad magic at offset 0x0 (want VEILSIM)"));
+            return Err(Error::malformed(
+                "sim report",
+                "bad magic at offset 0x0 (want VEILSIM)",
+            ));
         }
         let version = u32::from_le_bytes(raw[VERSION].try_into().unwrap_or_default());
         if version != FORMAT_VERSION {
@@ -251,10 +262,16 @@ impl SimReport {
         }
         let flags = u32::from_le_bytes(raw[FLAGS].try_into().unwrap_or_default());
         if flags & !FLAG_DEBUG != 0 {
-            return Err(Error::malformed("sim report", format!("unknown flags {flags:#x} at offset 0xc")));
+            return Err(Error::malformed(
+                "sim report",
+                format!("unknown flags {flags:#x} at offset 0xc"),
+            ));
         }
         if raw[RESERVED].iter().any(|&b| b != 0) {
-            return Err(Error::malformed("sim report", "reserved bytes 0xe4..0x100 are not zero"));
+            return Err(Error::malformed(
+                "sim report",
+                "reserved bytes 0xe4..0x100 are not zero",
+            ));
         }
         let t = &raw[TCB];
         let body = SimReportBody {
@@ -295,17 +312,23 @@ pub fn verify(evidence: &[u8], root: Option<&SimRootKey>) -> Result<Claims> {
             hex::encode(report.platform_id),
         ));
     }
-    let sig = Signature::from_slice(&report.raw[SIGNATURE])
-        .map_err(|_| Error::refused("sim.signature", "sim report signature is not a valid P-384 signature"))?;
-    root.0.verify(&report.raw[SIGNED_RANGE], &sig).map_err(|_| {
+    let sig = Signature::from_slice(&report.raw[SIGNATURE]).map_err(|_| {
         Error::refused(
             "sim.signature",
-            format!(
-                "sim report signature does not verify with the trusted sim root (platform {}…)",
-                &hex::encode(expected_id)[..16]
-            ),
+            "sim report signature is not a valid P-384 signature",
         )
     })?;
+    root.0
+        .verify(&report.raw[SIGNED_RANGE], &sig)
+        .map_err(|_| {
+            Error::refused(
+                "sim.signature",
+                format!(
+                    "sim report signature does not verify with the trusted sim root (platform {}…)",
+                    &hex::encode(expected_id)[..16]
+                ),
+            )
+        })?;
     let b = &report.body;
     let tcb = [
         ("bootloader", b.tcb.bootloader),

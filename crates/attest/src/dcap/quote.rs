@@ -291,7 +291,7 @@ impl TdReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     /// An SGX enclave report.
-    Sgx(EnclaveReport),
+    Sgx(Box<EnclaveReport>),
     /// A TD report.
     Td(Box<TdReport>),
 }
@@ -436,9 +436,9 @@ impl Quote {
                     ));
                 }
                 if header.tee_type == TEE_TYPE_SGX {
-                    Body::Sgx(EnclaveReport::parse(
+                    Body::Sgx(Box::new(EnclaveReport::parse(
                         r.take(ENCLAVE_REPORT_LEN, "SGX report body")?,
-                    )?)
+                    )?))
                 } else {
                     Body::Td(Box::new(TdReport::parse(
                         r.take(TD_REPORT10_LEN, "TD report body")?,
@@ -485,7 +485,7 @@ impl Quote {
                 if is_td {
                     Body::Td(Box::new(TdReport::parse(b)?))
                 } else {
-                    Body::Sgx(EnclaveReport::parse(b)?)
+                    Body::Sgx(Box::new(EnclaveReport::parse(b)?))
                 }
             }
             v => {

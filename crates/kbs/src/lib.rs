@@ -1,0 +1,31 @@
+//! veil's key broker and attestation service, wire-compatible with the
+//! Trustee KBS protocol v0.4.0 (RCAR): sessions and nonces, evidence
+//! verification with `veil-attest`, runtime-data and init-data binding,
+//! appraisal into an EAR token (ES256), Rego resource policies, resources
+//! released as JWE to the TEE's key, secrets sealed at rest under a KEK,
+//! an EdDSA-authenticated admin API, audit log and metrics.
+//!
+//! Not for: the guest side (that is `veil-kbs-client`, which this crate uses
+//! for the shared wire formats), producing evidence (`veil-tee`).
+
+pub mod admin_auth;
+pub mod api;
+pub mod appraisal;
+pub mod bench;
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod policy;
+pub mod secrets;
+pub mod serve;
+pub mod session;
+pub mod simguest;
+pub mod state;
+pub mod store;
+pub mod token;
+pub mod verify;
+
+pub use error::KbsError;
+pub use secrets::Kek;
+pub use serve::{RunningServer, StartError, spawn};
+pub use state::{ServerConfig, TlsFiles};

@@ -1,0 +1,210 @@
+//! The server's shared state and configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::metrics::Metrics;
+use crate::policy::RegoPolicy;
+use crate::secrets::Kek;
+use crate::session::Sessions;
+use crate::store::{AuditRecord, Store};
+use crate::token::TokenSigner;
+
+/// Where the server's TLS certificate and key are.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Server configuration.
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory (SQLite database).
+    pub data_dir: PathBuf,
+    /// TLS files; `None` = plain HTTP, allowed on loopback only.
+    pub tls: Option<TlsFiles>,
+    /// The key-encryption key for secrets at rest.
+    pub kek: Kek,
+    /// Ed25519 admin public keys.
+    pub admin_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// Trusted sim root; sim evidence is refused without it.
+    pub sim_root: Option<veil_attest::sim::SimRootKey>,
+    /// Development mode: resource release to sim tokens.
+    pub dev: bool,
+    /// Accept CoCo `sample` evidence (no cryptography).
+    pub insecure_allow_sample: bool,
+    /// Session (cookie) lifetime.
+    pub session_timeout: Duration,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// Request body limit.
+    pub max_body_bytes: usize,
+    /// Maximum open sessions.
+    pub max_sessions: usize,
+    /// Maximum concurrent connections.
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for a data dir and KEK: 127.0.0.1:8080, TLS required (set
+    /// `tls`), 5-minute sessions and tokens, 2 MiB bodies.
+    pub fn new(data_dir: PathBuf, kek: Kek) -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir,
+            tls: None,
+            kek,
+            admin_keys: Vec::new(),
+            sim_root: None,
+            dev: false,
+            insecure_allow_sample: false,
+            session_timeout: Duration::from_secs(300),
+            token_ttl: Duration::from_secs(300),
+            max_body_bytes: 2 << 20,
+            max_sessions: 100_000,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// The attestation policy in force.
+pub struct AttestationPolicy {
+    /// `default` or `custom`.
+    pub id: String,
+    /// Compiled.
+    pub policy: RegoPolicy,
+}
+
+/// Shared state of a running server.
+pub struct AppState {
+    /// Configuration.
+    pub cfg: ServerConfig,
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// Token signer.
+    pub signer: TokenSigner,
+    /// Sessions.
+    pub sessions: Sessions,
+    /// Attestation policy.
+    pub attestation_policy: RwLock<Arc<AttestationPolicy>>,
+    /// Resource policies by scope.
+    pub resource_policies: RwLock<Arc<BTreeMap<String, RegoPolicy>>>,
+    /// Reference values (unexpired), by name.
+    pub reference_values: RwLock<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn read<T: Clone>(l: &RwLock<T>) -> T {
+    l.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write<T>(l: &RwLock<T>, v: T) {
+    *l.write().unwrap_or_else(|p| p.into_inner()) = v;
+}
+
+impl AppState {
+    /// Current attestation policy.
+    pub fn attestation_policy(&self) -> Arc<AttestationPolicy> {
+        read(&self.attestation_policy)
+    }
+
+    /// Current resource policies.
+    pub fn resource_policies(&self) -> Arc<BTreeMap<String, RegoPolicy>> {
+        read(&self.resource_policies)
+    }
+
+    /// Current reference values.
+    pub fn reference_values(&self) -> Arc<serde_json::Map<String, serde_json::Value>> {
+        read(&self.reference_values)
+    }
+
+    /// Reload policies and reference values from the store.
+    pub fn reload(&self) -> Result<(), String> {
+        let mut att = None;
+        for (scope, text) in self
+            .store
+            .list_policies("attestation")
+            .map_err(|e| e.to_string())?
+        {
+            if scope.is_empty() {
+                att = Some(text);
+            }
+        }
+        let ap = match att {
+            Some(text) => AttestationPolicy {
+                id: "custom".into(),
+                policy: crate::appraisal::compile(&text)
+                    .map_err(|e| format!("stored attestation policy: {e}"))?,
+            },
+            None => AttestationPolicy {
+                id: "default".into(),
+                policy: crate::appraisal::compile(crate::appraisal::DEFAULT_POLICY)?,
+            },
+        };
+        write(&self.attestation_policy, Arc::new(ap));
+        let mut rp = BTreeMap::new();
+        for (scope, text) in self
+            .store
+            .list_policies("resource")
+            .map_err(|e| e.to_string())?
+        {
+            let p = crate::policy::compile_resource_policy(&text)
+                .map_err(|e| format!("stored resource policy for scope {scope:?}: {e}"))?;
+            rp.insert(scope, p);
+        }
+        write(&self.resource_policies, Arc::new(rp));
+        let now = now();
+        let mut rv = serde_json::Map::new();
+        for (name, value, expires) in self
+            .store
+            .list_reference_values()
+            .map_err(|e| e.to_string())?
+        {
+            if expires > now {
+                rv.insert(name, value);
+            }
+        }
+        write(&self.reference_values, Arc::new(rv));
+        Ok(())
+    }
+
+    /// Record an audit event (errors are logged: an audit failure must not
+    /// hide the decision, but it is reported).
+    pub fn audit(
+        &self,
+        kind: &str,
+        subject: &str,
+        decision: &str,
+        reason: &str,
+        details: serde_json::Value,
+    ) {
+        let rec = AuditRecord {
+            id: 0,
+            ts: now(),
+            kind: kind.into(),
+            subject: subject.chars().take(256).collect(),
+            decision: decision.into(),
+            reason: reason.chars().take(2048).collect(),
+            details,
+        };
+        if let Err(e) = self.store.append_audit(&rec) {
+            tracing::error!(error = %e, kind, "audit write failed");
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The embedded SQLite store: one file `kbs.sqlite` in the data directory,
+//! WAL journal with `synchronous = FULL`, so a committed write survives a
+//! crash or power loss; schema versioned with `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{AuditRecord, ResourceMeta, Result, SealedBlob, Store, StoreError};
+
+/// Current schema version.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE resources (
+    path TEXT PRIMARY KEY NOT NULL,
+    size INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    kek_id TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE TABLE sealed_meta (
+    key TEXT PRIMARY KEY NOT NULL,
+    kek_id TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL
+);
+CREATE TABLE policies (
+    kind TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    text TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, scope)
+);
+CREATE TABLE reference_values (
+    name TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX audit_kind ON audit(kind, id);
+";
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) `kbs.sqlite` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("kbs.sqlite");
+        let conn = Connection::open(&path)
+            .map_err(|e| StoreError(format!("opening {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        match version {
+            0 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(|e| StoreError(format!("creating schema: {e}")))?;
+            }
+            SCHEMA_VERSION => {}
+            other => {
+                return Err(StoreError(format!(
+                    "{} has schema version {other}; this veil supports {SCHEMA_VERSION}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut c = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError("store lock poisoned".into()))?;
+        f(&mut c).map_err(err)
+    }
+}
+
+fn blob_from_row(kek_id: String, nonce: Vec<u8>, ciphertext: Vec<u8>) -> SealedBlob {
+    SealedBlob {
+        kek_id,
+        nonce,
+        ciphertext,
+    }
+}
+
+impl Store for SqliteStore {
+    fn put_resource(&self, path: &str, size: u64, blob: &SealedBlob, now: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO resources (path, size, updated_at, kek_id, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(path) DO UPDATE SET size = ?2, updated_at = ?3, kek_id = ?4, nonce = ?5, ciphertext = ?6",
+                params![path, to_i64(size), to_i64(now), blob.kek_id, blob.nonce, blob.ciphertext],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn get_resource(&self, path: &str) -> Result<Option<(ResourceMeta, SealedBlob)>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT size, updated_at, kek_id, nonce, ciphertext FROM resources WHERE path = ?1",
+                params![path],
+                |r| {
+                    let kek_id: String = r.get(2)?;
+                    Ok((
+                        ResourceMeta {
+                            path: path.to_string(),
+                            size: to_u64(r.get(0)?),
+                            updated_at: to_u64(r.get(1)?),
+                            kek_id: kek_id.clone(),
+                        },
+                        blob_from_row(kek_id, r.get(3)?, r.get(4)?),
+                    ))
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn delete_resource(&self, path: &str) -> Result<bool> {
+        self.with(|c| {
+            c.execute("DELETE FROM resources WHERE path = ?1", params![path])
+                .map(|n| n > 0)
+        })
+    }
+
+    fn list_resources(&self) -> Result<Vec<ResourceMeta>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT path, size, updated_at, kek_id FROM resources ORDER BY path")?;
+            let rows = st.query_map([], |r| {
+                Ok(ResourceMeta {
+                    path: r.get(0)?,
+                    size: to_u64(r.get(1)?),
+                    updated_at: to_u64(r.get(2)?),
+                    kek_id: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn reseal_all(
+        &self,
+        f: &mut dyn FnMut(&str, &SealedBlob) -> std::result::Result<SealedBlob, String>,
+    ) -> Result<usize> {
+        let mut c = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError("store lock poisoned".into()))?;
+        let tx = c.transaction().map_err(err)?;
+        let mut count = 0;
+        for (table, key_col, prefix) in [
+            ("resources", "path", "resource:"),
+            ("sealed_meta", "key", "meta:"),
+        ] {
+            let rows: Vec<(String, SealedBlob)> = {
+                let mut st = tx
+                    .prepare(&format!(
+                        "SELECT {key_col}, kek_id, nonce, ciphertext FROM {table}"
+                    ))
+                    .map_err(err)?;
+                let it = st
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, blob_from_row(r.get(1)?, r.get(2)?, r.get(3)?)))
+                    })
+                    .map_err(err)?;
+                it.collect::<rusqlite::Result<_>>().map_err(err)?
+            };
+            for (key, blob) in rows {
+                let new = f(&format!("{prefix}{key}"), &blob).map_err(StoreError)?;
+                tx.execute(
+                    &format!("UPDATE {table} SET kek_id = ?1, nonce = ?2, ciphertext = ?3 WHERE {key_col} = ?4"),
+                    params![new.kek_id, new.nonce, new.ciphertext, key],
+                )
+                .map_err(err)?;
+                count += 1;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(count)
+    }
+
+    fn kek_ids(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT kek_id FROM resources UNION SELECT kek_id FROM sealed_meta ORDER BY 1",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    fn get_sealed_meta(&self, key: &str) -> Result<Option<SealedBlob>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT kek_id, nonce, ciphertext FROM sealed_meta WHERE key = ?1",
+                params![key],
+                |r| Ok(blob_from_row(r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+        })
+    }
+
+    fn put_sealed_meta(&self, key: &str, blob: &SealedBlob) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO sealed_meta (key, kek_id, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(key) DO UPDATE SET kek_id = ?2, nonce = ?3, ciphertext = ?4",
+                params![key, blob.kek_id, blob.nonce, blob.ciphertext],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn set_policy(&self, kind: &str, scope: &str, text: &str, now: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO policies (kind, scope, text, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(kind, scope) DO UPDATE SET text = ?3, updated_at = ?4",
+                params![kind, scope, text, to_i64(now)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn list_policies(&self, kind: &str) -> Result<Vec<(String, String)>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT scope, text FROM policies WHERE kind = ?1 ORDER BY scope")?;
+            let rows = st.query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    fn set_reference_value(
+        &self,
+        name: &str,
+        value: &serde_json::Value,
+        expires_at: u64,
+    ) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO reference_values (name, value, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET value = ?2, expires_at = ?3",
+                params![name, value.to_string(), to_i64(expires_at)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn list_reference_values(&self) -> Result<Vec<(String, serde_json::Value, u64)>> {
+        let rows: Vec<(String, String, i64)> = self.with(|c| {
+            let mut st =
+                c.prepare("SELECT name, value, expires_at FROM reference_values ORDER BY name")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })?;
+        rows.into_iter()
+            .map(|(n, v, e)| {
+                let value = serde_json::from_str(&v)
+                    .map_err(|e| StoreError(format!("reference value {n}: {e}")))?;
+                Ok((n, value, to_u64(e)))
+            })
+            .collect()
+    }
+
+    fn append_audit(&self, rec: &AuditRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit (ts, kind, subject, decision, reason, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![to_i64(rec.ts), rec.kind, rec.subject, rec.decision, rec.reason, rec.details.to_string()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn query_audit(&self, limit: u32, kind: Option<&str>) -> Result<Vec<AuditRecord>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, ts, kind, subject, decision, reason, details FROM audit
+                 WHERE (?1 IS NULL OR kind = ?1) ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![kind, limit], |r| {
+                let details: String = r.get(6)?;
+                Ok(AuditRecord {
+                    id: r.get(0)?,
+                    ts: to_u64(r.get(1)?),
+                    kind: r.get(2)?,
+                    subject: r.get(3)?,
+                    decision: r.get(4)?,
+                    reason: r.get(5)?,
+                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_roundtrip_and_reseal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let blob = SealedBlob {
+            kek_id: "k1".into(),
+            nonce: vec![1; 12],
+            ciphertext: vec![2; 20],
+        };
+        s.put_resource("a/b/c", 4, &blob, 10).unwrap();
+        s.put_sealed_meta("token-key", &blob).unwrap();
+        assert_eq!(s.list_resources().unwrap().len(), 1);
+        assert_eq!(s.kek_ids().unwrap(), vec!["k1".to_string()]);
+        let n = s
+            .reseal_all(&mut |_, b| {
+                Ok(SealedBlob {
+                    kek_id: "k2".into(),
+                    ..b.clone()
+                })
+            })
+            .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(s.kek_ids().unwrap(), vec!["k2".to_string()]);
+        // A failing reseal changes nothing.
+        assert!(
+            s.reseal_all(&mut |k, b| if k.starts_with("meta:") {
+                Err("no".into())
+            } else {
+                Ok(SealedBlob {
+                    kek_id: "k3".into(),
+                    ..b.clone()
+                })
+            })
+            .is_err()
+        );
+        assert_eq!(s.kek_ids().unwrap(), vec!["k2".to_string()]);
+        drop(s);
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert!(s.get_resource("a/b/c").unwrap().is_some());
+        assert!(s.delete_resource("a/b/c").unwrap());
+        assert!(!s.delete_resource("a/b/c").unwrap());
+    }
+}

@@ -13,8 +13,7 @@ use sha2::{Digest, Sha256, Sha384};
 use veil_attest::azure::{self, HclReport, Kind};
 use veil_attest::tpm::evidence::TpmEvidence;
 use veil_attest::tpm::{
-    self, AkPublic, Attest, PcrSelection, PcrValues, Signature, alg, expected_pcr8, object_attr,
-    st,
+    self, AkPublic, Attest, PcrSelection, PcrValues, Signature, alg, expected_pcr8, object_attr, st,
 };
 use veil_attest::{Claims, Context, Error, Expectations, Tee};
 
@@ -29,8 +28,8 @@ fn fixture(dir: &str, name: &str) -> Vec<u8> {
 /// The quote of `azure-snp-vtpm/evidence-v1.json` as `tpm` evidence, with
 /// the AK taken from its HCL runtime data.
 fn azure_as_tpm() -> (TpmEvidence, AkPublic) {
-    let ev = azure::evidence::parse(Kind::Snp, &fixture("azure-snp-vtpm", "evidence-v1.json"))
-        .unwrap();
+    let ev =
+        azure::evidence::parse(Kind::Snp, &fixture("azure-snp-vtpm", "evidence-v1.json")).unwrap();
     let ak = HclReport::parse(&ev.hcl_report)
         .unwrap()
         .runtime_data()
@@ -50,7 +49,10 @@ fn azure_as_tpm() -> (TpmEvidence, AkPublic) {
 fn refused(r: Result<Claims, Error>) -> String {
     match r {
         Ok(_) => panic!("verified"),
-        Err(e) => e.check().map(str::to_string).unwrap_or_else(|| format!("malformed: {e}")),
+        Err(e) => e
+            .check()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("malformed: {e}")),
     }
 }
 
@@ -60,7 +62,10 @@ fn a_real_vtpm_quote_verifies_as_tpm_evidence() {
     let json = ev.to_json();
     let c = tpm::verify(json.as_bytes(), std::slice::from_ref(&ak)).unwrap();
     assert_eq!(c.tee, Tee::Tpm);
-    assert!(!c.hardware_backed, "a plain TPM quote proves nothing about TEE hardware");
+    assert!(
+        !c.hardware_backed,
+        "a plain TPM quote proves nothing about TEE hardware"
+    );
     assert_eq!(&c.report_data[..9], b"challenge");
     assert!(c.report_data[9..].iter().all(|&b| b == 0));
     assert_eq!(c.init_data, ev.pcrs.0[8].to_vec());
@@ -104,7 +109,12 @@ fn the_ak_must_be_trusted() {
 #[test]
 fn altered_real_quote_is_refused() {
     let (base, ak) = azure_as_tpm();
-    let run = |ev: &TpmEvidence| refused(tpm::verify(ev.to_json().as_bytes(), std::slice::from_ref(&ak)));
+    let run = |ev: &TpmEvidence| {
+        refused(tpm::verify(
+            ev.to_json().as_bytes(),
+            std::slice::from_ref(&ak),
+        ))
+    };
     let mut ev = base.clone();
     ev.pcrs.0[8][31] ^= 1;
     assert_eq!(run(&ev), "tpm.pcr_digest");
@@ -112,7 +122,10 @@ fn altered_real_quote_is_refused() {
         let mut ev = base.clone();
         ev.message[i] ^= 0x10;
         let got = run(&ev);
-        assert!(got == "tpm.signature" || got.contains("TPMS_ATTEST"), "byte {i}: {got}");
+        assert!(
+            got == "tpm.signature" || got.contains("TPMS_ATTEST"),
+            "byte {i}: {got}"
+        );
     }
 }
 
@@ -185,33 +198,60 @@ fn rsa_pkcs1_pss_and_ecdsa_quotes_verify() {
     for salt in [32, 256 - 32 - 2] {
         let key = rsa::pss::SigningKey::<Sha256>::new_with_salt_len(rsa_key().clone(), salt);
         let sig = key.sign_with_rng(&mut OsRng, &m).to_vec();
-        let ev = evidence(&ak, m.clone(), Signature::RsaPss { hash: alg::SHA256, sig }, pcrs.clone());
-        tpm::verify(ev.as_bytes(), std::slice::from_ref(&ak)).unwrap_or_else(|e| panic!("salt {salt}: {e}"));
+        let ev = evidence(
+            &ak,
+            m.clone(),
+            Signature::RsaPss {
+                hash: alg::SHA256,
+                sig,
+            },
+            pcrs.clone(),
+        );
+        tpm::verify(ev.as_bytes(), std::slice::from_ref(&ak))
+            .unwrap_or_else(|e| panic!("salt {salt}: {e}"));
     }
 
     // ECDSA P-256 / SHA-256 and P-384 / SHA-384 (the PCR digest then uses SHA-384).
     use p256::ecdsa::signature::hazmat::PrehashSigner;
     let k256 = p256::ecdsa::SigningKey::random(&mut OsRng);
     let ak256 = AkPublic::from_spki_der(
-        p256::PublicKey::from(k256.verifying_key()).to_public_key_der().unwrap().as_bytes(),
+        p256::PublicKey::from(k256.verifying_key())
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes(),
     )
     .unwrap();
     let m = attest(&pcrs, b"nonce", alg::SHA256, |_| {});
     let s: p256::ecdsa::Signature = k256.sign_prehash(&Sha256::digest(&m)).unwrap();
     let (r, sv) = s.split_bytes();
-    let sig = Signature::Ecdsa { hash: alg::SHA256, r: r.to_vec(), s: sv.to_vec() };
-    let c = tpm::verify(evidence(&ak256, m, sig, pcrs.clone()).as_bytes(), std::slice::from_ref(&ak256)).unwrap();
+    let sig = Signature::Ecdsa {
+        hash: alg::SHA256,
+        r: r.to_vec(),
+        s: sv.to_vec(),
+    };
+    let c = tpm::verify(
+        evidence(&ak256, m, sig, pcrs.clone()).as_bytes(),
+        std::slice::from_ref(&ak256),
+    )
+    .unwrap();
     assert_eq!(c.raw["tpm_quote"]["signature"]["scheme"], "ECDSA");
 
     let k384 = p384::ecdsa::SigningKey::random(&mut OsRng);
     let ak384 = AkPublic::from_spki_der(
-        p384::PublicKey::from(k384.verifying_key()).to_public_key_der().unwrap().as_bytes(),
+        p384::PublicKey::from(k384.verifying_key())
+            .to_public_key_der()
+            .unwrap()
+            .as_bytes(),
     )
     .unwrap();
     let m = attest(&pcrs, b"nonce", alg::SHA384, |_| {});
     let s: p384::ecdsa::Signature = k384.sign_prehash(&Sha384::digest(&m)).unwrap();
     let (r, sv) = s.split_bytes();
-    let sig = Signature::Ecdsa { hash: alg::SHA384, r: r.to_vec(), s: sv.to_vec() };
+    let sig = Signature::Ecdsa {
+        hash: alg::SHA384,
+        r: r.to_vec(),
+        s: sv.to_vec(),
+    };
     tpm::verify(evidence(&ak384, m, sig, pcrs).as_bytes(), &[ak384]).unwrap();
 }
 
@@ -241,7 +281,10 @@ fn each_forgery_is_refused_by_its_check() {
     let pcrs = pcrs_with_init_data(&DIGEST);
     let (_, ak) = rsa_ak();
     let run = |m: Vec<u8>, sig: Signature, pcrs: PcrValues| {
-        refused(tpm::verify(evidence(&ak, m, sig, pcrs).as_bytes(), std::slice::from_ref(&ak)))
+        refused(tpm::verify(
+            evidence(&ak, m, sig, pcrs).as_bytes(),
+            std::slice::from_ref(&ak),
+        ))
     };
     let signed = |edit: fn(&mut Attest)| {
         let m = attest(&pcrs, b"nonce", alg::SHA256, edit);
@@ -272,16 +315,32 @@ fn each_forgery_is_refused_by_its_check() {
     assert_eq!(run(m, s, pcrs.clone()), "tpm.pcr_digest");
 
     let (m, _) = signed(|_| {});
-    let sha1 = Signature::RsaSsa { hash: alg::SHA1, sig: vec![0; 256] };
+    let sha1 = Signature::RsaSsa {
+        hash: alg::SHA1,
+        sig: vec![0; 256],
+    };
     assert_eq!(run(m.clone(), sha1, pcrs.clone()), "tpm.signature_scheme");
-    let ecdsa = Signature::Ecdsa { hash: alg::SHA256, r: vec![1; 32], s: vec![1; 32] };
+    let ecdsa = Signature::Ecdsa {
+        hash: alg::SHA256,
+        r: vec![1; 32],
+        s: vec![1; 32],
+    };
     assert_eq!(run(m.clone(), ecdsa, pcrs.clone()), "tpm.signature_scheme");
 
     // Signed by another key.
     let other = RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
-    let s = rsa::pkcs1v15::SigningKey::<Sha256>::new(other).sign(&m).to_vec();
+    let s = rsa::pkcs1v15::SigningKey::<Sha256>::new(other)
+        .sign(&m)
+        .to_vec();
     assert_eq!(
-        run(m.clone(), Signature::RsaSsa { hash: alg::SHA256, sig: s }, pcrs.clone()),
+        run(
+            m.clone(),
+            Signature::RsaSsa {
+                hash: alg::SHA256,
+                sig: s
+            },
+            pcrs.clone()
+        ),
         "tpm.signature"
     );
 }
@@ -297,21 +356,41 @@ fn ak_given_as_tpmt_public_is_held_to_its_attributes_and_scheme() {
     let pinned = AkPublic::from_bytes(&tpmt).unwrap();
     assert_eq!(pinned.spki_der(), ak.spki_der());
     let c = tpm::verify(ev.as_bytes(), std::slice::from_ref(&pinned)).unwrap();
-    assert!(c.raw["tpm_quote"]["ak"]["name"].as_str().unwrap().starts_with("000b"));
+    assert!(
+        c.raw["tpm_quote"]["ak"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("000b")
+    );
 
     // An unrestricted signing key could have signed a forged TPMS_ATTEST.
     let mut unrestricted = tpmt.clone();
-    let attrs = u32::from_be_bytes(unrestricted[4..8].try_into().unwrap()) & !object_attr::RESTRICTED;
+    let attrs =
+        u32::from_be_bytes(unrestricted[4..8].try_into().unwrap()) & !object_attr::RESTRICTED;
     unrestricted[4..8].copy_from_slice(&attrs.to_be_bytes());
     let k = AkPublic::from_bytes(&unrestricted).unwrap();
-    assert_eq!(refused(tpm::verify(ev.as_bytes(), &[k])), "tpm.ak_attributes");
+    assert_eq!(
+        refused(tpm::verify(ev.as_bytes(), &[k])),
+        "tpm.ak_attributes"
+    );
 
     // An AK bound to RSASSA does not accept a PSS signature.
     let sig = rsa::pss::SigningKey::<Sha256>::new(rsa_key().clone())
         .sign_with_rng(&mut OsRng, &m)
         .to_vec();
-    let ev = evidence(&ak, m, Signature::RsaPss { hash: alg::SHA256, sig }, pcrs);
-    assert_eq!(refused(tpm::verify(ev.as_bytes(), &[pinned])), "tpm.signature_scheme");
+    let ev = evidence(
+        &ak,
+        m,
+        Signature::RsaPss {
+            hash: alg::SHA256,
+            sig,
+        },
+        pcrs,
+    );
+    assert_eq!(
+        refused(tpm::verify(ev.as_bytes(), &[pinned])),
+        "tpm.signature_scheme"
+    );
 }
 
 #[test]
@@ -324,9 +403,16 @@ fn malformed_tpm_evidence_says_what_is_wrong() {
     let mut v: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
     v["tpm_quote"]["message"] = "not base64!".into();
     let e = tpm::verify(v.to_string().as_bytes(), std::slice::from_ref(&ak)).unwrap_err();
-    assert!(e.to_string().contains("tpm_quote.message is not standard base64"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("tpm_quote.message is not standard base64"),
+        "{e}"
+    );
     let mut v: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
     v["tpm_quote"]["pcrs"].as_array_mut().unwrap().truncate(8);
     let e = tpm::verify(v.to_string().as_bytes(), std::slice::from_ref(&ak)).unwrap_err();
-    assert!(e.to_string().contains("expected 24 SHA-256 PCR values"), "{e}");
+    assert!(
+        e.to_string().contains("expected 24 SHA-256 PCR values"),
+        "{e}"
+    );
 }

@@ -137,21 +137,21 @@ impl Ctx {
     fn hex(&self, field: &str, s: &str) -> Result<Vec<u8>> {
         hex::decode(s.trim()).map_err(|e| self.err(format!("{field} is not hex: {e}")))
     }
-    fn from_value<T: for<'de> Deserialize<'de>>(&self, v: Value, version: u64) -> Result<T> {
+    fn document<T: for<'de> Deserialize<'de>>(&self, v: Value, version: u64) -> Result<T> {
         serde_json::from_value(v).map_err(|e| self.err(format!("version {version}: {e}")))
     }
-    fn hex_quote(&self, q: HexQuote) -> Result<(Vec<u8>, Vec<u8>, Vec<Vec<u8>>)> {
+    fn hex_quote(&self, q: HexQuote) -> Result<BinQuote> {
         let pcrs = q
             .pcrs
             .iter()
             .enumerate()
             .map(|(i, p)| self.hex(&format!("tpm_quote.pcrs[{i}]"), p))
             .collect::<Result<Vec<_>>>()?;
-        Ok((
-            self.hex("tpm_quote.signature", &q.signature)?,
-            self.hex("tpm_quote.message", &q.message)?,
+        Ok(BinQuote {
+            signature: self.hex("tpm_quote.signature", &q.signature)?,
+            message: self.hex("tpm_quote.message", &q.message)?,
             pcrs,
-        ))
+        })
     }
 }
 
@@ -183,7 +183,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
     }
     let (sig, message, pcrs, hcl_report, vcek, td_quote) = match (kind, version) {
         (Kind::Snp, 0) => {
-            let d: SnpV0 = c.from_value(v, 0)?;
+            let d: SnpV0 = c.document(v, 0)?;
             let q = d.quote;
             (
                 q.signature,
@@ -195,13 +195,14 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
             )
         }
         (Kind::Snp, _) => {
-            let d: SnpV1 = c.from_value(v, version)?;
-            let (s, m, p) = c.hex_quote(d.tpm_quote)?;
+            let d: SnpV1 = c.document(v, version)?;
+            let q = c.hex_quote(d.tpm_quote)?;
             let hcl = c.b64url("hcl_report", &d.hcl_report)?;
-            (s, m, p, hcl, Some(c.b64url("vcek", &d.vcek)?), None)
+            let vcek = c.b64url("vcek", &d.vcek)?;
+            (q.signature, q.message, q.pcrs, hcl, Some(vcek), None)
         }
         (Kind::Tdx, 0) => {
-            let d: TdxV0 = c.from_value(v, 0)?;
+            let d: TdxV0 = c.document(v, 0)?;
             let q = d.tpm_quote;
             (
                 q.signature,
@@ -213,10 +214,11 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
             )
         }
         (Kind::Tdx, _) => {
-            let d: TdxV1 = c.from_value(v, version)?;
-            let (s, m, p) = c.hex_quote(d.tpm_quote)?;
+            let d: TdxV1 = c.document(v, version)?;
+            let q = c.hex_quote(d.tpm_quote)?;
             let hcl = c.b64url("hcl_report", &d.hcl_report)?;
-            (s, m, p, hcl, None, Some(c.b64url("td_quote", &d.td_quote)?))
+            let td = c.b64url("td_quote", &d.td_quote)?;
+            (q.signature, q.message, q.pcrs, hcl, None, Some(td))
         }
     };
     if sig.len() > crate::tpm::signature::MAX_RSA_SIG_LEN {

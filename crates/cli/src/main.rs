@@ -9,6 +9,7 @@ mod attest;
 mod attest_dcap;
 mod image;
 mod output;
+mod policy;
 
 /// Run unmodified OCI containers inside hardware TEEs (AMD SEV-SNP, Intel TDX)
 /// and prove, with hardware-signed evidence, exactly what runs there before
@@ -28,6 +29,9 @@ enum Command {
     /// OCI images: inspect, measure (dm-verity), encrypt/decrypt, sign/verify, unpack.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Workload policies: generate from Kubernetes YAML, digest, check, diff.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attest(cmd) => attest::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Policy(cmd) => policy::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -714,7 +714,8 @@ impl AgentMessage {
 
     /// Decode and validate a message from an already-parsed JSON value.
     pub fn from_value(v: serde_json::Value) -> Result<Self, ApiError> {
-        let raw: RawMessage = serde_json::from_value(v).map_err(|e| ApiError::Json(e.to_string()))?;
+        let raw: RawMessage =
+            serde_json::from_value(v).map_err(|e| ApiError::Json(e.to_string()))?;
         Self::from_raw(raw)
     }
 
@@ -810,7 +811,10 @@ mod tests {
         ));
         let mut v = exec().to_json();
         v["request"]["hooks"] = serde_json::json!([]);
-        assert!(matches!(AgentMessage::from_value(v), Err(ApiError::Json(_))));
+        assert!(matches!(
+            AgentMessage::from_value(v),
+            Err(ApiError::Json(_))
+        ));
     }
 
     #[test]

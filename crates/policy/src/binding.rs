@@ -117,9 +117,7 @@ pub enum BindingError {
         expected: usize,
         actual: usize,
     },
-    #[error(
-        "{field} does not match the init-data digest: expected {expected}, reported {actual}"
-    )]
+    #[error("{field} does not match the init-data digest: expected {expected}, reported {actual}")]
     Mismatch {
         field: &'static str,
         expected: String,
@@ -269,7 +267,10 @@ mod tests {
             .verify(BindingField::SnpHostData, &bad)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("SNP HOST_DATA") && e.contains(&hex::encode(bad)), "{e}");
+        assert!(
+            e.contains("SNP HOST_DATA") && e.contains(&hex::encode(bad)),
+            "{e}"
+        );
         let e = d.verify(BindingField::Sim, &[0u8; 32]).unwrap_err();
         assert_eq!(
             e,

@@ -15,18 +15,28 @@ use crate::rego::{POLICY_DATA_MARKER, extract_policy_json};
 /// One difference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Added { path: String, value: String },
-    Removed { path: String, value: String },
-    Changed { path: String, old: String, new: String },
+    Added {
+        path: String,
+        value: String,
+    },
+    Removed {
+        path: String,
+        value: String,
+    },
+    Changed {
+        path: String,
+        old: String,
+        new: String,
+    },
 }
 
 impl Change {
     /// The path of the changed field, e.g. `policy.containers["api"].env["DB_HOST"].value`.
     pub fn path(&self) -> &str {
         match self {
-            Change::Added { path, .. } | Change::Removed { path, .. } | Change::Changed { path, .. } => {
-                path
-            }
+            Change::Added { path, .. }
+            | Change::Removed { path, .. }
+            | Change::Changed { path, .. } => path,
         }
     }
 }

@@ -132,7 +132,9 @@ fn undefined_rule(kind: RequestKind, rule: &str) -> Decision {
             field: String::new(),
             expected: format!("a rule {rule}"),
             actual: "no such rule".into(),
-            message: format!("{kind}: the policy has no rule for this request kind, so it is denied"),
+            message: format!(
+                "{kind}: the policy has no rule for this request kind, so it is denied"
+            ),
         }],
     }
 }

@@ -271,17 +271,23 @@ mod tests {
 
     fn sample() -> InitData {
         let mut d = InitData::new(HashAlgorithm::Sha384);
-        d.data
-            .insert("policy.rego".into(), "package agent_policy\nx := 1\n".into());
-        d.data
-            .insert("aa.toml".into(), "[token_configs.kbs]\nurl = \"https://kbs\"\n".into());
+        d.data.insert(
+            "policy.rego".into(),
+            "package agent_policy\nx := 1\n".into(),
+        );
+        d.data.insert(
+            "aa.toml".into(),
+            "[token_configs.kbs]\nurl = \"https://kbs\"\n".into(),
+        );
         d
     }
 
     #[test]
     fn canonical_form_is_stable_and_parses() {
         let t = sample().to_toml().unwrap();
-        assert!(t.starts_with("version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\""));
+        assert!(
+            t.starts_with("version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\"")
+        );
         let p = ParsedInitData::parse(t.as_bytes()).unwrap();
         assert_eq!(p.init_data, sample());
         assert!(p.is_canonical());
@@ -313,9 +319,18 @@ mod tests {
     #[test]
     fn malformed_is_refused() {
         for (bytes, want) in [
-            (&b"version = \"0.2.0\"\nalgorithm = \"sha384\"\n"[..], "version"),
-            (&b"version = \"0.1.0\"\nalgorithm = \"md5\"\n"[..], "algorithm"),
-            (&b"version = \"0.1.0\"\nalgorithm = \"sha384\"\nextra = 1\n"[..], "TOML"),
+            (
+                &b"version = \"0.2.0\"\nalgorithm = \"sha384\"\n"[..],
+                "version",
+            ),
+            (
+                &b"version = \"0.1.0\"\nalgorithm = \"md5\"\n"[..],
+                "algorithm",
+            ),
+            (
+                &b"version = \"0.1.0\"\nalgorithm = \"sha384\"\nextra = 1\n"[..],
+                "TOML",
+            ),
             (&b"\xff\xfe"[..], "UTF-8"),
             (&b"version = "[..], "TOML"),
         ] {

@@ -254,14 +254,18 @@ impl ContainerPolicy {
 /// `sha256:` followed by 64 lowercase hex digits.
 pub fn is_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
 /// Every regex in the policy must be anchored (`^…$`) and compile.
 pub fn check_regex(what: &str, re: &str) -> Result<(), String> {
     if !(re.starts_with('^') && re.ends_with('$')) {
-        return Err(format!("{what}: regex {re:?} must be anchored with ^ and $"));
+        return Err(format!(
+            "{what}: regex {re:?} must be anchored with ^ and $"
+        ));
     }
     regex::Regex::new(re)
         .map(|_| ())

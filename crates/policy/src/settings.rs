@@ -80,9 +80,7 @@ pub struct ContainerDefaults {
 impl Default for SandboxSettings {
     fn default() -> Self {
         SandboxSettings {
-            copy_file: vec![format!(
-                r"^{SANDBOX_DIR_RE}/(hostname|hosts|resolv\.conf)$"
-            )],
+            copy_file: vec![format!(r"^{SANDBOX_DIR_RE}/(hostname|hosts|resolv\.conf)$")],
             allow_get_evidence: true,
             allow_stats: true,
             update_config: Vec::new(),
@@ -125,7 +123,10 @@ fn default_platform_env() -> Vec<PlatformEnvRule> {
         env("^HOSTNAME$", r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"),
         env("^TERM$", "^xterm$"),
         env(r"^[A-Z_][A-Z0-9_]*_SERVICE_HOST$", &format!("^{ip}$")),
-        env(r"^[A-Z_][A-Z0-9_]*_SERVICE_PORT(_[A-Z0-9_]+)?$", "^[0-9]{1,5}$"),
+        env(
+            r"^[A-Z_][A-Z0-9_]*_SERVICE_PORT(_[A-Z0-9_]+)?$",
+            "^[0-9]{1,5}$",
+        ),
         env(
             r"^[A-Z_][A-Z0-9_]*_PORT$",
             &format!(r"^(tcp|udp|sctp)://(\[{ip}\]|{ip}):[0-9]{{1,5}}$"),
@@ -134,9 +135,18 @@ fn default_platform_env() -> Vec<PlatformEnvRule> {
             r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)$",
             &format!(r"^(tcp|udp|sctp)://(\[{ip}\]|{ip}):[0-9]{{1,5}}$"),
         ),
-        env(r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_PROTO$", "^(tcp|udp|sctp)$"),
-        env(r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_PORT$", "^[0-9]{1,5}$"),
-        env(r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_ADDR$", &format!("^{ip}$")),
+        env(
+            r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_PROTO$",
+            "^(tcp|udp|sctp)$",
+        ),
+        env(
+            r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_PORT$",
+            "^[0-9]{1,5}$",
+        ),
+        env(
+            r"^[A-Z_][A-Z0-9_]*_PORT_[0-9]{1,5}_(TCP|UDP|SCTP)_ADDR$",
+            &format!("^{ip}$"),
+        ),
     ]
 }
 
@@ -155,7 +165,14 @@ fn default_mounts() -> Vec<MountRule> {
             "/dev/pts",
             "devpts",
             "^devpts$",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         ),
         mount(
             "/dev/shm",
@@ -163,16 +180,36 @@ fn default_mounts() -> Vec<MountRule> {
             "^shm$",
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         ),
-        mount("/dev/mqueue", "mqueue", "^mqueue$", &["nosuid", "noexec", "nodev"]),
-        mount("/sys", "sysfs", "^sysfs$", &["nosuid", "noexec", "nodev", "ro"]),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "^mqueue$",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "^sysfs$",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
         mount(
             "/sys/fs/cgroup",
             "cgroup",
             "^cgroup$",
             &["nosuid", "noexec", "nodev", "relatime", "ro"],
         ),
-        mount("/etc/hostname", "bind", &format!("^{sb}/hostname$"), &["rbind", "rprivate", "ro"]),
-        mount("/etc/hosts", "bind", &format!("^{sb}/hosts$"), &["rbind", "rprivate", "ro"]),
+        mount(
+            "/etc/hostname",
+            "bind",
+            &format!("^{sb}/hostname$"),
+            &["rbind", "rprivate", "ro"],
+        ),
+        mount(
+            "/etc/hosts",
+            "bind",
+            &format!("^{sb}/hosts$"),
+            &["rbind", "rprivate", "ro"],
+        ),
         mount(
             "/etc/resolv.conf",
             "bind",
@@ -229,7 +266,10 @@ impl Settings {
             check_regex("settings platform_env.value", &r.value)?;
         }
         for m in &self.default_mounts {
-            check_regex(&format!("settings default_mounts {}", m.destination), &m.source)?;
+            check_regex(
+                &format!("settings default_mounts {}", m.destination),
+                &m.source,
+            )?;
         }
         for r in &self.sandbox.copy_file {
             check_regex("settings sandbox.copy_file", r)?;
@@ -237,8 +277,9 @@ impl Settings {
         if self.containers.signals.iter().any(|s| *s == 0 || *s > 64) {
             return Err("settings containers.signals: signals are 1..=64".into());
         }
-        if !self.kbs.url.is_empty()
-            && !(self.kbs.url.starts_with("https://") || self.kbs.url.starts_with("http://"))
+        if !(self.kbs.url.is_empty()
+            || self.kbs.url.starts_with("https://")
+            || self.kbs.url.starts_with("http://"))
         {
             return Err(format!(
                 "settings kbs.url {:?}: expected an http(s) URL",
@@ -268,7 +309,11 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        assert!(Settings::from_toml("nope = 1").unwrap_err().contains("nope"));
+        assert!(
+            Settings::from_toml("nope = 1")
+                .unwrap_err()
+                .contains("nope")
+        );
         assert!(
             Settings::from_toml("[[platform_env]]\nname = \"FOO\"\nvalue = \"^.*$\"\n")
                 .unwrap_err()

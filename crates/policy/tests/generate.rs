@@ -69,10 +69,18 @@ fn golden_init_data() {
 
 #[test]
 fn pod_policy_content() {
-    let g = generate(&[&manifest("pod-multi.yaml")], &resolver(), &settings_with_kbs()).unwrap();
+    let g = generate(
+        &[&manifest("pod-multi.yaml")],
+        &resolver(),
+        &settings_with_kbs(),
+    )
+    .unwrap();
     assert_eq!(g.workloads.len(), 1);
     let w = &g.workloads[0];
-    assert_eq!((w.kind.as_str(), w.name.as_str(), w.namespace.as_str()), ("Pod", "web", "prod"));
+    assert_eq!(
+        (w.kind.as_str(), w.name.as_str(), w.namespace.as_str()),
+        ("Pod", "web", "prod")
+    );
     let p = &w.policy;
     let names: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["api", "migrate", "worker"]);
@@ -86,21 +94,45 @@ fn pod_policy_content() {
     assert_eq!((api.user.uid, api.user.gid), (1000, 1000));
     assert_eq!(api.user.additional_gids, [2000]);
     assert_eq!(api.capabilities.bounding, ["CAP_NET_BIND_SERVICE"]);
-    assert!(api.capabilities.effective.is_empty(), "non-root: no effective caps");
+    assert!(
+        api.capabilities.effective.is_empty(),
+        "non-root: no effective caps"
+    );
     assert!(api.no_new_privileges && api.read_only_rootfs && !api.privileged);
     let env = |n: &str| api.env.iter().find(|e| e.name == n).unwrap();
     assert_eq!(env("DB_HOST").value, "db.internal");
-    assert_eq!(env("GREETING").value, "hello db.internal", "$(VAR) expanded");
+    assert_eq!(
+        env("GREETING").value,
+        "hello db.internal",
+        "$(VAR) expanded"
+    );
     assert_eq!(env("APP_MODE").value, "prod", "image env kept");
     assert_eq!(env("REQUEST_ID").value, "^(?:[0-9a-f]{8})$");
-    assert!(!env("DB_PASSWORD").value.contains("not-in-the-policy"), "secret values never enter the policy");
+    assert!(
+        !env("DB_PASSWORD").value.contains("not-in-the-policy"),
+        "secret values never enter the policy"
+    );
     assert!(!w.init_data_toml.contains("not-in-the-policy"));
-    assert_eq!(api.exec, [vec!["/bin/healthcheck".to_string()], vec!["sh".into(), "-c".into(), "cat /tmp/ready".into()]]);
+    assert_eq!(
+        api.exec,
+        [
+            vec!["/bin/healthcheck".to_string()],
+            vec!["sh".into(), "-c".into(), "cat /tmp/ready".into()]
+        ]
+    );
     let worker = p.container("worker").unwrap();
     assert_eq!(worker.args, ["/worker", "--queue", "orders"]);
     assert!(!worker.allow_stdio && worker.allow_stdin);
-    assert!(worker.signals.contains(&3), "image StopSignal SIGQUIT allowed");
-    assert!(worker.env.iter().any(|e| e.name == "CFG_LOG_LEVEL" && e.value == "info"));
+    assert!(
+        worker.signals.contains(&3),
+        "image StopSignal SIGQUIT allowed"
+    );
+    assert!(
+        worker
+            .env
+            .iter()
+            .any(|e| e.name == "CFG_LOG_LEVEL" && e.value == "info")
+    );
     assert!(p.container("migrate").unwrap().init);
     assert_eq!(p.sandbox.pod_name, "^web$");
     // Init-data carries the agent configuration.
@@ -112,7 +144,9 @@ fn pod_policy_content() {
     // The output YAML carries the init-data annotation, decodable to the same bytes.
     let docs = veil_policy::generate::parse_documents(&[&g.output_yaml]).unwrap();
     let pod = docs.iter().find(|d| d["kind"] == "Pod").unwrap();
-    let ann = pod["metadata"]["annotations"][INIT_DATA_ANNOTATION].as_str().unwrap();
+    let ann = pod["metadata"]["annotations"][INIT_DATA_ANNOTATION]
+        .as_str()
+        .unwrap();
     assert_eq!(decode_annotation(ann).unwrap(), w.init_data_toml.as_bytes());
 }
 
@@ -123,7 +157,12 @@ fn generated_policy_allows_the_workload_it_describes() {
     let mut engine = PolicyEngine::from_init_data(&w.init_data).unwrap();
     let sandbox = serde_json::json!({"api_version": 1, "kind": "create_sandbox", "request": {
         "sandbox_id": "sb-1", "hostname": "web", "pod_name": "web", "pod_namespace": "prod"}});
-    assert!(engine.enforce(&AgentMessage::from_value(sandbox).unwrap()).unwrap().allowed);
+    assert!(
+        engine
+            .enforce(&AgentMessage::from_value(sandbox).unwrap())
+            .unwrap()
+            .allowed
+    );
     let api = w.policy.container("api").unwrap();
     let env: Vec<String> = api
         .env
@@ -135,7 +174,10 @@ fn generated_policy_allows_the_workload_it_describes() {
             "DB_PASSWORD" => "DB_PASSWORD=s3cret".to_string(),
             n => format!("{n}={}", e.value),
         })
-        .chain(["HOSTNAME=web".to_string(), "KUBERNETES_SERVICE_HOST=10.96.0.1".to_string()])
+        .chain([
+            "HOSTNAME=web".to_string(),
+            "KUBERNETES_SERVICE_HOST=10.96.0.1".to_string(),
+        ])
         .collect();
     let sb = "/run/veil/sandbox/sb-1";
     let create = serde_json::json!({"api_version": 1, "kind": "create_container", "request": {
@@ -150,14 +192,18 @@ fn generated_policy_allows_the_workload_it_describes() {
             {"destination": "/data", "source": format!("{sb}/volumes/data"), "type": "bind", "options": ["rbind", "rprivate", "rw"]},
             {"destination": "/var/run/secrets/kubernetes.io/serviceaccount", "source": format!("{sb}/serviceaccount"), "type": "bind", "options": ["rbind", "rprivate", "ro"]}],
         "read_only_rootfs": true}});
-    let d = engine.enforce(&AgentMessage::from_value(create.clone()).unwrap()).unwrap();
+    let d = engine
+        .enforce(&AgentMessage::from_value(create.clone()).unwrap())
+        .unwrap();
     assert!(d.allowed, "{d}");
     // The same request with a swapped image is refused with the digests named.
     let mut swapped = create;
     swapped["request"]["container_id"] = "c2".into();
     swapped["request"]["image"]["digest"] =
         "sha256:4460f147cd0b7cfcb64fa1ed109698a10c74a69579927ba75f33aa6faefd69e6".into();
-    let d = engine.evaluate(&AgentMessage::from_value(swapped).unwrap()).unwrap();
+    let d = engine
+        .evaluate(&AgentMessage::from_value(swapped).unwrap())
+        .unwrap();
     assert!(!d.allowed);
     assert!(d.to_string().contains(&api.image.digest), "{d}");
 }
@@ -166,7 +212,11 @@ fn generated_policy_allows_the_workload_it_describes() {
 fn deterministic_across_runs_document_order_key_order_and_whitespace() {
     let text = manifest("pod-multi.yaml");
     let base = run(&[&text]).unwrap().workloads[0].init_data_toml.clone();
-    assert_eq!(run(&[&text]).unwrap().workloads[0].init_data_toml, base, "re-run");
+    assert_eq!(
+        run(&[&text]).unwrap().workloads[0].init_data_toml,
+        base,
+        "re-run"
+    );
 
     // Documents reversed.
     let docs = veil_policy::generate::parse_documents(&[&text]).unwrap();
@@ -176,7 +226,11 @@ fn deterministic_across_runs_document_order_key_order_and_whitespace() {
         .map(|d| serde_json::to_string(d).unwrap())
         .collect();
     let reversed = reversed.join("\n---\n");
-    assert_eq!(run(&[&reversed]).unwrap().workloads[0].init_data_toml, base, "document order");
+    assert_eq!(
+        run(&[&reversed]).unwrap().workloads[0].init_data_toml,
+        base,
+        "document order"
+    );
 
     // Keys in reverse order, flow style, odd whitespace (JSON is YAML).
     fn reverse_keys(v: &serde_json::Value) -> String {
@@ -185,26 +239,46 @@ fn deterministic_across_runs_document_order_key_order_and_whitespace() {
                 let items: Vec<String> = m
                     .iter()
                     .rev()
-                    .map(|(k, v)| format!("{} :   {}", serde_json::to_string(k).unwrap(), reverse_keys(v)))
+                    .map(|(k, v)| {
+                        format!(
+                            "{} :   {}",
+                            serde_json::to_string(k).unwrap(),
+                            reverse_keys(v)
+                        )
+                    })
                     .collect();
                 format!("{{\n\t{}\n}}", items.join(" ,\n\n  "))
             }
             serde_json::Value::Array(a) => {
-                format!("[ {} ]", a.iter().map(reverse_keys).collect::<Vec<_>>().join(" , "))
+                format!(
+                    "[ {} ]",
+                    a.iter().map(reverse_keys).collect::<Vec<_>>().join(" , ")
+                )
             }
             other => other.to_string(),
         }
     }
     let rekeyed: Vec<String> = docs.iter().map(reverse_keys).collect();
     let rekeyed = format!("# comment\n\n{}\n", rekeyed.join("\n---   \n"));
-    assert_eq!(run(&[&rekeyed]).unwrap().workloads[0].init_data_toml, base, "key order and whitespace");
+    assert_eq!(
+        run(&[&rekeyed]).unwrap().workloads[0].init_data_toml,
+        base,
+        "key order and whitespace"
+    );
 
     // Split across two inputs, ConfigMap in the other file.
     let (cm, rest): (Vec<_>, Vec<_>) = docs.iter().partition(|d| d["kind"] == "ConfigMap");
     let cm = serde_json::to_string(&cm[0]).unwrap();
-    let rest: Vec<String> = rest.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
+    let rest: Vec<String> = rest
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect();
     let rest = rest.join("\n---\n");
-    assert_eq!(run(&[&rest, &cm]).unwrap().workloads[0].init_data_toml, base, "files split");
+    assert_eq!(
+        run(&[&rest, &cm]).unwrap().workloads[0].init_data_toml,
+        base,
+        "files split"
+    );
 }
 
 #[test]
@@ -213,15 +287,47 @@ fn every_policy_relevant_change_moves_the_digest_and_shows_in_diff() {
     let base = run(&[&text]).unwrap().workloads.remove(0);
     let cases = [
         ("db.internal", "db2.internal", "env[\"DB_HOST\"].value"),
-        ("[\"--once\"]", "[\"--once\", \"--force\"]", "containers[\"migrate\"].args"),
-        ("runAsUser: 1000", "runAsUser: 1001", "containers[\"api\"].user.uid"),
-        ("add: [NET_BIND_SERVICE]", "add: [NET_BIND_SERVICE, NET_ADMIN]", "capabilities.bounding"),
-        ("registry.example/shop/worker:1.4.2", "registry.example/shop/api:1.4.2", "containers[\"worker\"].image.digest"),
-        ("command: [\"/bin/healthcheck\"]", "command: [\"/bin/healthcheck\", \"-v\"]", "containers[\"api\"].exec"),
-        ("policy.veil.dev/allow-stdio.worker: \"false\"", "policy.veil.dev/allow-stdio.worker: \"true\"", "allow_stdio"),
-        ("{name: data, mountPath: /data}", "{name: data, mountPath: /state}", "mounts"),
+        (
+            "[\"--once\"]",
+            "[\"--once\", \"--force\"]",
+            "containers[\"migrate\"].args",
+        ),
+        (
+            "runAsUser: 1000",
+            "runAsUser: 1001",
+            "containers[\"api\"].user.uid",
+        ),
+        (
+            "add: [NET_BIND_SERVICE]",
+            "add: [NET_BIND_SERVICE, NET_ADMIN]",
+            "capabilities.bounding",
+        ),
+        (
+            "registry.example/shop/worker:1.4.2",
+            "registry.example/shop/api:1.4.2",
+            "containers[\"worker\"].image.digest",
+        ),
+        (
+            "command: [\"/bin/healthcheck\"]",
+            "command: [\"/bin/healthcheck\", \"-v\"]",
+            "containers[\"api\"].exec",
+        ),
+        (
+            "policy.veil.dev/allow-stdio.worker: \"false\"",
+            "policy.veil.dev/allow-stdio.worker: \"true\"",
+            "allow_stdio",
+        ),
+        (
+            "{name: data, mountPath: /data}",
+            "{name: data, mountPath: /state}",
+            "mounts",
+        ),
         ("stdin: true", "stdin: false", "allow_stdin"),
-        ("shareProcessNamespace: false", "shareProcessNamespace: true", "sandbox.sandbox_pidns"),
+        (
+            "shareProcessNamespace: false",
+            "shareProcessNamespace: true",
+            "sandbox.sandbox_pidns",
+        ),
     ];
     for (from, to, path) in cases {
         assert!(text.contains(from), "fixture lacks {from:?}");
@@ -249,34 +355,76 @@ fn deployment_job_and_cronjob() {
     assert_eq!(p.sandbox.pod_name, "^shop-[a-z0-9]{1,10}-[a-z0-9]{5}$");
     assert_eq!(p.sandbox.namespace, "default");
     let c = p.container("frontend").unwrap();
-    assert_eq!(c.args, ["/app/api", "--port", "9090", "--mode", "production"]);
+    assert_eq!(
+        c.args,
+        ["/app/api", "--port", "9090", "--mode", "production"]
+    );
     assert_eq!(c.cwd, "/srv");
-    assert!(c.env.iter().any(|e| e.name == "TIER" && e.value == "frontend"));
-    assert!(c.exec.contains(&vec!["/bin/sh".into(), "-c".into(), "nginx -s reload".into()]));
-    assert!(!c.mounts.iter().any(|m| m.destination.contains("serviceaccount")));
+    assert!(
+        c.env
+            .iter()
+            .any(|e| e.name == "TIER" && e.value == "frontend")
+    );
+    assert!(c.exec.contains(&vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "nginx -s reload".into()
+    ]));
+    assert!(
+        !c.mounts
+            .iter()
+            .any(|m| m.destination.contains("serviceaccount"))
+    );
 
     let g = run(&[&manifest("job.yaml")]).unwrap();
-    let names: Vec<(&str, &str)> = g.workloads.iter().map(|w| (w.kind.as_str(), w.name.as_str())).collect();
+    let names: Vec<(&str, &str)> = g
+        .workloads
+        .iter()
+        .map(|w| (w.kind.as_str(), w.name.as_str()))
+        .collect();
     assert_eq!(names, [("Job", "report"), ("CronJob", "nightly")]);
     let report = g.workloads[0].policy.container("report").unwrap();
     assert_eq!(report.args, ["/batch", "--since", "24h"]);
     assert_eq!((report.user.uid, report.user.gid), (65532, 65532));
-    assert_eq!(g.workloads[1].policy.container("cleanup").unwrap().args, ["/batch", "cleanup"]);
-    assert_eq!(g.workloads[1].policy.sandbox.pod_name, "^nightly-[0-9]{1,12}-[a-z0-9]{5}$");
+    assert_eq!(
+        g.workloads[1].policy.container("cleanup").unwrap().args,
+        ["/batch", "cleanup"]
+    );
+    assert_eq!(
+        g.workloads[1].policy.sandbox.pod_name,
+        "^nightly-[0-9]{1,12}-[a-z0-9]{5}$"
+    );
     assert_ne!(g.workloads[0].digest, g.workloads[1].digest);
 }
 
 #[test]
 fn unsupported_fields_are_listed() {
     let text = manifest("pod-multi.yaml")
-        .replace("  runtimeClassName: veil\n", "  runtimeClassName: veil\n  hostNetwork: true\n")
-        .replace("        - {name: data, mountPath: /data}\n", "        - {name: data, mountPath: /data}\n        - {name: host, mountPath: /host}\n")
-        .replace("    - name: data\n      emptyDir: {}\n", "    - name: data\n      emptyDir: {}\n    - name: host\n      hostPath: {path: /}\n");
+        .replace(
+            "  runtimeClassName: veil\n",
+            "  runtimeClassName: veil\n  hostNetwork: true\n",
+        )
+        .replace(
+            "        - {name: data, mountPath: /data}\n",
+            "        - {name: data, mountPath: /data}\n        - {name: host, mountPath: /host}\n",
+        )
+        .replace(
+            "    - name: data\n      emptyDir: {}\n",
+            "    - name: data\n      emptyDir: {}\n    - name: host\n      hostPath: {path: /}\n",
+        );
     let g = run(&[&text]).unwrap();
     let u = g.unsupported.join("\n");
     assert!(u.contains("hostNetwork"), "{u}");
     assert!(u.contains("volume host of type hostPath"), "{u}");
-    assert!(!g.workloads[0].policy.container("api").unwrap().mounts.iter().any(|m| m.destination == "/host"));
+    assert!(
+        !g.workloads[0]
+            .policy
+            .container("api")
+            .unwrap()
+            .mounts
+            .iter()
+            .any(|m| m.destination == "/host")
+    );
 }
 
 #[test]

@@ -70,7 +70,11 @@ fn testcases() {
             continue;
         }
         if let Some(want) = &c.error_contains {
-            if !d.violations.iter().any(|v| v.message.contains(want.as_str())) {
+            if !d
+                .violations
+                .iter()
+                .any(|v| v.message.contains(want.as_str()))
+            {
                 failures.push(format!(
                     "{}: no violation mentions {want:?}; got: {d}",
                     c.description
@@ -88,10 +92,19 @@ fn testcases() {
         }
         for v in &d.violations {
             assert_eq!(v.rule, c.kind, "{}", c.description);
-            assert!(v.message.starts_with(&format!("{}:", c.kind)), "{}", v.message);
+            assert!(
+                v.message.starts_with(&format!("{}:", c.kind)),
+                "{}",
+                v.message
+            );
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -169,7 +182,12 @@ fn lifecycle_sequence_updates_state() {
     assert!(!again.allowed && again.to_string().contains("already exists"));
     // A denied request changes nothing.
     let before = engine.state().clone();
-    assert!(!engine.enforce(&req("create_container: privileged")).unwrap().allowed);
+    assert!(
+        !engine
+            .enforce(&req("create_container: privileged"))
+            .unwrap()
+            .allowed
+    );
     assert_eq!(engine.state(), &before);
 }
 

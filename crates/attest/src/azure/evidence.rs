@@ -21,6 +21,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::tpm::{PcrValues, Signature, alg};
 
+/// A TPM quote's message, signature and PCR values, decoded.
+type QuoteParts = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
+
 /// Which Azure evidence kind is being parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -137,10 +140,10 @@ impl Ctx {
     fn hex(&self, field: &str, s: &str) -> Result<Vec<u8>> {
         hex::decode(s.trim()).map_err(|e| self.err(format!("{field} is not hex: {e}")))
     }
-    fn from_value<T: for<'de> Deserialize<'de>>(&self, v: Value, version: u64) -> Result<T> {
+    fn decode<T: for<'de> Deserialize<'de>>(&self, v: Value, version: u64) -> Result<T> {
         serde_json::from_value(v).map_err(|e| self.err(format!("version {version}: {e}")))
     }
-    fn hex_quote(&self, q: HexQuote) -> Result<(Vec<u8>, Vec<u8>, Vec<Vec<u8>>)> {
+    fn hex_quote(&self, q: HexQuote) -> Result<QuoteParts> {
         let pcrs = q
             .pcrs
             .iter()
@@ -183,7 +186,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
     }
     let (sig, message, pcrs, hcl_report, vcek, td_quote) = match (kind, version) {
         (Kind::Snp, 0) => {
-            let d: SnpV0 = c.from_value(v, 0)?;
+            let d: SnpV0 = c.decode(v, 0)?;
             let q = d.quote;
             (
                 q.signature,
@@ -195,13 +198,13 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
             )
         }
         (Kind::Snp, _) => {
-            let d: SnpV1 = c.from_value(v, version)?;
+            let d: SnpV1 = c.decode(v, version)?;
             let (s, m, p) = c.hex_quote(d.tpm_quote)?;
             let hcl = c.b64url("hcl_report", &d.hcl_report)?;
             (s, m, p, hcl, Some(c.b64url("vcek", &d.vcek)?), None)
         }
         (Kind::Tdx, 0) => {
-            let d: TdxV0 = c.from_value(v, 0)?;
+            let d: TdxV0 = c.decode(v, 0)?;
             let q = d.tpm_quote;
             (
                 q.signature,
@@ -213,7 +216,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
             )
         }
         (Kind::Tdx, _) => {
-            let d: TdxV1 = c.from_value(v, version)?;
+            let d: TdxV1 = c.decode(v, version)?;
             let (s, m, p) = c.hex_quote(d.tpm_quote)?;
             let hcl = c.b64url("hcl_report", &d.hcl_report)?;
             (s, m, p, hcl, None, Some(c.b64url("td_quote", &d.td_quote)?))

@@ -124,7 +124,10 @@ mod tests {
             split_reference("reg:5000/app:1.2"),
             ("reg:5000/app:1.2", Some("1.2"), None)
         );
-        assert_eq!(split_reference("reg:5000/app"), ("reg:5000/app", None, None));
+        assert_eq!(
+            split_reference("reg:5000/app"),
+            ("reg:5000/app", None, None)
+        );
         assert_eq!(
             split_reference("app@sha256:ab"),
             ("app", None, Some("sha256:ab"))

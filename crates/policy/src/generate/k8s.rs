@@ -122,7 +122,13 @@ const CONTAINER_SC_KNOWN: &[&str] = &[
     "readOnlyRootFilesystem",
 ];
 
-const VOLUME_KINDS: &[&str] = &["emptyDir", "configMap", "secret", "projected", "downwardAPI"];
+const VOLUME_KINDS: &[&str] = &[
+    "emptyDir",
+    "configMap",
+    "secret",
+    "projected",
+    "downwardAPI",
+];
 
 /// containerd's default capability set.
 const DEFAULT_CAPS: &[&str] = &[
@@ -389,15 +395,21 @@ pub(crate) fn workload_of(
     };
     let mut t = doc;
     for p in &template_path {
-        t = t
-            .get(*p)
-            .ok_or_else(|| field(format!("{kind} {name}"), format!("missing {}", template_path.join("."))))?;
+        t = t.get(*p).ok_or_else(|| {
+            field(
+                format!("{kind} {name}"),
+                format!("missing {}", template_path.join(".")),
+            )
+        })?;
     }
     let spec = t
         .get("spec")
         .cloned()
         .ok_or_else(|| field(format!("{kind} {name}"), "missing pod spec"))?;
-    let metadata = t.get("metadata").cloned().unwrap_or(Value::Object(Map::new()));
+    let metadata = t
+        .get("metadata")
+        .cloned()
+        .unwrap_or(Value::Object(Map::new()));
     let mut template_path = template_path;
     template_path.push("metadata");
     Ok(Some(Workload {
@@ -538,18 +550,30 @@ fn container_policy(
             reference: reference.clone(),
             reason,
         })?;
-    let pod_sc = w.spec.get("securityContext").cloned().unwrap_or(Value::Null);
+    let pod_sc = w
+        .spec
+        .get("securityContext")
+        .cloned()
+        .unwrap_or(Value::Null);
     let sc = c.get("securityContext").cloned().unwrap_or(Value::Null);
-    check_known(&format!("{path}.securityContext"), &sc, CONTAINER_SC_KNOWN, unsupported);
+    check_known(
+        &format!("{path}.securityContext"),
+        &sc,
+        CONTAINER_SC_KNOWN,
+        unsupported,
+    );
 
     // ---- environment: image, then envFrom, then env, then annotations.
     let mut env = EnvBuilder {
         rules: BTreeMap::new(),
     };
     for (i, kv) in info.env.iter().enumerate() {
-        let (n, v) = kv
-            .split_once('=')
-            .ok_or_else(|| field(format!("image {reference} Env[{i}]"), format!("{kv:?} is not NAME=value")))?;
+        let (n, v) = kv.split_once('=').ok_or_else(|| {
+            field(
+                format!("image {reference} Env[{i}]"),
+                format!("{kv:?} is not NAME=value"),
+            )
+        })?;
         env.set(n, v.to_string(), Strategy::Exact, true);
     }
     // Variables the pod spec defines (for $(VAR) expansion): exact values only.
@@ -560,7 +584,8 @@ fn container_policy(
             let prefix = get_str(ef, "prefix").unwrap_or("");
             let p = format!("{path}.envFrom[{i}]");
             if let Some(r) = ef.get("configMapRef") {
-                let name = get_str(r, "name").ok_or_else(|| field(&p, "configMapRef without name"))?;
+                let name =
+                    get_str(r, "name").ok_or_else(|| field(&p, "configMapRef without name"))?;
                 match refs.config_maps.get(&(w.namespace.clone(), name.to_string())) {
                     Some(data) => {
                         for (k, v) in data {
@@ -595,19 +620,25 @@ fn container_policy(
                     None => {
                         return Err(field(
                             p,
-                            format!("Secret {name:?} is not defined in the input, so its keys are unknown"),
+                            format!(
+                                "Secret {name:?} is not defined in the input, so its keys are unknown"
+                            ),
                         ));
                     }
                 }
             } else {
-                unsupported.push(format!("{p}: only configMapRef and secretRef are supported"));
+                unsupported.push(format!(
+                    "{p}: only configMapRef and secretRef are supported"
+                ));
             }
         }
     }
     if let Some(list) = c.get("env").and_then(Value::as_array) {
         for (i, e) in list.iter().enumerate() {
             let p = format!("{path}.env[{i}]");
-            let n = get_str(e, "name").ok_or_else(|| field(&p, "no name"))?.to_string();
+            let n = get_str(e, "name")
+                .ok_or_else(|| field(&p, "no name"))?
+                .to_string();
             if let Some(v) = e.get("value") {
                 let v = match v {
                     Value::String(s) => s.clone(),
@@ -628,8 +659,10 @@ fn container_policy(
             pod_vars.remove(&n);
             let optional = |r: &Value| as_bool(r.get("optional")) == Some(true);
             if let Some(r) = from.get("configMapKeyRef") {
-                let cm = get_str(r, "name").ok_or_else(|| field(&p, "configMapKeyRef without name"))?;
-                let key = get_str(r, "key").ok_or_else(|| field(&p, "configMapKeyRef without key"))?;
+                let cm =
+                    get_str(r, "name").ok_or_else(|| field(&p, "configMapKeyRef without name"))?;
+                let key =
+                    get_str(r, "key").ok_or_else(|| field(&p, "configMapKeyRef without key"))?;
                 match refs
                     .config_maps
                     .get(&(w.namespace.clone(), cm.to_string()))
@@ -685,9 +718,8 @@ fn container_policy(
                                     .map(|r| ("annotations", r))
                             });
                         match label.and_then(|(sec, r)| {
-                            r.strip_suffix("']").and_then(|k| {
-                                w.metadata.get(sec).and_then(|m| get_str(m, k))
-                            })
+                            r.strip_suffix("']")
+                                .and_then(|k| w.metadata.get(sec).and_then(|m| get_str(m, k)))
                         }) {
                             Some(v) => (v.to_string(), Strategy::Exact),
                             None => {
@@ -755,15 +787,29 @@ fn container_policy(
     if argv.is_empty() {
         return Err(field(
             &path,
-            format!("no command: image {reference} has no Entrypoint or Cmd and the manifest gives none"),
+            format!(
+                "no command: image {reference} has no Entrypoint or Cmd and the manifest gives none"
+            ),
         ));
     }
 
     // ---- user
-    let run_as_user = as_u32(sc.get("runAsUser"), &format!("{path}.securityContext.runAsUser"))?
-        .or(as_u32(pod_sc.get("runAsUser"), "securityContext.runAsUser")?);
-    let run_as_group = as_u32(sc.get("runAsGroup"), &format!("{path}.securityContext.runAsGroup"))?
-        .or(as_u32(pod_sc.get("runAsGroup"), "securityContext.runAsGroup")?);
+    let run_as_user = as_u32(
+        sc.get("runAsUser"),
+        &format!("{path}.securityContext.runAsUser"),
+    )?
+    .or(as_u32(
+        pod_sc.get("runAsUser"),
+        "securityContext.runAsUser",
+    )?);
+    let run_as_group = as_u32(
+        sc.get("runAsGroup"),
+        &format!("{path}.securityContext.runAsGroup"),
+    )?
+    .or(as_u32(
+        pod_sc.get("runAsGroup"),
+        "securityContext.runAsGroup",
+    )?);
     let (img_user, img_group) = match info.user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (info.user.as_str(), None),
@@ -792,7 +838,10 @@ fn container_policy(
     };
     let non_root = as_bool(sc.get("runAsNonRoot")).or(as_bool(pod_sc.get("runAsNonRoot")));
     if non_root == Some(true) && uid == 0 {
-        return Err(field(&path, "runAsNonRoot is set but the container would run as uid 0"));
+        return Err(field(
+            &path,
+            "runAsNonRoot is set but the container would run as uid 0",
+        ));
     }
     let mut additional_gids: Vec<u32> = Vec::new();
     if let Some(list) = pod_sc.get("supplementalGroups").and_then(Value::as_array) {
@@ -814,7 +863,10 @@ fn container_policy(
         DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
     };
     if let Some(cs) = sc.get("capabilities") {
-        if let Some(drop) = str_list(cs.get("drop"), &format!("{path}.securityContext.capabilities.drop"))? {
+        if let Some(drop) = str_list(
+            cs.get("drop"),
+            &format!("{path}.securityContext.capabilities.drop"),
+        )? {
             for d in drop {
                 if d.eq_ignore_ascii_case("ALL") {
                     caps.clear();
@@ -823,7 +875,10 @@ fn container_policy(
                 }
             }
         }
-        if let Some(add) = str_list(cs.get("add"), &format!("{path}.securityContext.capabilities.add"))? {
+        if let Some(add) = str_list(
+            cs.get("add"),
+            &format!("{path}.securityContext.capabilities.add"),
+        )? {
             for a in add {
                 if a.eq_ignore_ascii_case("ALL") {
                     caps.extend(ALL_CAPS.iter().map(|s| s.to_string()));
@@ -843,9 +898,17 @@ fn container_policy(
     let caps: Vec<String> = caps.into_iter().collect();
     let capabilities = CapabilityPolicy {
         bounding: caps.clone(),
-        effective: if uid == 0 || privileged { caps.clone() } else { Vec::new() },
+        effective: if uid == 0 || privileged {
+            caps.clone()
+        } else {
+            Vec::new()
+        },
         inheritable: Vec::new(),
-        permitted: if uid == 0 || privileged { caps } else { Vec::new() },
+        permitted: if uid == 0 || privileged {
+            caps
+        } else {
+            Vec::new()
+        },
         ambient: Vec::new(),
     };
 
@@ -857,7 +920,9 @@ fn container_policy(
             let vname = get_str(m, "name").ok_or_else(|| field(&p, "no name"))?;
             let dest = get_str(m, "mountPath").ok_or_else(|| field(&p, "no mountPath"))?;
             if m.get("subPath").is_some() || m.get("subPathExpr").is_some() {
-                unsupported.push(format!("{p}.subPath: not supported; this mount will be denied"));
+                unsupported.push(format!(
+                    "{p}.subPath: not supported; this mount will be denied"
+                ));
                 continue;
             }
             if let Some(prop) = get_str(m, "mountPropagation") {
@@ -869,7 +934,10 @@ fn container_policy(
                 }
             }
             let Some(vkind) = volumes.get(vname) else {
-                return Err(field(p, format!("volume {vname:?} is not defined in the pod")));
+                return Err(field(
+                    p,
+                    format!("volume {vname:?} is not defined in the pod"),
+                ));
             };
             if !VOLUME_KINDS.contains(&vkind.as_str()) {
                 unsupported.push(format!(
@@ -914,7 +982,10 @@ fn container_policy(
     if let Some(list) = pod_sc.get("sysctls").and_then(Value::as_array) {
         for s in list {
             if let (Some(n), Some(v)) = (get_str(s, "name"), s.get("value")) {
-                let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                let v = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
                 sysctls.insert(n.to_string(), v);
             }
         }
@@ -924,7 +995,9 @@ fn container_policy(
     let mut exec: Vec<Vec<String>> = settings.containers.exec.clone();
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         if let Some(cmd) = str_list(
-            c.get(probe).and_then(|p| p.get("exec")).and_then(|e| e.get("command")),
+            c.get(probe)
+                .and_then(|p| p.get("exec"))
+                .and_then(|e| e.get("command")),
             &format!("{path}.{probe}.exec.command"),
         )? {
             exec.push(cmd);
@@ -1017,7 +1090,12 @@ pub(crate) fn pod_policy(
     let path = format!("{} {} pod spec", w.kind, w.name);
     check_known(&path, &w.spec, POD_SPEC_KNOWN, unsupported);
     if let Some(sc) = w.spec.get("securityContext") {
-        check_known(&format!("{path}.securityContext"), sc, POD_SC_KNOWN, unsupported);
+        check_known(
+            &format!("{path}.securityContext"),
+            sc,
+            POD_SC_KNOWN,
+            unsupported,
+        );
     }
     let mut volumes = BTreeMap::new();
     let mut copy_file = settings.sandbox.copy_file.clone();
@@ -1030,7 +1108,9 @@ pub(crate) fn pod_policy(
                 .and_then(|o| o.keys().find(|k| k.as_str() != "name").cloned())
                 .unwrap_or_else(|| "emptyDir".into());
             if !VOLUME_KINDS.contains(&kind.as_str()) {
-                unsupported.push(format!("{p}: volume {name} of type {kind} is not supported"));
+                unsupported.push(format!(
+                    "{p}: volume {name} of type {kind} is not supported"
+                ));
             } else if kind != "emptyDir" {
                 copy_file.push(format!(
                     "^{SANDBOX_DIR_RE}/volumes/{}/[^/]+(/[^/]+)*$",
@@ -1048,22 +1128,38 @@ pub(crate) fn pod_policy(
     let mut containers = Vec::new();
     let mut names = BTreeSet::new();
     for (key, init) in [("initContainers", true), ("containers", false)] {
-        let Some(list) = w.spec.get(key) else { continue };
+        let Some(list) = w.spec.get(key) else {
+            continue;
+        };
         let list = list
             .as_array()
             .ok_or_else(|| field(format!("{path}.{key}"), "expected a list"))?;
         for c in list {
             let cp = container_policy(
-                w, c, init, refs, resolver, settings, &volumes, unsupported, notes,
+                w,
+                c,
+                init,
+                refs,
+                resolver,
+                settings,
+                &volumes,
+                unsupported,
+                notes,
             )?;
             if !names.insert(cp.name.clone()) {
-                return Err(field(&path, format!("container name {:?} used twice", cp.name)));
+                return Err(field(
+                    &path,
+                    format!("container name {:?} used twice", cp.name),
+                ));
             }
             containers.push(cp);
         }
     }
     if !containers.iter().any(|c| !c.init) {
-        return Err(field(format!("{path}.containers"), "the pod has no containers"));
+        return Err(field(
+            format!("{path}.containers"),
+            "the pod has no containers",
+        ));
     }
     let mut data = PolicyData {
         version: POLICY_FORMAT_VERSION,

@@ -44,7 +44,9 @@ pub enum GenerateError {
     TooLarge { limit: usize, actual: usize },
     #[error("malformed YAML in document {document}: {reason}")]
     Yaml { document: usize, reason: String },
-    #[error("document {document}: unknown kind {kind:?} (supported workloads: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob)")]
+    #[error(
+        "document {document}: unknown kind {kind:?} (supported workloads: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob)"
+    )]
     UnknownKind { document: usize, kind: String },
     #[error("{path}: {reason}")]
     Field { path: String, reason: String },
@@ -54,7 +56,9 @@ pub enum GenerateError {
         reference: String,
         reason: String,
     },
-    #[error("the input defines no workload (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob)")]
+    #[error(
+        "the input defines no workload (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob)"
+    )]
     NoWorkload,
     #[error("{0}")]
     InitData(String),
@@ -178,12 +182,10 @@ pub fn generate(
     resolver: &dyn ImageResolver,
     settings: &Settings,
 ) -> Result<Generated, GenerateError> {
-    settings
-        .validate()
-        .map_err(|reason| GenerateError::Field {
-            path: "settings".into(),
-            reason,
-        })?;
+    settings.validate().map_err(|reason| GenerateError::Field {
+        path: "settings".into(),
+        reason,
+    })?;
     let mut docs = parse_documents(inputs)?;
     let refs = k8s::References::collect(&docs, &settings.namespace)?;
     let mut unsupported = Vec::new();
@@ -203,8 +205,8 @@ pub fn generate(
             .to_toml()
             .map_err(|e| GenerateError::InitData(e.to_string()))?;
         let digest = init_data.algorithm.digest(toml.as_bytes());
-        let annotation =
-            encode_annotation(toml.as_bytes()).map_err(|e| GenerateError::InitData(e.to_string()))?;
+        let annotation = encode_annotation(toml.as_bytes())
+            .map_err(|e| GenerateError::InitData(e.to_string()))?;
         k8s::set_template_annotation(doc, &w.template_path, INIT_DATA_ANNOTATION, &annotation);
         workloads.push(WorkloadPolicy {
             kind: w.kind.clone(),

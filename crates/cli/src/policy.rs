@@ -1,0 +1,337 @@
+//! `veil policy …`: generate, digest, check and diff workload policies.
+//!
+//! Exit status: `check` 0 allow, 1 deny, 2 malformed input; `diff` 0 equal,
+//! 1 different, 2 malformed; the others 0 ok, 2 error. On error nothing is
+//! written.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::{Args, Subcommand};
+use veil_agent_api::{AgentMessage, MAX_MESSAGE_BYTES};
+use veil_policy::diff::diff_init_data;
+use veil_policy::enforce::PolicyEngine;
+use veil_policy::generate::{LayoutResolver, MAX_YAML_BYTES, generate};
+use veil_policy::initdata::{MAX_INIT_DATA_BYTES, ParsedInitData};
+use veil_policy::settings::{MAX_SETTINGS_BYTES, Settings};
+
+use crate::output::kv;
+
+/// Workload policies: generate from Kubernetes YAML, digest, check requests, diff.
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Generate the policy and init-data for every workload in Kubernetes YAML,
+    /// resolving images to digests and configs; print each init-data digest.
+    Generate(GenerateArgs),
+    /// Print an init-data document's digest and the HOST_DATA / MRCONFIGID values binding it.
+    Digest(DigestArgs),
+    /// Decide one agent request (or a JSON list of requests, in order) against
+    /// the policy in init-data. Exit 0 allow, 1 deny, 2 malformed.
+    Check(CheckArgs),
+    /// Semantic diff of two init-data documents (per container, per field).
+    /// Exit 0 equal, 1 different.
+    Diff(DiffArgs),
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Kubernetes YAML files (multi-document; ConfigMaps/Secrets referenced from any of them).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// OCI image layout holding the images, tagged by reference (org.opencontainers.image.ref.name).
+    #[arg(long, value_name = "DIR")]
+    image_dir: PathBuf,
+    /// Settings TOML (platform-injected env, default mounts, KBS, defaults).
+    #[arg(long, value_name = "FILE")]
+    settings: Option<PathBuf>,
+    /// Write the annotated YAML here (default: standard output).
+    #[arg(short, long, value_name = "OUT.yaml")]
+    output: Option<PathBuf>,
+    /// Also write the init-data TOML here (needs exactly one workload).
+    #[arg(long, value_name = "OUT.toml")]
+    init_data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DigestArgs {
+    /// Init-data TOML.
+    init_data: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Init-data TOML holding policy.rego.
+    #[arg(long, value_name = "INIT.toml")]
+    init_data: PathBuf,
+    /// Agent request JSON: one message, or a list evaluated in order.
+    #[arg(long, value_name = "REQ.json")]
+    request: PathBuf,
+    /// Print decisions as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    a: PathBuf,
+    b: PathBuf,
+}
+
+pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Generate(a) => cmd_generate(a),
+        PolicyCommand::Digest(a) => cmd_digest(a),
+        PolicyCommand::Check(a) => cmd_check(a),
+        PolicyCommand::Diff(a) => cmd_diff(a),
+    }
+}
+
+/// Read a file of at most `limit` bytes.
+fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>> {
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if buf.len() > limit {
+        bail!(
+            "{} is larger than the limit of {limit} bytes",
+            path.display()
+        );
+    }
+    Ok(buf)
+}
+
+fn read_text(path: &Path, limit: usize) -> Result<String> {
+    String::from_utf8(read_limited(path, limit)?)
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn load_init_data(path: &Path) -> Result<ParsedInitData> {
+    let bytes = read_limited(path, MAX_INIT_DATA_BYTES)?;
+    ParsedInitData::parse(&bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// Files staged next to their targets, renamed into place only when all are ready.
+struct Staged(Vec<(PathBuf, PathBuf)>);
+
+impl Staged {
+    fn stage(&mut self, target: &Path, bytes: &[u8]) -> Result<()> {
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("output path has no file name")?;
+        let tmp = dir.join(format!(".{name}.veil-tmp-{}", std::process::id()));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        self.0.push((tmp.clone(), target.to_path_buf()));
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))
+    }
+
+    fn commit(mut self) -> Result<()> {
+        for (tmp, target) in std::mem::take(&mut self.0) {
+            fs::rename(&tmp, &target).with_context(|| format!("writing {}", target.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.0 {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
+    let settings = match &a.settings {
+        Some(p) => Settings::from_toml(&read_text(p, MAX_SETTINGS_BYTES)?)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}", p.display()))?,
+        None => Settings::default(),
+    };
+    let mut texts = Vec::new();
+    for f in &a.files {
+        texts.push(read_text(f, MAX_YAML_BYTES)?);
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let resolver = LayoutResolver::open(&a.image_dir).map_err(anyhow::Error::msg)?;
+    let g = generate(&refs, &resolver, &settings)?;
+    if a.init_data.is_some() && g.workloads.len() != 1 {
+        bail!(
+            "--init-data needs exactly one workload, the input defines {} ({})",
+            g.workloads.len(),
+            g.workloads
+                .iter()
+                .map(|w| format!("{} {}", w.kind, w.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut staged = Staged(Vec::new());
+    if let Some(p) = &a.output {
+        staged.stage(p, g.output_yaml.as_bytes())?;
+    }
+    if let Some(p) = &a.init_data {
+        staged.stage(p, g.workloads[0].init_data_toml.as_bytes())?;
+    }
+    staged.commit()?;
+    // The report goes to stdout when the YAML went to a file, else to stderr.
+    let mut report = String::new();
+    for w in &g.workloads {
+        report.push_str(&format!(
+            "{} {}/{}: init-data {} {}\n",
+            w.kind,
+            w.namespace,
+            w.name,
+            w.digest.algorithm(),
+            w.digest.hex()
+        ));
+    }
+    for u in &g.unsupported {
+        report.push_str(&format!("unsupported: {u}\n"));
+    }
+    for n in &g.notes {
+        report.push_str(&format!("note: {n}\n"));
+    }
+    if a.output.is_some() {
+        print!("{report}");
+    } else {
+        print!("{}", g.output_yaml);
+        eprint!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_digest(a: DigestArgs) -> Result<ExitCode> {
+    let p = load_init_data(&a.init_data)?;
+    let d = p.digest();
+    let host_data = d.host_data();
+    let mrconfigid = d.mr_config_id();
+    let sim = d.sim_binding();
+    if a.json {
+        let v = serde_json::json!({
+            "algorithm": d.algorithm().as_str(),
+            "digest": d.hex(),
+            "canonical": p.is_canonical(),
+            "snp_host_data": hex::encode(host_data),
+            "snp_host_data_base64": B64.encode(host_data),
+            "tdx_mrconfigid": hex::encode(mrconfigid),
+            "tdx_mrconfigid_base64": B64.encode(mrconfigid),
+            "sim": hex::encode(sim),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("init-data {}", a.init_data.display());
+    kv("algorithm", d.algorithm().as_str());
+    kv("digest", &d.hex());
+    kv(
+        "canonical",
+        if p.is_canonical() {
+            "yes"
+        } else {
+            "no (not as veil writes it; the digest still covers these exact bytes)"
+        },
+    );
+    kv("HOST_DATA", &hex::encode(host_data));
+    kv("  base64", &B64.encode(host_data));
+    kv("MRCONFIGID", &hex::encode(mrconfigid));
+    kv("  base64", &B64.encode(mrconfigid));
+    kv("sim", &hex::encode(sim));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
+    let init = load_init_data(&a.init_data)?;
+    let mut engine = PolicyEngine::from_init_data(&init.init_data)
+        .with_context(|| format!("{}", a.init_data.display()))?;
+    let bytes = read_limited(&a.request, MAX_MESSAGE_BYTES)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not JSON", a.request.display()))?;
+    let list = match v {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    };
+    if list.is_empty() {
+        bail!("{} holds no request", a.request.display());
+    }
+    let mut msgs = Vec::with_capacity(list.len());
+    for (i, item) in list.into_iter().enumerate() {
+        msgs.push(
+            AgentMessage::from_value(item)
+                .with_context(|| format!("{} request {}", a.request.display(), i + 1))?,
+        );
+    }
+    let mut decisions = Vec::new();
+    let mut denied = false;
+    for m in &msgs {
+        let d = engine.enforce(m)?;
+        denied = !d.allowed;
+        if !a.json {
+            if d.allowed {
+                println!("allow: {}", d.kind);
+            } else {
+                println!("deny: {}", d.kind);
+                for v in &d.violations {
+                    println!("  {}", v.message);
+                    println!("    field:    {}", v.field);
+                    println!("    expected: {}", v.expected);
+                    println!("    actual:   {}", v.actual);
+                }
+            }
+        }
+        decisions.push(d);
+        if denied {
+            break;
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&decisions)?);
+    }
+    Ok(if denied {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
+    let x = load_init_data(&a.a)?;
+    let y = load_init_data(&a.b)?;
+    let changes = diff_init_data(&x.init_data, &y.init_data);
+    if changes.is_empty() {
+        if x.raw() == y.raw() {
+            println!("identical");
+        } else {
+            println!("equivalent (same content, different bytes: the digests differ)");
+        }
+        return Ok(if x.raw() == y.raw() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    for c in &changes {
+        println!("{c}");
+    }
+    Ok(ExitCode::from(1))
+}

@@ -1,0 +1,264 @@
+//! `veil policy` end to end: generate (atomic, nothing written on error),
+//! digest, check (exit 0 allow / 1 deny / 2 malformed) and diff.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policy/tests/data")
+        .join(rel)
+}
+
+fn veil() -> Command {
+    Command::cargo_bin("veil").unwrap()
+}
+
+fn generate_pod(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let yaml = dir.join("out.yaml");
+    let toml = dir.join("init.toml");
+    let out = veil()
+        .args(["policy", "generate"])
+        .arg(data("manifests/pod-multi.yaml"))
+        .arg("--image-dir")
+        .arg(data("layout"))
+        .arg("-o")
+        .arg(&yaml)
+        .arg("--init-data")
+        .arg(&toml)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (yaml, toml, String::from_utf8(out.stdout).unwrap())
+}
+
+fn only_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn generate_writes_yaml_and_init_data_and_prints_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (yaml, toml, stdout) = generate_pod(dir.path());
+    let bytes = std::fs::read(&toml).unwrap();
+    let digest = veil_policy::HashAlgorithm::Sha384.digest(&bytes).hex();
+    assert!(
+        stdout.contains(&format!("Pod prod/web: init-data sha384 {digest}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("note: Service web"), "{stdout}");
+    let y = std::fs::read_to_string(&yaml).unwrap();
+    assert!(y.contains("io.katacontainers.config.hypervisor.cc_init_data"));
+    assert_eq!(
+        only_files(dir.path()),
+        ["init.toml", "out.yaml"],
+        "no temp files left"
+    );
+    // Same input, same bytes.
+    let dir2 = tempfile::tempdir().unwrap();
+    let (_, toml2, _) = generate_pod(dir2.path());
+    assert_eq!(std::fs::read(toml2).unwrap(), bytes);
+}
+
+#[test]
+fn generate_errors_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_yaml = dir.path().join("bad.yaml");
+    std::fs::write(&bad_yaml, "kind: Pod\nmetadata: {name: x\n").unwrap();
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(
+        &unknown,
+        "apiVersion: v1\nkind: Gadget\nmetadata: {name: g}\n",
+    )
+    .unwrap();
+    let missing_image = dir.path().join("missing.yaml");
+    std::fs::write(
+        &missing_image,
+        std::fs::read_to_string(data("manifests/pod-multi.yaml"))
+            .unwrap()
+            .replace("shop/api:1.4.2", "shop/api:9.9"),
+    )
+    .unwrap();
+    let existing = dir.path().join("out.yaml");
+    std::fs::write(&existing, "previous content\n").unwrap();
+    for (input, want) in [
+        (bad_yaml, "malformed YAML"),
+        (unknown, "unknown kind \"Gadget\""),
+        (missing_image, "cannot be resolved"),
+        (
+            data("manifests/job.yaml"),
+            "--init-data needs exactly one workload",
+        ),
+    ] {
+        veil()
+            .args(["policy", "generate"])
+            .arg(&input)
+            .arg("--image-dir")
+            .arg(data("layout"))
+            .arg("-o")
+            .arg(&existing)
+            .arg("--init-data")
+            .arg(dir.path().join("init.toml"))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(want));
+        assert_eq!(
+            std::fs::read_to_string(&existing).unwrap(),
+            "previous content\n"
+        );
+        assert!(!dir.path().join("init.toml").exists(), "{want}");
+        assert!(
+            !only_files(dir.path())
+                .iter()
+                .any(|f| f.contains("veil-tmp")),
+            "temp file left behind"
+        );
+    }
+}
+
+#[test]
+fn digest_prints_binding_values() {
+    let golden = data("golden/pod-multi.web.toml");
+    let bytes = std::fs::read(&golden).unwrap();
+    let d = veil_policy::HashAlgorithm::Sha384.digest(&bytes);
+    let out = veil()
+        .args(["policy", "digest", "--json"])
+        .arg(&golden)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["digest"], d.hex());
+    assert_eq!(v["snp_host_data"], hex::encode(&d.as_bytes()[..32]));
+    assert_eq!(v["tdx_mrconfigid"], d.hex());
+    assert_eq!(v["canonical"], true);
+    veil()
+        .args(["policy", "digest"])
+        .arg(&golden)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("HOST_DATA").and(predicate::str::contains(d.hex())));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "version = \"9\"\nalgorithm = \"sha384\"\n").unwrap();
+    veil()
+        .args(["policy", "digest"])
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("init-data version"));
+}
+
+fn requests(db_host: &str) -> serde_json::Value {
+    let sb = "/run/veil/sandbox/sb-1";
+    serde_json::json!([
+        {"api_version": 1, "kind": "create_sandbox", "request": {
+            "sandbox_id": "sb-1", "hostname": "web", "pod_name": "web", "pod_namespace": "prod"}},
+        {"api_version": 1, "kind": "create_container", "request": {
+            "container_id": "c1", "name": "api",
+            "image": {"reference": "registry.example/shop/api:1.4.2",
+                      "digest": "sha256:b33d5f797a33f95164df0284b403e91987025642adf9fe880442caa323fdae22"},
+            "process": {"args": ["/app/api", "--port", "8080"],
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "APP_MODE=prod",
+                        format!("DB_HOST={db_host}"), "DB_PASSWORD=x", "GREETING=hello db.internal",
+                        "POD_NAME=web", "POD_IP=10.0.0.9", "HOSTNAME=web"],
+                "cwd": "/app", "user": {"uid": 1000, "gid": 1000, "additional_gids": [2000]},
+                "capabilities": {"bounding": ["CAP_NET_BIND_SERVICE"]}, "no_new_privileges": true},
+            "mounts": [{"destination": "/config", "source": format!("{sb}/volumes/config"), "type": "bind",
+                        "options": ["rbind", "rprivate", "ro"]}],
+            "read_only_rootfs": true}}
+    ])
+}
+
+#[test]
+fn check_allows_denies_and_refuses_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = data("golden/pod-multi.web.toml");
+    let ok = dir.path().join("ok.json");
+    std::fs::write(&ok, requests("db.internal").to_string()).unwrap();
+    veil()
+        .args(["policy", "check", "--init-data"])
+        .arg(&golden)
+        .arg("--request")
+        .arg(&ok)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("allow: create_container"));
+
+    let evil = dir.path().join("evil.json");
+    std::fs::write(&evil, requests("evil").to_string()).unwrap();
+    veil()
+        .args(["policy", "check", "--init-data"])
+        .arg(&golden)
+        .arg("--request")
+        .arg(&evil)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            r#"create_container: env "DB_HOST=evil" matches no rule for container "api"; allowed: DB_HOST=db.internal"#,
+        ))
+        .stdout(predicate::str::contains("field:    process.env[2]"));
+
+    let malformed = dir.path().join("bad.json");
+    std::fs::write(
+        &malformed,
+        r#"{"api_version": 1, "kind": "pull_image", "request": {}}"#,
+    )
+    .unwrap();
+    veil()
+        .args(["policy", "check", "--init-data"])
+        .arg(&golden)
+        .arg("--request")
+        .arg(&malformed)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown request kind"));
+    std::fs::write(&malformed, "not json").unwrap();
+    veil()
+        .args(["policy", "check", "--init-data"])
+        .arg(&golden)
+        .arg("--request")
+        .arg(&malformed)
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn diff_is_semantic() {
+    let golden = data("golden/pod-multi.web.toml");
+    veil()
+        .args(["policy", "diff"])
+        .arg(&golden)
+        .arg(&golden)
+        .assert()
+        .code(0)
+        .stdout("identical\n");
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("changed.toml");
+    let text = std::fs::read_to_string(&golden).unwrap();
+    std::fs::write(
+        &changed,
+        text.replacen("\"value\": \"db.internal\"", "\"value\": \"db.evil\"", 1),
+    )
+    .unwrap();
+    veil()
+        .args(["policy", "diff"])
+        .arg(&golden)
+        .arg(&changed)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            r#"~ policy.containers["api"].env["DB_HOST"].value: "db.internal" -> "db.evil""#,
+        ));
+}

@@ -11,7 +11,11 @@ PACKAGES=(
   openssl
   # image interop (veil image): skopeo (ocicrypt, signatures), veritysetup,
   # gpg (simple signing), a local registry, busybox for test images
-  skopeo cryptsetup-bin gnupg docker-registry busybox-static
+  skopeo cryptsetup-bin gnupg docker-registry busybox-static zstd
+  # registry Basic-auth test: htpasswd -B
+  apache2-utils
+  # kbs tests decrypt JWEs with josekit (an independent JOSE implementation, OpenSSL-based)
+  libssl-dev
   # policy / kbs / run: added by their work
 )
 

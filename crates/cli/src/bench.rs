@@ -13,6 +13,25 @@ use clap::{Args, Subcommand};
 pub enum BenchCommand {
     /// Evidence verified per second (SNP, TDX, SGX…) on one core.
     Attest(AttestBench),
+    /// KBS handshakes/s (auth + sim attest + resource GET) vs the crypto alone.
+    Kbs(KbsBench),
+}
+
+/// Arguments of `veil bench kbs`.
+#[derive(Args)]
+pub struct KbsBench {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    /// Handshakes per client.
+    #[arg(long, default_value_t = 50)]
+    pub handshakes: usize,
+    /// Server runtime worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub server_workers: usize,
+    /// TEE key type: ec-p256, ec-p521, rsa2048, rsa3072.
+    #[arg(long, default_value = "ec-p256")]
+    pub key_type: veil_kbs_client::KeyType,
 }
 
 /// Arguments of `veil bench attest`.
@@ -33,7 +52,21 @@ pub struct AttestBench {
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Attest(a) => attest(a),
+        BenchCommand::Kbs(a) => kbs(a),
     }
+}
+
+fn kbs(a: KbsBench) -> Result<ExitCode> {
+    let opts = veil_kbs::bench::BenchOptions {
+        clients: a.clients,
+        handshakes_per_client: a.handshakes,
+        server_workers: a.server_workers,
+        key_type: a.key_type,
+        ..Default::default()
+    };
+    let report = veil_kbs::bench::run(&opts).map_err(anyhow::Error::msg)?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn attest(a: AttestBench) -> Result<ExitCode> {

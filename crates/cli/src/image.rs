@@ -15,10 +15,14 @@ use veil_image::crypt::jwe::{JweUnwrapper, JweWrapper};
 use veil_image::crypt::kbs::{KbsUnwrapper, KbsWrapper, LocalKeks, ResourceUri};
 use veil_image::crypt::keys::{parse_private_key, parse_public_key};
 use veil_image::crypt::{self, CryptError, KeyUnwrapper, KeyWrapper, LayerSelection};
+use veil_image::registry::{self, Credentials, Registry};
+use veil_image::sign::policy::{self, Policy};
+use veil_image::sign::reference::DockerReference;
+use veil_image::sign::{self, SignError, StoredSignature, cosign, gpg};
 use veil_image::source::SourceError;
 use veil_image::unpack::{self, UnpackLimits};
 use veil_image::verity::{self, VerityHash, VerityParams};
-use veil_image::{OciLayout, OciRef, Platform};
+use veil_image::{Digest, OciLayout, OciRef, Platform, ResolvedImage};
 use zeroize::Zeroizing;
 
 /// OCI images: inspect, measure, encrypt, sign, verify, unpack.
@@ -38,6 +42,75 @@ pub enum ImageCommand {
     /// Unpack an image into a new root filesystem directory, safely
     /// (contained paths, whiteouts, diff_id checks; devices refused).
     Unpack(UnpackArgs),
+    /// Sign an image by manifest digest: a cosign/sigstore signature
+    /// attached to the layout (`sha256-<hex>.sig`), or a GPG simple-signing
+    /// signature in a lookaside directory.
+    Sign(SignArgs),
+    /// Verify an image's signatures against a containers-policy.json trust
+    /// policy (insecureAcceptAnything, reject, signedBy, sigstoreSigned).
+    Verify(VerifyArgs),
+    /// Push an image from a layout to a registry (digests unchanged).
+    Push(PushArgs),
+    /// Pull an image from a registry into a layout, every blob verified.
+    Pull(PullArgs),
+}
+
+/// Arguments of `veil image sign`.
+#[derive(Args)]
+pub struct SignArgs {
+    /// Image reference: `oci:DIR[:TAG]` or `docker://REF`.
+    pub reference: String,
+    #[command(flatten)]
+    pub registry: RegistryOpts,
+    /// The docker reference the signature vouches for
+    /// (`registry.example/app:v1`).
+    #[arg(long)]
+    pub identity: String,
+    /// cosign/sigstore private key (PEM: ENCRYPTED SIGSTORE/COSIGN PRIVATE
+    /// KEY, PKCS#8 or SEC1; ECDSA P-256).
+    #[arg(long, value_name = "FILE", conflicts_with = "gpg_key")]
+    pub sigstore_key: Option<PathBuf>,
+    /// GPG key (fingerprint or user ID) to sign with, from --gpg-home or
+    /// GNUPGHOME.
+    #[arg(long, value_name = "KEY", requires = "lookaside")]
+    pub gpg_key: Option<String>,
+    /// GnuPG home holding the GPG secret key.
+    #[arg(long, value_name = "DIR")]
+    pub gpg_home: Option<PathBuf>,
+    /// File holding the private key's passphrase.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Lookaside directory GPG signatures are written to
+    /// (`DIR/<repository path>@sha256=<hex>/signature-N`).
+    #[arg(long, value_name = "DIR")]
+    pub lookaside: Option<PathBuf>,
+}
+
+/// Arguments of `veil image verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Image reference: `oci:DIR[:TAG]` or `docker://REF`.
+    pub reference: String,
+    #[command(flatten)]
+    pub registry: RegistryOpts,
+    /// Trust policy in the containers-policy.json(5) format.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// The docker reference the image is pulled as; selects the policy's
+    /// `docker` transport scopes and is what signed identities are matched
+    /// against (without it: the `oci` transport, by layout path).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Lookaside directory holding GPG signatures. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub lookaside: Vec<PathBuf>,
+    /// A skopeo `dir:` copy of the image whose `signature-N` files to use.
+    /// Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub signatures_dir: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `veil image unpack`.
@@ -96,8 +169,10 @@ pub struct DecryptArgs {
 /// Arguments of `veil image inspect`.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Image reference: `oci:DIR[:TAG]`.
+    /// Image reference: `oci:DIR[:TAG]` or `docker://REF`.
     pub reference: String,
+    #[command(flatten)]
+    pub registry: RegistryOpts,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -140,6 +215,140 @@ pub struct MeasureArgs {
     pub json: bool,
 }
 
+/// Registry access options (for `docker://` references).
+#[derive(Args, Clone, Default)]
+pub struct RegistryOpts {
+    /// containers/docker auth.json with registry credentials.
+    #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+    pub authfile: Option<PathBuf>,
+    /// Content-addressed blob cache directory (blobs re-verified on use).
+    #[arg(long, value_name = "DIR", env = "VEIL_BLOB_CACHE")]
+    pub cache: Option<PathBuf>,
+}
+
+/// Where an image is read from.
+enum Src {
+    Layout {
+        layout: OciLayout,
+        r: OciRef,
+    },
+    Registry {
+        reg: Box<Registry>,
+        r: DockerReference,
+    },
+}
+
+impl Src {
+    fn open(reference: &str, o: &RegistryOpts) -> Result<Self> {
+        if reference.starts_with(registry::TRANSPORT_PREFIX) {
+            let r = registry::parse_reference(reference)?;
+            let creds = match &o.authfile {
+                Some(p) => Credentials::from_auth_file(p, r.domain())?,
+                None => None,
+            };
+            let mut reg = Registry::new(&r, creds);
+            if let Some(c) = &o.cache {
+                reg = reg.with_cache(c)?;
+            }
+            return Ok(Src::Registry {
+                reg: Box::new(reg),
+                r,
+            });
+        }
+        if !reference.starts_with("oci:") {
+            anyhow::bail!(
+                "invalid image reference {reference:?}: expected oci:DIR[:TAG] or docker://REGISTRY/REPO[:TAG|@DIGEST]"
+            );
+        }
+        let r = OciRef::parse(reference)?;
+        Ok(Src::Layout {
+            layout: OciLayout::open(&r.dir)?,
+            r,
+        })
+    }
+
+    fn resolve(&self) -> Result<ResolvedImage, SourceError> {
+        match self {
+            Src::Layout { layout, r } => layout.resolve(r.tag.as_deref(), &Platform::linux_amd64()),
+            Src::Registry { reg, .. } => reg.resolve(&Platform::linux_amd64()),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Src::Layout { r, .. } => r.to_string(),
+            Src::Registry { r, .. } => format!("{}{r}", registry::TRANSPORT_PREFIX),
+        }
+    }
+
+    /// The cosign signatures attached to `digest`.
+    fn attachments(&self, digest: &Digest) -> Result<Vec<cosign::SigstoreSignature>, SignError> {
+        match self {
+            Src::Layout { layout, .. } => {
+                match layout.find(Some(&cosign::attachment_tag(digest))) {
+                    Ok(att) => cosign::read_attachment(layout, &att),
+                    Err(SourceError::NotFound(_)) => Ok(Vec::new()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Src::Registry { reg, .. } => match reg.attachment(digest)? {
+                Some(att) => cosign::read_attachment(&**reg, &att),
+                None => Ok(Vec::new()),
+            },
+        }
+    }
+}
+
+/// Arguments of `veil image push`.
+#[derive(Args)]
+pub struct PushArgs {
+    /// Source image: `oci:DIR[:TAG]`.
+    pub source: String,
+    /// Destination: `docker://REGISTRY/REPO[:TAG]`.
+    pub destination: String,
+    #[command(flatten)]
+    pub registry: RegistryOpts,
+}
+
+/// Arguments of `veil image pull`.
+#[derive(Args)]
+pub struct PullArgs {
+    /// Source: `docker://REGISTRY/REPO[:TAG|@DIGEST]`.
+    pub source: String,
+    /// Destination: `oci:DIR:TAG`.
+    pub destination: String,
+    #[command(flatten)]
+    pub registry: RegistryOpts,
+}
+
+fn push(a: PushArgs) -> Result<ExitCode> {
+    let src = OciRef::parse(&a.source)?;
+    let layout = OciLayout::open(&src.dir)?;
+    let Src::Registry { reg, r } = Src::open(&a.destination, &a.registry)? else {
+        anyhow::bail!("push destination must be docker://REGISTRY/REPO[:TAG]");
+    };
+    let digest = match source_result(reg.push(&layout, src.tag.as_deref()))? {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    println!("pushed {digest} to {}{r}", registry::TRANSPORT_PREFIX);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pull(a: PullArgs) -> Result<ExitCode> {
+    let Src::Registry { reg, .. } = Src::open(&a.source, &a.registry)? else {
+        anyhow::bail!("pull source must be docker://REGISTRY/REPO[:TAG|@DIGEST]");
+    };
+    let dst = Destination::open(&a.destination)?;
+    let desc = match source_result(reg.pull_into(&dst.layout, &dst.tag))? {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    dst.keep();
+    println!("{}", desc.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Run a `veil image` subcommand.
 pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
     match cmd {
@@ -148,7 +357,152 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
         ImageCommand::Encrypt(a) => encrypt(a),
         ImageCommand::Decrypt(a) => decrypt(a),
         ImageCommand::Unpack(a) => unpack(a),
+        ImageCommand::Sign(a) => sign_image(a),
+        ImageCommand::Verify(a) => verify_image(a),
+        ImageCommand::Push(a) => push(a),
+        ImageCommand::Pull(a) => pull(a),
     }
+}
+
+fn sign_result<T>(r: Result<T, SignError>) -> Result<Result<T, ExitCode>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) if e.is_refusal() => {
+            eprintln!("veil: refused: {e}");
+            Ok(Err(ExitCode::from(1)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_passphrase(path: Option<&std::path::Path>) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let Some(p) = path else { return Ok(None) };
+    let mut bytes = Zeroizing::new(
+        std::fs::read(p).with_context(|| format!("reading passphrase file {}", p.display()))?,
+    );
+    // One line: a trailing newline is not part of the passphrase.
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(Some(bytes))
+}
+
+fn sign_image(a: SignArgs) -> Result<ExitCode> {
+    let identity = DockerReference::parse(&a.identity)?;
+    let src = Src::open(&a.reference, &a.registry)?;
+    let img = match source_result(src.resolve())? {
+        Ok(img) => img,
+        Err(code) => return Ok(code),
+    };
+    let digest = img.manifest_digest().clone();
+    if let Some(key_path) = &a.sigstore_key {
+        let bytes = Zeroizing::new(
+            std::fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?,
+        );
+        let pass = read_passphrase(a.passphrase_file.as_deref())?;
+        let key = cosign::PrivateKey::from_pem(&bytes, pass.as_ref().map(|p| p.as_slice()))?;
+        let sig = sign::sign_sigstore(&key, &identity, &digest);
+        let (att, place) = match &src {
+            Src::Layout { layout, .. } => (
+                cosign::attach_to_layout(layout, &digest, sig)?,
+                layout.root().display().to_string(),
+            ),
+            Src::Registry { reg, .. } => (reg.attach_signature(&digest, sig)?, src.name()),
+        };
+        println!(
+            "signed {digest} as {identity} (sigstore): {} in {place} ({})",
+            cosign::attachment_tag(&digest),
+            att.digest
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(key_id), Some(lookaside)) = (&a.gpg_key, &a.lookaside) else {
+        anyhow::bail!("give --sigstore-key FILE, or --gpg-key KEY with --lookaside DIR");
+    };
+    let opts = gpg::GpgOptions {
+        home: a.gpg_home.clone(),
+        passphrase_file: a.passphrase_file.clone(),
+    };
+    let sig = sign::sign_gpg(key_id, &identity, &digest, &opts)?;
+    let path = sign::write_lookaside(lookaside, &identity, &digest, &sig)?;
+    println!("signed {digest} as {identity} (GPG): {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_image(a: VerifyArgs) -> Result<ExitCode> {
+    let policy = Policy::from_file(&a.policy)?;
+    let identity = a
+        .identity
+        .as_deref()
+        .map(DockerReference::parse)
+        .transpose()?;
+    let src = Src::open(&a.reference, &a.registry)?;
+    // A registry reference is itself the identity, unless one is given.
+    let identity = match (&src, identity) {
+        (_, Some(i)) => Some(i),
+        (Src::Registry { r, .. }, None) => Some(r.clone()),
+        (Src::Layout { .. }, None) => None,
+    };
+    let img = match source_result(src.resolve())? {
+        Ok(img) => img,
+        Err(code) => return Ok(code),
+    };
+    let digest = img.manifest_digest().clone();
+    let mut sigs = Vec::new();
+    let mut sources = Vec::new();
+    let found = src.attachments(&digest)?;
+    if !found.is_empty() {
+        sources.push(format!("{} sigstore attached to the image", found.len()));
+    }
+    sigs.extend(found.into_iter().map(StoredSignature::Sigstore));
+    if !a.lookaside.is_empty() {
+        let id = identity
+            .as_ref()
+            .context("--lookaside needs --identity (signatures are stored by repository)")?;
+        for dir in &a.lookaside {
+            let found = sign::read_lookaside(dir, id, &digest)?;
+            sources.push(format!("{} in lookaside {}", found.len(), dir.display()));
+            sigs.extend(found);
+        }
+    }
+    for dir in &a.signatures_dir {
+        let found = sign::read_dir_transport(dir)?;
+        sources.push(format!("{} in {}", found.len(), dir.display()));
+        sigs.extend(found);
+    }
+    let (transport, scopes) = match (&identity, &src) {
+        (Some(id), _) => ("docker", id.policy_scopes()),
+        (None, Src::Layout { r, .. }) => ("oci", policy::oci_scopes(&r.dir, r.tag.as_deref())),
+        (None, Src::Registry { r, .. }) => ("docker", r.policy_scopes()),
+    };
+    let subject = sign::Subject {
+        manifest_digest: digest.clone(),
+        identity: identity.clone(),
+    };
+    let ok = match sign_result(sign::evaluate(&policy, transport, &scopes, &subject, &sigs))? {
+        Ok(ok) => ok,
+        Err(code) => return Ok(code),
+    };
+    if a.json {
+        let out = serde_json::json!({
+            "accepted": true,
+            "manifestDigest": digest,
+            "identity": identity.map(|i| i.to_string()),
+            "scope": ok.scope,
+            "requirements": ok.reasons,
+            "signaturesFound": sigs.len(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("accepted {digest} under {}", ok.scope);
+        for line in &ok.reasons {
+            println!("  {line}");
+        }
+        if !sources.is_empty() {
+            println!("  signatures found: {}", sources.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn crypt_result<T>(r: Result<T, CryptError>) -> Result<Result<T, ExitCode>> {
@@ -162,13 +516,50 @@ fn crypt_result<T>(r: Result<T, CryptError>) -> Result<Result<T, ExitCode>> {
     }
 }
 
-fn destination(s: &str) -> Result<(OciLayout, String)> {
-    let r = OciRef::parse(s)?;
-    let tag = r
-        .tag
-        .clone()
-        .with_context(|| format!("destination {s:?} needs a tag: oci:DIR:TAG"))?;
-    Ok((OciLayout::create(&r.dir)?, tag))
+/// A destination layout; a directory created for it is removed again
+/// unless [`Destination::keep`] is called, so a failed command leaves
+/// nothing behind.
+struct Destination {
+    layout: OciLayout,
+    tag: String,
+    created: Option<PathBuf>,
+}
+
+impl Destination {
+    fn open(s: &str) -> Result<Self> {
+        let r = OciRef::parse(s)?;
+        let tag = r
+            .tag
+            .clone()
+            .with_context(|| format!("destination {s:?} needs a tag: oci:DIR:TAG"))?;
+        let created = (!r.dir.exists()).then(|| r.dir.clone());
+        let layout = match OciLayout::create(&r.dir) {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(dir) = &created {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(e.into());
+            }
+        };
+        Ok(Destination {
+            layout,
+            tag,
+            created,
+        })
+    }
+
+    fn keep(mut self) {
+        self.created = None;
+    }
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        if let Some(dir) = self.created.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
@@ -213,18 +604,19 @@ fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     } else {
         LayerSelection::Indexes(a.layers.clone())
     };
-    let (dst, tag) = destination(&a.destination)?;
+    let dst = Destination::open(&a.destination)?;
     let desc = match crypt_result(crypt::encrypt_image(
         &src_layout,
         src.tag.as_deref(),
-        &dst,
-        &tag,
+        &dst.layout,
+        &dst.tag,
         &refs,
         &selection,
     ))? {
         Ok(d) => d,
         Err(code) => return Ok(code),
     };
+    dst.keep();
     println!("{}", desc.digest);
     Ok(ExitCode::SUCCESS)
 }
@@ -296,17 +688,18 @@ fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
         anyhow::bail!("give at least one --key or --kbs-keys");
     }
     let refs: Vec<&dyn KeyUnwrapper> = unwrappers.iter().map(|u| u.as_ref()).collect();
-    let (dst, tag) = destination(&a.destination)?;
+    let dst = Destination::open(&a.destination)?;
     let desc = match crypt_result(crypt::decrypt_image(
         &src_layout,
         src.tag.as_deref(),
-        &dst,
-        &tag,
+        &dst.layout,
+        &dst.tag,
         &refs,
     ))? {
         Ok(d) => d,
         Err(code) => return Ok(code),
     };
+    dst.keep();
     println!("{}", desc.digest);
     Ok(ExitCode::SUCCESS)
 }
@@ -324,11 +717,31 @@ fn source_result<T>(r: Result<T, SourceError>) -> Result<Result<T, ExitCode>> {
 }
 
 fn inspect(a: InspectArgs) -> Result<ExitCode> {
-    let r = OciRef::parse(&a.reference)?;
-    let layout = OciLayout::open(&r.dir)?;
-    let img = match source_result(layout.resolve(r.tag.as_deref(), &Platform::linux_amd64()))? {
+    let src = Src::open(&a.reference, &a.registry)?;
+    let img = match source_result(src.resolve())? {
         Ok(img) => img,
         Err(code) => return Ok(code),
+    };
+    // Signatures found next to the image (not verified here).
+    let digest = img.manifest_digest().clone();
+    let signatures: Vec<String> = src
+        .attachments(&digest)?
+        .iter()
+        .map(|s| {
+            sign::payload::Payload::parse(&s.payload, sign::payload::PayloadKind::Cosign)
+                .map_or_else(
+                    |e| format!("sigstore (unreadable payload: {e})"),
+                    |p| format!("sigstore, claims {}", p.docker_reference),
+                )
+        })
+        .collect();
+    // Recipient schemes of each encrypted layer.
+    let recipients = |l: &veil_image::Descriptor| -> Vec<String> {
+        l.annotations
+            .keys()
+            .filter_map(|k| k.strip_prefix(crypt::ANNOTATION_KEYS_PREFIX))
+            .map(str::to_owned)
+            .collect()
     };
     if a.json {
         let layers: Vec<_> = img
@@ -340,22 +753,24 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
                     "mediaType": l.media_type, "digest": l.digest, "size": l.size,
                     "diffId": d,
                     "encrypted": l.media_type.ends_with("+encrypted"),
+                    "recipients": recipients(l),
                 })
             })
             .collect();
         let out = serde_json::json!({
-            "reference": r.to_string(),
+            "reference": src.name(),
             "manifestDigest": img.manifest_digest(),
             "indexDigest": img.index_digest,
             "configDigest": img.config_digest(),
             "platform": img.config.platform().to_string(),
             "config": img.config.config,
             "layers": layers,
+            "signatures": signatures,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Reference:  {r}");
+    println!("Reference:  {}", src.name());
     println!("Digest:     {}", img.manifest_digest());
     if let Some(i) = &img.index_digest {
         println!("Index:      {i}");
@@ -371,6 +786,18 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
     for (l, d) in img.layers().iter().zip(img.diff_ids()) {
         println!("  {} {} bytes {}", l.digest, l.size, l.media_type);
         println!("    diff_id {d}");
+        let r = recipients(l);
+        if !r.is_empty() {
+            println!("    recipients: {}", r.join(", "));
+        }
+    }
+    if signatures.is_empty() {
+        println!("Signatures: none attached");
+    } else {
+        println!("Signatures (unverified; check with `veil image verify`):");
+        for s in &signatures {
+            println!("  {s}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -403,6 +830,7 @@ fn measure(a: MeasureArgs) -> Result<ExitCode> {
     let data = File::open(&a.data).with_context(|| format!("opening {}", a.data.display()))?;
     let tree = match &a.hash_file {
         Some(path) => {
+            let existed = path.exists();
             let out = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -410,7 +838,16 @@ fn measure(a: MeasureArgs) -> Result<ExitCode> {
                 .truncate(false)
                 .open(path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            verity::format(&data, &out, &params)?
+            match verity::format(&data, &out, &params) {
+                Ok(t) => t,
+                Err(e) => {
+                    // A hash file veil created is not left half-written.
+                    if !existed {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         None => verity::root_hash(&data, &params)?,
     };

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 
 mod attest;
 mod attest_dcap;
+mod bench;
 mod image;
+mod kbs;
 mod output;
 mod policy;
 
@@ -26,9 +28,15 @@ enum Command {
     /// Verify and produce attestation evidence (SNP, TDX, SGX, Azure vTPM, sim).
     #[command(subcommand)]
     Attest(attest::AttestCommand),
+    /// Measure veil against named baselines (throughput, ratios).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// OCI images: inspect, measure (dm-verity), encrypt/decrypt, sign/verify, unpack.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Key broker (Trustee KBS protocol): serve, administer, fetch resources as a guest.
+    #[command(subcommand)]
+    Kbs(kbs::KbsCommand),
     /// Workload policies: generate from Kubernetes YAML, digest, check, diff.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -38,7 +46,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attest(cmd) => attest::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Kbs(cmd) => kbs::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
     };
     match result {

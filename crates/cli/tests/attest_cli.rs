@@ -112,7 +112,13 @@ fn refusals_exit_1_and_name_the_check() {
             "--evidence",
             &snp("milan-vlek-report.bin"),
         ])
-        .args(["--cert", &snp("milan-vlek.der")])
+        // The VLEK certificate expires 2025-12-10: verify inside its validity.
+        .args([
+            "--cert",
+            &snp("milan-vlek.der"),
+            "--at",
+            "2025-06-01T00:00:00Z",
+        ])
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
@@ -127,10 +133,40 @@ fn refusals_exit_1_and_name_the_check() {
             "--evidence",
             &snp("milan-vlek-report.bin"),
         ])
-        .args(["--cert", &snp("milan-vlek.der"), "--vmpl", "1"])
+        .args([
+            "--cert",
+            &snp("milan-vlek.der"),
+            "--vmpl",
+            "1",
+            "--at",
+            "2025-06-01T00:00:00Z",
+        ])
         .assert()
         .success()
         .stdout(predicate::str::contains("signed by VLEK (Milan)"));
+    // Today the VLEK has expired, and veil says so.
+    veil()
+        .args([
+            "attest",
+            "verify",
+            "--tee",
+            "snp",
+            "--evidence",
+            &snp("milan-vlek-report.bin"),
+        ])
+        .args([
+            "--cert",
+            &snp("milan-vlek.der"),
+            "--vmpl",
+            "1",
+            "--at",
+            "2026-01-01T00:00:00Z",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "certificate SEV-VLEK is not valid at the verification time",
+        ));
 }
 
 #[test]

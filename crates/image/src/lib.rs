@@ -15,10 +15,13 @@ pub mod builder;
 pub mod crypt;
 pub mod digest;
 pub mod layout;
+pub mod registry;
+pub mod sign;
 pub mod source;
 pub mod spec;
 pub mod unpack;
 pub mod verity;
+pub mod zstd;
 
 pub use digest::{Digest, DigestAlgorithm};
 pub use layout::{OciLayout, OciRef};

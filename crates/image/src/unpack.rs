@@ -126,12 +126,15 @@ pub enum UnpackError {
 }
 
 impl UnpackError {
-    /// Whether this is a failed integrity check (exit 1).
+    /// Whether this is a failed integrity or safety check (exit 1): a
+    /// digest, HMAC or diff_id mismatch, an unsafe entry, a limit.
     pub fn is_refusal(&self) -> bool {
         match self {
             UnpackError::Source(e) => e.is_refusal(),
             UnpackError::Crypt(e) => e.is_refusal(),
-            UnpackError::DiffId { .. } => true,
+            UnpackError::DiffId { .. } | UnpackError::Entry { .. } | UnpackError::Limit { .. } => {
+                true
+            }
             _ => false,
         }
     }
@@ -276,13 +279,7 @@ pub fn apply_layer(
         let decompressed: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut blob),
             Compression::Gzip => Box::new(flate2::read::GzDecoder::new(&mut blob)),
-            Compression::Zstd => {
-                return Err(SourceError::UnsupportedMediaType {
-                    what: format!("layer {layer} (zstd layers are not supported yet)"),
-                    media_type: "tar+zstd".into(),
-                }
-                .into());
-            }
+            Compression::Zstd => Box::new(crate::zstd::ZstdReader::new(&mut blob)),
         };
         let limited = Limited {
             inner: decompressed,

@@ -219,7 +219,7 @@ impl InitDataDigest {
         } else {
             Err(BindingError::Mismatch {
                 field: field.name(),
-                expected: hex::encode(expected),
+                expected: hex::encode(&expected),
                 actual: hex::encode(reported),
             })
         }

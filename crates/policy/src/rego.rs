@@ -22,12 +22,34 @@ pub enum RegoTextError {
     BadPolicyData(String),
 }
 
+/// Rebuild every object with its keys in sorted order, whatever map type
+/// serde_json was compiled with.
+fn sort_keys(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut entries: Vec<_> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(sort_keys).collect())
+        }
+        other => other,
+    }
+}
+
 /// Render the full `policy.rego`: the rules, then the data as pretty JSON with sorted keys.
 pub fn render_policy(data: &PolicyData) -> String {
     let mut data = data.clone();
     data.canonicalize();
-    // serde_json without `preserve_order` sorts object keys.
-    let value = serde_json::to_value(&data).unwrap_or(serde_json::Value::Null);
+    // Sort object keys explicitly: another crate in the build may enable
+    // serde_json's `preserve_order`, which would keep insertion order.
+    let value = sort_keys(serde_json::to_value(&data).unwrap_or(serde_json::Value::Null));
     let json = serde_json::to_string_pretty(&value).unwrap_or_default();
     let mut out = String::with_capacity(RULES.len() + json.len() + 32);
     out.push_str(RULES.trim_end());

@@ -277,8 +277,9 @@ impl Settings {
         if self.containers.signals.iter().any(|s| *s == 0 || *s > 64) {
             return Err("settings containers.signals: signals are 1..=64".into());
         }
-        if !self.kbs.url.is_empty()
-            && !(self.kbs.url.starts_with("https://") || self.kbs.url.starts_with("http://"))
+        if !(self.kbs.url.is_empty()
+            || self.kbs.url.starts_with("https://")
+            || self.kbs.url.starts_with("http://"))
         {
             return Err(format!(
                 "settings kbs.url {:?}: expected an http(s) URL",

@@ -127,7 +127,7 @@ pub struct Evidence {
 }
 
 /// Something that produces evidence inside a TEE.
-pub trait Attester: Send + fmt::Debug {
+pub trait Attester: Send + Sync + fmt::Debug {
     /// The TEE kind.
     fn tee(&self) -> TeeKind;
     /// Evidence binding `report_data`.

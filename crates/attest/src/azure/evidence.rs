@@ -21,6 +21,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::tpm::{PcrValues, Signature, alg};
 
+/// A TPM quote's message, signature and PCR values, decoded.
+type QuoteParts = (Vec<u8>, Vec<u8>, Vec<Vec<u8>>);
+
 /// Which Azure evidence kind is being parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -137,21 +140,21 @@ impl Ctx {
     fn hex(&self, field: &str, s: &str) -> Result<Vec<u8>> {
         hex::decode(s.trim()).map_err(|e| self.err(format!("{field} is not hex: {e}")))
     }
-    fn document<T: for<'de> Deserialize<'de>>(&self, v: Value, version: u64) -> Result<T> {
+    fn decode<T: for<'de> Deserialize<'de>>(&self, v: Value, version: u64) -> Result<T> {
         serde_json::from_value(v).map_err(|e| self.err(format!("version {version}: {e}")))
     }
-    fn hex_quote(&self, q: HexQuote) -> Result<BinQuote> {
+    fn hex_quote(&self, q: HexQuote) -> Result<QuoteParts> {
         let pcrs = q
             .pcrs
             .iter()
             .enumerate()
             .map(|(i, p)| self.hex(&format!("tpm_quote.pcrs[{i}]"), p))
             .collect::<Result<Vec<_>>>()?;
-        Ok(BinQuote {
-            signature: self.hex("tpm_quote.signature", &q.signature)?,
-            message: self.hex("tpm_quote.message", &q.message)?,
+        Ok((
+            self.hex("tpm_quote.signature", &q.signature)?,
+            self.hex("tpm_quote.message", &q.message)?,
             pcrs,
-        })
+        ))
     }
 }
 
@@ -183,7 +186,7 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
     }
     let (sig, message, pcrs, hcl_report, vcek, td_quote) = match (kind, version) {
         (Kind::Snp, 0) => {
-            let d: SnpV0 = c.document(v, 0)?;
+            let d: SnpV0 = c.decode(v, 0)?;
             let q = d.quote;
             (
                 q.signature,
@@ -195,14 +198,13 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
             )
         }
         (Kind::Snp, _) => {
-            let d: SnpV1 = c.document(v, version)?;
-            let q = c.hex_quote(d.tpm_quote)?;
+            let d: SnpV1 = c.decode(v, version)?;
+            let (s, m, p) = c.hex_quote(d.tpm_quote)?;
             let hcl = c.b64url("hcl_report", &d.hcl_report)?;
-            let vcek = c.b64url("vcek", &d.vcek)?;
-            (q.signature, q.message, q.pcrs, hcl, Some(vcek), None)
+            (s, m, p, hcl, Some(c.b64url("vcek", &d.vcek)?), None)
         }
         (Kind::Tdx, 0) => {
-            let d: TdxV0 = c.document(v, 0)?;
+            let d: TdxV0 = c.decode(v, 0)?;
             let q = d.tpm_quote;
             (
                 q.signature,
@@ -214,11 +216,10 @@ pub fn parse(kind: Kind, bytes: &[u8]) -> Result<AzureEvidence> {
             )
         }
         (Kind::Tdx, _) => {
-            let d: TdxV1 = c.document(v, version)?;
-            let q = c.hex_quote(d.tpm_quote)?;
+            let d: TdxV1 = c.decode(v, version)?;
+            let (s, m, p) = c.hex_quote(d.tpm_quote)?;
             let hcl = c.b64url("hcl_report", &d.hcl_report)?;
-            let td = c.b64url("td_quote", &d.td_quote)?;
-            (q.signature, q.message, q.pcrs, hcl, None, Some(td))
+            (s, m, p, hcl, None, Some(c.b64url("td_quote", &d.td_quote)?))
         }
     };
     if sig.len() > crate::tpm::signature::MAX_RSA_SIG_LEN {

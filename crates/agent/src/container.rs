@@ -1,0 +1,675 @@
+//! Containers: the images pulled, the processes started, their output.
+//!
+//! The manager only ever acts on requests the policy allowed (see
+//! [`crate::server`]); here each request is carried out. Processes are
+//! started through the launcher ([`crate::init`]), a re-exec of the agent
+//! binary, so that namespace setup happens in a fresh single-threaded
+//! process.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use veil_agent_api::{
+    CopyFileRequest, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, FileType,
+    Process,
+};
+
+use crate::guest::GuestPaths;
+use crate::init::{CapSets, InitSpec, MountSpec, STATUS_FD};
+use crate::kbs::Kbs;
+use crate::proto::{CreateContainerResult, StartContainerResult, StatsContainerResult};
+use crate::streams::Stream;
+
+/// A running (or exited) process.
+#[derive(Debug)]
+pub struct Proc {
+    /// The launcher's PID in the agent's namespace.
+    pub launcher: u32,
+    pub stdout: Stream,
+    pub stderr: Stream,
+    stdin: Mutex<Option<ChildStdin>>,
+}
+
+impl Proc {
+    /// The exit code, once exited.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.stdout.exit_code()
+    }
+}
+
+/// One container.
+#[derive(Debug)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image_digest: String,
+    dir: PathBuf,
+    spec: InitSpec,
+    init: Mutex<Option<Arc<Proc>>>,
+    execs: Mutex<BTreeMap<String, Arc<Proc>>>,
+}
+
+/// What the manager needs from the rest of the agent.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub paths: GuestPaths,
+    /// The agent binary (re-executed as the launcher).
+    pub agent_exe: PathBuf,
+    /// The read-only OCI layout images are pulled from.
+    pub oci_layout: Option<PathBuf>,
+    /// Install the default seccomp profile.
+    pub seccomp: bool,
+}
+
+/// All containers of the sandbox.
+#[derive(Debug)]
+pub struct Manager {
+    cfg: ManagerConfig,
+    kbs: Option<Arc<Kbs>>,
+    sandbox: Mutex<Option<(String, String)>>,
+    containers: Mutex<BTreeMap<String, Arc<Container>>>,
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> String {
+    format!("{context}: {e}")
+}
+
+fn caps(p: &Process) -> CapSets {
+    let c = &p.capabilities;
+    CapSets {
+        bounding: c.bounding.clone(),
+        effective: c.effective.clone(),
+        inheritable: c.inheritable.clone(),
+        permitted: c.permitted.clone(),
+        ambient: c.ambient.clone(),
+    }
+}
+
+impl Manager {
+    /// A manager with no containers.
+    pub fn new(cfg: ManagerConfig, kbs: Option<Arc<Kbs>>) -> Self {
+        Manager {
+            cfg,
+            kbs,
+            sandbox: Mutex::new(None),
+            containers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, String> {
+        self.containers
+            .lock()
+            .map_err(|_| "container table lock poisoned".to_string())?
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("no container {id:?}"))
+    }
+
+    /// Create the sandbox's hostname, hosts and resolv.conf.
+    pub fn create_sandbox(&self, r: &CreateSandboxRequest) -> Result<(), String> {
+        let dir = self.cfg.paths.sandbox(&r.sandbox_id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| err("creating the sandbox dir", e))?;
+        fs::write(dir.join("hostname"), format!("{}\n", r.hostname))
+            .map_err(|e| err("writing hostname", e))?;
+        fs::write(
+            dir.join("hosts"),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+                r.hostname
+            ),
+        )
+        .map_err(|e| err("writing hosts", e))?;
+        let resolv: String = r.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+        fs::write(dir.join("resolv.conf"), resolv).map_err(|e| err("writing resolv.conf", e))?;
+        if let Ok(mut s) = self.sandbox.lock() {
+            *s = Some((r.sandbox_id.clone(), r.hostname.clone()));
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, r: &CreateContainerRequest) -> Result<Vec<MountSpec>, String> {
+        let mut out = Vec::new();
+        for m in &r.mounts {
+            let source = if m.fs_type == "bind" {
+                self.cfg
+                    .paths
+                    .resolve(&m.source)
+                    .ok_or_else(|| {
+                        format!("bind mount source {:?} is not under /run/veil", m.source)
+                    })?
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                m.source.clone()
+            };
+            out.push(MountSpec {
+                destination: m.destination.clone(),
+                fs_type: m.fs_type.clone(),
+                source,
+                options: m.options.clone(),
+            });
+        }
+        let has = |d: &str| out.iter().any(|m| m.destination == d);
+        let mut base = Vec::new();
+        if !has("/proc") {
+            base.push(MountSpec {
+                destination: "/proc".into(),
+                fs_type: "proc".into(),
+                source: "proc".into(),
+                options: vec!["nosuid".into(), "noexec".into(), "nodev".into()],
+            });
+        }
+        if !has("/dev") {
+            base.push(MountSpec {
+                destination: "/dev".into(),
+                fs_type: "tmpfs".into(),
+                source: "tmpfs".into(),
+                options: vec!["nosuid".into(), "mode=755".into(), "size=65536k".into()],
+            });
+        }
+        base.extend(out);
+        // Agent-provided: the secrets tmpfs (read-only) and the local API socket.
+        let secrets = self.cfg.paths.secrets();
+        if secrets.is_dir() {
+            base.push(MountSpec {
+                destination: "/run/veil/secrets".into(),
+                fs_type: "bind".into(),
+                source: secrets.to_string_lossy().into_owned(),
+                options: vec![
+                    "ro".into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                    "noexec".into(),
+                ],
+            });
+        }
+        let api = self.cfg.paths.api_socket();
+        if api.exists() {
+            base.push(MountSpec {
+                destination: "/run/veil/api.sock".into(),
+                fs_type: "bind".into(),
+                source: api.to_string_lossy().into_owned(),
+                options: vec![],
+            });
+        }
+        // Order mounts so that parents come before children.
+        base.sort_by_key(|m| m.destination.matches('/').count());
+        Ok(base)
+    }
+
+    /// Pull and unpack the image; prepare (but do not start) the container.
+    pub fn create_container(
+        &self,
+        r: &CreateContainerRequest,
+    ) -> Result<CreateContainerResult, String> {
+        let layout = self
+            .cfg
+            .oci_layout
+            .as_ref()
+            .ok_or("the host exposed no OCI layout to pull images from")?;
+        let dir = self.cfg.paths.container(&r.container_id);
+        if dir.exists() {
+            return Err(format!("container {} already exists", r.container_id));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| err("creating the container dir", e))?;
+        let rootfs = dir.join("rootfs");
+        let stats = match crate::pull::pull(layout, &r.image, &rootfs, self.kbs.as_ref()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        // The rootfs must be traversable by the container user.
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o711));
+        let hostname = self
+            .sandbox
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(_, h)| h.clone()))
+            .unwrap_or_default();
+        let spec = InitSpec {
+            rootfs,
+            exec_into: None,
+            args: r.process.args.clone(),
+            env: r.process.env.clone(),
+            cwd: r.process.cwd.clone(),
+            uid: r.process.user.uid,
+            gid: r.process.user.gid,
+            additional_gids: r.process.user.additional_gids.clone(),
+            capabilities: caps(&r.process),
+            no_new_privileges: r.process.no_new_privileges,
+            read_only_rootfs: r.read_only_rootfs,
+            hostname,
+            mounts: self.mounts(r)?,
+            seccomp: self.cfg.seccomp,
+        };
+        let c = Arc::new(Container {
+            id: r.container_id.clone(),
+            name: r.name.clone(),
+            image_digest: stats.digest.clone(),
+            dir,
+            spec,
+            init: Mutex::new(None),
+            execs: Mutex::new(BTreeMap::new()),
+        });
+        self.containers
+            .lock()
+            .map_err(|_| "container table lock poisoned".to_string())?
+            .insert(r.container_id.clone(), c);
+        Ok(CreateContainerResult {
+            image_digest: stats.digest,
+            layers: stats.layers,
+            encrypted_layers: stats.encrypted_layers,
+            pull_ms: stats.ms,
+        })
+    }
+
+    /// Start a created container's init process.
+    pub fn start_container(&self, id: &str) -> Result<StartContainerResult, String> {
+        let start = Instant::now();
+        let c = self.container(id)?;
+        let mut init = c.init.lock().map_err(|_| "lock poisoned".to_string())?;
+        if init.is_some() {
+            return Err(format!("container {id} was already started"));
+        }
+        let p = self.launch(&c.dir.join("spec.json"), &c.spec)?;
+        let pid = p.launcher;
+        *init = Some(Arc::new(p));
+        Ok(StartContainerResult {
+            pid,
+            start_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Run an additional process in a running container.
+    pub fn exec(&self, r: &ExecProcessRequest) -> Result<(), String> {
+        let c = self.container(&r.container_id)?;
+        let launcher = match c
+            .init
+            .lock()
+            .map_err(|_| "lock poisoned".to_string())?
+            .as_ref()
+        {
+            Some(p) if p.exit_code().is_none() => p.launcher,
+            Some(_) => return Err(format!("container {} has exited", r.container_id)),
+            None => return Err(format!("container {} has not been started", r.container_id)),
+        };
+        let mut spec = c.spec.clone();
+        spec.exec_into = Some(launcher);
+        spec.args = r.process.args.clone();
+        spec.env = r.process.env.clone();
+        spec.cwd = r.process.cwd.clone();
+        spec.uid = r.process.user.uid;
+        spec.gid = r.process.user.gid;
+        spec.additional_gids = r.process.user.additional_gids.clone();
+        spec.capabilities = caps(&r.process);
+        spec.no_new_privileges = r.process.no_new_privileges;
+        let mut execs = c.execs.lock().map_err(|_| "lock poisoned".to_string())?;
+        if execs.contains_key(&r.exec_id) {
+            return Err(format!("exec {} already exists", r.exec_id));
+        }
+        let p = self.launch(&c.dir.join(format!("exec-{}.json", r.exec_id)), &spec)?;
+        execs.insert(r.exec_id.clone(), Arc::new(p));
+        Ok(())
+    }
+
+    /// The process `exec_id` (empty: the init process) of a container.
+    pub fn process(&self, container: &str, exec_id: &str) -> Result<Arc<Proc>, String> {
+        let c = self.container(container)?;
+        if exec_id.is_empty() {
+            c.init
+                .lock()
+                .map_err(|_| "lock poisoned".to_string())?
+                .clone()
+                .ok_or_else(|| format!("container {container} has not been started"))
+        } else {
+            c.execs
+                .lock()
+                .map_err(|_| "lock poisoned".to_string())?
+                .get(exec_id)
+                .cloned()
+                .ok_or_else(|| format!("no exec {exec_id:?} in container {container}"))
+        }
+    }
+
+    /// Signal a process (its workload, not the launcher).
+    pub fn signal(&self, container: &str, exec_id: &str, signal: u32) -> Result<(), String> {
+        let p = self.process(container, exec_id)?;
+        if p.exit_code().is_some() {
+            return Ok(());
+        }
+        let sig =
+            nix::sys::signal::Signal::try_from(signal as i32).map_err(|e| err("signal", e))?;
+        let target = workload_pid(p.launcher).unwrap_or(p.launcher);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(target as i32), sig)
+            .map_err(|e| err("kill", e))
+    }
+
+    /// Write to a process's stdin; empty data closes it.
+    pub fn write_stdin(&self, container: &str, exec_id: &str, data: &[u8]) -> Result<(), String> {
+        let p = self.process(container, exec_id)?;
+        let mut g = p.stdin.lock().map_err(|_| "lock poisoned".to_string())?;
+        if data.is_empty() {
+            *g = None;
+            return Ok(());
+        }
+        match g.as_mut() {
+            Some(s) => s.write_all(data).map_err(|e| err("writing stdin", e)),
+            None => Err("stdin is closed".into()),
+        }
+    }
+
+    /// State of a container.
+    pub fn stats(&self, id: &str) -> Result<StatsContainerResult, String> {
+        let c = self.container(id)?;
+        let init = c
+            .init
+            .lock()
+            .map_err(|_| "lock poisoned".to_string())?
+            .clone();
+        let (state, exit_code, pid) = match &init {
+            None => ("created", None, 0),
+            Some(p) => match p.exit_code() {
+                Some(code) => ("exited", Some(code), p.launcher),
+                None => ("running", None, p.launcher),
+            },
+        };
+        let execs = c
+            .execs
+            .lock()
+            .map_err(|_| "lock poisoned".to_string())?
+            .iter()
+            .filter(|(_, p)| p.exit_code().is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        Ok(StatsContainerResult {
+            state: state.into(),
+            exit_code,
+            pid,
+            name: c.name.clone(),
+            image_digest: c.image_digest.clone(),
+            execs,
+        })
+    }
+
+    /// Kill (if running) and remove a container and its rootfs.
+    pub fn remove(&self, id: &str, timeout: Duration) -> Result<(), String> {
+        let c = self.container(id)?;
+        let procs: Vec<Arc<Proc>> = {
+            let mut v: Vec<Arc<Proc>> = c
+                .execs
+                .lock()
+                .map_err(|_| "lock poisoned".to_string())?
+                .values()
+                .cloned()
+                .collect();
+            if let Some(p) = c
+                .init
+                .lock()
+                .map_err(|_| "lock poisoned".to_string())?
+                .clone()
+            {
+                v.push(p);
+            }
+            v
+        };
+        for p in &procs {
+            if p.exit_code().is_none() {
+                let target = workload_pid(p.launcher).unwrap_or(p.launcher);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(target as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let deadline = Instant::now() + timeout.max(Duration::from_secs(1));
+        for p in &procs {
+            while p.exit_code().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if p.exit_code().is_none() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.launcher as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        fs::remove_dir_all(&c.dir).map_err(|e| err("removing the container's files", e))?;
+        self.containers
+            .lock()
+            .map_err(|_| "lock poisoned".to_string())?
+            .remove(id);
+        Ok(())
+    }
+
+    /// Kill everything (agent shutdown).
+    pub fn kill_all(&self) {
+        let ids: Vec<String> = self
+            .containers
+            .lock()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default();
+        for id in ids {
+            let _ = self.remove(&id, Duration::from_secs(2));
+        }
+    }
+
+    /// Replace a secret (`/run/veil/secrets/NAME`) or a config value (`/run/veil/config/NAME`).
+    pub fn update_config(&self, r: &veil_agent_api::UpdateConfigRequest) -> Result<(), String> {
+        let dir = match r.kind {
+            veil_agent_api::ConfigKind::Secret => self.cfg.paths.secrets(),
+            veil_agent_api::ConfigKind::Config => self.cfg.paths.root().join("config"),
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|e| err("creating the dir", e))?;
+        write_private(&dir.join(&r.name), &r.data.0)
+    }
+
+    /// Copy a file into the guest (only under /run/veil).
+    pub fn copy_file(&self, r: &CopyFileRequest) -> Result<(), String> {
+        let path = self
+            .cfg
+            .paths
+            .resolve(&r.path)
+            .ok_or_else(|| format!("copy_file: {:?} is not under /run/veil", r.path))?;
+        if let Some(parent) = path.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|e| err("creating parent dirs", e))?;
+        }
+        match r.file_type {
+            FileType::Directory => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&path)
+                    .map_err(|e| err("creating the directory", e))?;
+            }
+            FileType::Symlink => {
+                let target = r
+                    .symlink_target
+                    .as_deref()
+                    .ok_or("symlink without a target")?;
+                let _ = fs::remove_file(&path);
+                std::os::unix::fs::symlink(target, &path)
+                    .map_err(|e| err("creating the symlink", e))?;
+                return Ok(());
+            }
+            FileType::Regular => {
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(r.offset == 0)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(|e| err("opening the file", e))?;
+                use std::io::Seek;
+                f.seek(std::io::SeekFrom::Start(r.offset))
+                    .map_err(|e| err("seek", e))?;
+                f.write_all(&r.data.0)
+                    .map_err(|e| err("writing the file", e))?;
+            }
+        }
+        if r.mode != 0 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(r.mode & 0o7777))
+                .map_err(|e| err("chmod", e))?;
+        }
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(r.uid)),
+            Some(nix::unistd::Gid::from_raw(r.gid)),
+        )
+        .map_err(|e| err("chown", e))?;
+        Ok(())
+    }
+
+    fn launch(&self, spec_path: &Path, spec: &InitSpec) -> Result<Proc, String> {
+        let json = serde_json::to_vec(spec).map_err(|e| err("encoding the launch spec", e))?;
+        fs::write(spec_path, json).map_err(|e| err("writing the launch spec", e))?;
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
+        let w_fd = w.as_raw_fd();
+        let mut cmd = Command::new(&self.cfg.agent_exe);
+        cmd.arg("init")
+            .arg(spec_path)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: dup2 is async-signal-safe; no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(w_fd, STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| err("starting the container launcher", e))?;
+        drop(w);
+        let mut status = String::new();
+        let mut rf = fs::File::from(OwnedFd::from(r));
+        let _ = rf.by_ref().take(64 * 1024).read_to_string(&mut status);
+        if !status.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the container could not start: {status}"));
+        }
+        let stdout = Stream::default();
+        let stderr = Stream::default();
+        for (pipe, stream) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                stdout.clone(),
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                stderr.clone(),
+            ),
+        ] {
+            if let Some(mut pipe) = pipe {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    loop {
+                        match pipe.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => stream.push(&buf[..n]),
+                        }
+                    }
+                    stream.close();
+                });
+            }
+        }
+        let stdin = child.stdin.take();
+        let launcher = child.id();
+        let (o, e) = (stdout.clone(), stderr.clone());
+        std::thread::spawn(move || {
+            let code = match child.wait() {
+                Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+                Err(_) => 127,
+            };
+            tracing::info!(launcher, code, "container process exited");
+            o.set_exit(code);
+            e.set_exit(code);
+        });
+        Ok(Proc {
+            launcher,
+            stdout,
+            stderr,
+            stdin: Mutex::new(stdin),
+        })
+    }
+}
+
+/// The workload process started by a launcher (its only child).
+pub fn workload_pid(launcher: u32) -> Option<u32> {
+    let children = fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).ok();
+    if let Some(pid) =
+        children.and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+    {
+        return Some(pid);
+    }
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        if ppid == Some(launcher) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Write a file readable by everyone in the sandbox's containers (0444),
+/// atomically (temporary file + rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("veil-tmp");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o444)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|e| err("creating the file", e))?;
+    f.write_all(data).map_err(|e| err("writing the file", e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| err("renaming the file", e))
+}

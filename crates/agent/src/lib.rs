@@ -1,0 +1,38 @@
+//! The veil agent: the part of veil that runs inside the TEE.
+//!
+//! It starts from the init-data the host hands over, refuses to serve
+//! unless that init-data's digest equals what the platform reports
+//! ([`boot`]), attests to the KBS named in it and places the secrets it
+//! names on a tmpfs ([`kbs`]), then serves the agent API ([`server`]):
+//! every request is decided by the policy from init-data before anything
+//! happens. Images are pulled inside the agent, checked against the policy
+//! digest, decrypted and unpacked ([`pull`]); containers run with their own
+//! namespaces, capabilities and seccomp filter ([`container`], [`init`]);
+//! workloads reach their secrets and fresh evidence through a small local
+//! HTTP API ([`local_api`]).
+//!
+//! Without the `server` feature only [`proto`] (the wire protocol) is
+//! built, for the host side.
+
+pub mod proto;
+
+#[cfg(feature = "server")]
+pub mod boot;
+#[cfg(feature = "server")]
+pub mod container;
+#[cfg(feature = "server")]
+pub mod guest;
+#[cfg(feature = "server")]
+pub mod init;
+#[cfg(feature = "server")]
+pub mod kbs;
+#[cfg(feature = "server")]
+pub mod local_api;
+#[cfg(feature = "server")]
+pub mod pull;
+#[cfg(feature = "server")]
+pub mod seccomp;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod streams;

@@ -1,0 +1,350 @@
+//! `veil-agent`: the in-guest agent.
+//!
+//! ```text
+//! veil-agent serve --init-data FILE --listen SOCKET --guest-root DIR
+//!                  [--tee sim|snp|tdx] [--platform-fd N] [--oci-layout DIR]
+//!                  [--sandbox-id ID] [--pid-namespace] [--no-seccomp]
+//! veil-agent init SPEC      (internal: the container launcher)
+//! ```
+
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{SigSet, Signal};
+use veil_agent::boot::boot;
+use veil_agent::container::{Manager, ManagerConfig, write_private};
+use veil_agent::guest::GuestPaths;
+use veil_agent::kbs::{Kbs, secret_name, target_of};
+use veil_agent::local_api::LocalApi;
+use veil_agent::proto::{AttestationStatus, Hello};
+use veil_agent::server::Agent;
+use veil_tee::{DetectRoots, TeeKind, detect};
+
+#[derive(Debug, Default)]
+struct ServeArgs {
+    init_data: PathBuf,
+    listen: PathBuf,
+    guest_root: PathBuf,
+    tee: Option<TeeKind>,
+    platform_fd: Option<i32>,
+    oci_layout: Option<PathBuf>,
+    sandbox_id: String,
+    pid_namespace: bool,
+    seccomp: bool,
+}
+
+fn parse_serve(args: &[String]) -> Result<ServeArgs, String> {
+    let mut a = ServeArgs {
+        seccomp: true,
+        ..Default::default()
+    };
+    let mut it = args.iter();
+    let mut init = None;
+    let mut listen = None;
+    let mut root = None;
+    while let Some(flag) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--init-data" => init = Some(PathBuf::from(val()?)),
+            "--listen" => listen = Some(PathBuf::from(val()?)),
+            "--guest-root" => root = Some(PathBuf::from(val()?)),
+            "--tee" => a.tee = Some(TeeKind::parse(&val()?).map_err(|e| e.to_string())?),
+            "--platform-fd" => {
+                a.platform_fd = Some(val()?.parse().map_err(|_| "--platform-fd: not a number")?)
+            }
+            "--oci-layout" => a.oci_layout = Some(PathBuf::from(val()?)),
+            "--sandbox-id" => a.sandbox_id = val()?,
+            "--pid-namespace" => a.pid_namespace = true,
+            "--no-seccomp" => a.seccomp = false,
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    a.init_data = init.ok_or("--init-data is required")?;
+    a.listen = listen.ok_or("--listen is required")?;
+    a.guest_root = root.ok_or("--guest-root is required")?;
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("init") => match args.get(2) {
+            Some(spec) => ExitCode::from(
+                veil_agent::init::main(std::path::Path::new(spec)).clamp(0, 255) as u8,
+            ),
+            None => {
+                eprintln!("usage: veil-agent init SPEC");
+                ExitCode::from(2)
+            }
+        },
+        Some("serve") => match parse_serve(&args[2..]) {
+            Ok(a) => serve(a),
+            Err(e) => {
+                eprintln!("veil-agent: {e}");
+                ExitCode::from(2)
+            }
+        },
+        _ => {
+            eprintln!(
+                "usage: veil-agent serve --init-data FILE --listen SOCKET --guest-root DIR [--tee sim|snp|tdx] [--platform-fd N] [--oci-layout DIR] [--sandbox-id ID] [--pid-namespace] [--no-seccomp]"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Become PID 1 of a new PID namespace: fork; the parent relays signals and
+/// the exit status; the child (PID 1) dies with it.
+fn enter_pid_namespace() -> Result<(), String> {
+    use nix::sched::{CloneFlags, unshare};
+    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::unistd::{ForkResult, fork};
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("creating the PID namespace: {e}"))?;
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set.thread_block()
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+    // SAFETY: no threads have been started yet.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            set.thread_unblock()
+                .map_err(|e| format!("sigprocmask: {e}"))?;
+            // SAFETY: plain prctl.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            // Our own /proc, so PIDs we see are the sandbox's.
+            nix::mount::mount(
+                Some("proc"),
+                "/proc",
+                Some("proc"),
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("mounting /proc for the sandbox: {e}"))?;
+            Ok(())
+        }
+        ForkResult::Parent { child } => loop {
+            match set.wait() {
+                Ok(Signal::SIGCHLD) => {
+                    match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+                        Ok(WaitStatus::Signaled(_, sig, _)) => std::process::exit(128 + sig as i32),
+                        _ => continue,
+                    }
+                }
+                Ok(sig) => {
+                    let _ = nix::sys::signal::kill(child, sig);
+                }
+                Err(_) => continue,
+            }
+        },
+    }
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    if a.pid_namespace {
+        if let Err(e) = enter_pid_namespace() {
+            eprintln!("veil-agent: {e}");
+            return ExitCode::from(3);
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    match run(a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("veil-agent: refusing to serve: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn read_bounded(path: &std::path::Path, max: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut out))
+        .map_err(|e| format!("reading init-data {}: {e}", path.display()))?;
+    if out.len() > max {
+        return Err(format!(
+            "init-data {} is larger than {max} bytes",
+            path.display()
+        ));
+    }
+    Ok(out)
+}
+
+fn run(a: ServeArgs) -> Result<(), String> {
+    // Signals are handled by a dedicated thread; block them everywhere else.
+    let mut sigs = SigSet::empty();
+    sigs.add(Signal::SIGTERM);
+    sigs.add(Signal::SIGINT);
+    sigs.thread_block()
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+
+    let init_data = read_bounded(&a.init_data, veil_policy::initdata::MAX_INIT_DATA_BYTES)?;
+    let channel = match a.platform_fd {
+        Some(fd) => {
+            // SAFETY: the host handed us this fd for exactly this purpose;
+            // we take ownership and keep it out of container processes.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            Some(unsafe { UnixStream::from_raw_fd(fd) })
+        }
+        None => None,
+    };
+    let attester: Arc<dyn veil_tee::Attester> =
+        Arc::from(detect(a.tee, &DetectRoots::default(), channel).map_err(|e| e.to_string())?);
+    if !attester.tee().hardware_backed() {
+        tracing::warn!("{}", veil_attest_warning());
+    }
+    let booted = boot(&init_data, attester.clone()).map_err(|e| e.to_string())?;
+    tracing::info!(tee = %attester.tee(), digest = %booted.digest, "init-data matches the platform's launch binding");
+
+    // The agent's private tmpfs: unpacked images, secrets, sockets.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &a.guest_root,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0711"),
+    )
+    .map_err(|e| {
+        format!(
+            "mounting the agent's tmpfs on {}: {e} (the agent needs a private mount namespace)",
+            a.guest_root.display()
+        )
+    })?;
+    let paths = GuestPaths::new(&a.guest_root);
+    std::fs::create_dir(paths.secrets()).map_err(|e| format!("creating the secrets dir: {e}"))?;
+    let _ = std::fs::set_permissions(paths.secrets(), std::fs::Permissions::from_mode(0o755));
+
+    let mut status = AttestationStatus {
+        status: "not_configured".into(),
+        kbs_url: String::new(),
+        token_exp: 0,
+        ear_status: String::new(),
+        secrets: Vec::new(),
+        error: String::new(),
+    };
+    let kbs = match target_of(&booted.init_data)? {
+        None => None,
+        Some((target, credentials)) => {
+            status.kbs_url = target.url.clone();
+            let kbs = Arc::new(Kbs::new(target, attester.clone(), &booted.init_data)?);
+            let token = kbs.attest()?;
+            status.status = "ok".into();
+            status.token_exp = token.exp;
+            status.ear_status = token.ear_status;
+            tracing::info!(kbs = %kbs.url(), ear_status = %status.ear_status, "attested to the KBS");
+            for c in &credentials {
+                let name = secret_name(&c.path)?;
+                let path = veil_kbs_client::ResourcePath::parse(&c.resource_uri)
+                    .map_err(|e| e.to_string())?;
+                let bytes = kbs.get_resource(&path)?;
+                if bytes.len() > veil_agent::kbs::MAX_SECRET_BYTES {
+                    return Err(format!(
+                        "secret {name} is larger than {} bytes",
+                        veil_agent::kbs::MAX_SECRET_BYTES
+                    ));
+                }
+                write_private(&paths.secrets().join(name), &bytes)?;
+                tracing::info!(secret = name, resource = %c.resource_uri, "secret placed on the tmpfs");
+                status.secrets.push(name.to_string());
+            }
+            Some(kbs)
+        }
+    };
+
+    let hello = Hello {
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        api_version: veil_agent_api::API_VERSION,
+        tee: attester.tee().as_str().into(),
+        init_data_digest: booted.digest.to_string(),
+        measurement: hex::encode(&booted.measurement),
+        attestation: status,
+    };
+
+    let api = Arc::new(LocalApi {
+        attester: attester.clone(),
+        kbs: kbs.clone(),
+        info: serde_json::json!({
+            "agent_version": hello.agent_version,
+            "tee": hello.tee,
+            "init_data_digest": hello.init_data_digest,
+            "measurement": hello.measurement,
+        }),
+    });
+    let api_listener = UnixListener::bind(paths.api_socket())
+        .map_err(|e| format!("binding the workload API socket: {e}"))?;
+    let _ = std::fs::set_permissions(paths.api_socket(), std::fs::Permissions::from_mode(0o666));
+    std::thread::spawn(move || api.serve(api_listener));
+
+    let agent_exe = std::fs::read_link("/proc/self/exe")
+        .map_err(|e| format!("finding the agent binary: {e}"))?;
+    let manager = Arc::new(Manager::new(
+        ManagerConfig {
+            paths,
+            agent_exe,
+            oci_layout: a.oci_layout.clone(),
+            seccomp: a.seccomp,
+        },
+        kbs,
+    ));
+    let agent = Arc::new(Agent {
+        hello,
+        engine: Mutex::new(booted.engine),
+        manager: manager.clone(),
+        attester,
+    });
+
+    let _ = std::fs::remove_file(&a.listen);
+    let listener = UnixListener::bind(&a.listen)
+        .map_err(|e| format!("binding the agent socket {}: {e}", a.listen.display()))?;
+    let _ = std::fs::set_permissions(&a.listen, std::fs::Permissions::from_mode(0o600));
+    let listen = a.listen.clone();
+    std::thread::spawn(move || {
+        if let Ok(sig) = sigs.wait() {
+            tracing::info!(signal = %sig, "shutting down: stopping every container");
+        }
+        manager.kill_all();
+        let _ = std::fs::remove_file(&listen);
+        std::process::exit(0);
+    });
+    tracing::info!(socket = %a.listen.display(), sandbox = %a.sandbox_id, "agent ready");
+    agent.serve(listener);
+    Ok(())
+}
+
+fn veil_attest_warning() -> &'static str {
+    "simulated TEE: evidence is signed by a software key, not by hardware; it gives NO confidentiality or integrity protection"
+}

@@ -1,0 +1,108 @@
+//! Pulling an image inside the guest from an OCI layout the host exposes
+//! read-only: find the manifest whose digest is the one the policy allowed,
+//! refuse before any layer is read if there is none, then decrypt (keys from
+//! the KBS) and unpack every layer with `veil-image`, each checked against
+//! its digest and `diff_id`, into a staging directory that becomes the
+//! rootfs only when everything passed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use veil_agent_api::ImageRef;
+use veil_image::crypt::KeyUnwrapper;
+use veil_image::crypt::kbs::KbsUnwrapper;
+use veil_image::spec::layer_kind;
+use veil_image::unpack::{UnpackLimits, unpack_image};
+use veil_image::{OciLayout, Platform, ResolvedImage};
+
+use crate::kbs::{Kbs, KbsKeks};
+
+/// What a pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullStats {
+    pub digest: String,
+    pub layers: u32,
+    pub encrypted_layers: u32,
+    pub ms: u64,
+    /// The image configuration (entrypoint, env…) as pulled.
+    pub user: String,
+}
+
+/// Find the image whose manifest digest is `want.digest` in the layout.
+pub fn find_image(layout: &OciLayout, want: &ImageRef) -> Result<ResolvedImage, String> {
+    let platform = Platform::linux_amd64();
+    let index = layout
+        .index()
+        .map_err(|e| format!("reading the OCI layout {}: {e}", layout.root().display()))?;
+    let tag = want.reference.rsplit('/').next().and_then(|l| {
+        l.split_once(':')
+            .map(|(_, t)| t.split('@').next().unwrap_or(t))
+    });
+    let mut named: Option<String> = None;
+    for desc in &index.manifests {
+        let img = match veil_image::source::resolve(layout, desc, &platform) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!(digest = %desc.digest, error = %e, "skipping layout entry");
+                continue;
+            }
+        };
+        let got = img.manifest_digest().to_string();
+        if got == want.digest {
+            return Ok(img);
+        }
+        let name = desc
+            .annotations
+            .get(veil_image::spec::ANNOTATION_REF_NAME)
+            .map(String::as_str);
+        if name.is_some() && (name == Some(want.reference.as_str()) || name == tag) {
+            named = Some(got);
+        }
+    }
+    Err(match named {
+        Some(got) => format!(
+            "image digest check: the policy allows {} for {:?}, but the image the host provides under that name is {got}; refusing before unpacking any layer",
+            want.digest, want.reference
+        ),
+        None => format!(
+            "image digest check: no image with digest {} ({:?}) in the OCI layout the host provides; refusing before unpacking any layer",
+            want.digest, want.reference
+        ),
+    })
+}
+
+/// Pull `want` from the layout at `layout_dir` into `rootfs` (which must not exist).
+pub fn pull(
+    layout_dir: &Path,
+    want: &ImageRef,
+    rootfs: &Path,
+    kbs: Option<&Arc<Kbs>>,
+) -> Result<PullStats, String> {
+    let start = Instant::now();
+    let layout = OciLayout::open(layout_dir)
+        .map_err(|e| format!("opening the OCI layout {}: {e}", layout_dir.display()))?;
+    let img = find_image(&layout, want)?;
+    let encrypted = img
+        .layers()
+        .iter()
+        .filter(|l| layer_kind(&l.media_type).is_some_and(|k| k.encrypted))
+        .count() as u32;
+    if encrypted > 0 && kbs.is_none() {
+        return Err(format!(
+            "the image has {encrypted} encrypted layer(s) but init-data names no KBS to get their keys from"
+        ));
+    }
+    let unwrapper = kbs.map(|k| KbsUnwrapper::new(KbsKeks(k.clone())));
+    let unwrappers: Vec<&dyn KeyUnwrapper> =
+        unwrapper.iter().map(|u| u as &dyn KeyUnwrapper).collect();
+    let stats = unpack_image(&layout, &img, rootfs, &unwrappers, &UnpackLimits::default())
+        .map_err(|e| format!("unpacking {}: {e}", want.reference))?;
+    Ok(PullStats {
+        digest: img.manifest_digest().to_string(),
+        layers: stats.layers as u32,
+        encrypted_layers: encrypted,
+        ms: start.elapsed().as_millis() as u64,
+        user: img.config.user().to_string(),
+    })
+}

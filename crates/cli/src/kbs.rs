@@ -1,0 +1,670 @@
+//! `veil kbs …`: run the key broker, administer it, and fetch a resource as
+//! a (simulated) guest would.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use veil_attest::sim::{SimPlatformKey, SimRootKey};
+use veil_kbs::policy::templates;
+use veil_kbs::{Kek, ServerConfig, TlsFiles};
+use veil_kbs_client::admin::{AdminClient, AdminKey};
+use veil_kbs_client::{ClientConfig, ClientError, KbsClient, KeyType, ResourcePath, TeeKeyPair};
+use zeroize::Zeroizing;
+
+use crate::output;
+
+/// Key broker service: serve, administer, fetch resources.
+#[derive(Subcommand)]
+pub enum KbsCommand {
+    /// Run the KBS (Trustee KBS protocol v0.4.0). TLS unless --insecure-http.
+    Serve(ServeArgs),
+    /// Create an Ed25519 admin key pair (give the public key to `serve --admin-pubkey`).
+    AdminKeygen(AdminKeygenArgs),
+    /// Create a random key-encryption key file for secrets at rest.
+    KekGenerate(KekGenerateArgs),
+    /// Re-seal every stored secret under a new KEK (server stopped).
+    RotateKek(RotateKekArgs),
+    /// Resources (secrets): put, info, delete, list.
+    #[command(subcommand)]
+    Resource(ResourceCommand),
+    /// Resource and attestation policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Reference values used by the attestation policy.
+    #[command(subcommand)]
+    ReferenceValue(ReferenceValueCommand),
+    /// Show the audit log (attestations, releases, denials, admin calls).
+    Audit(AuditArgs),
+    /// Attest as a guest and fetch one resource (testing the guest flow).
+    GetResource(GetResourceArgs),
+}
+
+/// Arguments of `veil kbs serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Data directory (SQLite database with sealed secrets).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (loopback addresses only; development).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub insecure_http: bool,
+    /// Key-encryption key file (32 bytes raw, hex or base64); else $VEIL_KBS_KEK.
+    #[arg(long)]
+    pub kek_file: Option<PathBuf>,
+    /// Admin public key (Ed25519 SPKI PEM); repeatable.
+    #[arg(long = "admin-pubkey")]
+    pub admin_pubkeys: Vec<PathBuf>,
+    /// Trust this sim root (PEM) for sim evidence. Without it sim evidence is refused.
+    #[arg(long)]
+    pub sim_root: Option<PathBuf>,
+    /// Development mode: sim tokens may receive resources.
+    #[arg(long)]
+    pub dev: bool,
+    /// Accept CoCo `sample` evidence, which has no cryptography at all.
+    #[arg(long)]
+    pub insecure_allow_sample: bool,
+    /// Session (cookie) lifetime in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub session_timeout: u64,
+    /// Attestation token lifetime in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub token_ttl: u64,
+    /// Request body limit in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub max_body_bytes: usize,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+/// Arguments of `veil kbs admin-keygen`.
+#[derive(Args)]
+pub struct AdminKeygenArgs {
+    /// Private key output (PKCS#8 PEM, mode 0600).
+    #[arg(long, default_value = "kbs-admin.key")]
+    pub key: PathBuf,
+    /// Public key output (SPKI PEM).
+    #[arg(long = "pub", default_value = "kbs-admin.pub")]
+    pub public: PathBuf,
+}
+
+/// Arguments of `veil kbs kek-generate`.
+#[derive(Args)]
+pub struct KekGenerateArgs {
+    /// Output file (hex, mode 0600). Keep it off the KBS data directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `veil kbs rotate-kek`.
+#[derive(Args)]
+pub struct RotateKekArgs {
+    /// Data directory of a stopped KBS.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The KEK the secrets are sealed under now.
+    #[arg(long)]
+    pub old_kek_file: PathBuf,
+    /// The new KEK.
+    #[arg(long)]
+    pub new_kek_file: PathBuf,
+}
+
+/// How to reach the KBS as a client.
+#[derive(Args, Clone)]
+pub struct ConnArgs {
+    /// KBS base URL.
+    #[arg(long, env = "VEIL_KBS_URL", default_value = "https://127.0.0.1:8080")]
+    pub url: String,
+    /// CA certificate(s) to trust for the KBS (PEM), e.g. its self-signed cert.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Allow an http:// URL (loopback development servers).
+    #[arg(long)]
+    pub insecure_http: bool,
+}
+
+/// Connection plus admin key.
+#[derive(Args, Clone)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Admin private key (from `veil kbs admin-keygen`).
+    #[arg(long, env = "VEIL_KBS_ADMIN_KEY")]
+    pub admin_key: PathBuf,
+}
+
+/// `veil kbs resource …`.
+#[derive(Subcommand)]
+pub enum ResourceCommand {
+    /// Store a resource from a file (or stdin with `-`); returns once durable.
+    Put {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// `<repo>/<type>/<tag>`.
+        path: String,
+        /// File holding the value, `-` for stdin.
+        file: PathBuf,
+    },
+    /// Show a resource's metadata (the value never leaves unencrypted).
+    Get {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// `<repo>/<type>/<tag>`.
+        path: String,
+    },
+    /// Delete a resource.
+    Delete {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// `<repo>/<type>/<tag>`.
+        path: String,
+    },
+    /// List resources.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `veil kbs policy …`.
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Set a resource policy (a Rego file or a template) for a scope.
+    Set(PolicySetArgs),
+    /// Show the resource policies.
+    Get {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set the attestation (appraisal) policy from a Rego file.
+    SetAttestation {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Rego file defining data.policy.trust_claims.
+        file: PathBuf,
+    },
+    /// Show the attestation policy.
+    GetAttestation {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Arguments of `veil kbs policy set`.
+#[derive(Args)]
+pub struct PolicySetArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Scope: empty for every resource, `repo`, `repo/type` or `repo/type/tag`.
+    #[arg(long, default_value = "")]
+    pub scope: String,
+    /// Rego file (package policy, rule allow).
+    #[arg(long, conflicts_with = "template")]
+    pub file: Option<PathBuf>,
+    /// Template: allow-all, deny-all, affirming, init-data-digest, measurement, claims.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// init-data-digest template: the digest (hex).
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// measurement template: allowed measurements (hex), repeatable.
+    #[arg(long = "measurement")]
+    pub measurements: Vec<String>,
+    /// measurement template: minimum TCB, `bootloader=3,snp=8`.
+    #[arg(long)]
+    pub min_tcb: Option<String>,
+    /// claims template: key-release JSON `{"anyOf":[{"allOf":[{"claim":..,"equals":..}]}]}`.
+    #[arg(long)]
+    pub claims_file: Option<PathBuf>,
+    /// Print the policy instead of uploading it.
+    #[arg(long)]
+    pub print: bool,
+}
+
+/// `veil kbs reference-value …`.
+#[derive(Subcommand)]
+pub enum ReferenceValueCommand {
+    /// Set the values of a name (replaces them). Values are strings unless --json.
+    Set {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Name, e.g. `measurement` or `min_tcb_snp`.
+        name: String,
+        /// Values.
+        #[arg(required = true)]
+        values: Vec<String>,
+        /// Parse each value as JSON (numbers, booleans).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one name's values.
+    Get {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Name.
+        name: String,
+    },
+    /// Show all reference values.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Arguments of `veil kbs audit`.
+#[derive(Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Newest N records.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `veil kbs get-resource`.
+#[derive(Args)]
+pub struct GetResourceArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// TEE to attest as (only `sim` can run outside a TEE).
+    #[arg(long, default_value = "sim")]
+    pub tee: String,
+    /// The sim platform private key (from `veil attest sim-keygen`).
+    #[arg(long)]
+    pub sim_key: Option<PathBuf>,
+    /// Launch measurement the sim platform reports (hex, ≤ 48 bytes).
+    #[arg(long, default_value = "")]
+    pub measurement: String,
+    /// Init-data TOML to send (its digest is recorded at "launch").
+    #[arg(long)]
+    pub init_data: Option<PathBuf>,
+    /// TEE key type: ec-p256, ec-p521, rsa2048, rsa3072.
+    #[arg(long, default_value = "ec-p256")]
+    pub key_type: KeyType,
+    /// Write the value to this file (mode 0600) instead of base64 on stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// `<repo>/<type>/<tag>` or `kbs:///repo/type/tag`.
+    pub path: String,
+}
+
+/// Run a `veil kbs` subcommand.
+pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
+    let r = match cmd {
+        KbsCommand::Serve(a) => serve(a),
+        KbsCommand::AdminKeygen(a) => admin_keygen(a),
+        KbsCommand::KekGenerate(a) => kek_generate(a),
+        KbsCommand::RotateKek(a) => rotate_kek(a),
+        KbsCommand::Resource(c) => resource(c),
+        KbsCommand::Policy(c) => policy(c),
+        KbsCommand::ReferenceValue(c) => reference_value(c),
+        KbsCommand::Audit(a) => audit(a),
+        KbsCommand::GetResource(a) => get_resource(a),
+    };
+    // A refusal by the KBS is an answer, not a tool failure: exit 1.
+    match r {
+        Err(e) => match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Refused { .. }) => {
+                eprintln!("veil: {e:#}");
+                Ok(ExitCode::from(1))
+            }
+            _ => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    output::write_atomic(path, bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let kek = match &a.kek_file {
+        Some(p) => Kek::from_file(p)?,
+        None => Kek::from_env().context("no --kek-file given")?,
+    };
+    let mut cfg = ServerConfig::new(a.data_dir.clone(), kek);
+    cfg.listen = a.listen;
+    cfg.tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ if a.insecure_http => None,
+        _ => bail!(
+            "TLS is required: give --tls-cert and --tls-key (or --insecure-http on a loopback address for development)"
+        ),
+    };
+    for p in &a.admin_pubkeys {
+        let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        cfg.admin_keys.push(
+            veil_kbs_client::admin::parse_admin_public_key(&pem)
+                .with_context(|| p.display().to_string())?,
+        );
+    }
+    if let Some(p) = &a.sim_root {
+        let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        cfg.sim_root = Some(SimRootKey::from_pem(&pem).with_context(|| p.display().to_string())?);
+    }
+    cfg.dev = a.dev;
+    cfg.insecure_allow_sample = a.insecure_allow_sample;
+    cfg.session_timeout = Duration::from_secs(a.session_timeout.max(1));
+    cfg.token_ttl = Duration::from_secs(a.token_ttl.max(1));
+    cfg.max_body_bytes = a.max_body_bytes;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    if a.insecure_http {
+        eprintln!(
+            "veil: WARNING: serving PLAIN HTTP (--insecure-http): session cookies and tokens travel unencrypted; development on loopback only"
+        );
+    }
+    if a.sim_root.is_some() {
+        eprintln!(
+            "veil: WARNING: sim evidence accepted (--sim-root): {}",
+            veil_attest::sim::WARNING
+        );
+    }
+    if a.dev {
+        eprintln!("veil: WARNING: --dev: resources may be released to simulated TEEs");
+    }
+    if a.insecure_allow_sample {
+        eprintln!(
+            "veil: WARNING: --insecure-allow-sample: CoCo sample evidence (no cryptography at all) is accepted"
+        );
+    }
+    if cfg.admin_keys.is_empty() {
+        eprintln!("veil: note: no --admin-pubkey given: the admin API refuses every call");
+    }
+    let server = veil_kbs::spawn(cfg, a.workers)?;
+    println!("veil kbs listening on {}", server.url());
+    println!("  data dir   {}", a.data_dir.display());
+    println!(
+        "  token key  {} (JWKS at {}/kbs/v0/jwks)",
+        server.state.signer.kid(),
+        server.url()
+    );
+    let _ = std::io::stdout().flush();
+    server.wait();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn admin_keygen(a: AdminKeygenArgs) -> Result<ExitCode> {
+    let k = AdminKey::generate();
+    write_secret_file(&a.key, k.to_pem()?.as_bytes())?;
+    output::write_atomic(&a.public, k.public_pem()?.as_bytes())?;
+    println!("admin private key: {} (keep it secret)", a.key.display());
+    println!(
+        "admin public key:  {} (give it to `veil kbs serve --admin-pubkey`)",
+        a.public.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kek_generate(a: KekGenerateArgs) -> Result<ExitCode> {
+    let hex = Kek::generate_hex();
+    write_secret_file(&a.out, hex.as_bytes())?;
+    let id = Kek::from_bytes(hex.as_bytes())?;
+    println!("key-encryption key: {} (id {})", a.out.display(), id.id());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_kek(a: RotateKekArgs) -> Result<ExitCode> {
+    let old = Kek::from_file(&a.old_kek_file)?;
+    let new = Kek::from_file(&a.new_kek_file)?;
+    let store = veil_kbs::store::sqlite::SqliteStore::open(&a.data_dir)?;
+    let n = veil_kbs::secrets::rotate_kek(&store, &old, &new).map_err(anyhow::Error::msg)?;
+    println!(
+        "re-sealed {n} secret(s) from KEK {} to KEK {}",
+        old.id(),
+        new.id()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn client_config(c: &ConnArgs) -> Result<ClientConfig> {
+    let mut cfg = ClientConfig::new(c.url.clone());
+    cfg.allow_http = c.insecure_http;
+    if let Some(p) = &c.ca {
+        cfg.ca_pem = Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    Ok(cfg)
+}
+
+fn admin_client(a: &AdminArgs) -> Result<AdminClient> {
+    let pem = Zeroizing::new(
+        std::fs::read_to_string(&a.admin_key)
+            .with_context(|| format!("reading {}", a.admin_key.display()))?,
+    );
+    Ok(AdminClient::new(
+        &client_config(&a.conn)?,
+        AdminKey::from_pem(&pem)?,
+    )?)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn resource(c: ResourceCommand) -> Result<ExitCode> {
+    match c {
+        ResourceCommand::Put { admin, path, file } => {
+            let path = ResourcePath::parse(&path)?;
+            let value = Zeroizing::new(if file.as_os_str() == "-" {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+                v
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            });
+            admin_client(&admin)?.put_resource(&path, &value)?;
+            println!("stored {path} ({} bytes)", value.len());
+        }
+        ResourceCommand::Get { admin, path } => {
+            print_json(&admin_client(&admin)?.resource_info(&ResourcePath::parse(&path)?)?)
+        }
+        ResourceCommand::Delete { admin, path } => {
+            let path = ResourcePath::parse(&path)?;
+            admin_client(&admin)?.delete_resource(&path)?;
+            println!("deleted {path}");
+        }
+        ResourceCommand::List { admin } => {
+            let list = admin_client(&admin)?.list_resources()?;
+            for r in list.as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{} bytes\tupdated {}",
+                    r["path"].as_str().unwrap_or(""),
+                    r["size"],
+                    r["updated_at"]
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_text(a: &PolicySetArgs) -> Result<String> {
+    if let Some(f) = &a.file {
+        return std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()));
+    }
+    let Some(t) = a.template.as_deref() else {
+        bail!(
+            "give --file or --template (allow-all, deny-all, affirming, init-data-digest, measurement, claims)"
+        );
+    };
+    Ok(match t {
+        "allow-all" => templates::ALLOW_ALL.to_string(),
+        "deny-all" => templates::DENY_ALL.to_string(),
+        "affirming" => templates::AFFIRMING.to_string(),
+        "init-data-digest" => {
+            templates::init_data_digest(a.digest.as_deref().context("--digest is required")?)
+                .map_err(anyhow::Error::msg)?
+        }
+        "measurement" => {
+            let min = veil_attest::expect::parse_min_tcb(a.min_tcb.as_deref().unwrap_or(""))
+                .map_err(anyhow::Error::msg)?;
+            templates::measurement(&a.measurements, &min).map_err(anyhow::Error::msg)?
+        }
+        "claims" => {
+            let f = a
+                .claims_file
+                .as_ref()
+                .context("--claims-file is required")?;
+            let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f)?)
+                .with_context(|| format!("{} is not JSON", f.display()))?;
+            templates::claims(&spec).map_err(anyhow::Error::msg)?
+        }
+        other => bail!(
+            "unknown template {other:?}; known: allow-all, deny-all, affirming, init-data-digest, measurement, claims"
+        ),
+    })
+}
+
+fn policy(c: PolicyCommand) -> Result<ExitCode> {
+    match c {
+        PolicyCommand::Set(a) => {
+            let text = policy_text(&a)?;
+            if a.print {
+                print!("{text}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let scope = (!a.scope.is_empty()).then_some(a.scope.as_str());
+            admin_client(&a.admin)?.set_resource_policy(scope, &text)?;
+            println!("resource policy set for scope {:?}", a.scope);
+        }
+        PolicyCommand::Get { admin } => print_json(&admin_client(&admin)?.get_resource_policies()?),
+        PolicyCommand::SetAttestation { admin, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            admin_client(&admin)?.set_attestation_policy(&text)?;
+            println!("attestation policy set");
+        }
+        PolicyCommand::GetAttestation { admin } => {
+            print_json(&admin_client(&admin)?.get_attestation_policy()?)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reference_value(c: ReferenceValueCommand) -> Result<ExitCode> {
+    match c {
+        ReferenceValueCommand::Set {
+            admin,
+            name,
+            values,
+            json,
+        } => {
+            let vals: Vec<serde_json::Value> = values
+                .iter()
+                .map(|v| {
+                    if json {
+                        serde_json::from_str(v).with_context(|| format!("{v:?} is not JSON"))
+                    } else {
+                        Ok(serde_json::Value::String(v.clone()))
+                    }
+                })
+                .collect::<Result<_>>()?;
+            admin_client(&admin)?.set_reference_value(&name, &vals)?;
+            println!("reference value {name} set ({} values)", vals.len());
+        }
+        ReferenceValueCommand::Get { admin, name } => {
+            print_json(&admin_client(&admin)?.get_reference_value(&name)?)
+        }
+        ReferenceValueCommand::List { admin } => {
+            print_json(&admin_client(&admin)?.list_reference_values()?)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit(a: AuditArgs) -> Result<ExitCode> {
+    let recs = admin_client(&a.admin)?.audit(a.limit)?;
+    if a.json {
+        print_json(&recs);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in recs.as_array().into_iter().flatten() {
+        println!(
+            "#{} {} {:<8} {:<5} {} — {}",
+            r["id"],
+            r["ts"],
+            r["kind"].as_str().unwrap_or(""),
+            r["decision"].as_str().unwrap_or(""),
+            r["subject"].as_str().unwrap_or(""),
+            r["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get_resource(a: GetResourceArgs) -> Result<ExitCode> {
+    if a.tee != "sim" {
+        bail!(
+            "--tee {}: only the sim TEE can be used from the command line outside a TEE (the agent attests with hardware)",
+            a.tee
+        );
+    }
+    let key_path = a
+        .sim_key
+        .as_ref()
+        .context("--sim-key is required for --tee sim")?;
+    let pem = Zeroizing::new(
+        std::fs::read_to_string(key_path)
+            .with_context(|| format!("reading {}", key_path.display()))?,
+    );
+    let platform = SimPlatformKey::from_pem(&pem)?;
+    let measurement = hex::decode(a.measurement.trim()).context("--measurement is not hex")?;
+    let mut guest = veil_kbs::simguest::SimGuest::new(platform, &measurement);
+    if let Some(p) = &a.init_data {
+        guest.init_data =
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
+    let path = ResourcePath::parse(&a.path)?;
+    let key = TeeKeyPair::generate(a.key_type)?;
+    let mut client = KbsClient::new(&client_config(&a.conn)?, guest, key)?;
+    let value = client.get_resource(&path)?;
+    match &a.out {
+        Some(out) => {
+            write_secret_file(out, &value)?;
+            eprintln!("wrote {} bytes of {path} to {}", value.len(), out.display());
+        }
+        None => {
+            use base64::Engine;
+            println!(
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(value.as_slice())
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -573,7 +573,7 @@ impl Manager {
         drop(w);
         let mut status = String::new();
         let mut rf = fs::File::from(OwnedFd::from(r));
-        let _ = rf.by_ref().take(64 * 1024).read_to_string(&mut status);
+        let _ = Read::by_ref(&mut rf).take(64 * 1024).read_to_string(&mut status);
         if !status.is_empty() {
             let _ = child.kill();
             let _ = child.wait();

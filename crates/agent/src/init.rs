@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -524,7 +524,6 @@ fn switch_user(spec: &InitSpec) -> Result<(), String> {
         caps::raise(None, CapSet::Ambient, cap)
             .map_err(|e| fail(&format!("raising ambient {cap}"), e))?;
     }
-    let _ = std::io::stdout().as_raw_fd();
     Ok(())
 }
 

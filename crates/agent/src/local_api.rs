@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sha2::{Digest, Sha384};
 use veil_kbs_client::ResourcePath;
 use veil_tee::Attester;
 
@@ -118,12 +117,7 @@ pub struct LocalApi {
     pub info: serde_json::Value,
 }
 
-/// 64-byte report data binding arbitrary runtime data: SHA-384, zero-padded.
-pub fn report_data_for(runtime_data: &[u8]) -> [u8; 64] {
-    let mut rd = [0u8; 64];
-    rd[..48].copy_from_slice(&Sha384::digest(runtime_data));
-    rd
-}
+pub use crate::proto::report_data_for;
 
 impl LocalApi {
     /// Answer one request: (status, content type, body).

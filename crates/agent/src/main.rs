@@ -235,7 +235,8 @@ fn run(a: ServeArgs) -> Result<(), String> {
         Some("tmpfs"),
         &a.guest_root,
         Some("tmpfs"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        // nodev; not nosuid: image rootfs live here and may hold setuid programs.
+        nix::mount::MsFlags::MS_NODEV,
         Some("mode=0711"),
     )
     .map_err(|e| {

@@ -8,6 +8,15 @@
 //! [`AgentResponse`], in turn, until either side closes.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha384};
+
+/// The 64-byte REPORT_DATA binding caller-supplied runtime data (for
+/// `get_evidence` and the workload API): SHA-384 of the bytes, zero-padded.
+pub fn report_data_for(runtime_data: &[u8]) -> [u8; 64] {
+    let mut rd = [0u8; 64];
+    rd[..48].copy_from_slice(&Sha384::digest(runtime_data));
+    rd
+}
 
 /// Largest response frame the host accepts (a read chunk plus JSON overhead).
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;

@@ -25,6 +25,9 @@ pub struct Record {
     pub error: String,
     /// PID of the process that owns the sandbox.
     pub owner_pid: u32,
+    /// Host PID of the agent (while running).
+    #[serde(default)]
+    pub agent_pid: u32,
     /// The agent socket (while running).
     pub socket: PathBuf,
     /// Containers: (container id, policy name).

@@ -89,7 +89,7 @@ impl LocalKbs {
         let kbs = LocalKbs { server, admin: p.admin_key };
         let client = kbs.admin_client()?;
         let policies = client.get_resource_policies().map_err(|e| anyhow::anyhow!("{e}"))?;
-        if policies.as_object().is_none_or(|o| o.is_empty()) {
+        if policies.as_array().is_none_or(|a| a.is_empty()) {
             client
                 .set_resource_policy(None, DEV_POLICY)
                 .map_err(|e| anyhow::anyhow!("setting the embedded KBS resource policy: {e}"))?;

@@ -1,0 +1,944 @@
+//! `veil run` and the docker-like lifecycle commands around it
+//! (`ps`, `logs`, `exec`, `kill`, `stop`, `rm`, `inspect`), plus
+//! `veil secret` for the embedded KBS.
+//!
+//! `veil run` owns its sandbox: it starts the sim platform, the embedded
+//! KBS (unless `--kbs`), the process sandbox with `veil-agent`, asks the
+//! agent to create and start the containers, streams their output and
+//! tears everything down when they exit, on Ctrl-C, or when the agent dies.
+//! With `-d` the same work is done by a detached monitor (`veil run --monitor ID`).
+
+pub mod bench;
+pub mod local_kbs;
+pub mod record;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use veil_agent::proto::{ReadStreamResult, StatsContainerResult};
+use veil_agent_api::{
+    AgentRequest, GetEvidenceRequest, ReadStreamRequest, RemoveContainerRequest, SignalProcessRequest,
+    StartContainerRequest, StatsContainerRequest, Stream,
+};
+use veil_image::OciRef;
+use veil_policy::{InitData, ParsedInitData, PolicyData};
+use veil_runtime::{AgentClient, CallError, ProcessSandbox, SandboxConfig, SimPlatform, requests};
+
+use local_kbs::LocalKbs;
+use record::Record;
+
+/// Arguments of `veil run`.
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct RunArgs {
+    /// The image, `oci:DIR[:TAG]` (an OCI image layout).
+    #[arg(required_unless_present_any = ["pod", "monitor"], conflicts_with = "pod")]
+    pub image: Option<String>,
+    /// Run the pod (containers) of a Kubernetes YAML file instead of one image.
+    #[arg(long, requires = "oci_layout")]
+    pub pod: Option<PathBuf>,
+    /// The OCI image layout the pod's images come from (with --pod).
+    #[arg(long)]
+    pub oci_layout: Option<PathBuf>,
+    /// Init-data (with the policy) to run under; without it, the policy is
+    /// generated from the image or pod.
+    #[arg(long)]
+    pub init_data: Option<PathBuf>,
+    /// KBS URL; without it (and without a KBS in --init-data) an embedded KBS is started.
+    #[arg(long)]
+    pub kbs: Option<String>,
+    /// CA certificate (PEM) to trust for the KBS's TLS.
+    #[arg(long, requires = "kbs")]
+    pub kbs_cert: Option<PathBuf>,
+    /// A secret for the workload, `NAME=kbs:///repo/type/tag`, placed at
+    /// /run/veil/secrets/NAME (repeatable; generated policies only).
+    #[arg(long = "secret", value_name = "NAME=URI")]
+    pub secrets: Vec<String>,
+    /// Run in the background and print the sandbox id.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Name of the sandbox (and pod).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Remove the sandbox's record when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// The veil-agent binary (default: $VEIL_AGENT, then next to veil, then PATH).
+    #[arg(long, env = "VEIL_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// Print phase timings (policy, launch + attestation, pull, start) at the end.
+    #[arg(long)]
+    pub timings: bool,
+    /// Internal: run as the detached monitor of sandbox ID.
+    #[arg(long, hide = true)]
+    pub monitor: Option<String>,
+    /// Command and arguments replacing the image's entrypoint and cmd.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `veil exec`.
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Sandbox id (or unique prefix, or name).
+    pub id: String,
+    /// Container (policy name); default: the first.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// The command.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// `veil logs`, `veil stop`, `veil inspect`.
+#[derive(Args, Debug)]
+pub struct IdArgs {
+    /// Sandbox id (or unique prefix, or name).
+    pub id: String,
+}
+
+/// `veil kill`.
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// Sandbox id (or unique prefix, or name).
+    pub id: String,
+    /// Signal number.
+    #[arg(short, long, default_value_t = 9)]
+    pub signal: u32,
+}
+
+/// `veil rm`.
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Sandbox id (or unique prefix, or name).
+    pub id: String,
+    /// Stop it first if it is running.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+/// `veil ps`.
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show exited sandboxes too.
+    #[arg(short, long)]
+    pub all: bool,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `veil secret`: resources of the embedded KBS.
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Store a resource (`repo/type/tag`) from a file (`-` for stdin).
+    Put { path: String, file: PathBuf },
+    /// List stored resources (names and sizes, never values).
+    Ls,
+    /// Delete a resource.
+    Rm { path: String },
+}
+
+fn data_dir() -> Result<PathBuf> {
+    let d = veil_runtime::paths::data_dir();
+    std::fs::create_dir_all(&d).with_context(|| format!("creating veil's data dir {}", d.display()))?;
+    Ok(d)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn agent_binary(a: &RunArgs) -> Result<PathBuf> {
+    if let Some(p) = &a.agent {
+        return Ok(p.clone());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let sib = exe.with_file_name("veil-agent");
+        if sib.is_file() {
+            return Ok(sib);
+        }
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("veil-agent");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("veil-agent not found in $VEIL_AGENT, next to veil or in PATH; build it with `cargo build -p veil-agent` or pass --agent")
+}
+
+/// The policy and init-data a run uses, and where they came from.
+struct Workload {
+    init_data: Vec<u8>,
+    policy: PolicyData,
+    generated: bool,
+    layout: PathBuf,
+    image_label: String,
+    pod_name: String,
+}
+
+/// A JSON string literal, which is also a valid TOML basic string and YAML scalar.
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.into()).to_string()
+}
+
+/// Add the `--secret NAME=URI` credentials to the cdh.toml of init-data.
+fn add_credentials(init: &mut InitData, secrets: &[String]) -> Result<()> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let mut entries = Vec::new();
+    for s in secrets {
+        let (name, uri) = s.split_once('=').ok_or_else(|| anyhow!("--secret {s:?}: expected NAME=kbs:///repo/type/tag"))?;
+        if name.is_empty() || name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            bail!("--secret name {name:?}: use [A-Za-z0-9._-], not starting with .");
+        }
+        if !uri.starts_with("kbs://") {
+            bail!("--secret {name}: {uri:?} must be a kbs:/// URI");
+        }
+        veil_kbs_client::ResourcePath::parse(uri).map_err(|e| anyhow!("--secret {name}: {e}"))?;
+        entries.push(format!(
+            "{{ path = {}, resource_uri = {} }}",
+            quoted(&format!("/run/veil/secrets/{name}")),
+            quoted(uri)
+        ));
+    }
+    let cdh = init
+        .data
+        .get_mut(veil_policy::initdata::CDH_KEY)
+        .ok_or_else(|| anyhow!("--secret needs a KBS in init-data"))?;
+    if !cdh.contains("credentials = []") {
+        bail!("the generated cdh.toml has no empty credentials list to fill");
+    }
+    *cdh = cdh.replacen("credentials = []", &format!("credentials = [{}]", entries.join(", ")), 1);
+    Ok(())
+}
+
+fn settings_for(kbs_url: &str, kbs_cert: Option<&Path>) -> Result<veil_policy::Settings> {
+    let mut s = veil_policy::Settings::default();
+    s.kbs.url = kbs_url.into();
+    if let Some(c) = kbs_cert {
+        s.kbs.cert = std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+    }
+    Ok(s)
+}
+
+fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
+    let (layout, image_label, pod_yaml) = match (&a.image, &a.pod) {
+        (Some(img), None) => {
+            let r = OciRef::parse(img).map_err(|e| anyhow!("{e}"))?;
+            let layout = veil_image::OciLayout::open(&r.dir).map_err(|e| anyhow!("{e}"))?;
+            let desc = layout.find(r.tag.as_deref()).map_err(|e| anyhow!("{e}"))?;
+            let reference = desc
+                .annotations
+                .get(veil_image::spec::ANNOTATION_REF_NAME)
+                .cloned()
+                .ok_or_else(|| anyhow!("the image in {} has no ref name (tag it)", r.dir.display()))?;
+            let name = a.name.clone().unwrap_or_else(|| format!("veil-{id}"));
+            let mut yaml = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\nspec:\n  containers:\n  - name: app\n    image: {}\n",
+                quoted(&name),
+                quoted(&reference)
+            );
+            if !a.command.is_empty() {
+                let cmd: Vec<String> = a.command.iter().map(|c| quoted(c)).collect();
+                yaml.push_str(&format!("    command: [{}]\n", cmd.join(", ")));
+            }
+            (r.dir.clone(), img.clone(), yaml)
+        }
+        (None, Some(pod)) => {
+            let text = std::fs::read_to_string(pod).with_context(|| format!("reading {}", pod.display()))?;
+            let layout = a.oci_layout.clone().ok_or_else(|| anyhow!("--pod needs --oci-layout"))?;
+            (layout, pod.display().to_string(), text)
+        }
+        _ => bail!("give an image (oci:DIR[:TAG]) or --pod FILE"),
+    };
+    if let Some(f) = &a.init_data {
+        if !a.secrets.is_empty() {
+            bail!("--secret only works with a generated policy: with --init-data, the secrets are the credentials its cdh.toml lists");
+        }
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let parsed = ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        let policy = veil_policy::rego::extract_policy_data(parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?)
+            .map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        let pod_name = a.name.clone().or_else(|| requests::pod_name(&policy)).ok_or_else(|| {
+            anyhow!("the policy's pod name pattern {:?} is not a single name; pass --name", policy.sandbox.pod_name)
+        })?;
+        return Ok(Workload { init_data: bytes, policy, generated: false, layout, image_label, pod_name });
+    }
+    let resolver = veil_policy::generate::LayoutResolver::open(&layout).map_err(|e| anyhow!("{e}"))?;
+    let settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
+    let g = veil_policy::generate::generate(&[pod_yaml.as_str()], &resolver, &settings)
+        .map_err(|e| anyhow!("generating the policy: {e}"))?;
+    let w = g.workloads.into_iter().next().ok_or_else(|| anyhow!("the input defines no workload"))?;
+    let mut init = w.init_data;
+    add_credentials(&mut init, &a.secrets)?;
+    let toml = init.to_toml().map_err(|e| anyhow!("{e}"))?;
+    let pod_name = a.name.clone().or_else(|| requests::pod_name(&w.policy)).unwrap_or(w.name);
+    Ok(Workload { init_data: toml.into_bytes(), policy: w.policy, generated: true, layout, image_label, pod_name })
+}
+
+/// Events the foreground loop waits for.
+enum Event {
+    Exited { container: String, code: i32 },
+    Signal(Signal),
+    /// The connection to the agent broke (the agent died).
+    AgentLost(String),
+}
+
+fn block_signals() -> Result<SigSet> {
+    let mut s = SigSet::empty();
+    s.add(Signal::SIGINT);
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGHUP);
+    s.thread_block().context("blocking signals")?;
+    Ok(s)
+}
+
+/// `veil run`.
+pub fn run(mut a: RunArgs) -> Result<ExitCode> {
+    let data = data_dir()?;
+    if let Some(id) = a.monitor.clone() {
+        let saved = std::fs::read(record::dir_of(&data, &id).join("run-args.json")).context("reading the monitor's arguments")?;
+        a = serde_json::from_slice(&saved).context("parsing the monitor's arguments")?;
+        a.monitor = Some(id.clone());
+        return foreground(a, &data, id, true);
+    }
+    let id = new_id();
+    if a.detach {
+        return detach(a, &data, &id);
+    }
+    foreground(a, &data, id, false)
+}
+
+fn detach(a: RunArgs, data: &Path, id: &str) -> Result<ExitCode> {
+    let dir = record::dir_of(data, id);
+    std::fs::create_dir_all(&dir)?;
+    let mut saved = a.clone();
+    saved.detach = false;
+    saved.agent = Some(agent_binary(&a)?);
+    std::fs::write(dir.join("run-args.json"), serde_json::to_vec(&saved)?)?;
+    let log = std::fs::File::create(dir.join("monitor.log"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["run", "--monitor", id]).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the monitor")?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Ok(r) = Record::load(data, id) {
+            if r.status == "running" {
+                println!("{id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if r.status == "failed" {
+                bail!("{}", r.error);
+            }
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
+            bail!("the sandbox monitor exited ({s}) before the workload started:\n{log}");
+        }
+        if Instant::now() > deadline {
+            bail!("the sandbox did not start within 180 s (see {})", dir.join("monitor.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ms(t: Instant) -> serde_json::Value {
+    serde_json::Value::from(t.elapsed().as_millis() as u64)
+}
+
+fn foreground(a: RunArgs, data: &Path, id: String, quiet: bool) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    // Before any thread exists, so that every thread inherits the mask.
+    let sigs = block_signals()?;
+    let dir = record::dir_of(data, &id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut rec = Record { id: id.clone(), created: now(), status: "starting".into(), owner_pid: std::process::id(), ..Default::default() };
+    let result = run_sandbox(&a, data, &dir, &mut rec, sigs, quiet, t0);
+    match &result {
+        Ok(code) => {
+            rec.status = "exited".into();
+            rec.exit_code = Some(*code);
+        }
+        Err(e) => {
+            rec.status = "failed".into();
+            rec.error = format!("{e:#}");
+        }
+    }
+    rec.socket = PathBuf::new();
+    rec.agent_pid = 0;
+    let _ = rec.save(data);
+    if a.rm {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let code = result?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+struct Output {
+    log: Mutex<std::fs::File>,
+    quiet: bool,
+    prefix: bool,
+}
+
+impl Output {
+    fn write(&self, container: &str, stream: Stream, bytes: &[u8]) {
+        if let Ok(mut f) = self.log.lock() {
+            let _ = f.write_all(bytes);
+        }
+        if self.quiet {
+            return;
+        }
+        let mut buf = Vec::new();
+        if self.prefix {
+            for line in bytes.split_inclusive(|b| *b == b'\n') {
+                buf.extend_from_slice(format!("[{container}] ").as_bytes());
+                buf.extend_from_slice(line);
+            }
+        } else {
+            buf.extend_from_slice(bytes);
+        }
+        let _ = match stream {
+            Stream::Stdout => std::io::stdout().lock().write_all(&buf).and_then(|_| std::io::stdout().flush()),
+            Stream::Stderr => std::io::stderr().lock().write_all(&buf),
+        };
+    }
+}
+
+fn say(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("{msg}");
+    }
+}
+
+fn kbs_url_of(p: &ParsedInitData) -> Option<String> {
+    let aa = p.init_data.data.get(veil_policy::initdata::AA_KEY)?;
+    aa.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("url")?.trim_start().strip_prefix('=')?;
+        Some(v.trim().trim_matches('"').to_string())
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: SigSet, quiet: bool, t0: Instant) -> Result<i32> {
+    let agent = agent_binary(a)?;
+    let platform = Arc::new(SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(data)).map_err(|e| anyhow!("{e}"))?);
+    // The KBS: --kbs, else the one init-data names, else the embedded one.
+    let init_kbs = match &a.init_data {
+        Some(f) => {
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            kbs_url_of(&ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{}: {e}", f.display()))?)
+        }
+        None => None,
+    };
+    let t_kbs = Instant::now();
+    let (local, kbs_url) = match (&a.kbs, &init_kbs) {
+        (Some(u), _) => (None, u.clone()),
+        (None, Some(u)) => (None, u.clone()),
+        (None, None) => {
+            let l = LocalKbs::start(data, platform.root())?;
+            let u = l.url();
+            (Some(l), u)
+        }
+    };
+    rec.timings.insert("kbs_start_ms".into(), ms(t_kbs));
+    let t_policy = Instant::now();
+    let w = workload(a, &rec.id, &kbs_url)?;
+    rec.timings.insert("policy_ms".into(), ms(t_policy));
+    let init_path = dir.join("init-data.toml");
+    std::fs::write(&init_path, &w.init_data)?;
+    rec.name = w.pod_name.clone();
+    rec.image = w.image_label.clone();
+    rec.policy_generated = w.generated;
+    rec.init_data_file = init_path;
+    rec.kbs_url = kbs_url.clone();
+    rec.containers =
+        w.policy.containers.iter().filter(|c| !c.init).map(|c| (format!("{}-{}", rec.id, c.name), c.name.clone())).collect();
+    rec.save(data)?;
+    let digest = ParsedInitData::parse(&w.init_data).map_err(|e| anyhow!("{e}"))?.digest();
+    if w.generated {
+        say(quiet, &format!("veil: no --init-data given: generated the policy from {} (init-data {digest})", w.image_label));
+    }
+
+    let t_launch = Instant::now();
+    let cfg = SandboxConfig {
+        id: rec.id.clone(),
+        agent_binary: agent,
+        dir: dir.join("sandbox"),
+        log_path: dir.join("agent.log"),
+        init_data: w.init_data.clone(),
+        handover_init_data: None,
+        oci_layout: Some(std::fs::canonicalize(&w.layout).with_context(|| format!("{}", w.layout.display()))?),
+        debug: false,
+        log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        ready_timeout: Duration::from_secs(120),
+    };
+    let sb = ProcessSandbox::launch(&platform, &cfg).map_err(|e| anyhow!("starting the sandbox: {e}"))?;
+    rec.timings.insert("launch_and_attest_ms".into(), ms(t_launch));
+    let hello = sb.hello().clone();
+    rec.hello = Some(hello.clone());
+    rec.expected_measurement = hex::encode(sb.launch_info().measurement);
+    rec.agent_pid = sb.agent_pid().unwrap_or(0);
+    rec.socket = sb.socket();
+    rec.save(data)?;
+    if !quiet {
+        print_summary(rec, &hello, local.is_some());
+    }
+
+    let t_create = Instant::now();
+    let mut c = sb.connect().map_err(|e| anyhow!("{e}"))?;
+    c.set_timeout(Duration::from_secs(600)).map_err(|e| anyhow!("{e}"))?;
+    c.call(AgentRequest::CreateSandbox(requests::create_sandbox(&w.policy, &rec.id, &w.pod_name)))
+        .map_err(|e| anyhow!("create_sandbox: {e}"))?;
+    let mut pull_ms = 0u64;
+    for c_pol in w.policy.containers.iter() {
+        let cid = format!("{}-{}", rec.id, c_pol.name);
+        let r: veil_agent::proto::CreateContainerResult = c
+            .call_typed(AgentRequest::CreateContainer(requests::create_container(&w.policy, c_pol, &rec.id, &cid)))
+            .map_err(|e| anyhow!("create_container {}: {e}", c_pol.name))?;
+        pull_ms += r.pull_ms;
+        if c_pol.init {
+            // Init containers run to completion, in order, before the others.
+            c.call(AgentRequest::StartContainer(StartContainerRequest { container_id: cid.clone() }))
+                .map_err(|e| anyhow!("start_container {}: {e}", c_pol.name))?;
+            let code = wait_exit(&sb, &cid)?;
+            if code != 0 {
+                bail!("init container {} exited with {code}", c_pol.name);
+            }
+        }
+    }
+    rec.timings.insert("pull_decrypt_unpack_ms".into(), pull_ms.into());
+    let t_start = Instant::now();
+    for (cid, name) in &rec.containers {
+        c.call(AgentRequest::StartContainer(StartContainerRequest { container_id: cid.clone() }))
+            .map_err(|e| anyhow!("start_container {name}: {e}"))?;
+    }
+    rec.timings.insert("create_ms".into(), ms(t_create));
+    rec.timings.insert("start_ms".into(), ms(t_start));
+    rec.status = "running".into();
+    rec.save(data)?;
+
+    let out = Arc::new(Output {
+        log: Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("output.log"))?),
+        quiet,
+        prefix: rec.containers.len() > 1,
+    });
+    let (tx, rx) = mpsc::channel::<Event>();
+    let first_output: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
+    let denied: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
+    for (cid, name) in rec.containers.clone() {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let conn = sb.connect().map_err(|e| anyhow!("{e}"))?;
+            let (tx, out, cid, name, first, denied) =
+                (tx.clone(), out.clone(), cid.clone(), name.clone(), first_output.clone(), denied.clone());
+            std::thread::spawn(move || pump(conn, &cid, &name, stream, &out, &tx, &first, &denied, t0));
+        }
+    }
+    std::thread::spawn({
+        let tx = tx.clone();
+        move || {
+            while let Ok(sig) = sigs.wait() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    drop(tx);
+    let mut remaining: std::collections::BTreeSet<String> = rec.containers.iter().map(|(_, n)| n.clone()).collect();
+    let mut exit = 0;
+    let mut lost = false;
+    while !remaining.is_empty() {
+        match rx.recv() {
+            Ok(Event::Exited { container, code }) => {
+                if remaining.remove(&container) && exit == 0 {
+                    exit = code;
+                }
+            }
+            Ok(Event::AgentLost(e)) => {
+                let log = veil_runtime::sandbox::log_tail(&dir.join("agent.log"), 5);
+                say(quiet, &format!("veil: lost the agent ({e}); tearing the sandbox down\n{log}"));
+                lost = true;
+                exit = 125;
+                break;
+            }
+            Ok(Event::Signal(sig)) => {
+                say(quiet, &format!("veil: {sig}: stopping the sandbox"));
+                exit = 128 + sig as i32;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if let Ok(d) = denied.lock() {
+        rec.stdio_denied = d.clone();
+    }
+    if let Some(first) = first_output.lock().ok().and_then(|f| *f) {
+        rec.timings.insert("first_output_ms".into(), first.into());
+    }
+    // Teardown: containers, then the agent (and with it every process and
+    // mount of the sandbox), then the KBS.
+    if !lost {
+        for (cid, _) in &rec.containers {
+            let _ = c.call(AgentRequest::RemoveContainer(RemoveContainerRequest { container_id: cid.clone(), timeout_secs: 2 }));
+        }
+    }
+    drop(c);
+    sb.stop(Duration::from_secs(5)).map_err(|e| anyhow!("{e}"))?;
+    drop(local);
+    rec.timings.insert("total_ms".into(), ms(t0));
+    if a.timings && !quiet {
+        eprintln!("veil: timings {}", serde_json::Value::Object(rec.timings.clone()));
+    }
+    if lost {
+        bail!("the agent died while the workload was running (see {})", dir.join("agent.log").display());
+    }
+    Ok(exit)
+}
+
+fn wait_exit(sb: &ProcessSandbox, cid: &str) -> Result<i32> {
+    let mut c = sb.connect().map_err(|e| anyhow!("{e}"))?;
+    loop {
+        let s: StatsContainerResult = c
+            .call_typed(AgentRequest::StatsContainer(StatsContainerRequest { container_id: cid.into() }))
+            .map_err(|e| anyhow!("{e}"))?;
+        if let Some(code) = s.exit_code {
+            return Ok(code);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Copy one output stream of a container to the terminal and the log; on
+/// its end, report the exit code. If the policy refuses reading it, learn
+/// the exit from the container's state instead.
+#[allow(clippy::too_many_arguments)]
+fn pump(
+    mut c: AgentClient,
+    cid: &str,
+    name: &str,
+    stream: Stream,
+    out: &Output,
+    tx: &mpsc::Sender<Event>,
+    first: &Mutex<Option<u64>>,
+    denied: &Mutex<String>,
+    t0: Instant,
+) {
+    loop {
+        let r: Result<ReadStreamResult, CallError> = c.call_typed(AgentRequest::ReadStream(ReadStreamRequest {
+            container_id: cid.into(),
+            exec_id: String::new(),
+            stream,
+            max_bytes: 0,
+        }));
+        match r {
+            Ok(r) => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(r.data).unwrap_or_default();
+                if !bytes.is_empty() {
+                    if let Ok(mut f) = first.lock() {
+                        f.get_or_insert(t0.elapsed().as_millis() as u64);
+                    }
+                    out.write(name, stream, &bytes);
+                }
+                if r.eof {
+                    let _ = tx.send(Event::Exited { container: name.into(), code: r.exit_code.unwrap_or(0) });
+                    return;
+                }
+            }
+            Err(e) if e.is_denied() => {
+                if stream == Stream::Stdout {
+                    let msg = e.to_string();
+                    if !out.quiet {
+                        eprintln!("veil: the policy does not allow reading the output of {name}: {msg}");
+                    }
+                    if let Ok(mut d) = denied.lock() {
+                        *d = msg;
+                    }
+                }
+                loop {
+                    match c.call_typed::<StatsContainerResult>(AgentRequest::StatsContainer(StatsContainerRequest {
+                        container_id: cid.into(),
+                    })) {
+                        Ok(s) if s.exit_code.is_some() => {
+                            let _ = tx.send(Event::Exited { container: name.into(), code: s.exit_code.unwrap_or(0) });
+                            return;
+                        }
+                        Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                        Err(e) => {
+                            let _ = tx.send(Event::AgentLost(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Event::AgentLost(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool) {
+    let m_ok = if h.measurement == rec.expected_measurement { "matches the launch measurement" } else { "DIFFERS from the launch measurement" };
+    eprintln!("veil: sandbox {} ({}): process sandbox, TEE: {}", rec.id, rec.name, h.tee);
+    if h.tee == "sim" {
+        eprintln!("  WARNING: {}", veil_attest::sim::WARNING);
+    }
+    eprintln!("  measurement  {} ({m_ok})", h.measurement);
+    eprintln!(
+        "  init-data    {} ({})",
+        h.init_data_digest,
+        if rec.policy_generated { "policy generated from the image" } else { "from --init-data" }
+    );
+    let att = &h.attestation;
+    let kbs = if embedded { format!("{} (embedded, dev mode)", att.kbs_url) } else { att.kbs_url.clone() };
+    match att.status.as_str() {
+        "ok" => eprintln!("  attestation  ok: token {}, KBS {kbs}", if att.ear_status.is_empty() { "issued" } else { &att.ear_status }),
+        other => eprintln!("  attestation  {other} {}", att.error),
+    }
+    if !att.secrets.is_empty() {
+        eprintln!("  secrets      {} (in /run/veil/secrets)", att.secrets.join(", "));
+    }
+}
+
+/// A running sandbox's record and a client.
+fn connect(key: &str) -> Result<(PathBuf, Record, AgentClient)> {
+    let data = data_dir()?;
+    let rec = Record::find(&data, key)?;
+    if rec.effective_status() != "running" {
+        bail!("sandbox {} is {}", rec.id, rec.effective_status());
+    }
+    let c = AgentClient::connect(&rec.socket, Duration::from_secs(30)).map_err(|e| anyhow!("connecting to the agent of {}: {e}", rec.id))?;
+    Ok((data, rec, c))
+}
+
+fn policy_of(rec: &Record) -> Result<PolicyData> {
+    let bytes = std::fs::read(&rec.init_data_file)?;
+    let p = ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{e}"))?;
+    veil_policy::rego::extract_policy_data(p.init_data.policy().map_err(|e| anyhow!("{e}"))?).map_err(|e| anyhow!("{e}"))
+}
+
+/// `veil exec`: exit code of the command; 126 when the policy refuses it.
+pub fn exec(a: ExecArgs) -> Result<ExitCode> {
+    let (_, rec, mut c) = connect(&a.id)?;
+    let policy = policy_of(&rec)?;
+    let (cid, name) = match &a.container {
+        Some(n) => rec.containers.iter().find(|(_, cn)| cn == n).cloned().ok_or_else(|| anyhow!("no container {n:?}"))?,
+        None => rec.containers.first().cloned().ok_or_else(|| anyhow!("the sandbox has no containers"))?,
+    };
+    let cp = policy.container(&name).ok_or_else(|| anyhow!("container {name} is not in the policy"))?;
+    let exec_id = format!("exec-{}", new_id());
+    match c.call(AgentRequest::ExecProcess(requests::exec_process(cp, &cid, &exec_id, a.command.clone()))) {
+        Ok(_) => {}
+        Err(e) if e.is_denied() => {
+            eprintln!("veil: exec refused: {e}");
+            return Ok(ExitCode::from(126));
+        }
+        Err(e) => bail!("exec: {e}"),
+    }
+    let mut handles = Vec::new();
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        let mut c = AgentClient::connect(&rec.socket, Duration::from_secs(30)).map_err(|e| anyhow!("{e}"))?;
+        let (cid, exec_id) = (cid.clone(), exec_id.clone());
+        handles.push(std::thread::spawn(move || -> Result<i32> {
+            loop {
+                let r: ReadStreamResult = c
+                    .call_typed(AgentRequest::ReadStream(ReadStreamRequest {
+                        container_id: cid.clone(),
+                        exec_id: exec_id.clone(),
+                        stream,
+                        max_bytes: 0,
+                    }))
+                    .map_err(|e| anyhow!("{e}"))?;
+                let b = base64::engine::general_purpose::STANDARD.decode(r.data).unwrap_or_default();
+                let _ = match stream {
+                    Stream::Stdout => std::io::stdout().write_all(&b).and_then(|_| std::io::stdout().flush()),
+                    Stream::Stderr => std::io::stderr().write_all(&b),
+                };
+                if r.eof {
+                    return Ok(r.exit_code.unwrap_or(0));
+                }
+            }
+        }));
+    }
+    let mut code = 0;
+    for h in handles {
+        code = h.join().map_err(|_| anyhow!("output thread panicked"))??;
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `veil logs`: the output the sandbox's owner recorded, or the policy's refusal.
+pub fn logs(a: IdArgs) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let rec = Record::find(&data, &a.id)?;
+    if !rec.stdio_denied.is_empty() {
+        eprintln!("veil: logs of {} are not available: {}", rec.id, rec.stdio_denied);
+        return Ok(ExitCode::from(1));
+    }
+    let bytes = std::fs::read(record::dir_of(&data, &rec.id).join("output.log")).unwrap_or_default();
+    std::io::stdout().write_all(&bytes)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil ps`.
+pub fn ps(a: PsArgs) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let all: Vec<Record> = Record::all(&data)?.into_iter().filter(|r| a.all || r.effective_status() == "running").collect();
+    if a.json {
+        let v: Vec<serde_json::Value> = all
+            .iter()
+            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "image": r.image, "status": r.effective_status(), "exit_code": r.exit_code, "created": r.created}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<14} {:<20} {:<12} {:<30} IMAGE", "ID", "NAME", "STATUS", "TEE / INIT-DATA");
+    for r in all {
+        let status = match (r.effective_status().as_str(), r.exit_code) {
+            ("exited", Some(c)) => format!("exited ({c})"),
+            (s, _) => s.to_string(),
+        };
+        let tee = r.hello.as_ref().map(|h| format!("{} {}", h.tee, h.init_data_digest.chars().take(20).collect::<String>())).unwrap_or_default();
+        println!("{:<14} {:<20} {:<12} {:<30} {}", r.id, r.name, status, tee, r.image);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil kill`.
+pub fn kill(a: KillArgs) -> Result<ExitCode> {
+    let (_, rec, mut c) = connect(&a.id)?;
+    for (cid, _) in &rec.containers {
+        c.call(AgentRequest::SignalProcess(SignalProcessRequest { container_id: cid.clone(), exec_id: String::new(), signal: a.signal }))
+            .map_err(|e| anyhow!("signal: {e}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil stop`.
+pub fn stop(a: IdArgs) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let rec = Record::find(&data, &a.id)?;
+    stop_record(&rec)?;
+    println!("{}", rec.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop_record(rec: &Record) -> Result<()> {
+    if !rec.owner_alive() {
+        return Ok(());
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.owner_pid as i32), Signal::SIGTERM)
+        .map_err(|e| anyhow!("signalling the sandbox owner: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rec.owner_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if rec.owner_alive() {
+        bail!("sandbox {} did not stop within 30 s", rec.id);
+    }
+    Ok(())
+}
+
+/// `veil rm`.
+pub fn rm(a: RmArgs) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let rec = Record::find(&data, &a.id)?;
+    if rec.owner_alive() {
+        if !a.force {
+            bail!("sandbox {} is running; stop it first or use rm -f", rec.id);
+        }
+        stop_record(&rec)?;
+    }
+    std::fs::remove_dir_all(record::dir_of(&data, &rec.id)).context("removing the record")?;
+    println!("{}", rec.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil inspect`: the record and, while running, fresh evidence verified
+/// here against this host's sim root.
+pub fn inspect(a: IdArgs) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let rec = Record::find(&data, &a.id)?;
+    let mut out = serde_json::to_value(&rec)?;
+    if rec.effective_status() == "running" {
+        let (_, _, mut c) = connect(&rec.id)?;
+        let mut nonce = [0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        let ev = c.call_typed::<veil_agent::proto::GetEvidenceResult>(AgentRequest::GetEvidence(GetEvidenceRequest {
+            runtime_data: veil_agent_api::Bytes(nonce.to_vec()),
+        }));
+        out["evidence"] = match ev {
+            Ok(ev) if ev.tee == "sim" => {
+                let platform = SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&data)).map_err(|e| anyhow!("{e}"))?;
+                match veil_attest::sim::verify(ev.evidence.to_string().as_bytes(), Some(&platform.root())) {
+                    Ok(claims) => serde_json::json!({
+                        "tee": "sim",
+                        "verified": claims.report_data == veil_agent::proto::report_data_for(&nonce).to_vec(),
+                        "claims": claims.to_json(),
+                        "warning": veil_attest::sim::WARNING,
+                    }),
+                    Err(e) => serde_json::json!({"tee": "sim", "verified": false, "error": e.to_string()}),
+                }
+            }
+            Ok(ev) => serde_json::json!({"tee": ev.tee, "evidence": ev.evidence}),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        };
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil secret`.
+pub fn secret(cmd: SecretCommand) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let platform = SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&data)).map_err(|e| anyhow!("{e}"))?;
+    let kbs = LocalKbs::start(&data, platform.root())?;
+    let admin = kbs.admin_client()?;
+    match cmd {
+        SecretCommand::Put { path, file } => {
+            let p = veil_kbs_client::ResourcePath::parse(&path).map_err(|e| anyhow!("{e}"))?;
+            let value = zeroize::Zeroizing::new(if file.as_os_str() == "-" {
+                let mut v = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+                v
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            });
+            admin.put_resource(&p, &value).map_err(|e| anyhow!("{e}"))?;
+            eprintln!("veil: stored kbs:///{p} ({} bytes, sealed in {})", value.len(), data.join("kbs").display());
+        }
+        SecretCommand::Ls => println!("{}", serde_json::to_string_pretty(&admin.list_resources().map_err(|e| anyhow!("{e}"))?)?),
+        SecretCommand::Rm { path } => {
+            let p = veil_kbs_client::ResourcePath::parse(&path).map_err(|e| anyhow!("{e}"))?;
+            admin.delete_resource(&p).map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

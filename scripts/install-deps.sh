@@ -16,6 +16,8 @@ PACKAGES=(
   apache2-utils
   # kbs tests decrypt JWEs with josekit (an independent JOSE implementation, OpenSSL-based)
   libssl-dev
+  # veil run: runc is the baseline of `veil bench run`
+  runc
   # policy / kbs / run: added by their work
 )
 

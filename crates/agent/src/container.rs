@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -572,8 +572,10 @@ impl Manager {
             .map_err(|e| err("starting the container launcher", e))?;
         drop(w);
         let mut status = String::new();
-        let mut rf = fs::File::from(OwnedFd::from(r));
-        let _ = Read::by_ref(&mut rf).take(64 * 1024).read_to_string(&mut status);
+        let mut rf = fs::File::from(r);
+        let _ = Read::by_ref(&mut rf)
+            .take(64 * 1024)
+            .read_to_string(&mut status);
         if !status.is_empty() {
             let _ = child.kill();
             let _ = child.wait();

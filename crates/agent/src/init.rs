@@ -512,12 +512,16 @@ fn switch_user(spec: &InitSpec) -> Result<(), String> {
     let permitted = cap_set(&c.permitted)?;
     let effective = cap_set(&c.effective)?;
     let inheritable = cap_set(&c.inheritable)?;
+    // Order matters to the kernel: the effective set must stay a subset of
+    // the permitted one at every step (a uid-0 process keeps its full
+    // effective set across setresuid), and the inheritable set may only be
+    // raised while the capabilities are still permitted.
+    caps::set(None, CapSet::Effective, &effective)
+        .map_err(|e| fail("setting effective capabilities", e))?;
     caps::set(None, CapSet::Inheritable, &inheritable)
         .map_err(|e| fail("setting inheritable capabilities", e))?;
     caps::set(None, CapSet::Permitted, &permitted)
         .map_err(|e| fail("setting permitted capabilities", e))?;
-    caps::set(None, CapSet::Effective, &effective)
-        .map_err(|e| fail("setting effective capabilities", e))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| fail("clearing ambient capabilities", e))?;
     let ambient: HashSet<_> = cap_set(&c.ambient)?;
     for cap in ambient {

@@ -15,6 +15,8 @@ pub enum BenchCommand {
     Attest(AttestBench),
     /// KBS handshakes/s (auth + sim attest + resource GET) vs the crypto alone.
     Kbs(KbsBench),
+    /// `veil run` to first output line vs `runc run` of the same bundle.
+    Run(crate::run::bench::RunBench),
 }
 
 /// Arguments of `veil bench kbs`.
@@ -53,6 +55,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Attest(a) => attest(a),
         BenchCommand::Kbs(a) => kbs(a),
+        BenchCommand::Run(a) => crate::run::bench::run(a),
     }
 }
 

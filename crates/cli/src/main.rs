@@ -12,6 +12,7 @@ mod image;
 mod kbs;
 mod output;
 mod policy;
+mod run;
 
 /// Run unmodified OCI containers inside hardware TEEs (AMD SEV-SNP, Intel TDX)
 /// and prove, with hardware-signed evidence, exactly what runs there before
@@ -40,6 +41,25 @@ enum Command {
     /// Workload policies: generate from Kubernetes YAML, digest, check, diff.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run an image (or pod) confidentially: policy, sandbox, attestation, secrets.
+    Run(run::RunArgs),
+    /// List sandboxes.
+    Ps(run::PsArgs),
+    /// Show a sandbox's output (if its policy allows reading it).
+    Logs(run::IdArgs),
+    /// Run a command in a running sandbox (if its policy allows it).
+    Exec(run::ExecArgs),
+    /// Send a signal to a sandbox's containers.
+    Kill(run::KillArgs),
+    /// Stop a sandbox (everything is torn down).
+    Stop(run::IdArgs),
+    /// Remove a sandbox's record.
+    Rm(run::RmArgs),
+    /// Show a sandbox's record and fresh, verified evidence.
+    Inspect(run::IdArgs),
+    /// Secrets of the embedded KBS that `veil run` starts without --kbs.
+    #[command(subcommand)]
+    Secret(run::SecretCommand),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +70,15 @@ fn main() -> ExitCode {
         Command::Image(cmd) => image::run(cmd),
         Command::Kbs(cmd) => kbs::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Run(a) => run::run(a),
+        Command::Ps(a) => run::ps(a),
+        Command::Logs(a) => run::logs(a),
+        Command::Exec(a) => run::exec(a),
+        Command::Kill(a) => run::kill(a),
+        Command::Stop(a) => run::stop(a),
+        Command::Rm(a) => run::rm(a),
+        Command::Inspect(a) => run::inspect(a),
+        Command::Secret(cmd) => run::secret(cmd),
     };
     match result {
         Ok(code) => code,

@@ -40,15 +40,23 @@ fn median(v: &mut [f64]) -> f64 {
 /// Spawn `cmd`; (ms to the first stdout line, stderr).
 fn first_line(mut cmd: Command) -> Result<(f64, String)> {
     let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("{cmd:?}"))?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{cmd:?}"))?;
+    let mut lines =
+        BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?).lines();
     let line = lines.next().transpose()?.unwrap_or_default();
     let t = start.elapsed().as_secs_f64() * 1000.0;
     drop(lines);
     let out = child.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if line != LINE || !out.status.success() {
-        bail!("{cmd:?}: first line {line:?}, status {}:\n{stderr}", out.status);
+        bail!(
+            "{cmd:?}: first line {line:?}, status {}:\n{stderr}",
+            out.status
+        );
     }
     Ok((t, stderr))
 }
@@ -56,7 +64,8 @@ fn first_line(mut cmd: Command) -> Result<(f64, String)> {
 fn busybox_image(dir: &Path) -> Result<OciLayout> {
     let root = dir.join("src");
     std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox (install busybox-static)")?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copying /bin/busybox (install busybox-static)")?;
     std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
     std::os::unix::fs::symlink("busybox", root.join("bin/echo"))?;
     let layout = OciLayout::create(dir.join("layout")).map_err(|e| anyhow!("{e}"))?;
@@ -67,7 +76,8 @@ fn busybox_image(dir: &Path) -> Result<OciLayout> {
         working_dir: Some("/".into()),
         ..Default::default()
     });
-    b.add_layer_dir(&root, Compression::Gzip).map_err(|e| anyhow!("{e}"))?;
+    b.add_layer_dir(&root, Compression::Gzip)
+        .map_err(|e| anyhow!("{e}"))?;
     b.finish("bench:1").map_err(|e| anyhow!("{e}"))?;
     Ok(layout)
 }
@@ -75,8 +85,17 @@ fn busybox_image(dir: &Path) -> Result<OciLayout> {
 fn runc_bundle(dir: &Path, layout: &OciLayout, runc: &str) -> Result<PathBuf> {
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle)?;
-    let img = layout.resolve(Some("bench:1"), &Platform::linux_amd64()).map_err(|e| anyhow!("{e}"))?;
-    unpack_image(layout, &img, &bundle.join("rootfs"), &[], &UnpackLimits::default()).map_err(|e| anyhow!("{e}"))?;
+    let img = layout
+        .resolve(Some("bench:1"), &Platform::linux_amd64())
+        .map_err(|e| anyhow!("{e}"))?;
+    unpack_image(
+        layout,
+        &img,
+        &bundle.join("rootfs"),
+        &[],
+        &UnpackLimits::default(),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     let st = Command::new(runc)
         .args(["spec", "-b"])
         .arg(&bundle)
@@ -105,17 +124,23 @@ pub fn run(a: RunBench) -> Result<ExitCode> {
     let mut phases: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     for i in 0..=a.iterations {
         let mut cmd = Command::new(&exe);
-        cmd.args(["run", "--rm", "--timings", &image]).env("VEIL_DATA_DIR", &data);
+        cmd.args(["run", "--rm", "--timings", &image])
+            .env("VEIL_DATA_DIR", &data);
         let (t, stderr) = first_line(cmd)?;
         let mut r = Command::new(&a.runc);
-        r.args(["run", "-b"]).arg(&bundle).arg(format!("veil-bench-{}-{i}", std::process::id()));
+        r.args(["run", "-b"])
+            .arg(&bundle)
+            .arg(format!("veil-bench-{}-{i}", std::process::id()));
         let (tr, _) = first_line(r)?;
         if i == 0 {
             continue; // warm-up: page cache, sim key and embedded KBS creation
         }
         veil_ms.push(t);
         runc_ms.push(tr);
-        if let Some(j) = stderr.lines().find_map(|l| l.strip_prefix("veil: timings ")) {
+        if let Some(j) = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("veil: timings "))
+        {
             if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(j) {
                 phases.push(m);
             }
@@ -126,7 +151,10 @@ pub fn run(a: RunBench) -> Result<ExitCode> {
     let mut phase_medians = serde_json::Map::new();
     if let Some(first) = phases.first() {
         for k in first.keys() {
-            let mut xs: Vec<f64> = phases.iter().filter_map(|p| p.get(k).and_then(|x| x.as_f64())).collect();
+            let mut xs: Vec<f64> = phases
+                .iter()
+                .filter_map(|p| p.get(k).and_then(|x| x.as_f64()))
+                .collect();
             phase_medians.insert(k.clone(), median(&mut xs).into());
         }
     }
@@ -145,7 +173,10 @@ pub fn run(a: RunBench) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("veil run vs runc run, time to the first output line (median of {}):", a.iterations);
+        println!(
+            "veil run vs runc run, time to the first output line (median of {}):",
+            a.iterations
+        );
         println!("  veil run   {v:8.1} ms");
         println!("  runc run   {r:8.1} ms");
         println!(

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use veil_kbs::{RunningServer, ServerConfig};
-use veil_kbs_client::admin::{AdminClient, AdminKey, parse_admin_public_key};
 use veil_kbs_client::ClientConfig;
+use veil_kbs_client::admin::{AdminClient, AdminKey, parse_admin_public_key};
 
 /// Resource policy of the embedded KBS (scope: every resource): release to
 /// any attested workload whose evidence binds an init-data document. The
@@ -75,9 +75,13 @@ impl LocalKbs {
         }
         if !p.admin_key.exists() {
             let k = AdminKey::generate();
-            write_new_0600(&p.admin_key, k.to_pem().map_err(|e| anyhow::anyhow!("{e}"))?.as_bytes())?;
+            write_new_0600(
+                &p.admin_key,
+                k.to_pem().map_err(|e| anyhow::anyhow!("{e}"))?.as_bytes(),
+            )?;
         }
-        let kek = veil_kbs::Kek::from_file(&p.kek).map_err(|e| anyhow::anyhow!("embedded KBS KEK {}: {e}", p.kek.display()))?;
+        let kek = veil_kbs::Kek::from_file(&p.kek)
+            .map_err(|e| anyhow::anyhow!("embedded KBS KEK {}: {e}", p.kek.display()))?;
         let admin = load_admin(&p.admin_key)?;
         let public = admin.public_pem().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut cfg = ServerConfig::new(p.dir.clone(), kek);
@@ -85,10 +89,16 @@ impl LocalKbs {
         cfg.sim_root = Some(sim_root);
         cfg.dev = true;
         cfg.admin_keys = vec![parse_admin_public_key(&public).map_err(|e| anyhow::anyhow!("{e}"))?];
-        let server = veil_kbs::spawn(cfg, 1).map_err(|e| anyhow::anyhow!("starting the embedded KBS: {e}"))?;
-        let kbs = LocalKbs { server, admin: p.admin_key };
+        let server = veil_kbs::spawn(cfg, 1)
+            .map_err(|e| anyhow::anyhow!("starting the embedded KBS: {e}"))?;
+        let kbs = LocalKbs {
+            server,
+            admin: p.admin_key,
+        };
         let client = kbs.admin_client()?;
-        let policies = client.get_resource_policies().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let policies = client
+            .get_resource_policies()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if policies.as_array().is_none_or(|a| a.is_empty()) {
             client
                 .set_resource_policy(None, DEV_POLICY)
@@ -112,6 +122,8 @@ impl LocalKbs {
 }
 
 fn load_admin(path: &Path) -> Result<AdminKey> {
-    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    );
     AdminKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("admin key {}: {e}", path.display()))
 }

@@ -27,8 +27,8 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use veil_agent::proto::{ReadStreamResult, StatsContainerResult};
 use veil_agent_api::{
-    AgentRequest, GetEvidenceRequest, ReadStreamRequest, RemoveContainerRequest, SignalProcessRequest,
-    StartContainerRequest, StatsContainerRequest, Stream,
+    AgentRequest, GetEvidenceRequest, ReadStreamRequest, RemoveContainerRequest,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, Stream,
 };
 use veil_image::OciRef;
 use veil_policy::{InitData, ParsedInitData, PolicyData};
@@ -150,12 +150,16 @@ pub enum SecretCommand {
 
 fn data_dir() -> Result<PathBuf> {
     let d = veil_runtime::paths::data_dir();
-    std::fs::create_dir_all(&d).with_context(|| format!("creating veil's data dir {}", d.display()))?;
+    std::fs::create_dir_all(&d)
+        .with_context(|| format!("creating veil's data dir {}", d.display()))?;
     Ok(d)
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn new_id() -> String {
@@ -180,7 +184,9 @@ fn agent_binary(a: &RunArgs) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("veil-agent not found in $VEIL_AGENT, next to veil or in PATH; build it with `cargo build -p veil-agent` or pass --agent")
+    bail!(
+        "veil-agent not found in $VEIL_AGENT, next to veil or in PATH; build it with `cargo build -p veil-agent` or pass --agent"
+    )
 }
 
 /// The policy and init-data a run uses, and where they came from.
@@ -205,8 +211,15 @@ fn add_credentials(init: &mut InitData, secrets: &[String]) -> Result<()> {
     }
     let mut entries = Vec::new();
     for s in secrets {
-        let (name, uri) = s.split_once('=').ok_or_else(|| anyhow!("--secret {s:?}: expected NAME=kbs:///repo/type/tag"))?;
-        if name.is_empty() || name.starts_with('.') || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        let (name, uri) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--secret {s:?}: expected NAME=kbs:///repo/type/tag"))?;
+        if name.is_empty()
+            || name.starts_with('.')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
             bail!("--secret name {name:?}: use [A-Za-z0-9._-], not starting with .");
         }
         if !uri.starts_with("kbs://") {
@@ -226,7 +239,11 @@ fn add_credentials(init: &mut InitData, secrets: &[String]) -> Result<()> {
     if !cdh.contains("credentials = []") {
         bail!("the generated cdh.toml has no empty credentials list to fill");
     }
-    *cdh = cdh.replacen("credentials = []", &format!("credentials = [{}]", entries.join(", ")), 1);
+    *cdh = cdh.replacen(
+        "credentials = []",
+        &format!("credentials = [{}]", entries.join(", ")),
+        1,
+    );
     Ok(())
 }
 
@@ -234,7 +251,8 @@ fn settings_for(kbs_url: &str, kbs_cert: Option<&Path>) -> Result<veil_policy::S
     let mut s = veil_policy::Settings::default();
     s.kbs.url = kbs_url.into();
     if let Some(c) = kbs_cert {
-        s.kbs.cert = std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+        s.kbs.cert =
+            std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
     }
     Ok(s)
 }
@@ -249,7 +267,9 @@ fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
                 .annotations
                 .get(veil_image::spec::ANNOTATION_REF_NAME)
                 .cloned()
-                .ok_or_else(|| anyhow!("the image in {} has no ref name (tag it)", r.dir.display()))?;
+                .ok_or_else(|| {
+                    anyhow!("the image in {} has no ref name (tag it)", r.dir.display())
+                })?;
             let name = a.name.clone().unwrap_or_else(|| format!("veil-{id}"));
             let mut yaml = format!(
                 "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\nspec:\n  containers:\n  - name: app\n    image: {}\n",
@@ -263,40 +283,81 @@ fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
             (r.dir.clone(), img.clone(), yaml)
         }
         (None, Some(pod)) => {
-            let text = std::fs::read_to_string(pod).with_context(|| format!("reading {}", pod.display()))?;
-            let layout = a.oci_layout.clone().ok_or_else(|| anyhow!("--pod needs --oci-layout"))?;
+            let text = std::fs::read_to_string(pod)
+                .with_context(|| format!("reading {}", pod.display()))?;
+            let layout = a
+                .oci_layout
+                .clone()
+                .ok_or_else(|| anyhow!("--pod needs --oci-layout"))?;
             (layout, pod.display().to_string(), text)
         }
         _ => bail!("give an image (oci:DIR[:TAG]) or --pod FILE"),
     };
     if let Some(f) = &a.init_data {
         if !a.secrets.is_empty() {
-            bail!("--secret only works with a generated policy: with --init-data, the secrets are the credentials its cdh.toml lists");
+            bail!(
+                "--secret only works with a generated policy: with --init-data, the secrets are the credentials its cdh.toml lists"
+            );
         }
         let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
         let parsed = ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{}: {e}", f.display()))?;
-        let policy = veil_policy::rego::extract_policy_data(parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?)
-            .map_err(|e| anyhow!("{}: {e}", f.display()))?;
-        let pod_name = a.name.clone().or_else(|| requests::pod_name(&policy)).ok_or_else(|| {
-            anyhow!("the policy's pod name pattern {:?} is not a single name; pass --name", policy.sandbox.pod_name)
-        })?;
-        return Ok(Workload { init_data: bytes, policy, generated: false, layout, image_label, pod_name });
+        let policy = veil_policy::rego::extract_policy_data(
+            parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?,
+        )
+        .map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        let pod_name = a
+            .name
+            .clone()
+            .or_else(|| requests::pod_name(&policy))
+            .ok_or_else(|| {
+                anyhow!(
+                    "the policy's pod name pattern {:?} is not a single name; pass --name",
+                    policy.sandbox.pod_name
+                )
+            })?;
+        return Ok(Workload {
+            init_data: bytes,
+            policy,
+            generated: false,
+            layout,
+            image_label,
+            pod_name,
+        });
     }
-    let resolver = veil_policy::generate::LayoutResolver::open(&layout).map_err(|e| anyhow!("{e}"))?;
+    let resolver =
+        veil_policy::generate::LayoutResolver::open(&layout).map_err(|e| anyhow!("{e}"))?;
     let settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
     let g = veil_policy::generate::generate(&[pod_yaml.as_str()], &resolver, &settings)
         .map_err(|e| anyhow!("generating the policy: {e}"))?;
-    let w = g.workloads.into_iter().next().ok_or_else(|| anyhow!("the input defines no workload"))?;
+    let w = g
+        .workloads
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("the input defines no workload"))?;
     let mut init = w.init_data;
     add_credentials(&mut init, &a.secrets)?;
     let toml = init.to_toml().map_err(|e| anyhow!("{e}"))?;
-    let pod_name = a.name.clone().or_else(|| requests::pod_name(&w.policy)).unwrap_or(w.name);
-    Ok(Workload { init_data: toml.into_bytes(), policy: w.policy, generated: true, layout, image_label, pod_name })
+    let pod_name = a
+        .name
+        .clone()
+        .or_else(|| requests::pod_name(&w.policy))
+        .unwrap_or(w.name);
+    Ok(Workload {
+        init_data: toml.into_bytes(),
+        policy: w.policy,
+        generated: true,
+        layout,
+        image_label,
+        pod_name,
+    })
 }
 
 /// Events the foreground loop waits for.
 enum Event {
-    Exited { container: String, code: i32 },
+    Exited {
+        container: String,
+        code: i32,
+    },
     Signal(Signal),
     /// The connection to the agent broke (the agent died).
     AgentLost(String),
@@ -315,7 +376,8 @@ fn block_signals() -> Result<SigSet> {
 pub fn run(mut a: RunArgs) -> Result<ExitCode> {
     let data = data_dir()?;
     if let Some(id) = a.monitor.clone() {
-        let saved = std::fs::read(record::dir_of(&data, &id).join("run-args.json")).context("reading the monitor's arguments")?;
+        let saved = std::fs::read(record::dir_of(&data, &id).join("run-args.json"))
+            .context("reading the monitor's arguments")?;
         a = serde_json::from_slice(&saved).context("parsing the monitor's arguments")?;
         a.monitor = Some(id.clone());
         return foreground(a, &data, id, true);
@@ -336,7 +398,10 @@ fn detach(a: RunArgs, data: &Path, id: &str) -> Result<ExitCode> {
     std::fs::write(dir.join("run-args.json"), serde_json::to_vec(&saved)?)?;
     let log = std::fs::File::create(dir.join("monitor.log"))?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(["run", "--monitor", id]).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.args(["run", "--monitor", id])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe.
     unsafe {
@@ -362,7 +427,10 @@ fn detach(a: RunArgs, data: &Path, id: &str) -> Result<ExitCode> {
             bail!("the sandbox monitor exited ({s}) before the workload started:\n{log}");
         }
         if Instant::now() > deadline {
-            bail!("the sandbox did not start within 180 s (see {})", dir.join("monitor.log").display());
+            bail!(
+                "the sandbox did not start within 180 s (see {})",
+                dir.join("monitor.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -378,7 +446,13 @@ fn foreground(a: RunArgs, data: &Path, id: String, quiet: bool) -> Result<ExitCo
     let sigs = block_signals()?;
     let dir = record::dir_of(data, &id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut rec = Record { id: id.clone(), created: now(), status: "starting".into(), owner_pid: std::process::id(), ..Default::default() };
+    let mut rec = Record {
+        id: id.clone(),
+        created: now(),
+        status: "starting".into(),
+        owner_pid: std::process::id(),
+        ..Default::default()
+    };
     let result = run_sandbox(&a, data, &dir, &mut rec, sigs, quiet, t0);
     match &result {
         Ok(code) => {
@@ -424,7 +498,10 @@ impl Output {
             buf.extend_from_slice(bytes);
         }
         let _ = match stream {
-            Stream::Stdout => std::io::stdout().lock().write_all(&buf).and_then(|_| std::io::stdout().flush()),
+            Stream::Stdout => std::io::stdout()
+                .lock()
+                .write_all(&buf)
+                .and_then(|_| std::io::stdout().flush()),
             Stream::Stderr => std::io::stderr().lock().write_all(&buf),
         };
     }
@@ -439,15 +516,30 @@ fn say(quiet: bool, msg: &str) {
 fn kbs_url_of(p: &ParsedInitData) -> Option<String> {
     let aa = p.init_data.data.get(veil_policy::initdata::AA_KEY)?;
     aa.lines().find_map(|l| {
-        let v = l.trim().strip_prefix("url")?.trim_start().strip_prefix('=')?;
+        let v = l
+            .trim()
+            .strip_prefix("url")?
+            .trim_start()
+            .strip_prefix('=')?;
         Some(v.trim().trim_matches('"').to_string())
     })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: SigSet, quiet: bool, t0: Instant) -> Result<i32> {
+fn run_sandbox(
+    a: &RunArgs,
+    data: &Path,
+    dir: &Path,
+    rec: &mut Record,
+    sigs: SigSet,
+    quiet: bool,
+    t0: Instant,
+) -> Result<i32> {
     let agent = agent_binary(a)?;
-    let platform = Arc::new(SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(data)).map_err(|e| anyhow!("{e}"))?);
+    let platform = Arc::new(
+        SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(data))
+            .map_err(|e| anyhow!("{e}"))?,
+    );
     // The KBS: --kbs, else the one init-data names, else the embedded one.
     let init_kbs = match &a.init_data {
         Some(f) => {
@@ -477,12 +569,25 @@ fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: Sig
     rec.policy_generated = w.generated;
     rec.init_data_file = init_path;
     rec.kbs_url = kbs_url.clone();
-    rec.containers =
-        w.policy.containers.iter().filter(|c| !c.init).map(|c| (format!("{}-{}", rec.id, c.name), c.name.clone())).collect();
+    rec.containers = w
+        .policy
+        .containers
+        .iter()
+        .filter(|c| !c.init)
+        .map(|c| (format!("{}-{}", rec.id, c.name), c.name.clone()))
+        .collect();
     rec.save(data)?;
-    let digest = ParsedInitData::parse(&w.init_data).map_err(|e| anyhow!("{e}"))?.digest();
+    let digest = ParsedInitData::parse(&w.init_data)
+        .map_err(|e| anyhow!("{e}"))?
+        .digest();
     if w.generated {
-        say(quiet, &format!("veil: no --init-data given: generated the policy from {} (init-data {digest})", w.image_label));
+        say(
+            quiet,
+            &format!(
+                "veil: no --init-data given: generated the policy from {} (init-data {digest})",
+                w.image_label
+            ),
+        );
     }
 
     let t_launch = Instant::now();
@@ -493,13 +598,17 @@ fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: Sig
         log_path: dir.join("agent.log"),
         init_data: w.init_data.clone(),
         handover_init_data: None,
-        oci_layout: Some(std::fs::canonicalize(&w.layout).with_context(|| format!("{}", w.layout.display()))?),
+        oci_layout: Some(
+            std::fs::canonicalize(&w.layout).with_context(|| format!("{}", w.layout.display()))?,
+        ),
         debug: false,
         log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         ready_timeout: Duration::from_secs(120),
     };
-    let sb = ProcessSandbox::launch(&platform, &cfg).map_err(|e| anyhow!("starting the sandbox: {e}"))?;
-    rec.timings.insert("launch_and_attest_ms".into(), ms(t_launch));
+    let sb = ProcessSandbox::launch(&platform, &cfg)
+        .map_err(|e| anyhow!("starting the sandbox: {e}"))?;
+    rec.timings
+        .insert("launch_and_attest_ms".into(), ms(t_launch));
     let hello = sb.hello().clone();
     rec.hello = Some(hello.clone());
     rec.expected_measurement = hex::encode(sb.launch_info().measurement);
@@ -512,31 +621,43 @@ fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: Sig
 
     let t_create = Instant::now();
     let mut c = sb.connect().map_err(|e| anyhow!("{e}"))?;
-    c.set_timeout(Duration::from_secs(600)).map_err(|e| anyhow!("{e}"))?;
-    c.call(AgentRequest::CreateSandbox(requests::create_sandbox(&w.policy, &rec.id, &w.pod_name)))
-        .map_err(|e| anyhow!("create_sandbox: {e}"))?;
+    c.set_timeout(Duration::from_secs(600))
+        .map_err(|e| anyhow!("{e}"))?;
+    c.call(AgentRequest::CreateSandbox(requests::create_sandbox(
+        &w.policy,
+        &rec.id,
+        &w.pod_name,
+    )))
+    .map_err(|e| anyhow!("create_sandbox: {e}"))?;
     let mut pull_ms = 0u64;
     for c_pol in w.policy.containers.iter() {
         let cid = format!("{}-{}", rec.id, c_pol.name);
         let r: veil_agent::proto::CreateContainerResult = c
-            .call_typed(AgentRequest::CreateContainer(requests::create_container(&w.policy, c_pol, &rec.id, &cid)))
+            .call_typed(AgentRequest::CreateContainer(requests::create_container(
+                &w.policy, c_pol, &rec.id, &cid,
+            )))
             .map_err(|e| anyhow!("create_container {}: {e}", c_pol.name))?;
         pull_ms += r.pull_ms;
         if c_pol.init {
             // Init containers run to completion, in order, before the others.
-            c.call(AgentRequest::StartContainer(StartContainerRequest { container_id: cid.clone() }))
-                .map_err(|e| anyhow!("start_container {}: {e}", c_pol.name))?;
+            c.call(AgentRequest::StartContainer(StartContainerRequest {
+                container_id: cid.clone(),
+            }))
+            .map_err(|e| anyhow!("start_container {}: {e}", c_pol.name))?;
             let code = wait_exit(&sb, &cid)?;
             if code != 0 {
                 bail!("init container {} exited with {code}", c_pol.name);
             }
         }
     }
-    rec.timings.insert("pull_decrypt_unpack_ms".into(), pull_ms.into());
+    rec.timings
+        .insert("pull_decrypt_unpack_ms".into(), pull_ms.into());
     let t_start = Instant::now();
     for (cid, name) in &rec.containers {
-        c.call(AgentRequest::StartContainer(StartContainerRequest { container_id: cid.clone() }))
-            .map_err(|e| anyhow!("start_container {name}: {e}"))?;
+        c.call(AgentRequest::StartContainer(StartContainerRequest {
+            container_id: cid.clone(),
+        }))
+        .map_err(|e| anyhow!("start_container {name}: {e}"))?;
     }
     rec.timings.insert("create_ms".into(), ms(t_create));
     rec.timings.insert("start_ms".into(), ms(t_start));
@@ -544,7 +665,12 @@ fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: Sig
     rec.save(data)?;
 
     let out = Arc::new(Output {
-        log: Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("output.log"))?),
+        log: Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("output.log"))?,
+        ),
         quiet,
         prefix: rec.containers.len() > 1,
     });
@@ -554,9 +680,17 @@ fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: Sig
     for (cid, name) in rec.containers.clone() {
         for stream in [Stream::Stdout, Stream::Stderr] {
             let conn = sb.connect().map_err(|e| anyhow!("{e}"))?;
-            let (tx, out, cid, name, first, denied) =
-                (tx.clone(), out.clone(), cid.clone(), name.clone(), first_output.clone(), denied.clone());
-            std::thread::spawn(move || pump(conn, &cid, &name, stream, &out, &tx, &first, &denied, t0));
+            let (tx, out, cid, name, first, denied) = (
+                tx.clone(),
+                out.clone(),
+                cid.clone(),
+                name.clone(),
+                first_output.clone(),
+                denied.clone(),
+            );
+            std::thread::spawn(move || {
+                pump(conn, &cid, &name, stream, &out, &tx, &first, &denied, t0)
+            });
         }
     }
     std::thread::spawn({
@@ -570,7 +704,8 @@ fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: Sig
         }
     });
     drop(tx);
-    let mut remaining: std::collections::BTreeSet<String> = rec.containers.iter().map(|(_, n)| n.clone()).collect();
+    let mut remaining: std::collections::BTreeSet<String> =
+        rec.containers.iter().map(|(_, n)| n.clone()).collect();
     let mut exit = 0;
     let mut lost = false;
     while !remaining.is_empty() {
@@ -582,7 +717,10 @@ fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: Sig
             }
             Ok(Event::AgentLost(e)) => {
                 let log = veil_runtime::sandbox::log_tail(&dir.join("agent.log"), 5);
-                say(quiet, &format!("veil: lost the agent ({e}); tearing the sandbox down\n{log}"));
+                say(
+                    quiet,
+                    &format!("veil: lost the agent ({e}); tearing the sandbox down\n{log}"),
+                );
                 lost = true;
                 exit = 125;
                 break;
@@ -605,18 +743,28 @@ fn run_sandbox(a: &RunArgs, data: &Path, dir: &Path, rec: &mut Record, sigs: Sig
     // mount of the sandbox), then the KBS.
     if !lost {
         for (cid, _) in &rec.containers {
-            let _ = c.call(AgentRequest::RemoveContainer(RemoveContainerRequest { container_id: cid.clone(), timeout_secs: 2 }));
+            let _ = c.call(AgentRequest::RemoveContainer(RemoveContainerRequest {
+                container_id: cid.clone(),
+                timeout_secs: 2,
+            }));
         }
     }
     drop(c);
-    sb.stop(Duration::from_secs(5)).map_err(|e| anyhow!("{e}"))?;
+    sb.stop(Duration::from_secs(5))
+        .map_err(|e| anyhow!("{e}"))?;
     drop(local);
     rec.timings.insert("total_ms".into(), ms(t0));
     if a.timings && !quiet {
-        eprintln!("veil: timings {}", serde_json::Value::Object(rec.timings.clone()));
+        eprintln!(
+            "veil: timings {}",
+            serde_json::Value::Object(rec.timings.clone())
+        );
     }
     if lost {
-        bail!("the agent died while the workload was running (see {})", dir.join("agent.log").display());
+        bail!(
+            "the agent died while the workload was running (see {})",
+            dir.join("agent.log").display()
+        );
     }
     Ok(exit)
 }
@@ -625,7 +773,9 @@ fn wait_exit(sb: &ProcessSandbox, cid: &str) -> Result<i32> {
     let mut c = sb.connect().map_err(|e| anyhow!("{e}"))?;
     loop {
         let s: StatsContainerResult = c
-            .call_typed(AgentRequest::StatsContainer(StatsContainerRequest { container_id: cid.into() }))
+            .call_typed(AgentRequest::StatsContainer(StatsContainerRequest {
+                container_id: cid.into(),
+            }))
             .map_err(|e| anyhow!("{e}"))?;
         if let Some(code) = s.exit_code {
             return Ok(code);
@@ -650,15 +800,18 @@ fn pump(
     t0: Instant,
 ) {
     loop {
-        let r: Result<ReadStreamResult, CallError> = c.call_typed(AgentRequest::ReadStream(ReadStreamRequest {
-            container_id: cid.into(),
-            exec_id: String::new(),
-            stream,
-            max_bytes: 0,
-        }));
+        let r: Result<ReadStreamResult, CallError> =
+            c.call_typed(AgentRequest::ReadStream(ReadStreamRequest {
+                container_id: cid.into(),
+                exec_id: String::new(),
+                stream,
+                max_bytes: 0,
+            }));
         match r {
             Ok(r) => {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(r.data).unwrap_or_default();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(r.data)
+                    .unwrap_or_default();
                 if !bytes.is_empty() {
                     if let Ok(mut f) = first.lock() {
                         f.get_or_insert(t0.elapsed().as_millis() as u64);
@@ -666,7 +819,10 @@ fn pump(
                     out.write(name, stream, &bytes);
                 }
                 if r.eof {
-                    let _ = tx.send(Event::Exited { container: name.into(), code: r.exit_code.unwrap_or(0) });
+                    let _ = tx.send(Event::Exited {
+                        container: name.into(),
+                        code: r.exit_code.unwrap_or(0),
+                    });
                     return;
                 }
             }
@@ -674,18 +830,25 @@ fn pump(
                 if stream == Stream::Stdout {
                     let msg = e.to_string();
                     if !out.quiet {
-                        eprintln!("veil: the policy does not allow reading the output of {name}: {msg}");
+                        eprintln!(
+                            "veil: the policy does not allow reading the output of {name}: {msg}"
+                        );
                     }
                     if let Ok(mut d) = denied.lock() {
                         *d = msg;
                     }
                 }
                 loop {
-                    match c.call_typed::<StatsContainerResult>(AgentRequest::StatsContainer(StatsContainerRequest {
-                        container_id: cid.into(),
-                    })) {
+                    match c.call_typed::<StatsContainerResult>(AgentRequest::StatsContainer(
+                        StatsContainerRequest {
+                            container_id: cid.into(),
+                        },
+                    )) {
                         Ok(s) if s.exit_code.is_some() => {
-                            let _ = tx.send(Event::Exited { container: name.into(), code: s.exit_code.unwrap_or(0) });
+                            let _ = tx.send(Event::Exited {
+                                container: name.into(),
+                                code: s.exit_code.unwrap_or(0),
+                            });
                             return;
                         }
                         Ok(_) => std::thread::sleep(Duration::from_millis(100)),
@@ -705,8 +868,15 @@ fn pump(
 }
 
 fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool) {
-    let m_ok = if h.measurement == rec.expected_measurement { "matches the launch measurement" } else { "DIFFERS from the launch measurement" };
-    eprintln!("veil: sandbox {} ({}): process sandbox, TEE: {}", rec.id, rec.name, h.tee);
+    let m_ok = if h.measurement == rec.expected_measurement {
+        "matches the launch measurement"
+    } else {
+        "DIFFERS from the launch measurement"
+    };
+    eprintln!(
+        "veil: sandbox {} ({}): process sandbox, TEE: {}",
+        rec.id, rec.name, h.tee
+    );
     if h.tee == "sim" {
         eprintln!("  WARNING: {}", veil_attest::sim::WARNING);
     }
@@ -714,16 +884,34 @@ fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool) {
     eprintln!(
         "  init-data    {} ({})",
         h.init_data_digest,
-        if rec.policy_generated { "policy generated from the image" } else { "from --init-data" }
+        if rec.policy_generated {
+            "policy generated from the image"
+        } else {
+            "from --init-data"
+        }
     );
     let att = &h.attestation;
-    let kbs = if embedded { format!("{} (embedded, dev mode)", att.kbs_url) } else { att.kbs_url.clone() };
+    let kbs = if embedded {
+        format!("{} (embedded, dev mode)", att.kbs_url)
+    } else {
+        att.kbs_url.clone()
+    };
     match att.status.as_str() {
-        "ok" => eprintln!("  attestation  ok: token {}, KBS {kbs}", if att.ear_status.is_empty() { "issued" } else { &att.ear_status }),
+        "ok" => eprintln!(
+            "  attestation  ok: token {}, KBS {kbs}",
+            if att.ear_status.is_empty() {
+                "issued"
+            } else {
+                &att.ear_status
+            }
+        ),
         other => eprintln!("  attestation  {other} {}", att.error),
     }
     if !att.secrets.is_empty() {
-        eprintln!("  secrets      {} (in /run/veil/secrets)", att.secrets.join(", "));
+        eprintln!(
+            "  secrets      {} (in /run/veil/secrets)",
+            att.secrets.join(", ")
+        );
     }
 }
 
@@ -734,14 +922,16 @@ fn connect(key: &str) -> Result<(PathBuf, Record, AgentClient)> {
     if rec.effective_status() != "running" {
         bail!("sandbox {} is {}", rec.id, rec.effective_status());
     }
-    let c = AgentClient::connect(&rec.socket, Duration::from_secs(30)).map_err(|e| anyhow!("connecting to the agent of {}: {e}", rec.id))?;
+    let c = AgentClient::connect(&rec.socket, Duration::from_secs(30))
+        .map_err(|e| anyhow!("connecting to the agent of {}: {e}", rec.id))?;
     Ok((data, rec, c))
 }
 
 fn policy_of(rec: &Record) -> Result<PolicyData> {
     let bytes = std::fs::read(&rec.init_data_file)?;
     let p = ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{e}"))?;
-    veil_policy::rego::extract_policy_data(p.init_data.policy().map_err(|e| anyhow!("{e}"))?).map_err(|e| anyhow!("{e}"))
+    veil_policy::rego::extract_policy_data(p.init_data.policy().map_err(|e| anyhow!("{e}"))?)
+        .map_err(|e| anyhow!("{e}"))
 }
 
 /// `veil exec`: exit code of the command; 126 when the policy refuses it.
@@ -749,12 +939,28 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
     let (_, rec, mut c) = connect(&a.id)?;
     let policy = policy_of(&rec)?;
     let (cid, name) = match &a.container {
-        Some(n) => rec.containers.iter().find(|(_, cn)| cn == n).cloned().ok_or_else(|| anyhow!("no container {n:?}"))?,
-        None => rec.containers.first().cloned().ok_or_else(|| anyhow!("the sandbox has no containers"))?,
+        Some(n) => rec
+            .containers
+            .iter()
+            .find(|(_, cn)| cn == n)
+            .cloned()
+            .ok_or_else(|| anyhow!("no container {n:?}"))?,
+        None => rec
+            .containers
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("the sandbox has no containers"))?,
     };
-    let cp = policy.container(&name).ok_or_else(|| anyhow!("container {name} is not in the policy"))?;
+    let cp = policy
+        .container(&name)
+        .ok_or_else(|| anyhow!("container {name} is not in the policy"))?;
     let exec_id = format!("exec-{}", new_id());
-    match c.call(AgentRequest::ExecProcess(requests::exec_process(cp, &cid, &exec_id, a.command.clone()))) {
+    match c.call(AgentRequest::ExecProcess(requests::exec_process(
+        cp,
+        &cid,
+        &exec_id,
+        a.command.clone(),
+    ))) {
         Ok(_) => {}
         Err(e) if e.is_denied() => {
             eprintln!("veil: exec refused: {e}");
@@ -764,7 +970,8 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
     }
     let mut handles = Vec::new();
     for stream in [Stream::Stdout, Stream::Stderr] {
-        let mut c = AgentClient::connect(&rec.socket, Duration::from_secs(30)).map_err(|e| anyhow!("{e}"))?;
+        let mut c = AgentClient::connect(&rec.socket, Duration::from_secs(30))
+            .map_err(|e| anyhow!("{e}"))?;
         let (cid, exec_id) = (cid.clone(), exec_id.clone());
         handles.push(std::thread::spawn(move || -> Result<i32> {
             loop {
@@ -776,9 +983,13 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
                         max_bytes: 0,
                     }))
                     .map_err(|e| anyhow!("{e}"))?;
-                let b = base64::engine::general_purpose::STANDARD.decode(r.data).unwrap_or_default();
+                let b = base64::engine::general_purpose::STANDARD
+                    .decode(r.data)
+                    .unwrap_or_default();
                 let _ = match stream {
-                    Stream::Stdout => std::io::stdout().write_all(&b).and_then(|_| std::io::stdout().flush()),
+                    Stream::Stdout => std::io::stdout()
+                        .write_all(&b)
+                        .and_then(|_| std::io::stdout().flush()),
                     Stream::Stderr => std::io::stderr().write_all(&b),
                 };
                 if r.eof {
@@ -799,10 +1010,14 @@ pub fn logs(a: IdArgs) -> Result<ExitCode> {
     let data = data_dir()?;
     let rec = Record::find(&data, &a.id)?;
     if !rec.stdio_denied.is_empty() {
-        eprintln!("veil: logs of {} are not available: {}", rec.id, rec.stdio_denied);
+        eprintln!(
+            "veil: logs of {} are not available: {}",
+            rec.id, rec.stdio_denied
+        );
         return Ok(ExitCode::from(1));
     }
-    let bytes = std::fs::read(record::dir_of(&data, &rec.id).join("output.log")).unwrap_or_default();
+    let bytes =
+        std::fs::read(record::dir_of(&data, &rec.id).join("output.log")).unwrap_or_default();
     std::io::stdout().write_all(&bytes)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -810,7 +1025,10 @@ pub fn logs(a: IdArgs) -> Result<ExitCode> {
 /// `veil ps`.
 pub fn ps(a: PsArgs) -> Result<ExitCode> {
     let data = data_dir()?;
-    let all: Vec<Record> = Record::all(&data)?.into_iter().filter(|r| a.all || r.effective_status() == "running").collect();
+    let all: Vec<Record> = Record::all(&data)?
+        .into_iter()
+        .filter(|r| a.all || r.effective_status() == "running")
+        .collect();
     if a.json {
         let v: Vec<serde_json::Value> = all
             .iter()
@@ -819,14 +1037,30 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<14} {:<20} {:<12} {:<30} IMAGE", "ID", "NAME", "STATUS", "TEE / INIT-DATA");
+    println!(
+        "{:<14} {:<20} {:<12} {:<30} IMAGE",
+        "ID", "NAME", "STATUS", "TEE / INIT-DATA"
+    );
     for r in all {
         let status = match (r.effective_status().as_str(), r.exit_code) {
             ("exited", Some(c)) => format!("exited ({c})"),
             (s, _) => s.to_string(),
         };
-        let tee = r.hello.as_ref().map(|h| format!("{} {}", h.tee, h.init_data_digest.chars().take(20).collect::<String>())).unwrap_or_default();
-        println!("{:<14} {:<20} {:<12} {:<30} {}", r.id, r.name, status, tee, r.image);
+        let tee = r
+            .hello
+            .as_ref()
+            .map(|h| {
+                format!(
+                    "{} {}",
+                    h.tee,
+                    h.init_data_digest.chars().take(20).collect::<String>()
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<14} {:<20} {:<12} {:<30} {}",
+            r.id, r.name, status, tee, r.image
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -835,8 +1069,12 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
 pub fn kill(a: KillArgs) -> Result<ExitCode> {
     let (_, rec, mut c) = connect(&a.id)?;
     for (cid, _) in &rec.containers {
-        c.call(AgentRequest::SignalProcess(SignalProcessRequest { container_id: cid.clone(), exec_id: String::new(), signal: a.signal }))
-            .map_err(|e| anyhow!("signal: {e}"))?;
+        c.call(AgentRequest::SignalProcess(SignalProcessRequest {
+            container_id: cid.clone(),
+            exec_id: String::new(),
+            signal: a.signal,
+        }))
+        .map_err(|e| anyhow!("signal: {e}"))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -854,8 +1092,11 @@ fn stop_record(rec: &Record) -> Result<()> {
     if !rec.owner_alive() {
         return Ok(());
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.owner_pid as i32), Signal::SIGTERM)
-        .map_err(|e| anyhow!("signalling the sandbox owner: {e}"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rec.owner_pid as i32),
+        Signal::SIGTERM,
+    )
+    .map_err(|e| anyhow!("signalling the sandbox owner: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while rec.owner_alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -891,20 +1132,28 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
         let (_, _, mut c) = connect(&rec.id)?;
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);
-        let ev = c.call_typed::<veil_agent::proto::GetEvidenceResult>(AgentRequest::GetEvidence(GetEvidenceRequest {
-            runtime_data: veil_agent_api::Bytes(nonce.to_vec()),
-        }));
+        let ev = c.call_typed::<veil_agent::proto::GetEvidenceResult>(AgentRequest::GetEvidence(
+            GetEvidenceRequest {
+                runtime_data: veil_agent_api::Bytes(nonce.to_vec()),
+            },
+        ));
         out["evidence"] = match ev {
             Ok(ev) if ev.tee == "sim" => {
-                let platform = SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&data)).map_err(|e| anyhow!("{e}"))?;
-                match veil_attest::sim::verify(ev.evidence.to_string().as_bytes(), Some(&platform.root())) {
+                let platform = SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&data))
+                    .map_err(|e| anyhow!("{e}"))?;
+                match veil_attest::sim::verify(
+                    ev.evidence.to_string().as_bytes(),
+                    Some(&platform.root()),
+                ) {
                     Ok(claims) => serde_json::json!({
                         "tee": "sim",
                         "verified": claims.report_data == veil_agent::proto::report_data_for(&nonce).to_vec(),
                         "claims": claims.to_json(),
                         "warning": veil_attest::sim::WARNING,
                     }),
-                    Err(e) => serde_json::json!({"tee": "sim", "verified": false, "error": e.to_string()}),
+                    Err(e) => {
+                        serde_json::json!({"tee": "sim", "verified": false, "error": e.to_string()})
+                    }
                 }
             }
             Ok(ev) => serde_json::json!({"tee": ev.tee, "evidence": ev.evidence}),
@@ -918,7 +1167,8 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
 /// `veil secret`.
 pub fn secret(cmd: SecretCommand) -> Result<ExitCode> {
     let data = data_dir()?;
-    let platform = SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&data)).map_err(|e| anyhow!("{e}"))?;
+    let platform = SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&data))
+        .map_err(|e| anyhow!("{e}"))?;
     let kbs = LocalKbs::start(&data, platform.root())?;
     let admin = kbs.admin_client()?;
     match cmd {
@@ -932,9 +1182,16 @@ pub fn secret(cmd: SecretCommand) -> Result<ExitCode> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
             });
             admin.put_resource(&p, &value).map_err(|e| anyhow!("{e}"))?;
-            eprintln!("veil: stored kbs:///{p} ({} bytes, sealed in {})", value.len(), data.join("kbs").display());
+            eprintln!(
+                "veil: stored kbs:///{p} ({} bytes, sealed in {})",
+                value.len(),
+                data.join("kbs").display()
+            );
         }
-        SecretCommand::Ls => println!("{}", serde_json::to_string_pretty(&admin.list_resources().map_err(|e| anyhow!("{e}"))?)?),
+        SecretCommand::Ls => println!(
+            "{}",
+            serde_json::to_string_pretty(&admin.list_resources().map_err(|e| anyhow!("{e}"))?)?
+        ),
         SecretCommand::Rm { path } => {
             let p = veil_kbs_client::ResourcePath::parse(&path).map_err(|e| anyhow!("{e}"))?;
             admin.delete_resource(&p).map_err(|e| anyhow!("{e}"))?;

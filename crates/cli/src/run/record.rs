@@ -65,7 +65,8 @@ impl Record {
     pub fn save(&self, data: &Path) -> Result<()> {
         let dir = dir_of(data, &self.id);
         let tmp = dir.join(".record.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, dir.join("record.json")).context("saving the sandbox record")?;
         Ok(())
     }
@@ -73,14 +74,18 @@ impl Record {
     /// Load one record.
     pub fn load(data: &Path, id: &str) -> Result<Record> {
         let p = dir_of(data, id).join("record.json");
-        let bytes = std::fs::read(&p).with_context(|| format!("no sandbox {id:?} ({} not found)", p.display()))?;
+        let bytes = std::fs::read(&p)
+            .with_context(|| format!("no sandbox {id:?} ({} not found)", p.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("reading {}", p.display()))
     }
 
     /// Find by id, unique id prefix or name.
     pub fn find(data: &Path, key: &str) -> Result<Record> {
         let all = Self::all(data)?;
-        let hits: Vec<&Record> = all.iter().filter(|r| r.id == key || r.name == key).collect();
+        let hits: Vec<&Record> = all
+            .iter()
+            .filter(|r| r.id == key || r.name == key)
+            .collect();
         if let [one] = hits.as_slice() {
             return Ok((*one).clone());
         }

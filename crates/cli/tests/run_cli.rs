@@ -1,0 +1,420 @@
+//! `veil run` and friends end to end, with the real `veil` and `veil-agent`
+//! binaries, the embedded KBS on loopback and the process sandbox. These
+//! run containers and need root, as CI does.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use veil_image::OciLayout;
+use veil_image::builder::ImageBuilder;
+use veil_image::crypt::kbs::{KbsWrapper, ResourceUri};
+use veil_image::crypt::{KeyWrapper, LayerSelection, encrypt_image};
+use veil_image::spec::{Compression, ContainerConfig};
+
+/// The agent binary next to `veil` (built by cargo on demand).
+fn agent() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("VEIL_AGENT") {
+                return PathBuf::from(p);
+            }
+            let veil = PathBuf::from(env!("CARGO_BIN_EXE_veil"));
+            let profile = veil.parent().unwrap().to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "-q", "-p", "veil-agent", "--bin", "veil-agent"])
+                .env("CARGO_TARGET_DIR", profile.parent().unwrap())
+                .status()
+                .unwrap();
+            assert!(st.success(), "building veil-agent");
+            profile.join("veil-agent")
+        })
+        .clone()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "veil run tests need root (CI runs as root)"
+        );
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    fn veil(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_veil"));
+        c.env("VEIL_DATA_DIR", self.data())
+            .env("VEIL_AGENT", agent());
+        c
+    }
+    fn layout(&self) -> OciLayout {
+        OciLayout::create(self.dir.path().join("layout")).unwrap()
+    }
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A busybox image whose default command is `cmd`.
+fn image(env: &Env, layout: &OciLayout, tag: &str, cmd: &str) {
+    let root = env.dir.path().join(format!("src-{tag}").replace(':', "_"));
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for a in [
+        "sh",
+        "cat",
+        "echo",
+        "sha256sum",
+        "sleep",
+        "wc",
+        "cut",
+        "hostname",
+    ] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
+    }
+    let mut b = ImageBuilder::new(layout);
+    b.config(ContainerConfig {
+        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+        cmd: Some(vec![cmd.into()]),
+        env: Some(vec!["PATH=/bin".into()]),
+        working_dir: Some("/".into()),
+        ..Default::default()
+    });
+    b.add_layer_dir(&root, Compression::Gzip).unwrap();
+    b.finish(tag).unwrap();
+}
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let b = std::fs::read(&p).unwrap_or_default();
+                if b.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|s| s.parse::<u32>().is_ok())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+fn mounts_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+fn sha256_prefix(data: &[u8]) -> String {
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    text(&c.wait_with_output().unwrap().stdout)[..16].to_string()
+}
+
+/// Must hold 1: an encrypted image and a secret; the workload uses the
+/// secret; neither the secret nor the image key is in the data dir.
+#[test]
+fn encrypted_image_and_secret_never_touch_the_data_dir() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(
+        &env,
+        &layout,
+        "plain",
+        "echo fingerprint $(sha256sum /run/veil/secrets/api-key | cut -c1-16)",
+    );
+    let kek = [0x5au8; 32];
+    let wrapper =
+        KbsWrapper::new(ResourceUri::parse("kbs:///default/key/app").unwrap(), &kek).unwrap();
+    let wrappers: [&dyn KeyWrapper; 1] = [&wrapper];
+    encrypt_image(
+        &layout,
+        Some("plain"),
+        &layout,
+        "app:enc",
+        &wrappers,
+        &LayerSelection::All,
+    )
+    .unwrap();
+    let secret = b"correct-horse-battery-staple-7f3a";
+    let secret_file = env.dir.path().join("secret.txt");
+    std::fs::write(&secret_file, secret).unwrap();
+    let kek_file = env.dir.path().join("kek.bin");
+    std::fs::write(&kek_file, kek).unwrap();
+    ok(env
+        .veil()
+        .args(["secret", "put", "default/secret/api-key"])
+        .arg(&secret_file)
+        .output()
+        .unwrap());
+    ok(env
+        .veil()
+        .args(["secret", "put", "default/key/app"])
+        .arg(&kek_file)
+        .output()
+        .unwrap());
+
+    let img = format!("oci:{}:app:enc", layout.root().display());
+    let out = ok(env
+        .veil()
+        .args([
+            "run",
+            "--secret",
+            "api-key=kbs:///default/secret/api-key",
+            &img,
+        ])
+        .output()
+        .unwrap());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stdout.contains(&format!("fingerprint {}", sha256_prefix(secret))),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("WARNING: simulated TEE") && stderr.contains("attestation  ok"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("generated the policy") && stderr.contains("secrets      api-key"),
+        "{stderr}"
+    );
+    for needle in [
+        &secret[..],
+        &kek[..],
+        hex::encode(kek).as_bytes(),
+        hex::encode(secret).as_bytes(),
+    ] {
+        assert_eq!(
+            files_containing(&env.data(), needle),
+            Vec::<PathBuf>::new(),
+            "plaintext found in the data dir"
+        );
+    }
+    for e in std::fs::read_dir(env.data().join("run")).unwrap().flatten() {
+        assert!(
+            !e.path().join("sandbox").exists(),
+            "sandbox dir left in {}",
+            e.path().display()
+        );
+    }
+    assert_eq!(
+        mounts_mentioning(&env.data().to_string_lossy()),
+        Vec::<String>::new()
+    );
+}
+
+/// Must hold 3: exec only what the policy allows; logs refused when stdio is not allowed.
+#[test]
+fn exec_and_logs_follow_the_policy() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo up; sleep 31339");
+    let pod = env.dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: default\n  annotations:\n    policy.veil.dev/exec.app: '[[\"cat\", \"/etc/hostname\"]]'\n    policy.veil.dev/allow-stdio.app: \"false\"\nspec:\n  containers:\n  - name: app\n    image: app:1\n",
+    )
+    .unwrap();
+    let out = ok(env
+        .veil()
+        .args(["run", "-d", "--pod"])
+        .arg(&pod)
+        .arg("--oci-layout")
+        .arg(layout.root())
+        .output()
+        .unwrap());
+    let id = text(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 12, "{}", text(&out.stdout));
+    let ps = ok(env.veil().args(["ps"]).output().unwrap());
+    assert!(
+        text(&ps.stdout).contains(&id) && text(&ps.stdout).contains("running"),
+        "{}",
+        text(&ps.stdout)
+    );
+
+    let out = ok(env
+        .veil()
+        .args(["exec", &id, "--", "cat", "/etc/hostname"])
+        .output()
+        .unwrap());
+    assert_eq!(text(&out.stdout), "web\n");
+    let out = env.veil().args(["exec", &id, "--", "sh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(126));
+    assert!(
+        text(&out.stderr).contains("exec_process: command [\"sh\"] is not allowed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let insp = ok(env.veil().args(["inspect", &id]).output().unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
+    assert_eq!(v["evidence"]["verified"], true, "{v}");
+
+    ok(env.veil().args(["stop", &id]).output().unwrap());
+    assert!(processes_mentioning("sleep 31339").is_empty());
+    let out = env.veil().args(["logs", &id]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("allow_stdio = false"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ps = ok(env.veil().args(["ps", "-a"]).output().unwrap());
+    assert!(text(&ps.stdout).contains(&id), "{}", text(&ps.stdout));
+    ok(env.veil().args(["rm", &id]).output().unwrap());
+    assert!(!env.data().join("run").join(&id).exists());
+}
+
+/// Must hold 5 (first half): an unreachable KBS gives bounded retries, then a clear error.
+#[test]
+fn unreachable_kbs_is_a_clear_bounded_error() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo never");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let start = Instant::now();
+    let out = env
+        .veil()
+        .args([
+            "run",
+            "--kbs",
+            &format!("http://127.0.0.1:{port}"),
+            &format!("oci:{}:app:1", layout.root().display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("failed after 5 attempts") && e.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(!text(&out.stdout).contains("never"));
+}
+
+/// Must hold 6: SIGINT to `veil run` and SIGKILL of the agent leave nothing behind.
+#[test]
+fn interrupting_run_or_killing_the_agent_leaves_nothing() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo ready; sleep 31340");
+    let img = format!("oci:{}:app:1", layout.root().display());
+    for kill_agent in [false, true] {
+        let mut child = env
+            .veil()
+            .args(["run", &img])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        if kill_agent {
+            let rec = std::fs::read_dir(env.data().join("run"))
+                .unwrap()
+                .flatten()
+                .find(|e| e.path().join("sandbox").exists())
+                .unwrap();
+            let r: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(rec.path().join("record.json")).unwrap())
+                    .unwrap();
+            let pid = r["agent_pid"].as_u64().unwrap() as i32;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        } else {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )
+            .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "veil run did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success());
+        assert_eq!(processes_mentioning("sleep 31340"), Vec::<String>::new());
+        assert_eq!(
+            processes_mentioning(&env.data().to_string_lossy()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            mounts_mentioning(&env.data().to_string_lossy()),
+            Vec::<String>::new()
+        );
+        for e in std::fs::read_dir(env.data().join("run")).unwrap().flatten() {
+            assert!(
+                !e.path().join("sandbox").exists(),
+                "sandbox dir left behind"
+            );
+        }
+    }
+}

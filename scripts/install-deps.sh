@@ -18,6 +18,8 @@ PACKAGES=(
   libssl-dev
   # veil run: runc is the baseline of `veil bench run`
   runc
+  # veil measure: Debian's OVMF builds (SNP/TDX launch-measurement interop), python3-venv for sev-snp-measure
+  ovmf python3-venv
   # policy / kbs / run: added by their work
 )
 
@@ -31,6 +33,16 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# veil measure interop: the reference SNP launch-digest tool, pinned, in its own
+# venv (tests look for it here, or at $VEIL_SEV_SNP_MEASURE).
+SEV_SNP_MEASURE_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/veil/sev-snp-measure-0.0.13"
+if [ "$("$SEV_SNP_MEASURE_VENV/bin/sev-snp-measure" --version 2>/dev/null)" != "sev-snp-measure 0.0.13" ]; then
+  echo "install-deps: installing sev-snp-measure 0.0.13 into $SEV_SNP_MEASURE_VENV" >&2
+  rm -rf "$SEV_SNP_MEASURE_VENV"
+  python3 -m venv "$SEV_SNP_MEASURE_VENV"
+  "$SEV_SNP_MEASURE_VENV/bin/pip" install -q --disable-pip-version-check sev-snp-measure==0.0.13
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then

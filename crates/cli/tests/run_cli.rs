@@ -255,6 +255,44 @@ fn encrypted_image_and_secret_never_touch_the_data_dir() {
     );
 }
 
+/// A workload that writes and exits at once: its output and exit code reach
+/// the terminal every time (a teardown triggered by the end of the empty
+/// stderr stream must not race the stdout pump).
+#[test]
+fn output_and_exit_code_of_a_short_lived_workload_are_never_lost() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo never-the-default");
+    let img = format!("oci:{}:app:1", layout.root().display());
+    for i in 0..4 {
+        let out = env
+            .veil()
+            .args(["run", "--rm", &img, "--", "/bin/sh", "-c"])
+            .arg(format!("echo fast-{i}; echo to-stderr >&2; exit 7"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            format!("fast-{i}\n"),
+            "run {i}: stderr: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("to-stderr"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    }
+    let ps = ok(env.veil().args(["ps", "-a"]).output().unwrap());
+    assert_eq!(
+        text(&ps.stdout).lines().count(),
+        1,
+        "--rm leaves no record: {}",
+        text(&ps.stdout)
+    );
+}
+
 /// Must hold 3: exec only what the policy allows; logs refused when stdio is not allowed.
 #[test]
 fn exec_and_logs_follow_the_policy() {

@@ -354,8 +354,11 @@ fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
 
 /// Events the foreground loop waits for.
 enum Event {
+    /// One output stream of a container reached its end (the process has
+    /// exited and everything it wrote was read).
     Exited {
         container: String,
+        stream: Stream,
         code: i32,
     },
     Signal(Signal),
@@ -704,14 +707,24 @@ fn run_sandbox(
         }
     });
     drop(tx);
-    let mut remaining: std::collections::BTreeSet<String> =
-        rec.containers.iter().map(|(_, n)| n.clone()).collect();
+    // A container is done when *both* of its streams are drained: a process
+    // that writes and exits at once must not lose its output to a teardown
+    // triggered by the other (empty) stream's end.
+    let mut remaining: std::collections::BTreeSet<(String, bool)> = rec
+        .containers
+        .iter()
+        .flat_map(|(_, n)| [(n.clone(), true), (n.clone(), false)])
+        .collect();
     let mut exit = 0;
     let mut lost = false;
     while !remaining.is_empty() {
         match rx.recv() {
-            Ok(Event::Exited { container, code }) => {
-                if remaining.remove(&container) && exit == 0 {
+            Ok(Event::Exited {
+                container,
+                stream,
+                code,
+            }) => {
+                if remaining.remove(&(container, stream == Stream::Stdout)) && exit == 0 {
                     exit = code;
                 }
             }
@@ -821,6 +834,7 @@ fn pump(
                 if r.eof {
                     let _ = tx.send(Event::Exited {
                         container: name.into(),
+                        stream,
                         code: r.exit_code.unwrap_or(0),
                     });
                     return;
@@ -847,6 +861,7 @@ fn pump(
                         Ok(s) if s.exit_code.is_some() => {
                             let _ = tx.send(Event::Exited {
                                 container: name.into(),
+                                stream,
                                 code: s.exit_code.unwrap_or(0),
                             });
                             return;
@@ -897,14 +912,23 @@ fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool) {
         att.kbs_url.clone()
     };
     match att.status.as_str() {
-        "ok" => eprintln!(
-            "  attestation  ok: token {}, KBS {kbs}",
-            if att.ear_status.is_empty() {
+        "ok" => {
+            let status = if att.ear_status.is_empty() {
                 "issued"
             } else {
                 &att.ear_status
-            }
-        ),
+            };
+            // The sim platform's evidence is software-signed, so the KBS's
+            // appraisal marks it contraindicated (hardware = 97); only a
+            // dev-mode KBS releases anything to it. Say so rather than
+            // leave "contraindicated" next to "ok" unexplained.
+            let why = if h.tee == "sim" && att.ear_status == "contraindicated" {
+                " (software-signed sim evidence; released only because the KBS runs in dev mode)"
+            } else {
+                ""
+            };
+            eprintln!("  attestation  ok: token {status}{why}, KBS {kbs}")
+        }
         other => eprintln!("  attestation  {other} {}", att.error),
     }
     if !att.secrets.is_empty() {

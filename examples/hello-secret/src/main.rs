@@ -1,6 +1,8 @@
 //! The example workload. Inside a veil sandbox it finds its secret at
 //! /run/veil/secrets/api-key, fetches the same secret again through the
 //! local API socket, and prints only a fingerprint of it, never the secret.
+//! With `--stay` it then keeps running (until stopped), so the demo can show
+//! what the host may and may not do to a running sandbox.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -45,5 +47,10 @@ fn main() {
         ),
         Ok((code, body)) => println!("local API resource: HTTP {code}: {}", String::from_utf8_lossy(&body)),
         Err(e) => println!("local API: {e}"),
+    }
+    if std::env::args().any(|a| a == "--stay") {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
 }

@@ -70,8 +70,9 @@ if "$VEIL" exec "$id" -- /bin/sh 2>"$WORK/err"; then
   exit 1
 fi
 sed 's/^/  /' "$WORK/err"
-"$VEIL" stop "$id" >/dev/null && "$VEIL" rm "$id" >/dev/null && id=""
+"$VEIL" stop "$id" >/dev/null && "$VEIL" rm "$id" >/dev/null
 echo "  stopped and removed $id: no process, mount or file of it is left"
+id=""
 
 step "6. the host-side data dir holds neither the secret nor the image key in plaintext"
 leaks=$(grep -rlF -e "$secret_text" -e "$image_key" "$VEIL_DATA_DIR" || true)

@@ -7,6 +7,8 @@
 //! - [`sandbox`]: the process sandbox: `veil-agent` in its own mount, PID,
 //!   UTS and IPC namespaces, torn down completely on stop.
 //! - [`client`]: the agent API client (framed JSON over the agent socket).
+//! - [`vm`]: the VM sandbox (QEMU, KVM or TCG; none/sim/SNP/TDX) and the
+//!   guest image builder.
 //! - [`paths`]: veil's data dir.
 //!
 //! The host is untrusted by design: nothing here can make the agent do what
@@ -19,7 +21,9 @@ pub mod paths;
 pub mod requests;
 pub mod sandbox;
 pub mod sim;
+pub mod vm;
 
 pub use client::{AgentClient, CallError};
 pub use sandbox::{ProcessSandbox, SandboxConfig, SandboxError};
 pub use sim::{LaunchRecord, SimPlatform};
+pub use vm::{VmConfig, VmError, VmSandbox};

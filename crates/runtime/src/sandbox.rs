@@ -35,7 +35,7 @@ use veil_agent::proto::Hello;
 use veil_policy::{BindingField, InitDataDigest, ParsedInitData};
 
 use crate::client::AgentClient;
-use crate::measure::{LaunchConfig, file_sha384, measurement};
+use crate::measure::{LaunchConfig, file_sha384_cached, measurement};
 use crate::sim::{LaunchRecord, SimPlatform};
 
 /// The fd number the agent finds the sim platform channel at.
@@ -142,10 +142,11 @@ impl ProcessSandbox {
         let digest = parsed.digest();
         let root = nix::unistd::geteuid().is_root();
         let ns = namespaces(root);
-        let agent_sha384 = file_sha384(&cfg.agent_binary).map_err(io_err(format!(
-            "reading the agent binary {}",
-            cfg.agent_binary.display()
-        )))?;
+        let agent_sha384 =
+            file_sha384_cached(&cfg.agent_binary, platform.dir()).map_err(io_err(format!(
+                "reading the agent binary {}",
+                cfg.agent_binary.display()
+            )))?;
         let m = measurement(
             &agent_sha384,
             &LaunchConfig {

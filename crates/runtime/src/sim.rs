@@ -50,6 +50,13 @@ pub struct SimPlatform {
     key_path: PathBuf,
 }
 
+impl SimPlatform {
+    /// The directory holding the platform key (and its digest cache).
+    pub fn dir(&self) -> &Path {
+        self.key_path.parent().unwrap_or(Path::new("."))
+    }
+}
+
 impl std::fmt::Debug for SimPlatform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimPlatform")

@@ -1,0 +1,479 @@
+//! The QEMU command line of a VM sandbox, and the host checks that decide
+//! which accelerator and which TEE can be used.
+//!
+//! Built as a plain argv (a pure function of [`QemuConfig`]) so that the
+//! SNP and TDX launch configurations can be checked by unit tests on a host
+//! without either.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+/// The guest's address on QEMU's user-mode network.
+pub const GUEST_IP: &str = "10.0.2.15";
+/// The address guest-forwarded host services appear at inside the guest.
+pub const HOST_SERVICES_IP: &str = "10.0.2.100";
+/// The TCP port the agent listens on inside the guest.
+pub const AGENT_PORT: u16 = 1024;
+/// The virtio-serial port name of the sim platform channel.
+pub const SIM_PORT_NAME: &str = "veil.sim";
+/// The fw_cfg item carrying init-data.
+pub const INIT_DATA_FW_CFG: &str = "opt/veil/init-data";
+
+/// The accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The TEE a VM is launched with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmTee {
+    /// No TEE and no attestation.
+    None,
+    /// The sim platform over a virtio-serial port (the inherited fd).
+    Sim { channel_fd: i32 },
+    /// AMD SEV-SNP: `host_data` = init-data digest (32 bytes), OVMF built for SEV.
+    Snp {
+        firmware: PathBuf,
+        host_data: [u8; 32],
+        cbitpos: u32,
+        reduced_phys_bits: u32,
+    },
+    /// Intel TDX: `mrconfigid` = init-data digest (48 bytes), TDVF.
+    Tdx {
+        firmware: PathBuf,
+        mrconfigid: [u8; 48],
+    },
+}
+
+impl VmTee {
+    /// `none`, `sim`, `snp`, `tdx`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VmTee::None => "none",
+            VmTee::Sim { .. } => "sim",
+            VmTee::Snp { .. } => "snp",
+            VmTee::Tdx { .. } => "tdx",
+        }
+    }
+}
+
+/// A host service the guest reaches at `HOST_SERVICES_IP:guest_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestForward {
+    pub guest_port: u16,
+    /// The command QEMU runs per guest connection, with the connection on
+    /// its stdin/stdout (a relay to the host service).
+    pub command: Vec<String>,
+}
+
+/// Everything the command line depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuConfig {
+    pub accel: Accel,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Host loopback port forwarded to the agent.
+    pub agent_host_port: u16,
+    pub forwards: Vec<GuestForward>,
+    /// File with the init-data (fw_cfg).
+    pub init_data_file: PathBuf,
+    /// Read-only disk with the OCI layout archive.
+    pub oci_disk: Option<PathBuf>,
+    pub tee: VmTee,
+}
+
+/// QEMU's option syntax: a `,` inside a value is written `,,`.
+fn esc(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+fn p(path: &Path) -> String {
+    esc(&path.to_string_lossy())
+}
+
+/// The kernel command line (measured).
+pub fn kernel_cmdline(tee: &str) -> String {
+    format!("console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable no_timer_check veil.tee={tee}")
+}
+
+/// The QEMU arguments (without the binary).
+pub fn argv(c: &QemuConfig) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |v: &[&str]| a.extend(v.iter().map(|s| s.to_string()));
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+    ]);
+    let mut machine = format!("q35,accel={}", c.accel.as_str());
+    match &c.tee {
+        VmTee::Snp { .. } => {
+            machine.push_str(",confidential-guest-support=sev0,memory-backend=ram0")
+        }
+        VmTee::Tdx { .. } => {
+            machine.push_str(",kernel-irqchip=split,confidential-guest-support=tdx0")
+        }
+        _ => {}
+    }
+    let cpu = match (&c.tee, c.accel) {
+        (VmTee::Snp { .. }, _) => "EPYC-v4",
+        (_, Accel::Kvm) => "host",
+        (_, Accel::Tcg) => "max",
+    };
+    push(&["-machine", &machine, "-cpu", cpu]);
+    push(&[
+        "-smp",
+        &c.vcpus.to_string(),
+        "-m",
+        &format!("{}M", c.memory_mib),
+    ]);
+    match &c.tee {
+        VmTee::Snp {
+            firmware,
+            host_data,
+            cbitpos,
+            reduced_phys_bits,
+        } => {
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id=ram0,size={}M,share=true,prealloc=false",
+                    c.memory_mib
+                ),
+                "-object",
+                &format!(
+                    "sev-snp-guest,id=sev0,cbitpos={cbitpos},reduced-phys-bits={reduced_phys_bits},kernel-hashes=on,host-data={}",
+                    B64.encode(host_data)
+                ),
+                "-bios",
+                &p(firmware),
+            ]);
+        }
+        VmTee::Tdx {
+            firmware,
+            mrconfigid,
+        } => {
+            push(&[
+                "-object",
+                &format!(
+                    "{{\"qom-type\":\"tdx-guest\",\"id\":\"tdx0\",\"mrconfigid\":\"{}\"}}",
+                    B64.encode(mrconfigid)
+                ),
+                "-bios",
+                &p(firmware),
+            ]);
+        }
+        _ => {}
+    }
+    push(&[
+        "-kernel",
+        &p(&c.kernel),
+        "-initrd",
+        &p(&c.initrd),
+        "-append",
+        &c.cmdline,
+    ]);
+    // Serial console on QEMU's stdout (captured by the launcher).
+    push(&[
+        "-chardev",
+        "stdio,id=con0,signal=off",
+        "-serial",
+        "chardev:con0",
+    ]);
+    // User-mode network: no route out (restrict=on); the agent API is
+    // forwarded from the host's loopback, host services into the guest.
+    let mut net = format!(
+        "user,id=net0,restrict=on,ipv6=off,hostfwd=tcp:127.0.0.1:{}-{GUEST_IP}:{AGENT_PORT}",
+        c.agent_host_port
+    );
+    for f in &c.forwards {
+        net.push_str(&format!(
+            ",guestfwd=tcp:{HOST_SERVICES_IP}:{}-cmd:{}",
+            f.guest_port,
+            esc(&f.command.join(" "))
+        ));
+    }
+    push(&[
+        "-netdev",
+        &net,
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=",
+    ]);
+    push(&[
+        "-fw_cfg",
+        &format!("name={INIT_DATA_FW_CFG},file={}", p(&c.init_data_file)),
+    ]);
+    if let Some(d) = &c.oci_disk {
+        push(&[
+            "-drive",
+            &format!("if=none,id=oci,file={},format=raw,readonly=on", p(d)),
+            "-device",
+            "virtio-blk-pci,drive=oci",
+        ]);
+    }
+    if let VmTee::Sim { channel_fd } = &c.tee {
+        push(&[
+            "-device",
+            "virtio-serial-pci,id=vser0",
+            "-chardev",
+            &format!("socket,id=sim0,fd={channel_fd}"),
+            "-device",
+            &format!("virtserialport,bus=vser0.0,chardev=sim0,name={SIM_PORT_NAME}"),
+        ]);
+    }
+    a
+}
+
+/// Whether KVM can be used: `/dev/kvm` opens read-write and answers
+/// `KVM_GET_API_VERSION` with 12. `Err` says why not.
+pub fn kvm_usable() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+    // SAFETY: an ioctl without arguments on an fd we own.
+    let v = unsafe { libc::ioctl(f.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
+    if v != 12 {
+        return Err(format!(
+            "/dev/kvm: KVM_GET_API_VERSION returned {v}, expected 12"
+        ));
+    }
+    Ok(())
+}
+
+/// Choose the accelerator: `forced` if given, else KVM when usable, else
+/// TCG; with the reason when KVM is not used.
+pub fn choose_accel(forced: Option<Accel>) -> (Accel, String) {
+    match forced {
+        Some(a) => (a, format!("{} (requested)", a.as_str())),
+        None => match kvm_usable() {
+            Ok(()) => (Accel::Kvm, "kvm".into()),
+            Err(why) => (Accel::Tcg, format!("tcg (software emulation, slow: {why})")),
+        },
+    }
+}
+
+/// Where the host checks look (tests point them at a fake tree).
+#[derive(Debug, Clone)]
+pub struct HostRoots {
+    pub dev: PathBuf,
+    pub sys: PathBuf,
+}
+
+impl Default for HostRoots {
+    fn default() -> Self {
+        HostRoots {
+            dev: "/dev".into(),
+            sys: "/sys".into(),
+        }
+    }
+}
+
+fn param_on(path: &Path) -> Result<(), String> {
+    match std::fs::read_to_string(path) {
+        Ok(v) if matches!(v.trim(), "Y" | "y" | "1") => Ok(()),
+        Ok(v) => Err(format!("{} is {:?}, expected Y", path.display(), v.trim())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Check that this host can launch an SNP (`snp`) or TDX (`tdx`) guest;
+/// the error names what is missing.
+pub fn check_host_tee(tee: &str, roots: &HostRoots) -> Result<(), String> {
+    match tee {
+        "snp" => {
+            let sev = roots.dev.join("sev");
+            if !sev.exists() {
+                return Err(format!(
+                    "this host cannot launch SEV-SNP guests: {} does not exist (an AMD EPYC host with SEV-SNP enabled in the BIOS and kvm_amd loaded with sev_snp=1 is needed)",
+                    sev.display()
+                ));
+            }
+            param_on(&roots.sys.join("module/kvm_amd/parameters/sev_snp"))
+                .map_err(|e| format!("this host cannot launch SEV-SNP guests: {e}"))
+        }
+        "tdx" => param_on(&roots.sys.join("module/kvm_intel/parameters/tdx")).map_err(|e| {
+            format!(
+                "this host cannot launch TDX guests: {e} (an Intel host with TDX enabled and kvm_intel loaded with tdx=1 is needed)"
+            )
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(tee: VmTee) -> QemuConfig {
+        QemuConfig {
+            accel: Accel::Tcg,
+            kernel: "/g/vmlinuz".into(),
+            initrd: "/g/initrd.img".into(),
+            cmdline: kernel_cmdline(tee.name()),
+            vcpus: 1,
+            memory_mib: 1024,
+            agent_host_port: 40001,
+            forwards: vec![GuestForward {
+                guest_port: 8080,
+                command: vec![
+                    "/usr/bin/veil".into(),
+                    "guest".into(),
+                    "relay".into(),
+                    "127.0.0.1:8080".into(),
+                ],
+            }],
+            init_data_file: "/s/init-data.toml".into(),
+            oci_disk: Some("/s/oci.tar".into()),
+            tee,
+        }
+    }
+
+    fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+        a.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn sim_launch_has_the_agent_channels_and_a_read_only_image() {
+        let a = argv(&base(VmTee::Sim { channel_fd: 3 }));
+        assert_eq!(after(&a, "-machine"), ["q35,accel=tcg"]);
+        assert_eq!(after(&a, "-cpu"), ["max"]);
+        let net = after(&a, "-netdev")[0];
+        assert!(net.contains("restrict=on"), "{net}");
+        assert!(
+            net.contains("hostfwd=tcp:127.0.0.1:40001-10.0.2.15:1024"),
+            "{net}"
+        );
+        assert!(
+            net.contains(
+                "guestfwd=tcp:10.0.2.100:8080-cmd:/usr/bin/veil guest relay 127.0.0.1:8080"
+            ),
+            "{net}"
+        );
+        assert!(after(&a, "-drive")[0].contains("readonly=on"));
+        assert!(after(&a, "-chardev").contains(&"socket,id=sim0,fd=3"));
+        assert!(
+            after(&a, "-device").contains(&"virtserialport,bus=vser0.0,chardev=sim0,name=veil.sim")
+        );
+        assert_eq!(
+            after(&a, "-fw_cfg"),
+            ["name=opt/veil/init-data,file=/s/init-data.toml"]
+        );
+        assert!(a.contains(&"-no-reboot".to_string()));
+        assert!(after(&a, "-append")[0].contains("veil.tee=sim"));
+    }
+
+    #[test]
+    fn snp_launch_binds_host_data_and_kernel_hashes() {
+        let mut hd = [0u8; 32];
+        hd[0] = 0xAB;
+        let mut c = base(VmTee::Snp {
+            firmware: "/usr/share/ovmf/OVMF.amdsev.fd".into(),
+            host_data: hd,
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+        });
+        c.accel = Accel::Kvm;
+        let a = argv(&c);
+        assert_eq!(
+            after(&a, "-machine"),
+            ["q35,accel=kvm,confidential-guest-support=sev0,memory-backend=ram0"]
+        );
+        assert_eq!(after(&a, "-cpu"), ["EPYC-v4"]);
+        let objs = after(&a, "-object");
+        assert_eq!(
+            objs[0],
+            "memory-backend-memfd,id=ram0,size=1024M,share=true,prealloc=false"
+        );
+        assert_eq!(
+            objs[1],
+            format!(
+                "sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,host-data={}",
+                B64.encode(hd)
+            )
+        );
+        assert_eq!(after(&a, "-bios"), ["/usr/share/ovmf/OVMF.amdsev.fd"]);
+        // No sim channel on hardware.
+        assert!(!a.iter().any(|x| x.contains("veil.sim")));
+    }
+
+    #[test]
+    fn tdx_launch_binds_mrconfigid() {
+        let mut c = base(VmTee::Tdx {
+            firmware: "/usr/share/ovmf/OVMF.inteltdx.fd".into(),
+            mrconfigid: [7u8; 48],
+        });
+        c.accel = Accel::Kvm;
+        let a = argv(&c);
+        assert_eq!(
+            after(&a, "-machine"),
+            ["q35,accel=kvm,kernel-irqchip=split,confidential-guest-support=tdx0"]
+        );
+        let obj = after(&a, "-object")[0];
+        let v: serde_json::Value = serde_json::from_str(obj).unwrap();
+        assert_eq!(v["qom-type"], "tdx-guest");
+        assert_eq!(
+            B64.decode(v["mrconfigid"].as_str().unwrap()).unwrap(),
+            vec![7u8; 48]
+        );
+        assert_eq!(after(&a, "-bios"), ["/usr/share/ovmf/OVMF.inteltdx.fd"]);
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped() {
+        let mut c = base(VmTee::None);
+        c.init_data_file = "/a,b/init".into();
+        let a = argv(&c);
+        assert_eq!(
+            after(&a, "-fw_cfg"),
+            ["name=opt/veil/init-data,file=/a,,b/init"]
+        );
+    }
+
+    #[test]
+    fn host_tee_checks_name_what_is_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let roots = HostRoots {
+            dev: d.path().join("dev"),
+            sys: d.path().join("sys"),
+        };
+        let e = check_host_tee("snp", &roots).unwrap_err();
+        assert!(e.contains("/dev/sev") || e.contains("dev/sev"), "{e}");
+        std::fs::create_dir_all(&roots.dev).unwrap();
+        std::fs::write(roots.dev.join("sev"), "").unwrap();
+        let pdir = roots.sys.join("module/kvm_amd/parameters");
+        std::fs::create_dir_all(&pdir).unwrap();
+        std::fs::write(pdir.join("sev_snp"), "N\n").unwrap();
+        let e = check_host_tee("snp", &roots).unwrap_err();
+        assert!(e.contains("sev_snp") && e.contains("\"N\""), "{e}");
+        std::fs::write(pdir.join("sev_snp"), "Y\n").unwrap();
+        check_host_tee("snp", &roots).unwrap();
+        let e = check_host_tee("tdx", &roots).unwrap_err();
+        assert!(e.contains("kvm_intel/parameters/tdx"), "{e}");
+        check_host_tee("sim", &roots).unwrap();
+    }
+}

@@ -67,6 +67,8 @@ pub struct ManagerConfig {
     pub oci_layout: Option<PathBuf>,
     /// Install the default seccomp profile.
     pub seccomp: bool,
+    /// The image signature trust policy init-data names, if any.
+    pub image_trust: Option<crate::kbs::ImageTrust>,
 }
 
 /// All containers of the sandbox.
@@ -229,7 +231,13 @@ impl Manager {
             .create(&dir)
             .map_err(|e| err("creating the container dir", e))?;
         let rootfs = dir.join("rootfs");
-        let stats = match crate::pull::pull(layout, &r.image, &rootfs, self.kbs.as_ref()) {
+        let stats = match crate::pull::pull(
+            layout,
+            &r.image,
+            &rootfs,
+            self.kbs.as_ref(),
+            self.cfg.image_trust.as_ref(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);

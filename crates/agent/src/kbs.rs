@@ -114,6 +114,63 @@ pub fn target_of(
     )))
 }
 
+/// Where the image signature trust policy (containers-policy.json) comes
+/// from: init-data `cdh.toml` `[image]`, as CoCo's image-rs reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageTrust {
+    /// `image_security_policy = "<JSON>"`: inline, measured with init-data.
+    Inline(String),
+    /// `image_security_policy_uri = "kbs:///repo/type/tag"`: fetched from
+    /// the KBS after attestation.
+    Kbs(ResourcePath),
+}
+
+/// The image trust policy init-data asks for, if any. Only inline policies
+/// and `kbs:///` URIs are accepted: anything else (e.g. `file://`) would
+/// let the untrusted host choose the policy.
+pub fn image_trust_of(init_data: &ParsedInitData) -> Result<Option<ImageTrust>, String> {
+    let Some(cdh) = init_data.init_data.data.get(CDH_KEY) else {
+        return Ok(None);
+    };
+    let v: toml::Table = toml::from_str(cdh).map_err(|e| format!("init-data cdh.toml: {e}"))?;
+    let Some(image) = v.get("image") else {
+        return Ok(None);
+    };
+    let image = image
+        .as_table()
+        .ok_or("init-data cdh.toml: [image] must be a table")?;
+    let text = |k: &str| -> Result<Option<&str>, String> {
+        match image.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
+                .ok_or_else(|| format!("init-data cdh.toml: [image] {k} must be a string")),
+        }
+    };
+    match (
+        text("image_security_policy")?,
+        text("image_security_policy_uri")?,
+    ) {
+        (Some(_), Some(_)) => Err(
+            "init-data cdh.toml: [image] has both image_security_policy and image_security_policy_uri; give one"
+                .into(),
+        ),
+        (Some(inline), None) => Ok(Some(ImageTrust::Inline(inline.to_string()))),
+        (None, Some(uri)) => {
+            let path = uri.strip_prefix("kbs:///").ok_or_else(|| {
+                format!(
+                    "init-data cdh.toml: image_security_policy_uri {uri:?} must be kbs:///repo/type/tag (a policy from anywhere else would be chosen by the host)"
+                )
+            })?;
+            ResourcePath::parse(path)
+                .map(|p| Some(ImageTrust::Kbs(p)))
+                .map_err(|e| format!("init-data cdh.toml: image_security_policy_uri {uri:?}: {e}"))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// The file name of a credential path `/run/veil/secrets/NAME`.
 pub fn secret_name(path: &str) -> Result<&str, String> {
     let name = path
@@ -330,6 +387,49 @@ impl KekSource for KbsKeks {
 mod tests {
     use super::*;
     use veil_policy::InitData;
+
+    #[test]
+    fn image_trust_comes_from_init_data_only() {
+        assert_eq!(image_trust_of(&init(None, None)).unwrap(), None);
+        assert_eq!(
+            image_trust_of(&init(None, Some("credentials = []\n"))).unwrap(),
+            None
+        );
+        assert_eq!(
+            image_trust_of(&init(
+                None,
+                Some(
+                    "[image]\nimage_security_policy_uri = \"kbs:///default/security-policy/prod\"\n"
+                )
+            ))
+            .unwrap(),
+            Some(ImageTrust::Kbs(
+                ResourcePath::parse("default/security-policy/prod").unwrap()
+            ))
+        );
+        assert_eq!(
+            image_trust_of(&init(
+                None,
+                Some("[image]\nimage_security_policy = '{\"default\":[{\"type\":\"reject\"}]}'\n")
+            ))
+            .unwrap(),
+            Some(ImageTrust::Inline(
+                "{\"default\":[{\"type\":\"reject\"}]}".into()
+            ))
+        );
+        let e = image_trust_of(&init(
+            None,
+            Some("[image]\nimage_security_policy_uri = \"file:///etc/policy.json\"\n"),
+        ))
+        .unwrap_err();
+        assert!(e.contains("must be kbs:///"), "{e}");
+        let e = image_trust_of(&init(
+            None,
+            Some("[image]\nimage_security_policy_uri = \"kbs:///a/../b\"\n"),
+        ))
+        .unwrap_err();
+        assert!(e.contains("image_security_policy_uri"), "{e}");
+    }
 
     fn init(aa: Option<&str>, cdh: Option<&str>) -> ParsedInitData {
         let mut d = InitData::new(veil_policy::HashAlgorithm::Sha384);

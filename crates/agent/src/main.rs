@@ -318,6 +318,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
             agent_exe,
             oci_layout: a.oci_layout.clone(),
             seccomp: a.seccomp,
+            image_trust: veil_agent::kbs::image_trust_of(&booted.init_data)?,
         },
         kbs,
     ));

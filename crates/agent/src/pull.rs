@@ -3,7 +3,9 @@
 //! refuse before any layer is read if there is none, then decrypt (keys from
 //! the KBS) and unpack every layer with `veil-image`, each checked against
 //! its digest and `diff_id`, into a staging directory that becomes the
-//! rootfs only when everything passed.
+//! rootfs only when everything passed. When init-data names an image trust
+//! policy (`cdh.toml` `[image]`), the image's signatures are checked
+//! against it first, also before any layer is read.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +18,12 @@ use veil_image::spec::layer_kind;
 use veil_image::unpack::{UnpackLimits, unpack_image};
 use veil_image::{OciLayout, Platform, ResolvedImage};
 
-use crate::kbs::{Kbs, KbsKeks};
+use veil_image::sign::cosign;
+use veil_image::sign::policy::{Policy, oci_scopes};
+use veil_image::sign::reference::DockerReference;
+use veil_image::sign::{StoredSignature, Subject, evaluate};
+
+use crate::kbs::{ImageTrust, Kbs, KbsKeks};
 
 /// What a pull did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,17 +79,80 @@ pub fn find_image(layout: &OciLayout, want: &ImageRef) -> Result<ResolvedImage, 
     })
 }
 
-/// Pull `want` from the layout at `layout_dir` into `rootfs` (which must not exist).
+/// Check the signatures of `img` against the trust policy init-data names.
+/// Signatures are the cosign attachments stored next to the image in the
+/// layout (`sha256-<hex>.sig`); keys must be inline (`keyData`) or come
+/// from the KBS, never from a host path.
+pub fn check_signatures(
+    layout: &OciLayout,
+    want: &ImageRef,
+    img: &ResolvedImage,
+    trust: &ImageTrust,
+    kbs: Option<&Arc<Kbs>>,
+) -> Result<String, String> {
+    let refuse = |e: String| {
+        format!(
+            "image signature check for {:?} ({}): {e}; refusing before unpacking any layer",
+            want.reference,
+            img.manifest_digest()
+        )
+    };
+    let bytes: Vec<u8> = match trust {
+        ImageTrust::Inline(s) => s.as_bytes().to_vec(),
+        ImageTrust::Kbs(path) => {
+            let kbs = kbs.ok_or_else(|| {
+                refuse(format!(
+                    "the trust policy is kbs:///{path} but init-data names no KBS"
+                ))
+            })?;
+            kbs.get_resource(path)
+                .map_err(|e| refuse(format!("getting the trust policy kbs:///{path}: {e}")))?
+                .to_vec()
+        }
+    };
+    // Relative keyPath entries would resolve here, where nothing exists.
+    let policy = Policy::parse(&bytes, Path::new("/nonexistent/veil-trust-policy"))
+        .map_err(|e| refuse(format!("the trust policy: {e}")))?;
+    let digest = img.manifest_digest().clone();
+    let sigs: Vec<StoredSignature> = match layout.find(Some(&cosign::attachment_tag(&digest))) {
+        Ok(att) => cosign::read_attachment(layout, &att)
+            .map_err(|e| refuse(format!("reading the signatures: {e}")))?
+            .into_iter()
+            .map(StoredSignature::Sigstore)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let identity = DockerReference::parse(&want.reference).ok();
+    let (transport, scopes) = match &identity {
+        Some(id) => ("docker", id.policy_scopes()),
+        None => ("oci", oci_scopes(layout.root(), None)),
+    };
+    let subject = Subject {
+        manifest_digest: digest,
+        identity,
+    };
+    let ok = evaluate(&policy, transport, &scopes, &subject, &sigs)
+        .map_err(|e| refuse(e.to_string()))?;
+    Ok(format!("{} ({})", ok.scope, ok.reasons.join("; ")))
+}
+
+/// Pull `want` from the layout at `layout_dir` into `rootfs` (which must
+/// not exist), checking signatures first when `trust` is given.
 pub fn pull(
     layout_dir: &Path,
     want: &ImageRef,
     rootfs: &Path,
     kbs: Option<&Arc<Kbs>>,
+    trust: Option<&ImageTrust>,
 ) -> Result<PullStats, String> {
     let start = Instant::now();
     let layout = OciLayout::open(layout_dir)
         .map_err(|e| format!("opening the OCI layout {}: {e}", layout_dir.display()))?;
     let img = find_image(&layout, want)?;
+    if let Some(trust) = trust {
+        let accepted = check_signatures(&layout, want, &img, trust, kbs)?;
+        tracing::info!(image = %want.reference, accepted = %accepted, "image signatures accepted");
+    }
     let encrypted = img
         .layers()
         .iter()

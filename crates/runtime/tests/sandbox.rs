@@ -268,3 +268,82 @@ fn exec_and_logs_follow_the_policy() {
 fn log_of(cfg: &veil_runtime::SandboxConfig) -> String {
     std::fs::read_to_string(&cfg.log_path).unwrap_or_default()
 }
+
+/// When init-data names an image trust policy, the agent checks the image's
+/// cosign signatures against it before unpacking: a signed image runs, an
+/// unsigned one (or one signed by another key) is refused with the reason.
+#[test]
+fn image_signatures_are_checked_when_init_data_asks() {
+    use veil_image::sign::{cosign, reference::DockerReference, sign_sigstore};
+    let env = env();
+    let signed = busybox_image(&env.layout, env.dir.path(), "app:1", "echo signed");
+    let unsigned = busybox_image(&env.layout, env.dir.path(), "other:1", "echo unsigned");
+    let rogue = busybox_image(&env.layout, env.dir.path(), "rogue:1", "echo rogue");
+    let owner = cosign::PrivateKey::generate();
+    let sign = |key: &cosign::PrivateKey, name: &str, digest: &str| {
+        let id = DockerReference::parse(name).unwrap();
+        let d = digest.parse().unwrap();
+        cosign::attach_to_layout(&env.layout, &d, sign_sigstore(key, &id, &d)).unwrap();
+    };
+    sign(&owner, "app:1", &signed);
+    sign(&cosign::PrivateKey::generate(), "rogue:1", &rogue);
+    let _ = unsigned;
+
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: signed\n  namespace: default\nspec:\n  containers:\n  - name: app\n    image: app:1\n  - name: other\n    image: other:1\n  - name: rogue\n    image: rogue:1\n";
+    let (init, data) = init_data_for(pod, env.layout.root(), "");
+    let key_data =
+        base64::engine::general_purpose::STANDARD.encode(owner.public_key().to_pem().unwrap());
+    let trust = format!(
+        r#"{{"default":[{{"type":"sigstoreSigned","keyData":"{key_data}","signedIdentity":{{"type":"matchRepository"}}}}]}}"#
+    );
+    let mut parsed = veil_policy::ParsedInitData::parse(&init).unwrap().init_data;
+    parsed.data.insert(
+        veil_policy::initdata::CDH_KEY.into(),
+        format!("[image]\nimage_security_policy = '{trust}'\n"),
+    );
+    let init = parsed.to_toml().unwrap().into_bytes();
+
+    let cfg = env.config("s6", init);
+    let sb = env.launch(&cfg);
+    let mut c = sb.connect().unwrap();
+    let pod_name = requests::pod_name(&data).unwrap();
+    c.call(AgentRequest::CreateSandbox(requests::create_sandbox(
+        &data, "s6", &pod_name,
+    )))
+    .unwrap();
+    let app = data.container("app").unwrap();
+    c.call(AgentRequest::CreateContainer(requests::create_container(
+        &data, app, "s6", "c1",
+    )))
+    .unwrap();
+    c.call(AgentRequest::StartContainer(StartContainerRequest {
+        container_id: "c1".into(),
+    }))
+    .unwrap();
+    let (out, code) = drain(&mut c, "c1", "", Stream::Stdout).unwrap();
+    assert_eq!(
+        (String::from_utf8_lossy(&out).as_ref(), code),
+        ("signed\n", 0)
+    );
+
+    for (name, id, why) in [
+        ("other", "c2", "no sigstore signature found"),
+        ("rogue", "c3", "sigstoreSigned check failed"),
+    ] {
+        let ctr = data.container(name).unwrap();
+        let msg = c
+            .call(AgentRequest::CreateContainer(requests::create_container(
+                &data, ctr, "s6", id,
+            )))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("image signature check")
+                && msg.contains(&ctr.image.digest)
+                && msg.contains(why)
+                && msg.contains("before unpacking any layer"),
+            "{name}: {msg}"
+        );
+    }
+    sb.stop(Duration::from_secs(5)).unwrap();
+}

@@ -244,13 +244,18 @@ pub enum ReferenceValueCommand {
         #[command(flatten)]
         admin: AdminArgs,
         /// Name, e.g. `measurement` or `min_tcb_snp`.
-        name: String,
+        #[arg(required_unless_present = "from_measure")]
+        name: Option<String>,
         /// Values.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "from_measure")]
         values: Vec<String>,
         /// Parse each value as JSON (numbers, booleans).
         #[arg(long)]
         json: bool,
+        /// Set the reference values of `veil measure` documents instead (repeatable;
+        /// values are merged per name, and replace that name's stored values).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "values", "json"])]
+        from_measure: Vec<PathBuf>,
     },
     /// Show one name's values.
     Get {
@@ -582,7 +587,12 @@ fn reference_value(c: ReferenceValueCommand) -> Result<ExitCode> {
             name,
             values,
             json,
+            from_measure,
         } => {
+            if !from_measure.is_empty() {
+                return reference_values_from_measure(&admin, &from_measure);
+            }
+            let name = name.context("a reference value name is required")?;
             let vals: Vec<serde_json::Value> = values
                 .iter()
                 .map(|v| {
@@ -602,6 +612,32 @@ fn reference_value(c: ReferenceValueCommand) -> Result<ExitCode> {
         ReferenceValueCommand::List { admin } => {
             print_json(&admin_client(&admin)?.list_reference_values()?)
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reference-value set --from-measure FILE…`: load `veil measure` documents.
+fn reference_values_from_measure(admin: &AdminArgs, files: &[PathBuf]) -> Result<ExitCode> {
+    use veil_measure::report::{MAX_REPORT_BYTES, MeasurementReport, merge_reference_values};
+    let mut reports = Vec::new();
+    for f in files {
+        let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, MAX_REPORT_BYTES as u64 + 1),
+            &mut bytes,
+        )
+        .with_context(|| format!("reading {}", f.display()))?;
+        let report =
+            MeasurementReport::from_json(&bytes).with_context(|| f.display().to_string())?;
+        reports.push(report);
+    }
+    let merged = merge_reference_values(&reports);
+    let client = admin_client(admin)?;
+    for (name, values) in &merged {
+        let vals: Vec<serde_json::Value> = values.iter().cloned().map(Into::into).collect();
+        client.set_reference_value(name, &vals)?;
+        println!("reference value {name} set ({} values)", vals.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ mod attest_dcap;
 mod bench;
 mod image;
 mod kbs;
+mod measure;
 mod output;
 mod policy;
 mod run;
@@ -38,6 +39,9 @@ enum Command {
     /// Key broker (Trustee KBS protocol): serve, administer, fetch resources as a guest.
     #[command(subcommand)]
     Kbs(kbs::KbsCommand),
+    /// Expected launch measurements (SEV-SNP digest, TDX MRTD) as KBS reference values.
+    #[command(subcommand)]
+    Measure(measure::MeasureCommand),
     /// Workload policies: generate from Kubernetes YAML, digest, check, diff.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Kbs(cmd) => kbs::run(cmd),
+        Command::Measure(cmd) => measure::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Run(a) => run::run(a),
         Command::Ps(a) => run::ps(a),

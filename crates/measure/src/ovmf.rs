@@ -20,8 +20,9 @@ pub const MAX_TABLE_ENTRIES: usize = 64;
 /// Most SEV or TDVF metadata sections accepted (real images have 5-7).
 pub const MAX_SECTIONS: usize = 64;
 /// Most pages all metadata sections together may describe (real images: ~100
-/// for SEV, ~1000 for TDX). Bounds the hashing work a hostile image can ask for.
-pub const MAX_SECTION_PAGES: u64 = 1 << 16;
+/// for SEV, ~1100 for TDX; 16384 pages is 64 MiB). Bounds the hashing work a
+/// hostile image can ask for.
+pub const MAX_SECTION_PAGES: u64 = 1 << 14;
 /// Page size of both SEV-SNP and TDX.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -101,7 +102,8 @@ impl<'a> Firmware<'a> {
         // Entries occupy [table_start, footer_at).
         let table_start = footer_end.checked_sub(table_size).ok_or_else(|| {
             Error::FooterTable(format!(
-                "footer size {table_size} reaches before the start of the {}-byte image",
+                "truncated table: the footer declares {table_size} bytes but only {footer_end} \
+                 bytes precede the reset vector in the {}-byte image",
                 data.len()
             ))
         })?;
@@ -129,9 +131,7 @@ impl<'a> Firmware<'a> {
                 )));
             }
             if entries.iter().any(|(g, _)| *g == guid) {
-                return Err(Error::FooterTable(format!(
-                    "entry {guid} appears twice"
-                )));
+                return Err(Error::FooterTable(format!("entry {guid} appears twice")));
             }
             if entries.len() == MAX_TABLE_ENTRIES {
                 return Err(Error::FooterTable(format!(
@@ -215,7 +215,9 @@ impl<'a> Firmware<'a> {
             ))
         })?;
         let d = self.data;
-        let sig = d.get(start..start + 4).ok_or_else(|| bad(truncated_at(start)))?;
+        let sig = d
+            .get(start..start + 4)
+            .ok_or_else(|| bad(truncated_at(start)))?;
         if sig != b"ASEV" {
             return Err(bad(format!(
                 "signature at offset {start:#x} is {sig:02x?}, expected \"ASEV\""
@@ -268,7 +270,11 @@ impl<'a> Firmware<'a> {
                     "sections describe more than {MAX_SECTION_PAGES} pages"
                 )));
             }
-            out.push(SevSection { gpa, size: len, kind });
+            out.push(SevSection {
+                gpa,
+                size: len,
+                kind,
+            });
         }
         Ok(out)
     }
@@ -288,7 +294,9 @@ impl<'a> Firmware<'a> {
             ))
         })?;
         let d = self.data;
-        let sig = d.get(start..start + 4).ok_or_else(|| bad(truncated_at(start)))?;
+        let sig = d
+            .get(start..start + 4)
+            .ok_or_else(|| bad(truncated_at(start)))?;
         if sig != b"TDVF" {
             return Err(bad(format!(
                 "signature at offset {start:#x} is {sig:02x?}, expected \"TDVF\""
@@ -317,14 +325,22 @@ impl<'a> Firmware<'a> {
         let mut pages = 0u64;
         for i in 0..count {
             let at = start + 16 + 32 * i;
-            let (Some(data_offset), Some(raw_size), Some(gpa), Some(mem_size), Some(kind), Some(attributes)) = (
+            let (
+                Some(data_offset),
+                Some(raw_size),
+                Some(gpa),
+                Some(mem_size),
+                Some(kind),
+                Some(attributes),
+            ) = (
                 le_u32(d, at),
                 le_u32(d, at + 4),
                 le_u64(d, at + 8),
                 le_u64(d, at + 16),
                 le_u32(d, at + 24),
                 le_u32(d, at + 28),
-            ) else {
+            )
+            else {
                 return Err(bad(truncated_at(at)));
             };
             let kind = TdvfSectionKind::from_u32(kind).ok_or_else(|| {

@@ -151,7 +151,9 @@ mod tests {
         assert_eq!(back.reference_values["measurement"], vec!["ab".repeat(48)]);
 
         let mut wrong = r.clone();
-        wrong.reference_values.insert("measurement".into(), vec!["cd".repeat(48)]);
+        wrong
+            .reference_values
+            .insert("measurement".into(), vec!["cd".repeat(48)]);
         let e = MeasurementReport::from_json(wrong.to_json().as_bytes()).unwrap_err();
         assert!(e.to_string().contains("not among"), "{e}");
 

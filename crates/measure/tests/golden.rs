@@ -8,7 +8,10 @@ use veil_measure::snp::{self, SevHashes, SnpLaunch, VcpuType, VmmType};
 use veil_measure::tdx::{self, PageAddOrder};
 use veil_measure::{Error, Firmware};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/snp-measure");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/snp-measure"
+);
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
@@ -38,11 +41,23 @@ const X64: &str = "ovmf_OvmfX64_suffix.bin";
 #[test]
 fn amdsev_with_kernel_hashes() {
     assert_eq!(
-        ld(AMD, 1, 0x21, VmmType::Qemu, empty_kernel("console=ttyS0 loglevel=7")),
+        ld(
+            AMD,
+            1,
+            0x21,
+            VmmType::Qemu,
+            empty_kernel("console=ttyS0 loglevel=7")
+        ),
         "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977"
     );
     assert_eq!(
-        ld(AMD, 1, 0x1, VmmType::Qemu, empty_kernel("console=ttyS0 loglevel=7")),
+        ld(
+            AMD,
+            1,
+            0x1,
+            VmmType::Qemu,
+            empty_kernel("console=ttyS0 loglevel=7")
+        ),
         "6d287813eb5222d770f75005c664e34c204f385ce832cc2ce7d0d6f354454362f390ef83a92046c042e706363b4b08fa"
     );
     assert_eq!(
@@ -221,9 +236,7 @@ fn expected_mrtd(img: &[u8], sections: &[[u64; 6]], two_pass: bool) -> String {
             stream.extend(r);
             let from = (s[0] + page * 4096 + c * 256) as usize;
             let end_raw = (s[0] + s[1]) as usize;
-            for i in from..from + 256 {
-                stream.push(if i < end_raw { img[i] } else { 0 });
-            }
+            stream.extend((from..from + 256).map(|i| if i < end_raw { img[i] } else { 0 }));
         }
     };
     for s in sections {
@@ -260,7 +273,10 @@ fn mrtd_matches_the_module_records() {
     let fw = Firmware::parse(&img).unwrap();
     let single = tdx::mrtd(&fw, PageAddOrder::SinglePass).unwrap();
     let two = tdx::mrtd(&fw, PageAddOrder::TwoPass).unwrap();
-    assert_eq!(hex::encode(single.mrtd), expected_mrtd(&img, &sections, false));
+    assert_eq!(
+        hex::encode(single.mrtd),
+        expected_mrtd(&img, &sections, false)
+    );
     assert_eq!(hex::encode(two.mrtd), expected_mrtd(&img, &sections, true));
     assert_ne!(single.mrtd, two.mrtd);
     assert_eq!(single.sections.len(), 5);

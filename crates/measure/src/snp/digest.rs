@@ -39,9 +39,7 @@ pub struct LaunchDigest {
 
 impl Default for LaunchDigest {
     fn default() -> Self {
-        LaunchDigest {
-            ld: [0; LD_BYTES],
-        }
+        LaunchDigest { ld: [0; LD_BYTES] }
     }
 }
 

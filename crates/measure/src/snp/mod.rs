@@ -123,13 +123,11 @@ pub fn launch_digest(fw: &Firmware<'_>, launch: &SnpLaunch) -> Result<SnpMeasure
                     section.size
                 )));
             }
-            let gpa = fw
-                .sev_hashes_table_gpa()?
-                .ok_or(Error::MissingTableEntry {
-                    name: "SEV_HASH_TABLE_RV",
-                    guid: crate::ovmf::SEV_HASH_TABLE_RV_GUID,
-                    why: "the kernel hashes table needs its address",
-                })?;
+            let gpa = fw.sev_hashes_table_gpa()?.ok_or(Error::MissingTableEntry {
+                name: "SEV_HASH_TABLE_RV",
+                guid: crate::ovmf::SEV_HASH_TABLE_RV_GUID,
+                why: "the kernel hashes table needs its address",
+            })?;
             Some((gpa, h.page((gpa & 0xfff) as usize)?))
         }
     };

@@ -90,12 +90,27 @@ mod tests {
     #[test]
     fn signatures_match_real_cpus() {
         // Milan 7763: family 0x19 model 0x01 stepping 1 -> 0x00a00f11.
-        assert_eq!(VcpuType::from_name("EPYC-Milan").unwrap().signature(), 0x00a0_0f11);
+        assert_eq!(
+            VcpuType::from_name("EPYC-Milan").unwrap().signature(),
+            0x00a0_0f11
+        );
         // Naples (EPYC): 0x00800f12; Rome 0x00830f10; Genoa 0x00a10f10.
-        assert_eq!(VcpuType::from_name("epyc").unwrap().signature(), 0x0080_0f12);
-        assert_eq!(VcpuType::from_name("EPYC-Rome").unwrap().signature(), 0x0083_0f10);
-        assert_eq!(VcpuType::from_name("EPYC-Genoa").unwrap().signature(), 0x00a1_0f10);
-        assert_eq!(VcpuType::from_name("EPYC-Turin").unwrap().signature(), 0x00b0_0f00);
+        assert_eq!(
+            VcpuType::from_name("epyc").unwrap().signature(),
+            0x0080_0f12
+        );
+        assert_eq!(
+            VcpuType::from_name("EPYC-Rome").unwrap().signature(),
+            0x0083_0f10
+        );
+        assert_eq!(
+            VcpuType::from_name("EPYC-Genoa").unwrap().signature(),
+            0x00a1_0f10
+        );
+        assert_eq!(
+            VcpuType::from_name("EPYC-Turin").unwrap().signature(),
+            0x00b0_0f00
+        );
     }
 
     #[test]

@@ -69,7 +69,14 @@ pub fn vmsa_page(eip: u32, sev_features: u64, vcpu_sig: u32, vmm: VmmType) -> Bo
     };
     let mut p = Box::new([0u8; 4096]);
     segment(&mut p, seg::ES, 0, 0x93, 0xffff, 0);
-    segment(&mut p, seg::CS, 0xf000, cs_attr, 0xffff, u64::from(eip & 0xffff_0000));
+    segment(
+        &mut p,
+        seg::CS,
+        0xf000,
+        cs_attr,
+        0xffff,
+        u64::from(eip & 0xffff_0000),
+    );
     segment(&mut p, seg::SS, 0, ss_attr, 0xffff, 0);
     segment(&mut p, seg::DS, 0, 0x93, 0xffff, 0);
     segment(&mut p, seg::FS, 0, 0x93, 0xffff, 0);

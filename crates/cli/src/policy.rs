@@ -16,7 +16,9 @@ use clap::{Args, Subcommand};
 use veil_agent_api::{AgentMessage, MAX_MESSAGE_BYTES};
 use veil_policy::diff::diff_init_data;
 use veil_policy::enforce::PolicyEngine;
-use veil_policy::generate::{LayoutResolver, MAX_YAML_BYTES, generate};
+use veil_policy::generate::{
+    ImageResolver, LayoutResolver, MAX_YAML_BYTES, RegistryResolver, generate,
+};
 use veil_policy::initdata::{MAX_INIT_DATA_BYTES, ParsedInitData};
 use veil_policy::settings::{MAX_SETTINGS_BYTES, Settings};
 
@@ -44,8 +46,28 @@ pub struct GenerateArgs {
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// OCI image layout holding the images, tagged by reference (org.opencontainers.image.ref.name).
-    #[arg(long, value_name = "DIR")]
-    image_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "registry",
+        conflicts_with = "registry"
+    )]
+    image_dir: Option<PathBuf>,
+    /// Resolve images through registries (OCI distribution API; linux/amd64
+    /// from indexes; every document checked against its digest). Alone:
+    /// each image from the registry its reference names. With HOST:PORT:
+    /// every image from that registry (a mirror), same repository path.
+    /// Plain HTTP only for loopback registries, HTTPS otherwise.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
+    registry: Option<String>,
+    /// containers/docker auth.json with registry credentials (for --registry).
+    #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+    authfile: Option<PathBuf>,
     /// Settings TOML (platform-injected env, default mounts, KBS, defaults).
     #[arg(long, value_name = "FILE")]
     settings: Option<PathBuf>,
@@ -173,8 +195,26 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
         texts.push(read_text(f, MAX_YAML_BYTES)?);
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let resolver = LayoutResolver::open(&a.image_dir).map_err(anyhow::Error::msg)?;
-    let g = generate(&refs, &resolver, &settings)?;
+    let resolver: Box<dyn ImageResolver> = match (&a.image_dir, a.registry.as_deref()) {
+        (Some(dir), _) => Box::new(LayoutResolver::open(dir).map_err(anyhow::Error::msg)?),
+        (None, Some(mirror)) => {
+            // `--registry pod.yaml` would swallow the file name: say so.
+            if [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| mirror.ends_with(ext))
+            {
+                bail!(
+                    "--registry {mirror:?} looks like a file, not HOST:PORT: put --registry after the files or write --registry=HOST:PORT"
+                );
+            }
+            let mirror = (!mirror.is_empty()).then_some(mirror);
+            Box::new(
+                RegistryResolver::new(mirror, a.authfile.as_deref()).map_err(anyhow::Error::msg)?,
+            )
+        }
+        (None, None) => bail!("give --image-dir DIR or --registry [HOST:PORT]"),
+    };
+    let g = generate(&refs, resolver.as_ref(), &settings)?;
     if a.init_data.is_some() && g.workloads.len() != 1 {
         bail!(
             "--init-data needs exactly one workload, the input defines {} ({})",

@@ -262,3 +262,174 @@ fn diff_is_semantic() {
             r#"~ policy.containers["api"].env["DB_HOST"].value: "db.internal" -> "db.evil""#,
         ));
 }
+
+/// A `docker-registry serve` child on a free 127.0.0.1 port; killed on drop.
+struct TestRegistry {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (scripts/install-deps.sh)");
+        let reg = TestRegistry {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&reg.addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        reg
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn generate_resolves_images_through_a_registry() {
+    use veil_image::builder::ImageBuilder;
+    use veil_image::spec::{Compression, ContainerConfig};
+
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A test image, pushed to the registry.
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("app")).unwrap();
+    std::fs::write(src.join("app/hello.txt"), "hello\n").unwrap();
+    let layout = veil_image::OciLayout::create(dir.path().join("layout")).unwrap();
+    let mut b = ImageBuilder::new(&layout);
+    b.config(ContainerConfig {
+        entrypoint: Some(vec!["/bin/app".into()]),
+        env: Some(vec!["PATH=/bin".into()]),
+        ..Default::default()
+    });
+    b.add_layer_dir(&src, Compression::Gzip).unwrap();
+    b.finish("v1").unwrap();
+    let reference = format!("{}/veil/app:v1", reg.addr);
+    let r = veil_image::registry::parse_reference(&reference).unwrap();
+    let pushed = veil_image::registry::Registry::new(&r, None)
+        .push(&layout, Some("v1"))
+        .unwrap();
+
+    let pod = |image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: app}}\nspec:\n  containers:\n  - {{name: app, image: \"{image}\"}}\n"
+        )
+    };
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let yaml = dir.path().join("pod.yaml");
+    std::fs::write(&yaml, pod(&reference)).unwrap();
+    // Each image from its own registry, then the same through --registry HOST:PORT as a mirror.
+    for (image, registry_arg) in [
+        (reference.clone(), "--registry".to_string()),
+        (
+            "registry.example/veil/app:v1".to_string(),
+            format!("--registry={}", reg.addr),
+        ),
+    ] {
+        std::fs::write(&yaml, pod(&image)).unwrap();
+        let toml = out_dir.join("init.toml");
+        let out = veil()
+            .args(["policy", "generate"])
+            .arg(&yaml)
+            .arg(&registry_arg)
+            .arg("-o")
+            .arg(out_dir.join("out.yaml"))
+            .arg("--init-data")
+            .arg(&toml)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&toml).unwrap();
+        let digest = veil_policy::HashAlgorithm::Sha384.digest(&bytes).hex();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("Pod default/app: init-data sha384 {digest}")),
+            "{stdout}"
+        );
+        let parsed = veil_policy::initdata::ParsedInitData::parse(&bytes).unwrap();
+        let policy =
+            veil_policy::rego::extract_policy_data(parsed.init_data.policy().unwrap()).unwrap();
+        assert_eq!(policy.containers[0].image.digest, pushed.to_string());
+        assert_eq!(policy.containers[0].image.reference, image);
+    }
+
+    // Unresolvable: a clear error, exit 2, nothing written.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(&yaml, pod(&format!("{}/veil/app:absent", reg.addr))).unwrap();
+    veil()
+        .args(["policy", "generate"])
+        .arg(&yaml)
+        .arg("--registry")
+        .arg("-o")
+        .arg(empty.join("out.yaml"))
+        .arg("--init-data")
+        .arg(empty.join("init.toml"))
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("cannot be resolved")
+                .and(predicate::str::contains("veil/app:absent"))
+                .and(predicate::str::contains("not found")),
+        );
+    assert!(only_files(&empty).is_empty(), "{:?}", only_files(&empty));
+
+    // --registry and --image-dir exclude each other; a file given as HOST:PORT is caught.
+    veil()
+        .args(["policy", "generate"])
+        .arg(&yaml)
+        .arg("--registry")
+        .arg("--image-dir")
+        .arg(data("layout"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot be used with"));
+    veil()
+        .args(["policy", "generate", "--registry"])
+        .arg(&yaml)
+        .arg(&yaml)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("looks like a file"));
+    assert!(only_files(&empty).is_empty());
+}

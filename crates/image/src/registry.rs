@@ -166,8 +166,13 @@ impl Registry {
             .max_redirects(5)
             .build()
             .new_agent();
+        // Docker Hub's API lives at registry-1.docker.io (as in containers/image).
+        let host = match reference.domain() {
+            "docker.io" => "registry-1.docker.io",
+            d => d,
+        };
         Registry {
-            base: format!("{scheme}://{}", reference.domain()),
+            base: format!("{scheme}://{host}"),
             repo: reference.clone(),
             creds,
             agent,
@@ -778,6 +783,17 @@ mod tests {
         for h in ["registry.example", "10.0.0.1:5000", "localhost.example"] {
             assert!(!is_loopback(h), "{h}");
         }
+    }
+
+    #[test]
+    fn docker_hub_is_reached_at_its_api_host() {
+        let r = Registry::new(&parse_reference("busybox:1").unwrap(), None);
+        assert_eq!(
+            r.url("manifests/1"),
+            "https://registry-1.docker.io/v2/library/busybox/manifests/1"
+        );
+        let r = Registry::new(&parse_reference("127.0.0.1:5000/a/b").unwrap(), None);
+        assert_eq!(r.url("tags/list"), "http://127.0.0.1:5000/v2/a/b/tags/list");
     }
 
     proptest! {

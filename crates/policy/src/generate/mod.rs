@@ -14,7 +14,7 @@ mod k8s;
 
 use std::collections::BTreeMap;
 
-pub use images::{ImageInfo, ImageResolver, LayoutResolver};
+pub use images::{ImageInfo, ImageResolver, LayoutResolver, RegistryResolver};
 use serde_json::Value;
 
 use crate::binding::InitDataDigest;

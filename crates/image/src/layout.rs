@@ -311,7 +311,34 @@ pub struct BlobWriter {
 impl BlobWriter {
     /// Finish the blob: flush, sync and rename it to its digest.
     pub fn commit(self, media_type: &str) -> Result<Descriptor, SourceError> {
+        self.finish(media_type, None)
+    }
+
+    /// Like [`BlobWriter::commit`], but only if the content's digest is
+    /// `expected`; otherwise the blob is discarded and the mismatch returned.
+    pub fn commit_expecting(
+        self,
+        media_type: &str,
+        expected: &Digest,
+    ) -> Result<Descriptor, SourceError> {
+        self.finish(media_type, Some(expected))
+    }
+
+    fn finish(
+        self,
+        media_type: &str,
+        expected: Option<&Digest>,
+    ) -> Result<Descriptor, SourceError> {
         let (digest, size, buf) = self.inner.finish();
+        if let Some(want) = expected {
+            if &digest != want {
+                return Err(SourceError::DigestMismatch {
+                    what: "blob written".into(),
+                    expected: want.clone(),
+                    actual: digest,
+                });
+            }
+        }
         let tmp = buf
             .into_inner()
             .map_err(|e| SourceError::io("flushing blob", e.into_error()))?;

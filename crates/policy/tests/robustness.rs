@@ -66,3 +66,81 @@ fn arbitrary_policy_text_is_refused_cleanly() {
         .to_string();
     assert!(e.contains("version"), "{e}");
 }
+
+/// A fixed image for generation properties.
+struct FixedImage;
+
+impl veil_policy::generate::ImageResolver for FixedImage {
+    fn resolve(&self, _reference: &str) -> Result<veil_policy::generate::ImageInfo, String> {
+        Ok(veil_policy::generate::ImageInfo {
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--serve".into()],
+            env: vec!["PATH=/bin".into()],
+            working_dir: "/".into(),
+            user: "1000:1000".into(),
+            stop_signal: None,
+        })
+    }
+}
+
+/// Arbitrary JSON-ish values to put where Kubernetes expects something.
+fn value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        ".{0,12}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Pod-shaped documents with arbitrary values in the fields generation
+    /// reads: never a panic; a generated policy is valid and its init-data
+    /// parses back to the digest printed.
+    #[test]
+    fn arbitrary_pod_fields_never_panic(
+        field in prop::sample::select(vec![
+            "command", "args", "env", "envFrom", "workingDir", "securityContext", "volumeMounts",
+            "ports", "resources", "lifecycle", "image", "name", "stdin", "tty",
+        ]),
+        pod_field in prop::sample::select(vec![
+            "volumes", "securityContext", "initContainers", "hostNetwork", "shareProcessNamespace",
+            "runtimeClassName", "serviceAccountName", "hostname",
+        ]),
+        kind in prop::sample::select(vec!["Pod", "Deployment", "Job", "CronJob", "StatefulSet"]),
+        v in value(),
+        w in value(),
+    ) {
+        let mut container = serde_json::json!({"name": "app", "image": "registry.example/app:1"});
+        container[field] = v;
+        let mut spec = serde_json::json!({"containers": [container]});
+        spec[pod_field] = w;
+        let pod_spec = serde_json::json!({"metadata": {"labels": {"app": "x"}}, "spec": spec});
+        let doc = match kind {
+            "Pod" => serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}),
+            "CronJob" => serde_json::json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+                "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": pod_spec}}}}),
+            k => serde_json::json!({"apiVersion": "apps/v1", "kind": k, "metadata": {"name": "d"},
+                "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": pod_spec}}),
+        };
+        // JSON is YAML.
+        let text = doc.to_string();
+        if let Ok(g) = veil_policy::generate::generate(&[&text], &FixedImage, &veil_policy::Settings::default()) {
+            for wl in &g.workloads {
+                prop_assert!(wl.policy.validate().is_ok());
+                let p = ParsedInitData::parse(wl.init_data_toml.as_bytes()).unwrap();
+                prop_assert_eq!(p.digest(), wl.digest.clone());
+            }
+        }
+    }
+}

@@ -20,6 +20,7 @@ pub mod keys;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
+use std::sync::mpsc;
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 use base64::Engine as _;
@@ -30,7 +31,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::digest::{Digest, DigestAlgorithm, Hasher};
-use crate::layout::OciLayout;
+use crate::layout::{BlobWriter, OciLayout};
 use crate::source::{BlobSource, SourceError};
 use crate::spec::{Descriptor, Manifest, Platform, layer_kind, media_type};
 
@@ -208,7 +209,8 @@ impl PublicOptions {
         ))
     }
 
-    fn from_annotation(value: &str) -> Result<Self, CryptError> {
+    /// Parse the `org.opencontainers.image.enc.pubopts` annotation (base64 JSON).
+    pub fn from_annotation(value: &str) -> Result<Self, CryptError> {
         #[derive(serde::Deserialize)]
         struct Raw {
             cipher: String,
@@ -460,8 +462,18 @@ impl Read for DecryptingReader<'_> {
     }
 }
 
+/// Chunks in flight between the two decryption stages (bounds memory to
+/// `(PIPELINE_DEPTH + 2) × CHUNK`).
+const PIPELINE_DEPTH: usize = 4;
+
 /// Decrypt one layer into `dst`; returns the plaintext layer's descriptor.
-/// The blob appears in `dst` only if every check passed.
+/// The blob appears in `dst` only if every check passed: the ciphertext's
+/// digest and size, the HMAC, then the plaintext digest.
+///
+/// Two stages on two threads, so both cores work: this thread reads the
+/// ciphertext (hashing it against its descriptor) and feeds the HMAC; a
+/// worker decrypts and writes the plaintext into a temporary blob (hashing
+/// it). The temporary blob is discarded unless every check passes.
 pub fn decrypt_layer(
     source: &dyn BlobSource,
     layer: &Descriptor,
@@ -476,17 +488,83 @@ pub fn decrypt_layer(
             reason: format!("media type {:?} is not encrypted", layer.media_type),
         })?
         .to_string();
-    let mut reader = DecryptingReader::open(source, layer, unwrappers)?;
-    if reader.plaintext_digest().algorithm() != DigestAlgorithm::Sha256 {
+    let public =
+        PublicOptions::from_annotation(layer.annotations.get(ANNOTATION_PUBOPTS).ok_or_else(
+            || CryptError::Malformed {
+                what: format!("layer {}", layer.digest),
+                reason: format!("encrypted layer without {ANNOTATION_PUBOPTS}"),
+            },
+        )?)?;
+    let opts = unwrap_options(layer, unwrappers)?;
+    if opts.digest.algorithm() != DigestAlgorithm::Sha256 {
         return Err(CryptError::Malformed {
             what: format!("layer {}", layer.digest),
             reason: "plaintext digest must be sha256".into(),
         });
     }
-    let mut out = dst.blob_writer()?;
-    io::copy(&mut reader, &mut out)
-        .map_err(|e| CryptError::from_io(&format!("decrypting layer {}", layer.digest), e))?;
-    let mut desc = out.commit(&base_type)?;
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(&opts.symkey[..])
+        .map_err(|_| CryptError::Internal("HMAC key"))?;
+    let mut cipher = Aes256Ctr::new(&(*opts.symkey).into(), &opts.nonce.into());
+    let mut input = source.open_blob(layer)?;
+    let out = dst.blob_writer()?;
+    let context = format!("decrypting layer {}", layer.digest);
+
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_DEPTH);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..PIPELINE_DEPTH + 1 {
+        let _ = empty_tx.send(vec![0u8; CHUNK]);
+    }
+    let (read, written) = std::thread::scope(|s| {
+        let worker = s.spawn(move || -> io::Result<BlobWriter> {
+            let mut out = out;
+            for (mut buf, n) in full_rx {
+                cipher.apply_keystream(&mut buf[..n]);
+                io::Write::write_all(&mut out, &buf[..n])?;
+                // The reader may have stopped already; the buffer is then dropped.
+                let _ = empty_tx.send(buf);
+            }
+            Ok(out)
+        });
+        let read = (|| -> io::Result<()> {
+            // A closed channel means the worker failed; its error is reported.
+            while let Ok(mut buf) = empty_rx.recv() {
+                let n = read_full(&mut input, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                mac.update(&buf[..n]);
+                if full_tx.send((buf, n)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let written = worker
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("decryption worker panicked")));
+        (read, written)
+    });
+    read.map_err(|e| CryptError::from_io(&context, e))?;
+    let out = written.map_err(|e| CryptError::from_io(&context, e))?;
+    if mac.verify_slice(&public.hmac).is_err() {
+        return Err(CryptError::Refused {
+            check: "layer HMAC",
+            reason: "the ciphertext's HMAC-SHA256 differs from the one in pubopts (tampered layer or wrong key)".into(),
+        });
+    }
+    let mut desc = match out.commit_expecting(&base_type, &opts.digest) {
+        Ok(d) => d,
+        Err(SourceError::DigestMismatch {
+            expected, actual, ..
+        }) => {
+            return Err(CryptError::Refused {
+                check: "decrypted layer digest",
+                reason: format!("expected {expected}, got {actual}"),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     desc.annotations = layer
         .annotations
         .iter()

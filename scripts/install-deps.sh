@@ -20,6 +20,8 @@ PACKAGES=(
   runc
   # veil measure: Debian's OVMF builds (SNP/TDX launch-measurement interop), python3-venv for sev-snp-measure
   ovmf python3-venv
+  # VM sandbox (veil run --sandbox vm, veil guest build): QEMU and Debian's kernel for the guest
+  qemu-system-x86 linux-image-amd64
   # policy / kbs / run: added by their work
 )
 

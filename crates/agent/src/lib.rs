@@ -36,3 +36,5 @@ pub mod seccomp;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod streams;
+#[cfg(feature = "server")]
+pub mod vm;

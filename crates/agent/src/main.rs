@@ -9,7 +9,7 @@
 
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use veil_agent::kbs::{Kbs, secret_name, target_of};
 use veil_agent::local_api::LocalApi;
 use veil_agent::proto::{AttestationStatus, Hello};
 use veil_agent::server::Agent;
+use veil_agent::vm;
 use veil_tee::{DetectRoots, TeeKind, detect};
 
 #[derive(Debug, Default)]
@@ -35,6 +36,10 @@ struct ServeArgs {
     sandbox_id: String,
     pid_namespace: bool,
     seccomp: bool,
+    /// Listen on this TCP port instead of `listen` (VM sandbox).
+    listen_tcp: Option<u16>,
+    /// The sim platform channel, already open (VM sandbox: a virtio-serial port).
+    platform_file: Option<std::fs::File>,
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeArgs, String> {
@@ -75,6 +80,11 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if std::process::id() == 1
+        && (args.len() == 1 || args.get(1).map(String::as_str) == Some(vm::STAGE2_ARG))
+    {
+        pid1(&args);
+    }
     match args.get(1).map(String::as_str) {
         Some("init") => match args.get(2) {
             Some(spec) => ExitCode::from(
@@ -165,6 +175,40 @@ fn enter_pid_namespace() -> Result<(), String> {
     }
 }
 
+/// `/init` of a VM sandbox's guest: set the guest up, then serve; never returns.
+fn pid1(args: &[String]) -> ! {
+    if args.get(1).map(String::as_str) != Some(vm::STAGE2_ARG) {
+        match vm::switch_root() {
+            Ok(never) => match never {},
+            Err(e) => vm::power_off(&format!("switching to a tmpfs root: {e}")),
+        }
+    }
+    let setup = vm::setup().unwrap_or_else(|e| vm::power_off(&e));
+    let tee = match setup.tee.as_str() {
+        "none" => vm::power_off(
+            "veil.tee=none: this agent only serves with a TEE that can bind init-data (sim, snp, tdx)",
+        ),
+        t => TeeKind::parse(t).unwrap_or_else(|e| {
+            vm::power_off(&format!("veil.tee={t:?} on the kernel command line: {e}"))
+        }),
+    };
+    let a = ServeArgs {
+        init_data: setup.init_data,
+        listen: PathBuf::new(),
+        guest_root: PathBuf::from(veil_agent::guest::GUEST_PREFIX),
+        tee: Some(tee),
+        platform_fd: None,
+        oci_layout: setup.oci_layout,
+        sandbox_id: String::new(),
+        pid_namespace: false,
+        seccomp: true,
+        listen_tcp: Some(vm::AGENT_PORT),
+        platform_file: setup.platform,
+    };
+    let _ = serve(a);
+    vm::power_off("the agent stopped serving")
+}
+
 fn serve(a: ServeArgs) -> ExitCode {
     if a.pid_namespace {
         if let Err(e) = enter_pid_namespace() {
@@ -213,14 +257,15 @@ fn run(a: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("sigprocmask: {e}"))?;
 
     let init_data = read_bounded(&a.init_data, veil_policy::initdata::MAX_INIT_DATA_BYTES)?;
-    let channel = match a.platform_fd {
-        Some(fd) => {
+    let channel: Option<std::fs::File> = match (a.platform_file, a.platform_fd) {
+        (Some(f), _) => Some(f),
+        (None, Some(fd)) => {
             // SAFETY: the host handed us this fd for exactly this purpose;
             // we take ownership and keep it out of container processes.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            Some(unsafe { UnixStream::from_raw_fd(fd) })
+            Some(unsafe { std::fs::File::from_raw_fd(fd) })
         }
-        None => None,
+        (None, None) => None,
     };
     let attester: Arc<dyn veil_tee::Attester> =
         Arc::from(detect(a.tee, &DetectRoots::default(), channel).map_err(|e| e.to_string())?);
@@ -329,21 +374,39 @@ fn run(a: ServeArgs) -> Result<(), String> {
         attester,
     });
 
-    let _ = std::fs::remove_file(&a.listen);
-    let listener = UnixListener::bind(&a.listen)
-        .map_err(|e| format!("binding the agent socket {}: {e}", a.listen.display()))?;
-    let _ = std::fs::set_permissions(&a.listen, std::fs::Permissions::from_mode(0o600));
+    enum Listener {
+        Unix(UnixListener),
+        Tcp(std::net::TcpListener),
+    }
+    let listener = match a.listen_tcp {
+        Some(port) => Listener::Tcp(
+            std::net::TcpListener::bind(("0.0.0.0", port))
+                .map_err(|e| format!("binding the agent port {port}: {e}"))?,
+        ),
+        None => {
+            let _ = std::fs::remove_file(&a.listen);
+            let l = UnixListener::bind(&a.listen)
+                .map_err(|e| format!("binding the agent socket {}: {e}", a.listen.display()))?;
+            let _ = std::fs::set_permissions(&a.listen, std::fs::Permissions::from_mode(0o600));
+            Listener::Unix(l)
+        }
+    };
     let listen = a.listen.clone();
     std::thread::spawn(move || {
         if let Ok(sig) = sigs.wait() {
             tracing::info!(signal = %sig, "shutting down: stopping every container");
         }
         manager.kill_all();
-        let _ = std::fs::remove_file(&listen);
+        if !listen.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&listen);
+        }
         std::process::exit(0);
     });
-    tracing::info!(socket = %a.listen.display(), sandbox = %a.sandbox_id, "agent ready");
-    agent.serve(listener);
+    tracing::info!(socket = %a.listen.display(), port = ?a.listen_tcp, sandbox = %a.sandbox_id, "agent ready");
+    match listener {
+        Listener::Unix(l) => agent.serve(l),
+        Listener::Tcp(l) => agent.serve_tcp(l),
+    }
     Ok(())
 }
 

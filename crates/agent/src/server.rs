@@ -9,7 +9,9 @@
 //! policy state, so the policy never believes in a container that does not
 //! exist.
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -193,7 +195,7 @@ impl Agent {
     }
 
     /// Serve one connection: hello, then request/response until it closes.
-    pub fn serve_connection(&self, mut s: UnixStream) {
+    pub fn serve_connection<S: Read + Write>(&self, mut s: S) {
         if send_json(&mut s, &self.hello).is_err() {
             return;
         }
@@ -228,6 +230,21 @@ impl Agent {
                     std::thread::spawn(move || agent.serve_connection(s));
                 }
                 Err(e) => tracing::warn!(error = %e, "accept on the agent socket failed"),
+            }
+        }
+    }
+
+    /// Accept TCP connections (the VM sandbox: QEMU forwards the host's
+    /// loopback port here) until the process exits.
+    pub fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    let agent = self.clone();
+                    std::thread::spawn(move || agent.serve_connection(s));
+                }
+                Err(e) => tracing::warn!(error = %e, "accept on the agent port failed"),
             }
         }
     }

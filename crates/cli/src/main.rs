@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod attest;
 mod attest_dcap;
 mod bench;
+mod guest;
 mod image;
 mod kbs;
 mod measure;
@@ -33,6 +34,9 @@ enum Command {
     /// Measure veil against named baselines (throughput, ratios).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The VM sandbox's guest image: kernel + initrd with veil-agent as PID 1.
+    #[command(subcommand)]
+    Guest(guest::GuestCommand),
     /// OCI images: inspect, measure (dm-verity), encrypt/decrypt, sign/verify, unpack.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attest(cmd) => attest::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Guest(cmd) => guest::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Kbs(cmd) => kbs::run(cmd),
         Command::Measure(cmd) => measure::run(cmd),

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod local_kbs;
 pub mod record;
+pub mod vm;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use veil_agent_api::{
 };
 use veil_image::OciRef;
 use veil_policy::{InitData, ParsedInitData, PolicyData};
-use veil_runtime::{AgentClient, CallError, ProcessSandbox, SandboxConfig, SimPlatform, requests};
+use veil_runtime::{AgentClient, CallError, SandboxConfig, SimPlatform, requests};
 
 use local_kbs::LocalKbs;
 use record::Record;
@@ -78,6 +79,9 @@ pub struct RunArgs {
     /// Print phase timings (policy, launch + attestation, pull, start) at the end.
     #[arg(long)]
     pub timings: bool,
+    /// Sandbox and TEE (`--sandbox vm --tee sim|snp|tdx`, see docs/vm.md).
+    #[command(flatten)]
+    pub vm: vm::VmArgs,
     /// Internal: run as the detached monitor of sandbox ID.
     #[arg(long, hide = true)]
     pub monitor: Option<String>,
@@ -169,24 +173,12 @@ fn new_id() -> String {
 }
 
 fn agent_binary(a: &RunArgs) -> Result<PathBuf> {
-    if let Some(p) = &a.agent {
-        return Ok(p.clone());
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        let sib = exe.with_file_name("veil-agent");
-        if sib.is_file() {
-            return Ok(sib);
-        }
-    }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join("veil-agent");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "veil-agent not found in $VEIL_AGENT, next to veil or in PATH; build it with `cargo build -p veil-agent` or pass --agent"
-    )
+    vm::find_agent(a.agent.as_deref())
+}
+
+/// The `veil-agent` binary: `explicit`, else next to `veil`, else in PATH.
+pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf> {
+    vm::find_agent(explicit)
 }
 
 /// The policy and init-data a run uses, and where they came from.
@@ -562,8 +554,10 @@ fn run_sandbox(
         }
     };
     rec.timings.insert("kbs_start_ms".into(), ms(t_kbs));
+    // The KBS as the sandbox sees it (a VM reaches the host through QEMU).
+    let (sandbox_kbs_url, forwards) = vm::route_kbs(&a.vm, &kbs_url)?;
     let t_policy = Instant::now();
-    let w = workload(a, &rec.id, &kbs_url)?;
+    let w = workload(a, &rec.id, &sandbox_kbs_url)?;
     rec.timings.insert("policy_ms".into(), ms(t_policy));
     let init_path = dir.join("init-data.toml");
     std::fs::write(&init_path, &w.init_data)?;
@@ -608,10 +602,10 @@ fn run_sandbox(
         log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         ready_timeout: Duration::from_secs(120),
     };
-    let sb = ProcessSandbox::launch(&platform, &cfg)
-        .map_err(|e| anyhow!("starting the sandbox: {e}"))?;
+    let sb = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
     rec.timings
         .insert("launch_and_attest_ms".into(), ms(t_launch));
+    sb.add_timings(&mut rec.timings);
     let hello = sb.hello().clone();
     rec.hello = Some(hello.clone());
     rec.expected_measurement = hex::encode(sb.launch_info().measurement);
@@ -619,7 +613,7 @@ fn run_sandbox(
     rec.socket = sb.socket();
     rec.save(data)?;
     if !quiet {
-        print_summary(rec, &hello, local.is_some());
+        print_summary(rec, &hello, local.is_some(), &sb.label());
     }
 
     let t_create = Instant::now();
@@ -782,7 +776,7 @@ fn run_sandbox(
     Ok(exit)
 }
 
-fn wait_exit(sb: &ProcessSandbox, cid: &str) -> Result<i32> {
+fn wait_exit(sb: &vm::AnySandbox, cid: &str) -> Result<i32> {
     let mut c = sb.connect().map_err(|e| anyhow!("{e}"))?;
     loop {
         let s: StatsContainerResult = c
@@ -882,14 +876,14 @@ fn pump(
     }
 }
 
-fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool) {
+fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool, sandbox: &str) {
     let m_ok = if h.measurement == rec.expected_measurement {
         "matches the launch measurement"
     } else {
         "DIFFERS from the launch measurement"
     };
     eprintln!(
-        "veil: sandbox {} ({}): process sandbox, TEE: {}",
+        "veil: sandbox {} ({}): {sandbox}, TEE: {}",
         rec.id, rec.name, h.tee
     );
     if h.tee == "sim" {

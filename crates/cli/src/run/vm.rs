@@ -1,0 +1,336 @@
+//! `veil run --sandbox vm`: the VM sandbox behind the same `veil run` flow
+//! as the process sandbox (see `docs/vm.md`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use veil_agent::proto::Hello;
+use veil_runtime::vm::qemu::{self, Accel, GuestForward};
+use veil_runtime::vm::{TeeChoice, VmConfig, VmSandbox, guest};
+use veil_runtime::{AgentClient, CallError, ProcessSandbox, SandboxConfig, SimPlatform};
+
+/// Sandbox and TEE options of `veil run`.
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct VmArgs {
+    /// The sandbox: `process` (veil-agent in namespaces) or `vm` (a QEMU guest).
+    #[arg(long, default_value = "process", value_parser = ["process", "vm"])]
+    pub sandbox: String,
+    /// The TEE: `sim` (both sandboxes), `snp`, `tdx` or `none` (VM only).
+    #[arg(long, default_value = "sim", value_parser = ["none", "sim", "snp", "tdx"])]
+    pub tee: String,
+    /// Guest kernel (default: built by `veil guest build` into the data dir).
+    #[arg(long, requires = "initrd")]
+    pub kernel: Option<PathBuf>,
+    /// Guest initrd (with --kernel).
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Firmware for --tee snp (AMD SEV OVMF) or tdx (TDVF).
+    #[arg(long)]
+    pub firmware: Option<PathBuf>,
+    /// The QEMU binary.
+    #[arg(long, env = "VEIL_QEMU", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// Accelerator: auto (KVM when usable, else TCG), kvm, tcg.
+    #[arg(long, env = "VEIL_VM_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: String,
+    /// vCPUs of the VM (measured).
+    #[arg(long, default_value_t = crate::guest::DEFAULT_VCPUS)]
+    pub vcpus: u32,
+    /// Memory of the VM in MiB (measured).
+    #[arg(long, default_value_t = crate::guest::DEFAULT_MEMORY_MIB)]
+    pub memory: u32,
+    /// Seconds to wait for the VM's agent (boot and attestation).
+    #[arg(long, default_value_t = 300)]
+    pub boot_timeout: u64,
+}
+
+impl VmArgs {
+    fn is_vm(&self) -> bool {
+        self.sandbox == "vm"
+    }
+}
+
+/// The `veil-agent` binary: `explicit`, else next to `veil`, else in PATH.
+pub fn find_agent(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let sib = exe.with_file_name("veil-agent");
+        if sib.is_file() {
+            return Ok(sib);
+        }
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("veil-agent");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "veil-agent not found in $VEIL_AGENT, next to veil or in PATH; build it with `cargo build -p veil-agent` or pass --agent"
+    )
+}
+
+/// Check the sandbox/TEE combination and route the KBS: the URL the
+/// policy names (as the guest sees it) and the host services to forward.
+pub fn route_kbs(v: &VmArgs, kbs_url: &str) -> Result<(String, Vec<GuestForward>)> {
+    if !v.is_vm() {
+        if v.tee != "sim" {
+            bail!(
+                "--tee {}: the process sandbox only runs the simulated TEE; use --sandbox vm",
+                v.tee
+            );
+        }
+        return Ok((kbs_url.to_string(), Vec::new()));
+    }
+    if matches!(v.tee.as_str(), "snp" | "tdx") {
+        qemu::check_host_tee(&v.tee, &qemu::HostRoots::default())
+            .map_err(|e| anyhow!("--tee {}: {e}", v.tee))?;
+    }
+    if v.tee == "none" {
+        bail!(
+            "--tee none: veil-agent serves only where a TEE binds init-data at launch (sim, snp, tdx); without one nothing the host hands over could be checked. Use --tee sim on machines without a TEE"
+        );
+    }
+    let (_scheme, rest) = kbs_url
+        .split_once("://")
+        .ok_or_else(|| anyhow!("KBS URL {kbs_url:?} has no scheme"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("KBS URL {kbs_url:?} needs an explicit port for the VM sandbox"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow!("KBS URL {kbs_url:?}: bad port"))?;
+    if !matches!(host, "127.0.0.1" | "localhost") {
+        bail!(
+            "KBS URL {kbs_url:?}: the VM sandbox's network (QEMU user mode, restrict=on) reaches only services on this host's loopback; run the KBS (or a relay to it) on 127.0.0.1"
+        );
+    }
+    let exe = std::env::current_exe()?;
+    let forward = GuestForward {
+        guest_port: port,
+        command: vec![
+            exe.to_string_lossy().into_owned(),
+            "guest".into(),
+            "relay".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+    };
+    // The URL stays as it is: the agent relays the guest's own loopback
+    // port to the forwarded host service, so init-data (and its digest) is
+    // the same in both sandboxes.
+    Ok((kbs_url.to_string(), vec![forward]))
+}
+
+/// What `veil run` needs from the launch.
+pub struct Launched {
+    pub measurement: [u8; 48],
+}
+
+/// A running sandbox of either kind.
+pub enum AnySandbox {
+    Process(ProcessSandbox),
+    Vm(Box<VmSandbox>, Hello),
+}
+
+impl AnySandbox {
+    pub fn hello(&self) -> &Hello {
+        match self {
+            AnySandbox::Process(s) => s.hello(),
+            AnySandbox::Vm(_, h) => h,
+        }
+    }
+    pub fn launch_info(&self) -> Launched {
+        Launched {
+            measurement: match self {
+                AnySandbox::Process(s) => s.launch_info().measurement,
+                AnySandbox::Vm(s, _) => s.launch_info().measurement,
+            },
+        }
+    }
+    /// The agent process (process sandbox) or QEMU (VM).
+    pub fn agent_pid(&self) -> Option<u32> {
+        match self {
+            AnySandbox::Process(s) => s.agent_pid(),
+            AnySandbox::Vm(s, _) => s.qemu_pid(),
+        }
+    }
+    pub fn socket(&self) -> PathBuf {
+        match self {
+            AnySandbox::Process(s) => s.socket(),
+            AnySandbox::Vm(s, _) => s.socket(),
+        }
+    }
+    pub fn connect(&self) -> Result<AgentClient, CallError> {
+        match self {
+            AnySandbox::Process(s) => s.connect(),
+            AnySandbox::Vm(s, _) => s.connect(),
+        }
+    }
+    /// `process sandbox` or `VM sandbox (QEMU, kvm|tcg)`.
+    pub fn label(&self) -> String {
+        match self {
+            AnySandbox::Process(_) => "process sandbox".into(),
+            AnySandbox::Vm(s, _) => {
+                format!("VM sandbox (QEMU, {})", s.launch_info().accel.as_str())
+            }
+        }
+    }
+    /// Boot phases of a VM.
+    pub fn add_timings(&self, t: &mut serde_json::Map<String, serde_json::Value>) {
+        if let AnySandbox::Vm(s, _) = self {
+            for (k, v) in s.boot_timings() {
+                t.insert(format!("vm_{k}"), v.into());
+            }
+        }
+    }
+    pub fn stop(self, grace: Duration) -> Result<()> {
+        match self {
+            AnySandbox::Process(s) => s.stop(grace).map_err(|e| anyhow!("{e}")),
+            AnySandbox::Vm(s, _) => s.stop(grace).map_err(|e| anyhow!("{e}")),
+        }
+    }
+}
+
+/// The guest image: --kernel/--initrd, else the one built into the data
+/// dir from this agent (built now if missing or stale).
+fn guest_image(v: &VmArgs, data: &Path, agent: &Path, quiet: bool) -> Result<(PathBuf, PathBuf)> {
+    if let (Some(k), Some(i)) = (&v.kernel, &v.initrd) {
+        return Ok((k.clone(), i.clone()));
+    }
+    let dir = data.join("guest");
+    if let Some(img) = guest::cached(&dir, agent) {
+        return Ok((img.kernel, img.initrd));
+    }
+    if !quiet {
+        eprintln!(
+            "veil: building the guest image into {} (veil guest build)",
+            dir.display()
+        );
+    }
+    let img = guest::build(
+        &guest::GuestBuildConfig {
+            agent: agent.to_path_buf(),
+            kernel: None,
+            modules_dir: None,
+        },
+        &dir,
+    )
+    .map_err(|e| anyhow!("building the guest image: {e}"))?;
+    Ok((img.kernel, img.initrd))
+}
+
+/// Launch the sandbox `v` asks for, from the process sandbox's config.
+pub fn launch(
+    v: &VmArgs,
+    data: &Path,
+    platform: &Arc<SimPlatform>,
+    cfg: &SandboxConfig,
+    forwards: Vec<GuestForward>,
+    quiet: bool,
+) -> Result<AnySandbox> {
+    if !v.is_vm() {
+        return ProcessSandbox::launch(platform, cfg)
+            .map(AnySandbox::Process)
+            .map_err(|e| anyhow!("starting the sandbox: {e}"));
+    }
+    let tee = match v.tee.as_str() {
+        "sim" => TeeChoice::Sim,
+        "snp" | "tdx" => {
+            qemu::check_host_tee(&v.tee, &qemu::HostRoots::default())
+                .map_err(|e| anyhow!("--tee {}: {e}", v.tee))?;
+            let firmware = v.firmware.clone().ok_or_else(|| {
+                anyhow!(
+                    "--tee {} needs --firmware ({})",
+                    v.tee,
+                    if v.tee == "snp" {
+                        "an OVMF built with SEV-SNP support, e.g. AmdSev OvmfPkg"
+                    } else {
+                        "TDVF, e.g. OVMF.inteltdx.fd"
+                    }
+                )
+            })?;
+            if v.tee == "snp" {
+                TeeChoice::Snp { firmware }
+            } else {
+                TeeChoice::Tdx { firmware }
+            }
+        }
+        other => bail!("--tee {other} is not available for the VM sandbox"),
+    };
+    let (kernel, initrd) = guest_image(v, data, &cfg.agent_binary, quiet)?;
+    let accel = match v.accel.as_str() {
+        "kvm" => Some(Accel::Kvm),
+        "tcg" => Some(Accel::Tcg),
+        _ => None,
+    };
+    let vc = VmConfig {
+        id: cfg.id.clone(),
+        qemu: v.qemu.clone(),
+        accel,
+        kernel,
+        initrd,
+        vcpus: v.vcpus,
+        memory_mib: v.memory,
+        tee,
+        dir: cfg.dir.clone(),
+        log_path: cfg.log_path.clone(),
+        init_data: cfg.init_data.clone(),
+        handover_init_data: cfg.handover_init_data.clone(),
+        oci_layout: cfg.oci_layout.clone(),
+        forwards,
+        debug: cfg.debug,
+        ready_timeout: Duration::from_secs(v.boot_timeout),
+    };
+    let sb =
+        VmSandbox::launch(platform, &vc).map_err(|e| anyhow!("starting the VM sandbox: {e}"))?;
+    if !quiet {
+        let li = sb.launch_info();
+        eprintln!("veil: VM sandbox: QEMU with {}", li.accel_reason);
+        eprintln!("  kernel       sha384:{}", hex::encode(li.kernel_sha384));
+        eprintln!("  initrd       sha384:{}", hex::encode(li.initrd_sha384));
+        eprintln!("  cmdline      {}", li.cmdline);
+    }
+    let hello = sb
+        .hello()
+        .cloned()
+        .ok_or_else(|| anyhow!("the VM's agent did not say hello"))?;
+    Ok(AnySandbox::Vm(Box::new(sb), hello))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        v: VmArgs,
+    }
+
+    #[test]
+    fn kbs_on_loopback_is_forwarded_and_others_are_refused() {
+        let v = T::parse_from(["t", "--sandbox", "vm"]).v;
+        let (url, fwd) = route_kbs(&v, "http://127.0.0.1:4040").unwrap();
+        assert_eq!(url, "http://127.0.0.1:4040");
+        assert_eq!(fwd[0].guest_port, 4040);
+        assert_eq!(fwd[0].command.last().unwrap(), "127.0.0.1:4040");
+        let e = route_kbs(&v, "https://kbs.example.com:8080").unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let p = T::parse_from(["t", "--tee", "snp"]).v;
+        let e = route_kbs(&p, "http://127.0.0.1:1").unwrap_err();
+        assert!(e.to_string().contains("--sandbox vm"), "{e}");
+        let p = T::parse_from(["t"]).v;
+        assert_eq!(
+            route_kbs(&p, "http://127.0.0.1:1").unwrap().0,
+            "http://127.0.0.1:1"
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! `veil run --sandbox vm` end to end under QEMU's TCG (KVM is not relied
+//! on): the real `veil`, `veil-agent` (as PID 1 of the guest), Debian's
+//! kernel, the embedded KBS on loopback. Boots are expensive, so the guest
+//! image is built once per test process and only a few tests boot.
+//! Needs root and scripts/install-deps.sh (qemu-system-x86, linux-image-amd64).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use veil_image::OciLayout;
+use veil_image::builder::ImageBuilder;
+use veil_image::spec::{Compression, ContainerConfig};
+
+fn agent() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("VEIL_AGENT") {
+                return PathBuf::from(p);
+            }
+            let veil = PathBuf::from(env!("CARGO_BIN_EXE_veil"));
+            let profile = veil.parent().unwrap().to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "-q", "-p", "veil-agent", "--bin", "veil-agent"])
+                .env("CARGO_TARGET_DIR", profile.parent().unwrap())
+                .status()
+                .unwrap();
+            assert!(st.success(), "building veil-agent");
+            profile.join("veil-agent")
+        })
+        .clone()
+}
+
+/// `veil guest build --json` into `dir`.
+fn guest_build(dir: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["guest", "build", "--json", "-o"])
+        .arg(dir)
+        .env("VEIL_AGENT", agent())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// One guest image for every test of this process.
+fn guest() -> &'static (PathBuf, serde_json::Value) {
+    static G: OnceLock<(PathBuf, serde_json::Value)> = OnceLock::new();
+    G.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("veil-test-guest-{}", std::process::id()));
+        let v = guest_build(&dir);
+        (dir, v)
+    })
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "VM tests need root (CI runs as root)"
+        );
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    fn veil(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_veil"));
+        c.env("VEIL_DATA_DIR", self.data())
+            .env("VEIL_AGENT", agent());
+        c
+    }
+    /// `veil run --sandbox vm --tee sim`, forced to TCG, with the shared guest.
+    fn run_vm(&self) -> Command {
+        let (g, _) = guest();
+        let mut c = self.veil();
+        c.args([
+            "run",
+            "--rm",
+            "--sandbox",
+            "vm",
+            "--tee",
+            "sim",
+            "--accel",
+            "tcg",
+        ])
+        .arg("--kernel")
+        .arg(g.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(g.join("initrd.img"));
+        c
+    }
+    /// A busybox image running `cmd`, as `oci:DIR:app:1`.
+    fn image(&self, cmd: &str) -> String {
+        let layout = OciLayout::create(self.dir.path().join("layout")).unwrap();
+        let root = self.dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for a in ["sh", "cat", "echo", "sha256sum", "cut"] {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
+        }
+        let mut b = ImageBuilder::new(&layout);
+        b.config(ContainerConfig {
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec![cmd.into()]),
+            env: Some(vec!["PATH=/bin".into()]),
+            working_dir: Some("/".into()),
+            ..Default::default()
+        });
+        b.add_layer_dir(&root, Compression::Gzip).unwrap();
+        b.finish("app:1").unwrap();
+        format!("oci:{}:app:1", layout.root().display())
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|s| s.parse::<u32>().is_ok())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+fn sha256_prefix(data: &[u8]) -> String {
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    text(&c.wait_with_output().unwrap().stdout)[..16].to_string()
+}
+
+fn nothing_left(env: &Env) {
+    let data = env.data().display().to_string();
+    // QEMU and its relays die with the run; give the kernel a moment to reap.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(&data).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(processes_mentioning(&data), Vec::<String>::new());
+    let run = env.data().join("run");
+    for e in std::fs::read_dir(&run).into_iter().flatten().flatten() {
+        assert!(
+            !e.path().join("sandbox").exists(),
+            "sandbox dir left in {}",
+            e.path().display()
+        );
+    }
+}
+
+#[test]
+fn guest_build_is_reproducible() {
+    let (dir, first) = guest();
+    let again = std::env::temp_dir().join(format!("veil-test-guest2-{}", std::process::id()));
+    let second = guest_build(&again);
+    assert_eq!(first["initrd_sha384"], second["initrd_sha384"]);
+    assert_eq!(
+        std::fs::read(dir.join("initrd.img")).unwrap(),
+        std::fs::read(again.join("initrd.img")).unwrap()
+    );
+    assert_eq!(first["sim_measurement"], second["sim_measurement"]);
+    assert!(
+        first["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m.as_str().unwrap().ends_with("virtio_net.ko"))
+    );
+    let _ = std::fs::remove_dir_all(&again);
+}
+
+/// The main flow: boots under TCG, attests to the embedded KBS, gets a
+/// secret, runs a busybox container, streams its output and exit code, and
+/// tears down. The measurement the guest's sim evidence carries is the one
+/// computed from the exact kernel, initrd and command line.
+#[test]
+fn vm_sim_runs_a_container_with_a_secret_and_tears_down() {
+    let env = Env::new();
+    let secret = b"vm-secret-4b1d";
+    let sf = env.dir.path().join("s.txt");
+    std::fs::write(&sf, secret).unwrap();
+    let out = env
+        .veil()
+        .args(["secret", "put", "default/secret/k"])
+        .arg(&sf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let img = env
+        .image("echo fp $(sha256sum /run/veil/secrets/k | cut -c1-16); echo to-stderr >&2; exit 7");
+    let t = Instant::now();
+    let out: Output = env
+        .run_vm()
+        .args(["--timings", "--secret", "k=kbs:///default/secret/k", &img])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    eprintln!("boot to exit: {:?}\n{stderr}", t.elapsed());
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("fp {}", sha256_prefix(secret))),
+        "{stdout}"
+    );
+    assert!(stderr.contains("to-stderr"), "{stderr}");
+    assert!(stderr.contains("VM sandbox (QEMU, tcg)"), "{stderr}");
+    assert!(stderr.contains("tcg (requested)"), "{stderr}");
+    let (_, g) = guest();
+    let m = g["sim_measurement"].as_str().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "measurement  {m} (matches the launch measurement)"
+        )),
+        "expected measurement {m}:\n{stderr}"
+    );
+    assert!(stderr.contains("attestation  ok"), "{stderr}");
+    nothing_left(&env);
+}
+
+#[test]
+fn qemu_that_cannot_start_is_a_clear_error() {
+    let env = Env::new();
+    let img = env.image("echo never");
+    let t = Instant::now();
+    let out = env
+        .run_vm()
+        .args(["--qemu", "/nonexistent/qemu-system-x86_64", &img])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("QEMU could not be started (/nonexistent/qemu-system-x86_64)"),
+        "{stderr}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(60));
+    nothing_left(&env);
+}
+
+#[test]
+fn guest_whose_kernel_panics_is_a_clear_error_within_bounds() {
+    let env = Env::new();
+    let img = env.image("echo never");
+    let bad = env.dir.path().join("bad-initrd.img");
+    std::fs::write(&bad, b"not a cpio archive at all").unwrap();
+    let (g, _) = guest();
+    let t = Instant::now();
+    let out = env
+        .veil()
+        .args([
+            "run",
+            "--rm",
+            "--sandbox",
+            "vm",
+            "--tee",
+            "sim",
+            "--accel",
+            "tcg",
+            "--boot-timeout",
+            "240",
+        ])
+        .arg("--kernel")
+        .arg(g.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(&bad)
+        .arg(&img)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the VM stopped before its agent was ready"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Kernel panic"), "{stderr}");
+    assert!(t.elapsed() < Duration::from_secs(240), "{:?}", t.elapsed());
+    nothing_left(&env);
+}
+
+#[test]
+fn guest_that_never_connects_times_out_and_is_killed() {
+    let env = Env::new();
+    let img = env.image("echo never");
+    // A guest whose /init is busybox's init: it boots and waits forever.
+    let mut a = veil_runtime::vm::cpio::Archive::new();
+    use veil_runtime::vm::cpio::Node;
+    a.add(
+        "init",
+        Node::File {
+            mode: 0o755,
+            data: std::fs::read("/bin/busybox").unwrap(),
+        },
+    )
+    .unwrap();
+    a.add(
+        "dev/console",
+        Node::CharDev {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )
+    .unwrap();
+    let initrd = env.dir.path().join("idle-initrd.img");
+    std::fs::write(&initrd, a.write()).unwrap();
+    let (g, _) = guest();
+    let t = Instant::now();
+    let out = env
+        .veil()
+        .args([
+            "run",
+            "--rm",
+            "--sandbox",
+            "vm",
+            "--tee",
+            "sim",
+            "--accel",
+            "tcg",
+            "--boot-timeout",
+            "15",
+        ])
+        .arg("--kernel")
+        .arg(g.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg(&img)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("was not ready within 15 s (QEMU killed)"),
+        "{stderr}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    nothing_left(&env);
+}
+
+#[test]
+fn snp_and_tdx_fail_early_on_a_host_without_them() {
+    let env = Env::new();
+    let img = env.image("echo never");
+    for tee in ["snp", "tdx"] {
+        let out = env
+            .veil()
+            .args(["run", "--rm", "--sandbox", "vm", "--tee", tee, &img])
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!(
+                "this host cannot launch {}",
+                if tee == "snp" { "SEV-SNP" } else { "TDX" }
+            )),
+            "{stderr}"
+        );
+    }
+    nothing_left(&env);
+}

@@ -442,6 +442,15 @@ pub fn setup() -> Result<VmSetup, String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )?;
+    // The kernel's share of the boot time, for the host's phase breakdown.
+    let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let up_ms = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse::<f64>().ok())
+        .map(|u| (u * 1000.0) as u64)
+        .unwrap_or(0);
+    console(&format!("PID 1 started at kernel uptime {up_ms} ms"));
     let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
     let tee = cmdline_value(&cmdline, "veil.tee").unwrap_or_default();
     let n = load_modules()?;

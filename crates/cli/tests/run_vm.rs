@@ -55,7 +55,8 @@ fn guest_build(dir: &Path) -> serde_json::Value {
 fn guest() -> &'static (PathBuf, serde_json::Value) {
     static G: OnceLock<(PathBuf, serde_json::Value)> = OnceLock::new();
     G.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("veil-test-guest-{}", std::process::id()));
+        // Under the target dir: reused (rebuilt) by every run, never leaked.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-guest");
         let v = guest_build(&dir);
         (dir, v)
     })
@@ -177,7 +178,8 @@ fn nothing_left(env: &Env) {
 #[test]
 fn guest_build_is_reproducible() {
     let (dir, first) = guest();
-    let again = std::env::temp_dir().join(format!("veil-test-guest2-{}", std::process::id()));
+    let again = tempfile::tempdir().unwrap();
+    let again = again.path().join("guest");
     let second = guest_build(&again);
     assert_eq!(first["initrd_sha384"], second["initrd_sha384"]);
     assert_eq!(
@@ -192,7 +194,6 @@ fn guest_build_is_reproducible() {
             .iter()
             .any(|m| m.as_str().unwrap().ends_with("virtio_net.ko"))
     );
-    let _ = std::fs::remove_dir_all(&again);
 }
 
 /// The main flow: boots under TCG, attests to the embedded KBS, gets a

@@ -28,6 +28,9 @@ pub struct RunBench {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// `process` (vs runc) or `vm` (`veil run --sandbox vm` vs the process sandbox).
+    #[arg(long, default_value = "process", value_parser = ["process", "vm"])]
+    pub sandbox: String,
 }
 
 const LINE: &str = "veil-bench-first-line";
@@ -38,7 +41,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Spawn `cmd`; (ms to the first stdout line, stderr).
-fn first_line(mut cmd: Command) -> Result<(f64, String)> {
+pub(crate) fn first_line(mut cmd: Command) -> Result<(f64, String)> {
     let start = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -61,7 +64,7 @@ fn first_line(mut cmd: Command) -> Result<(f64, String)> {
     Ok((t, stderr))
 }
 
-fn busybox_image(dir: &Path) -> Result<OciLayout> {
+pub(crate) fn busybox_image(dir: &Path) -> Result<OciLayout> {
     let root = dir.join("src");
     std::fs::create_dir_all(root.join("bin"))?;
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
@@ -114,6 +117,9 @@ fn runc_bundle(dir: &Path, layout: &OciLayout, runc: &str) -> Result<PathBuf> {
 
 /// Run the benchmark.
 pub fn run(a: RunBench) -> Result<ExitCode> {
+    if a.sandbox == "vm" {
+        return super::vm::bench(a.iterations, a.json, busybox_image, first_line);
+    }
     let tmp = tempfile::tempdir()?;
     let layout = busybox_image(tmp.path())?;
     let bundle = runc_bundle(tmp.path(), &layout, &a.runc)?;

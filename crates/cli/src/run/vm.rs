@@ -135,8 +135,8 @@ pub struct Launched {
 
 /// A running sandbox of either kind.
 pub enum AnySandbox {
-    Process(ProcessSandbox),
-    Vm(Box<VmSandbox>, Hello),
+    Process(Box<ProcessSandbox>),
+    Vm(Box<VmSandbox>, Box<Hello>),
 }
 
 impl AnySandbox {
@@ -237,7 +237,7 @@ pub fn launch(
 ) -> Result<AnySandbox> {
     if !v.is_vm() {
         return ProcessSandbox::launch(platform, cfg)
-            .map(AnySandbox::Process)
+            .map(|s| AnySandbox::Process(Box::new(s)))
             .map_err(|e| anyhow!("starting the sandbox: {e}"));
     }
     let tee = match v.tee.as_str() {
@@ -301,7 +301,123 @@ pub fn launch(
         .hello()
         .cloned()
         .ok_or_else(|| anyhow!("the VM's agent did not say hello"))?;
-    Ok(AnySandbox::Vm(Box::new(sb), hello))
+    Ok(AnySandbox::Vm(Box::new(sb), Box::new(hello)))
+}
+
+type ImageFn = fn(&Path) -> Result<veil_image::OciLayout>;
+type FirstLineFn = fn(std::process::Command) -> Result<(f64, String)>;
+
+/// `veil bench run --sandbox vm`: time to the first output line of `veil
+/// run --sandbox vm` (KVM when usable, else TCG) against the process
+/// sandbox in the same run, with the VM's boot phases.
+pub fn bench(
+    iterations: usize,
+    json: bool,
+    image: ImageFn,
+    first_line: FirstLineFn,
+) -> Result<std::process::ExitCode> {
+    let tmp = tempfile::tempdir()?;
+    let layout = image(tmp.path())?;
+    let data = tmp.path().join("data");
+    let exe = std::env::current_exe()?;
+    let img = format!("oci:{}:bench:1", layout.root().display());
+    let (accel, why) = qemu::choose_accel(match std::env::var("VEIL_VM_ACCEL").as_deref() {
+        Ok("tcg") => Some(Accel::Tcg),
+        Ok("kvm") => Some(Accel::Kvm),
+        _ => None,
+    });
+    let (mut vm_ms, mut proc_ms) = (Vec::new(), Vec::new());
+    let mut phases: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
+    for i in 0..=iterations.max(1) {
+        let mut c = std::process::Command::new(&exe);
+        c.args([
+            "run",
+            "--rm",
+            "--timings",
+            "--sandbox",
+            "vm",
+            "--tee",
+            "sim",
+            "--accel",
+            accel.as_str(),
+            &img,
+        ])
+        .env("VEIL_DATA_DIR", &data);
+        let (t, stderr) = first_line(c)?;
+        let mut p = std::process::Command::new(&exe);
+        p.args(["run", "--rm", "--timings", &img])
+            .env("VEIL_DATA_DIR", &data);
+        let (tp, _) = first_line(p)?;
+        if i == 0 {
+            continue; // warm-up: guest image build, sim key, KBS
+        }
+        vm_ms.push(t);
+        proc_ms.push(tp);
+        if let Some(j) = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("veil: timings "))
+        {
+            if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(j) {
+                phases.push(m);
+            }
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (v, p) = (med(&mut vm_ms), med(&mut proc_ms));
+    let pick = |k: &str| -> f64 {
+        let mut xs: Vec<f64> = phases
+            .iter()
+            .filter_map(|m| m.get(k).and_then(|x| x.as_f64()))
+            .collect();
+        med(&mut xs)
+    };
+    // Phases in order; each is a duration.
+    let agent_start = pick("vm_agent_start_ms");
+    let attest_start = pick("vm_attest_start_ms");
+    let attested = pick("vm_attested_ms");
+    let ready = pick("vm_agent_ready_ms");
+    let report = serde_json::json!({
+        "benchmark": "time from `veil run` to the workload's first output line (busybox echo, one gzip layer)",
+        "subject": format!("veil run --sandbox vm --tee sim ({why})"),
+        "baseline": "veil run (process sandbox, sim) of the same image",
+        "iterations": iterations.max(1),
+        "vm_ms": v,
+        "process_ms": p,
+        "ratio": v / p,
+        "accel": accel.as_str(),
+        "vm_phases_ms": {
+            "qemu_start": pick("vm_qemu_start_ms"),
+            "kernel": pick("vm_kernel_ms"),
+            "agent_setup": attest_start - agent_start,
+            "attestation": attested - attest_start,
+            "agent_ready": ready - attested,
+            "image_pull_unpack": pick("pull_decrypt_unpack_ms"),
+            "container_start": pick("start_ms"),
+            "first_output_since_start": pick("first_output_ms"),
+        },
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "veil run --sandbox vm vs the process sandbox, time to the first output line (median of {}):",
+            iterations.max(1)
+        );
+        println!("  accelerator  {why}");
+        println!("  vm           {v:8.1} ms");
+        println!("  process      {p:8.1} ms");
+        println!("  ratio        {:8.2}x", v / p);
+        println!("  VM phases (median ms):");
+        if let Some(m) = report["vm_phases_ms"].as_object() {
+            for (k, x) in m {
+                println!("    {k:<26} {x}");
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -161,6 +161,7 @@ pub struct VmLaunchInfo {
 struct Markers {
     first_output: Option<Duration>,
     agent_start: Option<Duration>,
+    kernel_uptime_ms: Option<u64>,
     attest_start: Option<Duration>,
     attested: Option<Duration>,
 }
@@ -444,7 +445,11 @@ impl VmSandbox {
                             continue;
                         }
                         let l = String::from_utf8_lossy(&line);
-                        if l.contains("veil-agent: PID 1") {
+                        if let Some(rest) = l.split("PID 1 started at kernel uptime ").nth(1) {
+                            m.agent_start.get_or_insert(t);
+                            m.kernel_uptime_ms =
+                                rest.split(' ').next().and_then(|v| v.parse().ok());
+                        } else if l.contains("veil-agent: PID 1") {
                             m.agent_start.get_or_insert(t);
                         } else if l.contains("init-data matches") {
                             m.attest_start.get_or_insert(t);
@@ -548,9 +553,11 @@ impl VmSandbox {
         AgentClient::connect(&self.socket(), Duration::from_secs(30))
     }
 
-    /// Boot phases in ms since QEMU was started: `first_console_ms` (QEMU
-    /// and firmware up, kernel printing), `agent_start_ms` (kernel done,
-    /// PID 1 running), `attest_start_ms`, `attested_ms`, `agent_ready_ms`.
+    /// Boot phases in ms since QEMU was started: `first_console_ms`,
+    /// `agent_start_ms` (PID 1 running), `attest_start_ms`, `attested_ms`,
+    /// `agent_ready_ms`; and durations `qemu_start_ms` (QEMU and firmware,
+    /// until the kernel starts) and `kernel_ms` (kernel until PID 1, from
+    /// the guest's uptime).
     pub fn boot_timings(&self) -> BTreeMap<String, u64> {
         let mut t = BTreeMap::new();
         if let Ok(m) = self.markers.lock() {
@@ -563,6 +570,16 @@ impl VmSandbox {
                 if let Some(v) = v {
                     t.insert(k.to_string(), v.as_millis() as u64);
                 }
+            }
+        }
+        if let Ok(m) = self.markers.lock() {
+            if let (Some(start), Some(up)) = (m.agent_start, m.kernel_uptime_ms) {
+                // QEMU and firmware until the kernel starts; the kernel until PID 1.
+                t.insert(
+                    "qemu_start_ms".into(),
+                    (start.as_millis() as u64).saturating_sub(up),
+                );
+                t.insert("kernel_ms".into(), up);
             }
         }
         t.insert("agent_ready_ms".into(), self.ready_after.as_millis() as u64);

@@ -149,6 +149,17 @@ struct Stats {
     p50: Duration,
     p99: Duration,
     mean: Duration,
+    /// Samples during which the thread waited for a CPU (Linux schedstat).
+    preempted: Option<usize>,
+    /// p99 over the samples that never waited for a CPU.
+    p99_on_cpu: Option<Duration>,
+}
+
+/// Nanoseconds this thread has spent waiting on a run queue, if the kernel
+/// says (`/proc/thread-self/schedstat`: on-CPU time, run-queue wait, slices).
+fn runqueue_wait_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn measure(engine: &mut PolicyEngine, msg: &AgentMessage, expect_allowed: bool) -> Stats {
@@ -156,18 +167,32 @@ fn measure(engine: &mut PolicyEngine, msg: &AgentMessage, expect_allowed: bool) 
         let _ = engine.evaluate(msg);
     }
     let mut samples = Vec::with_capacity(ITERATIONS);
+    let mut on_cpu = Vec::with_capacity(ITERATIONS);
+    let mut preempted = 0usize;
+    let mut schedstat = runqueue_wait_ns().is_some();
     for _ in 0..ITERATIONS {
+        let w0 = if schedstat { runqueue_wait_ns() } else { None };
         let t = Instant::now();
         let d = engine.evaluate(msg).expect("evaluation");
-        samples.push(t.elapsed());
+        let dt = t.elapsed();
+        let w1 = if schedstat { runqueue_wait_ns() } else { None };
+        samples.push(dt);
+        match (w0, w1) {
+            (Some(a), Some(b)) if b > a => preempted += 1,
+            (Some(_), Some(_)) => on_cpu.push(dt),
+            _ => schedstat = false,
+        }
         assert_eq!(d.allowed, expect_allowed, "{d}");
     }
     samples.sort();
+    on_cpu.sort();
     let total: Duration = samples.iter().sum();
     Stats {
         p50: samples[ITERATIONS / 2],
         p99: samples[ITERATIONS * 99 / 100],
         mean: total / ITERATIONS as u32,
+        preempted: schedstat.then_some(preempted),
+        p99_on_cpu: (schedstat && !on_cpu.is_empty()).then(|| on_cpu[on_cpu.len() * 99 / 100]),
     }
 }
 
@@ -208,6 +233,7 @@ fn main() {
         "{:<18} {:>10} {:>10} {:>10}   {:>22}",
         "request", "p50 µs", "p99 µs", "mean µs", "baseline p50/p99 µs"
     );
+    let mut notes = Vec::new();
     for (name, msg) in [
         ("create_container", create_request()),
         ("exec_process", exec_request()),
@@ -229,5 +255,14 @@ fn main() {
                 "MISSED"
             }
         );
+        if let (Some(n), Some(p99)) = (v.preempted, v.p99_on_cpu) {
+            notes.push(format!(
+                "{name}: {n} of {ITERATIONS} samples waited for a CPU (other load on the machine); p99 of the others {:.1} µs",
+                us(p99)
+            ));
+        }
+    }
+    for n in notes {
+        println!("  {n}");
     }
 }

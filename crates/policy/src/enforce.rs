@@ -16,10 +16,13 @@ use veil_agent_api::{AgentMessage, AgentRequest, RequestKind};
 
 use crate::initdata::{InitData, InitDataError};
 use crate::model::PolicyData;
-use crate::rego::{RegoTextError, extract_policy_data};
+use crate::rego::{POLICY_DATA_MARKER, RegoTextError, extract_policy_data, extract_policy_json};
 
 /// Longest a single decision may take before it is refused.
 pub const EVALUATION_TIME_LIMIT: Duration = Duration::from_secs(2);
+
+/// Where the engine keeps the policy data (`data.veil_policy.policy_data`).
+const DATA_ROOT: &str = "veil_policy";
 
 /// Why a policy could not be loaded or a request could not be evaluated.
 /// Callers must treat every error as a denial.
@@ -178,8 +181,23 @@ impl PolicyEngine {
             check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
         });
         engine.set_strict_builtin_errors(false);
+        // The `policy_data := {...}` literal is the same JSON as `data`
+        // (extract_policy_data parsed exactly that text, to its end); bind it
+        // as engine data so it is built once, not on every evaluation.
+        let start = policy_rego
+            .rfind(POLICY_DATA_MARKER)
+            .ok_or(RegoTextError::NoPolicyData)?;
+        let rules = format!(
+            "{}{POLICY_DATA_MARKER}data.{DATA_ROOT}.policy_data\n",
+            &policy_rego[..start]
+        );
+        let json = extract_policy_json(policy_rego)?;
+        let root = regorus::Value::from(serde_json::json!({ DATA_ROOT: { "policy_data": json } }));
         engine
-            .add_policy("policy.rego".into(), policy_rego.into())
+            .add_data(root)
+            .map_err(|e| EnforceError::Compile(e.to_string()))?;
+        engine
+            .add_policy("policy.rego".into(), rules)
             .map_err(|e| EnforceError::Compile(e.to_string()))?;
         // Compile now (the first evaluation prepares the engine), so that a
         // broken policy fails at load time, not on the first request.

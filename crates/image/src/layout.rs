@@ -311,46 +311,55 @@ pub struct BlobWriter {
 impl BlobWriter {
     /// Finish the blob: flush, sync and rename it to its digest.
     pub fn commit(self, media_type: &str) -> Result<Descriptor, SourceError> {
-        self.finish(media_type, None)
+        self.finish(media_type)
     }
 
-    /// Like [`BlobWriter::commit`], but only if the content's digest is
-    /// `expected`; otherwise the blob is discarded and the mismatch returned.
-    pub fn commit_expecting(
+    /// Like [`BlobWriter::commit`], but only if `accept` approves the
+    /// finished content (given its digest and the file, positioned at its
+    /// start); otherwise the blob is discarded and `accept`'s error returned.
+    pub fn commit_if<E: From<SourceError>>(
         self,
         media_type: &str,
-        expected: &Digest,
-    ) -> Result<Descriptor, SourceError> {
-        self.finish(media_type, Some(expected))
-    }
-
-    fn finish(
-        self,
-        media_type: &str,
-        expected: Option<&Digest>,
-    ) -> Result<Descriptor, SourceError> {
+        accept: impl FnOnce(&Digest, &mut File) -> Result<(), E>,
+    ) -> Result<Descriptor, E> {
         let (digest, size, buf) = self.inner.finish();
-        if let Some(want) = expected {
-            if &digest != want {
-                return Err(SourceError::DigestMismatch {
-                    what: "blob written".into(),
-                    expected: want.clone(),
-                    actual: digest,
-                });
-            }
+        let mut tmp = buf
+            .into_inner()
+            .map_err(|e| SourceError::io("flushing blob", e.into_error()))?;
+        {
+            use std::io::Seek as _;
+            let f = tmp.as_file_mut();
+            f.rewind()
+                .map_err(|e| SourceError::io("rewinding blob", e))?;
+            accept(&digest, f)?;
         }
+        Ok(persist(&self.layout, tmp, media_type, digest, size)?)
+    }
+
+    fn finish(self, media_type: &str) -> Result<Descriptor, SourceError> {
+        let (digest, size, buf) = self.inner.finish();
         let tmp = buf
             .into_inner()
             .map_err(|e| SourceError::io("flushing blob", e.into_error()))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| SourceError::io("syncing blob", e))?;
-        let path = self.layout.blob_path(&digest);
-        tmp.persist(&path).map_err(|e| {
-            SourceError::io(format!("renaming blob to {}", path.display()), e.error)
-        })?;
-        Ok(Descriptor::new(media_type, digest, size))
+        persist(&self.layout, tmp, media_type, digest, size)
     }
+}
+
+/// Sync a finished temporary blob and rename it to its digest.
+fn persist(
+    layout: &OciLayout,
+    tmp: tempfile::NamedTempFile,
+    media_type: &str,
+    digest: Digest,
+    size: u64,
+) -> Result<Descriptor, SourceError> {
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| SourceError::io("syncing blob", e))?;
+    let path = layout.blob_path(&digest);
+    tmp.persist(&path)
+        .map_err(|e| SourceError::io(format!("renaming blob to {}", path.display()), e.error))?;
+    Ok(Descriptor::new(media_type, digest, size))
 }
 
 impl Write for BlobWriter {

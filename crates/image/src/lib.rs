@@ -11,6 +11,7 @@
 //! Not for: running containers (that is the agent), deciding which images
 //! are allowed (that is `veil-policy`).
 
+pub mod bench;
 pub mod builder;
 pub mod crypt;
 pub mod digest;

@@ -215,7 +215,12 @@ pub fn unpack_image(
                 media_type: layer.media_type.clone(),
             })?;
         let blob: Box<dyn Read + '_> = if kind.encrypted {
-            Box::new(DecryptingReader::open(source, layer, unwrappers)?)
+            let mut r = DecryptingReader::open(source, layer, unwrappers)?;
+            if kind.compression != Compression::None {
+                // apply_layer checks the uncompressed stream against diff_id.
+                r.uncompressed_digest_checked_by_caller(diff_id);
+            }
+            Box::new(r)
         } else {
             source.open_blob(layer)?
         };
@@ -278,7 +283,8 @@ pub fn apply_layer(
     let actual = {
         let decompressed: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut blob),
-            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(&mut blob)),
+            // Several gzip members are one stream, as Go's gzip reader reads them.
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
             Compression::Zstd => Box::new(crate::zstd::ZstdReader::new(&mut blob)),
         };
         let limited = Limited {

@@ -366,3 +366,123 @@ fn kbs_key_provider_round_trip() {
         "{err}"
     );
 }
+
+/// Point the wrapped private options of layer `i` of `tag` at `digest`
+/// (re-wrapped for `pk`, as someone holding the layer key could) and tag
+/// the result `lying`.
+fn rewrap_with_digest(
+    layout: &OciLayout,
+    tag: &str,
+    i: usize,
+    sk: &Path,
+    pk: &Path,
+    digest: &veil_image::Digest,
+) {
+    use base64::Engine as _;
+    let img = layout.resolve(Some(tag), &Platform::linux_amd64()).unwrap();
+    let mut manifest = img.manifest.clone();
+    let layer = &mut manifest.layers[i];
+    let mut opts = crypt::unwrap_options(layer, &[&unwrapper(sk)]).unwrap();
+    opts.digest = digest.clone();
+    let w = JweWrapper::new(vec![parse_public_key(&std::fs::read(pk).unwrap()).unwrap()]);
+    let blob = w.wrap(&opts.to_json()).unwrap();
+    layer.annotations.insert(
+        w.annotation_key(),
+        base64::engine::general_purpose::STANDARD.encode(blob),
+    );
+    let mbytes = serde_json::to_vec(&manifest).unwrap();
+    let desc = layout
+        .write_blob(&mbytes, veil_image::spec::media_type::OCI_MANIFEST)
+        .unwrap();
+    layout.set_tag("lying", desc).unwrap();
+}
+
+/// skopeo compresses an uncompressed layer before encrypting it and puts
+/// the *uncompressed* digest in the private options (containers/image
+/// behaviour): veil decrypts it to what skopeo decrypts it to, and
+/// unpacks it; private options naming another digest are refused.
+#[test]
+fn skopeo_encrypted_uncompressed_layers_decrypt_like_skopeo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sk, pk) = keypair(tmp.path(), "rsa");
+    let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::None);
+    let src = tmp.path().join("layout");
+    common::run(
+        common::skopeo(tmp.path())
+            .args(["copy", "--quiet", "--encryption-key"])
+            .arg(format!("jwe:{}", pk.display()))
+            .arg(format!("oci:{}:plain", src.display()))
+            .arg(format!("oci:{}:enc", src.display())),
+    );
+    let enc = resolve(&src, "enc");
+    assert!(
+        enc.layers()
+            .iter()
+            .all(|l| l.media_type.ends_with("tar+gzip+encrypted")),
+        "skopeo compressed before encrypting: {:?}",
+        enc.layers()
+    );
+    // The private options name the uncompressed layer (the diff_id).
+    let opts = crypt::unwrap_options(&enc.layers()[0], &[&unwrapper(&sk)]).unwrap();
+    assert_eq!(&opts.digest, &enc.diff_ids()[0]);
+
+    let out = OciLayout::create(tmp.path().join("out")).unwrap();
+    crypt::decrypt_image(&layout, Some("enc"), &out, "dec", &[&unwrapper(&sk)]).unwrap();
+    common::run(
+        common::skopeo(tmp.path())
+            .args(["copy", "--quiet", "--decryption-key"])
+            .arg(&sk)
+            .arg(format!("oci:{}:enc", src.display()))
+            .arg(format!("oci:{}:dec", tmp.path().join("sk").display())),
+    );
+    assert_same_layers(
+        &resolve(&tmp.path().join("out"), "dec"),
+        &resolve(&tmp.path().join("sk"), "dec"),
+    );
+    // Unpacking the encrypted image directly works too.
+    let rootfs = tmp.path().join("rootfs");
+    veil_image::unpack::unpack_image(
+        &layout,
+        &enc,
+        &rootfs,
+        &[&unwrapper(&sk)],
+        &veil_image::unpack::UnpackLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap(),
+        "hello from veil\n"
+    );
+
+    // Private options that name neither the blob nor its content: refused,
+    // by decrypt and by unpack, with nothing committed.
+    let other = veil_image::Digest::sha256(b"something else");
+    rewrap_with_digest(&layout, "enc", 0, &sk, &pk, &other);
+    let out2_dir = tmp.path().join("out2");
+    let out2 = OciLayout::create(&out2_dir).unwrap();
+    let err =
+        crypt::decrypt_image(&layout, Some("lying"), &out2, "dec", &[&unwrapper(&sk)]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CryptError::Refused {
+                check: "decrypted layer digest",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&other.to_string()), "{err}");
+    assert!(out2.index().unwrap().manifests.is_empty());
+    let lying = resolve(&src, "lying");
+    let err = veil_image::unpack::unpack_image(
+        &layout,
+        &lying,
+        &tmp.path().join("rootfs2"),
+        &[&unwrapper(&sk)],
+        &veil_image::unpack::UnpackLimits::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("decrypted layer digest"), "{err}");
+    assert!(!tmp.path().join("rootfs2").exists());
+}

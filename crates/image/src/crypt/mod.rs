@@ -33,7 +33,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::digest::{Digest, DigestAlgorithm, Hasher};
 use crate::layout::{BlobWriter, OciLayout};
 use crate::source::{BlobSource, SourceError};
-use crate::spec::{Descriptor, Manifest, Platform, layer_kind, media_type};
+use crate::spec::{Compression, Descriptor, Manifest, Platform, layer_kind, media_type};
 
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 type HmacSha256 = Hmac<Sha256>;
@@ -413,6 +413,17 @@ impl<'a> DecryptingReader<'a> {
         &self.expected_plain
     }
 
+    /// The caller checks the *uncompressed* stream of this (compressed)
+    /// layer against `diff_id`. When the private options name that digest,
+    /// as containers/image writes them after compressing a layer before
+    /// encrypting it, the caller's check replaces the blob digest check.
+    /// Any other digest keeps the blob check.
+    pub fn uncompressed_digest_checked_by_caller(&mut self, diff_id: &Digest) {
+        if *diff_id == self.expected_plain {
+            self.plain = None;
+        }
+    }
+
     fn fail(e: CryptError) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, e)
     }
@@ -447,11 +458,10 @@ impl Read for DecryptingReader<'_> {
                 reason: "the ciphertext's HMAC-SHA256 differs from the one in pubopts (tampered layer or wrong key)".into(),
             }));
         }
-        let actual = self
-            .plain
-            .take()
-            .map(Hasher::finish)
-            .ok_or_else(|| Self::fail(CryptError::Internal("plain hasher")))?;
+        // No hasher: the caller checks the uncompressed stream instead.
+        let Some(actual) = self.plain.take().map(Hasher::finish) else {
+            return Ok(0);
+        };
         if actual != self.expected_plain {
             return Err(Self::fail(CryptError::Refused {
                 check: "decrypted layer digest",
@@ -553,18 +563,33 @@ pub fn decrypt_layer(
             reason: "the ciphertext's HMAC-SHA256 differs from the one in pubopts (tampered layer or wrong key)".into(),
         });
     }
-    let mut desc = match out.commit_expecting(&base_type, &opts.digest) {
-        Ok(d) => d,
-        Err(SourceError::DigestMismatch {
-            expected, actual, ..
-        }) => {
-            return Err(CryptError::Refused {
-                check: "decrypted layer digest",
-                reason: format!("expected {expected}, got {actual}"),
-            });
+    let compression = layer_kind(&base_type).map(|k| k.compression);
+    let mut desc = out.commit_if(&base_type, |actual, file| {
+        if *actual == opts.digest {
+            return Ok(());
         }
-        Err(e) => return Err(e.into()),
-    };
+        // containers/image compresses an uncompressed layer before
+        // encrypting it and records the *uncompressed* digest: check that.
+        let uncompressed = match compression {
+            Some(c @ (Compression::Gzip | Compression::Zstd)) => {
+                Some(uncompressed_digest(file, c, opts.digest.algorithm())?)
+            }
+            _ => None,
+        };
+        if uncompressed.as_ref() == Some(&opts.digest) {
+            return Ok(());
+        }
+        Err(CryptError::Refused {
+            check: "decrypted layer digest",
+            reason: format!(
+                "expected {}, got {actual}{}",
+                opts.digest,
+                uncompressed
+                    .map(|u| format!(" ({u} uncompressed)"))
+                    .unwrap_or_default()
+            ),
+        })
+    })?;
     desc.annotations = layer
         .annotations
         .iter()
@@ -573,6 +598,41 @@ pub fn decrypt_layer(
         .collect();
     desc.extra = layer.extra.clone();
     Ok(desc)
+}
+
+/// Digest of the decompressed content of a compressed blob.
+fn uncompressed_digest(
+    file: &mut std::fs::File,
+    compression: Compression,
+    algorithm: DigestAlgorithm,
+) -> Result<Digest, CryptError> {
+    let what = "decompressing the decrypted layer";
+    let blob = io::BufReader::with_capacity(CHUNK, file);
+    let mut r: Box<dyn Read> = match compression {
+        // Several gzip members are one stream, as Go's gzip reader reads them.
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        Compression::Zstd => Box::new(crate::zstd::ZstdReader::new(blob)),
+        Compression::None => Box::new(blob),
+    };
+    let limit = crate::unpack::UnpackLimits::default().max_bytes;
+    let mut h = Hasher::new(algorithm);
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).map_err(|e| CryptError::from_io(what, e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > limit {
+            return Err(CryptError::Malformed {
+                what: "decrypted layer".into(),
+                reason: format!("decompresses to more than {limit} bytes"),
+            });
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finish())
 }
 
 /// Which layers to encrypt.

@@ -13,6 +13,10 @@ use veil_runtime::vm::qemu::{self, Accel, GuestForward};
 use veil_runtime::vm::{TeeChoice, VmConfig, VmSandbox, guest};
 use veil_runtime::{AgentClient, CallError, ProcessSandbox, SandboxConfig, SimPlatform};
 
+/// How long an auto-selected KVM guest may take to get its agent ready
+/// before veil falls back to TCG (a KVM boot takes a few seconds).
+const KVM_FIRST_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Sandbox and TEE options of `veil run`.
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct VmArgs {
@@ -288,8 +292,35 @@ pub fn launch(
         debug: cfg.debug,
         ready_timeout: Duration::from_secs(v.boot_timeout),
     };
-    let sb =
-        VmSandbox::launch(platform, &vc).map_err(|e| anyhow!("starting the VM sandbox: {e}"))?;
+    // Auto-selected KVM gets a short first deadline: on some hosts (nested
+    // virtualization) KVM runs a trivial guest but a Linux kernel never
+    // gets past its real-mode setup. Then the guest is relaunched under
+    // TCG, and veil says so, rather than waiting out --boot-timeout.
+    let auto_kvm = accel.is_none()
+        && matches!(vc.tee, TeeChoice::Sim)
+        && qemu::choose_accel(None).0 == Accel::Kvm;
+    let sb = if auto_kvm && vc.ready_timeout > KVM_FIRST_DEADLINE {
+        let mut first = vc.clone();
+        first.accel = Some(Accel::Kvm);
+        first.ready_timeout = KVM_FIRST_DEADLINE;
+        match VmSandbox::launch(platform, &first) {
+            Ok(sb) => sb,
+            Err(veil_runtime::vm::VmError::Timeout { seconds, .. }) => {
+                if !quiet {
+                    eprintln!(
+                        "veil: the guest made no progress under KVM within {seconds} s (this host's KVM runs guests only partly, e.g. nested virtualization); relaunching under TCG (software emulation, slow)"
+                    );
+                }
+                let mut tcg = vc.clone();
+                tcg.accel = Some(Accel::Tcg);
+                VmSandbox::launch(platform, &tcg)
+                    .map_err(|e| anyhow!("starting the VM sandbox: {e}"))?
+            }
+            Err(e) => return Err(anyhow!("starting the VM sandbox: {e}")),
+        }
+    } else {
+        VmSandbox::launch(platform, &vc).map_err(|e| anyhow!("starting the VM sandbox: {e}"))?
+    };
     if !quiet {
         let li = sb.launch_info();
         eprintln!("veil: VM sandbox: QEMU with {}", li.accel_reason);

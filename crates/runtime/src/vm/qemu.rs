@@ -242,8 +242,122 @@ pub fn argv(c: &QemuConfig) -> Vec<String> {
     a
 }
 
-/// Whether KVM can be used: `/dev/kvm` opens read-write and answers
-/// `KVM_GET_API_VERSION` with 12. `Err` says why not.
+/// How long the KVM probe's one-instruction guest may take.
+const KVM_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Run a one-instruction guest (`hlt` at address 0, real mode) on `kvm`
+/// and expect it to stop with `KVM_EXIT_HLT`. Some hosts (nested
+/// virtualization without support for it) accept every ioctl and then
+/// never run a guest: answering the API version is not enough.
+fn kvm_runs_a_guest(kvm: std::fs::File) -> Result<(), String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    const KVM_GET_VCPU_MMAP_SIZE: libc::c_ulong = 0xAE04;
+    const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
+    const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = 0x4020_AE46;
+    const KVM_SET_REGS: libc::c_ulong = 0x4090_AE82;
+    const KVM_GET_SREGS: libc::c_ulong = 0x8138_AE83;
+    const KVM_SET_SREGS: libc::c_ulong = 0x4138_AE84;
+    const KVM_RUN: libc::c_ulong = 0xAE80;
+    const KVM_EXIT_HLT: u32 = 5;
+    let fail = |what: &str| format!("KVM probe: {what}: {}", std::io::Error::last_os_error());
+    // SAFETY: each call below is a KVM ioctl or mmap on descriptors this
+    // function owns, with buffers of the sizes the KVM ABI defines
+    // (kvm_userspace_memory_region 32 bytes, kvm_regs 144, kvm_sregs 312);
+    // the guest page and the kvm_run mapping stay mapped until unmapped
+    // here, after the last use.
+    unsafe {
+        let vm = libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM as _, 0);
+        if vm < 0 {
+            return Err(fail("KVM_CREATE_VM"));
+        }
+        let vm = OwnedFd::from_raw_fd(vm);
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            0x1000,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if page == libc::MAP_FAILED {
+            return Err(fail("mmap of the guest page"));
+        }
+        *(page as *mut u8) = 0xf4; // hlt
+        let mut region = [0u64; 4]; // slot|flags, guest_phys_addr, memory_size, userspace_addr
+        region[2] = 0x1000;
+        region[3] = page as u64;
+        let r = libc::ioctl(
+            vm.as_raw_fd(),
+            KVM_SET_USER_MEMORY_REGION as _,
+            region.as_ptr(),
+        );
+        if r < 0 {
+            libc::munmap(page, 0x1000);
+            return Err(fail("KVM_SET_USER_MEMORY_REGION"));
+        }
+        let vcpu = libc::ioctl(vm.as_raw_fd(), KVM_CREATE_VCPU as _, 0);
+        if vcpu < 0 {
+            libc::munmap(page, 0x1000);
+            return Err(fail("KVM_CREATE_VCPU"));
+        }
+        let vcpu = OwnedFd::from_raw_fd(vcpu);
+        let mut sregs = [0u8; 312];
+        if libc::ioctl(vcpu.as_raw_fd(), KVM_GET_SREGS as _, sregs.as_mut_ptr()) < 0 {
+            libc::munmap(page, 0x1000);
+            return Err(fail("KVM_GET_SREGS"));
+        }
+        // cs: base (offset 0, u64) and selector (offset 12, u16) to 0.
+        sregs[0..8].fill(0);
+        sregs[12..14].fill(0);
+        if libc::ioctl(vcpu.as_raw_fd(), KVM_SET_SREGS as _, sregs.as_ptr()) < 0 {
+            libc::munmap(page, 0x1000);
+            return Err(fail("KVM_SET_SREGS"));
+        }
+        let mut regs = [0u64; 18]; // …, rip (16), rflags (17)
+        regs[17] = 0x2;
+        if libc::ioctl(vcpu.as_raw_fd(), KVM_SET_REGS as _, regs.as_ptr()) < 0 {
+            libc::munmap(page, 0x1000);
+            return Err(fail("KVM_SET_REGS"));
+        }
+        let size = libc::ioctl(kvm.as_raw_fd(), KVM_GET_VCPU_MMAP_SIZE as _, 0);
+        if size < 16 {
+            libc::munmap(page, 0x1000);
+            return Err(fail("KVM_GET_VCPU_MMAP_SIZE"));
+        }
+        let run = libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            vcpu.as_raw_fd(),
+            0,
+        );
+        if run == libc::MAP_FAILED {
+            libc::munmap(page, 0x1000);
+            return Err(fail("mmap of kvm_run"));
+        }
+        let r = libc::ioctl(vcpu.as_raw_fd(), KVM_RUN as _, 0);
+        // kvm_run.exit_reason: u32 at offset 8.
+        let exit = std::ptr::read_volatile((run as *const u8).add(8) as *const u32);
+        let err = (r < 0).then(|| fail("KVM_RUN"));
+        libc::munmap(run, size as usize);
+        libc::munmap(page, 0x1000);
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if exit != KVM_EXIT_HLT {
+            return Err(format!(
+                "KVM probe: a one-instruction guest (hlt) exited with reason {exit}, expected {KVM_EXIT_HLT} (KVM_EXIT_HLT)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether KVM can be used: `/dev/kvm` opens read-write, answers
+/// `KVM_GET_API_VERSION` with 12, and runs a one-instruction guest within
+/// a few seconds. `Err` says why not.
 pub fn kvm_usable() -> Result<(), String> {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
@@ -259,7 +373,19 @@ pub fn kvm_usable() -> Result<(), String> {
             "/dev/kvm: KVM_GET_API_VERSION returned {v}, expected 12"
         ));
     }
-    Ok(())
+    // A host where KVM_RUN never returns must not hang veil: the probe runs
+    // on its own thread, abandoned (with its descriptors) on timeout.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(kvm_runs_a_guest(f));
+    });
+    match rx.recv_timeout(KVM_PROBE_TIMEOUT) {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "KVM probe: a one-instruction guest did not stop within {} s (nested virtualization without support for it?)",
+            KVM_PROBE_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Choose the accelerator: `forced` if given, else KVM when usable, else
@@ -325,6 +451,23 @@ pub fn check_host_tee(tee: &str, roots: &HostRoots) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kvm_detection_answers_quickly_whatever_the_host() {
+        let t = std::time::Instant::now();
+        let r = kvm_usable();
+        eprintln!("kvm_usable: {r:?}");
+        assert!(
+            t.elapsed() < KVM_PROBE_TIMEOUT + std::time::Duration::from_secs(2),
+            "{r:?}"
+        );
+        if let Err(why) = r {
+            assert!(
+                why.contains("/dev/kvm") || why.contains("KVM probe"),
+                "{why}"
+            );
+        }
+    }
 
     fn base(tee: VmTee) -> QemuConfig {
         QemuConfig {

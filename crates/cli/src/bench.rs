@@ -17,6 +17,9 @@ pub enum BenchCommand {
     Kbs(KbsBench),
     /// `veil run` to first output line vs `runc run` of the same bundle.
     Run(crate::run::bench::RunBench),
+    /// `veil image decrypt` vs `skopeo copy --decryption-key` and `veil
+    /// image measure` vs `veritysetup format` on the same data.
+    Image(crate::image::BenchArgs),
 }
 
 /// Arguments of `veil bench kbs`.
@@ -56,6 +59,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Attest(a) => attest(a),
         BenchCommand::Kbs(a) => kbs(a),
         BenchCommand::Run(a) => crate::run::bench::run(a),
+        BenchCommand::Image(a) => crate::image::bench(a),
     }
 }
 

@@ -299,6 +299,7 @@ pub fn launch(
     let auto_kvm = accel.is_none()
         && matches!(vc.tee, TeeChoice::Sim)
         && qemu::choose_accel(None).0 == Accel::Kvm;
+    let mut fell_back = false;
     let sb = if auto_kvm && vc.ready_timeout > KVM_FIRST_DEADLINE {
         let mut first = vc.clone();
         first.accel = Some(Accel::Kvm);
@@ -313,6 +314,7 @@ pub fn launch(
                 }
                 let mut tcg = vc.clone();
                 tcg.accel = Some(Accel::Tcg);
+                fell_back = true;
                 VmSandbox::launch(platform, &tcg)
                     .map_err(|e| anyhow!("starting the VM sandbox: {e}"))?
             }
@@ -323,7 +325,14 @@ pub fn launch(
     };
     if !quiet {
         let li = sb.launch_info();
-        eprintln!("veil: VM sandbox: QEMU with {}", li.accel_reason);
+        if fell_back {
+            eprintln!(
+                "veil: VM sandbox: QEMU with tcg (software emulation, slow: KVM made no progress within {} s)",
+                KVM_FIRST_DEADLINE.as_secs()
+            );
+        } else {
+            eprintln!("veil: VM sandbox: QEMU with {}", li.accel_reason);
+        }
         eprintln!("  kernel       sha384:{}", hex::encode(li.kernel_sha384));
         eprintln!("  initrd       sha384:{}", hex::encode(li.initrd_sha384));
         eprintln!("  cmdline      {}", li.cmdline);

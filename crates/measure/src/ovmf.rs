@@ -200,30 +200,35 @@ impl<'a> Firmware<'a> {
             .filter(|&gpa| gpa != 0))
     }
 
-    /// The SEV metadata sections, or `Error::NoSevMetadata`.
-    pub fn sev_sections(&self) -> Result<Vec<SevSection>, Error> {
-        let off = self
-            .entry_u32(SEV_METADATA_GUID, "OVMF_SEV_METADATA")?
-            .ok_or(Error::NoSevMetadata {
-                guid: SEV_METADATA_GUID,
-            })?;
-        let bad = |m: String| Error::SevMetadata(m);
+    /// The header both metadata blocks share (`ASEV` for SEV, `TDVF` for
+    /// TDX): signature, total length, version 1, entry count, at `off` bytes
+    /// from the end of the image; checks that `count` entries of
+    /// `entry_size` bytes fit in the declared length and the image.
+    /// Returns (offset of the header, entry count).
+    fn metadata_header(
+        &self,
+        off: u32,
+        signature: &[u8; 4],
+        entry_size: usize,
+        bad: fn(String) -> Error,
+    ) -> Result<(usize, usize), Error> {
+        let d = self.data;
         let start = self.offset_from_end(off).ok_or_else(|| {
             bad(format!(
                 "offset {off:#x} from the end points outside the {}-byte image",
-                self.data.len()
+                d.len()
             ))
         })?;
-        let d = self.data;
         let sig = d
             .get(start..start + 4)
             .ok_or_else(|| bad(truncated_at(start)))?;
-        if sig != b"ASEV" {
+        if sig != signature {
             return Err(bad(format!(
-                "signature at offset {start:#x} is {sig:02x?}, expected \"ASEV\""
+                "signature at offset {start:#x} is {sig:02x?}, expected \"{}\"",
+                String::from_utf8_lossy(signature)
             )));
         }
-        let size = le_u32(d, start + 4).ok_or_else(|| bad(truncated_at(start)))? as usize;
+        let len = le_u32(d, start + 4).ok_or_else(|| bad(truncated_at(start)))? as usize;
         let version = le_u32(d, start + 8).ok_or_else(|| bad(truncated_at(start)))?;
         let count = le_u32(d, start + 12).ok_or_else(|| bad(truncated_at(start)))? as usize;
         if version != 1 {
@@ -234,14 +239,27 @@ impl<'a> Firmware<'a> {
                 "{count} sections, more than the {MAX_SECTIONS} accepted"
             )));
         }
-        let need = 16 + 12 * count;
-        if size < need || start.checked_add(size).is_none_or(|e| e > d.len()) {
+        let need = 16 + entry_size * count;
+        if len < need || start.checked_add(len).is_none_or(|e| e > d.len()) {
             return Err(bad(format!(
-                "header at {start:#x} declares {size} bytes for {count} sections \
+                "header at {start:#x} declares {len} bytes for {count} sections \
                  (needs {need}) in a {}-byte image",
                 d.len()
             )));
         }
+        Ok((start, count))
+    }
+
+    /// The SEV metadata sections, or `Error::NoSevMetadata`.
+    pub fn sev_sections(&self) -> Result<Vec<SevSection>, Error> {
+        let off = self
+            .entry_u32(SEV_METADATA_GUID, "OVMF_SEV_METADATA")?
+            .ok_or(Error::NoSevMetadata {
+                guid: SEV_METADATA_GUID,
+            })?;
+        let bad = |m: String| Error::SevMetadata(m);
+        let d = self.data;
+        let (start, count) = self.metadata_header(off, b"ASEV", 12, bad)?;
         let mut out = Vec::with_capacity(count);
         let mut pages = 0u64;
         for i in 0..count {
@@ -287,40 +305,8 @@ impl<'a> Firmware<'a> {
                 guid: TDX_METADATA_GUID,
             })?;
         let bad = |m: String| Error::TdvfMetadata(m);
-        let start = self.offset_from_end(off).ok_or_else(|| {
-            bad(format!(
-                "offset {off:#x} from the end points outside the {}-byte image",
-                self.data.len()
-            ))
-        })?;
         let d = self.data;
-        let sig = d
-            .get(start..start + 4)
-            .ok_or_else(|| bad(truncated_at(start)))?;
-        if sig != b"TDVF" {
-            return Err(bad(format!(
-                "signature at offset {start:#x} is {sig:02x?}, expected \"TDVF\""
-            )));
-        }
-        let len = le_u32(d, start + 4).ok_or_else(|| bad(truncated_at(start)))? as usize;
-        let version = le_u32(d, start + 8).ok_or_else(|| bad(truncated_at(start)))?;
-        let count = le_u32(d, start + 12).ok_or_else(|| bad(truncated_at(start)))? as usize;
-        if version != 1 {
-            return Err(bad(format!("version {version}, expected 1")));
-        }
-        if count > MAX_SECTIONS {
-            return Err(bad(format!(
-                "{count} sections, more than the {MAX_SECTIONS} accepted"
-            )));
-        }
-        let need = 16 + 32 * count;
-        if len < need || start.checked_add(len).is_none_or(|e| e > d.len()) {
-            return Err(bad(format!(
-                "descriptor at {start:#x} declares {len} bytes for {count} sections \
-                 (needs {need}) in a {}-byte image",
-                d.len()
-            )));
-        }
+        let (start, count) = self.metadata_header(off, b"TDVF", 32, bad)?;
         let mut out = Vec::with_capacity(count);
         let mut pages = 0u64;
         for i in 0..count {

@@ -114,14 +114,11 @@ pub fn check_signatures(
     let policy = Policy::parse(&bytes, Path::new("/nonexistent/veil-trust-policy"))
         .map_err(|e| refuse(format!("the trust policy: {e}")))?;
     let digest = img.manifest_digest().clone();
-    let sigs: Vec<StoredSignature> = match layout.find(Some(&cosign::attachment_tag(&digest))) {
-        Ok(att) => cosign::read_attachment(layout, &att)
-            .map_err(|e| refuse(format!("reading the signatures: {e}")))?
-            .into_iter()
-            .map(StoredSignature::Sigstore)
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+    let sigs: Vec<StoredSignature> = cosign::layout_attachments(layout, &digest)
+        .map_err(|e| refuse(format!("reading the signatures: {e}")))?
+        .into_iter()
+        .map(StoredSignature::Sigstore)
+        .collect();
     let identity = DockerReference::parse(&want.reference).ok();
     let (transport, scopes) = match &identity {
         Some(id) => ("docker", id.policy_scopes()),

@@ -284,13 +284,7 @@ impl Src {
     /// The cosign signatures attached to `digest`.
     fn attachments(&self, digest: &Digest) -> Result<Vec<cosign::SigstoreSignature>, SignError> {
         match self {
-            Src::Layout { layout, .. } => {
-                match layout.find(Some(&cosign::attachment_tag(digest))) {
-                    Ok(att) => cosign::read_attachment(layout, &att),
-                    Err(SourceError::NotFound(_)) => Ok(Vec::new()),
-                    Err(e) => Err(e.into()),
-                }
-            }
+            Src::Layout { layout, .. } => cosign::layout_attachments(layout, digest),
             Src::Registry { reg, .. } => match reg.attachment(digest)? {
                 Some(att) => cosign::read_attachment(&**reg, &att),
                 None => Ok(Vec::new()),

@@ -2,111 +2,16 @@
 //! binaries, the embedded KBS on loopback and the process sandbox. These
 //! run containers and need root, as CI does.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use veil_image::OciLayout;
-use veil_image::builder::ImageBuilder;
 use veil_image::crypt::kbs::{KbsWrapper, ResourceUri};
 use veil_image::crypt::{KeyWrapper, LayerSelection, encrypt_image};
-use veil_image::spec::{Compression, ContainerConfig};
 
-/// The agent binary next to `veil` (built by cargo on demand).
-fn agent() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("VEIL_AGENT") {
-                return PathBuf::from(p);
-            }
-            let veil = PathBuf::from(env!("CARGO_BIN_EXE_veil"));
-            let profile = veil.parent().unwrap().to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "-q", "-p", "veil-agent", "--bin", "veil-agent"])
-                .env("CARGO_TARGET_DIR", profile.parent().unwrap())
-                .status()
-                .unwrap();
-            assert!(st.success(), "building veil-agent");
-            profile.join("veil-agent")
-        })
-        .clone()
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "veil run tests need root (CI runs as root)"
-        );
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-    fn veil(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_veil"));
-        c.env("VEIL_DATA_DIR", self.data())
-            .env("VEIL_AGENT", agent());
-        c
-    }
-    fn layout(&self) -> OciLayout {
-        OciLayout::create(self.dir.path().join("layout")).unwrap()
-    }
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A busybox image whose default command is `cmd`.
-fn image(env: &Env, layout: &OciLayout, tag: &str, cmd: &str) {
-    let root = env.dir.path().join(format!("src-{tag}").replace(':', "_"));
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in [
-        "sh",
-        "cat",
-        "echo",
-        "sha256sum",
-        "sleep",
-        "wc",
-        "cut",
-        "hostname",
-    ] {
-        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
-    }
-    let mut b = ImageBuilder::new(layout);
-    b.config(ContainerConfig {
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-        cmd: Some(vec![cmd.into()]),
-        env: Some(vec!["PATH=/bin".into()]),
-        working_dir: Some("/".into()),
-        ..Default::default()
-    });
-    b.add_layer_dir(&root, Compression::Gzip).unwrap();
-    b.finish(tag).unwrap();
-}
+mod common;
+use common::*;
 
 /// Every file under `dir` that contains `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
@@ -129,21 +34,6 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     hits
 }
 
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|s| s.parse::<u32>().is_ok())
-        })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
-        .collect()
-}
-
 fn mounts_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -151,16 +41,6 @@ fn mounts_mentioning(needle: &str) -> Vec<String> {
         .filter(|l| l.contains(needle))
         .map(str::to_string)
         .collect()
-}
-
-fn sha256_prefix(data: &[u8]) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(data).unwrap();
-    text(&c.wait_with_output().unwrap().stdout)[..16].to_string()
 }
 
 /// Must hold 1: an encrypted image and a secret; the workload uses the

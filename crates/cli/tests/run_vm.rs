@@ -4,36 +4,13 @@
 //! image is built once per test process and only a few tests boot.
 //! Needs root and scripts/install-deps.sh (qemu-system-x86, linux-image-amd64).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use veil_image::OciLayout;
-use veil_image::builder::ImageBuilder;
-use veil_image::spec::{Compression, ContainerConfig};
-
-fn agent() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("VEIL_AGENT") {
-                return PathBuf::from(p);
-            }
-            let veil = PathBuf::from(env!("CARGO_BIN_EXE_veil"));
-            let profile = veil.parent().unwrap().to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "-q", "-p", "veil-agent", "--bin", "veil-agent"])
-                .env("CARGO_TARGET_DIR", profile.parent().unwrap())
-                .status()
-                .unwrap();
-            assert!(st.success(), "building veil-agent");
-            profile.join("veil-agent")
-        })
-        .clone()
-}
+mod common;
+use common::*;
 
 /// `veil guest build --json` into `dir`.
 fn guest_build(dir: &Path) -> serde_json::Value {
@@ -62,29 +39,7 @@ fn guest() -> &'static (PathBuf, serde_json::Value) {
     })
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
 impl Env {
-    fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "VM tests need root (CI runs as root)"
-        );
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-    fn veil(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_veil"));
-        c.env("VEIL_DATA_DIR", self.data())
-            .env("VEIL_AGENT", agent());
-        c
-    }
     /// `veil run --sandbox vm --tee sim`, forced to TCG, with the shared guest.
     fn run_vm(&self) -> Command {
         let (g, _) = guest();
@@ -106,55 +61,11 @@ impl Env {
         c
     }
     /// A busybox image running `cmd`, as `oci:DIR:app:1`.
-    fn image(&self, cmd: &str) -> String {
-        let layout = OciLayout::create(self.dir.path().join("layout")).unwrap();
-        let root = self.dir.path().join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for a in ["sh", "cat", "echo", "sha256sum", "cut"] {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
-        }
-        let mut b = ImageBuilder::new(&layout);
-        b.config(ContainerConfig {
-            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-            cmd: Some(vec![cmd.into()]),
-            env: Some(vec!["PATH=/bin".into()]),
-            working_dir: Some("/".into()),
-            ..Default::default()
-        });
-        b.add_layer_dir(&root, Compression::Gzip).unwrap();
-        b.finish("app:1").unwrap();
+    fn vm_image(&self, cmd: &str) -> String {
+        let layout = self.layout();
+        image(self, &layout, "app:1", cmd);
         format!("oci:{}:app:1", layout.root().display())
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|s| s.parse::<u32>().is_ok())
-        })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
-        .collect()
-}
-
-fn sha256_prefix(data: &[u8]) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(data).unwrap();
-    text(&c.wait_with_output().unwrap().stdout)[..16].to_string()
 }
 
 fn nothing_left(env: &Env) {
@@ -213,8 +124,9 @@ fn vm_sim_runs_a_container_with_a_secret_and_tears_down() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let img = env
-        .image("echo fp $(sha256sum /run/veil/secrets/k | cut -c1-16); echo to-stderr >&2; exit 7");
+    let img = env.vm_image(
+        "echo fp $(sha256sum /run/veil/secrets/k | cut -c1-16); echo to-stderr >&2; exit 7",
+    );
     let t = Instant::now();
     let out: Output = env
         .run_vm()
@@ -250,7 +162,7 @@ fn vm_sim_runs_a_container_with_a_secret_and_tears_down() {
 #[test]
 fn qemu_that_cannot_start_is_a_clear_error() {
     let env = Env::new();
-    let img = env.image("echo never");
+    let img = env.vm_image("echo never");
     let t = Instant::now();
     let out = env
         .run_vm()
@@ -270,7 +182,7 @@ fn qemu_that_cannot_start_is_a_clear_error() {
 #[test]
 fn guest_whose_kernel_panics_is_a_clear_error_within_bounds() {
     let env = Env::new();
-    let img = env.image("echo never");
+    let img = env.vm_image("echo never");
     let bad = env.dir.path().join("bad-initrd.img");
     std::fs::write(&bad, b"not a cpio archive at all").unwrap();
     let (g, _) = guest();
@@ -310,7 +222,7 @@ fn guest_whose_kernel_panics_is_a_clear_error_within_bounds() {
 #[test]
 fn guest_that_never_connects_times_out_and_is_killed() {
     let env = Env::new();
-    let img = env.image("echo never");
+    let img = env.vm_image("echo never");
     // A guest whose /init is busybox's init: it boots and waits forever.
     let mut a = veil_runtime::vm::cpio::Archive::new();
     use veil_runtime::vm::cpio::Node;
@@ -369,7 +281,7 @@ fn guest_that_never_connects_times_out_and_is_killed() {
 #[test]
 fn snp_and_tdx_fail_early_on_a_host_without_them() {
     let env = Env::new();
-    let img = env.image("echo never");
+    let img = env.vm_image("echo never");
     for tee in ["snp", "tdx"] {
         let out = env
             .veil()

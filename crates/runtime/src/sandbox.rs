@@ -351,36 +351,46 @@ impl ProcessSandbox {
 
     fn teardown(&mut self, grace: Duration) -> Result<(), SandboxError> {
         if let Some(mut child) = self.child.take() {
-            let pid = Pid::from_raw(child.id() as i32);
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = kill(pid, Signal::SIGTERM);
-                let start = Instant::now();
-                while matches!(child.try_wait(), Ok(None)) && start.elapsed() < grace {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if matches!(child.try_wait(), Ok(None)) {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-            }
-            let _ = child.wait();
+            terminate(&mut child, grace);
         }
         if let Some(h) = self.platform.take() {
             let _ = h.join();
         }
-        match fs::remove_dir_all(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SandboxError::Io {
-                context: format!("removing the sandbox dir {}", self.dir.display()),
-                source: e,
-            }),
-        }
+        remove_sandbox_dir(&self.dir).map_err(io_err(format!(
+            "removing the sandbox dir {}",
+            self.dir.display()
+        )))
     }
 }
 
 impl Drop for ProcessSandbox {
     fn drop(&mut self) {
         let _ = self.teardown(Duration::from_secs(5));
+    }
+}
+
+/// SIGTERM `child`, give it `grace` to exit, then SIGKILL; reap it.
+/// Shared by the process and the VM sandbox.
+pub(crate) fn terminate(child: &mut std::process::Child, grace: Duration) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let start = Instant::now();
+        while matches!(child.try_wait(), Ok(None)) && start.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+    let _ = child.wait();
+}
+
+/// Remove a sandbox dir; one that is already gone is fine.
+pub(crate) fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 

@@ -306,6 +306,19 @@ pub struct SigstoreSignature {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// The cosign signatures stored next to `digest` in an OCI layout (the tag
+/// `sha256-<hex>.sig`); none when there is no such tag.
+pub fn layout_attachments(
+    layout: &OciLayout,
+    digest: &Digest,
+) -> Result<Vec<SigstoreSignature>, SignError> {
+    match layout.find(Some(&attachment_tag(digest))) {
+        Ok(att) => read_attachment(layout, &att),
+        Err(SourceError::NotFound(_)) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Read the signatures of the attachment manifest `desc` from `source`.
 pub fn read_attachment(
     source: &dyn BlobSource,

@@ -612,16 +612,7 @@ impl VmSandbox {
 
     fn teardown(&mut self, grace: Duration) -> Result<(), VmError> {
         if let Some(mut child) = self.child.take() {
-            if matches!(child.try_wait(), Ok(None)) {
-                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                let start = Instant::now();
-                while matches!(child.try_wait(), Ok(None)) && start.elapsed() < grace {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let _ = child.kill();
-            }
-            let _ = child.wait();
+            crate::sandbox::terminate(&mut child, grace);
         }
         if let Some(h) = self.serial.take() {
             let _ = h.join();
@@ -634,14 +625,10 @@ impl VmSandbox {
         if let Some(h) = self.platform.take() {
             let _ = h.join();
         }
-        match fs::remove_dir_all(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VmError::Io {
-                context: format!("removing the sandbox dir {}", self.dir.display()),
-                source: e,
-            }),
-        }
+        crate::sandbox::remove_sandbox_dir(&self.dir).map_err(io_err(format!(
+            "removing the sandbox dir {}",
+            self.dir.display()
+        )))
     }
 }
 

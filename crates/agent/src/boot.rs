@@ -5,6 +5,11 @@
 //! names and compares (in constant time) with the platform's binding field:
 //! SNP `HOST_DATA`, TDX `MRCONFIGID`, or the sim platform's launch binding,
 //! read from a fresh report. Then it compiles the policy in init-data.
+//!
+//! Without a TEE (`--tee none`, VM sandbox only) there is no binding to
+//! check and no evidence to give: the agent still parses init-data and
+//! enforces its policy, but nothing proves that to anyone, and it refuses
+//! init-data that names a KBS (no KBS could release anything to it).
 
 use std::sync::Arc;
 
@@ -26,20 +31,31 @@ pub enum BootError {
     Policy(String),
 }
 
+pub use crate::proto::{NO_TEE, NO_TEE_WARNING};
+
 /// What the agent proved at start.
 pub struct Booted {
     pub init_data: ParsedInitData,
     pub digest: InitDataDigest,
-    pub attester: Arc<dyn Attester>,
+    /// `None`: no TEE (`--tee none`).
+    pub attester: Option<Arc<dyn Attester>>,
     pub engine: PolicyEngine,
+    /// Empty without a TEE.
     pub measurement: Vec<u8>,
+}
+
+impl Booted {
+    /// `snp`, `tdx`, `sim` or [`NO_TEE`].
+    pub fn tee_name(&self) -> &'static str {
+        self.attester.as_ref().map_or(NO_TEE, |a| a.tee().as_str())
+    }
 }
 
 impl std::fmt::Debug for Booted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Booted")
             .field("digest", &self.digest)
-            .field("tee", &self.attester.tee())
+            .field("tee", &self.tee_name())
             .finish()
     }
 }
@@ -53,11 +69,30 @@ pub fn binding_field(tee: TeeKind) -> BindingField {
     }
 }
 
-/// Check init-data against the platform and load its policy.
-pub fn boot(init_data: &[u8], attester: Arc<dyn Attester>) -> Result<Booted, BootError> {
+/// Check init-data against the platform and load its policy. `attester`
+/// `None` means no TEE: nothing to check init-data against, and init-data
+/// that names a KBS is refused.
+pub fn boot(init_data: &[u8], attester: Option<Arc<dyn Attester>>) -> Result<Booted, BootError> {
     let parsed =
         ParsedInitData::parse(init_data).map_err(|e| BootError::InitData(e.to_string()))?;
     let digest = parsed.digest();
+    let Some(attester) = attester else {
+        if let Some((target, _)) = crate::kbs::target_of(&parsed).map_err(BootError::InitData)? {
+            return Err(BootError::InitData(format!(
+                "it names a KBS ({}), but this guest has no TEE (--tee none): without evidence no KBS releases anything to it; run with a TEE, or with init-data that names no KBS",
+                target.url
+            )));
+        }
+        let engine = PolicyEngine::from_init_data(&parsed.init_data)
+            .map_err(|e| BootError::Policy(e.to_string()))?;
+        return Ok(Booted {
+            init_data: parsed,
+            digest,
+            attester: None,
+            engine,
+            measurement: Vec::new(),
+        });
+    };
     let reported = attester.init_data_binding().map_err(|e| {
         BootError::Tee(format!(
             "reading the init-data binding from the platform: {e}"
@@ -74,8 +109,46 @@ pub fn boot(init_data: &[u8], attester: Arc<dyn Attester>) -> Result<Booted, Boo
     Ok(Booted {
         init_data: parsed,
         digest,
-        attester,
+        attester: Some(attester),
         engine,
         measurement,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veil_policy::initdata::{AA_KEY, InitData};
+
+    fn init_data(aa: Option<&str>) -> Vec<u8> {
+        let mut d = InitData::new(veil_policy::HashAlgorithm::Sha384);
+        if let Some(a) = aa {
+            d.data.insert(AA_KEY.into(), a.into());
+        }
+        d.to_toml().unwrap().into_bytes()
+    }
+
+    #[test]
+    fn without_a_tee_init_data_naming_a_kbs_is_refused() {
+        let e = boot(
+            &init_data(Some(
+                "[token_configs.kbs]\nurl = \"http://127.0.0.1:8080\"\n",
+            )),
+            None,
+        )
+        .unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("names a KBS (http://127.0.0.1:8080)"), "{e}");
+        assert!(e.contains("no TEE (--tee none)"), "{e}");
+    }
+
+    #[test]
+    fn without_a_tee_the_policy_is_still_required() {
+        // No binding to check, but init-data is still parsed and its policy
+        // loaded: a guest without a TEE is not a guest without a policy.
+        let e = boot(&init_data(None), None).unwrap_err();
+        assert!(matches!(e, BootError::Policy(_)), "{e}");
+        let e = boot(b"not toml", None).unwrap_err();
+        assert!(matches!(e, BootError::InitData(_)), "{e}");
+    }
 }

@@ -112,7 +112,8 @@ pub fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
 
 /// What the API serves from.
 pub struct LocalApi {
-    pub attester: Arc<dyn Attester>,
+    /// `None`: no TEE (`--tee none`).
+    pub attester: Option<Arc<dyn Attester>>,
     pub kbs: Option<Arc<Kbs>>,
     pub info: serde_json::Value,
 }
@@ -126,6 +127,15 @@ impl LocalApi {
         if req.path == "/info" {
             return (200, "application/json", self.info.to_string().into_bytes());
         }
+        let Some(attester) = &self.attester else {
+            if !(req.path.starts_with("/aa/") || req.path.starts_with("/cdh/")) {
+                return text(404, format!("no such endpoint {:?}\n", req.path));
+            }
+            return text(
+                503,
+                format!("{}: {}\n", req.path, crate::boot::NO_TEE_WARNING),
+            );
+        };
         if req.path == "/aa/evidence" {
             let rd = req
                 .query
@@ -133,7 +143,7 @@ impl LocalApi {
                 .find(|(k, _)| k == "runtime_data")
                 .map(|(_, v)| v.as_str())
                 .unwrap_or("");
-            return match self.attester.evidence(&report_data_for(rd.as_bytes())) {
+            return match attester.evidence(&report_data_for(rd.as_bytes())) {
                 Ok(ev) => (
                     200,
                     "application/json",
@@ -270,6 +280,29 @@ mod tests {
         assert_eq!(parse_head(b"GET /%zz HTTP/1.1").unwrap_err().0, 400);
         assert_eq!(parse_head(b"GET http://x/ HTTP/1.1").unwrap_err().0, 400);
         assert_eq!(parse_head(b"\xff").unwrap_err().0, 400);
+    }
+
+    #[test]
+    fn without_a_tee_attestation_endpoints_say_why() {
+        let api = LocalApi {
+            attester: None,
+            kbs: None,
+            info: serde_json::json!({"tee": "none"}),
+        };
+        let get =
+            |t: &str| api.answer(&parse_head(format!("GET {t} HTTP/1.1").as_bytes()).unwrap());
+        for t in [
+            "/aa/evidence?runtime_data=x",
+            "/aa/token?token_type=kbs",
+            "/cdh/resource/default/key/1",
+        ] {
+            let (code, _, body) = get(t);
+            assert_eq!(code, 503, "{t}");
+            let body = String::from_utf8(body).unwrap();
+            assert!(body.contains("no TEE (--tee none)"), "{t}: {body}");
+        }
+        assert_eq!(get("/info").0, 200);
+        assert_eq!(get("/nope").0, 404);
     }
 
     proptest! {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! veil-agent serve --init-data FILE --listen SOCKET --guest-root DIR
-//!                  [--tee sim|snp|tdx] [--platform-fd N] [--oci-layout DIR]
+//!                  [--tee sim|snp|tdx|none] [--platform-fd N] [--oci-layout DIR]
 //!                  [--sandbox-id ID] [--pid-namespace] [--no-seccomp]
 //! veil-agent init SPEC      (internal: the container launcher)
 //! ```
@@ -25,12 +25,33 @@ use veil_agent::server::Agent;
 use veil_agent::vm;
 use veil_tee::{DetectRoots, TeeKind, detect};
 
+/// `--tee`: detect, a named TEE, or none at all.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum TeeArg {
+    #[default]
+    Detect,
+    Named(TeeKind),
+    /// No TEE (`none`): no binding, no evidence, no KBS.
+    NoTee,
+}
+
+impl TeeArg {
+    fn parse(s: &str) -> Result<Self, String> {
+        if s == veil_agent::boot::NO_TEE {
+            return Ok(TeeArg::NoTee);
+        }
+        TeeKind::parse(s)
+            .map(TeeArg::Named)
+            .map_err(|e| format!("{e}, none"))
+    }
+}
+
 #[derive(Debug, Default)]
 struct ServeArgs {
     init_data: PathBuf,
     listen: PathBuf,
     guest_root: PathBuf,
-    tee: Option<TeeKind>,
+    tee: TeeArg,
     platform_fd: Option<i32>,
     oci_layout: Option<PathBuf>,
     sandbox_id: String,
@@ -61,7 +82,7 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs, String> {
             "--init-data" => init = Some(PathBuf::from(val()?)),
             "--listen" => listen = Some(PathBuf::from(val()?)),
             "--guest-root" => root = Some(PathBuf::from(val()?)),
-            "--tee" => a.tee = Some(TeeKind::parse(&val()?).map_err(|e| e.to_string())?),
+            "--tee" => a.tee = TeeArg::parse(&val()?)?,
             "--platform-fd" => {
                 a.platform_fd = Some(val()?.parse().map_err(|_| "--platform-fd: not a number")?)
             }
@@ -104,7 +125,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: veil-agent serve --init-data FILE --listen SOCKET --guest-root DIR [--tee sim|snp|tdx] [--platform-fd N] [--oci-layout DIR] [--sandbox-id ID] [--pid-namespace] [--no-seccomp]"
+                "usage: veil-agent serve --init-data FILE --listen SOCKET --guest-root DIR [--tee sim|snp|tdx|none] [--platform-fd N] [--oci-layout DIR] [--sandbox-id ID] [--pid-namespace] [--no-seccomp]"
             );
             ExitCode::from(2)
         }
@@ -184,19 +205,17 @@ fn pid1(args: &[String]) -> ! {
         }
     }
     let setup = vm::setup().unwrap_or_else(|e| vm::power_off(&e));
-    let tee = match setup.tee.as_str() {
-        "none" => vm::power_off(
-            "veil.tee=none: this agent only serves with a TEE that can bind init-data (sim, snp, tdx)",
-        ),
-        t => TeeKind::parse(t).unwrap_or_else(|e| {
-            vm::power_off(&format!("veil.tee={t:?} on the kernel command line: {e}"))
-        }),
-    };
+    let tee = TeeArg::parse(&setup.tee).unwrap_or_else(|e| {
+        vm::power_off(&format!(
+            "veil.tee={:?} on the kernel command line: {e}",
+            setup.tee
+        ))
+    });
     let a = ServeArgs {
         init_data: setup.init_data,
         listen: PathBuf::new(),
         guest_root: PathBuf::from(veil_agent::guest::GUEST_PREFIX),
-        tee: Some(tee),
+        tee,
         platform_fd: None,
         oci_layout: setup.oci_layout,
         sandbox_id: String::new(),
@@ -267,13 +286,34 @@ fn run(a: ServeArgs) -> Result<(), String> {
         }
         (None, None) => None,
     };
-    let attester: Arc<dyn veil_tee::Attester> =
-        Arc::from(detect(a.tee, &DetectRoots::default(), channel).map_err(|e| e.to_string())?);
-    if !attester.tee().hardware_backed() {
-        tracing::warn!("{}", veil_attest_warning());
-    }
+    let attester: Option<Arc<dyn veil_tee::Attester>> = match a.tee {
+        TeeArg::NoTee => {
+            if channel.is_some() {
+                return Err("--tee none with a sim platform channel: pick one".into());
+            }
+            tracing::warn!("{}", veil_agent::boot::NO_TEE_WARNING);
+            None
+        }
+        TeeArg::Detect | TeeArg::Named(_) => {
+            let named = match a.tee {
+                TeeArg::Named(k) => Some(k),
+                _ => None,
+            };
+            let at: Arc<dyn veil_tee::Attester> = Arc::from(
+                detect(named, &DetectRoots::default(), channel).map_err(|e| e.to_string())?,
+            );
+            if !at.tee().hardware_backed() {
+                tracing::warn!("{}", veil_attest_warning());
+            }
+            Some(at)
+        }
+    };
     let booted = boot(&init_data, attester.clone()).map_err(|e| e.to_string())?;
-    tracing::info!(tee = %attester.tee(), digest = %booted.digest, "init-data matches the platform's launch binding");
+    if attester.is_some() {
+        tracing::info!(tee = booted.tee_name(), digest = %booted.digest, "init-data matches the platform's launch binding");
+    } else {
+        tracing::warn!(digest = %booted.digest, "init-data loaded without a TEE: its policy is enforced, but nothing binds it to the launch");
+    }
 
     // The agent's private tmpfs: unpacked images, secrets, sockets.
     nix::mount::mount(
@@ -295,7 +335,11 @@ fn run(a: ServeArgs) -> Result<(), String> {
     let _ = std::fs::set_permissions(paths.secrets(), std::fs::Permissions::from_mode(0o755));
 
     let mut status = AttestationStatus {
-        status: "not_configured".into(),
+        status: if attester.is_some() {
+            "not_configured".into()
+        } else {
+            veil_agent::boot::NO_TEE.into()
+        },
         kbs_url: String::new(),
         token_exp: 0,
         ear_status: String::new(),
@@ -306,7 +350,11 @@ fn run(a: ServeArgs) -> Result<(), String> {
         None => None,
         Some((target, credentials)) => {
             status.kbs_url = target.url.clone();
-            let kbs = Arc::new(Kbs::new(target, attester.clone(), &booted.init_data)?);
+            // boot() refuses a KBS without a TEE.
+            let attester = attester
+                .clone()
+                .ok_or("init-data names a KBS but there is no TEE")?;
+            let kbs = Arc::new(Kbs::new(target, attester, &booted.init_data)?);
             let token = kbs.attest()?;
             status.status = "ok".into();
             status.token_exp = token.exp;
@@ -334,7 +382,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
     let hello = Hello {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         api_version: veil_agent_api::API_VERSION,
-        tee: attester.tee().as_str().into(),
+        tee: booted.tee_name().into(),
         init_data_digest: booted.digest.to_string(),
         measurement: hex::encode(&booted.measurement),
         attestation: status,

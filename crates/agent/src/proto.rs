@@ -10,6 +10,12 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384};
 
+/// The TEE name of a guest without one (`Hello::tee`, `veil.tee=none`).
+pub const NO_TEE: &str = "none";
+
+/// What every place that reports a guest without a TEE says.
+pub const NO_TEE_WARNING: &str = "no TEE (--tee none): the host can read and change this VM's memory and everything in it; nothing is attested, init-data is not bound to the launch, and no KBS releases secrets or image keys to it";
+
 /// The 64-byte REPORT_DATA binding caller-supplied runtime data (for
 /// `get_evidence` and the workload API): SHA-384 of the bytes, zero-padded.
 pub fn report_data_for(runtime_data: &[u8]) -> [u8; 64] {

@@ -36,7 +36,8 @@ pub struct Agent {
     pub hello: Hello,
     pub engine: Mutex<PolicyEngine>,
     pub manager: Arc<Manager>,
-    pub attester: Arc<dyn Attester>,
+    /// `None`: no TEE (`--tee none`).
+    pub attester: Option<Arc<dyn Attester>>,
 }
 
 fn ok<T: serde::Serialize>(v: T) -> AgentResponse {
@@ -179,16 +180,21 @@ impl Agent {
                 .map(|_| empty()),
             AgentRequest::CopyFile(r) => m.copy_file(r).map(|_| empty()),
             AgentRequest::StatsContainer(r) => m.stats(&r.container_id).map(ok),
-            AgentRequest::GetEvidence(r) => self
-                .attester
-                .evidence(&crate::local_api::report_data_for(&r.runtime_data.0))
-                .map(|e| {
-                    ok(GetEvidenceResult {
-                        tee: e.tee.as_str().into(),
-                        evidence: e.json,
+            AgentRequest::GetEvidence(r) => match &self.attester {
+                None => Err(format!(
+                    "get_evidence: there is no evidence to give: {}",
+                    crate::boot::NO_TEE_WARNING
+                )),
+                Some(a) => a
+                    .evidence(&crate::local_api::report_data_for(&r.runtime_data.0))
+                    .map(|e| {
+                        ok(GetEvidenceResult {
+                            tee: e.tee.as_str().into(),
+                            evidence: e.json,
+                        })
                     })
-                })
-                .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string()),
+            },
             AgentRequest::UpdateConfig(r) => m.update_config(r).map(|_| empty()),
         };
         r.unwrap_or_else(|message| AgentResponse::Error { message })

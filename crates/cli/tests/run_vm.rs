@@ -42,6 +42,10 @@ fn guest() -> &'static (PathBuf, serde_json::Value) {
 impl Env {
     /// `veil run --sandbox vm --tee sim`, forced to TCG, with the shared guest.
     fn run_vm(&self) -> Command {
+        self.run_vm_tee("sim")
+    }
+    /// `veil run --sandbox vm --tee TEE`, forced to TCG, with the shared guest.
+    fn run_vm_tee(&self, tee: &str) -> Command {
         let (g, _) = guest();
         let mut c = self.veil();
         c.args([
@@ -50,7 +54,7 @@ impl Env {
             "--sandbox",
             "vm",
             "--tee",
-            "sim",
+            tee,
             "--accel",
             "tcg",
         ])
@@ -298,5 +302,80 @@ fn snp_and_tdx_fail_early_on_a_host_without_them() {
             "{stderr}"
         );
     }
+    nothing_left(&env);
+}
+
+/// `--tee none`: a plain VM. It boots and runs the container under the
+/// agent's policy, and every place that reports on it says that nothing is
+/// attested; what would need a KBS is refused before anything starts.
+#[test]
+fn vm_without_a_tee_runs_unattested_and_says_so() {
+    let env = Env::new();
+    let img = env.vm_image("echo plain-vm; exit 3");
+    for (extra, needle) in [
+        (
+            vec!["--secret", "k=kbs:///default/secret/k"],
+            "--tee none with --secret k=kbs:///default/secret/k",
+        ),
+        (
+            vec!["--kbs", "http://127.0.0.1:9"],
+            "--tee none with --kbs http://127.0.0.1:9",
+        ),
+    ] {
+        let t = Instant::now();
+        let out = env
+            .run_vm_tee("none")
+            .args(&extra)
+            .arg(&img)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(stderr.contains("no KBS releases anything"), "{stderr}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "refused only after {:?}",
+            t.elapsed()
+        );
+    }
+    // The process sandbox always has the sim TEE.
+    let out = env
+        .veil()
+        .args(["run", "--rm", "--tee", "none", &img])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("only the VM sandbox runs without a TEE"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = env.run_vm_tee("none").arg(&img).output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    eprintln!("{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.contains("plain-vm"), "{stdout}");
+    assert!(
+        stderr.contains("VM sandbox (QEMU, tcg), TEE: none"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("WARNING: no TEE (--tee none)"), "{stderr}");
+    assert!(stderr.contains("measurement  none"), "{stderr}");
+    assert!(stderr.contains("attestation  none"), "{stderr}");
+    assert!(
+        stderr.contains("enforced by the agent, bound to nothing"),
+        "{stderr}"
+    );
+    // No KBS was started for it.
+    assert!(
+        !env.data().join("kbs").exists(),
+        "an embedded KBS was started"
+    );
     nothing_left(&env);
 }

@@ -544,9 +544,14 @@ fn run_sandbox(
         None => None,
     };
     let t_kbs = Instant::now();
+    if a.vm.no_tee() {
+        vm::check_no_tee(a, init_kbs.as_deref())?;
+    }
     let (local, kbs_url) = match (&a.kbs, &init_kbs) {
         (Some(u), _) => (None, u.clone()),
         (None, Some(u)) => (None, u.clone()),
+        // No TEE: no KBS (nothing would be released to the guest).
+        (None, None) if a.vm.no_tee() => (None, String::new()),
         (None, None) => {
             let l = LocalKbs::start(data, platform.root())?;
             let u = l.url();
@@ -886,17 +891,25 @@ fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool, san
         "veil: sandbox {} ({}): {sandbox}, TEE: {}",
         rec.id, rec.name, h.tee
     );
+    let no_tee = h.tee == veil_agent::proto::NO_TEE;
     if h.tee == "sim" {
         eprintln!("  WARNING: {}", veil_attest::sim::WARNING);
     }
-    eprintln!("  measurement  {} ({m_ok})", h.measurement);
+    if no_tee {
+        eprintln!("  WARNING: {}", veil_agent::proto::NO_TEE_WARNING);
+        eprintln!("  measurement  none (no TEE measures this guest)");
+    } else {
+        eprintln!("  measurement  {} ({m_ok})", h.measurement);
+    }
     eprintln!(
         "  init-data    {} ({})",
         h.init_data_digest,
-        if rec.policy_generated {
-            "policy generated from the image"
-        } else {
-            "from --init-data"
+        match (rec.policy_generated, no_tee) {
+            (true, false) => "policy generated from the image",
+            (false, false) => "from --init-data",
+            (true, true) =>
+                "policy generated from the image; enforced by the agent, bound to nothing",
+            (false, true) => "from --init-data; enforced by the agent, bound to nothing",
         }
     );
     let att = &h.attestation;
@@ -923,6 +936,7 @@ fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool, san
             };
             eprintln!("  attestation  ok: token {status}{why}, KBS {kbs}")
         }
+        _ if no_tee => eprintln!("  attestation  none (no TEE: no evidence, no KBS, no secrets)"),
         other => eprintln!("  attestation  {other} {}", att.error),
     }
     if !att.secrets.is_empty() {

@@ -56,6 +56,29 @@ impl VmArgs {
     fn is_vm(&self) -> bool {
         self.sandbox == "vm"
     }
+    /// `--tee none`.
+    pub fn no_tee(&self) -> bool {
+        self.tee == veil_agent::proto::NO_TEE
+    }
+}
+
+/// `--tee none` runs no KBS: refuse what would need one, before anything
+/// starts, rather than boot a guest that cannot get it.
+pub fn check_no_tee(a: &super::RunArgs, init_data_kbs: Option<&str>) -> Result<()> {
+    let why = "without a TEE there is no evidence, so no KBS releases anything to the guest; use --tee sim (or snp, tdx)";
+    if !a.vm.is_vm() {
+        bail!("--tee none: only the VM sandbox runs without a TEE (--sandbox vm)");
+    }
+    if let Some(u) = &a.kbs {
+        bail!("--tee none with --kbs {u}: {why}");
+    }
+    if let Some(s) = a.secrets.first() {
+        bail!("--tee none with --secret {s}: {why}");
+    }
+    if let Some(u) = init_data_kbs {
+        bail!("--tee none: the --init-data names a KBS ({u}): {why}");
+    }
+    Ok(())
 }
 
 /// The `veil-agent` binary: `explicit`, else next to `veil`, else in PATH.
@@ -96,10 +119,9 @@ pub fn route_kbs(v: &VmArgs, kbs_url: &str) -> Result<(String, Vec<GuestForward>
         qemu::check_host_tee(&v.tee, &qemu::HostRoots::default())
             .map_err(|e| anyhow!("--tee {}: {e}", v.tee))?;
     }
-    if v.tee == "none" {
-        bail!(
-            "--tee none: veil-agent serves only where a TEE binds init-data at launch (sim, snp, tdx); without one nothing the host hands over could be checked. Use --tee sim on machines without a TEE"
-        );
+    if v.no_tee() {
+        // check_no_tee made sure there is no KBS to reach.
+        return Ok((String::new(), Vec::new()));
     }
     let (_scheme, rest) = kbs_url
         .split_once("://")
@@ -245,6 +267,7 @@ pub fn launch(
             .map_err(|e| anyhow!("starting the sandbox: {e}"));
     }
     let tee = match v.tee.as_str() {
+        "none" => TeeChoice::None,
         "sim" => TeeChoice::Sim,
         "snp" | "tdx" => {
             qemu::check_host_tee(&v.tee, &qemu::HostRoots::default())
@@ -297,7 +320,7 @@ pub fn launch(
     // gets past its real-mode setup. Then the guest is relaunched under
     // TCG, and veil says so, rather than waiting out --boot-timeout.
     let auto_kvm = accel.is_none()
-        && matches!(vc.tee, TeeChoice::Sim)
+        && matches!(vc.tee, TeeChoice::Sim | TeeChoice::None)
         && qemu::choose_accel(None).0 == Accel::Kvm;
     let mut fell_back = false;
     let sb = if auto_kvm && vc.ready_timeout > KVM_FIRST_DEADLINE {

@@ -12,10 +12,12 @@
 //! may be released (that is the key broker's policy).
 
 pub mod azure;
+pub mod bench;
 pub mod claims;
 pub mod dcap;
 pub mod error;
 pub mod expect;
+mod fields;
 pub mod hexbytes;
 pub mod sgx;
 pub mod sim;

@@ -7,27 +7,12 @@
 //!
 //! `veil bench attest` can call [`measure`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::azure::{self, HclReport, Kind};
-use crate::dcap::bench::Figure;
+use crate::bench::{Figure, rate};
 use crate::error::{Error, Result};
 use crate::snp;
-
-fn rate(min: Duration, mut f: impl FnMut() -> bool) -> Result<f64> {
-    if !f() {
-        return Err(Error::refused("bench", "benchmark input does not verify"));
-    }
-    let start = Instant::now();
-    let mut n: u64 = 0;
-    while n < 3 || start.elapsed() < min {
-        if !f() {
-            return Err(Error::refused("bench", "benchmark input stopped verifying"));
-        }
-        n += 1;
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
-}
 
 /// Measure `az-snp-vtpm` evidence verified per second on one core, each
 /// side running for at least `min`. `now` must be inside the VCEK's validity.
@@ -39,7 +24,9 @@ pub fn measure(evidence: &[u8], now: u64, min: Duration) -> Result<Figure> {
         ..Default::default()
     };
     azure::verify_snp_vtpm(evidence, &opts, now)?;
-    let ours = rate(min, || azure::verify_snp_vtpm(evidence, &opts, now).is_ok())?;
+    let ours = rate(min, "input", || {
+        azure::verify_snp_vtpm(evidence, &opts, now).is_ok()
+    })?;
 
     let ev = azure::evidence::parse(Kind::Snp, evidence)?;
     let hcl = HclReport::parse(&ev.hcl_report)?;
@@ -48,7 +35,7 @@ pub fn measure(evidence: &[u8], now: u64, min: Duration) -> Result<Figure> {
         .as_deref()
         .ok_or_else(|| Error::malformed("benchmark", "evidence has no VCEK"))?;
     let certs = snp::certs::parse_certs(vcek)?;
-    let baseline = rate(min, || {
+    let baseline = rate(min, "input", || {
         snp::Report::parse(&hcl.hw_report)
             .and_then(|r| snp::verify_report(&r, &certs, &opts, now))
             .is_ok()

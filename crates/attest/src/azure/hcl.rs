@@ -36,6 +36,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::error::{Error, Result};
+use crate::fields::u32_at;
 use crate::tpm::AkPublic;
 
 /// `"HCLA"` read as a little-endian u32.
@@ -173,12 +174,6 @@ pub struct RuntimeData {
     pub vm_configuration: Option<Value>,
     /// `kid` of every key in `keys`.
     pub key_ids: Vec<String>,
-}
-
-fn u32_at(b: &[u8], r: Range<usize>) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[r]);
-    u32::from_le_bytes(a)
 }
 
 fn malformed(reason: impl Into<String>) -> Error {

@@ -18,6 +18,7 @@
 use std::ops::Range;
 
 use crate::error::{Error, Result};
+use crate::fields::{arr, u16_at, u32_at};
 
 /// Largest quote this parser accepts. Real quotes are about 5 KiB; the PCK
 /// chain dominates.
@@ -171,15 +172,15 @@ impl EnclaveReport {
         }
         Ok(EnclaveReport {
             cpu_svn: arr(b, ER_CPU_SVN),
-            misc_select: u32::from_le_bytes(arr(b, ER_MISC_SELECT)),
+            misc_select: u32_at(b, ER_MISC_SELECT),
             isv_ext_prod_id: arr(b, ER_ISV_EXT_PROD_ID),
             attributes: arr(b, ER_ATTRIBUTES),
             mr_enclave: arr(b, ER_MR_ENCLAVE),
             mr_signer: arr(b, ER_MR_SIGNER),
             config_id: arr(b, ER_CONFIG_ID),
-            isv_prod_id: u16::from_le_bytes(arr(b, ER_ISV_PROD_ID)),
-            isv_svn: u16::from_le_bytes(arr(b, ER_ISV_SVN)),
-            config_svn: u16::from_le_bytes(arr(b, ER_CONFIG_SVN)),
+            isv_prod_id: u16_at(b, ER_ISV_PROD_ID),
+            isv_svn: u16_at(b, ER_ISV_SVN),
+            config_svn: u16_at(b, ER_CONFIG_SVN),
             isv_family_id: arr(b, ER_ISV_FAMILY_ID),
             report_data: arr(b, ER_REPORT_DATA),
         })
@@ -365,13 +366,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Copy a fixed range out of a slice whose length the caller already checked.
-fn arr<const N: usize>(b: &[u8], r: Range<usize>) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(&b[r]);
-    a
-}
-
 impl Quote {
     /// Parse a quote of version 3, 4 or 5. Zero padding after the signature
     /// data is ignored; any other trailing byte is refused (it would be
@@ -396,11 +390,11 @@ impl Quote {
             ));
         }
         let header = Header {
-            version: u16::from_le_bytes(arr(bytes, VERSION)),
-            attestation_key_type: u16::from_le_bytes(arr(bytes, ATTESTATION_KEY_TYPE)),
-            tee_type: u32::from_le_bytes(arr(bytes, TEE_TYPE)),
-            qe_svn: u16::from_le_bytes(arr(bytes, QE_SVN)),
-            pce_svn: u16::from_le_bytes(arr(bytes, PCE_SVN)),
+            version: u16_at(bytes, VERSION),
+            attestation_key_type: u16_at(bytes, ATTESTATION_KEY_TYPE),
+            tee_type: u32_at(bytes, TEE_TYPE),
+            qe_svn: u16_at(bytes, QE_SVN),
+            pce_svn: u16_at(bytes, PCE_SVN),
             qe_vendor_id: arr(bytes, QE_VENDOR_ID),
             user_data: arr(bytes, USER_DATA),
         };

@@ -36,6 +36,7 @@ use zeroize::Zeroizing;
 
 use crate::claims::{Claims, Platform, Tee};
 use crate::error::{Error, Result};
+use crate::fields::{arr, u32_at};
 
 /// Total size of a sim report.
 pub const REPORT_LEN: usize = 0x160;
@@ -253,14 +254,14 @@ impl SimReport {
                 "bad magic at offset 0x0 (want VEILSIM)",
             ));
         }
-        let version = u32::from_le_bytes(raw[VERSION].try_into().unwrap_or_default());
+        let version = u32_at(&raw, VERSION);
         if version != FORMAT_VERSION {
             return Err(Error::malformed(
                 "sim report",
                 format!("format version at offset 0x8 is {version}, supported: {FORMAT_VERSION}"),
             ));
         }
-        let flags = u32::from_le_bytes(raw[FLAGS].try_into().unwrap_or_default());
+        let flags = u32_at(&raw, FLAGS);
         if flags & !FLAG_DEBUG != 0 {
             return Err(Error::malformed(
                 "sim report",
@@ -275,9 +276,9 @@ impl SimReport {
         }
         let t = &raw[TCB];
         let body = SimReportBody {
-            report_data: raw[REPORT_DATA].try_into().unwrap_or([0; 64]),
-            measurement: raw[MEASUREMENT].try_into().unwrap_or([0; 48]),
-            init_data: raw[INIT_DATA].try_into().unwrap_or([0; 64]),
+            report_data: arr(&raw, REPORT_DATA),
+            measurement: arr(&raw, MEASUREMENT),
+            init_data: arr(&raw, INIT_DATA),
             tcb: SimTcb {
                 bootloader: t[0],
                 tee: t[1],
@@ -287,7 +288,7 @@ impl SimReport {
             debug: flags & FLAG_DEBUG != 0,
         };
         Ok(SimReport {
-            platform_id: raw[PLATFORM_ID].try_into().unwrap_or([0; 32]),
+            platform_id: arr(&raw, PLATFORM_ID),
             body,
             raw,
         })

@@ -3,11 +3,12 @@
 //! one bare ECDSA P-384 signature check of the same report.
 //! `veil bench attest` prints these figures.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use p384::ecdsa::signature::Verifier;
 
 use super::{ChainCache, Options, Report, certs};
+use crate::bench::rate;
 use crate::error::{Error, Result};
 
 /// Reports verified per second by each method.
@@ -19,24 +20,6 @@ pub struct Figures {
     pub cached_chain_per_second: f64,
     /// Baseline: a bare ECDSA P-384 check of the report signature.
     pub bare_ecdsa_per_second: f64,
-}
-
-fn rate(min: Duration, mut f: impl FnMut() -> bool) -> Result<f64> {
-    if !f() {
-        return Err(Error::refused("bench", "benchmark report does not verify"));
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while n < 3 || start.elapsed() < min {
-        if !f() {
-            return Err(Error::refused(
-                "bench",
-                "benchmark report stopped verifying",
-            ));
-        }
-        n += 1;
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Measure with `report` and its endorsement key `ek_der`, each method
@@ -60,8 +43,10 @@ pub fn measure(
         chain_cache: Some(&cache),
         ..Default::default()
     };
-    let full_per_second = rate(min, || super::verify(report, &plain, now).is_ok())?;
-    let cached_chain_per_second = rate(min, || super::verify(report, &cached, now).is_ok())?;
+    let full_per_second = rate(min, "report", || super::verify(report, &plain, now).is_ok())?;
+    let cached_chain_per_second = rate(min, "report", || {
+        super::verify(report, &cached, now).is_ok()
+    })?;
 
     let parsed = Report::parse(report)?;
     let ek = certs::parse_certs(ek_der)?
@@ -71,7 +56,9 @@ pub fn measure(
     let vk = super::ek_verifying_key(&ek)?;
     let sig = p384::ecdsa::Signature::from_scalars(parsed.sig_r, parsed.sig_s)
         .map_err(|_| Error::malformed("SNP report", "signature"))?;
-    let bare_ecdsa_per_second = rate(min, || vk.verify(parsed.signed_bytes(), &sig).is_ok())?;
+    let bare_ecdsa_per_second = rate(min, "report", || {
+        vk.verify(parsed.signed_bytes(), &sig).is_ok()
+    })?;
     Ok(Figures {
         full_per_second,
         cached_chain_per_second,

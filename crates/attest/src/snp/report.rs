@@ -6,6 +6,7 @@ use std::ops::Range;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::fields::{arr, u32_at, u64_at};
 
 /// Size of every report version this module understands.
 pub const REPORT_LEN: usize = 0x4A0;
@@ -239,18 +240,6 @@ pub struct Report {
     pub sig_r: [u8; 48],
     /// Signature component s, big-endian, 48 bytes.
     pub sig_s: [u8; 48],
-}
-
-fn arr<const N: usize>(b: &[u8], r: Range<usize>) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&b[r]);
-    out
-}
-fn u32_at(b: &[u8], r: Range<usize>) -> u32 {
-    u32::from_le_bytes(arr(b, r))
-}
-fn u64_at(b: &[u8], r: Range<usize>) -> u64 {
-    u64::from_le_bytes(arr(b, r))
 }
 
 /// Convert a 72-byte little-endian signature component to 48 bytes big-endian.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::claims::{Claims, Platform, Tee};
+use crate::claims::{Claims, Tee};
 use crate::dcap::quote::{EnclaveReport, TEE_TYPE_SGX};
 use crate::dcap::{self, Appraisal, Collateral, DcapEvidence, Quote, TcbPolicy};
 use crate::error::{Error, Result};
@@ -59,8 +59,7 @@ fn claims(q: &Quote, a: Option<&Appraisal>) -> Result<Claims> {
     let mut tcb = BTreeMap::new();
     tcb.insert("isv_svn".into(), u64::from(r.isv_svn));
     tcb.insert("config_svn".into(), u64::from(r.config_svn));
-    tcb.insert("qe_svn".into(), u64::from(q.header.qe_svn));
-    tcb.insert("pce_svn".into(), u64::from(q.header.pce_svn));
+    dcap::header_tcb(q, &mut tcb);
     for (i, svn) in r.cpu_svn.iter().enumerate() {
         tcb.insert(format!("cpu_svn_{i:02}"), u64::from(*svn));
     }
@@ -87,10 +86,7 @@ fn claims(q: &Quote, a: Option<&Appraisal>) -> Result<Claims> {
     raw.insert("cpu_svn".into(), json!(hex::encode(r.cpu_svn)));
     raw.insert("report_data".into(), json!(hex::encode(r.report_data)));
     raw.insert("debug".into(), json!(r.debug()));
-    match a {
-        Some(a) => a.raw_fields(&mut raw),
-        None => dcap::unverified_raw_fields(&mut raw),
-    }
+    dcap::verification_raw_fields(a, &mut raw);
 
     Ok(Claims {
         tee: Tee::Sgx,
@@ -100,11 +96,7 @@ fn claims(q: &Quote, a: Option<&Appraisal>) -> Result<Claims> {
         init_data: r.config_id.to_vec(),
         tcb,
         debug: r.debug(),
-        platform: Platform {
-            product: "SGX".into(),
-            chip_id: a.map(|a| hex::encode(&a.ppid)).unwrap_or_default(),
-            signer: if a.is_some() { "pck" } else { "unverified" }.into(),
-        },
+        platform: dcap::platform("SGX", a),
         raw: serde_json::Value::Object(raw),
     })
 }

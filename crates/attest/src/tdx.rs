@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::claims::{Claims, Platform, Tee};
+use crate::claims::{Claims, Tee};
 use crate::dcap::quote::{TEE_TYPE_TDX, TdReport};
 use crate::dcap::{self, Appraisal, Collateral, DcapEvidence, Quote, TcbPolicy};
 use crate::error::{Error, Result};
@@ -68,8 +68,7 @@ fn claims(q: &Quote, a: Option<&Appraisal>, ev: Option<&DcapEvidence>) -> Result
     for (i, svn) in td.tee_tcb_svn.iter().enumerate() {
         tcb.insert(tcb_component_name(i), u64::from(*svn));
     }
-    tcb.insert("qe_svn".into(), u64::from(q.header.qe_svn));
-    tcb.insert("pce_svn".into(), u64::from(q.header.pce_svn));
+    dcap::header_tcb(q, &mut tcb);
 
     let mut raw = serde_json::Map::new();
     raw.insert("tee_type".into(), json!("TDX"));
@@ -108,10 +107,7 @@ fn claims(q: &Quote, a: Option<&Appraisal>, ev: Option<&DcapEvidence>) -> Result
     }
     raw.insert("report_data".into(), json!(hex::encode(td.report_data)));
     raw.insert("debug".into(), json!(td.debug()));
-    match a {
-        Some(a) => a.raw_fields(&mut raw),
-        None => dcap::unverified_raw_fields(&mut raw),
-    }
+    dcap::verification_raw_fields(a, &mut raw);
     if let Some(ev) = ev {
         ev.raw_fields(&mut raw);
     }
@@ -124,11 +120,7 @@ fn claims(q: &Quote, a: Option<&Appraisal>, ev: Option<&DcapEvidence>) -> Result
         init_data: td.mr_config_id.to_vec(),
         tcb,
         debug: td.debug(),
-        platform: Platform {
-            product: "TDX".into(),
-            chip_id: a.map(|a| hex::encode(&a.ppid)).unwrap_or_default(),
-            signer: if a.is_some() { "pck" } else { "unverified" }.into(),
-        },
+        platform: dcap::platform("TDX", a),
         raw: serde_json::Value::Object(raw),
     })
 }

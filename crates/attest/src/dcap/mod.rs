@@ -169,7 +169,7 @@ pub struct Appraisal {
 
 impl Appraisal {
     /// The verification facts every DCAP claim set carries in `raw`.
-    pub(crate) fn raw_fields(&self, raw: &mut serde_json::Map<String, serde_json::Value>) {
+    fn raw_fields(&self, raw: &mut serde_json::Map<String, serde_json::Value>) {
         use serde_json::json;
         raw.insert("signature_verified".into(), json!(true));
         raw.insert("tcb_status".into(), json!(self.tcb_status.as_str()));
@@ -212,15 +212,38 @@ impl Appraisal {
     }
 }
 
-/// Verification facts for a quote parsed without collateral: says loudly
-/// that nothing was verified.
-pub(crate) fn unverified_raw_fields(raw: &mut serde_json::Map<String, serde_json::Value>) {
+/// The verification facts in `raw`: the appraisal's, or for a quote parsed
+/// without collateral (`None`), a loud statement that nothing was verified.
+pub(crate) fn verification_raw_fields(
+    a: Option<&Appraisal>,
+    raw: &mut serde_json::Map<String, serde_json::Value>,
+) {
     use serde_json::json;
+    if let Some(a) = a {
+        return a.raw_fields(raw);
+    }
     raw.insert("signature_verified".into(), json!(false));
     raw.insert(
         "verification".into(),
         json!("NOT VERIFIED: parsed without collateral; the quote signature, QE report and PCK certificate chain were not checked"),
     );
+}
+
+/// The QE and PCE SVNs of the quote header, as every DCAP claim set
+/// carries them in `tcb`.
+pub(crate) fn header_tcb(q: &Quote, tcb: &mut std::collections::BTreeMap<String, u64>) {
+    tcb.insert("qe_svn".into(), u64::from(q.header.qe_svn));
+    tcb.insert("pce_svn".into(), u64::from(q.header.pce_svn));
+}
+
+/// The platform of a DCAP claim set: the PPID from the PCK certificate and
+/// `pck` as signer when appraised, `unverified` when only parsed.
+pub(crate) fn platform(product: &str, a: Option<&Appraisal>) -> crate::Platform {
+    crate::Platform {
+        product: product.into(),
+        chip_id: a.map(|a| hex::encode(&a.ppid)).unwrap_or_default(),
+        signer: if a.is_some() { "pck" } else { "unverified" }.into(),
+    }
 }
 
 /// Fields of the quote header every DCAP claim set carries in `raw`.

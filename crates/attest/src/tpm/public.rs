@@ -292,7 +292,20 @@ impl AkPublic {
             | object_attr::USER_WITH_AUTH
             | object_attr::RESTRICTED
             | object_attr::SIGN;
-        match &self.key {
+        let key_type = match &self.key {
+            Key::Rsa(_) => alg::RSA,
+            Key::P256(_) | Key::P384(_) => alg::ECC,
+        };
+        // type, nameAlg, objectAttributes, authPolicy, no symmetric
+        // algorithm, the signing scheme: the same for every key type.
+        w.u16(key_type)
+            .u16(alg::SHA256)
+            .u32(attrs)
+            .tpm2b(&[])
+            .u16(alg::NULL)
+            .u16(scheme)
+            .u16(hash);
+        let (curve, point) = match &self.key {
             Key::Rsa(k) => {
                 let n = k.n().to_bytes_be();
                 let e = k
@@ -303,43 +316,17 @@ impl AkPublic {
                         acc.checked_mul(256).map(|a| a | u32::from(b))
                     })
                     .unwrap_or(65537);
-                w.u16(alg::RSA)
-                    .u16(alg::SHA256)
-                    .u32(attrs)
-                    .tpm2b(&[])
-                    .u16(alg::NULL)
-                    .u16(scheme)
-                    .u16(hash)
-                    .u16(u16::try_from(n.len() * 8).unwrap_or(0))
+                w.u16(u16::try_from(n.len() * 8).unwrap_or(0))
                     .u32(if e == 65537 { 0 } else { e })
                     .tpm2b(&n);
+                return w.0;
             }
-            Key::P256(_) | Key::P384(_) => {
-                let (curve, point) = match &self.key {
-                    Key::P256(k) => (
-                        ecc_curve::NIST_P256,
-                        k.to_encoded_point(false).as_bytes().to_vec(),
-                    ),
-                    Key::P384(k) => (
-                        ecc_curve::NIST_P384,
-                        k.to_encoded_point(false).as_bytes().to_vec(),
-                    ),
-                    Key::Rsa(_) => (0, vec![0]),
-                };
-                let coord = (point.len() - 1) / 2;
-                w.u16(alg::ECC)
-                    .u16(alg::SHA256)
-                    .u32(attrs)
-                    .tpm2b(&[])
-                    .u16(alg::NULL)
-                    .u16(scheme)
-                    .u16(hash)
-                    .u16(curve)
-                    .u16(alg::NULL)
-                    .tpm2b(&point[1..1 + coord])
-                    .tpm2b(&point[1 + coord..]);
-            }
-        }
+            Key::P256(k) => (ecc_curve::NIST_P256, k.to_encoded_point(false).to_bytes()),
+            Key::P384(k) => (ecc_curve::NIST_P384, k.to_encoded_point(false).to_bytes()),
+        };
+        // An uncompressed SEC1 point: 0x04, then x and y of equal length.
+        let (x, y) = point[1..].split_at((point.len() - 1) / 2);
+        w.u16(curve).u16(alg::NULL).tpm2b(x).tpm2b(y);
         w.0
     }
 

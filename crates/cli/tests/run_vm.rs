@@ -537,6 +537,12 @@ fn kbs_releases_only_to_the_measured_guest() {
     );
     assert!(!stdout.contains("fp "), "{stdout}");
     assert!(stderr.contains("PolicyDeny"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "measurement {good} is NOT among the 1 reference value(s)"
+        )),
+        "the refusal should name the guest's measurement: {stderr}"
+    );
     nothing_left(&env);
 
     kbs.admin(

@@ -623,12 +623,13 @@ fn get_resource_inner(
         })?;
     if decision != serde_json::Value::Bool(true) {
         return Err(KbsError::PolicyDeny(format!(
-            "{path}: the resource policy for scope {scope:?} does not allow release to this token (data.policy.allow = {})",
+            "{path}: the resource policy for scope {scope:?} does not allow release to this token (data.policy.allow = {}). {}",
             if decision.is_null() {
                 "undefined".to_string()
             } else {
                 decision.to_string()
-            }
+            },
+            token_summary(&claims, &st.reference_values())
         )));
     }
     let (meta, blob) = st
@@ -972,4 +973,82 @@ fn audit(st: &Arc<AppState>, query: &str) -> Result<Response> {
             &serde_json::to_value(recs).unwrap_or_default(),
         ))
     })
+}
+
+/// What a denied token says, for the refusal: its appraisal (the claims
+/// that are not "none") and its measurement, and whether that measurement
+/// is among the reference values (the usual reason for a denial). The
+/// reference values themselves are not listed, only counted.
+fn token_summary(
+    claims: &serde_json::Value,
+    reference: &serde_json::Map<String, serde_json::Value>,
+) -> String {
+    let cpu0 = claims.pointer("/submods/cpu0");
+    let status = cpu0
+        .and_then(|c| c.get("ear.status"))
+        .and_then(|s| s.as_str())
+        .unwrap_or("?");
+    let vector: Vec<String> = cpu0
+        .and_then(|c| c.get("ear.trustworthiness-vector"))
+        .and_then(|v| v.as_object())
+        .map(|v| {
+            v.iter()
+                .filter_map(|(k, n)| {
+                    let n = n.as_i64()?;
+                    (n != 0).then(|| format!("{k} {n} ({})", crate::appraisal::tier(n).1))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let evidence = cpu0.and_then(|c| c.get("ear.veraison.annotated-evidence"));
+    let measurement = evidence
+        .and_then(|e| e.get(e.get("tee")?.as_str()?))
+        .and_then(|c| c.get("measurement"))
+        .and_then(|m| m.as_str());
+    let mut out = format!("The token: ear.status {status}");
+    if !vector.is_empty() {
+        out.push_str(&format!("; {}", vector.join(", ")));
+    }
+    if let Some(m) = measurement {
+        let listed = reference
+            .get("measurement")
+            .and_then(|v| v.as_array())
+            .map(|a| a.as_slice())
+            .unwrap_or_default();
+        let found = listed.iter().any(|v| v.as_str() == Some(m));
+        out.push_str(&format!(
+            "; measurement {m} {} the {} reference value(s) \"measurement\"",
+            if found { "is among" } else { "is NOT among" },
+            listed.len()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_says_what_the_token_holds() {
+        let claims = serde_json::json!({"submods": {"cpu0": {
+            "ear.status": "contraindicated",
+            "ear.trustworthiness-vector": {"instance-identity": 0, "executables": 33, "hardware": 97, "configuration": 2},
+            "ear.veraison.annotated-evidence": {"tee": "sim", "sim": {"measurement": "abcd"}},
+        }}});
+        let mut reference = serde_json::Map::new();
+        reference.insert("measurement".into(), serde_json::json!(["1234", "5678"]));
+        let s = token_summary(&claims, &reference);
+        assert_eq!(
+            s,
+            "The token: ear.status contraindicated; executables 33 (warning), hardware 97 (contraindicated), configuration 2 (affirming); measurement abcd is NOT among the 2 reference value(s) \"measurement\""
+        );
+        reference.insert("measurement".into(), serde_json::json!(["abcd"]));
+        assert!(token_summary(&claims, &reference).contains("abcd is among the 1 reference"));
+        // Whatever the token lacks is left out rather than guessed.
+        assert_eq!(
+            token_summary(&serde_json::json!({}), &serde_json::Map::new()),
+            "The token: ear.status ?"
+        );
+    }
 }

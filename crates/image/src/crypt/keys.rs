@@ -78,8 +78,14 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, CryptError> {
     Ok(out)
 }
 
-/// Parse a private key file (PEM or DER; PKCS#8, PKCS#1 RSA, SEC1 EC).
-pub fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, CryptError> {
+/// The DER of a key file: the first PEM block whose label `wanted` accepts
+/// (it may refuse the file instead), or the file itself when it is not PEM.
+/// `kind` names the key in the error when no block is accepted.
+fn key_der(
+    bytes: &[u8],
+    kind: &str,
+    wanted: impl Fn(&str) -> Result<bool, CryptError>,
+) -> Result<Zeroizing<Vec<u8>>, CryptError> {
     if bytes.len() > MAX_KEY_FILE {
         return Err(bad(format!(
             "key file of {} bytes (at most {MAX_KEY_FILE})",
@@ -89,22 +95,26 @@ pub fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, CryptError> {
     if let Ok(text) = std::str::from_utf8(bytes) {
         if text.contains("-----BEGIN ") {
             for (label, der) in pem_blocks(text)? {
-                match label.as_str() {
-                    "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
-                        return private_from_der(&der);
-                    }
-                    "ENCRYPTED PRIVATE KEY" => {
-                        return Err(bad(
-                            "the private key is password-protected; decrypt it first (openssl pkey)",
-                        ));
-                    }
-                    _ => continue, // e.g. "EC PARAMETERS" before the key
+                if wanted(&label)? {
+                    return Ok(der);
                 }
             }
-            return Err(bad("no private key block in the PEM file"));
+            return Err(bad(format!("no {kind} key block in the PEM file")));
         }
     }
-    private_from_der(bytes)
+    Ok(Zeroizing::new(bytes.to_vec()))
+}
+
+/// Parse a private key file (PEM or DER; PKCS#8, PKCS#1 RSA, SEC1 EC).
+pub fn parse_private_key(bytes: &[u8]) -> Result<PrivateKey, CryptError> {
+    let der = key_der(bytes, "private", |label| match label {
+        "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => Ok(true),
+        "ENCRYPTED PRIVATE KEY" => Err(bad(
+            "the private key is password-protected; decrypt it first (openssl pkey)",
+        )),
+        _ => Ok(false), // e.g. "EC PARAMETERS" before the key
+    })?;
+    private_from_der(&der)
 }
 
 fn private_from_der(der: &[u8]) -> Result<PrivateKey, CryptError> {
@@ -136,24 +146,10 @@ fn private_from_der(der: &[u8]) -> Result<PrivateKey, CryptError> {
 
 /// Parse a public key file (PEM or DER; SPKI or PKCS#1 RSA).
 pub fn parse_public_key(bytes: &[u8]) -> Result<PublicKey, CryptError> {
-    if bytes.len() > MAX_KEY_FILE {
-        return Err(bad(format!(
-            "key file of {} bytes (at most {MAX_KEY_FILE})",
-            bytes.len()
-        )));
-    }
-    if let Ok(text) = std::str::from_utf8(bytes) {
-        if text.contains("-----BEGIN ") {
-            for (label, der) in pem_blocks(text)? {
-                match label.as_str() {
-                    "PUBLIC KEY" | "RSA PUBLIC KEY" => return public_from_der(&der),
-                    _ => continue,
-                }
-            }
-            return Err(bad("no public key block in the PEM file"));
-        }
-    }
-    public_from_der(bytes)
+    let der = key_der(bytes, "public", |label| {
+        Ok(matches!(label, "PUBLIC KEY" | "RSA PUBLIC KEY"))
+    })?;
+    public_from_der(&der)
 }
 
 fn public_from_der(der: &[u8]) -> Result<PublicKey, CryptError> {

@@ -141,6 +141,15 @@ impl PrivateOptions {
         }
     }
 
+    /// The layer cipher (AES-256-CTR from the nonce) and the HMAC-SHA256
+    /// over the ciphertext, both keyed with `symkey`.
+    fn cipher_and_mac(&self) -> Result<(Aes256Ctr, HmacSha256), CryptError> {
+        let cipher = Aes256Ctr::new(&(*self.symkey).into(), &self.nonce.into());
+        let mac = <HmacSha256 as Mac>::new_from_slice(&self.symkey[..])
+            .map_err(|_| CryptError::Internal("HMAC key"))?;
+        Ok((cipher, mac))
+    }
+
     /// The JSON ocicrypt wraps: `{"symkey","digest","cipheroptions":{"nonce"}}`.
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
         let key = Zeroizing::new(B64.encode(&self.symkey[..]));
@@ -209,6 +218,27 @@ impl PublicOptions {
         ))
     }
 
+    /// The public options of the encrypted `layer` (its pubopts annotation).
+    pub fn of_layer(layer: &Descriptor) -> Result<Self, CryptError> {
+        let value =
+            layer
+                .annotations
+                .get(ANNOTATION_PUBOPTS)
+                .ok_or_else(|| CryptError::Malformed {
+                    what: format!("layer {}", layer.digest),
+                    reason: format!("encrypted layer without {ANNOTATION_PUBOPTS}"),
+                })?;
+        Self::from_annotation(value)
+    }
+
+    /// Check the HMAC over the whole ciphertext (in constant time).
+    fn check_hmac(&self, mac: HmacSha256) -> Result<(), CryptError> {
+        mac.verify_slice(&self.hmac).map_err(|_| CryptError::Refused {
+            check: "layer HMAC",
+            reason: "the ciphertext's HMAC-SHA256 differs from the one in pubopts (tampered layer or wrong key)".into(),
+        })
+    }
+
     /// Parse the `org.opencontainers.image.enc.pubopts` annotation (base64 JSON).
     pub fn from_annotation(value: &str) -> Result<Self, CryptError> {
         #[derive(serde::Deserialize)]
@@ -265,9 +295,7 @@ pub fn encrypt_layer(
         return Err(CryptError::Key("no recipients given".into()));
     }
     let opts = PrivateOptions::fresh(layer.digest.clone());
-    let mut cipher = Aes256Ctr::new(&(*opts.symkey).into(), &opts.nonce.into());
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(&opts.symkey[..])
-        .map_err(|_| CryptError::Internal("HMAC key"))?;
+    let (mut cipher, mut mac) = opts.cipher_and_mac()?;
     let mut input = source.open_blob(layer)?;
     let mut out = dst.blob_writer()?;
     let mut buf = vec![0u8; CHUNK];
@@ -372,7 +400,7 @@ pub struct DecryptingReader<'a> {
     inner: Box<dyn Read + 'a>,
     cipher: Aes256Ctr,
     mac: Option<HmacSha256>,
-    expected_hmac: Vec<u8>,
+    public: PublicOptions,
     plain: Option<Hasher>,
     expected_plain: Digest,
     plain_len: u64,
@@ -385,23 +413,15 @@ impl<'a> DecryptingReader<'a> {
         layer: &Descriptor,
         unwrappers: &[&dyn KeyUnwrapper],
     ) -> Result<Self, CryptError> {
-        let public =
-            PublicOptions::from_annotation(layer.annotations.get(ANNOTATION_PUBOPTS).ok_or_else(
-                || CryptError::Malformed {
-                    what: format!("layer {}", layer.digest),
-                    reason: format!("encrypted layer without {ANNOTATION_PUBOPTS}"),
-                },
-            )?)?;
+        let public = PublicOptions::of_layer(layer)?;
         let opts = unwrap_options(layer, unwrappers)?;
+        let (cipher, mac) = opts.cipher_and_mac()?;
         let inner = source.open_blob(layer)?;
         Ok(DecryptingReader {
             inner,
-            cipher: Aes256Ctr::new(&(*opts.symkey).into(), &opts.nonce.into()),
-            mac: Some(
-                <HmacSha256 as Mac>::new_from_slice(&opts.symkey[..])
-                    .map_err(|_| CryptError::Internal("HMAC key"))?,
-            ),
-            expected_hmac: public.hmac,
+            cipher,
+            mac: Some(mac),
+            public,
             plain: Some(Hasher::new(opts.digest.algorithm())),
             expected_plain: opts.digest,
             plain_len: 0,
@@ -452,12 +472,7 @@ impl Read for DecryptingReader<'_> {
             .mac
             .take()
             .ok_or_else(|| Self::fail(CryptError::Internal("mac")))?;
-        if mac.verify_slice(&self.expected_hmac).is_err() {
-            return Err(Self::fail(CryptError::Refused {
-                check: "layer HMAC",
-                reason: "the ciphertext's HMAC-SHA256 differs from the one in pubopts (tampered layer or wrong key)".into(),
-            }));
-        }
+        self.public.check_hmac(mac).map_err(Self::fail)?;
         // No hasher: the caller checks the uncompressed stream instead.
         let Some(actual) = self.plain.take().map(Hasher::finish) else {
             return Ok(0);
@@ -498,13 +513,7 @@ pub fn decrypt_layer(
             reason: format!("media type {:?} is not encrypted", layer.media_type),
         })?
         .to_string();
-    let public =
-        PublicOptions::from_annotation(layer.annotations.get(ANNOTATION_PUBOPTS).ok_or_else(
-            || CryptError::Malformed {
-                what: format!("layer {}", layer.digest),
-                reason: format!("encrypted layer without {ANNOTATION_PUBOPTS}"),
-            },
-        )?)?;
+    let public = PublicOptions::of_layer(layer)?;
     let opts = unwrap_options(layer, unwrappers)?;
     if opts.digest.algorithm() != DigestAlgorithm::Sha256 {
         return Err(CryptError::Malformed {
@@ -512,9 +521,7 @@ pub fn decrypt_layer(
             reason: "plaintext digest must be sha256".into(),
         });
     }
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(&opts.symkey[..])
-        .map_err(|_| CryptError::Internal("HMAC key"))?;
-    let mut cipher = Aes256Ctr::new(&(*opts.symkey).into(), &opts.nonce.into());
+    let (mut cipher, mut mac) = opts.cipher_and_mac()?;
     let mut input = source.open_blob(layer)?;
     let out = dst.blob_writer()?;
     let context = format!("decrypting layer {}", layer.digest);
@@ -557,12 +564,7 @@ pub fn decrypt_layer(
     });
     read.map_err(|e| CryptError::from_io(&context, e))?;
     let out = written.map_err(|e| CryptError::from_io(&context, e))?;
-    if mac.verify_slice(&public.hmac).is_err() {
-        return Err(CryptError::Refused {
-            check: "layer HMAC",
-            reason: "the ciphertext's HMAC-SHA256 differs from the one in pubopts (tampered layer or wrong key)".into(),
-        });
-    }
+    public.check_hmac(mac)?;
     let compression = layer_kind(&base_type).map(|k| k.compression);
     let mut desc = out.commit_if(&base_type, |actual, file| {
         if *actual == opts.digest {

@@ -392,19 +392,7 @@ fn open_regular(path: &Path, what: &str) -> Result<File, SourceError> {
 }
 
 fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, SourceError> {
-    let file = open_regular(path, what)?;
-    let mut buf = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| SourceError::io(format!("reading {}", path.display()), e))?;
-    if buf.len() as u64 > limit {
-        return Err(SourceError::TooLarge {
-            what: what.into(),
-            limit,
-            actual: buf.len() as u64,
-        });
-    }
-    Ok(buf)
+    source::read_limited(open_regular(path, what)?, limit, what, &path.display())
 }
 
 /// Write `dir/name` atomically (temporary file + rename).

@@ -382,7 +382,12 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_owned())
             .unwrap_or_default();
-        let bytes = read_limited(resp.into_body(), MAX_MANIFEST_BYTES, &what)?;
+        let bytes = source::read_limited(
+            resp.into_body().into_reader(),
+            MAX_MANIFEST_BYTES,
+            &what,
+            &what,
+        )?;
         let digest = Digest::sha256(&bytes);
         if let Ok(want) = reference.parse::<Digest>() {
             let actual = Digest::compute(want.algorithm(), &bytes);
@@ -583,20 +588,32 @@ impl Registry {
         Ok(desc)
     }
 
+    /// Stream the blob `desc` from the registry, verified against it.
+    fn get_blob(
+        &self,
+        desc: &Descriptor,
+        what: &str,
+    ) -> Result<source::VerifyingReader<ureq::BodyReader<'static>>, SourceError> {
+        let resp = self.request(
+            "GET",
+            &self.url(&format!("blobs/{}", desc.digest)),
+            None,
+            Body::None,
+            &[200],
+            what,
+        )?;
+        Ok(source::VerifyingReader::new(
+            resp.into_body().into_reader(),
+            desc,
+            what,
+        ))
+    }
+
     fn fetch_blob_to_cache(&self, cache: &OciLayout, desc: &Descriptor) -> Result<(), SourceError> {
         let what = format!("blob {}", desc.digest);
         let mut last = None;
         for _ in 0..2 {
-            let resp = self.request(
-                "GET",
-                &self.url(&format!("blobs/{}", desc.digest)),
-                None,
-                Body::None,
-                &[200],
-                &what,
-            )?;
-            let mut reader =
-                source::VerifyingReader::new(resp.into_body().into_reader(), desc, what.clone());
+            let mut reader = self.get_blob(desc, &what)?;
             let mut w = cache.blob_writer()?;
             match io::copy(&mut reader, &mut w) {
                 Ok(_) => {
@@ -635,19 +652,7 @@ impl BlobSource for Registry {
             return cache.open_blob(desc);
         }
         let what = format!("blob {}", desc.digest);
-        let resp = self.request(
-            "GET",
-            &self.url(&format!("blobs/{}", desc.digest)),
-            None,
-            Body::None,
-            &[200],
-            &what,
-        )?;
-        Ok(Box::new(source::VerifyingReader::new(
-            resp.into_body().into_reader(),
-            desc,
-            what,
-        )))
+        Ok(Box::new(self.get_blob(desc, &what)?))
     }
 }
 
@@ -668,22 +673,6 @@ impl BlobSource for Overlay<'_> {
         }
         self.inner.open_blob(desc)
     }
-}
-
-fn read_limited(body: ureq::Body, limit: u64, what: &str) -> Result<Vec<u8>, SourceError> {
-    let mut buf = Vec::new();
-    body.into_reader()
-        .take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| SourceError::io(format!("reading {what}"), e))?;
-    if buf.len() as u64 > limit {
-        return Err(SourceError::TooLarge {
-            what: what.into(),
-            limit,
-            actual: buf.len() as u64,
-        });
-    }
-    Ok(buf)
 }
 
 fn error_body(resp: ureq::http::Response<ureq::Body>) -> String {

@@ -157,6 +157,28 @@ impl SourceError {
     }
 }
 
+/// Read all of `r` (a file or a response body, named `from` in an I/O
+/// error), refusing it as too large past `limit` bytes.
+pub(crate) fn read_limited(
+    r: impl Read,
+    limit: u64,
+    what: &str,
+    from: &dyn std::fmt::Display,
+) -> Result<Vec<u8>, SourceError> {
+    let mut buf = Vec::new();
+    r.take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| SourceError::io(format!("reading {from}"), e))?;
+    if buf.len() as u64 > limit {
+        return Err(SourceError::TooLarge {
+            what: what.into(),
+            limit,
+            actual: buf.len() as u64,
+        });
+    }
+    Ok(buf)
+}
+
 /// Anything that can hand out blobs by descriptor.
 pub trait BlobSource {
     /// Open a blob for streaming. The reader fails with an `InvalidData`

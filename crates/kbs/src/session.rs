@@ -54,6 +54,21 @@ pub struct Sessions {
     max: usize,
 }
 
+/// The session `id` if it has not expired at `now`; an expired one is
+/// dropped from `m`.
+fn live<'m>(
+    m: &'m mut HashMap<String, Session>,
+    id: &str,
+    now: u64,
+) -> Result<&'m Session, Lookup> {
+    let expires = m.get(id).ok_or(Lookup::Unknown)?.expires();
+    if expires <= now {
+        m.remove(id);
+        return Err(Lookup::Expired(expires));
+    }
+    m.get(id).ok_or(Lookup::Unknown)
+}
+
 /// A new session id: a UUID v4 in "simple" form (32 lowercase hex).
 pub fn new_session_id() -> String {
     let mut b = [0u8; 16];
@@ -111,31 +126,16 @@ impl Sessions {
 
     /// Look up a session without consuming it.
     pub fn get(&self, id: &str, now: u64) -> Result<Session, Lookup> {
-        let mut m = self.lock();
-        match m.get(id) {
-            None => Err(Lookup::Unknown),
-            Some(s) if s.expires() <= now => {
-                let e = s.expires();
-                m.remove(id);
-                Err(Lookup::Expired(e))
-            }
-            Some(s) => Ok(s.clone()),
-        }
+        live(&mut self.lock(), id, now).cloned()
     }
 
     /// Take an `Authed` session out (consuming its nonce); an `Attested`
     /// session is returned and left in place.
     pub fn take_for_attest(&self, id: &str, now: u64) -> Result<Session, Lookup> {
         let mut m = self.lock();
-        match m.get(id) {
-            None => Err(Lookup::Unknown),
-            Some(s) if s.expires() <= now => {
-                let e = s.expires();
-                m.remove(id);
-                Err(Lookup::Expired(e))
-            }
-            Some(Session::Attested { .. }) => m.get(id).cloned().ok_or(Lookup::Unknown),
-            Some(Session::Authed { .. }) => m.remove(id).ok_or(Lookup::Unknown),
+        match live(&mut m, id, now)? {
+            Session::Attested { .. } => m.get(id).cloned().ok_or(Lookup::Unknown),
+            Session::Authed { .. } => m.remove(id).ok_or(Lookup::Unknown),
         }
     }
 

@@ -75,24 +75,28 @@ fn list_key(items: &[Value]) -> Option<&'static str> {
     None
 }
 
+/// One entry of an object or a keyed list, present on either side or both.
+fn diff_entry(path: String, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<Change>) {
+    match (a, b) {
+        (Some(va), Some(vb)) => diff_value(&path, va, vb, out),
+        (Some(va), None) => out.push(Change::Removed {
+            path,
+            value: show(va),
+        }),
+        (None, Some(vb)) => out.push(Change::Added {
+            path,
+            value: show(vb),
+        }),
+        (None, None) => {}
+    }
+}
+
 fn diff_value(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => diff_value(&p, va, vb, out),
-                    (Some(va), None) => out.push(Change::Removed {
-                        path: p,
-                        value: show(va),
-                    }),
-                    (None, Some(vb)) => out.push(Change::Added {
-                        path: p,
-                        value: show(vb),
-                    }),
-                    (None, None) => {}
-                }
+                diff_entry(format!("{path}.{k}"), x.get(k), y.get(k), out);
             }
         }
         (Value::Array(x), Value::Array(y)) if !path.ends_with(".args") => {
@@ -117,19 +121,7 @@ fn diff_value(path: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
                 if ix.len() == x.len() && iy.len() == y.len() {
                     let keys: BTreeSet<&String> = ix.keys().chain(iy.keys()).collect();
                     for k in keys {
-                        let p = format!("{path}[{k:?}]");
-                        match (ix.get(k), iy.get(k)) {
-                            (Some(va), Some(vb)) => diff_value(&p, va, vb, out),
-                            (Some(va), None) => out.push(Change::Removed {
-                                path: p,
-                                value: show(va),
-                            }),
-                            (None, Some(vb)) => out.push(Change::Added {
-                                path: p,
-                                value: show(vb),
-                            }),
-                            (None, None) => {}
-                        }
+                        diff_entry(format!("{path}[{k:?}]"), ix.get(k), iy.get(k), out);
                     }
                     return;
                 }

@@ -559,3 +559,68 @@ fn kbs_releases_only_to_the_measured_guest() {
     );
     nothing_left(&env);
 }
+
+/// A guest that dies while its workload runs (QEMU killed: as a crash or
+/// an OOM kill on the host would), and Ctrl-C on `veil run`: either way
+/// `veil run` ends promptly, says what happened, and leaves nothing.
+#[test]
+fn guest_dying_mid_run_or_ctrl_c_leaves_nothing() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let img = env.vm_image("echo ready; sleep 31341");
+    for kill_qemu in [true, false] {
+        let mut child = env
+            .run_vm()
+            .arg(&img)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        let pid = if kill_qemu {
+            let rec = std::fs::read_dir(env.data().join("run"))
+                .unwrap()
+                .flatten()
+                .find(|e| e.path().join("sandbox").exists())
+                .unwrap();
+            let r: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(rec.path().join("record.json")).unwrap())
+                    .unwrap();
+            let qemu = r["agent_pid"].as_u64().unwrap() as i32;
+            assert!(
+                std::fs::read_to_string(format!("/proc/{qemu}/cmdline"))
+                    .unwrap()
+                    .contains("qemu-system"),
+                "agent_pid of a VM sandbox is QEMU"
+            );
+            (qemu, nix::sys::signal::Signal::SIGKILL)
+        } else {
+            (child.id() as i32, nix::sys::signal::Signal::SIGINT)
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.0), pid.1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "veil run did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{stderr}");
+        if kill_qemu {
+            assert!(stderr.contains("lost the agent"), "{stderr}");
+            assert!(
+                stderr.contains(
+                    "the VM stopped while the workload was running (QEMU killed by signal 9)"
+                ),
+                "{stderr}"
+            );
+        } else {
+            assert!(stderr.contains("stopping the sandbox"), "{stderr}");
+        }
+        nothing_left(&env);
+    }
+}

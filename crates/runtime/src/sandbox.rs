@@ -394,7 +394,7 @@ pub(crate) fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-fn describe(status: ExitStatus) -> String {
+pub(crate) fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit code {c}"),

@@ -607,7 +607,7 @@ fn run_sandbox(
         log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         ready_timeout: Duration::from_secs(120),
     };
-    let sb = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
+    let mut sb = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
     rec.timings
         .insert("launch_and_attest_ms".into(), ms(t_launch));
     sb.add_timings(&mut rec.timings);
@@ -762,6 +762,8 @@ fn run_sandbox(
         }
     }
     drop(c);
+    // How the agent (process sandbox) or QEMU (VM) ended, when it did.
+    let ended = if lost { sb.exit_status() } else { None };
     sb.stop(Duration::from_secs(5))
         .map_err(|e| anyhow!("{e}"))?;
     drop(local);
@@ -773,8 +775,14 @@ fn run_sandbox(
         );
     }
     if lost {
+        let what = if a.vm.sandbox == "vm" {
+            "the VM"
+        } else {
+            "the agent"
+        };
         bail!(
-            "the agent died while the workload was running (see {})",
+            "{what} stopped while the workload was running ({}); see {}",
+            ended.unwrap_or_else(|| "still running; the connection to its agent broke".into()),
             dir.join("agent.log").display()
         );
     }

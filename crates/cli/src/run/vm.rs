@@ -199,6 +199,21 @@ impl AnySandbox {
             AnySandbox::Vm(s, _) => s.connect(),
         }
     }
+    /// How the agent (process sandbox) or QEMU (VM) exited, waiting up to a
+    /// second for it; `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let s = match self {
+                AnySandbox::Process(s) => s.try_wait().map(|s| format!("agent {s}")),
+                AnySandbox::Vm(s, _) => s.try_wait().map(|s| format!("QEMU {s}")),
+            };
+            if s.is_some() || std::time::Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     /// `process sandbox` or `VM sandbox (QEMU, kvm|tcg)`.
     pub fn label(&self) -> String {
         match self {

@@ -591,7 +591,7 @@ impl VmSandbox {
         match self.child.as_mut() {
             None => Some("not running".into()),
             Some(c) => match c.try_wait() {
-                Ok(Some(s)) => Some(s.to_string()),
+                Ok(Some(s)) => Some(crate::sandbox::describe(s)),
                 _ => None,
             },
         }

@@ -6,11 +6,11 @@
 //! problem; TDX MRTD on Debian's OVMF; and a KBS loaded with `--from-measure`
 //! admits exactly the measured guest.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+
+use veil_testkit::kbs::{DevKbs, make_keys};
+use veil_testkit::run_ok;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -21,8 +21,10 @@ const DEBIAN_OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 const DEBIAN_OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 const DEBIAN_OVMF_CODE_4M: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 
+const VEIL: &str = env!("CARGO_BIN_EXE_veil");
+
 fn veil() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
+    Command::new(VEIL)
 }
 
 /// The reference tool, where scripts/install-deps.sh puts it. Missing is a
@@ -59,12 +61,6 @@ fn out_text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {}", out_text(&out));
-    out
 }
 
 /// One launch configuration, run through both tools.
@@ -357,6 +353,22 @@ fn refused(args: &[&str], needle: &str) {
     );
 }
 
+/// [`refused`] for `veil measure snp --firmware FIRMWARE --vcpus VCPUS
+/// --vcpu-type VCPU_TYPE EXTRA…`.
+fn refused_snp(firmware: &str, vcpus: &str, vcpu_type: &str, extra: &[&str], needle: &str) {
+    let mut args = vec![
+        "snp",
+        "--firmware",
+        firmware,
+        "--vcpus",
+        vcpus,
+        "--vcpu-type",
+        vcpu_type,
+    ];
+    args.extend_from_slice(extra);
+    refused(&args, needle);
+}
+
 #[test]
 fn bad_input_is_refused_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,138 +381,65 @@ fn bad_input_is_refused_with_exit_2() {
     let junk = dir.path().join("junk.fd");
     std::fs::write(&junk, vec![0x5au8; 8192]).unwrap();
     let junk = junk.to_str().unwrap();
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            junk,
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC",
-        ],
-        "not an OVMF image",
-    );
+    refused_snp(junk, "1", "EPYC", &[], "not an OVMF image");
     refused(&["tdx", "--firmware", junk], "not an OVMF image");
 
     // Truncated footer table: the last 128 bytes of a real image.
     let full = std::fs::read(&amd).unwrap();
     let tail = dir.path().join("tail.fd");
     std::fs::write(&tail, &full[full.len() - 128..]).unwrap();
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            tail.to_str().unwrap(),
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC",
-        ],
-        "truncated table",
-    );
+    refused_snp(tail.to_str().unwrap(), "1", "EPYC", &[], "truncated table");
     // A table entry whose size overruns the table.
     let mut bad = full.clone();
     let at = bad.len() - 32 - 18 - 18; // the entry header nearest the footer
     bad[at..at + 2].copy_from_slice(&0x7000u16.to_le_bytes());
     let bad_path = dir.path().join("bad-entry.fd");
     std::fs::write(&bad_path, &bad).unwrap();
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            bad_path.to_str().unwrap(),
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC",
-        ],
+    refused_snp(
+        bad_path.to_str().unwrap(),
+        "1",
+        "EPYC",
+        &[],
         "truncated table",
     );
     // A firmware smaller than the trailer.
     let tiny = dir.path().join("tiny.fd");
     std::fs::write(&tiny, [0u8; 20]).unwrap();
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            tiny.to_str().unwrap(),
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC",
-        ],
-        "too small",
-    );
+    refused_snp(tiny.to_str().unwrap(), "1", "EPYC", &[], "too small");
 
     // Unknown vCPU type: named, with the known ones listed.
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            &amd,
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "Skylake-Server",
-        ],
+    refused_snp(
+        &amd,
+        "1",
+        "Skylake-Server",
+        &[],
         "unknown vCPU type \"Skylake-Server\"",
     );
     // vCPU count out of range.
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            &amd,
-            "--vcpus",
-            "0",
-            "--vcpu-type",
-            "EPYC",
-        ],
-        "vCPU count 0",
-    );
+    refused_snp(&amd, "0", "EPYC", &[], "vCPU count 0");
     // Kernel hashes requested with a firmware without the section.
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            &x64,
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC",
-            "--kernel",
-            kernel,
-        ],
+    refused_snp(
+        &x64,
+        "1",
+        "EPYC",
+        &["--kernel", kernel],
         "no SNP_KERNEL_HASHES",
     );
     // A firmware without SEV metadata (sev-snp-measure would measure it as if
     // it could boot under SNP; it cannot).
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            debian_file(DEBIAN_OVMF_CODE_4M),
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC",
-        ],
+    refused_snp(
+        debian_file(DEBIAN_OVMF_CODE_4M),
+        "1",
+        "EPYC",
+        &[],
         "no SEV metadata",
     );
     // A missing kernel file.
-    refused(
-        &[
-            "snp",
-            "--firmware",
-            &amd,
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC",
-            "--kernel",
-            "/nonexistent/vmlinuz",
-        ],
+    refused_snp(
+        &amd,
+        "1",
+        "EPYC",
+        &["--kernel", "/nonexistent/vmlinuz"],
         "opening kernel /nonexistent/vmlinuz",
     );
     // TDX: OVMF_CODE.fd lacks the CFV its TDVF metadata describes.
@@ -562,176 +501,63 @@ fn tdx_mrtd_of_debian_ovmf() {
 
 // ---- the KBS admits exactly the measured guest ---------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
-}
-
-struct Kbs(Child);
-
-impl Drop for Kbs {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn kbs_loaded_from_measure_admits_exactly_that_measurement() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    run_ok(
-        veil()
-            .args(["kbs", "admin-keygen", "--key"])
-            .arg(d.join("admin.key"))
-            .arg("--pub")
-            .arg(d.join("admin.pub")),
-    );
-    run_ok(
-        veil()
-            .args(["kbs", "kek-generate", "--out"])
-            .arg(d.join("kek.hex")),
-    );
-    run_ok(
-        veil()
-            .args(["attest", "sim-keygen", "--key"])
-            .arg(d.join("sim.key"))
-            .arg("--root")
-            .arg(d.join("sim.pub")),
-    );
+    make_keys(Path::new(VEIL), d);
     // The expected SNP measurement of a guest image, as a document.
     let b = boot_files();
     let doc = d.join("guest.measure.json");
-    run_ok(
-        veil()
-            .args([
-                "measure",
-                "snp",
-                "--vcpus",
-                "4",
-                "--vcpu-type",
-                "EPYC-Milan",
-            ])
-            .arg("--firmware")
-            .arg(format!("{FIXTURES}/ovmf_AmdSev_suffix.bin"))
-            .arg("--kernel")
-            .arg(&b.kernel)
-            .arg("--initrd")
-            .arg(&b.initrd)
-            .arg("--append=console=hvc0")
-            .arg("--out-file")
-            .arg(&doc),
-    );
+    let measure_guest = |vcpus: &str| {
+        let mut c = veil();
+        c.args([
+            "measure",
+            "snp",
+            "--vcpus",
+            vcpus,
+            "--vcpu-type",
+            "EPYC-Milan",
+        ])
+        .arg("--firmware")
+        .arg(format!("{FIXTURES}/ovmf_AmdSev_suffix.bin"))
+        .arg("--kernel")
+        .arg(&b.kernel)
+        .arg("--initrd")
+        .arg(&b.initrd)
+        .arg("--append=console=hvc0");
+        c
+    };
+    run_ok(measure_guest("4").arg("--out-file").arg(&doc));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&doc).unwrap()).unwrap();
     let good = v["measurement"].as_str().unwrap().to_string();
     // The same image with one more vCPU: a different, unlisted measurement.
-    let other = String::from_utf8(
-        run_ok(
-            veil()
-                .args([
-                    "measure",
-                    "snp",
-                    "--vcpus",
-                    "5",
-                    "--vcpu-type",
-                    "EPYC-Milan",
-                ])
-                .args(["--output", "hex", "--firmware"])
-                .arg(format!("{FIXTURES}/ovmf_AmdSev_suffix.bin"))
-                .arg("--kernel")
-                .arg(&b.kernel)
-                .arg("--initrd")
-                .arg(&b.initrd)
-                .arg("--append=console=hvc0"),
-        )
-        .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let other = String::from_utf8(run_ok(measure_guest("5").args(["--output", "hex"])).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
     assert_ne!(good, other);
 
-    let port = free_port();
-    let kbs = Kbs(veil()
-        .args(["kbs", "serve", "--insecure-http", "--dev"])
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(d.join("data"))
-        .arg("--kek-file")
-        .arg(d.join("kek.hex"))
-        .arg("--admin-pubkey")
-        .arg(d.join("admin.pub"))
-        .arg("--sim-root")
-        .arg(d.join("sim.pub"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    let start = Instant::now();
-    while !healthy(port) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "KBS did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let client = || {
-        let mut c = veil();
-        c.env("VEIL_KBS_URL", format!("http://127.0.0.1:{port}"))
-            .env("VEIL_KBS_ADMIN_KEY", d.join("admin.key"));
-        c
-    };
+    let kbs = DevKbs::serve(Path::new(VEIL), d);
 
     // A malformed document is refused and sets nothing.
     std::fs::write(d.join("bad.json"), br#"{"format":"veil-measure/v1"}"#).unwrap();
-    let out = client()
-        .args([
-            "kbs",
-            "reference-value",
-            "set",
-            "--insecure-http",
-            "--from-measure",
-        ])
-        .arg(d.join("bad.json"))
-        .output()
-        .unwrap();
+    let set_from = |doc: &Path| {
+        let mut c = kbs.client();
+        c.args(["kbs", "reference-value", "set", "--insecure-http"])
+            .arg("--from-measure")
+            .arg(doc);
+        c
+    };
+    let out = set_from(&d.join("bad.json")).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a veil measure document"));
 
-    let out = run_ok(
-        client()
-            .args([
-                "kbs",
-                "reference-value",
-                "set",
-                "--insecure-http",
-                "--from-measure",
-            ])
-            .arg(&doc),
-    );
+    let out = run_ok(&mut set_from(&doc));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("reference value measurement set (1 values)")
     );
-    let out = run_ok(client().args([
+    let out = run_ok(kbs.client().args([
         "kbs",
         "reference-value",
         "get",
@@ -749,7 +575,7 @@ fn kbs_loaded_from_measure_admits_exactly_that_measurement() {
     )
     .unwrap();
     run_ok(
-        client()
+        kbs.client()
             .args([
                 "kbs",
                 "policy",
@@ -763,16 +589,13 @@ fn kbs_loaded_from_measure_admits_exactly_that_measurement() {
     );
     std::fs::write(d.join("secret.bin"), b"measured-guest-secret").unwrap();
     run_ok(
-        client()
+        kbs.client()
             .args(["kbs", "resource", "put", "--insecure-http", "repo/key/disk"])
             .arg(d.join("secret.bin")),
     );
     let fetch = |measurement: &str| {
-        client()
-            .args(["kbs", "get-resource", "--insecure-http", "--tee", "sim"])
-            .arg("--sim-key")
-            .arg(d.join("sim.key"))
-            .args(["--measurement", measurement])
+        kbs.sim_guest()
+            .args(["--tee", "sim", "--measurement", measurement])
             .arg("--out")
             .arg(d.join(format!("got-{}.bin", &measurement[..8])))
             .arg("repo/key/disk")

@@ -6,93 +6,20 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use veil_image::registry::{self, Credentials, Registry};
 use veil_image::source::{BlobSource, SourceError};
 use veil_image::spec::{Compression, Platform};
 use veil_image::{Digest, OciLayout};
+use veil_testkit::registry::{DockerRegistry, htpasswd_line};
 
-/// A `docker-registry serve` child on 127.0.0.1; killed on drop.
-struct TestRegistry {
-    child: Child,
-    addr: String,
-    storage: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    fn start(htpasswd: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let storage = dir.path().join("data");
-        let auth = match htpasswd {
-            Some(line) => {
-                let f = dir.path().join("htpasswd");
-                std::fs::write(&f, format!("{line}\n")).unwrap();
-                format!(
-                    "auth:\n  htpasswd:\n    realm: veil-test\n    path: {}\n",
-                    f.display()
-                )
-            }
-            None => String::new(),
-        };
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n{auth}",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry)");
-        let reg = TestRegistry {
-            child,
-            addr,
-            storage,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&reg.addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-
-    fn reference(&self, repo_tag: &str) -> String {
-        format!("{}/{repo_tag}", self.addr)
-    }
-
-    /// Path of a blob's data file in the registry's storage.
-    fn blob_file(&self, d: &Digest) -> PathBuf {
-        self.storage.join(format!(
-            "docker/registry/v2/blobs/sha256/{}/{}/data",
-            &d.hex()[..2],
-            d.hex()
-        ))
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Path of a blob's data file in the registry's storage.
+fn blob_file(reg: &DockerRegistry, d: &Digest) -> PathBuf {
+    reg.storage().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{}/data",
+        &d.hex()[..2],
+        d.hex()
+    ))
 }
 
 fn client(reference: &str) -> Registry {
@@ -112,7 +39,7 @@ fn skopeo_digest(tmp: &Path, reference: &str) -> String {
 
 #[test]
 fn push_pull_round_trip_keeps_digests_and_agrees_with_skopeo() {
-    let reg = TestRegistry::start(None);
+    let reg = DockerRegistry::start(None);
     let tmp = tempfile::tempdir().unwrap();
     let (layout, desc) = common::busybox_image(tmp.path(), "v1", Compression::Gzip);
     let reference = reg.reference("veil/app:v1");
@@ -169,7 +96,7 @@ fn push_pull_round_trip_keeps_digests_and_agrees_with_skopeo() {
 
 #[test]
 fn cache_is_reused_and_tampered_blobs_are_refused() {
-    let reg = TestRegistry::start(None);
+    let reg = DockerRegistry::start(None);
     let tmp = tempfile::tempdir().unwrap();
     let (layout, desc) = common::busybox_image(tmp.path(), "v1", Compression::Gzip);
     let reference = reg.reference("veil/app:v1");
@@ -187,7 +114,7 @@ fn cache_is_reused_and_tampered_blobs_are_refused() {
 
     // Tamper with the top layer in the registry's storage (same size).
     let top = img.layers()[1].clone();
-    let f = reg.blob_file(&top.digest);
+    let f = blob_file(&reg, &top.digest);
     let mut bytes = std::fs::read(&f).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0xff;
@@ -214,10 +141,7 @@ fn cache_is_reused_and_tampered_blobs_are_refused() {
 #[test]
 fn basic_auth_is_negotiated() {
     // A bcrypt htpasswd entry for veil:s3cret (Debian's apache2-utils).
-    let out = common::run(Command::new("htpasswd").args(["-nbB", "veil", "s3cret"]));
-    let line = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let hash = line.strip_prefix("veil:").unwrap().to_owned();
-    let reg = TestRegistry::start(Some(&format!("veil:{hash}")));
+    let reg = DockerRegistry::start(Some(&htpasswd_line("veil", "s3cret")));
     let tmp = tempfile::tempdir().unwrap();
     let (layout, desc) = common::busybox_image(tmp.path(), "v1", Compression::Gzip);
     let reference = registry::parse_reference(&reg.reference("veil/app:v1")).unwrap();
@@ -229,15 +153,8 @@ fn basic_auth_is_negotiated() {
     assert!(e.to_string().contains("Basic credentials"), "{e}");
     // From a containers auth.json.
     let auth = tmp.path().join("auth.json");
-    std::fs::write(
-        &auth,
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"dmVpbDpzM2NyZXQ="}}}}}}"#,
-            reg.addr
-        ),
-    )
-    .unwrap();
-    let creds = Credentials::from_auth_file(&auth, &reg.addr).unwrap();
+    std::fs::write(&auth, reg.auth_json("dmVpbDpzM2NyZXQ=")).unwrap();
+    let creds = Credentials::from_auth_file(&auth, reg.addr()).unwrap();
     assert!(creds.is_some());
     assert!(!format!("{creds:?}").contains("s3cret"));
     let c = Registry::new(&reference, creds);
@@ -249,17 +166,10 @@ fn basic_auth_is_negotiated() {
         &desc.digest
     );
     // A wrong password.
-    std::fs::write(
-        &auth,
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"dmVpbDp3cm9uZw=="}}}}}}"#,
-            reg.addr
-        ),
-    )
-    .unwrap();
+    std::fs::write(&auth, reg.auth_json("dmVpbDp3cm9uZw==")).unwrap();
     let c = Registry::new(
         &reference,
-        Credentials::from_auth_file(&auth, &reg.addr).unwrap(),
+        Credentials::from_auth_file(&auth, reg.addr()).unwrap(),
     );
     let e = c.resolve(&Platform::linux_amd64()).unwrap_err();
     assert!(e.to_string().contains("access denied"), "{e}");

@@ -6,8 +6,7 @@
 //! that cannot be resolved are clear errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use veil_image::builder::ImageBuilder;
 use veil_image::registry::{self, Registry};
@@ -16,77 +15,16 @@ use veil_image::{Digest, OciLayout};
 use veil_policy::generate::{GenerateError, LayoutResolver, RegistryResolver, generate};
 use veil_policy::initdata::{INIT_DATA_ANNOTATION, ParsedInitData, decode_annotation};
 use veil_policy::settings::Settings;
+use veil_testkit::registry::{DockerRegistry, htpasswd_line};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
-/// A `docker-registry serve` child on 127.0.0.1; killed on drop.
-struct TestRegistry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    fn start(htpasswd: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let auth = match htpasswd {
-            Some(line) => {
-                let f = dir.path().join("htpasswd");
-                std::fs::write(&f, format!("{line}\n")).unwrap();
-                format!(
-                    "auth:\n  htpasswd:\n    realm: veil-test\n    path: {}\n",
-                    f.display()
-                )
-            }
-            None => String::new(),
-        };
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n{auth}",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry, scripts/install-deps.sh)");
-        let reg = TestRegistry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&reg.addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-
-    fn client(&self, repo_tag: &str) -> Registry {
-        let r = registry::parse_reference(&format!("{}/{repo_tag}", self.addr)).unwrap();
-        Registry::new(&r, None)
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A client for `repo_tag` in `reg`.
+fn client(reg: &DockerRegistry, repo_tag: &str) -> Registry {
+    Registry::new(
+        &registry::parse_reference(&reg.reference(repo_tag)).unwrap(),
+        None,
+    )
 }
 
 /// Build a one-layer image for `platform` with `env` in `layout`, tagged `tag`.
@@ -105,6 +43,21 @@ fn build(layout: &OciLayout, tmp: &Path, tag: &str, platform: Platform, env: &st
     });
     b.add_layer_dir(&src, Compression::Gzip).unwrap();
     b.finish(tag).unwrap()
+}
+
+/// Build a linux/amd64 image tagged `tag` with `env` and push it as
+/// `veil/app:v1`; the pushed digest is the built one.
+fn build_and_push(
+    reg: &DockerRegistry,
+    layout: &OciLayout,
+    tmp: &Path,
+    tag: &str,
+    env: &str,
+) -> Digest {
+    let desc = build(layout, tmp, tag, Platform::linux_amd64(), env);
+    let pushed = client(reg, "veil/app:v1").push(layout, Some(tag)).unwrap();
+    assert_eq!(pushed, desc.digest);
+    pushed
 }
 
 fn pod(image: &str) -> String {
@@ -127,21 +80,13 @@ fn pinned(yaml: &str, resolver: &RegistryResolver) -> Result<(String, Vec<String
 
 #[test]
 fn pinned_digest_is_the_pushed_digest() {
-    let reg = TestRegistry::start(None);
+    let reg = DockerRegistry::start(None);
     let tmp = tempfile::tempdir().unwrap();
     let layout = OciLayout::create(tmp.path().join("layout")).unwrap();
-    let desc = build(
-        &layout,
-        tmp.path(),
-        "v1",
-        Platform::linux_amd64(),
-        "APP=one",
-    );
-    let pushed = reg.client("veil/app:v1").push(&layout, Some("v1")).unwrap();
-    assert_eq!(pushed, desc.digest);
+    let pushed = build_and_push(&reg, &layout, tmp.path(), "v1", "APP=one");
 
     let direct = RegistryResolver::new(None, None).unwrap();
-    let image = format!("{}/veil/app:v1", reg.addr);
+    let image = reg.reference("veil/app:v1");
     let g = generate(&[&pod(&image)], &direct, &Settings::default()).unwrap();
     let w = &g.workloads[0];
     let c = &w.policy.containers[0];
@@ -159,12 +104,12 @@ fn pinned_digest_is_the_pushed_digest() {
 
     // Pinned by digest, and through a mirror (the reference names another
     // registry; the repository path is kept).
-    let by_digest = format!("{}/veil/app@{pushed}", reg.addr);
+    let by_digest = format!("{}/veil/app@{pushed}", reg.addr());
     assert_eq!(
         pinned(&pod(&by_digest), &direct).unwrap().0,
         pushed.to_string()
     );
-    let mirror = RegistryResolver::new(Some(&reg.addr), None).unwrap();
+    let mirror = RegistryResolver::new(Some(reg.addr()), None).unwrap();
     assert_eq!(
         pinned(&pod("registry.example/veil/app:v1"), &mirror)
             .unwrap()
@@ -173,15 +118,7 @@ fn pinned_digest_is_the_pushed_digest() {
     );
 
     // A new push under the same tag moves the pin.
-    let desc2 = build(
-        &layout,
-        tmp.path(),
-        "v2",
-        Platform::linux_amd64(),
-        "APP=two",
-    );
-    let pushed2 = reg.client("veil/app:v1").push(&layout, Some("v2")).unwrap();
-    assert_eq!(pushed2, desc2.digest);
+    let pushed2 = build_and_push(&reg, &layout, tmp.path(), "v2", "APP=two");
     let fresh = RegistryResolver::new(None, None).unwrap();
     let (d, env) = pinned(&pod(&image), &fresh).unwrap();
     assert_eq!(d, pushed2.to_string());
@@ -196,7 +133,7 @@ fn yaml_value(text: &str) -> serde_json::Value {
 
 #[test]
 fn mirror_gives_the_same_init_data_as_the_layout() {
-    let reg = TestRegistry::start(None);
+    let reg = DockerRegistry::start(None);
     let layout = OciLayout::open(format!("{DATA}/layout")).unwrap();
     // Push every image of the test layout under its repository path.
     for tag in [
@@ -206,11 +143,11 @@ fn mirror_gives_the_same_init_data_as_the_layout() {
         "registry.example/shop/worker:1.4.2",
     ] {
         let repo = tag.strip_prefix("registry.example/").unwrap();
-        let d = reg.client(repo).push(&layout, Some(tag)).unwrap();
+        let d = client(&reg, repo).push(&layout, Some(tag)).unwrap();
         assert_eq!(d, layout.find(Some(tag)).unwrap().digest);
     }
     let from_layout = LayoutResolver::open(Path::new(&format!("{DATA}/layout"))).unwrap();
-    let mirror = RegistryResolver::new(Some(&reg.addr), None).unwrap();
+    let mirror = RegistryResolver::new(Some(reg.addr()), None).unwrap();
     for file in ["pod-multi.yaml", "deployment-configmap.yaml", "job.yaml"] {
         let text = std::fs::read_to_string(format!("{DATA}/manifests/{file}")).unwrap();
         let a = generate(&[&text], &from_layout, &Settings::default()).unwrap();
@@ -273,7 +210,7 @@ fn skopeo_push_all(tmp: &Path, layout: &Path, tag: &str, dest: &str) {
 
 #[test]
 fn index_selects_linux_amd64_and_digest_pins_are_enforced() {
-    let reg = TestRegistry::start(None);
+    let reg = DockerRegistry::start(None);
     let tmp = tempfile::tempdir().unwrap();
     let dir: PathBuf = tmp.path().join("layout");
     let layout = OciLayout::create(&dir).unwrap();
@@ -300,35 +237,30 @@ fn index_selects_linux_amd64_and_digest_pins_are_enforced() {
         "multi",
         &[(arm.clone(), "arm64"), (amd.clone(), "amd64")],
     );
-    skopeo_push_all(
-        tmp.path(),
-        &dir,
-        "multi",
-        &format!("{}/veil/multi:v1", reg.addr),
-    );
-    let (served, _) = reg.client("veil/multi:v1").manifest("v1").unwrap();
+    skopeo_push_all(tmp.path(), &dir, "multi", &reg.reference("veil/multi:v1"));
+    let (served, _) = client(&reg, "veil/multi:v1").manifest("v1").unwrap();
     assert_eq!(served.digest, index.digest, "skopeo kept the index digest");
 
     let resolver = RegistryResolver::new(None, None).unwrap();
-    let (d, env) = pinned(&pod(&format!("{}/veil/multi:v1", reg.addr)), &resolver).unwrap();
+    let (d, env) = pinned(&pod(&reg.reference("veil/multi:v1")), &resolver).unwrap();
     assert_eq!(d, amd.digest.to_string());
     assert!(env.contains(&"ARCH=amd64".to_string()), "{env:?}");
     // Pinning the index or the amd64 manifest resolves to the amd64 manifest.
     for pin in [&index.digest, &amd.digest] {
-        let r = format!("{}/veil/multi@{pin}", reg.addr);
+        let r = format!("{}/veil/multi@{pin}", reg.addr());
         assert_eq!(
             pinned(&pod(&r), &resolver).unwrap().0,
             amd.digest.to_string()
         );
     }
     // Pinning the arm64 manifest: the platform check refuses it.
-    let r = format!("{}/veil/multi@{}", reg.addr, arm.digest);
+    let r = format!("{}/veil/multi@{}", reg.addr(), arm.digest);
     let e = pinned(&pod(&r), &resolver).unwrap_err().to_string();
     assert!(e.contains("platform check failed"), "{e}");
     assert!(e.contains("linux/arm64"), "{e}");
     // A digest the registry does not hold.
     let absent = Digest::sha256(b"not pushed");
-    let r = format!("{}/veil/multi:v1@{absent}", reg.addr);
+    let r = format!("{}/veil/multi:v1@{absent}", reg.addr());
     let e = pinned(&pod(&r), &resolver).unwrap_err().to_string();
     assert!(e.contains("cannot be resolved"), "{e}");
     assert!(e.contains(&absent.to_string()), "{e}");
@@ -336,10 +268,10 @@ fn index_selects_linux_amd64_and_digest_pins_are_enforced() {
 
 #[test]
 fn unresolvable_images_are_clear_errors() {
-    let reg = TestRegistry::start(None);
+    let reg = DockerRegistry::start(None);
     let resolver = RegistryResolver::new(None, None).unwrap();
     // An unknown tag: names the container, the reference and the registry's answer.
-    let image = format!("{}/veil/absent:v1", reg.addr);
+    let image = reg.reference("veil/absent:v1");
     let e = generate(&[&pod(&image)], &resolver, &Settings::default()).unwrap_err();
     match &e {
         GenerateError::Image {
@@ -377,23 +309,11 @@ fn unresolvable_images_are_clear_errors() {
 #[test]
 fn credentials_come_from_an_auth_file() {
     // A bcrypt htpasswd entry for veil:s3cret (Debian's apache2-utils).
-    let out = Command::new("htpasswd")
-        .args(["-nbB", "veil", "s3cret"])
-        .output()
-        .expect("htpasswd (apache2-utils)");
-    let line = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let reg = TestRegistry::start(Some(&line));
+    let reg = DockerRegistry::start(Some(&htpasswd_line("veil", "s3cret")));
     let tmp = tempfile::tempdir().unwrap();
     let auth = tmp.path().join("auth.json");
     // base64("veil:s3cret")
-    std::fs::write(
-        &auth,
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"dmVpbDpzM2NyZXQ="}}}}}}"#,
-            reg.addr
-        ),
-    )
-    .unwrap();
+    std::fs::write(&auth, reg.auth_json("dmVpbDpzM2NyZXQ=")).unwrap();
     let layout = OciLayout::create(tmp.path().join("layout")).unwrap();
     let desc = build(
         &layout,
@@ -402,11 +322,11 @@ fn credentials_come_from_an_auth_file() {
         Platform::linux_amd64(),
         "APP=one",
     );
-    let r = registry::parse_reference(&format!("{}/veil/app:v1", reg.addr)).unwrap();
-    let creds = veil_image::registry::Credentials::from_auth_file(&auth, &reg.addr).unwrap();
+    let r = registry::parse_reference(&reg.reference("veil/app:v1")).unwrap();
+    let creds = veil_image::registry::Credentials::from_auth_file(&auth, reg.addr()).unwrap();
     Registry::new(&r, creds).push(&layout, Some("v1")).unwrap();
 
-    let image = format!("{}/veil/app:v1", reg.addr);
+    let image = reg.reference("veil/app:v1");
     let without = RegistryResolver::new(None, None).unwrap();
     let e = pinned(&pod(&image), &without).unwrap_err().to_string();
     assert!(e.contains("Basic credentials"), "{e}");
@@ -416,7 +336,7 @@ fn credentials_come_from_an_auth_file() {
         desc.digest.to_string()
     );
     // Through a mirror, the mirror's entry is used.
-    let mirror = RegistryResolver::new(Some(&reg.addr), Some(&auth)).unwrap();
+    let mirror = RegistryResolver::new(Some(reg.addr()), Some(&auth)).unwrap();
     assert_eq!(
         pinned(&pod("registry.example/veil/app:v1"), &mirror)
             .unwrap()

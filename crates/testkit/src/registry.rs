@@ -1,0 +1,106 @@
+//! Debian's `docker-registry` (the distribution registry, package
+//! `docker-registry`, installed by scripts/install-deps.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A bcrypt htpasswd line for `user:password`, from `htpasswd -nbB`
+/// (Debian's apache2-utils), for [`DockerRegistry::start`].
+pub fn htpasswd_line(user: &str, password: &str) -> String {
+    let out = crate::run_ok(Command::new("htpasswd").args(["-nbB", user, password]));
+    let line = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        line.starts_with(&format!("{user}:")),
+        "htpasswd printed {line:?}"
+    );
+    line
+}
+
+/// A `docker-registry serve` child on a free 127.0.0.1 port, storing into
+/// a temporary directory; killed on drop.
+pub struct DockerRegistry {
+    child: Child,
+    addr: String,
+    storage: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerRegistry {
+    /// Start a registry; with `htpasswd` (one `user:bcrypt-hash` line) it
+    /// requires Basic auth. Returns once it accepts connections.
+    pub fn start(htpasswd: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", crate::free_port());
+        let storage = dir.path().join("data");
+        let auth = match htpasswd {
+            Some(line) => {
+                let f = dir.path().join("htpasswd");
+                std::fs::write(&f, format!("{line}\n")).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: veil-test\n    path: {}\n",
+                    f.display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n{auth}",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry, scripts/install-deps.sh)");
+        let reg = DockerRegistry {
+            child,
+            addr,
+            storage,
+            _dir: dir,
+        };
+        crate::wait_until(
+            "docker-registry",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || std::net::TcpStream::connect(&reg.addr).is_ok(),
+        );
+        reg
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `ADDR/repo_tag`, e.g. `reference("veil/app:v1")`.
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.addr)
+    }
+
+    /// A containers `auth.json` with `auth` (base64 of `user:password`)
+    /// for this registry.
+    pub fn auth_json(&self, auth: &str) -> String {
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, self.addr)
+    }
+
+    /// The registry's filesystem storage root.
+    pub fn storage(&self) -> &Path {
+        &self.storage
+    }
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

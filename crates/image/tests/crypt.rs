@@ -15,56 +15,36 @@ use veil_image::source::BlobSource;
 use veil_image::spec::{Compression, Platform};
 use veil_image::{OciLayout, ResolvedImage};
 
-fn openssl(args: &[&str], dir: &Path) {
-    common::run(Command::new("openssl").args(args).current_dir(dir));
-}
-
-/// (private, public) PEM paths for `kind`: rsa, p256, p256-pkcs8, p384.
-fn keypair(dir: &Path, kind: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (sk, pk) = (format!("{kind}.key"), format!("{kind}.pub"));
-    match kind {
-        "rsa" => openssl(&["genrsa", "-out", &sk, "2048"], dir),
-        // With an "EC PARAMETERS" block first (veil skips it; skopeo can't).
-        "p256" => openssl(
-            &["ecparam", "-name", "prime256v1", "-genkey", "-out", &sk],
-            dir,
-        ),
-        // PKCS#8: the only EC encoding skopeo's ocicrypt reads.
-        "p256-pkcs8" => openssl(
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &sk,
-            ],
-            dir,
-        ),
-        "p384" => openssl(
-            &[
-                "ecparam",
-                "-name",
-                "secp384r1",
-                "-genkey",
-                "-noout",
-                "-out",
-                &sk,
-            ],
-            dir,
-        ),
-        _ => unreachable!(),
-    }
-    openssl(&["pkey", "-in", &sk, "-pubout", "-out", &pk], dir);
-    (dir.join(sk), dir.join(pk))
-}
-
 fn resolve(layout: &Path, tag: &str) -> ResolvedImage {
     OciLayout::open(layout)
         .unwrap()
         .resolve(Some(tag), &Platform::linux_amd64())
         .unwrap()
+}
+
+fn wrapper(pk: &Path) -> JweWrapper {
+    JweWrapper::new(vec![parse_public_key(&std::fs::read(pk).unwrap()).unwrap()])
+}
+
+/// `skopeo copy` of `oci:SRC:plain` to `oci:SRC:enc`, encrypted for `pk`.
+fn skopeo_encrypt(tmp: &Path, pk: &Path, src: &Path) {
+    common::run(
+        common::skopeo(tmp)
+            .args(["copy", "--quiet", "--encryption-key"])
+            .arg(format!("jwe:{}", pk.display()))
+            .arg(format!("oci:{}:plain", src.display()))
+            .arg(format!("oci:{}:enc", src.display())),
+    );
+}
+
+/// `skopeo copy` of `oci:SRC:TAG` to `oci:DST:dec`, decrypted with `sk`.
+fn skopeo_decrypt(tmp: &Path, sk: &Path, src: &Path, tag: &str, dst: &Path) -> Command {
+    let mut c = common::skopeo(tmp);
+    c.args(["copy", "--quiet", "--decryption-key"])
+        .arg(sk)
+        .arg(format!("oci:{}:{tag}", src.display()))
+        .arg(format!("oci:{}:dec", dst.display()));
+    c
 }
 
 fn unwrapper(key: &Path) -> JweUnwrapper {
@@ -92,16 +72,10 @@ fn assert_same_layers(a: &ResolvedImage, b: &ResolvedImage) {
 fn skopeo_encrypted_images_decrypt_with_veil() {
     for kind in ["rsa", "p256", "p384"] {
         let tmp = tempfile::tempdir().unwrap();
-        let (sk, pk) = keypair(tmp.path(), kind);
+        let (sk, pk) = common::keypair(tmp.path(), kind);
         common::busybox_image(tmp.path(), "plain", Compression::Gzip);
         let src = tmp.path().join("layout");
-        common::run(
-            common::skopeo(tmp.path())
-                .args(["copy", "--quiet", "--encryption-key"])
-                .arg(format!("jwe:{}", pk.display()))
-                .arg(format!("oci:{}:plain", src.display()))
-                .arg(format!("oci:{}:enc", src.display())),
-        );
+        skopeo_encrypt(tmp.path(), &pk, &src);
         let enc = resolve(&src, "enc");
         assert!(
             enc.layers()
@@ -123,24 +97,15 @@ fn skopeo_encrypted_images_decrypt_with_veil() {
 #[test]
 fn veil_encrypted_images_decrypt_with_skopeo() {
     let tmp = tempfile::tempdir().unwrap();
-    let (rsa_sk, rsa_pk) = keypair(tmp.path(), "rsa");
-    let (ec_sk, ec_pk) = keypair(tmp.path(), "p256-pkcs8");
+    let (rsa_sk, rsa_pk) = common::keypair(tmp.path(), "rsa");
+    let (ec_sk, ec_pk) = common::keypair(tmp.path(), "p256-pkcs8");
     let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::Gzip);
     let wrapper = JweWrapper::new(vec![
         parse_public_key(&std::fs::read(&rsa_pk).unwrap()).unwrap(),
         parse_public_key(&std::fs::read(&ec_pk).unwrap()).unwrap(),
     ]);
-    crypt::encrypt_image(
-        &layout,
-        Some("plain"),
-        &layout,
-        "enc",
-        &[&wrapper],
-        &LayerSelection::All,
-    )
-    .unwrap();
+    let enc = common::encrypt_plain(&layout, &wrapper, &LayerSelection::All);
     let src = tmp.path().join("layout");
-    let enc = resolve(&src, "enc");
     assert!(
         enc.layers()
             .iter()
@@ -166,13 +131,7 @@ fn veil_encrypted_images_decrypt_with_skopeo() {
     // …and decrypts them with either key to the original layers.
     for (i, sk) in [rsa_sk, ec_sk].iter().enumerate() {
         let dst = tmp.path().join(format!("skopeo-dec-{i}"));
-        common::run(
-            common::skopeo(tmp.path())
-                .args(["copy", "--quiet", "--decryption-key"])
-                .arg(sk)
-                .arg(format!("oci:{}:enc", src.display()))
-                .arg(format!("oci:{}:dec", dst.display())),
-        );
+        common::run(&mut skopeo_decrypt(tmp.path(), sk, &src, "enc", &dst));
         assert_same_layers(&resolve(&dst, "dec"), &resolve(&src, "plain"));
     }
 }
@@ -180,21 +139,9 @@ fn veil_encrypted_images_decrypt_with_skopeo() {
 #[test]
 fn selected_layers_only() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_, pk) = keypair(tmp.path(), "p256");
+    let (_, pk) = common::keypair(tmp.path(), "p256");
     let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::None);
-    let w = JweWrapper::new(vec![
-        parse_public_key(&std::fs::read(&pk).unwrap()).unwrap(),
-    ]);
-    crypt::encrypt_image(
-        &layout,
-        Some("plain"),
-        &layout,
-        "enc",
-        &[&w],
-        &LayerSelection::Indexes(vec![-1]),
-    )
-    .unwrap();
-    let enc = resolve(&tmp.path().join("layout"), "enc");
+    let enc = common::encrypt_plain(&layout, &wrapper(&pk), &LayerSelection::Indexes(vec![-1]));
     let plain = resolve(&tmp.path().join("layout"), "plain");
     assert_eq!(enc.layers()[0], plain.layers()[0]);
     assert!(enc.layers()[1].media_type.ends_with("tar+encrypted"));
@@ -210,33 +157,24 @@ fn swap_layer_blob(layout: &OciLayout, tag: &str, i: usize, bytes: &[u8]) {
         .unwrap();
     manifest.layers[i].digest = new.digest;
     manifest.layers[i].size = new.size;
-    let mbytes = serde_json::to_vec(&manifest).unwrap();
+    tag_manifest(layout, &manifest, "evil");
+}
+
+/// Write `manifest` into `layout` and tag it `tag`.
+fn tag_manifest(layout: &OciLayout, manifest: &impl serde::Serialize, tag: &str) {
+    let mbytes = serde_json::to_vec(manifest).unwrap();
     let desc = layout
         .write_blob(&mbytes, veil_image::spec::media_type::OCI_MANIFEST)
         .unwrap();
-    layout.set_tag("evil", desc).unwrap();
+    layout.set_tag(tag, desc).unwrap();
 }
 
 #[test]
 fn tampered_ciphertext_is_refused_and_nothing_is_committed() {
     let tmp = tempfile::tempdir().unwrap();
-    let (sk, pk) = keypair(tmp.path(), "rsa");
+    let (sk, pk) = common::keypair(tmp.path(), "rsa");
     let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::None);
-    let w = JweWrapper::new(vec![
-        parse_public_key(&std::fs::read(&pk).unwrap()).unwrap(),
-    ]);
-    crypt::encrypt_image(
-        &layout,
-        Some("plain"),
-        &layout,
-        "enc",
-        &[&w],
-        &LayerSelection::All,
-    )
-    .unwrap();
-    let enc = layout
-        .resolve(Some("enc"), &Platform::linux_amd64())
-        .unwrap();
+    let enc = common::encrypt_plain(&layout, &wrapper(&pk), &LayerSelection::All);
     let mut blob = layout
         .read_blob(&enc.layers()[0], 64 << 20, "layer")
         .unwrap();
@@ -266,34 +204,25 @@ fn tampered_ciphertext_is_refused_and_nothing_is_committed() {
         .collect();
     assert!(blobs.is_empty(), "{blobs:?}");
     // skopeo agrees the layer is bad.
-    let st = common::skopeo(tmp.path())
-        .args(["copy", "--quiet", "--decryption-key"])
-        .arg(&sk)
-        .arg(format!("oci:{}:evil", tmp.path().join("layout").display()))
-        .arg(format!("oci:{}:dec", tmp.path().join("sk").display()))
-        .output()
-        .unwrap();
+    let st = skopeo_decrypt(
+        tmp.path(),
+        &sk,
+        &tmp.path().join("layout"),
+        "evil",
+        &tmp.path().join("sk"),
+    )
+    .output()
+    .unwrap();
     assert!(!st.status.success());
 }
 
 #[test]
 fn wrong_key_is_refused_with_reason() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_, pk) = keypair(tmp.path(), "p256");
-    let (other_sk, _) = keypair(tmp.path(), "rsa");
+    let (_, pk) = common::keypair(tmp.path(), "p256");
+    let (other_sk, _) = common::keypair(tmp.path(), "rsa");
     let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::None);
-    let w = JweWrapper::new(vec![
-        parse_public_key(&std::fs::read(&pk).unwrap()).unwrap(),
-    ]);
-    crypt::encrypt_image(
-        &layout,
-        Some("plain"),
-        &layout,
-        "enc",
-        &[&w],
-        &LayerSelection::All,
-    )
-    .unwrap();
+    common::encrypt_plain(&layout, &wrapper(&pk), &LayerSelection::All);
     let out = OciLayout::create(tmp.path().join("out")).unwrap();
     let err = crypt::decrypt_image(&layout, Some("enc"), &out, "dec", &[&unwrapper(&other_sk)])
         .unwrap_err();
@@ -308,18 +237,7 @@ fn kbs_key_provider_round_trip() {
     let kid = ResourceUri::parse("kbs:///default/key/image-kek").unwrap();
     let kek = [0x42u8; 32];
     let w = KbsWrapper::new(kid.clone(), &kek).unwrap();
-    crypt::encrypt_image(
-        &layout,
-        Some("plain"),
-        &layout,
-        "enc",
-        &[&w as &dyn KeyWrapper],
-        &LayerSelection::All,
-    )
-    .unwrap();
-    let enc = layout
-        .resolve(Some("enc"), &Platform::linux_amd64())
-        .unwrap();
+    let enc = common::encrypt_plain(&layout, &w, &LayerSelection::All);
     for l in enc.layers() {
         let v = &l.annotations[veil_image::crypt::kbs::ANNOTATION_PROVIDER_AA];
         use base64::Engine as _;
@@ -384,17 +302,13 @@ fn rewrap_with_digest(
     let layer = &mut manifest.layers[i];
     let mut opts = crypt::unwrap_options(layer, &[&unwrapper(sk)]).unwrap();
     opts.digest = digest.clone();
-    let w = JweWrapper::new(vec![parse_public_key(&std::fs::read(pk).unwrap()).unwrap()]);
+    let w = wrapper(pk);
     let blob = w.wrap(&opts.to_json()).unwrap();
     layer.annotations.insert(
         w.annotation_key(),
         base64::engine::general_purpose::STANDARD.encode(blob),
     );
-    let mbytes = serde_json::to_vec(&manifest).unwrap();
-    let desc = layout
-        .write_blob(&mbytes, veil_image::spec::media_type::OCI_MANIFEST)
-        .unwrap();
-    layout.set_tag("lying", desc).unwrap();
+    tag_manifest(layout, &manifest, "lying");
 }
 
 /// skopeo compresses an uncompressed layer before encrypting it and puts
@@ -404,16 +318,10 @@ fn rewrap_with_digest(
 #[test]
 fn skopeo_encrypted_uncompressed_layers_decrypt_like_skopeo() {
     let tmp = tempfile::tempdir().unwrap();
-    let (sk, pk) = keypair(tmp.path(), "rsa");
+    let (sk, pk) = common::keypair(tmp.path(), "rsa");
     let (layout, _) = common::busybox_image(tmp.path(), "plain", Compression::None);
     let src = tmp.path().join("layout");
-    common::run(
-        common::skopeo(tmp.path())
-            .args(["copy", "--quiet", "--encryption-key"])
-            .arg(format!("jwe:{}", pk.display()))
-            .arg(format!("oci:{}:plain", src.display()))
-            .arg(format!("oci:{}:enc", src.display())),
-    );
+    skopeo_encrypt(tmp.path(), &pk, &src);
     let enc = resolve(&src, "enc");
     assert!(
         enc.layers()
@@ -428,13 +336,13 @@ fn skopeo_encrypted_uncompressed_layers_decrypt_like_skopeo() {
 
     let out = OciLayout::create(tmp.path().join("out")).unwrap();
     crypt::decrypt_image(&layout, Some("enc"), &out, "dec", &[&unwrapper(&sk)]).unwrap();
-    common::run(
-        common::skopeo(tmp.path())
-            .args(["copy", "--quiet", "--decryption-key"])
-            .arg(&sk)
-            .arg(format!("oci:{}:enc", src.display()))
-            .arg(format!("oci:{}:dec", tmp.path().join("sk").display())),
-    );
+    common::run(&mut skopeo_decrypt(
+        tmp.path(),
+        &sk,
+        &src,
+        "enc",
+        &tmp.path().join("sk"),
+    ));
     assert_same_layers(
         &resolve(&tmp.path().join("out"), "dec"),
         &resolve(&tmp.path().join("sk"), "dec"),

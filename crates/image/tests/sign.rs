@@ -171,10 +171,6 @@ fn sigstore_policy(pub_path: &Path, identity: &str) -> String {
     )
 }
 
-fn openssl(args: &[&str], dir: &Path) -> std::process::Output {
-    common::run(Command::new("openssl").args(args).current_dir(dir))
-}
-
 /// Debian's skopeo is built with sigstore disabled and cosign is not
 /// packaged, so the independent implementation here is OpenSSL: a P-256
 /// PKCS#8 key from `openssl genpkey` (what `cosign import-key-pair` takes)
@@ -185,20 +181,7 @@ fn openssl(args: &[&str], dir: &Path) -> std::process::Output {
 fn sigstore_signatures_interop_with_openssl_and_bad_ones_are_refused() {
     let f = fixture();
     let dir = f.tmp.path();
-    openssl(
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "k.pem",
-        ],
-        dir,
-    );
-    openssl(&["pkey", "-in", "k.pem", "-pubout", "-out", "k.pub"], dir);
-    let public = f.path("k.pub");
+    let (private, public) = common::keypair(dir, "p256-pkcs8");
     let identity = DockerReference::parse(IDENTITY).unwrap();
 
     // openssl signs veil's payload; veil verifies.
@@ -209,12 +192,12 @@ fn sigstore_signatures_interop_with_openssl_and_bad_ones_are_refused() {
         1_700_000_000,
     );
     std::fs::write(f.path("payload.json"), &payload).unwrap();
-    openssl(
+    common::openssl(
         &[
             "dgst",
             "-sha256",
             "-sign",
-            "k.pem",
+            "p256-pkcs8.key",
             "-out",
             "sig.der",
             "payload.json",
@@ -229,7 +212,7 @@ fn sigstore_signatures_interop_with_openssl_and_bad_ones_are_refused() {
         annotations: Default::default(),
     };
     // veil signs with the openssl key (PKCS#8 PEM); openssl verifies.
-    let key = PrivateKey::from_pem(&std::fs::read(f.path("k.pem")).unwrap(), None).unwrap();
+    let key = PrivateKey::from_pem(&std::fs::read(&private).unwrap(), None).unwrap();
     let ours = sign::sign_sigstore(&key, &identity, &f.digest);
     std::fs::write(f.path("ours.json"), &ours.payload).unwrap();
     std::fs::write(
@@ -239,12 +222,12 @@ fn sigstore_signatures_interop_with_openssl_and_bad_ones_are_refused() {
             .unwrap(),
     )
     .unwrap();
-    let out = openssl(
+    let out = common::openssl(
         &[
             "dgst",
             "-sha256",
             "-verify",
-            "k.pub",
+            "p256-pkcs8.pub",
             "-signature",
             "ours.der",
             "ours.json",

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use veil_image::Digest;
 use veil_image::crypt::jwe::{JweUnwrapper, JweWrapper};
 use veil_image::crypt::keys::{PrivateKey, PublicKey};
-use veil_image::crypt::{self, KeyUnwrapper, LayerSelection};
+use veil_image::crypt::{KeyUnwrapper, LayerSelection};
 use veil_image::spec::{Compression, Platform};
 use veil_image::unpack::{self, UnpackError, UnpackLimits, UnpackStats};
 
@@ -280,18 +280,7 @@ fn busybox_image_unpacks_plain_and_encrypted() {
 
     let sk = p256::SecretKey::random(&mut rand_core::OsRng);
     let w = JweWrapper::new(vec![PublicKey::P256(sk.public_key())]);
-    crypt::encrypt_image(
-        &layout,
-        Some("plain"),
-        &layout,
-        "enc",
-        &[&w],
-        &LayerSelection::All,
-    )
-    .unwrap();
-    let enc = layout
-        .resolve(Some("enc"), &Platform::linux_amd64())
-        .unwrap();
+    let enc = common::encrypt_plain(&layout, &w, &LayerSelection::All);
     let u = JweUnwrapper::new(vec![PrivateKey::P256(sk)]);
     let rootfs2 = tmp.path().join("rootfs2");
     unpack::unpack_image(

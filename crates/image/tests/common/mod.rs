@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use veil_image::builder::ImageBuilder;
-use veil_image::spec::{Compression, ContainerConfig};
-use veil_image::{Descriptor, OciLayout};
+use veil_image::crypt::{self, KeyWrapper, LayerSelection};
+use veil_image::spec::{Compression, ContainerConfig, Platform};
+use veil_image::{Descriptor, OciLayout, ResolvedImage};
 
 /// Path of the static busybox binary.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -50,18 +51,66 @@ pub fn busybox_image(root: &Path, tag: &str, compression: Compression) -> (OciLa
     (layout, desc)
 }
 
+/// Encrypt the `layers` of `plain` with `wrapper` into `enc` in the same
+/// layout; returns `enc` resolved.
+pub fn encrypt_plain(
+    layout: &OciLayout,
+    wrapper: &dyn KeyWrapper,
+    layers: &LayerSelection,
+) -> ResolvedImage {
+    crypt::encrypt_image(layout, Some("plain"), layout, "enc", &[wrapper], layers).unwrap();
+    layout
+        .resolve(Some("enc"), &Platform::linux_amd64())
+        .unwrap()
+}
+
 /// Run a command, panicking with its output on failure.
-pub fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+pub use veil_testkit::run_ok as run;
+
+/// `openssl ARGS` in `dir`, which must succeed.
+pub fn openssl(args: &[&str], dir: &Path) -> std::process::Output {
+    run(Command::new("openssl").args(args).current_dir(dir))
+}
+
+/// (private, public) PEM paths for `kind`: rsa, p256, p256-pkcs8, p384.
+pub fn keypair(dir: &Path, kind: &str) -> (PathBuf, PathBuf) {
+    let (sk, pk) = (format!("{kind}.key"), format!("{kind}.pub"));
+    match kind {
+        "rsa" => openssl(&["genrsa", "-out", &sk, "2048"], dir),
+        // With an "EC PARAMETERS" block first (veil skips it; skopeo can't).
+        "p256" => openssl(
+            &["ecparam", "-name", "prime256v1", "-genkey", "-out", &sk],
+            dir,
+        ),
+        // PKCS#8: the only EC encoding skopeo's ocicrypt reads.
+        "p256-pkcs8" => openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &sk,
+            ],
+            dir,
+        ),
+        "p384" => openssl(
+            &[
+                "ecparam",
+                "-name",
+                "secp384r1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &sk,
+            ],
+            dir,
+        ),
+        _ => unreachable!(),
+    };
+    openssl(&["pkey", "-in", &sk, "-pubout", "-out", &pk], dir);
+    (dir.join(sk), dir.join(pk))
 }
 
 /// `skopeo` with a policy that accepts anything (tests use local images).

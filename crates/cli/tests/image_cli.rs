@@ -12,6 +12,7 @@ use predicates::prelude::*;
 use veil_image::builder::ImageBuilder;
 use veil_image::spec::{Compression, ContainerConfig};
 use veil_image::{Digest, OciLayout};
+use veil_testkit::registry::DockerRegistry;
 
 fn veil() -> Command {
     Command::cargo_bin("veil").unwrap()
@@ -61,16 +62,55 @@ fn json_of(out: &[u8]) -> serde_json::Value {
 }
 
 fn inspect_json(reference: &str) -> serde_json::Value {
-    let out = veil()
-        .args(["image", "inspect", "--json", reference])
-        .output()
-        .unwrap();
+    json_of(&output_ok(inspect(reference).arg("--json")).stdout)
+}
+
+/// Run `cmd`, asserting success (with its stderr otherwise).
+fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    json_of(&out.stdout)
+    out
+}
+
+/// `veil image inspect REFERENCE`.
+fn inspect(reference: &str) -> Command {
+    let mut c = veil();
+    c.args(["image", "inspect", reference]);
+    c
+}
+
+/// `veil image encrypt SRC DST --recipient jwe:PK`.
+fn encrypt_for(src: &str, dst: &str, pk: &Path) -> Command {
+    let mut c = veil();
+    c.args(["image", "encrypt", src, dst])
+        .arg("--recipient")
+        .arg(format!("jwe:{}", pk.display()));
+    c
+}
+
+/// `veil image decrypt SRC DST --key KEY`.
+fn decrypt_with(src: &str, dst: &str, key: &Path) -> Command {
+    let mut c = veil();
+    c.args(["image", "decrypt", src, dst]).arg("--key").arg(key);
+    c
+}
+
+/// `veil image unpack REFERENCE ROOTFS`.
+fn unpack(reference: &str, rootfs: &Path) -> Command {
+    let mut c = veil();
+    c.args(["image", "unpack", reference]).arg(rootfs);
+    c
+}
+
+/// `veil image sign REFERENCE --identity IDENTITY`.
+fn sign(reference: &str, identity: &str) -> Command {
+    let mut c = veil();
+    c.args(["image", "sign", reference, "--identity", identity]);
+    c
 }
 
 fn rsa_keypair(dir: &Path) -> (PathBuf, PathBuf) {
@@ -154,8 +194,7 @@ fn replace_layer(dir: &Path, tag: &str, i: usize, bytes: &[u8], media_type: Opti
 fn inspect_prints_digest_config_and_layers() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, digest) = image(tmp.path());
-    veil()
-        .args(["image", "inspect", &oci(&dir, "v1")])
+    inspect(&oci(&dir, "v1"))
         .assert()
         .success()
         .stdout(predicate::str::contains(format!("Digest:     {digest}")))
@@ -189,16 +228,14 @@ fn inspect_refuses_a_tampered_blob_naming_the_digest_check() {
     let pos = bytes.iter().position(|&b| b == b'/').unwrap();
     bytes[pos] = b'_'; // same size, different content
     fs::write(&path, bytes).unwrap();
-    veil()
-        .args(["image", "inspect", &oci(&dir, "v1")])
+    inspect(&oci(&dir, "v1"))
         .assert()
         .code(1)
         .stderr(predicate::str::contains("refused: digest check failed"))
         .stderr(predicate::str::contains(format!("expected {config}")));
     // A truncated blob: the size check.
     fs::write(&path, b"{}").unwrap();
-    veil()
-        .args(["image", "inspect", &oci(&dir, "v1")])
+    inspect(&oci(&dir, "v1"))
         .assert()
         .code(1)
         .stderr(predicate::str::contains("refused: size check failed"));
@@ -208,25 +245,21 @@ fn inspect_refuses_a_tampered_blob_naming_the_digest_check() {
 fn inspect_malformed_input_exits_2() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, _) = image(tmp.path());
-    veil()
-        .args(["image", "inspect", &oci(&dir, "nope")])
+    inspect(&oci(&dir, "nope"))
         .assert()
         .code(2)
         .stderr(predicate::str::contains("tag \"nope\""))
         .stderr(predicate::str::contains("tags present: v1"));
-    veil()
-        .args(["image", "inspect", "docker:/x"])
+    inspect("docker:/x")
         .assert()
         .code(2)
         .stderr(predicate::str::contains("invalid image reference"));
-    veil()
-        .args(["image", "inspect", &oci(&tmp.path().join("missing"), "v1")])
+    inspect(&oci(&tmp.path().join("missing"), "v1"))
         .assert()
         .code(2)
         .stderr(predicate::str::contains("oci-layout marker"));
     fs::write(dir.join("index.json"), b"{\"schemaVersion\":2,").unwrap();
-    veil()
-        .args(["image", "inspect", &oci(&dir, "v1")])
+    inspect(&oci(&dir, "v1"))
         .assert()
         .code(2)
         .stderr(predicate::str::contains("malformed index.json"));
@@ -365,17 +398,7 @@ fn encrypt_then_decrypt_round_trips_and_inspect_shows_encryption() {
     let (dir, digest) = image(tmp.path());
     let (sk, pk) = rsa_keypair(tmp.path());
     let enc = tmp.path().join("enc");
-    let out = veil()
-        .args(["image", "encrypt", &oci(&dir, "v1"), &oci(&enc, "e")])
-        .arg("--recipient")
-        .arg(format!("jwe:{}", pk.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(&mut encrypt_for(&oci(&dir, "v1"), &oci(&enc, "e"), &pk));
     let enc_digest = String::from_utf8(out.stdout).unwrap();
     let j = inspect_json(&oci(&enc, "e"));
     assert_eq!(j["manifestDigest"], enc_digest.trim());
@@ -388,10 +411,7 @@ fn encrypt_then_decrypt_round_trips_and_inspect_shows_encryption() {
     );
 
     let dec = tmp.path().join("dec");
-    veil()
-        .args(["image", "decrypt", &oci(&enc, "e"), &oci(&dec, "d")])
-        .arg("--key")
-        .arg(&sk)
+    decrypt_with(&oci(&enc, "e"), &oci(&dec, "d"), &sk)
         .assert()
         .success()
         .stdout(predicate::str::contains(digest.to_string()));
@@ -402,14 +422,7 @@ fn encrypt_then_decrypt_round_trips_and_inspect_shows_encryption() {
     );
 
     // Encrypting only the top layer.
-    let out = veil()
-        .args(["image", "encrypt", &oci(&dir, "v1"), &oci(&enc, "top")])
-        .arg("--recipient")
-        .arg(format!("jwe:{}", pk.display()))
-        .args(["--layer", "-1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    output_ok(encrypt_for(&oci(&dir, "v1"), &oci(&enc, "top"), &pk).args(["--layer", "-1"]));
     let j = inspect_json(&oci(&enc, "top"));
     assert_eq!(j["layers"][0]["encrypted"], false);
     assert_eq!(j["layers"][1]["encrypted"], true);
@@ -471,19 +484,13 @@ fn decrypt_refusals_exit_1_and_leave_nothing() {
     fs::create_dir(&other).unwrap();
     let (wrong_sk, _) = rsa_keypair(&other);
     let enc = tmp.path().join("enc");
-    veil()
-        .args(["image", "encrypt", &oci(&dir, "v1"), &oci(&enc, "e")])
-        .arg("--recipient")
-        .arg(format!("jwe:{}", pk.display()))
+    encrypt_for(&oci(&dir, "v1"), &oci(&enc, "e"), &pk)
         .assert()
         .success();
 
     // Wrong key: no matching key; the new destination does not appear.
     let dec = tmp.path().join("dec");
-    veil()
-        .args(["image", "decrypt", &oci(&enc, "e"), &oci(&dec, "d")])
-        .arg("--key")
-        .arg(&wrong_sk)
+    decrypt_with(&oci(&enc, "e"), &oci(&dec, "d"), &wrong_sk)
         .assert()
         .code(1)
         .stderr(predicate::str::contains("refused: no matching key"));
@@ -491,10 +498,7 @@ fn decrypt_refusals_exit_1_and_leave_nothing() {
 
     // Into an existing layout: the tag is not created.
     let before = tree(&dir);
-    veil()
-        .args(["image", "decrypt", &oci(&enc, "e"), &oci(&dir, "d")])
-        .arg("--key")
-        .arg(&wrong_sk)
+    decrypt_with(&oci(&enc, "e"), &oci(&dir, "d"), &wrong_sk)
         .assert()
         .code(1);
     assert!(
@@ -523,10 +527,7 @@ fn decrypt_refusals_exit_1_and_leave_nothing() {
     replace_layer(&enc, "e", 1, &ct, None);
     let (sk, _) = (tmp.path().join("rsa.key"), ());
     let dec = tmp.path().join("dec-hmac");
-    veil()
-        .args(["image", "decrypt", &oci(&enc, "e"), &oci(&dec, "d")])
-        .arg("--key")
-        .arg(&sk)
+    decrypt_with(&oci(&enc, "e"), &oci(&dec, "d"), &sk)
         .assert()
         .code(1)
         .stderr(predicate::str::contains("refused: layer HMAC check failed"));
@@ -588,10 +589,7 @@ fn encrypt_decrypt_malformed_input_exits_2() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("--key"));
-    veil()
-        .args(["image", "decrypt", &oci(&dir, "v1"), &oci(&dst, "d")])
-        .arg("--key")
-        .arg(&pk)
+    decrypt_with(&oci(&dir, "v1"), &oci(&dst, "d"), &pk)
         .assert()
         .code(2)
         .stderr(predicate::str::contains("private key"));
@@ -605,9 +603,7 @@ fn unpack_builds_the_rootfs() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, digest) = image(tmp.path());
     let rootfs = tmp.path().join("rootfs");
-    veil()
-        .args(["image", "unpack", &oci(&dir, "v1")])
-        .arg(&rootfs)
+    unpack(&oci(&dir, "v1"), &rootfs)
         .assert()
         .success()
         .stdout(predicate::str::contains(format!(
@@ -622,9 +618,7 @@ fn unpack_builds_the_rootfs() {
         Path::new("busybox")
     );
     // The target exists now: refused as usage, nothing changed.
-    veil()
-        .args(["image", "unpack", &oci(&dir, "v1")])
-        .arg(&rootfs)
+    unpack(&oci(&dir, "v1"), &rootfs)
         .assert()
         .code(2)
         .stderr(predicate::str::contains("already exists"));
@@ -635,16 +629,11 @@ fn unpack_of_an_encrypted_image_needs_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, _) = image(tmp.path());
     let (sk, pk) = rsa_keypair(tmp.path());
-    veil()
-        .args(["image", "encrypt", &oci(&dir, "v1"), &oci(&dir, "enc")])
-        .arg("--recipient")
-        .arg(format!("jwe:{}", pk.display()))
+    encrypt_for(&oci(&dir, "v1"), &oci(&dir, "enc"), &pk)
         .assert()
         .success();
     let rootfs = tmp.path().join("rootfs");
-    veil()
-        .args(["image", "unpack", &oci(&dir, "enc")])
-        .arg(&rootfs)
+    unpack(&oci(&dir, "enc"), &rootfs)
         .assert()
         .code(1)
         .stderr(predicate::str::contains("refused: no matching key"));
@@ -653,9 +642,7 @@ fn unpack_of_an_encrypted_image_needs_the_key() {
         !tree(tmp.path()).iter().any(|f| f.contains(".veil-unpack-")),
         "staging directory left behind"
     );
-    veil()
-        .args(["image", "unpack", &oci(&dir, "enc")])
-        .arg(&rootfs)
+    unpack(&oci(&dir, "enc"), &rootfs)
         .arg("--key")
         .arg(&sk)
         .assert()
@@ -727,9 +714,7 @@ fn unpack_refuses_malicious_layers_and_writes_nothing() {
         t.extend_from_slice(&[0u8; 1024]);
         let dir = image_with_layer(tmp.path(), &t);
         let rootfs = tmp.path().join("rootfs");
-        veil()
-            .args(["image", "unpack", &oci(&dir, "v1")])
-            .arg(&rootfs)
+        unpack(&oci(&dir, "v1"), &rootfs)
             .assert()
             .code(1)
             .stderr(predicate::str::contains("refused"))
@@ -749,9 +734,7 @@ fn unpack_refuses_a_layer_that_differs_from_its_diff_id() {
     t.extend_from_slice(&[0u8; 1024]);
     replace_layer(&dir, "v1", 1, &t, None);
     let rootfs = tmp.path().join("rootfs");
-    veil()
-        .args(["image", "unpack", &oci(&dir, "v1")])
-        .arg(&rootfs)
+    unpack(&oci(&dir, "v1"), &rootfs)
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
@@ -760,9 +743,7 @@ fn unpack_refuses_a_layer_that_differs_from_its_diff_id() {
     assert!(!rootfs.exists());
     // A layer whose media type is not a layer: malformed (2).
     replace_layer(&dir, "v1", 1, &t, Some("application/octet-stream"));
-    veil()
-        .args(["image", "unpack", &oci(&dir, "v1")])
-        .arg(&rootfs)
+    unpack(&oci(&dir, "v1"), &rootfs)
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unsupported media type"));
@@ -780,8 +761,13 @@ fn write_policy(tmp: &Path, name: &str, json: &str) -> PathBuf {
 }
 
 fn verify_cmd(dir: &Path, tag: &str, policy: &Path) -> Command {
+    verify_ref(&oci(dir, tag), policy)
+}
+
+/// `veil image verify REFERENCE --policy POLICY`.
+fn verify_ref(reference: &str, policy: &Path) -> Command {
     let mut c = veil();
-    c.args(["image", "verify", &oci(dir, tag), "--policy"])
+    c.args(["image", "verify", reference, "--policy"])
         .arg(policy);
     c
 }
@@ -803,8 +789,7 @@ fn sigstore_sign_then_verify_and_refusals() {
 
     // Wrong passphrase: malformed input (2), nothing attached.
     let before = tree(&dir);
-    veil()
-        .args(["image", "sign", &oci(&dir, "v1"), "--identity", IDENTITY])
+    sign(&oci(&dir, "v1"), IDENTITY)
         .arg("--sigstore-key")
         .arg(&key_path)
         .arg("--passphrase-file")
@@ -814,8 +799,7 @@ fn sigstore_sign_then_verify_and_refusals() {
         .stderr(predicate::str::contains("wrong passphrase"));
     assert_eq!(tree(&dir), before);
 
-    veil()
-        .args(["image", "sign", &oci(&dir, "v1"), "--identity", IDENTITY])
+    sign(&oci(&dir, "v1"), IDENTITY)
         .arg("--sigstore-key")
         .arg(&key_path)
         .arg("--passphrase-file")
@@ -826,8 +810,7 @@ fn sigstore_sign_then_verify_and_refusals() {
             "signed {digest} as {IDENTITY} (sigstore): sha256-{}.sig",
             digest.hex()
         )));
-    veil()
-        .args(["image", "inspect", &oci(&dir, "v1")])
+    inspect(&oci(&dir, "v1"))
         .assert()
         .success()
         .stdout(predicate::str::contains(format!(
@@ -940,8 +923,7 @@ fn gpg_sign_then_verify_with_a_lookaside() {
         "cli@veil.invalid",
     ]);
     let lookaside = tmp.path().join("lookaside");
-    veil()
-        .args(["image", "sign", &oci(&dir, "v1"), "--identity", IDENTITY])
+    sign(&oci(&dir, "v1"), IDENTITY)
         .args(["--gpg-key", "cli@veil.invalid", "--gpg-home"])
         .arg(gpg_home.path())
         .arg("--lookaside")
@@ -1033,34 +1015,18 @@ fn verify_and_sign_malformed_input_exits_2() {
         .code(1)
         .stderr(predicate::str::contains("the policy rejects this image"));
     // sign without a key; with a key file that is not a key.
-    veil()
-        .args(["image", "sign", &oci(&dir, "v1"), "--identity", IDENTITY])
+    sign(&oci(&dir, "v1"), IDENTITY)
         .assert()
         .code(2)
         .stderr(predicate::str::contains("--sigstore-key"));
-    veil()
-        .args([
-            "image",
-            "sign",
-            &oci(&dir, "v1"),
-            "--identity",
-            IDENTITY,
-            "--sigstore-key",
-        ])
+    sign(&oci(&dir, "v1"), IDENTITY)
+        .arg("--sigstore-key")
         .arg(dir.join("index.json"))
         .assert()
         .code(2)
         .stderr(predicate::str::contains("sigstore private key"));
-    veil()
-        .args([
-            "image",
-            "sign",
-            &oci(&dir, "v1"),
-            "--identity",
-            "x@y",
-            "--sigstore-key",
-            "k",
-        ])
+    sign(&oci(&dir, "v1"), "x@y")
+        .args(["--sigstore-key", "k"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("invalid docker reference"));
@@ -1068,68 +1034,12 @@ fn verify_and_sign_malformed_input_exits_2() {
 
 // ------------------------------------------------------- registry
 
-/// Debian's `docker-registry` on a free loopback port; killed on drop.
-struct TestRegistry {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Std::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let reg = TestRegistry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(&reg.addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "registry did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        reg
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn push_pull_inspect_sign_verify_through_a_registry() {
-    let reg = TestRegistry::start();
+    let reg = DockerRegistry::start(None);
     let tmp = tempfile::tempdir().unwrap();
     let (dir, digest) = image(tmp.path());
-    let remote = format!("docker://{}/veil/app:v1", reg.addr);
+    let remote = format!("docker://{}", reg.reference("veil/app:v1"));
     veil()
         .args(["image", "push", &oci(&dir, "v1"), &remote])
         .assert()
@@ -1162,16 +1072,9 @@ fn push_pull_inspect_sign_verify_through_a_registry() {
     )
     .unwrap();
     fs::write(tmp.path().join("k.pub"), key.public_key().to_pem().unwrap()).unwrap();
-    let identity = format!("{}/veil/app:v1", reg.addr);
-    veil()
-        .args([
-            "image",
-            "sign",
-            &remote,
-            "--identity",
-            &identity,
-            "--sigstore-key",
-        ])
+    let identity = reg.reference("veil/app:v1");
+    sign(&remote, &identity)
+        .arg("--sigstore-key")
         .arg(tmp.path().join("k.pem"))
         .assert()
         .success();
@@ -1180,27 +1083,23 @@ fn push_pull_inspect_sign_verify_through_a_registry() {
         "policy.json",
         r#"{"default":[{"type":"sigstoreSigned","keyPath":"k.pub"}]}"#,
     );
-    veil()
-        .args(["image", "verify", &remote, "--policy"])
-        .arg(&policy)
+    verify_ref(&remote, &policy)
         .assert()
         .success()
         .stdout(predicate::str::contains("1 sigstore attached to the image"));
     // Re-tagged in the registry: the same manifest under :v2 is refused.
-    let v2 = format!("docker://{}/veil/app:v2", reg.addr);
+    let v2 = format!("docker://{}", reg.reference("veil/app:v2"));
     veil()
         .args(["image", "push", &oci(&dir, "v1"), &v2])
         .assert()
         .success();
-    veil()
-        .args(["image", "verify", &v2, "--policy"])
-        .arg(&policy)
+    verify_ref(&v2, &policy)
         .assert()
         .code(1)
         .stderr(predicate::str::contains("signed identity check failed"));
 
     // Errors: unknown tag (2), pull into nothing on failure.
-    let missing = format!("docker://{}/veil/app:nope", reg.addr);
+    let missing = format!("docker://{}", reg.reference("veil/app:nope"));
     veil()
         .args([
             "image",

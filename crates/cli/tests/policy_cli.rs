@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
+use veil_testkit::registry::DockerRegistry;
 
 fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,24 +17,47 @@ fn veil() -> Command {
     Command::cargo_bin("veil").unwrap()
 }
 
-fn generate_pod(dir: &Path) -> (PathBuf, PathBuf, String) {
-    let yaml = dir.join("out.yaml");
-    let toml = dir.join("init.toml");
-    let out = veil()
-        .args(["policy", "generate"])
-        .arg(data("manifests/pod-multi.yaml"))
-        .arg("--image-dir")
-        .arg(data("layout"))
-        .arg("-o")
-        .arg(&yaml)
-        .arg("--init-data")
-        .arg(&toml)
-        .output()
-        .unwrap();
+/// Run `cmd`, asserting success (with its stderr otherwise).
+fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `veil policy generate INPUT -o OUT --init-data INIT_DATA`; the caller
+/// adds where images come from.
+fn generate(input: &Path, out: &Path, init_data: &Path) -> Command {
+    let mut c = veil();
+    c.args(["policy", "generate"])
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .arg("--init-data")
+        .arg(init_data);
+    c
+}
+
+/// `veil policy check --init-data INIT_DATA --request REQUEST`.
+fn check(init_data: &Path, request: &Path) -> Command {
+    let mut c = veil();
+    c.args(["policy", "check", "--init-data"])
+        .arg(init_data)
+        .arg("--request")
+        .arg(request);
+    c
+}
+
+fn generate_pod(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let yaml = dir.join("out.yaml");
+    let toml = dir.join("init.toml");
+    let out = output_ok(
+        generate(&data("manifests/pod-multi.yaml"), &yaml, &toml)
+            .arg("--image-dir")
+            .arg(data("layout")),
     );
     (yaml, toml, String::from_utf8(out.stdout).unwrap())
 }
@@ -101,15 +125,9 @@ fn generate_errors_write_nothing() {
             "--init-data needs exactly one workload",
         ),
     ] {
-        veil()
-            .args(["policy", "generate"])
-            .arg(&input)
+        generate(&input, &existing, &dir.path().join("init.toml"))
             .arg("--image-dir")
             .arg(data("layout"))
-            .arg("-o")
-            .arg(&existing)
-            .arg("--init-data")
-            .arg(dir.path().join("init.toml"))
             .assert()
             .code(2)
             .stderr(predicate::str::contains(want));
@@ -187,22 +205,14 @@ fn check_allows_denies_and_refuses_malformed() {
     let golden = data("golden/pod-multi.web.toml");
     let ok = dir.path().join("ok.json");
     std::fs::write(&ok, requests("db.internal").to_string()).unwrap();
-    veil()
-        .args(["policy", "check", "--init-data"])
-        .arg(&golden)
-        .arg("--request")
-        .arg(&ok)
+    check(&golden, &ok)
         .assert()
         .code(0)
         .stdout(predicate::str::contains("allow: create_container"));
 
     let evil = dir.path().join("evil.json");
     std::fs::write(&evil, requests("evil").to_string()).unwrap();
-    veil()
-        .args(["policy", "check", "--init-data"])
-        .arg(&golden)
-        .arg("--request")
-        .arg(&evil)
+    check(&golden, &evil)
         .assert()
         .code(1)
         .stdout(predicate::str::contains(
@@ -216,22 +226,12 @@ fn check_allows_denies_and_refuses_malformed() {
         r#"{"api_version": 1, "kind": "pull_image", "request": {}}"#,
     )
     .unwrap();
-    veil()
-        .args(["policy", "check", "--init-data"])
-        .arg(&golden)
-        .arg("--request")
-        .arg(&malformed)
+    check(&golden, &malformed)
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown request kind"));
     std::fs::write(&malformed, "not json").unwrap();
-    veil()
-        .args(["policy", "check", "--init-data"])
-        .arg(&golden)
-        .arg("--request")
-        .arg(&malformed)
-        .assert()
-        .code(2);
+    check(&golden, &malformed).assert().code(2);
 }
 
 #[test]
@@ -263,68 +263,12 @@ fn diff_is_semantic() {
         ));
 }
 
-/// A `docker-registry serve` child on a free 127.0.0.1 port; killed on drop.
-struct TestRegistry {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("docker-registry (scripts/install-deps.sh)");
-        let reg = TestRegistry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(&reg.addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "docker-registry did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        reg
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn generate_resolves_images_through_a_registry() {
     use veil_image::builder::ImageBuilder;
     use veil_image::spec::{Compression, ContainerConfig};
 
-    let reg = TestRegistry::start();
+    let reg = DockerRegistry::start(None);
     let dir = tempfile::tempdir().unwrap();
     // A test image, pushed to the registry.
     let src = dir.path().join("src");
@@ -339,7 +283,7 @@ fn generate_resolves_images_through_a_registry() {
     });
     b.add_layer_dir(&src, Compression::Gzip).unwrap();
     b.finish("v1").unwrap();
-    let reference = format!("{}/veil/app:v1", reg.addr);
+    let reference = reg.reference("veil/app:v1");
     let r = veil_image::registry::parse_reference(&reference).unwrap();
     let pushed = veil_image::registry::Registry::new(&r, None)
         .push(&layout, Some("v1"))
@@ -359,26 +303,12 @@ fn generate_resolves_images_through_a_registry() {
         (reference.clone(), "--registry".to_string()),
         (
             "registry.example/veil/app:v1".to_string(),
-            format!("--registry={}", reg.addr),
+            format!("--registry={}", reg.addr()),
         ),
     ] {
         std::fs::write(&yaml, pod(&image)).unwrap();
         let toml = out_dir.join("init.toml");
-        let out = veil()
-            .args(["policy", "generate"])
-            .arg(&yaml)
-            .arg(&registry_arg)
-            .arg("-o")
-            .arg(out_dir.join("out.yaml"))
-            .arg("--init-data")
-            .arg(&toml)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = output_ok(generate(&yaml, &out_dir.join("out.yaml"), &toml).arg(&registry_arg));
         let bytes = std::fs::read(&toml).unwrap();
         let digest = veil_policy::HashAlgorithm::Sha384.digest(&bytes).hex();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -396,15 +326,9 @@ fn generate_resolves_images_through_a_registry() {
     // Unresolvable: a clear error, exit 2, nothing written.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    std::fs::write(&yaml, pod(&format!("{}/veil/app:absent", reg.addr))).unwrap();
-    veil()
-        .args(["policy", "generate"])
-        .arg(&yaml)
+    std::fs::write(&yaml, pod(&reg.reference("veil/app:absent"))).unwrap();
+    generate(&yaml, &empty.join("out.yaml"), &empty.join("init.toml"))
         .arg("--registry")
-        .arg("-o")
-        .arg(empty.join("out.yaml"))
-        .arg("--init-data")
-        .arg(empty.join("init.toml"))
         .assert()
         .code(2)
         .stderr(

@@ -13,39 +13,45 @@ fn snp(name: &str) -> String {
     format!("{SNP}{name}")
 }
 
+/// `veil attest verify --tee TEE --evidence EVIDENCE`.
+fn verify(tee: &str, evidence: &str) -> Command {
+    let mut c = veil();
+    c.args(["attest", "verify", "--tee", tee, "--evidence", evidence]);
+    c
+}
+
+/// `veil attest verify --tee snp` of the fixture `report` with the fixture
+/// certificate `cert`.
+fn snp_with_cert(report: &str, cert: &str) -> Command {
+    let mut c = verify("snp", &snp(report));
+    c.args(["--cert", &snp(cert)]);
+    c
+}
+
+/// `veil attest sim-report --key KEY -o OUT`.
+fn sim_report(key: &str, out: &str) -> Command {
+    let mut c = veil();
+    c.args(["attest", "sim-report", "--key", key, "-o", out]);
+    c
+}
+
+/// `veil attest sim-keygen --key KEY --root ROOT`.
+fn sim_keygen(key: &str, root: &str) -> Command {
+    let mut c = veil();
+    c.args(["attest", "sim-keygen", "--key", key, "--root", root]);
+    c
+}
+
 #[test]
 fn verifies_real_snp_report_with_summary_and_json() {
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            &snp("milan-vcek-report.bin"),
-        ])
-        .args(["--cert", &snp("milan-vcek.der")])
+    snp_with_cert("milan-vcek-report.bin", "milan-vcek.der")
         .assert()
         .success()
         .stdout(predicate::str::contains(
             "verified: snp evidence, signed by VCEK (Milan)",
         ));
-    let out = veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--json",
-            "--evidence",
-            &snp("milan-report-2.hex"),
-        ])
-        .args([
-            "--cert",
-            &snp("milan-report-2-vcek.der"),
-            "--cert",
-            &snp("milan-cert-chain.pem"),
-        ])
+    let out = snp_with_cert("milan-report-2.hex", "milan-report-2-vcek.der")
+        .args(["--cert", &snp("milan-cert-chain.pem"), "--json"])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -58,110 +64,42 @@ fn verifies_real_snp_report_with_summary_and_json() {
 
 #[test]
 fn refusals_exit_1_and_name_the_check() {
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            &snp("milan-vcek-report.bin"),
-        ])
-        .args(["--cert", &snp("invalid-vcek-new.der")])
+    snp_with_cert("milan-vcek-report.bin", "invalid-vcek-new.der")
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
             "refused: signature on certificate SEV-VCEK does not verify",
         ));
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            &snp("milan-vcek-report.bin"),
-        ])
-        .args(["--cert", &snp("milan-vcek.der"), "--report-data", "00"])
+    snp_with_cert("milan-vcek-report.bin", "milan-vcek.der")
+        .args(["--report-data", "00"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
             "report_data mismatch: expected 00",
         ));
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            &snp("milan-vcek-report.bin"),
-        ])
-        .args(["--cert", &snp("milan-vcek.der"), "--min-tcb", "snp=9"])
+    snp_with_cert("milan-vcek-report.bin", "milan-vcek.der")
+        .args(["--min-tcb", "snp=9"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
             "TCB component snp below minimum: expected >= 9, got 8",
         ));
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            &snp("milan-vlek-report.bin"),
-        ])
+    snp_with_cert("milan-vlek-report.bin", "milan-vlek.der")
         // The VLEK certificate expires 2025-12-10: verify inside its validity.
-        .args([
-            "--cert",
-            &snp("milan-vlek.der"),
-            "--at",
-            "2025-06-01T00:00:00Z",
-        ])
+        .args(["--at", "2025-06-01T00:00:00Z"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
             "unexpected VMPL: expected 0, got 1",
         ));
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            &snp("milan-vlek-report.bin"),
-        ])
-        .args([
-            "--cert",
-            &snp("milan-vlek.der"),
-            "--vmpl",
-            "1",
-            "--at",
-            "2025-06-01T00:00:00Z",
-        ])
+    snp_with_cert("milan-vlek-report.bin", "milan-vlek.der")
+        .args(["--vmpl", "1", "--at", "2025-06-01T00:00:00Z"])
         .assert()
         .success()
         .stdout(predicate::str::contains("signed by VLEK (Milan)"));
     // Today the VLEK has expired, and veil says so.
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            &snp("milan-vlek-report.bin"),
-        ])
-        .args([
-            "--cert",
-            &snp("milan-vlek.der"),
-            "--vmpl",
-            "1",
-            "--at",
-            "2026-01-01T00:00:00Z",
-        ])
+    snp_with_cert("milan-vlek-report.bin", "milan-vlek.der")
+        .args(["--vmpl", "1", "--at", "2026-01-01T00:00:00Z"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
@@ -174,42 +112,18 @@ fn malformed_input_exits_2_without_panic() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.bin");
     std::fs::write(&junk, vec![0xFFu8; 1184]).unwrap();
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            junk.to_str().unwrap(),
-        ])
+    verify("snp", junk.to_str().unwrap())
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
             "malformed SNP report: version at offset 0x0",
         ));
     std::fs::write(&junk, b"{\"attestation_report\": 12}").unwrap();
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            junk.to_str().unwrap(),
-        ])
+    verify("snp", junk.to_str().unwrap())
         .assert()
         .code(2)
         .stderr(predicate::str::contains("malformed SNP evidence JSON"));
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "nope",
-            "--evidence",
-            junk.to_str().unwrap(),
-        ])
+    verify("nope", junk.to_str().unwrap())
         .assert()
         .code(2)
         .stderr(predicate::str::contains("unknown TEE"));
@@ -219,15 +133,7 @@ fn malformed_input_exits_2_without_panic() {
 fn sim_keygen_report_verify_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    veil()
-        .args([
-            "attest",
-            "sim-keygen",
-            "--key",
-            &p("k.pem"),
-            "--root",
-            &p("root.pem"),
-        ])
+    sim_keygen(&p("k.pem"), &p("root.pem"))
         .assert()
         .success()
         .stderr(predicate::str::contains("WARNING: simulated TEE"));
@@ -242,130 +148,43 @@ fn sim_keygen_report_verify_round_trip() {
         );
     }
     // A second keygen does not clobber the key.
-    veil()
-        .args([
-            "attest",
-            "sim-keygen",
-            "--key",
-            &p("k.pem"),
-            "--root",
-            &p("root.pem"),
-        ])
-        .assert()
-        .code(2);
+    sim_keygen(&p("k.pem"), &p("root.pem")).assert().code(2);
     let digest = "ab".repeat(48);
-    veil()
-        .args([
-            "attest",
-            "sim-report",
-            "--key",
-            &p("k.pem"),
-            "--report-data",
-            "0102",
-        ])
-        .args([
-            "--init-data-digest",
-            &digest,
-            "--measurement",
-            "77",
-            "-o",
-            &p("ev.json"),
-        ])
+    sim_report(&p("k.pem"), &p("ev.json"))
+        .args(["--report-data", "0102", "--init-data-digest", &digest])
+        .args(["--measurement", "77"])
         .assert()
         .success();
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "sim",
-            "--evidence",
-            &p("ev.json"),
-            "--sim-root",
-            &p("root.pem"),
-        ])
+    verify("sim", &p("ev.json"))
+        .args(["--sim-root", &p("root.pem")])
         .args(["--report-data", "0102", "--init-data-digest", &digest])
         .assert()
         .success()
         .stdout(predicate::str::contains("NO: simulated TEE"))
         .stderr(predicate::str::contains("WARNING"));
     // Without the root, or with another root: refused.
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "sim",
-            "--evidence",
-            &p("ev.json"),
-        ])
+    verify("sim", &p("ev.json"))
         .assert()
         .code(1)
         .stderr(predicate::str::contains("--sim-root"));
-    veil()
-        .args([
-            "attest",
-            "sim-keygen",
-            "--key",
-            &p("k2.pem"),
-            "--root",
-            &p("root2.pem"),
-        ])
-        .assert()
-        .success();
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "sim",
-            "--evidence",
-            &p("ev.json"),
-            "--sim-root",
-            &p("root2.pem"),
-        ])
+    sim_keygen(&p("k2.pem"), &p("root2.pem")).assert().success();
+    verify("sim", &p("ev.json"))
+        .args(["--sim-root", &p("root2.pem")])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("another sim platform"));
     // Debug sim reports are refused unless allowed.
-    veil()
-        .args([
-            "attest",
-            "sim-report",
-            "--key",
-            &p("k.pem"),
-            "--debug",
-            "-o",
-            &p("dbg.json"),
-        ])
+    sim_report(&p("k.pem"), &p("dbg.json"))
+        .arg("--debug")
         .assert()
         .success();
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "sim",
-            "--evidence",
-            &p("dbg.json"),
-            "--sim-root",
-            &p("root.pem"),
-        ])
+    verify("sim", &p("dbg.json"))
+        .args(["--sim-root", &p("root.pem")])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("debugging enabled"));
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "sim",
-            "--evidence",
-            &p("dbg.json"),
-            "--sim-root",
-            &p("root.pem"),
-            "--allow-debug",
-        ])
+    verify("sim", &p("dbg.json"))
+        .args(["--sim-root", &p("root.pem"), "--allow-debug"])
         .assert()
         .success();
 }

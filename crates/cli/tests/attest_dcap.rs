@@ -16,18 +16,34 @@ fn fx(p: &str) -> String {
     format!("{FIX}{p}")
 }
 
+/// `veil attest verify --tee TEE --evidence EVIDENCE`.
+fn verify(tee: &str, evidence: &str) -> Command {
+    let mut c = veil();
+    c.args(["attest", "verify", "--tee", tee, "--evidence", evidence]);
+    c
+}
+
+/// [`verify`] with `--collateral COLLATERAL --at AT`.
+fn verify_at(tee: &str, evidence: &str, collateral: &str, at: &str) -> Command {
+    let mut c = verify(tee, evidence);
+    c.args(["--collateral", collateral, "--at", at]);
+    c
+}
+
+/// The fixture quote of `tee` (tdx or sgx) with its JSON collateral, at a
+/// time inside the collateral's validity.
+fn fixture_quote(tee: &str) -> Command {
+    verify_at(
+        tee,
+        &fx(&format!("{tee}/quote.bin")),
+        &fx(&format!("{tee}/collateral.json")),
+        INSIDE,
+    )
+}
+
 #[test]
 fn tdx_verifies_with_json_collateral() {
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &fx("tdx/quote.bin"),
-        ])
-        .args(["--collateral", &fx("tdx/collateral.json"), "--at", INSIDE])
+    fixture_quote("tdx")
         .assert()
         .success()
         .stdout(predicate::str::contains(
@@ -35,19 +51,7 @@ fn tdx_verifies_with_json_collateral() {
         ))
         .stdout(predicate::str::contains("tcb_status    UpToDate"))
         .stdout(predicate::str::contains("valid until 2025-07-19T10:00:35Z"));
-    let out = veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "tdx",
-            "--json",
-            "--evidence",
-            &fx("tdx/quote.bin"),
-        ])
-        .args(["--collateral", &fx("tdx/collateral.json"), "--at", INSIDE])
-        .output()
-        .unwrap();
+    let out = fixture_quote("tdx").arg("--json").output().unwrap();
     assert!(out.status.success());
     let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(c["tee"], "tdx");
@@ -58,9 +62,7 @@ fn tdx_verifies_with_json_collateral() {
 
 #[test]
 fn tdx_expired_collateral_exits_1_naming_tcb_info() {
-    veil()
-        .args(["attest", "verify", "--tee", "tdx", "--evidence", &fx("tdx/quote.bin")])
-        .args(["--collateral", &fx("tdx/collateral.json"), "--at", "2025-08-01T00:00:00Z"])
+    verify_at("tdx", &fx("tdx/quote.bin"), &fx("tdx/collateral.json"), "2025-08-01T00:00:00Z")
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
@@ -70,32 +72,20 @@ fn tdx_expired_collateral_exits_1_naming_tcb_info() {
 
 #[test]
 fn sgx_status_policy() {
-    veil()
-        .args(["attest", "verify", "--tee", "sgx", "--evidence", &fx("sgx/quote.bin")])
-        .args(["--collateral", &fx("sgx/collateral.json"), "--at", INSIDE])
+    fixture_quote("sgx")
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
             "TCB status ConfigurationAndSWHardeningNeeded not accepted (advisories INTEL-SA-00289, INTEL-SA-00615); accepted: UpToDate",
         ));
-    veil()
-        .args(["attest", "verify", "--tee", "sgx", "--evidence", &fx("sgx/quote.bin")])
-        .args(["--collateral", &fx("sgx/collateral.json"), "--at", INSIDE])
+    fixture_quote("sgx")
         .args(["--accept-tcb-status", "ConfigurationAndSWHardeningNeeded"])
         .assert()
         .success()
         .stdout(predicate::str::contains(
             "ConfigurationAndSWHardeningNeeded (INTEL-SA-00289, INTEL-SA-00615) — ACCEPTED BY POLICY EXCEPTION",
         ));
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "sgx",
-            "--evidence",
-            &fx("sgx/quote.bin"),
-        ])
+    verify("sgx", &fx("sgx/quote.bin"))
         .args([
             "--collateral",
             &fx("sgx/collateral.json"),
@@ -110,9 +100,8 @@ fn sgx_status_policy() {
 #[test]
 fn no_collateral_parses_and_says_not_verified() {
     // The v4 sample is a debug TD: refused unless debug is allowed.
-    veil()
-        .args(["attest", "verify", "--tee", "tdx", "--no-collateral"])
-        .args(["--evidence", &fx("tdx/quote-v4-noncollateral.bin")])
+    verify("tdx", &fx("tdx/quote-v4-noncollateral.bin"))
+        .arg("--no-collateral")
         .assert()
         .code(1)
         .stderr(predicate::str::contains("debugging enabled"));
@@ -120,16 +109,8 @@ fn no_collateral_parses_and_says_not_verified() {
         "tdx/quote-v4-noncollateral.bin",
         "tdx/quote-v5-noncollateral.bin",
     ] {
-        veil()
-            .args([
-                "attest",
-                "verify",
-                "--tee",
-                "tdx",
-                "--no-collateral",
-                "--allow-debug",
-            ])
-            .args(["--evidence", &fx(q)])
+        verify("tdx", &fx(q))
+            .args(["--no-collateral", "--allow-debug"])
             .assert()
             .success()
             .stdout(predicate::str::contains(
@@ -138,17 +119,8 @@ fn no_collateral_parses_and_says_not_verified() {
             .stdout(predicate::str::contains("mr_td"))
             .stderr(predicate::str::contains("NOT verified"));
     }
-    let out = veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "tdx",
-            "--no-collateral",
-            "--allow-debug",
-            "--json",
-        ])
-        .args(["--evidence", &fx("tdx/quote-v5-noncollateral.bin")])
+    let out = verify("tdx", &fx("tdx/quote-v5-noncollateral.bin"))
+        .args(["--no-collateral", "--allow-debug", "--json"])
         .output()
         .unwrap();
     let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -159,15 +131,7 @@ fn no_collateral_parses_and_says_not_verified() {
 
 #[test]
 fn missing_collateral_is_a_usage_error() {
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &fx("tdx/quote.bin"),
-        ])
+    verify("tdx", &fx("tdx/quote.bin"))
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
@@ -200,31 +164,18 @@ fn pcs_directory_and_tampering() {
         )
         .into_bytes(),
     );
-    w(
-        "tcb_info_issuer_chain.pem",
-        s("tcb_info_issuer_chain").into_bytes(),
-    );
-    w(
-        "qe_identity_issuer_chain.pem",
-        s("qe_identity_issuer_chain").into_bytes(),
-    );
-    w(
-        "pck_crl_issuer_chain.pem",
-        s("pck_crl_issuer_chain").into_bytes(),
-    );
-    w("pck_crl.der", hex::decode(s("pck_crl")).unwrap());
-    w("root_ca_crl.der", hex::decode(s("root_ca_crl")).unwrap());
+    for chain in [
+        "tcb_info_issuer_chain",
+        "qe_identity_issuer_chain",
+        "pck_crl_issuer_chain",
+    ] {
+        w(&format!("{chain}.pem"), s(chain).into_bytes());
+    }
+    for crl in ["pck_crl", "root_ca_crl"] {
+        w(&format!("{crl}.der"), hex::decode(s(crl)).unwrap());
+    }
     let d = dir.path().to_str().unwrap();
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &fx("tdx/quote.bin"),
-        ])
-        .args(["--collateral", d, "--at", INSIDE])
+    verify_at("tdx", &fx("tdx/quote.bin"), d, INSIDE)
         .assert()
         .success();
 
@@ -234,16 +185,7 @@ fn pcs_directory_and_tampering() {
     q[48 + 140] ^= 1;
     let qp = qdir.path().join("tampered.bin");
     std::fs::write(&qp, q).unwrap();
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            qp.to_str().unwrap(),
-        ])
-        .args(["--collateral", d, "--at", INSIDE])
+    verify_at("tdx", qp.to_str().unwrap(), d, INSIDE)
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
@@ -253,33 +195,20 @@ fn pcs_directory_and_tampering() {
     // Truncated quote: malformed, exit 2, names the field.
     let qp = qdir.path().join("short.bin");
     std::fs::write(&qp, &std::fs::read(fx("tdx/quote.bin")).unwrap()[..700]).unwrap();
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            qp.to_str().unwrap(),
-        ])
-        .args(["--collateral", &fx("tdx/collateral.json"), "--at", INSIDE])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("malformed DCAP quote"));
+    verify_at(
+        "tdx",
+        qp.to_str().unwrap(),
+        &fx("tdx/collateral.json"),
+        INSIDE,
+    )
+    .assert()
+    .code(2)
+    .stderr(predicate::str::contains("malformed DCAP quote"));
 }
 
 #[test]
 fn expectations_apply_to_dcap_claims() {
-    veil()
-        .args([
-            "attest",
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &fx("tdx/quote.bin"),
-        ])
-        .args(["--collateral", &fx("tdx/collateral.json"), "--at", INSIDE])
+    fixture_quote("tdx")
         .args(["--init-data-digest", &"ab".repeat(48)])
         .assert()
         .code(1)

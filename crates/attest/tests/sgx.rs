@@ -2,24 +2,28 @@
 //! (the fixture platform is ConfigurationAndSWHardeningNeeded), the
 //! collateral window, parsing without collateral, and tampering.
 
+mod dcap_common;
+
+use dcap_common::{INSIDE, at};
 use veil_attest::Tee;
-use veil_attest::dcap::{Collateral, TcbPolicy, TcbStatus, parse_rfc3339};
+use veil_attest::dcap::{Collateral, TcbPolicy, TcbStatus};
 use veil_attest::sgx;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/sgx/");
-    std::fs::read(format!("{p}{name}")).unwrap_or_else(|e| panic!("{p}{name}: {e}"))
-}
-
-fn at(s: &str) -> u64 {
-    parse_rfc3339(s).unwrap()
+    dcap_common::fixture("sgx", name)
 }
 
 fn collateral() -> Collateral {
-    Collateral::from_json(&fixture("collateral.json")).unwrap()
+    dcap_common::collateral("sgx")
 }
 
-const INSIDE: &str = "2025-07-01T00:00:00Z";
+/// The fixture quote with its collateral under `policy` at `time`.
+fn verify_fixture(
+    policy: &TcbPolicy,
+    time: &str,
+) -> Result<veil_attest::Claims, veil_attest::Error> {
+    sgx::verify(&fixture("quote.bin"), &collateral(), policy, at(time))
+}
 
 fn accepting() -> TcbPolicy {
     TcbPolicy::default()
@@ -29,13 +33,7 @@ fn accepting() -> TcbPolicy {
 
 #[test]
 fn default_policy_refuses_and_says_why() {
-    let e = sgx::verify(
-        &fixture("quote.bin"),
-        &collateral(),
-        &TcbPolicy::default(),
-        at(INSIDE),
-    )
-    .unwrap_err();
+    let e = verify_fixture(&TcbPolicy::default(), INSIDE).unwrap_err();
     assert_eq!(e.check(), Some("dcap.tcb_status"));
     assert_eq!(
         e.to_string(),
@@ -45,13 +43,7 @@ fn default_policy_refuses_and_says_why() {
 
 #[test]
 fn accepted_status_verifies_and_is_listed() {
-    let c = sgx::verify(
-        &fixture("quote.bin"),
-        &collateral(),
-        &accepting(),
-        at(INSIDE),
-    )
-    .unwrap();
+    let c = verify_fixture(&accepting(), INSIDE).unwrap();
     assert_eq!(c.tee, Tee::Sgx);
     assert!(c.hardware_backed);
     assert_eq!(c.raw["tcb_status"], "ConfigurationAndSWHardeningNeeded");
@@ -91,7 +83,7 @@ fn accepting_another_status_is_not_enough() {
     let p = TcbPolicy::default()
         .accept(TcbStatus::SWHardeningNeeded)
         .unwrap();
-    let e = sgx::verify(&fixture("quote.bin"), &collateral(), &p, at(INSIDE)).unwrap_err();
+    let e = verify_fixture(&p, INSIDE).unwrap_err();
     assert!(
         e.to_string()
             .ends_with("accepted: UpToDate, SWHardeningNeeded"),
@@ -101,13 +93,7 @@ fn accepting_another_status_is_not_enough() {
 
 #[test]
 fn refused_after_window() {
-    let e = sgx::verify(
-        &fixture("quote.bin"),
-        &collateral(),
-        &accepting(),
-        at("2025-08-01T00:00:00Z"),
-    )
-    .unwrap_err();
+    let e = verify_fixture(&accepting(), "2025-08-01T00:00:00Z").unwrap_err();
     assert_eq!(e.check(), Some("dcap.collateral_expired"));
     assert!(
         e.to_string().starts_with("collateral expired: TCB info nextUpdate 2025-07-19T10:56:11Z, verification time 2025-08-01T00:00:00Z"),
@@ -144,11 +130,7 @@ fn coco_json_evidence() {
 
 #[test]
 fn tdx_quote_is_not_an_sgx_quote() {
-    let tdx = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/tdx/quote.bin"
-    ))
-    .unwrap();
+    let tdx = dcap_common::fixture("tdx", "quote.bin");
     let e = sgx::verify(&tdx, &collateral(), &accepting(), at(INSIDE)).unwrap_err();
     assert_eq!(e.check(), Some("dcap.tee_type"));
 }

@@ -33,6 +33,15 @@ fn verify(report: &[u8], o: Options<'_>, exp: Expectations) -> Result<veil_attes
     veil_attest::verify(Tee::Snp, report, &ctx)
 }
 
+/// The Milan VCEK fixture report, verified with its VCEK.
+fn milan_vcek(exp: Expectations) -> Result<veil_attest::Claims, Error> {
+    verify(
+        &fixture("milan-vcek-report.bin"),
+        opts(&["milan-vcek.der"]),
+        exp,
+    )
+}
+
 fn check_of(r: Result<veil_attest::Claims, Error>) -> String {
     match r {
         Ok(_) => panic!("expected a refusal"),
@@ -45,12 +54,7 @@ fn check_of(r: Result<veil_attest::Claims, Error>) -> String {
 
 #[test]
 fn milan_vcek_report_verifies_to_pinned_ark() {
-    let c = verify(
-        &fixture("milan-vcek-report.bin"),
-        opts(&["milan-vcek.der"]),
-        Expectations::default(),
-    )
-    .expect("real Milan VCEK report verifies");
+    let c = milan_vcek(Expectations::default()).expect("real Milan VCEK report verifies");
     assert_eq!(c.tee, Tee::Snp);
     assert!(c.hardware_backed);
     assert_eq!(c.platform.product, "Milan");
@@ -172,11 +176,7 @@ fn wrong_report_data_refused() {
         report_data: Some(vec![0xAB; 48]),
         ..Default::default()
     };
-    let m = check_of(verify(
-        &fixture("milan-vcek-report.bin"),
-        opts(&["milan-vcek.der"]),
-        exp,
-    ));
+    let m = check_of(milan_vcek(exp));
     assert!(
         m.starts_with("report_data|report_data mismatch: expected abab"),
         "{m}"
@@ -189,11 +189,7 @@ fn wrong_init_data_digest_refused() {
         init_data_digest: Some(vec![0x11; 32]),
         ..Default::default()
     };
-    let m = check_of(verify(
-        &fixture("milan-vcek-report.bin"),
-        opts(&["milan-vcek.der"]),
-        exp,
-    ));
+    let m = check_of(milan_vcek(exp));
     assert!(m.starts_with("init_data|host_data mismatch"), "{m}");
     assert!(m.contains("expected 1111"), "{m}");
 }
@@ -216,11 +212,7 @@ fn tcb_below_minimum_refused() {
         min_tcb: [("microcode".to_string(), 200)].into(),
         ..Default::default()
     };
-    let m = check_of(verify(
-        &fixture("milan-vcek-report.bin"),
-        opts(&["milan-vcek.der"]),
-        exp,
-    ));
+    let m = check_of(milan_vcek(exp));
     assert!(
         m.starts_with("tcb|TCB component microcode below minimum: expected >= 200, got 115"),
         "{m}"
@@ -231,12 +223,7 @@ fn tcb_below_minimum_refused() {
 fn debug_claim_refused_unless_allowed() {
     // Real reports have debug off; the debug check is the shared
     // expectation applied to the verified claims.
-    let mut c = verify(
-        &fixture("milan-vcek-report.bin"),
-        opts(&["milan-vcek.der"]),
-        Expectations::default(),
-    )
-    .unwrap();
+    let mut c = milan_vcek(Expectations::default()).unwrap();
     c.debug = true;
     let e = Expectations::default().check(&c).unwrap_err();
     assert_eq!(e.check(), Some("debug"));

@@ -2,34 +2,41 @@
 //! at a time inside and outside its validity, parsing without collateral,
 //! and tampering with every signed region.
 
+mod dcap_common;
+
+use dcap_common::{INSIDE, at};
 use veil_attest::Tee;
-use veil_attest::dcap::{Collateral, TcbPolicy, parse_rfc3339};
+use veil_attest::dcap::{Collateral, TcbPolicy};
 use veil_attest::tdx;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tdx/");
-    std::fs::read(format!("{p}{name}")).unwrap_or_else(|e| panic!("{p}{name}: {e}"))
-}
-
-fn at(s: &str) -> u64 {
-    parse_rfc3339(s).unwrap()
+    dcap_common::fixture("tdx", name)
 }
 
 fn collateral() -> Collateral {
-    Collateral::from_json(&fixture("collateral.json")).unwrap()
+    dcap_common::collateral("tdx")
 }
 
-const INSIDE: &str = "2025-07-01T00:00:00Z";
-
-#[test]
-fn quote_verifies_up_to_date_inside_window() {
-    let c = tdx::verify(
+/// The fixture quote with its collateral and the default policy at `time`.
+fn verify_fixture_at(time: &str) -> Result<veil_attest::Claims, veil_attest::Error> {
+    tdx::verify(
         &fixture("quote.bin"),
         &collateral(),
         &TcbPolicy::default(),
-        at(INSIDE),
+        at(time),
     )
-    .unwrap();
+}
+
+/// The fixture quote checked against the collateral `j` (JSON) at INSIDE:
+/// the refusal.
+fn refused_with_collateral(j: &serde_json::Value) -> veil_attest::Error {
+    let c = Collateral::from_json(j.to_string().as_bytes()).unwrap();
+    tdx::verify(&fixture("quote.bin"), &c, &TcbPolicy::default(), at(INSIDE)).unwrap_err()
+}
+
+#[test]
+fn quote_verifies_up_to_date_inside_window() {
+    let c = verify_fixture_at(INSIDE).unwrap();
     assert_eq!(c.tee, Tee::Tdx);
     assert!(c.hardware_backed);
     assert_eq!(c.platform.signer, "pck");
@@ -74,13 +81,7 @@ fn quote_verifies_up_to_date_inside_window() {
 
 #[test]
 fn refused_after_window_naming_tcb_info() {
-    let e = tdx::verify(
-        &fixture("quote.bin"),
-        &collateral(),
-        &TcbPolicy::default(),
-        at("2025-08-01T00:00:00Z"),
-    )
-    .unwrap_err();
+    let e = verify_fixture_at("2025-08-01T00:00:00Z").unwrap_err();
     assert_eq!(e.check(), Some("dcap.collateral_expired"));
     let m = e.to_string();
     assert!(
@@ -92,13 +93,7 @@ fn refused_after_window_naming_tcb_info() {
 
 #[test]
 fn refused_before_window() {
-    let e = tdx::verify(
-        &fixture("quote.bin"),
-        &collateral(),
-        &TcbPolicy::default(),
-        at("2025-06-01T00:00:00Z"),
-    )
-    .unwrap_err();
+    let e = verify_fixture_at("2025-06-01T00:00:00Z").unwrap_err();
     assert_eq!(e.check(), Some("dcap.collateral_not_yet_valid"), "{e}");
     assert!(
         e.to_string()
@@ -154,11 +149,7 @@ fn noncollateral_quotes_parse_but_say_unverified() {
 
 #[test]
 fn sgx_quote_is_not_a_tdx_quote() {
-    let sgx = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/sgx/quote.bin"
-    ))
-    .unwrap();
+    let sgx = dcap_common::fixture("sgx", "quote.bin");
     let e = tdx::verify(&sgx, &collateral(), &TcbPolicy::default(), at(INSIDE)).unwrap_err();
     assert_eq!(e.check(), Some("dcap.tee_type"));
     assert!(e.to_string().contains("expected TDX quote"), "{e}");
@@ -168,14 +159,7 @@ fn sgx_quote_is_not_a_tdx_quote() {
 
 #[test]
 fn sgx_collateral_does_not_fit_a_tdx_quote() {
-    let sgx_coll = Collateral::from_json(
-        &std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/sgx/collateral.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let sgx_coll = dcap_common::collateral("sgx");
     let e = tdx::verify(
         &fixture("quote.bin"),
         &sgx_coll,
@@ -249,8 +233,6 @@ fn flipped_bytes_fail_naming_the_check() {
 
 #[test]
 fn tampered_collateral_fails_naming_the_check() {
-    let quote = fixture("quote.bin");
-    let now = at(INSIDE);
     let base: serde_json::Value = serde_json::from_slice(&fixture("collateral.json")).unwrap();
 
     // TCB info body altered (a status flipped): its signature no longer verifies.
@@ -260,8 +242,7 @@ fn tampered_collateral_fails_naming_the_check() {
         .unwrap()
         .replacen("UpToDate", "OutOfDate", 1);
     j["tcb_info"] = ti.into();
-    let c = Collateral::from_json(j.to_string().as_bytes()).unwrap();
-    let e = tdx::verify(&quote, &c, &TcbPolicy::default(), now).unwrap_err();
+    let e = refused_with_collateral(&j);
     assert_eq!(e.check(), Some("dcap.tcb_info_signature"), "{e}");
 
     // QE identity signature altered.
@@ -269,8 +250,7 @@ fn tampered_collateral_fails_naming_the_check() {
     let mut sig = j["qe_identity_signature"].as_str().unwrap().to_string();
     sig.replace_range(0..2, if &sig[0..2] == "00" { "01" } else { "00" });
     j["qe_identity_signature"] = sig.into();
-    let c = Collateral::from_json(j.to_string().as_bytes()).unwrap();
-    let e = tdx::verify(&quote, &c, &TcbPolicy::default(), now).unwrap_err();
+    let e = refused_with_collateral(&j);
     assert_eq!(e.check(), Some("dcap.qe_identity_signature"), "{e}");
 
     // Root CA CRL altered: it is no longer signed by the pinned root.
@@ -279,8 +259,7 @@ fn tampered_collateral_fails_naming_the_check() {
     let n = crl.len();
     crl[n - 5] ^= 1;
     j["root_ca_crl"] = hex::encode(crl).into();
-    let c = Collateral::from_json(j.to_string().as_bytes()).unwrap();
-    let e = tdx::verify(&quote, &c, &TcbPolicy::default(), now).unwrap_err();
+    let e = refused_with_collateral(&j);
     assert_eq!(e.check(), Some("dcap.root_ca_crl"), "{e}");
 }
 
@@ -288,13 +267,7 @@ fn tampered_collateral_fails_naming_the_check() {
 fn debug_policy_and_expectations_compose() {
     // The fixture TD is not a debug TD; Expectations on top of verified
     // claims still apply (wrong report data is refused with both values).
-    let c = tdx::verify(
-        &fixture("quote.bin"),
-        &collateral(),
-        &TcbPolicy::default(),
-        at(INSIDE),
-    )
-    .unwrap();
+    let c = verify_fixture_at(INSIDE).unwrap();
     let exp = veil_attest::Expectations {
         report_data: Some(vec![0xAB; 48]),
         ..Default::default()

@@ -380,99 +380,27 @@ fn vm_without_a_tee_runs_unattested_and_says_so() {
     nothing_left(&env);
 }
 
-/// A `veil kbs serve` on loopback (dev mode, trusting this data dir's sim
-/// platform), killed on drop.
-struct ExternalKbs {
-    child: std::process::Child,
-    port: u16,
-    admin_key: PathBuf,
+/// A dev-mode `veil kbs serve` on loopback that trusts the sim platform of
+/// `env`'s data dir (its key made now, where `veil run` will use it).
+fn kbs_for_sim_of(env: &Env) -> veil_testkit::kbs::DevKbs {
+    let d = env.dir.path().join("kbs");
+    std::fs::create_dir_all(&d).unwrap();
+    let veil = Path::new(env!("CARGO_BIN_EXE_veil"));
+    veil_testkit::kbs::make_keys(veil, &d);
+    std::fs::create_dir_all(env.data().join("sim")).unwrap();
+    // fs::copy keeps the 0600 mode the sim platform insists on.
+    std::fs::copy(d.join("sim.key"), env.data().join("sim/platform-key.pem")).unwrap();
+    veil_testkit::kbs::DevKbs::serve(veil, &d)
 }
 
-impl ExternalKbs {
-    fn start(env: &Env) -> Self {
-        let d = env.dir.path().join("kbs");
-        std::fs::create_dir_all(&d).unwrap();
-        // The sim platform `veil run` uses, made now so the KBS can trust it.
-        std::fs::create_dir_all(env.data().join("sim")).unwrap();
-        ok(env
-            .veil()
-            .args(["attest", "sim-keygen", "--key"])
-            .arg(env.data().join("sim/platform-key.pem"))
-            .arg("--root")
-            .arg(d.join("sim-root.pub"))
-            .output()
-            .unwrap());
-        ok(env
-            .veil()
-            .args(["kbs", "admin-keygen", "--key"])
-            .arg(d.join("admin.key"))
-            .arg("--pub")
-            .arg(d.join("admin.pub"))
-            .output()
-            .unwrap());
-        ok(env
-            .veil()
-            .args(["kbs", "kek-generate", "--out"])
-            .arg(d.join("kek.hex"))
-            .output()
-            .unwrap());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = env
-            .veil()
-            .args(["kbs", "serve", "--insecure-http", "--dev", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(d.join("data"))
-            .arg("--kek-file")
-            .arg(d.join("kek.hex"))
-            .arg("--admin-pubkey")
-            .arg(d.join("admin.pub"))
-            .arg("--sim-root")
-            .arg(d.join("sim-root.pub"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let kbs = ExternalKbs {
-            child,
-            port,
-            admin_key: d.join("admin.key"),
-        };
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(30), "KBS did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        kbs
+/// `veil kbs ARGS… [FILE] --insecure-http` against `kbs`, which must succeed.
+fn kbs_admin(kbs: &veil_testkit::kbs::DevKbs, args: &[&str], file: Option<&Path>) {
+    let mut c = kbs.client();
+    c.arg("kbs").args(args);
+    if let Some(f) = file {
+        c.arg(f);
     }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// `veil kbs ARGS… --insecure-http` against it, which must succeed.
-    fn admin(&self, env: &Env, args: &[&str], file: Option<&Path>) {
-        let mut c = env.veil();
-        c.arg("kbs").args(args);
-        if let Some(f) = file {
-            c.arg(f);
-        }
-        c.arg("--insecure-http")
-            .env("VEIL_KBS_URL", self.url())
-            .env("VEIL_KBS_ADMIN_KEY", &self.admin_key);
-        ok(c.output().unwrap());
-    }
-}
-
-impl Drop for ExternalKbs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    ok(c.arg("--insecure-http").output().unwrap());
 }
 
 /// A KBS that releases only to guests whose measurement is among its
@@ -483,22 +411,22 @@ impl Drop for ExternalKbs {
 #[test]
 fn kbs_releases_only_to_the_measured_guest() {
     let env = Env::new();
-    let kbs = ExternalKbs::start(&env);
+    let kbs = kbs_for_sim_of(&env);
     let dir = env.dir.path();
     std::fs::write(
         dir.join("policy.rego"),
         "package policy\nimport rego.v1\n\ndefault allow := false\n\nallow if {\n\tinput.submods.cpu0[\"ear.trustworthiness-vector\"].executables == 2\n}\n",
     )
     .unwrap();
-    kbs.admin(
-        &env,
+    kbs_admin(
+        &kbs,
         &["policy", "set", "--scope", "default", "--file"],
         Some(&dir.join("policy.rego")),
     );
     let secret = b"measured-vm-secret";
     std::fs::write(dir.join("s.bin"), secret).unwrap();
-    kbs.admin(
-        &env,
+    kbs_admin(
+        &kbs,
         &["resource", "put", "default/secret/k"],
         Some(&dir.join("s.bin")),
     );
@@ -523,8 +451,8 @@ fn kbs_releases_only_to_the_measured_guest() {
             .unwrap()
     };
 
-    kbs.admin(
-        &env,
+    kbs_admin(
+        &kbs,
         &["reference-value", "set", "measurement", &other],
         None,
     );
@@ -545,8 +473,8 @@ fn kbs_releases_only_to_the_measured_guest() {
     );
     nothing_left(&env);
 
-    kbs.admin(
-        &env,
+    kbs_admin(
+        &kbs,
         &["reference-value", "set", "measurement", &good],
         None,
     );

@@ -92,11 +92,16 @@ impl DevKbs {
         kbs
     }
 
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// `veil` aimed at this KBS (`VEIL_KBS_URL`) with its admin key
     /// (`VEIL_KBS_ADMIN_KEY`).
     pub fn client(&self) -> Command {
         let mut c = Command::new(&self.veil);
-        c.env("VEIL_KBS_URL", format!("http://127.0.0.1:{}", self.port))
+        c.env("VEIL_KBS_URL", self.url())
             .env("VEIL_KBS_ADMIN_KEY", self.dir.join("admin.key"));
         c
     }

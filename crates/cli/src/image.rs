@@ -25,6 +25,17 @@ use veil_image::verity::{self, VerityHash, VerityParams};
 use veil_image::{Digest, OciLayout, OciRef, Platform, ResolvedImage};
 use zeroize::Zeroizing;
 
+/// The value of a veil-image call, or, after printing its refusal, exit
+/// status 1 from the enclosing command (see [`refusal`]).
+macro_rules! checked {
+    ($e:expr) => {
+        match refusal($e)? {
+            Ok(v) => v,
+            Err(code) => return Ok(code),
+        }
+    };
+}
+
 /// OCI images: inspect, measure, encrypt, sign, verify, unpack.
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -321,10 +332,7 @@ fn push(a: PushArgs) -> Result<ExitCode> {
     let Src::Registry { reg, r } = Src::open(&a.destination, &a.registry)? else {
         anyhow::bail!("push destination must be docker://REGISTRY/REPO[:TAG]");
     };
-    let digest = match source_result(reg.push(&layout, src.tag.as_deref()))? {
-        Ok(d) => d,
-        Err(code) => return Ok(code),
-    };
+    let digest = checked!(reg.push(&layout, src.tag.as_deref()));
     println!("pushed {digest} to {}{r}", registry::TRANSPORT_PREFIX);
     Ok(ExitCode::SUCCESS)
 }
@@ -334,10 +342,7 @@ fn pull(a: PullArgs) -> Result<ExitCode> {
         anyhow::bail!("pull source must be docker://REGISTRY/REPO[:TAG|@DIGEST]");
     };
     let dst = Destination::open(&a.destination)?;
-    let desc = match source_result(reg.pull_into(&dst.layout, &dst.tag))? {
-        Ok(d) => d,
-        Err(code) => return Ok(code),
-    };
+    let desc = checked!(reg.pull_into(&dst.layout, &dst.tag));
     dst.keep();
     println!("{}", desc.digest);
     Ok(ExitCode::SUCCESS)
@@ -358,15 +363,11 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
     }
 }
 
-fn sign_result<T>(r: Result<T, SignError>) -> Result<Result<T, ExitCode>> {
-    match r {
-        Ok(v) => Ok(Ok(v)),
-        Err(e) if e.is_refusal() => {
-            eprintln!("veil: refused: {e}");
-            Ok(Err(ExitCode::from(1)))
-        }
-        Err(e) => Err(e.into()),
-    }
+/// A key file's bytes, zeroized when dropped.
+fn read_secret(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>> {
+    Ok(Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    ))
 }
 
 fn read_passphrase(path: Option<&std::path::Path>) -> Result<Option<Zeroizing<Vec<u8>>>> {
@@ -384,15 +385,10 @@ fn read_passphrase(path: Option<&std::path::Path>) -> Result<Option<Zeroizing<Ve
 fn sign_image(a: SignArgs) -> Result<ExitCode> {
     let identity = DockerReference::parse(&a.identity)?;
     let src = Src::open(&a.reference, &a.registry)?;
-    let img = match source_result(src.resolve())? {
-        Ok(img) => img,
-        Err(code) => return Ok(code),
-    };
+    let img = checked!(src.resolve());
     let digest = img.manifest_digest().clone();
     if let Some(key_path) = &a.sigstore_key {
-        let bytes = Zeroizing::new(
-            std::fs::read(key_path).with_context(|| format!("reading {}", key_path.display()))?,
-        );
+        let bytes = read_secret(key_path)?;
         let pass = read_passphrase(a.passphrase_file.as_deref())?;
         let key = cosign::PrivateKey::from_pem(&bytes, pass.as_ref().map(|p| p.as_slice()))?;
         let sig = sign::sign_sigstore(&key, &identity, &digest);
@@ -437,10 +433,7 @@ fn verify_image(a: VerifyArgs) -> Result<ExitCode> {
         (Src::Registry { r, .. }, None) => Some(r.clone()),
         (Src::Layout { .. }, None) => None,
     };
-    let img = match source_result(src.resolve())? {
-        Ok(img) => img,
-        Err(code) => return Ok(code),
-    };
+    let img = checked!(src.resolve());
     let digest = img.manifest_digest().clone();
     let mut sigs = Vec::new();
     let mut sources = Vec::new();
@@ -473,10 +466,7 @@ fn verify_image(a: VerifyArgs) -> Result<ExitCode> {
         manifest_digest: digest.clone(),
         identity: identity.clone(),
     };
-    let ok = match sign_result(sign::evaluate(&policy, transport, &scopes, &subject, &sigs))? {
-        Ok(ok) => ok,
-        Err(code) => return Ok(code),
-    };
+    let ok = checked!(sign::evaluate(&policy, transport, &scopes, &subject, &sigs));
     if a.json {
         let out = serde_json::json!({
             "accepted": true,
@@ -497,17 +487,6 @@ fn verify_image(a: VerifyArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn crypt_result<T>(r: Result<T, CryptError>) -> Result<Result<T, ExitCode>> {
-    match r {
-        Ok(v) => Ok(Ok(v)),
-        Err(e) if e.is_refusal() => {
-            eprintln!("veil: refused: {e}");
-            Ok(Err(ExitCode::from(1)))
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// A destination layout; a directory created for it is removed again
@@ -571,9 +550,7 @@ fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
                 .kek
                 .as_ref()
                 .context("a kbs:// recipient needs --kek FILE")?;
-            let raw = Zeroizing::new(
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-            );
+            let raw = read_secret(path)?;
             let key = if raw.len() == 32 {
                 raw
             } else {
@@ -599,17 +576,14 @@ fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         LayerSelection::Indexes(a.layers.clone())
     };
     let dst = Destination::open(&a.destination)?;
-    let desc = match crypt_result(crypt::encrypt_image(
+    let desc = checked!(crypt::encrypt_image(
         &src_layout,
         src.tag.as_deref(),
         &dst.layout,
         &dst.tag,
         &refs,
         &selection,
-    ))? {
-        Ok(d) => d,
-        Err(code) => return Ok(code),
-    };
+    ));
     dst.keep();
     println!("{}", desc.digest);
     Ok(ExitCode::SUCCESS)
@@ -618,34 +592,25 @@ fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
 fn unpack(a: UnpackArgs) -> Result<ExitCode> {
     let r = OciRef::parse(&a.reference)?;
     let layout = OciLayout::open(&r.dir)?;
-    let img = match source_result(layout.resolve(r.tag.as_deref(), &Platform::linux_amd64()))? {
-        Ok(img) => img,
-        Err(code) => return Ok(code),
-    };
+    let img = checked!(layout.resolve(r.tag.as_deref(), &Platform::linux_amd64()));
     let unwrappers = load_unwrappers(&a.keys, a.kbs_keys.as_deref())?;
     let refs: Vec<&dyn KeyUnwrapper> = unwrappers.iter().map(|u| u.as_ref()).collect();
     let limits = UnpackLimits {
         allow_devices: a.allow_devices,
         ..UnpackLimits::default()
     };
-    match unpack::unpack_image(&layout, &img, &a.rootfs, &refs, &limits) {
-        Ok(stats) => {
-            println!(
-                "unpacked {} ({} layers, {} entries, {} bytes) into {}",
-                img.manifest_digest(),
-                stats.layers,
-                stats.entries,
-                stats.bytes,
-                a.rootfs.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) if e.is_refusal() => {
-            eprintln!("veil: refused: {e}");
-            Ok(ExitCode::from(1))
-        }
-        Err(e) => Err(e.into()),
-    }
+    let stats = checked!(unpack::unpack_image(
+        &layout, &img, &a.rootfs, &refs, &limits
+    ));
+    println!(
+        "unpacked {} ({} layers, {} entries, {} bytes) into {}",
+        img.manifest_digest(),
+        stats.layers,
+        stats.entries,
+        stats.bytes,
+        a.rootfs.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_unwrappers(
@@ -655,9 +620,7 @@ fn load_unwrappers(
     let mut unwrappers: Vec<Box<dyn KeyUnwrapper>> = Vec::new();
     let mut parsed = Vec::new();
     for path in keys {
-        let bytes = Zeroizing::new(
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        );
+        let bytes = read_secret(path)?;
         parsed.push(
             parse_private_key(&bytes).with_context(|| format!("private key {}", path.display()))?,
         );
@@ -666,9 +629,7 @@ fn load_unwrappers(
         unwrappers.push(Box::new(JweUnwrapper::new(parsed)));
     }
     if let Some(path) = kbs_keys {
-        let bytes = Zeroizing::new(
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        );
+        let bytes = read_secret(path)?;
         unwrappers.push(Box::new(KbsUnwrapper::new(LocalKeks::from_json(&bytes)?)));
     }
     Ok(unwrappers)
@@ -683,23 +644,38 @@ fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     }
     let refs: Vec<&dyn KeyUnwrapper> = unwrappers.iter().map(|u| u.as_ref()).collect();
     let dst = Destination::open(&a.destination)?;
-    let desc = match crypt_result(crypt::decrypt_image(
+    let desc = checked!(crypt::decrypt_image(
         &src_layout,
         src.tag.as_deref(),
         &dst.layout,
         &dst.tag,
         &refs,
-    ))? {
-        Ok(d) => d,
-        Err(code) => return Ok(code),
-    };
+    ));
     dst.keep();
     println!("{}", desc.digest);
     Ok(ExitCode::SUCCESS)
 }
 
+/// veil-image's errors, each of which knows whether it is a refusal (a
+/// failed digest, HMAC, signature, policy or safety check: exit 1) or bad
+/// input (exit 2).
+trait Refusable: Into<anyhow::Error> + std::fmt::Display {
+    fn is_refusal(&self) -> bool;
+}
+
+macro_rules! refusable {
+    ($($t:ty),*) => {
+        $(impl Refusable for $t {
+            fn is_refusal(&self) -> bool {
+                <$t>::is_refusal(self)
+            }
+        })*
+    };
+}
+refusable!(SourceError, SignError, CryptError, unpack::UnpackError);
+
 /// Print a refusal and return exit status 1; other errors propagate (2).
-fn source_result<T>(r: Result<T, SourceError>) -> Result<Result<T, ExitCode>> {
+fn refusal<T, E: Refusable>(r: Result<T, E>) -> Result<Result<T, ExitCode>> {
     match r {
         Ok(v) => Ok(Ok(v)),
         Err(e) if e.is_refusal() => {
@@ -712,10 +688,7 @@ fn source_result<T>(r: Result<T, SourceError>) -> Result<Result<T, ExitCode>> {
 
 fn inspect(a: InspectArgs) -> Result<ExitCode> {
     let src = Src::open(&a.reference, &a.registry)?;
-    let img = match source_result(src.resolve())? {
-        Ok(img) => img,
-        Err(code) => return Ok(code),
-    };
+    let img = checked!(src.resolve());
     // Signatures found next to the image (not verified here).
     let digest = img.manifest_digest().clone();
     let signatures: Vec<String> = src

@@ -10,7 +10,7 @@ use veil_attest::sim::{SimPlatformKey, SimReportBody, SimRootKey, SimTcb};
 use veil_attest::snp::{CertSource, Product, TcbVersion};
 use veil_attest::{Claims, Context, Error, Expectations, Tee};
 
-use crate::output;
+use crate::output::{self, read_limited};
 
 /// Attestation evidence: verify it offline, or produce simulated evidence.
 #[derive(Subcommand)]
@@ -150,19 +150,6 @@ fn hex_arg(name: &str, v: &str) -> Result<Vec<u8>> {
     veil_attest::hexbytes::parse_hex(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
 }
 
-fn read_limited(path: &Path, what: &str) -> Result<Vec<u8>> {
-    let meta = fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
-    if meta.len() > veil_attest::MAX_EVIDENCE_BYTES as u64 {
-        bail!(
-            "{what} {} is {} bytes; the limit is {}",
-            path.display(),
-            meta.len(),
-            veil_attest::MAX_EVIDENCE_BYTES
-        );
-    }
-    fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
-}
-
 /// Parse `--at` or return the current time, as Unix seconds.
 pub fn at_time(at: Option<&str>) -> Result<u64> {
     match at {
@@ -179,10 +166,14 @@ pub fn at_time(at: Option<&str>) -> Result<u64> {
 }
 
 fn verify(a: VerifyArgs) -> Result<ExitCode> {
-    let evidence = read_limited(&a.evidence, "evidence")?;
+    let evidence = read_limited(&a.evidence, "evidence", veil_attest::MAX_EVIDENCE_BYTES)?;
     let mut certs = Vec::new();
     for c in &a.certs {
-        certs.push(read_limited(c, "certificate")?);
+        certs.push(read_limited(
+            c,
+            "certificate",
+            veil_attest::MAX_EVIDENCE_BYTES,
+        )?);
     }
     let mut expectations = Expectations {
         allow_debug: a.allow_debug,
@@ -246,12 +237,22 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     } else {
         veil_attest::verify(a.tee, &evidence, &ctx)
     };
+    report(result, a.json, print_summary)
+}
+
+/// Print verified claims (as JSON, or with `summary`) and exit 0; a refusal
+/// exits 1, malformed evidence 2, each with its message.
+pub fn report(
+    result: std::result::Result<Claims, Error>,
+    json: bool,
+    summary: fn(&Claims),
+) -> Result<ExitCode> {
     match result {
         Ok(claims) => {
-            if a.json {
+            if json {
                 println!("{}", serde_json::to_string_pretty(&claims)?);
             } else {
-                print_summary(&claims);
+                summary(&claims);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -300,7 +301,7 @@ fn read_aks(paths: &[PathBuf]) -> Result<Vec<veil_attest::tpm::AkPublic>> {
     paths
         .iter()
         .map(|p| {
-            let bytes = read_limited(p, "attestation key")?;
+            let bytes = read_limited(p, "attestation key", veil_attest::MAX_EVIDENCE_BYTES)?;
             veil_attest::tpm::AkPublic::from_bytes(&bytes)
                 .with_context(|| format!("--ak {}", p.display()))
         })
@@ -329,12 +330,7 @@ fn az_tdx_vtpm(
             );
         };
         let collateral = crate::attest_dcap::read_collateral(path)?;
-        let policy = veil_attest::dcap::TcbPolicy {
-            allow_debug: a.allow_debug,
-            ..Default::default()
-        }
-        .accept_all(a.accept_tcb_status.iter().copied())
-        .map_err(|e| anyhow::anyhow!("--accept-tcb-status: {e}"))?;
+        let policy = crate::attest_dcap::tcb_policy(a.allow_debug, &a.accept_tcb_status)?;
         veil_attest::azure::verify_tdx_vtpm(evidence, &collateral, &policy, ctx.now_unix)
     };
     Ok(claims.and_then(|c| ctx.expectations.check(&c).map(|()| c)))

@@ -8,13 +8,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use veil_attest::dcap::{self, Collateral, TcbPolicy, TcbStatus};
-use veil_attest::{Claims, Error, Expectations, Tee};
+use veil_attest::{Claims, Expectations, Tee};
 
-use crate::output;
+use crate::output::{self, read_limited};
 
 /// Read `--collateral`: a JSON document, or a directory of raw PCS files.
 pub fn read_collateral(path: &Path) -> Result<Collateral> {
-    let limit = dcap::collateral::MAX_COLLATERAL_BYTES as u64;
+    let limit = dcap::collateral::MAX_COLLATERAL_BYTES;
     let meta = fs::metadata(path).with_context(|| format!("collateral {}", path.display()))?;
     if meta.is_dir() {
         let mut files = Vec::new();
@@ -25,20 +25,14 @@ pub fn read_collateral(path: &Path) -> Result<Collateral> {
             if name.starts_with('.') || !entry.file_type()?.is_file() {
                 continue;
             }
-            if entry.metadata()?.len() > limit {
-                bail!("collateral file {name} is larger than {limit} bytes");
-            }
-            let data = fs::read(entry.path()).with_context(|| format!("reading {name}"))?;
+            let data = read_limited(&entry.path(), "collateral file", limit)?;
             files.push((name, data));
         }
         Ok(Collateral::from_pcs_files(
             files.iter().map(|(n, d)| (n.as_str(), d.as_slice())),
         )?)
     } else {
-        if meta.len() > limit {
-            bail!("collateral {} is larger than {limit} bytes", path.display());
-        }
-        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = read_limited(path, "collateral", limit)?;
         Ok(Collateral::from_json(&bytes)?)
     }
 }
@@ -86,36 +80,28 @@ pub fn verify(a: DcapArgs<'_>) -> Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         };
-        let policy = TcbPolicy {
-            allow_debug: a.expectations.allow_debug,
-            ..TcbPolicy::default()
-        }
-        .accept_all(a.accept.iter().copied())
-        .map_err(|e| anyhow::anyhow!("--accept-tcb-status: {e}"))?;
+        let policy = tcb_policy(a.expectations.allow_debug, a.accept)?;
         let opts = dcap::Options {
             collateral: Some(collateral),
             policy,
         };
         dcap::verify(a.tee, a.evidence, &opts, a.now_unix)
     };
-    match result.and_then(|c| a.expectations.check(&c).map(|()| c)) {
-        Ok(claims) => {
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&claims)?);
-            } else {
-                print_summary(&claims);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e @ Error::Refused(_)) => {
-            eprintln!("veil: refused: {e}");
-            Ok(ExitCode::from(1))
-        }
-        Err(e) => {
-            eprintln!("veil: {e}");
-            Ok(ExitCode::from(2))
-        }
+    crate::attest::report(
+        result.and_then(|c| a.expectations.check(&c).map(|()| c)),
+        a.json,
+        print_summary,
+    )
+}
+
+/// The TCB status policy of `--accept-tcb-status` (UpToDate only without it).
+pub fn tcb_policy(allow_debug: bool, accept: &[TcbStatus]) -> Result<TcbPolicy> {
+    TcbPolicy {
+        allow_debug,
+        ..TcbPolicy::default()
     }
+    .accept_all(accept.iter().copied())
+    .map_err(|e| anyhow::anyhow!("--accept-tcb-status: {e}"))
 }
 
 fn print_summary(c: &Claims) {

@@ -1,10 +1,11 @@
-//! Small helpers for consistent human output and safe file writes.
+//! Small helpers for consistent human output, bounded file reads and safe
+//! file writes.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// Print an aligned `key  value` line.
 pub fn kv(key: &str, value: &str) {
@@ -34,4 +35,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+/// Read `what` from `path`, refusing more than `limit` bytes (read no
+/// further than that, whatever the file's size).
+pub fn read_limited(path: &Path, what: &str, limit: usize) -> Result<Vec<u8>> {
+    let file =
+        fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {what} {}", path.display()))?;
+    if bytes.len() > limit {
+        let size = fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+        bail!(
+            "{what} {} is {size} bytes; the limit is {limit}",
+            path.display()
+        );
+    }
+    Ok(bytes)
 }

@@ -5,7 +5,7 @@
 //! written.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,7 +22,7 @@ use veil_policy::generate::{
 use veil_policy::initdata::{MAX_INIT_DATA_BYTES, ParsedInitData};
 use veil_policy::settings::{MAX_SETTINGS_BYTES, Settings};
 
-use crate::output::kv;
+use crate::output::{kv, read_limited};
 
 /// Workload policies: generate from Kubernetes YAML, digest, check requests, diff.
 #[derive(Subcommand)]
@@ -116,29 +116,13 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
     }
 }
 
-/// Read a file of at most `limit` bytes.
-fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>> {
-    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut buf = Vec::new();
-    f.take(limit as u64 + 1)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if buf.len() > limit {
-        bail!(
-            "{} is larger than the limit of {limit} bytes",
-            path.display()
-        );
-    }
-    Ok(buf)
-}
-
-fn read_text(path: &Path, limit: usize) -> Result<String> {
-    String::from_utf8(read_limited(path, limit)?)
+fn read_text(path: &Path, what: &str, limit: usize) -> Result<String> {
+    String::from_utf8(read_limited(path, what, limit)?)
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 fn load_init_data(path: &Path) -> Result<ParsedInitData> {
-    let bytes = read_limited(path, MAX_INIT_DATA_BYTES)?;
+    let bytes = read_limited(path, "init-data", MAX_INIT_DATA_BYTES)?;
     ParsedInitData::parse(&bytes).with_context(|| format!("{}", path.display()))
 }
 
@@ -185,14 +169,14 @@ impl Drop for Staged {
 
 fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
     let settings = match &a.settings {
-        Some(p) => Settings::from_toml(&read_text(p, MAX_SETTINGS_BYTES)?)
+        Some(p) => Settings::from_toml(&read_text(p, "settings", MAX_SETTINGS_BYTES)?)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{}", p.display()))?,
         None => Settings::default(),
     };
     let mut texts = Vec::new();
     for f in &a.files {
-        texts.push(read_text(f, MAX_YAML_BYTES)?);
+        texts.push(read_text(f, "Kubernetes YAML", MAX_YAML_BYTES)?);
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let resolver: Box<dyn ImageResolver> = match (&a.image_dir, a.registry.as_deref()) {
@@ -304,7 +288,7 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
     let init = load_init_data(&a.init_data)?;
     let mut engine = PolicyEngine::from_init_data(&init.init_data)
         .with_context(|| format!("{}", a.init_data.display()))?;
-    let bytes = read_limited(&a.request, MAX_MESSAGE_BYTES)?;
+    let bytes = read_limited(&a.request, "request", MAX_MESSAGE_BYTES)?;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not JSON", a.request.display()))?;
     let list = match v {

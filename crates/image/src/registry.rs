@@ -334,7 +334,9 @@ impl Registry {
                         self.err("token request", format!("HTTP {}", resp.status().as_u16()))
                     );
                 }
-                let mut buf = Zeroizing::new(Vec::new());
+                // Room for the whole limit up front: no reallocation leaves
+                // an unzeroized copy of the token behind.
+                let mut buf = Zeroizing::new(Vec::with_capacity(MAX_TOKEN_BYTES as usize + 1));
                 resp.into_body()
                     .into_reader()
                     .take(MAX_TOKEN_BYTES + 1)

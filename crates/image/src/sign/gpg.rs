@@ -10,7 +10,7 @@
 //! (exactly one `VALIDSIG`, no bad / expired / revoked signature status),
 //! and the signed payload it extracts is then checked by veil.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -225,8 +225,14 @@ pub fn verify(signature: &[u8], keyring: &Keyring) -> Result<Verified, SignError
             validsig.len()
         )));
     }
-    let payload =
-        std::fs::read(&out_path).map_err(|e| SignError::io("reading the signed payload", e))?;
+    // gpgv may have decompressed the payload: read no more than the limit.
+    let mut payload = Vec::new();
+    std::fs::File::open(&out_path)
+        .and_then(|f| {
+            f.take(MAX_PAYLOAD_BYTES as u64 + 1)
+                .read_to_end(&mut payload)
+        })
+        .map_err(|e| SignError::io("reading the signed payload", e))?;
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(refused("signed payload larger than accepted".into()));
     }

@@ -289,15 +289,7 @@ fn interrupting_run_or_killing_the_agent_leaves_nothing() {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         assert_eq!(lines.next().unwrap().unwrap(), "ready");
         if kill_agent {
-            let rec = std::fs::read_dir(env.data().join("run"))
-                .unwrap()
-                .flatten()
-                .find(|e| e.path().join("sandbox").exists())
-                .unwrap();
-            let r: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(rec.path().join("record.json")).unwrap())
-                    .unwrap();
-            let pid = r["agent_pid"].as_u64().unwrap() as i32;
+            let pid = running_record(&env)["agent_pid"].as_u64().unwrap() as i32;
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -310,14 +302,7 @@ fn interrupting_run_or_killing_the_agent_leaves_nothing() {
             )
             .unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "veil run did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_for_exit(&mut child, 30);
         assert!(!status.success());
         assert_eq!(processes_mentioning("sleep 31340"), Vec::<String>::new());
         assert_eq!(

@@ -507,15 +507,7 @@ fn guest_dying_mid_run_or_ctrl_c_leaves_nothing() {
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         assert_eq!(lines.next().unwrap().unwrap(), "ready");
         let pid = if kill_qemu {
-            let rec = std::fs::read_dir(env.data().join("run"))
-                .unwrap()
-                .flatten()
-                .find(|e| e.path().join("sandbox").exists())
-                .unwrap();
-            let r: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(rec.path().join("record.json")).unwrap())
-                    .unwrap();
-            let qemu = r["agent_pid"].as_u64().unwrap() as i32;
+            let qemu = running_record(&env)["agent_pid"].as_u64().unwrap() as i32;
             assert!(
                 std::fs::read_to_string(format!("/proc/{qemu}/cmdline"))
                     .unwrap()
@@ -527,14 +519,7 @@ fn guest_dying_mid_run_or_ctrl_c_leaves_nothing() {
             (child.id() as i32, nix::sys::signal::Signal::SIGINT)
         };
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.0), pid.1).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "veil run did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_for_exit(&mut child, 30);
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(!status.success(), "{stderr}");

@@ -131,3 +131,28 @@ pub fn sha256_prefix(data: &[u8]) -> String {
     c.stdin.take().unwrap().write_all(data).unwrap();
     text(&c.wait_with_output().unwrap().stdout)[..16].to_string()
 }
+
+/// The record (`record.json`) of the one sandbox of `env` that is running.
+pub fn running_record(env: &Env) -> serde_json::Value {
+    let rec = std::fs::read_dir(env.data().join("run"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("sandbox").exists())
+        .expect("a running sandbox");
+    serde_json::from_slice(&std::fs::read(rec.path().join("record.json")).unwrap()).unwrap()
+}
+
+/// Wait (at most `secs`) for `child` to exit.
+pub fn wait_for_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "veil run did not exit within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

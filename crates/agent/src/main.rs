@@ -294,19 +294,8 @@ fn run(a: ServeArgs) -> Result<(), String> {
             tracing::warn!("{}", veil_agent::boot::NO_TEE_WARNING);
             None
         }
-        TeeArg::Detect | TeeArg::Named(_) => {
-            let named = match a.tee {
-                TeeArg::Named(k) => Some(k),
-                _ => None,
-            };
-            let at: Arc<dyn veil_tee::Attester> = Arc::from(
-                detect(named, &DetectRoots::default(), channel).map_err(|e| e.to_string())?,
-            );
-            if !at.tee().hardware_backed() {
-                tracing::warn!("{}", veil_attest_warning());
-            }
-            Some(at)
-        }
+        TeeArg::Detect => Some(attester_for(None, channel)?),
+        TeeArg::Named(k) => Some(attester_for(Some(k), channel)?),
     };
     let booted = boot(&init_data, attester.clone()).map_err(|e| e.to_string())?;
     if attester.is_some() {
@@ -456,6 +445,20 @@ fn run(a: ServeArgs) -> Result<(), String> {
         Listener::Tcp(l) => agent.serve_tcp(l),
     }
     Ok(())
+}
+
+/// The attester of `tee` (detected when `None`), warning when it is not
+/// hardware-backed.
+fn attester_for(
+    tee: Option<TeeKind>,
+    channel: Option<std::fs::File>,
+) -> Result<Arc<dyn veil_tee::Attester>, String> {
+    let at: Arc<dyn veil_tee::Attester> =
+        Arc::from(detect(tee, &DetectRoots::default(), channel).map_err(|e| e.to_string())?);
+    if !at.tee().hardware_backed() {
+        tracing::warn!("{}", veil_attest_warning());
+    }
+    Ok(at)
 }
 
 fn veil_attest_warning() -> &'static str {

@@ -775,7 +775,7 @@ fn run_sandbox(
         );
     }
     if lost {
-        let what = if a.vm.sandbox == "vm" {
+        let what = if a.vm.is_vm() {
             "the VM"
         } else {
             "the agent"

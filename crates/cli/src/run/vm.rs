@@ -53,7 +53,7 @@ pub struct VmArgs {
 }
 
 impl VmArgs {
-    fn is_vm(&self) -> bool {
+    pub fn is_vm(&self) -> bool {
         self.sandbox == "vm"
     }
     /// `--tee none`.

@@ -775,11 +775,7 @@ fn run_sandbox(
         );
     }
     if lost {
-        let what = if a.vm.is_vm() {
-            "the VM"
-        } else {
-            "the agent"
-        };
+        let what = if a.vm.is_vm() { "the VM" } else { "the agent" };
         bail!(
             "{what} stopped while the workload was running ({}); see {}",
             ended.unwrap_or_else(|| "still running; the connection to its agent broke".into()),

@@ -269,6 +269,33 @@ fn unreachable_kbs_is_a_clear_bounded_error() {
         start.elapsed()
     );
     assert!(!text(&out.stdout).contains("never"));
+
+    // Detached, the same failure reaches the caller, and `veil ps -a` keeps
+    // a record of what was asked for and why it failed.
+    let img = format!("oci:{}:app:1", layout.root().display());
+    let out = env
+        .veil()
+        .args(["run", "-d", "--name", "unreachable"])
+        .args(["--kbs", &format!("http://127.0.0.1:{port}"), &img])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("failed after 5 attempts"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ps = ok(env.veil().args(["ps", "-a", "--json"]).output().unwrap());
+    let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let failed: Vec<_> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "unreachable")
+        .collect();
+    assert_eq!(failed.len(), 1, "{ps}");
+    assert_eq!(failed[0]["status"], "failed");
+    assert_eq!(failed[0]["image"], img.as_str());
 }
 
 /// Must hold 6: SIGINT to `veil run` and SIGKILL of the agent leave nothing behind.

@@ -406,7 +406,13 @@ fn detach(a: RunArgs, data: &Path, id: &str) -> Result<ExitCode> {
         });
     }
     let mut child = cmd.spawn().context("starting the monitor")?;
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // A VM may take its whole --boot-timeout (plus a KVM→TCG fallback).
+    let wait = if a.vm.is_vm() {
+        a.vm.boot_timeout.saturating_add(60).max(180)
+    } else {
+        180
+    };
+    let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         if let Ok(r) = Record::load(data, id) {
             if r.status == "running" {
@@ -423,7 +429,7 @@ fn detach(a: RunArgs, data: &Path, id: &str) -> Result<ExitCode> {
         }
         if Instant::now() > deadline {
             bail!(
-                "the sandbox did not start within 180 s (see {})",
+                "the sandbox did not start within {wait} s (see {})",
                 dir.join("monitor.log").display()
             );
         }
@@ -443,6 +449,14 @@ fn foreground(a: RunArgs, data: &Path, id: String, quiet: bool) -> Result<ExitCo
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rec = Record {
         id: id.clone(),
+        // What was asked for, so that `veil ps -a` shows it even when the
+        // run fails before the image is opened.
+        image: a
+            .image
+            .clone()
+            .or_else(|| a.pod.as_ref().map(|p| p.display().to_string()))
+            .unwrap_or_default(),
+        name: a.name.clone().unwrap_or_default(),
         created: now(),
         status: "starting".into(),
         owner_pid: std::process::id(),

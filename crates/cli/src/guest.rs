@@ -80,19 +80,37 @@ pub fn run(cmd: GuestCommand) -> Result<ExitCode> {
                 &out,
             )
             .map_err(|e| anyhow!("veil guest build: {e}"))?;
-            let m = default_measurement(&img.kernel_sha384, &img.initrd_sha384)?;
+            // What `veil run --sandbox vm --tee sim` boots by default.
+            let (boot, boot_sha384) = img.boot_kernel("sim");
+            let m = default_measurement(boot_sha384, &img.initrd_sha384)?;
             if json {
                 let mut v = serde_json::to_value(&img)?;
+                v["boot_kernel"] = boot.display().to_string().into();
                 v["sim_measurement"] = m.into();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("kernel   {} ({})", img.kernel.display(), img.kernel_version);
                 println!("  sha384 {}", img.kernel_sha384);
+                match (
+                    &img.pvh_kernel,
+                    &img.pvh_kernel_sha384,
+                    &img.pvh_unavailable,
+                ) {
+                    (Some(k), Some(h), _) => {
+                        println!("vmlinux  {} (PVH boot for --tee sim|none)", k.display());
+                        println!("  sha384 {h}");
+                    }
+                    (_, _, why) => println!(
+                        "vmlinux  none ({}); --tee sim|none boot the bzImage",
+                        why.as_deref().unwrap_or("not extracted")
+                    ),
+                }
                 println!("initrd   {}", img.initrd.display());
                 println!("  sha384 {}", img.initrd_sha384);
                 println!("modules  {}", img.modules.len());
                 println!(
-                    "sim launch measurement ({DEFAULT_VCPUS} vCPU, {DEFAULT_MEMORY_MIB} MiB, cmdline {:?}):\n  {m}",
+                    "sim launch measurement ({}, {DEFAULT_VCPUS} vCPU, {DEFAULT_MEMORY_MIB} MiB, cmdline {:?}):\n  {m}",
+                    boot.display(),
                     qemu::kernel_cmdline("sim")
                 );
             }

@@ -39,6 +39,20 @@ fn guest() -> &'static (PathBuf, serde_json::Value) {
     })
 }
 
+/// The kernel `veil run --sandbox vm --tee TEE` boots from the shared
+/// guest image: the extracted PVH vmlinux for sim and none.
+fn guest_kernel(tee: &str) -> PathBuf {
+    let (g, v) = guest();
+    let pvh = v["pvh_kernel"]
+        .as_str()
+        .expect("the Debian kernel yields a PVH vmlinux");
+    assert_eq!(v["boot_kernel"].as_str(), Some(pvh));
+    match tee {
+        "sim" | "none" => PathBuf::from(pvh),
+        _ => g.join("vmlinuz"),
+    }
+}
+
 impl Env {
     /// `veil run --sandbox vm --tee sim`, forced to TCG, with the shared guest.
     fn run_vm(&self) -> Command {
@@ -59,7 +73,7 @@ impl Env {
             "tcg",
         ])
         .arg("--kernel")
-        .arg(g.join("vmlinuz"))
+        .arg(guest_kernel(tee))
         .arg("--initrd")
         .arg(g.join("initrd.img"));
         c
@@ -97,6 +111,8 @@ fn guest_build_is_reproducible() {
     let again = again.path().join("guest");
     let second = guest_build(&again);
     assert_eq!(first["initrd_sha384"], second["initrd_sha384"]);
+    assert_eq!(first["pvh_kernel_sha384"], second["pvh_kernel_sha384"]);
+    assert!(first["pvh_kernel_sha384"].is_string(), "{first}");
     assert_eq!(
         std::fs::read(dir.join("initrd.img")).unwrap(),
         std::fs::read(again.join("initrd.img")).unwrap()
@@ -189,7 +205,7 @@ fn guest_whose_kernel_panics_is_a_clear_error_within_bounds() {
     let img = env.vm_image("echo never");
     let bad = env.dir.path().join("bad-initrd.img");
     std::fs::write(&bad, b"not a cpio archive at all").unwrap();
-    let (g, _) = guest();
+
     let t = Instant::now();
     let out = env
         .veil()
@@ -206,7 +222,7 @@ fn guest_whose_kernel_panics_is_a_clear_error_within_bounds() {
             "240",
         ])
         .arg("--kernel")
-        .arg(g.join("vmlinuz"))
+        .arg(guest_kernel("sim"))
         .arg("--initrd")
         .arg(&bad)
         .arg(&img)
@@ -249,7 +265,7 @@ fn guest_that_never_connects_times_out_and_is_killed() {
     .unwrap();
     let initrd = env.dir.path().join("idle-initrd.img");
     std::fs::write(&initrd, a.write()).unwrap();
-    let (g, _) = guest();
+
     let t = Instant::now();
     let out = env
         .veil()
@@ -266,7 +282,7 @@ fn guest_that_never_connects_times_out_and_is_killed() {
             "15",
         ])
         .arg("--kernel")
-        .arg(g.join("vmlinuz"))
+        .arg(guest_kernel("sim"))
         .arg("--initrd")
         .arg(&initrd)
         .arg(&img)

@@ -247,7 +247,7 @@ fn guest_image(v: &VmArgs, data: &Path, agent: &Path, quiet: bool) -> Result<(Pa
     }
     let dir = data.join("guest");
     if let Some(img) = guest::cached(&dir, agent) {
-        return Ok((img.kernel, img.initrd));
+        return Ok((img.boot_kernel(&v.tee).0.to_path_buf(), img.initrd));
     }
     if !quiet {
         eprintln!(
@@ -264,7 +264,7 @@ fn guest_image(v: &VmArgs, data: &Path, agent: &Path, quiet: bool) -> Result<(Pa
         &dir,
     )
     .map_err(|e| anyhow!("building the guest image: {e}"))?;
-    Ok((img.kernel, img.initrd))
+    Ok((img.boot_kernel(&v.tee).0.to_path_buf(), img.initrd))
 }
 
 /// Launch the sandbox `v` asks for, from the process sandbox's config.

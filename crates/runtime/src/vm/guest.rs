@@ -85,6 +85,29 @@ pub struct GuestImage {
     pub agent_sha384: String,
     /// Modules in load order.
     pub modules: Vec<String>,
+    /// The uncompressed kernel extracted from `kernel` for PVH boot
+    /// ([`super::pvh`]), which the sim and none VM sandboxes boot.
+    #[serde(default)]
+    pub pvh_kernel: Option<PathBuf>,
+    /// Hex SHA-384 of `pvh_kernel`.
+    #[serde(default)]
+    pub pvh_kernel_sha384: Option<String>,
+    /// Why there is no `pvh_kernel` (the bzImage is booted instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvh_unavailable: Option<String>,
+}
+
+impl GuestImage {
+    /// The kernel a VM sandbox with `tee` boots, and its hex SHA-384: the
+    /// PVH `vmlinux` for `sim` and `none` when there is one (seconds faster
+    /// under TCG); the bzImage otherwise, and always for SNP and TDX, whose
+    /// firmware loads and measures it.
+    pub fn boot_kernel(&self, tee: &str) -> (&Path, &str) {
+        match (&self.pvh_kernel, &self.pvh_kernel_sha384, tee) {
+            (Some(k), Some(h), "sim" | "none") => (k, h),
+            _ => (&self.kernel, &self.kernel_sha384),
+        }
+    }
 }
 
 /// The version part of `vmlinuz-<version>`.
@@ -328,7 +351,8 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), GuestError> {
         })
 }
 
-/// Build the kernel + initrd into `out` (`vmlinuz`, `initrd.img`, `guest.json`).
+/// Build the kernel + initrd into `out` (`vmlinuz`, `vmlinux` when it can be
+/// extracted, `initrd.img`, `guest.json`).
 pub fn build(cfg: &GuestBuildConfig, out: &Path) -> Result<GuestImage, GuestError> {
     let kernel = match &cfg.kernel {
         Some(k) => k.clone(),
@@ -373,12 +397,30 @@ pub fn build(cfg: &GuestBuildConfig, out: &Path) -> Result<GuestImage, GuestErro
     write_atomic(&initrd_path, &archive.write())?;
     let kbytes = std::fs::read(&kernel).map_err(io(format!("reading {}", kernel.display())))?;
     write_atomic(&kernel_path, &kbytes)?;
+    let pvh_path = out.join("vmlinux");
+    let (pvh_kernel, pvh_unavailable) = match super::pvh::extract(&kbytes) {
+        Ok(elf) => {
+            write_atomic(&pvh_path, &elf)?;
+            (Some(pvh_path), None)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&pvh_path);
+            (None, Some(e.to_string()))
+        }
+    };
     let hex48 = |p: &Path| -> Result<String, GuestError> {
         Ok(hex::encode(
             file_sha384(p).map_err(io(format!("hashing {}", p.display())))?,
         ))
     };
+    let pvh_kernel_sha384 = match &pvh_kernel {
+        Some(p) => Some(hex48(p)?),
+        None => None,
+    };
     let img = GuestImage {
+        pvh_kernel,
+        pvh_kernel_sha384,
+        pvh_unavailable,
         kernel_sha384: hex48(&kernel_path)?,
         initrd_sha384: hex48(&initrd_path)?,
         agent_sha384: hex48(&cfg.agent)?,
@@ -398,9 +440,15 @@ pub fn cached(dir: &Path, agent: &Path) -> Option<GuestImage> {
     let img: GuestImage =
         serde_json::from_slice(&std::fs::read(dir.join("guest.json")).ok()?).ok()?;
     let h = |p: &Path| file_sha384(p).ok().map(hex::encode);
+    let pvh_ok = match (&img.pvh_kernel, &img.pvh_kernel_sha384) {
+        (Some(k), Some(d)) => h(k)? == *d,
+        (None, None) => img.pvh_unavailable.is_some(),
+        _ => false,
+    };
     (h(agent)? == img.agent_sha384
         && h(&img.kernel)? == img.kernel_sha384
-        && h(&img.initrd)? == img.initrd_sha384)
+        && h(&img.initrd)? == img.initrd_sha384
+        && pvh_ok)
         .then_some(img)
 }
 

@@ -24,6 +24,7 @@
 pub mod cpio;
 pub mod guest;
 pub mod measure;
+pub mod pvh;
 pub mod qemu;
 
 use std::collections::BTreeMap;

@@ -165,6 +165,8 @@ struct Markers {
     kernel_uptime_ms: Option<u64>,
     attest_start: Option<Duration>,
     attested: Option<Duration>,
+    /// The agent logged "agent ready" (it listens).
+    listening: Option<Duration>,
 }
 
 /// A running VM sandbox. Dropping it tears it down.
@@ -398,6 +400,12 @@ impl VmSandbox {
         // SAFETY: async-signal-safe syscalls only.
         unsafe {
             cmd.pre_exec(move || {
+                // `veil run` blocks SIGTERM/SIGINT for its signal thread;
+                // QEMU must not inherit that, or it ignores the SIGTERM of
+                // a teardown and is only stopped by SIGKILL after the grace.
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 libc::setsid();
                 if libc::prctl(
                     libc::PR_SET_PDEATHSIG,
@@ -456,6 +464,8 @@ impl VmSandbox {
                             m.attest_start.get_or_insert(t);
                         } else if l.contains("attested to the KBS") {
                             m.attested.get_or_insert(t);
+                        } else if l.contains("agent ready") {
+                            m.listening.get_or_insert(t);
                         }
                         line.clear();
                     }
@@ -503,7 +513,16 @@ impl VmSandbox {
                     log: log_tail(&self.log_path, 25),
                 });
             }
-            if let Ok(c) = AgentClient::connect(&socket, Duration::from_secs(5)) {
+            // Until the agent says it listens, try briefly: a connection
+            // made before the guest's network is up waits out QEMU's TCP
+            // SYN retransmission (1 s, then 3 s…); a fresh one does not.
+            let listening = self.markers.lock().is_ok_and(|m| m.listening.is_some());
+            let per_try = if listening {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_millis(500)
+            };
+            if let Ok(c) = AgentClient::connect(&socket, per_try) {
                 self.hello = Some(c.hello().clone());
                 self.ready_after = t0.elapsed();
                 return Ok(());

@@ -693,21 +693,28 @@ fn run_sandbox(
     let (tx, rx) = mpsc::channel::<Event>();
     let first_output: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
     let denied: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
+    // Every stream's connection first, then the pumps: once one pump shows
+    // output, the agent may die at any moment, and that must reach the
+    // loop below as "lost the agent", not fail a later connect.
+    let mut conns = Vec::new();
     for (cid, name) in rec.containers.clone() {
         for stream in [Stream::Stdout, Stream::Stderr] {
-            let conn = sb.connect().map_err(|e| anyhow!("{e}"))?;
-            let (tx, out, cid, name, first, denied) = (
-                tx.clone(),
-                out.clone(),
+            conns.push((
                 cid.clone(),
                 name.clone(),
-                first_output.clone(),
-                denied.clone(),
-            );
-            std::thread::spawn(move || {
-                pump(conn, &cid, &name, stream, &out, &tx, &first, &denied, t0)
-            });
+                stream,
+                sb.connect().map_err(|e| anyhow!("{e}"))?,
+            ));
         }
+    }
+    for (cid, name, stream, conn) in conns {
+        let (tx, out, first, denied) = (
+            tx.clone(),
+            out.clone(),
+            first_output.clone(),
+            denied.clone(),
+        );
+        std::thread::spawn(move || pump(conn, &cid, &name, stream, &out, &tx, &first, &denied, t0));
     }
     std::thread::spawn({
         let tx = tx.clone();

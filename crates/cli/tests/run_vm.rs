@@ -39,18 +39,15 @@ fn guest() -> &'static (PathBuf, serde_json::Value) {
     })
 }
 
-/// The kernel `veil run --sandbox vm --tee TEE` boots from the shared
-/// guest image: the extracted PVH vmlinux for sim and none.
-fn guest_kernel(tee: &str) -> PathBuf {
-    let (g, v) = guest();
+/// The kernel `veil run --sandbox vm --tee sim|none` boots from the shared
+/// guest image: the extracted PVH vmlinux.
+fn guest_kernel() -> PathBuf {
+    let (_, v) = guest();
     let pvh = v["pvh_kernel"]
         .as_str()
         .expect("the Debian kernel yields a PVH vmlinux");
     assert_eq!(v["boot_kernel"].as_str(), Some(pvh));
-    match tee {
-        "sim" | "none" => PathBuf::from(pvh),
-        _ => g.join("vmlinuz"),
-    }
+    PathBuf::from(pvh)
 }
 
 impl Env {
@@ -58,9 +55,13 @@ impl Env {
     fn run_vm(&self) -> Command {
         self.run_vm_tee("sim")
     }
-    /// `veil run --sandbox vm --tee TEE`, forced to TCG, with the shared guest.
+    /// `veil run --sandbox vm --tee TEE` (sim or none), forced to TCG, with
+    /// the shared guest.
     fn run_vm_tee(&self, tee: &str) -> Command {
-        let (g, _) = guest();
+        self.run_vm_with(tee, &guest().0.join("initrd.img"))
+    }
+    /// The same with another initrd (guests that fail to boot).
+    fn run_vm_with(&self, tee: &str, initrd: &Path) -> Command {
         let mut c = self.veil();
         c.args([
             "run",
@@ -73,9 +74,9 @@ impl Env {
             "tcg",
         ])
         .arg("--kernel")
-        .arg(guest_kernel(tee))
+        .arg(guest_kernel())
         .arg("--initrd")
-        .arg(g.join("initrd.img"));
+        .arg(initrd);
         c
     }
     /// A busybox image running `cmd`, as `oci:DIR:app:1`.
@@ -208,24 +209,8 @@ fn guest_whose_kernel_panics_is_a_clear_error_within_bounds() {
 
     let t = Instant::now();
     let out = env
-        .veil()
-        .args([
-            "run",
-            "--rm",
-            "--sandbox",
-            "vm",
-            "--tee",
-            "sim",
-            "--accel",
-            "tcg",
-            "--boot-timeout",
-            "240",
-        ])
-        .arg("--kernel")
-        .arg(guest_kernel("sim"))
-        .arg("--initrd")
-        .arg(&bad)
-        .arg(&img)
+        .run_vm_with("sim", &bad)
+        .args(["--boot-timeout", "240", &img])
         .output()
         .unwrap();
     let stderr = text(&out.stderr);
@@ -268,24 +253,8 @@ fn guest_that_never_connects_times_out_and_is_killed() {
 
     let t = Instant::now();
     let out = env
-        .veil()
-        .args([
-            "run",
-            "--rm",
-            "--sandbox",
-            "vm",
-            "--tee",
-            "sim",
-            "--accel",
-            "tcg",
-            "--boot-timeout",
-            "15",
-        ])
-        .arg("--kernel")
-        .arg(guest_kernel("sim"))
-        .arg("--initrd")
-        .arg(&initrd)
-        .arg(&img)
+        .run_vm_with("sim", &initrd)
+        .args(["--boot-timeout", "15", &img])
         .output()
         .unwrap();
     let stderr = text(&out.stderr);

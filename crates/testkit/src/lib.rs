@@ -1,7 +1,7 @@
 //! Harnesses that several veil crates' integration tests share: real
 //! services on free 127.0.0.1 ports, stopped when dropped — Debian's
 //! `docker-registry` ([`registry::DockerRegistry`]) and `veil kbs serve`
-//! ([`kbs::DevKbs`]).
+//! ([`kbs::DevKbs`]) — and the `veil-agent` binary ([`veil_agent`]).
 //!
 //! Dev-only: used as a `[dev-dependencies]` path entry, never published.
 //! Not for helpers that only one test file needs.
@@ -11,6 +11,36 @@ pub mod registry;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+/// The `veil-agent` binary end-to-end tests run: `$VEIL_AGENT` (what
+/// `scripts/test.sh` built), else built once per test process by cargo into
+/// the target dir the calling test binary lives in.
+pub fn veil_agent() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("VEIL_AGENT") {
+                return p.into();
+            }
+            // Test binaries live in <target>/<profile>/deps.
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let profile = exe
+                .parent()
+                .and_then(std::path::Path::parent)
+                .expect("<target>/<profile>/deps/<test>")
+                .to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run_ok(
+                Command::new(cargo)
+                    .args(["build", "-q", "-p", "veil-agent", "--bin", "veil-agent"])
+                    .env("CARGO_TARGET_DIR", profile.parent().expect("<target>")),
+            );
+            let bin = profile.join("veil-agent");
+            assert!(bin.exists(), "{} missing after cargo build", bin.display());
+            bin
+        })
+        .clone()
+}
 
 /// A port on 127.0.0.1 that was free a moment ago (the OS picked it).
 pub fn free_port() -> u16 {

@@ -7,33 +7,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use veil_image::OciLayout;
 use veil_image::builder::ImageBuilder;
 use veil_image::spec::{Compression, ContainerConfig};
 
-/// The agent binary next to `veil` (built by cargo on demand).
-pub fn agent() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("VEIL_AGENT") {
-                return PathBuf::from(p);
-            }
-            let veil = PathBuf::from(env!("CARGO_BIN_EXE_veil"));
-            let profile = veil.parent().unwrap().to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "-q", "-p", "veil-agent", "--bin", "veil-agent"])
-                .env("CARGO_TARGET_DIR", profile.parent().unwrap())
-                .status()
-                .unwrap();
-            assert!(st.success(), "building veil-agent");
-            profile.join("veil-agent")
-        })
-        .clone()
-}
+/// The agent binary the end-to-end tests run.
+pub use veil_testkit::veil_agent as agent;
 
 pub struct Env {
     pub dir: tempfile::TempDir,

@@ -3,9 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use veil_image::OciLayout;
@@ -15,29 +14,8 @@ use veil_policy::generate::{LayoutResolver, generate};
 use veil_policy::settings::Settings;
 use veil_runtime::{ProcessSandbox, SandboxConfig, SimPlatform};
 
-/// The agent binary, built (once per test process) by cargo into the same target dir.
-pub fn agent_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("VEIL_AGENT") {
-                return PathBuf::from(p);
-            }
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "veil-agent", "--bin", "veil-agent"])
-                .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-                .status()
-                .expect("running cargo build -p veil-agent");
-            assert!(status.success(), "building veil-agent failed");
-            let bin = profile_dir.join("veil-agent");
-            assert!(bin.exists(), "{} missing after cargo build", bin.display());
-            bin
-        })
-        .clone()
-}
+/// The agent binary the tests run.
+pub use veil_testkit::veil_agent as agent_binary;
 
 /// A busybox image (sh, cat, echo, hostname, sleep) tagged `tag` in `layout`.
 pub fn busybox_image(layout: &OciLayout, work: &Path, tag: &str, cmd: &str) -> String {

@@ -334,13 +334,7 @@ impl ProcessSandbox {
 
     /// Whether the agent has exited (and how).
     pub fn try_wait(&mut self) -> Option<String> {
-        match self.child.as_mut() {
-            None => Some("not running".into()),
-            Some(c) => match c.try_wait() {
-                Ok(Some(s)) => Some(describe(s)),
-                _ => None,
-            },
-        }
+        exit_status(self.child.as_mut())
     }
 
     /// Stop the agent (SIGTERM, then SIGKILL after `grace`), wait for it and
@@ -394,7 +388,18 @@ pub(crate) fn remove_sandbox_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-pub(crate) fn describe(status: ExitStatus) -> String {
+/// How a sandbox's child (the agent, or QEMU) ended; `None` while it runs.
+pub(crate) fn exit_status(child: Option<&mut std::process::Child>) -> Option<String> {
+    match child {
+        None => Some("not running".into()),
+        Some(c) => match c.try_wait() {
+            Ok(Some(s)) => Some(describe(s)),
+            _ => None,
+        },
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit code {c}"),

@@ -591,8 +591,6 @@ impl VmSandbox {
                     t.insert(k.to_string(), v.as_millis() as u64);
                 }
             }
-        }
-        if let Ok(m) = self.markers.lock() {
             if let (Some(start), Some(up)) = (m.agent_start, m.kernel_uptime_ms) {
                 // QEMU and firmware until the kernel starts; the kernel until PID 1.
                 t.insert(
@@ -608,13 +606,7 @@ impl VmSandbox {
 
     /// Whether QEMU has exited (and how).
     pub fn try_wait(&mut self) -> Option<String> {
-        match self.child.as_mut() {
-            None => Some("not running".into()),
-            Some(c) => match c.try_wait() {
-                Ok(Some(s)) => Some(crate::sandbox::describe(s)),
-                _ => None,
-            },
-        }
+        crate::sandbox::exit_status(self.child.as_mut())
     }
 
     fn kill(&mut self) {

@@ -14,16 +14,11 @@ use common::*;
 
 /// `veil guest build --json` into `dir`.
 fn guest_build(dir: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(["guest", "build", "--json", "-o"])
-        .arg(dir)
-        .env("VEIL_AGENT", agent())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = veil_testkit::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["guest", "build", "--json", "-o"])
+            .arg(dir)
+            .env("VEIL_AGENT", agent()),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -246,7 +246,7 @@ fn guest_image(v: &VmArgs, data: &Path, agent: &Path, quiet: bool) -> Result<(Pa
         return Ok((k.clone(), i.clone()));
     }
     let dir = data.join("guest");
-    if let Some(img) = guest::cached(&dir, agent) {
+    if let Some(img) = guest::cached(&dir, agent, &veil_runtime::paths::sim_dir(data)) {
         return Ok((img.boot_kernel(&v.tee).0.to_path_buf(), img.initrd));
     }
     if !quiet {

@@ -435,11 +435,17 @@ pub fn build(cfg: &GuestBuildConfig, out: &Path) -> Result<GuestImage, GuestErro
 }
 
 /// A previously built image in `dir`, if it was built from this agent and
-/// its files still have the recorded digests.
-pub fn cached(dir: &Path, agent: &Path) -> Option<GuestImage> {
+/// its files still have the recorded digests (hashed through the digest
+/// cache in `digest_cache`, the sim platform's dir, which the launch's
+/// measurement then reuses instead of hashing ~150 MB again).
+pub fn cached(dir: &Path, agent: &Path, digest_cache: &Path) -> Option<GuestImage> {
     let img: GuestImage =
         serde_json::from_slice(&std::fs::read(dir.join("guest.json")).ok()?).ok()?;
-    let h = |p: &Path| file_sha384(p).ok().map(hex::encode);
+    let h = |p: &Path| {
+        crate::measure::file_sha384_cached(p, digest_cache)
+            .ok()
+            .map(hex::encode)
+    };
     let pvh_ok = match (&img.pvh_kernel, &img.pvh_kernel_sha384) {
         (Some(k), Some(d)) => h(k)? == *d,
         (None, None) => img.pvh_unavailable.is_some(),

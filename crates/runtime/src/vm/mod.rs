@@ -46,7 +46,7 @@ use veil_agent::proto::Hello;
 use veil_policy::{BindingField, InitDataDigest, ParsedInitData};
 
 use crate::client::AgentClient;
-use crate::measure::file_sha384;
+use crate::measure::file_sha384_cached;
 use crate::sandbox::{AGENT_SOCKET, log_tail};
 use crate::sim::{LaunchRecord, SimPlatform};
 use qemu::{Accel, GuestForward, QemuConfig, VmTee};
@@ -258,14 +258,12 @@ impl VmSandbox {
                 cfg.tee.name()
             )));
         }
-        let kernel_sha384 = file_sha384(&cfg.kernel).map_err(io_err(format!(
-            "reading the kernel {}",
-            cfg.kernel.display()
-        )))?;
-        let initrd_sha384 = file_sha384(&cfg.initrd).map_err(io_err(format!(
-            "reading the initrd {}",
-            cfg.initrd.display()
-        )))?;
+        let kernel_sha384 = file_sha384_cached(&cfg.kernel, platform.dir()).map_err(io_err(
+            format!("reading the kernel {}", cfg.kernel.display()),
+        ))?;
+        let initrd_sha384 = file_sha384_cached(&cfg.initrd, platform.dir()).map_err(io_err(
+            format!("reading the initrd {}", cfg.initrd.display()),
+        ))?;
         let cmdline = qemu::kernel_cmdline(cfg.tee.name());
         let m = measure::measurement(
             &kernel_sha384,

@@ -332,7 +332,9 @@ pub struct StatsContainerRequest {
     pub container_id: String,
 }
 
-/// Produce TEE evidence binding `runtime_data`.
+/// Produce TEE evidence binding `runtime_data`, domain-separated from any KBS
+/// binding: REPORT_DATA = SHA-384("veil/user-runtime-data/v1\0" ‖ runtime_data)
+/// ‖ "VEIL:USERDATA:v1" (see `veil_agent::proto::report_data_for`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GetEvidenceRequest {

@@ -566,13 +566,14 @@ impl Manager {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: dup2 is async-signal-safe; no allocation.
+        // SAFETY: dup2, fcntl and close_range are async-signal-safe; no allocation.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(w_fd, STATUS_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                // Only stdio and the status pipe reach the launcher.
+                crate::fds::cloexec_all_but(Some(STATUS_FD))
             });
         }
         let mut child = cmd

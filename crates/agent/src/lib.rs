@@ -16,6 +16,9 @@
 
 pub mod proto;
 
+#[cfg(feature = "fds")]
+pub mod fds;
+
 #[cfg(feature = "server")]
 pub mod boot;
 #[cfg(feature = "server")]

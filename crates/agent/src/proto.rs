@@ -16,12 +16,37 @@ pub const NO_TEE: &str = "none";
 /// What every place that reports a guest without a TEE says.
 pub const NO_TEE_WARNING: &str = "no TEE (--tee none): the host can read and change this VM's memory and everything in it; nothing is attested, init-data is not bound to the launch, and no KBS releases secrets or image keys to it";
 
-/// The 64-byte REPORT_DATA binding caller-supplied runtime data (for
-/// `get_evidence` and the workload API): SHA-384 of the bytes, zero-padded.
+/// Prefix hashed before every caller-supplied runtime data (`get_evidence`
+/// from the host, `/aa/evidence` from a workload). No KBS binding starts with
+/// it: Trustee's and veil's bind `SHA-384(JCS({...}))`, whose input is a JSON
+/// object and so starts with `{`.
+pub const USER_RUNTIME_DATA_DOMAIN: &[u8] = b"veil/user-runtime-data/v1\0";
+
+/// The last 16 bytes of REPORT_DATA for caller-supplied runtime data. A KBS
+/// binding (Trustee RCAR, veil) puts a SHA-384 digest zero-padded to 64 bytes
+/// (or a full SHA-512) there, so evidence carrying this tag can never be
+/// accepted as binding a KBS nonce and key.
+pub const USER_REPORT_DATA_TAG: [u8; 16] = *b"VEIL:USERDATA:v1";
+
+/// The 64-byte REPORT_DATA for caller-supplied runtime data (`get_evidence`
+/// and the workload API): `SHA-384(USER_RUNTIME_DATA_DOMAIN ‖ runtime_data)
+/// ‖ USER_REPORT_DATA_TAG`. Domain-separated from the KBS binding, so that
+/// neither the host nor a workload can obtain evidence a KBS accepts for a
+/// key the agent did not generate (docs/run.md, "What the host can ask").
 pub fn report_data_for(runtime_data: &[u8]) -> [u8; 64] {
+    let mut h = Sha384::new();
+    h.update(USER_RUNTIME_DATA_DOMAIN);
+    h.update(runtime_data);
     let mut rd = [0u8; 64];
-    rd[..48].copy_from_slice(&Sha384::digest(runtime_data));
+    rd[..48].copy_from_slice(&h.finalize());
+    rd[48..].copy_from_slice(&USER_REPORT_DATA_TAG);
     rd
+}
+
+/// Whether a REPORT_DATA value carries the caller-supplied tag (evidence from
+/// `get_evidence` or the workload API, never a KBS binding).
+pub fn is_user_report_data(report_data: &[u8]) -> bool {
+    report_data.len() == 64 && report_data[48..] == USER_REPORT_DATA_TAG
 }
 
 /// Largest response frame the host accepts (a read chunk plus JSON overhead).
@@ -174,6 +199,33 @@ pub struct StatsContainerResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetEvidenceResult {
     pub tee: String,
-    /// The evidence JSON, binding the request's runtime data (SHA-384, zero-padded to 64 bytes).
+    /// The evidence JSON; its REPORT_DATA is [`report_data_for`] the request's runtime data.
     pub evidence: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attack of issue #13: the host builds the KBS binding bytes for its
+    /// own key and asks the agent for evidence over them. Whatever bytes it
+    /// chooses, the REPORT_DATA differs from any zero-padded SHA-384 binding.
+    #[test]
+    fn caller_runtime_data_never_yields_a_kbs_binding() {
+        let jcs = br#"{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":{"alg":"ES256","crv":"P-256","kty":"EC","x":"AA","y":"AA"}}"#;
+        let mut kbs_binding = [0u8; 64];
+        kbs_binding[..48].copy_from_slice(&Sha384::digest(jcs));
+        for rd in [&jcs[..], &kbs_binding[..48], b""] {
+            let got = report_data_for(rd);
+            assert_ne!(got, kbs_binding);
+            assert_ne!(&got[48..], &[0u8; 16], "the tail is never zero padding");
+            assert!(is_user_report_data(&got));
+        }
+        assert!(!is_user_report_data(&kbs_binding));
+        // Deterministic and documented: SHA-384(domain ‖ data) ‖ tag.
+        let mut h = Sha384::new();
+        h.update(b"veil/user-runtime-data/v1\0abc");
+        assert_eq!(report_data_for(b"abc")[..48], h.finalize()[..]);
+        assert_eq!(&report_data_for(b"abc")[48..], b"VEIL:USERDATA:v1");
+    }
 }

@@ -517,3 +517,102 @@ fn guest_dying_mid_run_or_ctrl_c_leaves_nothing() {
         nothing_left(&env);
     }
 }
+
+/// Issue #13, findings 1 and 3 in the VM sandbox: the host asks the guest's
+/// agent for evidence over the KBS binding bytes of its own key (refused by
+/// the KBS), and a descriptor held by the caller of `veil run` (fd 7 on the
+/// host's `/`) reaches neither the workload nor `veil exec`.
+#[test]
+fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let secret = b"vm-attack-target-e41c";
+    let sf = env.dir.path().join("s.txt");
+    std::fs::write(&sf, secret).unwrap();
+    ok(env
+        .veil()
+        .args(["secret", "put", "default/secret/k"])
+        .arg(&sf)
+        .output()
+        .unwrap());
+    let layout = env.layout();
+    image(
+        &env,
+        &layout,
+        "app:1",
+        "echo fds /proc/self/fd/*; sleep 600",
+    );
+    let pod = env.dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: vmfds\n  namespace: default\n  annotations:\n    policy.veil.dev/exec.app: '[[\"sh\", \"-c\", \"echo fds /proc/self/fd/*\"]]'\nspec:\n  containers:\n  - name: app\n    image: app:1\n",
+    )
+    .unwrap();
+    let hold_root_as_fd7 = |cmd: &mut Command| {
+        let root = std::fs::File::open("/").unwrap();
+        // SAFETY: dup2 in the child before exec; fd 7 is inheritable.
+        unsafe {
+            cmd.pre_exec(move || {
+                use std::os::fd::AsRawFd;
+                if libc::dup2(root.as_raw_fd(), 7) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    };
+    let mut run = env.veil();
+    run.args([
+        "run",
+        "-d",
+        "--sandbox",
+        "vm",
+        "--tee",
+        "sim",
+        "--accel",
+        "tcg",
+    ])
+    .arg("--kernel")
+    .arg(guest_kernel())
+    .arg("--initrd")
+    .arg(guest().0.join("initrd.img"))
+    .args(["--secret", "k=kbs:///default/secret/k", "--pod"])
+    .arg(&pod)
+    .arg("--oci-layout")
+    .arg(layout.root());
+    hold_root_as_fd7(&mut run);
+    let out = ok(run.output().unwrap());
+    let id = text(&out.stdout).trim().to_string();
+    let fds_of = |s: &str| -> Vec<String> {
+        s.lines()
+            .find_map(|l| l.strip_prefix("fds "))
+            .unwrap_or_else(|| panic!("no fds line in {s:?}"))
+            .split_whitespace()
+            .map(|p| p.trim_start_matches("/proc/self/fd/").to_string())
+            .collect()
+    };
+    let mut logs = String::new();
+    for _ in 0..300 {
+        logs = text(&ok(env.veil().args(["logs", &id]).output().unwrap()).stdout);
+        if logs.contains("fds ") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fds_of(&logs), ["0", "1", "2", "3"], "{logs}");
+    let mut exec = env.veil();
+    exec.args(["exec", &id, "--", "sh", "-c", "echo fds /proc/self/fd/*"]);
+    hold_root_as_fd7(&mut exec);
+    let out = ok(exec.output().unwrap());
+    assert_eq!(fds_of(&text(&out.stdout)), ["0", "1", "2", "3"]);
+
+    let rec = record_of(&env, &id);
+    let kbs = rec["kbs_url"].as_str().unwrap().to_string();
+    let init = std::fs::read_to_string(rec["init_data_file"].as_str().unwrap()).unwrap();
+    let socket = PathBuf::from(rec["socket"].as_str().unwrap());
+    let r = impersonate_tee_to_kbs(&kbs, &init, |rd| host_get_evidence(&socket, rd));
+    let e = r.expect_err("the KBS issued a token for the host's own key");
+    assert!(e.contains("report_data"), "{e}");
+    ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
+    nothing_left(&env);
+}

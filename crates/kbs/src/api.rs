@@ -591,6 +591,10 @@ fn get_resource_inner(
         .cloned()
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(|| KbsError::TokenVerifierError("token carries no usable tee-pubkey".into()))?;
+    if let Some(pin) = st.release_pin() {
+        pin.check(&path.to_string(), evidence)
+            .map_err(KbsError::PolicyDeny)?;
+    }
     let policies = st.resource_policies();
     let scopes = crate::policy::scopes_for(&path);
     let Some((scope, policy)) = scopes

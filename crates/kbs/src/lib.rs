@@ -15,6 +15,7 @@ pub mod bench;
 pub mod error;
 pub mod json;
 pub mod metrics;
+pub mod pin;
 pub mod policy;
 pub mod secrets;
 pub mod serve;

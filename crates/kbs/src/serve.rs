@@ -64,6 +64,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         resource_policies: RwLock::new(Arc::new(BTreeMap::new())),
         reference_values: RwLock::new(Arc::new(serde_json::Map::new())),
         metrics: Default::default(),
+        release_pin: RwLock::new(None),
     };
     state.reload().map_err(StartError)?;
     Ok(Arc::new(state))

@@ -100,6 +100,8 @@ pub struct AppState {
     pub reference_values: RwLock<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Counters.
     pub metrics: Metrics,
+    /// Set by an embedded KBS that serves one workload only.
+    pub release_pin: RwLock<Option<Arc<crate::pin::ReleasePin>>>,
 }
 
 /// Unix seconds now.
@@ -127,6 +129,16 @@ impl AppState {
     /// Current resource policies.
     pub fn resource_policies(&self) -> Arc<BTreeMap<String, RegoPolicy>> {
         read(&self.resource_policies)
+    }
+
+    /// The release pin, if this instance serves one workload only.
+    pub fn release_pin(&self) -> Option<Arc<crate::pin::ReleasePin>> {
+        read(&self.release_pin)
+    }
+
+    /// Pin (or unpin) releases to one workload.
+    pub fn set_release_pin(&self, pin: Option<crate::pin::ReleasePin>) {
+        write(&self.release_pin, pin.map(Arc::new));
     }
 
     /// Current reference values.

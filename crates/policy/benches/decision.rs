@@ -91,6 +91,7 @@ fn policy() -> PolicyData {
             allow_get_evidence: true,
             allow_stats: true,
             update_config: vec![],
+            unpack_limits: Default::default(),
         },
         containers,
         platform_env: s.platform_env,

@@ -49,6 +49,40 @@ pub struct SandboxPolicy {
     pub allow_stats: bool,
     /// `kind/name` of secrets and config values the host may update (e.g. `secret/db-password`).
     pub update_config: Vec<String>,
+    /// Bounds on unpacking images in the guest; unset fields keep the
+    /// agent's defaults (see docs/image.md). Omitted when all are unset.
+    #[serde(default, skip_serializing_if = "UnpackBounds::is_unset")]
+    pub unpack_limits: UnpackBounds,
+}
+
+/// Owner-chosen bounds on what an image may unpack to in the guest
+/// (decompression bombs): measured with the policy, so the host cannot
+/// raise them. `None` keeps the agent's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnpackBounds {
+    /// Most uncompressed bytes over all layers of one image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Most tar entries over all layers of one image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+    /// Largest uncompressed/compressed ratio of a layer (past the floor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ratio: Option<u64>,
+    /// Uncompressed bytes a layer may reach before the ratio applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_floor_bytes: Option<u64>,
+    /// Largest single file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u64>,
+}
+
+impl UnpackBounds {
+    /// Whether every bound is unset (the agent's defaults apply).
+    pub fn is_unset(&self) -> bool {
+        *self == UnpackBounds::default()
+    }
 }
 
 /// How an environment rule's value is matched.

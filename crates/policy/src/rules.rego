@@ -105,6 +105,18 @@ env_errors(rule, c) := unmatched | duplicated if {
 	}
 }
 
+# Variables the policy requires (e.g. from a configMap or secret) must be
+# present in every process of the container: its own and every exec.
+required_env_errors(rule, c) := {v |
+	some r in c.env
+	r.required
+	not r.name in req_env_names
+	v := violation(rule, "process.env", env_rule_text(r), "absent", sprintf(
+		"%s: required env %s is missing for container %q; expected %s",
+		[rule, r.name, c.name, env_rule_text(r)],
+	))
+}
+
 cap_sets := ["bounding", "effective", "inheritable", "permitted", "ambient"]
 
 cap_errors(rule, c, caps) := {v |
@@ -283,13 +295,7 @@ create_container_errors contains v if {
 
 create_container_errors contains v if {
 	c := containers_by_name[req.name]
-	some r in c.env
-	r.required
-	not r.name in req_env_names
-	v := violation("create_container", "process.env", env_rule_text(r), "absent", sprintf(
-		"create_container: required env %s is missing for container %q; expected %s",
-		[r.name, c.name, env_rule_text(r)],
-	))
+	some v in required_env_errors("create_container", c)
 }
 
 create_container_errors contains v if {
@@ -423,6 +429,11 @@ exec_process_errors contains v if {
 exec_process_errors contains v if {
 	c := container_of(req.container_id)
 	some v in env_errors("exec_process", c)
+}
+
+exec_process_errors contains v if {
+	c := container_of(req.container_id)
+	some v in required_env_errors("exec_process", c)
 }
 
 exec_process_errors contains v if {

@@ -63,6 +63,8 @@ pub struct SandboxSettings {
     /// `kind/name` entries the host may update.
     pub update_config: Vec<String>,
     pub kernel_modules: Vec<String>,
+    /// Bounds on image unpacking in the guest (`[sandbox.unpack_limits]`).
+    pub unpack_limits: crate::model::UnpackBounds,
 }
 
 /// Per-container defaults.
@@ -85,6 +87,7 @@ impl Default for SandboxSettings {
             allow_stats: true,
             update_config: Vec::new(),
             kernel_modules: Vec::new(),
+            unpack_limits: Default::default(),
         }
     }
 }

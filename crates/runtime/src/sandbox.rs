@@ -459,6 +459,9 @@ impl PreExec {
         };
         // SAFETY: async-signal-safe syscalls only.
         unsafe {
+            // The agent creates container root filesystems: their modes come
+            // from the image, not from the private umask of `veil run`.
+            libc::umask(0o022);
             check(libc::setsid())?;
             check(libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -490,6 +493,8 @@ impl PreExec {
                 check(libc::dup2(self.platform_fd, PLATFORM_FD))?;
             }
         }
-        Ok(())
+        // Nothing the caller of `veil run` held crosses into the sandbox:
+        // only stdio and the platform channel.
+        veil_agent::fds::cloexec_all_but(Some(PLATFORM_FD))
     }
 }

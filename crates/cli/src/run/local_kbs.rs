@@ -14,10 +14,63 @@ use veil_kbs::{RunningServer, ServerConfig};
 use veil_kbs_client::ClientConfig;
 use veil_kbs_client::admin::{AdminClient, AdminKey, parse_admin_public_key};
 
-/// Resource policy of the embedded KBS (scope: every resource): release to
-/// any attested workload whose evidence binds an init-data document. The
-/// KBS has already checked that binding and the dev-mode sim gate.
-pub const DEV_POLICY: &str = "package policy\nimport rego.v1\n\ndefault allow := false\n\nallow if {\n\tevidence := input.submods.cpu0[\"ear.veraison.annotated-evidence\"]\n\tcount(evidence.init_data) > 0\n}\n";
+/// Resource policy of the embedded KBS (scope: every resource): release
+/// only to a token whose evidence was verified together with an init-data
+/// document (`init_data_claims` is set only then), on top of the per-run
+/// pin ([`LocalKbs::pin`]: that run's init-data digest and the resources it
+/// names). The KBS has already checked the binding and the dev-mode sim gate.
+pub const DEV_POLICY: &str = "package policy\nimport rego.v1\n\ndefault allow := false\n\nallow if {\n\tevidence := input.submods.cpu0[\"ear.veraison.annotated-evidence\"]\n\tis_object(evidence.init_data_claims)\n\tcount(evidence.init_data) > 0\n}\n";
+
+/// The policy older veil versions stored: it tested no binding (the token's
+/// `init_data` is always a non-empty hex string). Replaced at start.
+const OLD_DEV_POLICY: &str = "package policy\nimport rego.v1\n\ndefault allow := false\n\nallow if {\n\tevidence := input.submods.cpu0[\"ear.veraison.annotated-evidence\"]\n\tcount(evidence.init_data) > 0\n}\n";
+
+/// The KBS resources a sandbox may receive: every `kbs://` URI its init-data
+/// names (credentials, the image trust policy) and the key-encryption key of
+/// every encrypted layer of the images its policy pins.
+pub fn named_resources(
+    init_data: &[u8],
+    layout: &Path,
+    policy: &veil_policy::PolicyData,
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let text = String::from_utf8_lossy(init_data);
+    for (i, _) in text.match_indices("kbs://") {
+        let uri: String = text[i..]
+            .chars()
+            .take_while(|c| !matches!(c, '"' | '\'' | ' ' | ',' | ']' | '}' | '\n' | '\\'))
+            .collect();
+        if let Ok(p) = veil_kbs_client::ResourcePath::parse(&uri) {
+            out.insert(p.to_string());
+        }
+    }
+    let Ok(layout) = veil_image::OciLayout::open(layout) else {
+        return out;
+    };
+    let Ok(index) = layout.index() else {
+        return out;
+    };
+    let wanted: Vec<&str> = policy
+        .containers
+        .iter()
+        .map(|c| c.image.digest.as_str())
+        .collect();
+    let platform = veil_image::Platform::linux_amd64();
+    for desc in &index.manifests {
+        let Ok(img) = veil_image::source::resolve(&layout, desc, &platform) else {
+            continue;
+        };
+        if !wanted.contains(&img.manifest_digest().to_string().as_str()) {
+            continue;
+        }
+        for layer in img.layers() {
+            for kid in veil_image::crypt::kbs::key_ids_of(layer) {
+                out.insert(kid.path());
+            }
+        }
+    }
+    out
+}
 
 /// Files of the embedded KBS.
 pub struct LocalKbsPaths {
@@ -99,12 +152,33 @@ impl LocalKbs {
         let policies = client
             .get_resource_policies()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if policies.as_array().is_none_or(|a| a.is_empty()) {
+        let stale = policies.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|p| p["scope"] == "" && p["policy"] == OLD_DEV_POLICY)
+        });
+        if stale || policies.as_array().is_none_or(|a| a.is_empty()) {
             client
                 .set_resource_policy(None, DEV_POLICY)
                 .map_err(|e| anyhow::anyhow!("setting the embedded KBS resource policy: {e}"))?;
         }
         Ok(kbs)
+    }
+
+    /// Serve one sandbox only: release nothing but `resources`, and only to
+    /// a token carrying init-data digest `init_data_hex`.
+    pub fn pin(
+        &self,
+        label: &str,
+        init_data_hex: &str,
+        resources: std::collections::BTreeSet<String>,
+    ) {
+        self.server
+            .state
+            .set_release_pin(Some(veil_kbs::pin::ReleasePin {
+                label: label.to_string(),
+                init_data_hex: init_data_hex.to_string(),
+                resources,
+            }));
     }
 
     /// Base URL.

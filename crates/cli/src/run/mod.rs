@@ -152,10 +152,24 @@ pub enum SecretCommand {
     Rm { path: String },
 }
 
+/// veil's data dir, private to its owner: run records, workload output,
+/// init-data, agent logs, the embedded KBS. Everything the run commands
+/// create from here on is 0700/0600 (umask 077); a data dir left open by an
+/// older veil is closed (0700).
 fn data_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let d = veil_runtime::paths::data_dir();
-    std::fs::create_dir_all(&d)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&d)
         .with_context(|| format!("creating veil's data dir {}", d.display()))?;
+    let meta = std::fs::metadata(&d).with_context(|| format!("{}", d.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making veil's data dir {} private (0700)", d.display()))?;
+    }
     Ok(d)
 }
 
@@ -596,6 +610,15 @@ fn run_sandbox(
     let digest = ParsedInitData::parse(&w.init_data)
         .map_err(|e| anyhow!("{e}"))?
         .digest();
+    if let Some(l) = &local {
+        // The embedded KBS serves this sandbox only: its init-data digest,
+        // and only the secrets and image keys it names.
+        l.pin(
+            &format!("sandbox {}", rec.id),
+            &digest.hex(),
+            local_kbs::named_resources(&w.init_data, &w.layout, &w.policy),
+        );
+    }
     if w.generated {
         say(
             quiet,

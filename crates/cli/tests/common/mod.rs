@@ -136,3 +136,146 @@ pub fn wait_for_exit(child: &mut std::process::Child, secs: u64) -> std::process
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// The host-impersonation attack of issue #13, as an attacker on the host
+/// would run it against a running sandbox's KBS: `/auth` for a nonce, the
+/// RCAR binding bytes built for the attacker's *own* key, evidence over
+/// exactly those bytes obtained from the agent through `evidence_for`
+/// (the host's `get_evidence`, or a workload's `/aa/evidence`), then
+/// `/attest` with the sandbox's (public) init-data. Returns the KBS's answer
+/// to `/attest`: `Ok(token)` means the attack worked.
+pub fn impersonate_tee_to_kbs(
+    kbs_url: &str,
+    init_data_toml: &str,
+    mut evidence_for: impl FnMut(&[u8]) -> serde_json::Value,
+) -> Result<String, String> {
+    use veil_kbs_client::binding;
+    use veil_kbs_client::protocol::{
+        Attestation, Challenge, CompositeEvidence, InitData, RuntimeData,
+    };
+    let mut cfg = veil_kbs_client::ClientConfig::new(kbs_url.to_string());
+    cfg.allow_http = true;
+    let http = veil_kbs_client::http::Http::new(&cfg).unwrap();
+    let auth = serde_json::json!({"version": "0.4.0", "tee": "sim", "extra-params": ""});
+    let resp = http
+        .send(
+            "POST",
+            "/kbs/v0/auth",
+            &[],
+            Some(("application/json", auth.to_string().as_bytes())),
+        )
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", text(&resp.body));
+    let cookie = resp
+        .set_cookies
+        .iter()
+        .find_map(|c| {
+            c.split(';')
+                .next()
+                .filter(|c| c.starts_with("kbs-session-id="))
+        })
+        .expect("a session cookie")
+        .to_string();
+    let challenge: Challenge = serde_json::from_slice(&resp.body).unwrap();
+    // The attacker's own key: whatever the KBS releases is encrypted to it.
+    let mine = veil_kbs_client::TeeKeyPair::generate(veil_kbs_client::KeyType::EcP256).unwrap();
+    let pubkey = mine.public_jwk();
+    let jcs = binding::canonical_json(&binding::runtime_data_object(
+        &challenge.nonce,
+        &pubkey,
+        Some(""),
+    ));
+    let evidence = evidence_for(&jcs);
+    let att = Attestation {
+        init_data: Some(InitData {
+            format: "toml".into(),
+            body: init_data_toml.to_string(),
+        }),
+        runtime_data: RuntimeData {
+            nonce: challenge.nonce,
+            tee_pubkey: pubkey,
+        },
+        tee_evidence: CompositeEvidence {
+            primary_evidence: evidence,
+            additional_evidence: String::new(),
+        },
+    };
+    let resp = http
+        .send(
+            "POST",
+            "/kbs/v0/attest",
+            &[("cookie", &cookie)],
+            Some(("application/json", &serde_json::to_vec(&att).unwrap())),
+        )
+        .unwrap();
+    if resp.status == 200 {
+        Ok(text(&resp.body))
+    } else {
+        Err(format!("{} {}", resp.status, text(&resp.body)))
+    }
+}
+
+/// Evidence from a running sandbox's agent over `runtime_data`, asked the way
+/// the host asks (`get_evidence` on the agent socket).
+pub fn host_get_evidence(socket: &std::path::Path, runtime_data: &[u8]) -> serde_json::Value {
+    let mut c = veil_runtime::AgentClient::connect(socket, std::time::Duration::from_secs(30))
+        .expect("connecting to the agent");
+    let ev: veil_agent::proto::GetEvidenceResult = c
+        .call_typed(veil_agent_api::AgentRequest::GetEvidence(
+            veil_agent_api::GetEvidenceRequest {
+                runtime_data: veil_agent_api::Bytes(runtime_data.to_vec()),
+            },
+        ))
+        .expect("get_evidence is allowed by the generated policy");
+    ev.evidence
+}
+
+/// `GET path` on a workload local API socket (`/run/veil/api.sock` inside the
+/// containers; `<sandbox>/guest/api.sock` on the host in the process
+/// sandbox): (status, body).
+pub fn local_api_get(socket: &std::path::Path, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("the local API socket");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: veil\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response head");
+    let status = text(&resp[..end])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (status, resp[end + 4..].to_vec())
+}
+
+/// Percent-encode every byte but unreserved ones (for a query value).
+pub fn percent_encode(b: &[u8]) -> String {
+    b.iter()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || b"-._~".contains(c) {
+                (*c as char).to_string()
+            } else {
+                format!("%{c:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Run `veil run -d` with extra args; returns the sandbox id.
+pub fn run_detached(env: &Env, args: &[&str]) -> String {
+    let out = ok(env.veil().arg("run").arg("-d").args(args).output().unwrap());
+    let id = text(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 12, "{}", text(&out.stdout));
+    id
+}
+
+/// The record of sandbox `id`.
+pub fn record_of(env: &Env, id: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(env.data().join("run").join(id).join("record.json")).unwrap(),
+    )
+    .unwrap()
+}

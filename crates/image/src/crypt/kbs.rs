@@ -93,6 +93,23 @@ impl std::fmt::Display for ResourceUri {
     }
 }
 
+/// The KBS resources named as key-encryption keys by a layer's
+/// `attestation-agent` annotation (what a guest will ask the KBS for to
+/// decrypt it). Malformed entries are skipped: decryption refuses them.
+pub fn key_ids_of(layer: &crate::spec::Descriptor) -> Vec<ResourceUri> {
+    let Some(value) = layer.annotations.get(ANNOTATION_PROVIDER_AA) else {
+        return Vec::new();
+    };
+    value
+        .split(',')
+        .take(64)
+        .filter_map(|part| B64.decode(part.trim()).ok())
+        .filter(|blob| blob.len() <= MAX_PACKET_BYTES)
+        .filter_map(|blob| serde_json::from_slice::<AnnotationPacket>(&blob).ok())
+        .filter_map(|p| ResourceUri::parse(&p.kid).ok())
+        .collect()
+}
+
 /// Where key-encryption keys come from (the KBS, or a local file).
 pub trait KekSource {
     /// The 32-byte KEK stored at `kid`.

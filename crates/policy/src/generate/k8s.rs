@@ -1172,6 +1172,7 @@ pub(crate) fn pod_policy(
             allow_get_evidence: settings.sandbox.allow_get_evidence,
             allow_stats: settings.sandbox.allow_stats,
             update_config: settings.sandbox.update_config.clone(),
+            unpack_limits: settings.sandbox.unpack_limits.clone(),
         },
         containers,
         platform_env: settings.platform_env.clone(),

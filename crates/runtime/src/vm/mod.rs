@@ -415,12 +415,8 @@ impl VmSandbox {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some(fd) = keep_fd {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
+                // Only stdio and the guest channel reach QEMU.
+                veil_agent::fds::cloexec_all_but(keep_fd)
             });
         }
         let t0 = Instant::now();

@@ -62,7 +62,10 @@ fn host_and_workload_evidence_never_unlocks_the_kbs() {
         ev
     });
     let e = r.expect_err("the KBS issued a token for the host's own key");
-    assert!(e.contains("report_data"), "{e}");
+    assert!(
+        e.contains("report_data") && e.contains("caller-supplied runtime data"),
+        "{e}"
+    );
     // The evidence itself is genuine sim evidence, over the tagged binding.
     let platform =
         veil_runtime::SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&env.data()))
@@ -83,7 +86,10 @@ fn host_and_workload_evidence_never_unlocks_the_kbs() {
         v["evidence"].clone()
     });
     let e = r.expect_err("the KBS issued a token for a workload's own key");
-    assert!(e.contains("report_data"), "{e}");
+    assert!(
+        e.contains("report_data") && e.contains("caller-supplied runtime data"),
+        "{e}"
+    );
 
     // The genuine agent still gets the secret (the fix broke nothing).
     let (status, body) = local_api_get(&api, "/cdh/resource/default/secret/api-key");

@@ -612,7 +612,10 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
     let socket = PathBuf::from(rec["socket"].as_str().unwrap());
     let r = impersonate_tee_to_kbs(&kbs, &init, |rd| host_get_evidence(&socket, rd));
     let e = r.expect_err("the KBS issued a token for the host's own key");
-    assert!(e.contains("report_data"), "{e}");
+    assert!(
+        e.contains("report_data") && e.contains("caller-supplied runtime data"),
+        "{e}"
+    );
     ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
     nothing_left(&env);
 }

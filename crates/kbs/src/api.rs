@@ -341,6 +341,22 @@ async fn attest_inner(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Re
 
 type AttestOk = (String, (String, String, serde_json::Value));
 
+/// The tail veil's agent puts in REPORT_DATA when it produces evidence over
+/// caller-supplied runtime data (the host's `get_evidence`, a workload's
+/// `/aa/evidence`): `veil_agent::proto::USER_REPORT_DATA_TAG`.
+const USER_REPORT_DATA_TAG_HEX: &str = "5645494c3a55534552444154413a7631";
+
+/// Say so when a binding mismatch is evidence made for caller-supplied data.
+fn explain_user_report_data(e: String) -> String {
+    if e.contains("report_data") && e.contains(USER_REPORT_DATA_TAG_HEX) {
+        format!(
+            "{e} (this evidence was produced for caller-supplied runtime data, by the agent's get_evidence or a workload's /aa/evidence: it never binds a KBS session)"
+        )
+    } else {
+        e
+    }
+}
+
 /// Verify an attestation for a consumed session; returns the token and the
 /// audit subject / reason / details.
 fn appraise_attestation(
@@ -421,7 +437,7 @@ fn appraise_attestation(
             st.cfg.sim_root.clone(),
             now,
         )
-        .map_err(|e| fail(KbsError::AttestationError(e)))?,
+        .map_err(|e| fail(KbsError::AttestationError(explain_user_report_data(e))))?,
     };
     let init_hex = match &init {
         Some(i) => hex::encode(&i.digest),

@@ -282,3 +282,73 @@ fn workload_b_cannot_read_workload_a_secret_or_image_key() {
         ok(env.veil().args(["rm", "-f", id]).output().unwrap());
     }
 }
+
+/// Finding 2, through `veil run`: a layer with `evil -> <host file>` and a
+/// hard link `evil2 -> evil` owned by 65534 made the agent (root on the
+/// host in the process sandbox) chown the host file. Now the host file
+/// keeps its owner and mode, whatever the run's outcome.
+#[test]
+fn malicious_layer_through_veil_run_leaves_host_files_untouched() {
+    let env = Env::new();
+    let victim = env.dir.path().join("victim");
+    std::fs::write(&victim, "host file").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let before = std::fs::metadata(&victim).unwrap();
+
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_path("evil").unwrap();
+    h.set_link_name(&victim).unwrap();
+    h.set_mode(0o777);
+    h.set_size(0);
+    h.set_cksum();
+    t.append(&h, std::io::empty()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_path("evil2").unwrap();
+    h.set_link_name("evil").unwrap();
+    h.set_uid(65534);
+    h.set_gid(65534);
+    h.set_mode(0o4777);
+    h.set_size(0);
+    h.set_cksum();
+    t.append(&h, std::io::empty()).unwrap();
+    let layer = t.into_inner().unwrap();
+
+    let layout = env.layout();
+    let root = env.dir.path().join("src");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    let mut b = veil_image::builder::ImageBuilder::new(&layout);
+    b.config(veil_image::spec::ContainerConfig {
+        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+        cmd: Some(vec!["echo ran".into()]),
+        env: Some(vec!["PATH=/bin".into()]),
+        working_dir: Some("/".into()),
+        ..Default::default()
+    });
+    b.add_layer_dir(&root, veil_image::spec::Compression::Gzip)
+        .unwrap();
+    b.add_layer_tar(&mut layer.as_slice(), veil_image::spec::Compression::None)
+        .unwrap();
+    b.finish("evil:1").unwrap();
+
+    let out = env
+        .veil()
+        .args(["run", &format!("oci:{}:evil:1", layout.root().display())])
+        .output()
+        .unwrap();
+    let after = std::fs::metadata(&victim).unwrap();
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode()),
+        "the host file changed owner or mode; veil run said:\n{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file");
+    // Refused, naming the entry.
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("evil2"), "{}", text(&out.stderr));
+}

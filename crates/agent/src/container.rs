@@ -69,6 +69,8 @@ pub struct ManagerConfig {
     pub seccomp: bool,
     /// The image signature trust policy init-data names, if any.
     pub image_trust: Option<crate::kbs::ImageTrust>,
+    /// Bounds on unpacking each image (from the policy).
+    pub unpack_limits: veil_image::unpack::UnpackLimits,
 }
 
 /// All containers of the sandbox.
@@ -237,6 +239,7 @@ impl Manager {
             &rootfs,
             self.kbs.as_ref(),
             self.cfg.image_trust.as_ref(),
+            &self.cfg.unpack_limits,
         ) {
             Ok(s) => s,
             Err(e) => {

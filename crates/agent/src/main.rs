@@ -304,14 +304,17 @@ fn run(a: ServeArgs) -> Result<(), String> {
         tracing::warn!(digest = %booted.digest, "init-data loaded without a TEE: its policy is enforced, but nothing binds it to the launch");
     }
 
-    // The agent's private tmpfs: unpacked images, secrets, sockets.
+    // The agent's private tmpfs: unpacked images, secrets, sockets; sized
+    // to the policy's unpack limits, so no image fills the memory.
+    let unpack_limits = veil_agent::pull::unpack_limits(&booted.engine.data().sandbox.unpack_limits);
+    let tmpfs_size = veil_agent::pull::tmpfs_bytes(&unpack_limits, booted.engine.data().containers.len());
     nix::mount::mount(
         Some("tmpfs"),
         &a.guest_root,
         Some("tmpfs"),
         // nodev; not nosuid: image rootfs live here and may hold setuid programs.
         nix::mount::MsFlags::MS_NODEV,
-        Some("mode=0711"),
+        Some(format!("mode=0711,size={tmpfs_size}").as_str()),
     )
     .map_err(|e| {
         format!(
@@ -401,6 +404,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
             oci_layout: a.oci_layout.clone(),
             seccomp: a.seccomp,
             image_trust: veil_agent::kbs::image_trust_of(&booted.init_data)?,
+            unpack_limits,
         },
         kbs,
     ));

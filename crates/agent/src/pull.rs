@@ -133,14 +133,43 @@ pub fn check_signatures(
     Ok(format!("{} ({})", ok.scope, ok.reasons.join("; ")))
 }
 
+/// The unpack limits of a policy: the owner's bounds (measured with
+/// init-data, so the host cannot raise them) over veil-image's defaults.
+pub fn unpack_limits(b: &veil_policy::model::UnpackBounds) -> UnpackLimits {
+    let d = UnpackLimits::default();
+    UnpackLimits {
+        max_bytes: b.max_bytes.unwrap_or(d.max_bytes),
+        max_entries: b.max_entries.unwrap_or(d.max_entries),
+        max_ratio: b.max_ratio.unwrap_or(d.max_ratio),
+        ratio_floor_bytes: b.ratio_floor_bytes.unwrap_or(d.ratio_floor_bytes),
+        max_file_bytes: b.max_file_bytes.unwrap_or(d.max_file_bytes),
+        allow_devices: d.allow_devices,
+    }
+}
+
+/// Room on the agent's tmpfs beyond the images: secrets, sockets, launch specs.
+pub const TMPFS_HEADROOM_BYTES: u64 = 256 << 20;
+
+/// `size=` of the agent's tmpfs: every container's image at its limit, plus
+/// headroom. A bomb that passes every per-image check still cannot fill
+/// more memory than this.
+pub fn tmpfs_bytes(limits: &UnpackLimits, containers: usize) -> u64 {
+    limits
+        .max_bytes
+        .saturating_mul(containers.max(1) as u64)
+        .saturating_add(TMPFS_HEADROOM_BYTES)
+}
+
 /// Pull `want` from the layout at `layout_dir` into `rootfs` (which must
-/// not exist), checking signatures first when `trust` is given.
+/// not exist), checking signatures first when `trust` is given, within
+/// `limits`.
 pub fn pull(
     layout_dir: &Path,
     want: &ImageRef,
     rootfs: &Path,
     kbs: Option<&Arc<Kbs>>,
     trust: Option<&ImageTrust>,
+    limits: &UnpackLimits,
 ) -> Result<PullStats, String> {
     let start = Instant::now();
     let layout = OciLayout::open(layout_dir)
@@ -163,7 +192,7 @@ pub fn pull(
     let unwrapper = kbs.map(|k| KbsUnwrapper::new(KbsKeks(k.clone())));
     let unwrappers: Vec<&dyn KeyUnwrapper> =
         unwrapper.iter().map(|u| u as &dyn KeyUnwrapper).collect();
-    let stats = unpack_image(&layout, &img, rootfs, &unwrappers, &UnpackLimits::default())
+    let stats = unpack_image(&layout, &img, rootfs, &unwrappers, limits)
         .map_err(|e| format!("unpacking {}: {e}", want.reference))?;
     Ok(PullStats {
         digest: img.manifest_digest().to_string(),

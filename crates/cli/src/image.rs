@@ -140,6 +140,9 @@ pub struct UnpackArgs {
     /// Skip device nodes and FIFOs instead of refusing the image.
     #[arg(long)]
     pub allow_devices: bool,
+    /// Bounds on what the image may unpack to (decompression bombs).
+    #[command(flatten)]
+    pub limits: crate::limits::UnpackArgs,
 }
 
 /// Arguments of `veil image encrypt`.
@@ -597,7 +600,7 @@ fn unpack(a: UnpackArgs) -> Result<ExitCode> {
     let refs: Vec<&dyn KeyUnwrapper> = unwrappers.iter().map(|u| u.as_ref()).collect();
     let limits = UnpackLimits {
         allow_devices: a.allow_devices,
-        ..UnpackLimits::default()
+        ..a.limits.limits()
     };
     let stats = checked!(unpack::unpack_image(
         &layout, &img, &a.rootfs, &refs, &limits

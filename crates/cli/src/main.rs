@@ -11,6 +11,7 @@ mod bench;
 mod guest;
 mod image;
 mod kbs;
+mod limits;
 mod measure;
 mod output;
 mod policy;

@@ -82,6 +82,9 @@ pub struct RunArgs {
     /// Sandbox and TEE (`--sandbox vm --tee sim|snp|tdx`, see docs/vm.md).
     #[command(flatten)]
     pub vm: vm::VmArgs,
+    /// Bounds on unpacking the images in the guest (into the generated policy).
+    #[command(flatten)]
+    pub unpack: crate::limits::UnpackArgs,
     /// Internal: run as the detached monitor of sandbox ID.
     #[arg(long, hide = true)]
     pub monitor: Option<String>,
@@ -305,6 +308,11 @@ fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
                 "--secret only works with a generated policy: with --init-data, the secrets are the credentials its cdh.toml lists"
             );
         }
+        if a.unpack.any() {
+            bail!(
+                "--max-image-* only work with a generated policy: with --init-data, the unpack limits are the policy's (set [sandbox.unpack_limits] in the settings when generating it)"
+            );
+        }
         let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
         let parsed = ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{}: {e}", f.display()))?;
         let policy = veil_policy::rego::extract_policy_data(
@@ -332,7 +340,8 @@ fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
     }
     let resolver =
         veil_policy::generate::LayoutResolver::open(&layout).map_err(|e| anyhow!("{e}"))?;
-    let settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
+    let mut settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
+    settings.sandbox.unpack_limits = a.unpack.bounds();
     let g = veil_policy::generate::generate(&[pod_yaml.as_str()], &resolver, &settings)
         .map_err(|e| anyhow!("generating the policy: {e}"))?;
     let w = g

@@ -1,7 +1,7 @@
 //! `veil attest …`: verify evidence offline; produce sim evidence.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
@@ -10,7 +10,7 @@ use veil_attest::sim::{SimPlatformKey, SimReportBody, SimRootKey, SimTcb};
 use veil_attest::snp::{CertSource, Product, TcbVersion};
 use veil_attest::{Claims, Context, Error, Expectations, Tee};
 
-use crate::output::{self, read_limited};
+use crate::output::{self, Access, Existing, read_limited};
 
 /// Attestation evidence: verify it offline, or produce simulated evidence.
 #[derive(Subcommand)]
@@ -336,36 +336,20 @@ fn az_tdx_vtpm(
     Ok(claims.and_then(|c| ctx.expectations.check(&c).map(|()| c)))
 }
 
-fn write_new(path: &Path, bytes: &[u8], private: bool, force: bool) -> Result<()> {
-    use std::io::Write;
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true);
-    if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
-    }
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("creating {} (use --force to overwrite)", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
 fn sim_keygen(a: SimKeygenArgs) -> Result<ExitCode> {
     let key = SimPlatformKey::generate();
     let root = key.root().to_pem()?;
-    write_new(&a.key, key.to_pem()?.as_bytes(), true, a.force)?;
-    if let Err(e) = write_new(&a.root, root.as_bytes(), false, a.force) {
-        let _ = fs::remove_file(&a.key);
-        return Err(e);
-    }
+    let existing = if a.force {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    };
+    // Both staged before either is in place: no key without its root.
+    let private = key.to_pem()?;
+    let k = output::stage(&a.key, private.as_bytes(), Access::OwnerOnly, existing)?;
+    let r = output::stage(&a.root, root.as_bytes(), Access::Public, existing)?;
+    k.commit()?;
+    r.commit()?;
     eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
     println!("sim platform key: {}", a.key.display());
     println!("sim root (trust this in verifiers): {}", a.root.display());

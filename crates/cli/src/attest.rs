@@ -1,7 +1,7 @@
 //! `veil attest …`: verify evidence offline; produce sim evidence.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
@@ -10,15 +10,19 @@ use veil_attest::sim::{SimPlatformKey, SimReportBody, SimRootKey, SimTcb};
 use veil_attest::snp::{CertSource, Product, TcbVersion};
 use veil_attest::{Claims, Context, Error, Expectations, Tee};
 
-use crate::output::{self, read_limited};
+use crate::output::{self, Access, Existing, read_limited};
 
 /// Attestation evidence: verify it offline, or produce simulated evidence.
 #[derive(Subcommand)]
 pub enum AttestCommand {
     /// Verify evidence against pinned vendor roots and print the claims.
     ///
-    /// Exit status: 0 verified, 1 refused (the message names the failed check
-    /// with expected and actual values), 2 malformed input.
+    /// Exit status: 0 verified; 1 refused (the message names the failed check
+    /// with expected and actual values); 2 malformed input or usage error;
+    /// 3 parsed but NOT verified (`--no-collateral`: nothing vouches for the
+    /// claims). Only 0 means the evidence is genuine. With `--json`, stdout
+    /// carries one JSON object in every case 0-3 except usage errors, with
+    /// `"verified"` true only for 0.
     Verify(VerifyArgs),
     /// Create a sim platform key pair (private key + public root).
     SimKeygen(SimKeygenArgs),
@@ -76,7 +80,8 @@ pub struct VerifyArgs {
     /// An accepted non-UpToDate status is shown in the output.
     #[arg(long = "accept-tcb-status", value_name = "STATUS")]
     pub accept_tcb_status: Vec<veil_attest::dcap::TcbStatus>,
-    /// TDX/SGX: only parse the quote; its signature chain is NOT verified (the output says so).
+    /// TDX/SGX/az-tdx-vtpm: only parse the (TD) quote; its signature chain is
+    /// NOT verified: the output says so and the exit status is 3, not 0.
     #[arg(long)]
     pub no_collateral: bool,
     /// tpm: a trusted attestation key (PEM/DER SubjectPublicKeyInfo or TPM2B_PUBLIC); repeatable.
@@ -232,51 +237,124 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     if a.tee == Tee::Sim {
         eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
     }
-    let result = if a.tee == Tee::AzTdxVtpm {
-        az_tdx_vtpm(&a, &evidence, &ctx)?
+    let (result, checked) = if a.tee == Tee::AzTdxVtpm {
+        (
+            az_tdx_vtpm(&a, &evidence, &ctx)?,
+            Checked::from_flag(a.no_collateral),
+        )
     } else {
-        veil_attest::verify(a.tee, &evidence, &ctx)
+        (
+            veil_attest::verify(a.tee, &evidence, &ctx),
+            Checked::Verified,
+        )
     };
-    report(result, a.json, print_summary)
+    report(result, checked, a.json, print_summary)
 }
 
-/// Print verified claims (as JSON, or with `summary`) and exit 0; a refusal
-/// exits 1, malformed evidence 2, each with its message.
-pub fn report(
-    result: std::result::Result<Claims, Error>,
-    json: bool,
-    summary: fn(&Claims),
-) -> Result<ExitCode> {
-    match result {
-        Ok(claims) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&claims)?);
-            } else {
-                summary(&claims);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e @ Error::Refused(_)) => {
-            eprintln!("veil: refused: {e}");
-            Ok(ExitCode::from(1))
-        }
-        Err(e) => {
-            eprintln!("veil: {e}");
-            Ok(ExitCode::from(2))
+/// How far `veil attest verify` checked evidence that was not refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// Signatures checked up to a pinned root: exit 0.
+    Verified,
+    /// Only parsed (`--no-collateral`): nothing vouches for the claims, exit 3.
+    ParsedOnly,
+}
+
+impl Checked {
+    /// `ParsedOnly` when `--no-collateral` was given.
+    pub fn from_flag(no_collateral: bool) -> Self {
+        if no_collateral {
+            Checked::ParsedOnly
+        } else {
+            Checked::Verified
         }
     }
 }
 
-fn print_summary(c: &Claims) {
-    let signer = match c.tee {
-        Tee::Sim => "sim platform key (NOT hardware)".to_string(),
-        _ => format!(
-            "{} ({})",
-            c.platform.signer.to_uppercase(),
-            c.platform.product
-        ),
-    };
-    println!("verified: {} evidence, signed by {signer}", c.tee);
+/// Exit status of evidence that parsed but was not verified.
+pub const EXIT_NOT_VERIFIED: u8 = 3;
+
+/// The headline of evidence that was only parsed.
+pub const NOT_VERIFIED: &str = "NOT VERIFIED (parsed only: --no-collateral)";
+
+/// Print the outcome and return the exit status: claims (as JSON, or with
+/// `summary`) and 0 when verified, 3 when only parsed; a refusal exits 1,
+/// malformed evidence 2, each with its message on stderr and, with `json`,
+/// a JSON object on stdout.
+pub fn report(
+    result: std::result::Result<Claims, Error>,
+    checked: Checked,
+    json: bool,
+    summary: fn(&Claims, Checked),
+) -> Result<ExitCode> {
+    match result {
+        Ok(claims) => {
+            // Fail closed: a verifier that says it verified nothing wins.
+            let checked = if claims.platform.signer.eq_ignore_ascii_case("unverified") {
+                Checked::ParsedOnly
+            } else {
+                checked
+            };
+            let verified = checked == Checked::Verified;
+            if json {
+                let mut v = claims.to_json();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("verified".into(), verified.into());
+                    let outcome = if verified { "verified" } else { "parsed-only" };
+                    o.insert("outcome".into(), outcome.into());
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                summary(&claims, checked);
+            }
+            Ok(if verified {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_NOT_VERIFIED)
+            })
+        }
+        Err(e) => {
+            let (code, outcome, prefix) = match &e {
+                Error::Refused(_) => (1, "refused", "refused: "),
+                Error::Malformed { .. } => (2, "malformed", ""),
+            };
+            eprintln!("veil: {prefix}{e}");
+            if json {
+                let mut v = serde_json::json!({
+                    "verified": false,
+                    "outcome": outcome,
+                    "error": e.to_string(),
+                });
+                if let Error::Refused(r) = &e {
+                    v["check"] = r.check.into();
+                    v["reason"] = r.reason.clone().into();
+                    v["expected"] = r.expected.clone().into();
+                    v["actual"] = r.actual.clone().into();
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+fn print_summary(c: &Claims, checked: Checked) {
+    if checked == Checked::ParsedOnly {
+        println!(
+            "{NOT_VERIFIED}: {} evidence; the TD quote's signature chain was not checked",
+            c.tee
+        );
+    } else {
+        let signer = match c.tee {
+            Tee::Sim => "sim platform key (NOT hardware)".to_string(),
+            _ => format!(
+                "{} ({})",
+                c.platform.signer.to_uppercase(),
+                c.platform.product
+            ),
+        };
+        println!("verified: {} evidence, signed by {signer}", c.tee);
+    }
     let tcb: Vec<String> = c.tcb.iter().map(|(k, v)| format!("{k}={v}")).collect();
     output::kv("measurement", &hex::encode(&c.measurement));
     output::kv("report_data", &hex::encode(&c.report_data));
@@ -289,7 +367,7 @@ fn print_summary(c: &Claims) {
             "hardware",
             match c.tee {
                 Tee::Tpm => "not established: trust rests on the given attestation key (--ak)",
-                Tee::AzTdxVtpm => "NOT VERIFIED: TD quote parsed without collateral",
+                Tee::AzTdxVtpm => "NOT VERIFIED (TD quote parsed without collateral)",
                 _ => "NO: simulated TEE",
             },
         );
@@ -336,36 +414,20 @@ fn az_tdx_vtpm(
     Ok(claims.and_then(|c| ctx.expectations.check(&c).map(|()| c)))
 }
 
-fn write_new(path: &Path, bytes: &[u8], private: bool, force: bool) -> Result<()> {
-    use std::io::Write;
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true);
-    if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
-    }
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("creating {} (use --force to overwrite)", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
 fn sim_keygen(a: SimKeygenArgs) -> Result<ExitCode> {
     let key = SimPlatformKey::generate();
     let root = key.root().to_pem()?;
-    write_new(&a.key, key.to_pem()?.as_bytes(), true, a.force)?;
-    if let Err(e) = write_new(&a.root, root.as_bytes(), false, a.force) {
-        let _ = fs::remove_file(&a.key);
-        return Err(e);
-    }
+    let existing = if a.force {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    };
+    // Both staged before either is in place: no key without its root.
+    let private = key.to_pem()?;
+    let k = output::stage(&a.key, private.as_bytes(), Access::OwnerOnly, existing)?;
+    let r = output::stage(&a.root, root.as_bytes(), Access::Public, existing)?;
+    k.commit()?;
+    r.commit()?;
     eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
     println!("sim platform key: {}", a.key.display());
     println!("sim root (trust this in verifiers): {}", a.root.display());

@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use veil_attest::dcap::{self, Collateral, TcbPolicy, TcbStatus};
 use veil_attest::{Claims, Expectations, Tee};
 
+use crate::attest::{Checked, NOT_VERIFIED};
 use crate::output::{self, read_limited};
 
 /// Read `--collateral`: a JSON document, or a directory of raw PCS files.
@@ -50,7 +51,7 @@ pub struct DcapArgs<'a> {
 }
 
 /// Verify (or with `--no-collateral` only parse) a TDX/SGX quote.
-/// Exit 0 ok, 1 refused, 2 malformed.
+/// Exit 0 verified, 1 refused, 2 malformed, 3 only parsed.
 pub fn verify(a: DcapArgs<'_>) -> Result<ExitCode> {
     let result = if a.no_collateral {
         if a.collateral.is_some() {
@@ -89,6 +90,7 @@ pub fn verify(a: DcapArgs<'_>) -> Result<ExitCode> {
     };
     crate::attest::report(
         result.and_then(|c| a.expectations.check(&c).map(|()| c)),
+        Checked::from_flag(a.no_collateral),
         a.json,
         print_summary,
     )
@@ -104,8 +106,8 @@ pub fn tcb_policy(allow_debug: bool, accept: &[TcbStatus]) -> Result<TcbPolicy> 
     .map_err(|e| anyhow::anyhow!("--accept-tcb-status: {e}"))
 }
 
-fn print_summary(c: &Claims) {
-    let verified = c.raw["signature_verified"] == true;
+fn print_summary(c: &Claims, checked: Checked) {
+    let verified = checked == Checked::Verified && c.raw["signature_verified"] == true;
     if verified {
         println!(
             "verified: {} evidence, signed by PCK ({} platform {})",
@@ -115,7 +117,7 @@ fn print_summary(c: &Claims) {
         );
     } else {
         println!(
-            "NOT VERIFIED: {} quote parsed without collateral; signature chain not checked",
+            "{NOT_VERIFIED}: {} quote; its signature chain was not checked",
             c.tee
         );
     }

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use veil_kbs_client::admin::{AdminClient, AdminKey};
 use veil_kbs_client::{ClientConfig, ClientError, KbsClient, KeyType, ResourcePath, TeeKeyPair};
 use zeroize::Zeroizing;
 
-use crate::output;
+use crate::output::{self, Access, Existing};
 
 /// Key broker service: serve, administer, fetch resources.
 #[derive(Subcommand)]
@@ -337,17 +337,6 @@ pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
     }
 }
 
-fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    output::write_atomic(path, bytes)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
-    }
-    Ok(())
-}
-
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     let kek = match &a.kek_file {
         Some(p) => Kek::from_file(p)?,
@@ -425,8 +414,22 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
 
 fn admin_keygen(a: AdminKeygenArgs) -> Result<ExitCode> {
     let k = AdminKey::generate();
-    write_secret_file(&a.key, k.to_pem()?.as_bytes())?;
-    output::write_atomic(&a.public, k.public_pem()?.as_bytes())?;
+    let private = k.to_pem()?;
+    // Both staged before either is in place: no key without its public half.
+    let key = output::stage(
+        &a.key,
+        private.as_bytes(),
+        Access::OwnerOnly,
+        Existing::Replace,
+    )?;
+    let public = output::stage(
+        &a.public,
+        k.public_pem()?.as_bytes(),
+        Access::Public,
+        Existing::Replace,
+    )?;
+    key.commit()?;
+    public.commit()?;
     println!("admin private key: {} (keep it secret)", a.key.display());
     println!(
         "admin public key:  {} (give it to `veil kbs serve --admin-pubkey`)",
@@ -437,7 +440,7 @@ fn admin_keygen(a: AdminKeygenArgs) -> Result<ExitCode> {
 
 fn kek_generate(a: KekGenerateArgs) -> Result<ExitCode> {
     let hex = Kek::generate_hex();
-    write_secret_file(&a.out, hex.as_bytes())?;
+    output::write_secret(&a.out, hex.as_bytes())?;
     let id = Kek::from_bytes(hex.as_bytes())?;
     println!("key-encryption key: {} (id {})", a.out.display(), id.id());
     Ok(ExitCode::SUCCESS)
@@ -691,7 +694,7 @@ fn get_resource(a: GetResourceArgs) -> Result<ExitCode> {
     let value = client.get_resource(&path)?;
     match &a.out {
         Some(out) => {
-            write_secret_file(out, &value)?;
+            output::write_secret(out, &value)?;
             eprintln!("wrote {} bytes of {path} to {}", value.len(), out.display());
         }
         None => {

@@ -4,8 +4,6 @@
 //! 1 different, 2 malformed; the others 0 ok, 2 error. On error nothing is
 //! written.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,7 +20,7 @@ use veil_policy::generate::{
 use veil_policy::initdata::{MAX_INIT_DATA_BYTES, ParsedInitData};
 use veil_policy::settings::{MAX_SETTINGS_BYTES, Settings};
 
-use crate::output::{kv, read_limited};
+use crate::output::{Access, Existing, kv, read_limited, stage};
 
 /// Workload policies: generate from Kubernetes YAML, digest, check requests, diff.
 #[derive(Subcommand)]
@@ -126,47 +124,6 @@ fn load_init_data(path: &Path) -> Result<ParsedInitData> {
     ParsedInitData::parse(&bytes).with_context(|| format!("{}", path.display()))
 }
 
-/// Files staged next to their targets, renamed into place only when all are ready.
-struct Staged(Vec<(PathBuf, PathBuf)>);
-
-impl Staged {
-    fn stage(&mut self, target: &Path, bytes: &[u8]) -> Result<()> {
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .context("output path has no file name")?;
-        let tmp = dir.join(format!(".{name}.veil-tmp-{}", std::process::id()));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        self.0.push((tmp.clone(), target.to_path_buf()));
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))
-    }
-
-    fn commit(mut self) -> Result<()> {
-        for (tmp, target) in std::mem::take(&mut self.0) {
-            fs::rename(&tmp, &target).with_context(|| format!("writing {}", target.display()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        for (tmp, _) in &self.0 {
-            let _ = fs::remove_file(tmp);
-        }
-    }
-}
-
 fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
     let settings = match &a.settings {
         Some(p) => Settings::from_toml(&read_text(p, "settings", MAX_SETTINGS_BYTES)?)
@@ -210,14 +167,23 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
                 .join(", ")
         );
     }
-    let mut staged = Staged(Vec::new());
+    // Both files are staged before either is put in place.
+    let mut staged = Vec::new();
     if let Some(p) = &a.output {
-        staged.stage(p, g.output_yaml.as_bytes())?;
+        staged.push(stage(
+            p,
+            g.output_yaml.as_bytes(),
+            Access::Public,
+            Existing::Replace,
+        )?);
     }
     if let Some(p) = &a.init_data {
-        staged.stage(p, g.workloads[0].init_data_toml.as_bytes())?;
+        let toml = g.workloads[0].init_data_toml.as_bytes();
+        staged.push(stage(p, toml, Access::Public, Existing::Replace)?);
     }
-    staged.commit()?;
+    for s in staged {
+        s.commit()?;
+    }
     // The report goes to stdout when the YAML went to a file, else to stderr.
     let mut report = String::new();
     for w in &g.workloads {

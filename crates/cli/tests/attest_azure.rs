@@ -1,5 +1,6 @@
 //! `veil attest verify --tee az-snp-vtpm | az-tdx-vtpm | tpm` from the
-//! command line: exit codes (0 verified, 1 refused, 2 malformed) and the
+//! command line: exit codes (0 verified, 1 refused, 2 malformed, 3 parsed
+//! only) and the
 //! messages users see, on the real Azure fixtures.
 
 use assert_cmd::Command;
@@ -124,14 +125,41 @@ fn azure_tdx_vtpm_needs_collateral_or_says_it_did_not_verify() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("needs --collateral"));
-    verify("az-tdx-vtpm", &fx("azure-tdx-vtpm/evidence-v0.json"))
+    // The vTPM part checks out, the TD quote is only parsed: exit 3, and
+    // nothing says "verified".
+    for v in 0..=1 {
+        let out = verify(
+            "az-tdx-vtpm",
+            &fx(&format!("azure-tdx-vtpm/evidence-v{v}.json")),
+        )
         .args(["--no-collateral", "--report-data", "6368616c6c656e6765"])
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("TD quote is only parsed"))
-        .stdout(predicate::str::contains(
-            "NOT VERIFIED: TD quote parsed without collateral",
-        ));
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+        assert!(stderr.contains("TD quote is only parsed"), "{stderr}");
+        assert!(
+            stdout.starts_with("NOT VERIFIED (parsed only: --no-collateral): az-tdx-vtpm evidence"),
+            "{stdout}"
+        );
+        for (i, _) in stdout.to_lowercase().match_indices("verified:") {
+            let rest = stdout[i + "verified:".len()..].trim_start();
+            assert!(
+                rest.starts_with("NO ") || rest.starts_with("NOT"),
+                "{stdout}"
+            );
+        }
+        assert!(!stdout.contains("signed by"), "{stdout}");
+    }
+    let out = verify("az-tdx-vtpm", &fx("azure-tdx-vtpm/evidence-v0.json"))
+        .args(["--no-collateral", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["verified"], false);
+    assert_eq!(c["outcome"], "parsed-only");
     // With collateral, the TD quote goes through DCAP (this collateral is
     // for another platform).
     veil()

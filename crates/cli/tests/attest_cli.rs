@@ -1,4 +1,5 @@
-//! `veil attest` from the command line: exit codes and messages users see.
+//! `veil attest` from the command line: exit codes (0 verified, 1 refused,
+//! 2 malformed, 3 parsed only) and messages users see, as text and JSON.
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -105,6 +106,58 @@ fn refusals_exit_1_and_name_the_check() {
         .stderr(predicate::str::contains(
             "certificate SEV-VLEK is not valid at the verification time",
         ));
+}
+
+#[test]
+fn json_refusal_is_json_with_the_failed_check() {
+    // One byte of the signed region (MEASUREMENT at 0x90) flipped.
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = std::fs::read(snp("milan-vcek-report.bin")).unwrap();
+    report[0x90] ^= 1;
+    let tampered = dir.path().join("tampered.bin");
+    std::fs::write(&tampered, &report).unwrap();
+    let out = verify("snp", tampered.to_str().unwrap())
+        .args(["--cert", &snp("milan-vcek.der"), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["verified"], false);
+    assert_eq!(v["outcome"], "refused");
+    assert!(
+        v["check"].as_str().is_some_and(|c| c.starts_with("snp.")),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("signature"), "{v}");
+    // A mismatch carries the expected and the actual value.
+    let out = snp_with_cert("milan-vcek-report.bin", "milan-vcek.der")
+        .args(["--min-tcb", "snp=9", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], false);
+    assert_eq!(v["expected"], ">= 9");
+    assert_eq!(v["actual"], "8");
+    // Malformed evidence: JSON too, exit 2.
+    std::fs::write(&tampered, vec![0xFFu8; 1184]).unwrap();
+    let out = verify("snp", tampered.to_str().unwrap())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], false);
+    assert_eq!(v["outcome"], "malformed");
+    // And a verified report says so in JSON.
+    let out = snp_with_cert("milan-vcek-report.bin", "milan-vcek.der")
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], true);
 }
 
 #[test]

@@ -212,7 +212,7 @@ fn entry_and_byte_limits() {
         matches!(
             err,
             UnpackError::Limit {
-                what: "tar entries",
+                field: "max_entries",
                 ..
             }
         ),
@@ -320,7 +320,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_escape(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let tmp = tempfile::tempdir().unwrap();
-        let _ = apply(tmp.path(), &bytes, &UnpackLimits { max_entries: 100, max_bytes: 1 << 20, allow_devices: false });
+        let _ = apply(tmp.path(), &bytes, &UnpackLimits { max_entries: 100, max_bytes: 1 << 20, ..UnpackLimits::default() });
         assert_contained(tmp.path());
     }
 

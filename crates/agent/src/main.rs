@@ -306,8 +306,10 @@ fn run(a: ServeArgs) -> Result<(), String> {
 
     // The agent's private tmpfs: unpacked images, secrets, sockets; sized
     // to the policy's unpack limits, so no image fills the memory.
-    let unpack_limits = veil_agent::pull::unpack_limits(&booted.engine.data().sandbox.unpack_limits);
-    let tmpfs_size = veil_agent::pull::tmpfs_bytes(&unpack_limits, booted.engine.data().containers.len());
+    let unpack_limits =
+        veil_agent::pull::unpack_limits(&booted.engine.data().sandbox.unpack_limits);
+    let tmpfs_size =
+        veil_agent::pull::tmpfs_bytes(&unpack_limits, booted.engine.data().containers.len());
     nix::mount::mount(
         Some("tmpfs"),
         &a.guest_root,

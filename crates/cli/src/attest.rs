@@ -49,6 +49,12 @@ pub struct VerifyArgs {
     /// Expected report data (hex; zero-padded to the field, e.g. a 48-byte binding digest).
     #[arg(long, value_name = "HEX")]
     pub report_data: Option<String>,
+    /// Evidence from veil's agent over caller-supplied data (`veil inspect`,
+    /// a workload's `/aa/evidence?runtime_data=TEXT`): check that REPORT_DATA
+    /// is SHA-384("veil/user-runtime-data/v1\0" ‖ TEXT) ‖ "VEIL:USERDATA:v1"
+    /// (docs/boundary.md).
+    #[arg(long, value_name = "TEXT", conflicts_with = "report_data")]
+    pub runtime_data: Option<String>,
     /// Expected init-data digest (hex; SNP compares it with HOST_DATA).
     #[arg(long, value_name = "HEX")]
     pub init_data_digest: Option<String>,
@@ -186,6 +192,10 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     };
     if let Some(rd) = &a.report_data {
         expectations.report_data = Some(hex_arg("report-data", rd)?);
+    }
+    if let Some(text) = &a.runtime_data {
+        expectations.report_data =
+            Some(veil_agent::proto::report_data_for(text.as_bytes()).to_vec());
     }
     if let Some(d) = &a.init_data_digest {
         expectations.init_data_digest = Some(hex_arg("init-data-digest", d)?);

@@ -91,6 +91,33 @@ fn host_and_workload_evidence_never_unlocks_the_kbs() {
         "{e}"
     );
 
+    // A third-party verifier checks local-API evidence over its challenge.
+    let (status, body) = local_api_get(&api, "/aa/evidence?runtime_data=peer-challenge-1");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let ev = env.dir.path().join("ev.json");
+    std::fs::write(&ev, v["evidence"].to_string()).unwrap();
+    let root = env.dir.path().join("sim-root.pem");
+    std::fs::write(&root, platform.root().to_pem().unwrap()).unwrap();
+    let verify = |challenge: &str| {
+        env.veil()
+            .args(["attest", "verify", "--tee", "sim", "--evidence"])
+            .arg(&ev)
+            .arg("--sim-root")
+            .arg(&root)
+            .args(["--runtime-data", challenge])
+            .output()
+            .unwrap()
+    };
+    ok(verify("peer-challenge-1"));
+    let out = verify("peer-challenge-2");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("report_data"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // The genuine agent still gets the secret (the fix broke nothing).
     let (status, body) = local_api_get(&api, "/cdh/resource/default/secret/api-key");
     assert_eq!((status, body.as_slice()), (200, &secret[..]));

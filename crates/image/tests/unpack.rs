@@ -736,8 +736,14 @@ fn assert_limit(err: &UnpackError, field: &str) {
         "{err}"
     );
     let msg = err.to_string();
-    let flag = format!("--{}", field.replace('_', "-"));
-    for want in [field, &format!("`unpack_limits.{field}`"), &flag] {
+    let flag = match field {
+        "max_bytes" => "--max-image-size",
+        "max_entries" => "--max-image-entries",
+        "max_ratio" => "--max-image-ratio",
+        "max_file_bytes" => "--max-image-file-size",
+        _ => "[sandbox.unpack_limits]",
+    };
+    for want in [field, &format!("`[sandbox.unpack_limits] {field}`"), flag] {
         assert!(msg.contains(want), "{msg} lacks {want}");
     }
 }

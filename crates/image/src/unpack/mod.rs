@@ -107,8 +107,8 @@ pub enum UnpackError {
     /// A limit of [`UnpackLimits`] was exceeded.
     #[error(
         "layer {layer}: {what}: {actual} exceeds the unpack limit {field} = {limit}{detail}; \
-         raise it with the policy setting `unpack_limits.{field}` or `veil image unpack --{flag}`",
-        flag = .field.replace('_', "-")
+         raise it with the policy setting `[sandbox.unpack_limits] {field}`{flag}",
+        flag = cli_flag(field)
     )]
     Limit {
         /// Layer index.
@@ -142,6 +142,18 @@ pub enum UnpackError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+/// The `veil run` / `veil image unpack` flag that sets a limit, as advice.
+fn cli_flag(field: &str) -> String {
+    let flag = match field {
+        "max_bytes" => "--max-image-size",
+        "max_entries" => "--max-image-entries",
+        "max_ratio" => "--max-image-ratio",
+        "max_file_bytes" => "--max-image-file-size",
+        _ => return String::new(),
+    };
+    format!(" or `{flag}` (veil run with a generated policy, veil image unpack)")
 }
 
 impl UnpackError {

@@ -379,3 +379,64 @@ fn malicious_layer_through_veil_run_leaves_host_files_untouched() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("evil2"), "{}", text(&out.stderr));
 }
+
+/// Finding 7: unpack limits are configurable and reach the guest through the
+/// generated policy (the host cannot raise them: they are measured); a
+/// refusal names the limit and how to raise it; with an owner's init-data
+/// the flags are refused (its policy decides).
+#[test]
+fn unpack_limits_reach_the_guest_and_name_themselves() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo ran");
+    let img = format!("oci:{}:app:1", layout.root().display());
+    for (flag, value, field) in [
+        ("--max-image-size", "64K", "max_bytes"),
+        ("--max-image-entries", "3", "max_entries"),
+    ] {
+        let out = env
+            .veil()
+            .args(["run", flag, value, &img])
+            .output()
+            .unwrap();
+        let e = text(&out.stderr);
+        assert!(!out.status.success(), "{e}");
+        assert!(!text(&out.stdout).contains("ran"));
+        assert!(
+            e.contains(&format!("unpack limit {field}")) && e.contains(flag),
+            "{e}"
+        );
+    }
+    let out = env
+        .veil()
+        .args(["run", "--max-image-size", "12X", &img])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // Within the limits it runs.
+    let out = ok(env
+        .veil()
+        .args(["run", "--max-image-size", "64M", &img])
+        .output()
+        .unwrap());
+    assert!(text(&out.stdout).contains("ran"));
+    // An owner's init-data: its policy decides, the flags are refused.
+    let init = env.dir.path().join("init.toml");
+    let id = run_detached(&env, &[&img]);
+    let rec = record_of(&env, &id);
+    std::fs::copy(rec["init_data_file"].as_str().unwrap(), &init).unwrap();
+    ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
+    let out = env
+        .veil()
+        .args(["run", "--init-data"])
+        .arg(&init)
+        .args(["--max-image-size", "1G", &img])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("only work with a generated policy"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -142,7 +142,7 @@ pub struct UnpackArgs {
     pub allow_devices: bool,
     /// Bounds on what the image may unpack to (decompression bombs).
     #[command(flatten)]
-    pub limits: crate::limits::UnpackArgs,
+    pub limits: crate::limits::ImageLimitArgs,
 }
 
 /// Arguments of `veil image encrypt`.

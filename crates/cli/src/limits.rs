@@ -14,7 +14,7 @@ fn size(s: &str) -> Result<u64, String> {
 /// `--max-image-size`, `--max-image-entries`, `--max-image-ratio`,
 /// `--max-image-file-size`.
 #[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
-pub struct UnpackArgs {
+pub struct ImageLimitArgs {
     /// Most uncompressed bytes one image may unpack to (e.g. 512M, 20G; default 8G).
     #[arg(long, value_name = "SIZE", value_parser = size)]
     pub max_image_size: Option<u64>,
@@ -29,7 +29,7 @@ pub struct UnpackArgs {
     pub max_image_file_size: Option<u64>,
 }
 
-impl UnpackArgs {
+impl ImageLimitArgs {
     /// The bounds as the policy carries them (unset: the guest's defaults).
     pub fn bounds(&self) -> UnpackBounds {
         UnpackBounds {

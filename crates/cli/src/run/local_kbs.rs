@@ -4,8 +4,6 @@
 //! under a key-encryption key kept next to it (`kbs.kek`, mode 0600) and
 //! stored through the admin API with a local admin key (`kbs-admin.key`).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,27 +87,23 @@ impl LocalKbsPaths {
     }
 }
 
+/// Create a secret file of the embedded KBS (its KEK, its admin key) with the
+/// CLI's one secret-file writer (0600 from creation, O_EXCL, no symlinks).
+/// If another `veil` raced us to it, the first writer's file is kept.
 fn write_new_0600(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    // Keep the first writer's file if two processes raced.
-    let r = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
+    let r = crate::output::stage(
+        path,
+        bytes,
+        crate::output::Access::OwnerOnly,
+        crate::output::Existing::Keep,
+    )
+    .and_then(|s| s.commit());
     match r {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+        Err(_) if path.is_file() => Ok(()),
+        r => r,
     }
 }
 

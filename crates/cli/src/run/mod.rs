@@ -84,7 +84,7 @@ pub struct RunArgs {
     pub vm: vm::VmArgs,
     /// Bounds on unpacking the images in the guest (into the generated policy).
     #[command(flatten)]
-    pub unpack: crate::limits::UnpackArgs,
+    pub unpack: crate::limits::ImageLimitArgs,
     /// Internal: run as the detached monitor of sandbox ID.
     #[arg(long, hide = true)]
     pub monitor: Option<String>,

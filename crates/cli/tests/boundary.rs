@@ -4,7 +4,6 @@
 //! The VM-sandbox variants are in `run_vm.rs`. These need root, as CI has.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 mod common;
@@ -144,19 +143,6 @@ fn caller_descriptors_never_reach_the_workload() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: fds\n  namespace: default\n  annotations:\n    policy.veil.dev/exec.app: '[[\"sh\", \"-c\", \"echo fds /proc/self/fd/*\"]]'\nspec:\n  containers:\n  - name: app\n    image: app:1\n",
     )
     .unwrap();
-    let hold_root_as_fd7 = |cmd: &mut std::process::Command| {
-        let root = std::fs::File::open("/").unwrap();
-        // SAFETY: dup2 in the child before exec; fd 7 is inheritable.
-        unsafe {
-            cmd.pre_exec(move || {
-                use std::os::fd::AsRawFd;
-                if libc::dup2(root.as_raw_fd(), 7) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    };
     let mut run = env.veil();
     run.args(["run", "-d", "--pod"])
         .arg(&pod)
@@ -165,14 +151,6 @@ fn caller_descriptors_never_reach_the_workload() {
     hold_root_as_fd7(&mut run);
     let out = ok(run.output().unwrap());
     let id = text(&out.stdout).trim().to_string();
-    let fds_of = |s: &str| -> Vec<String> {
-        s.lines()
-            .find_map(|l| l.strip_prefix("fds "))
-            .unwrap_or_else(|| panic!("no fds line in {s:?}"))
-            .split_whitespace()
-            .map(|p| p.trim_start_matches("/proc/self/fd/").to_string())
-            .collect()
-    };
     let mut logs = String::new();
     for _ in 0..100 {
         logs = text(&ok(env.veil().args(["logs", &id]).output().unwrap()).stdout);
@@ -182,13 +160,13 @@ fn caller_descriptors_never_reach_the_workload() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // stdio, and the directory the glob itself reads.
-    assert_eq!(fds_of(&logs), ["0", "1", "2", "3"], "{logs}");
+    assert_eq!(fds_listed(&logs), ["0", "1", "2", "3"], "{logs}");
 
     let mut exec = env.veil();
     exec.args(["exec", &id, "--", "sh", "-c", "echo fds /proc/self/fd/*"]);
     hold_root_as_fd7(&mut exec);
     let out = ok(exec.output().unwrap());
-    assert_eq!(fds_of(&text(&out.stdout)), ["0", "1", "2", "3"]);
+    assert_eq!(fds_listed(&text(&out.stdout)), ["0", "1", "2", "3"]);
     ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
 }
 

@@ -524,7 +524,6 @@ fn guest_dying_mid_run_or_ctrl_c_leaves_nothing() {
 /// host's `/`) reaches neither the workload nor `veil exec`.
 #[test]
 fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
-    use std::os::unix::process::CommandExt;
     let env = Env::new();
     let secret = b"vm-attack-target-e41c";
     let sf = env.dir.path().join("s.txt");
@@ -548,19 +547,6 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: vmfds\n  namespace: default\n  annotations:\n    policy.veil.dev/exec.app: '[[\"sh\", \"-c\", \"echo fds /proc/self/fd/*\"]]'\nspec:\n  containers:\n  - name: app\n    image: app:1\n",
     )
     .unwrap();
-    let hold_root_as_fd7 = |cmd: &mut Command| {
-        let root = std::fs::File::open("/").unwrap();
-        // SAFETY: dup2 in the child before exec; fd 7 is inheritable.
-        unsafe {
-            cmd.pre_exec(move || {
-                use std::os::fd::AsRawFd;
-                if libc::dup2(root.as_raw_fd(), 7) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    };
     let mut run = env.veil();
     run.args([
         "run",
@@ -583,14 +569,6 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
     hold_root_as_fd7(&mut run);
     let out = ok(run.output().unwrap());
     let id = text(&out.stdout).trim().to_string();
-    let fds_of = |s: &str| -> Vec<String> {
-        s.lines()
-            .find_map(|l| l.strip_prefix("fds "))
-            .unwrap_or_else(|| panic!("no fds line in {s:?}"))
-            .split_whitespace()
-            .map(|p| p.trim_start_matches("/proc/self/fd/").to_string())
-            .collect()
-    };
     let mut logs = String::new();
     for _ in 0..300 {
         logs = text(&ok(env.veil().args(["logs", &id]).output().unwrap()).stdout);
@@ -599,12 +577,12 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(fds_of(&logs), ["0", "1", "2", "3"], "{logs}");
+    assert_eq!(fds_listed(&logs), ["0", "1", "2", "3"], "{logs}");
     let mut exec = env.veil();
     exec.args(["exec", &id, "--", "sh", "-c", "echo fds /proc/self/fd/*"]);
     hold_root_as_fd7(&mut exec);
     let out = ok(exec.output().unwrap());
-    assert_eq!(fds_of(&text(&out.stdout)), ["0", "1", "2", "3"]);
+    assert_eq!(fds_listed(&text(&out.stdout)), ["0", "1", "2", "3"]);
 
     let rec = record_of(&env, &id);
     let kbs = rec["kbs_url"].as_str().unwrap().to_string();

@@ -279,3 +279,31 @@ pub fn record_of(env: &Env, id: &str) -> serde_json::Value {
     )
     .unwrap()
 }
+
+/// Make `cmd` start with a directory descriptor on the host's `/` as fd 7,
+/// inheritable, as a shell's `exec 7</` leaves it (issue #13, finding 3).
+pub fn hold_root_as_fd7(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let root = std::fs::File::open("/").unwrap();
+    // SAFETY: dup2 in the child before exec; fd 7 is inheritable.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::dup2(root.as_raw_fd(), 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The descriptors a workload listed with `echo fds /proc/self/fd/*`.
+pub fn fds_listed(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("fds "))
+        .unwrap_or_else(|| panic!("no fds line in {output:?}"))
+        .split_whitespace()
+        .map(|p| p.trim_start_matches("/proc/self/fd/").to_string())
+        .collect()
+}

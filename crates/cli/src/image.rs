@@ -52,7 +52,7 @@ pub enum ImageCommand {
     Decrypt(DecryptArgs),
     /// Unpack an image into a new root filesystem directory, safely
     /// (contained paths, whiteouts, diff_id checks; devices refused).
-    Unpack(UnpackArgs),
+    Unpack(ImageUnpackArgs),
     /// Sign an image by manifest digest: a cosign/sigstore signature
     /// attached to the layout (`sha256-<hex>.sig`), or a GPG simple-signing
     /// signature in a lookaside directory.
@@ -126,7 +126,7 @@ pub struct VerifyArgs {
 
 /// Arguments of `veil image unpack`.
 #[derive(Args)]
-pub struct UnpackArgs {
+pub struct ImageUnpackArgs {
     /// Image reference: `oci:DIR[:TAG]`.
     pub reference: String,
     /// Target directory (must not exist; created only on success).
@@ -592,7 +592,7 @@ fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn unpack(a: UnpackArgs) -> Result<ExitCode> {
+fn unpack(a: ImageUnpackArgs) -> Result<ExitCode> {
     let r = OciRef::parse(&a.reference)?;
     let layout = OciLayout::open(&r.dir)?;
     let img = checked!(layout.resolve(r.tag.as_deref(), &Platform::linux_amd64()));

@@ -274,3 +274,33 @@ fn bench_attest_runs_outside_the_source_tree() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn install_cli_installs_binary_completion_and_man_pages_idempotently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("prefix");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-cli.sh");
+    let install = || {
+        let out = ok(Command::new("bash")
+            .arg(&script)
+            .env("VEIL", env!("CARGO_BIN_EXE_veil"))
+            .env("VEIL_AGENT", tmp.path().join("no-agent"))
+            .env("PREFIX", &prefix)
+            .output()
+            .unwrap());
+        text(&out.stdout)
+    };
+    let first = install();
+    for f in [
+        "bin/veil",
+        "share/bash-completion/completions/veil",
+        "share/zsh/site-functions/_veil",
+        "share/fish/vendor_completions.d/veil.fish",
+        "share/man/man1/veil.1",
+        "share/man/man1/veil-attest-sim-root.1",
+    ] {
+        assert!(prefix.join(f).is_file(), "{f} not installed:\n{first}");
+    }
+    let second = install();
+    assert!(second.contains("(0 files changed)"), "{second}");
+}

@@ -17,6 +17,7 @@ mod limits;
 mod measure;
 mod output;
 mod policy;
+mod progress;
 mod run;
 mod sim_root;
 

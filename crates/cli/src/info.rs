@@ -89,7 +89,10 @@ pub struct GuestImage {
 
 /// TEE interfaces worth reporting: (path, what it is).
 const TEE_DEVICES: &[(&str, &str)] = &[
-    ("/sys/kernel/config/tsm/report", "configfs-tsm attestation reports"),
+    (
+        "/sys/kernel/config/tsm/report",
+        "configfs-tsm attestation reports",
+    ),
     ("/dev/sev-guest", "AMD SEV-SNP guest"),
     ("/dev/tdx_guest", "Intel TDX guest"),
     ("/dev/sev", "AMD SEV host (launch SNP guests)"),
@@ -246,7 +249,11 @@ fn print_text(i: &Info) {
     kv("data dir", &i.data_dir.display().to_string());
     kv(
         "kvm",
-        &format!("{} (VM sandboxes use {})", yes_no(i.kvm.usable), i.kvm.accel),
+        &format!(
+            "{} (VM sandboxes use {})",
+            yes_no(i.kvm.usable),
+            i.kvm.accel
+        ),
     );
     match (&i.qemu.path, &i.qemu.version) {
         (Some(p), v) => kv(
@@ -320,5 +327,8 @@ fn print_text(i: &Info) {
         );
     }
     kv("containerd", &opt_path(&i.containerd, "not installed"));
-    kv("veil shim", &opt_path(&i.shim, &format!("{SHIM} not installed")));
+    kv(
+        "veil shim",
+        &opt_path(&i.shim, &format!("{SHIM} not installed")),
+    );
 }

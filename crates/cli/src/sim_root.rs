@@ -53,7 +53,11 @@ fn sim_root(a: SimRootArgs) -> Result<ExitCode> {
     match &a.output {
         Some(p) => {
             crate::output::write_atomic(p, pem.as_bytes())?;
-            eprintln!("veil: sim root of {} written to {}", dir.display(), p.display());
+            eprintln!(
+                "veil: sim root of {} written to {}",
+                dir.display(),
+                p.display()
+            );
         }
         None => std::io::stdout().write_all(pem.as_bytes())?,
     }

@@ -93,7 +93,10 @@ fn info_json_reports_the_host_and_the_sim_root_that_verifies_run_evidence() {
 
     // `veil attest sim-root` creates the key veil run uses and prints its root.
     let root_pem = text(&ok(veil(&data).args(["attest", "sim-root"]).output().unwrap()).stdout);
-    assert!(root_pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{root_pem}");
+    assert!(
+        root_pem.starts_with("-----BEGIN PUBLIC KEY-----"),
+        "{root_pem}"
+    );
     let root_file = tmp.path().join("root.pem");
     ok(veil(&data)
         .args(["attest", "sim-root", "-o"])
@@ -171,7 +174,10 @@ fn bash_completion_knows_every_subcommand() {
         .output()
         .unwrap());
     let script = text(&out.stdout);
-    assert!(script.contains("complete -F _veil"), "not a bash completion");
+    assert!(
+        script.contains("complete -F _veil"),
+        "not a bash completion"
+    );
     for c in subcommands() {
         assert!(
             script.contains(&format!("veil__{}", c.replace('-', "__")))

@@ -91,12 +91,14 @@ fn run_block(doc: &Path, b: &Block, n: usize, tmp: &Path, work: &Path) {
     let script = tmp.join(format!("block-{n}.sh"));
     std::fs::write(&script, &b.body).unwrap();
     let veil = PathBuf::from(env!("CARGO_BIN_EXE_veil"));
-    let path = std::env::join_paths(
-        std::iter::once(veil.parent().unwrap().to_path_buf())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
+    let path = std::env::join_paths(std::iter::once(veil.parent().unwrap().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
     .unwrap();
-    let (out, err) = (tmp.join(format!("block-{n}.out")), tmp.join(format!("block-{n}.err")));
+    let (out, err) = (
+        tmp.join(format!("block-{n}.out")),
+        tmp.join(format!("block-{n}.err")),
+    );
     // A network namespace of its own (loopback only): the docs' fixed
     // ports (a KBS on 127.0.0.1:8080) cannot collide with anything else.
     let mut child = Command::new("unshare")
@@ -164,7 +166,10 @@ fn run_doc(doc: &str) -> usize {
 
 #[test]
 fn readme_tour_runs() {
-    assert!(run_doc("README.md") >= 2, "README.md lost its runnable tour");
+    assert!(
+        run_doc("README.md") >= 2,
+        "README.md lost its runnable tour"
+    );
 }
 
 #[test]

@@ -31,7 +31,14 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let (key, public) = (dir.join("key.pem"), dir.join("pub.pem"));
     let ok = |c: &mut Command| assert!(c.status().unwrap().success());
     ok(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
         .arg(&key));
     ok(Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])
@@ -64,7 +71,11 @@ fn piped_output_has_no_escape_sequences() {
     let tmp = tempfile::tempdir().unwrap();
     let (key, public) = setup(tmp.path());
     let out = encrypt(tmp.path(), &public, "enc").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -84,7 +95,11 @@ fn piped_output_has_no_escape_sequences() {
         .arg(&key)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(is_digest_line(&String::from_utf8_lossy(&out.stdout)));
     assert!(!out.stderr.contains(&0x1b) && !out.stderr.contains(&b'\r'));
 }

@@ -19,8 +19,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::Zeroizing;
 
 use crate::digest::Digest;
-use crate::progress::{NoProgress, Progress, ProgressReader};
 use crate::layout::OciLayout;
+use crate::progress::{NoProgress, Progress, ProgressReader};
 use crate::sign::reference::DockerReference;
 use crate::source::{self, BlobSource, MAX_MANIFEST_BYTES, ResolvedImage, SourceError};
 use crate::spec::{self, Descriptor, Platform, media_type};

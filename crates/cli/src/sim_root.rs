@@ -12,6 +12,8 @@ use veil_attest::sim::SimRootKey;
 use veil_runtime::SimPlatform;
 
 /// `veil attest`: the attestation commands plus `sim-root`.
+// Parsed once per process; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum AttestCli {
     #[command(flatten)]

@@ -2,7 +2,6 @@
 //! (scripts, CI logs) carries no escape sequences, and stdout never does.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -117,7 +116,7 @@ fn a_terminal_gets_a_progress_bar_on_stderr_and_stdout_stays_clean() {
     let pty = nix::pty::openpty(Some(&ws), None).unwrap();
     let mut child = encrypt(tmp.path(), &public, "enc-tty")
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(OwnedFd::from(pty.slave)))
+        .stderr(Stdio::from(pty.slave))
         .spawn()
         .unwrap();
     let mut master = std::fs::File::from(pty.master);

@@ -332,3 +332,44 @@ fn print_text(i: &Info) {
         &opt_path(&i.shim, &format!("{SHIM} not installed")),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_image_reports_the_sim_measurement_run_would_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!guest_image(dir.path()).present);
+        let (k, i) = (dir.path().join("vmlinuz"), dir.path().join("initrd.img"));
+        std::fs::write(&k, b"k").unwrap();
+        std::fs::write(&i, b"i").unwrap();
+        let img = guest::GuestImage {
+            kernel: k.clone(),
+            initrd: i,
+            kernel_version: "6.1.0-test".into(),
+            kernel_sha384: "11".repeat(48),
+            initrd_sha384: "22".repeat(48),
+            agent_sha384: "33".repeat(48),
+            modules: vec![],
+            pvh_kernel: None,
+            pvh_kernel_sha384: None,
+            pvh_unavailable: Some("test".into()),
+        };
+        std::fs::write(
+            dir.path().join("guest.json"),
+            serde_json::to_vec(&img).unwrap(),
+        )
+        .unwrap();
+        let g = guest_image(dir.path());
+        assert!(g.present);
+        assert_eq!(g.kernel.as_deref(), Some(k.as_path()));
+        assert_eq!(
+            g.sim_measurement.unwrap(),
+            crate::guest::default_measurement(&"11".repeat(48), &"22".repeat(48)).unwrap()
+        );
+        // A missing file means no usable image.
+        std::fs::remove_file(&k).unwrap();
+        assert!(!guest_image(dir.path()).present);
+    }
+}

@@ -9,7 +9,7 @@ N=${N:-200}
 cargo build --release -q -p veil
 VEIL="${CARGO_TARGET_DIR:-target}/release/veil"
 FIX=../shared/fixtures
-"$VEIL" bench attest --fixtures "$FIX"
+"$VEIL" bench attest
 
 if ! command -v snpguest >/dev/null 2>&1; then
   echo "bench-attest: installing snpguest (baseline; needs libssl-dev)" >&2

@@ -22,6 +22,8 @@ PACKAGES=(
   ovmf python3-venv
   # VM sandbox (veil run --sandbox vm, veil guest build): QEMU and Debian's kernel for the guest
   qemu-system-x86 linux-image-amd64
+  # docs test (crates/cli/tests/docs_commands.rs): each doc block in its own network namespace (ip, unshare); man -l renders the man pages
+  iproute2 util-linux man-db
   # policy / kbs / run: added by their work
 )
 

@@ -42,9 +42,10 @@ pub struct KbsBench {
 /// Arguments of `veil bench attest`.
 #[derive(Args)]
 pub struct AttestBench {
-    /// The fixtures folder with real evidence (shared/fixtures of the repo).
-    #[arg(long, default_value = "../shared/fixtures")]
-    pub fixtures: PathBuf,
+    /// Read the evidence from this fixtures folder (laid out as the repo's
+    /// shared/fixtures) instead of the copies built into veil.
+    #[arg(long, value_name = "DIR")]
+    pub fixtures: Option<PathBuf>,
     /// Minimum seconds per measured method.
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
@@ -76,11 +77,57 @@ fn kbs(a: KbsBench) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The real evidence `veil bench attest` measures, built into the binary
+/// (from the repo's shared/fixtures) so the command runs anywhere.
+const EMBEDDED: &[(&str, &[u8])] = &[
+    (
+        "snp/milan-vcek-report.bin",
+        include_bytes!("../../../../shared/fixtures/snp/milan-vcek-report.bin"),
+    ),
+    (
+        "snp/milan-vcek.der",
+        include_bytes!("../../../../shared/fixtures/snp/milan-vcek.der"),
+    ),
+    (
+        "tdx/quote.bin",
+        include_bytes!("../../../../shared/fixtures/tdx/quote.bin"),
+    ),
+    (
+        "tdx/collateral.json",
+        include_bytes!("../../../../shared/fixtures/tdx/collateral.json"),
+    ),
+    (
+        "sgx/quote.bin",
+        include_bytes!("../../../../shared/fixtures/sgx/quote.bin"),
+    ),
+    (
+        "sgx/collateral.json",
+        include_bytes!("../../../../shared/fixtures/sgx/collateral.json"),
+    ),
+    (
+        "azure-snp-vtpm/evidence-v2.json",
+        include_bytes!("../../../../shared/fixtures/azure-snp-vtpm/evidence-v2.json"),
+    ),
+];
+
+fn embedded(name: &str) -> Result<Vec<u8>> {
+    EMBEDDED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, b)| b.to_vec())
+        .with_context(|| format!("{name} is not built into veil; pass --fixtures DIR"))
+}
+
 fn attest(a: AttestBench) -> Result<ExitCode> {
     let min = Duration::from_secs_f64(a.seconds);
-    let read = |p: &str| {
-        let path = a.fixtures.join(p);
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    let read = |p: &str| -> Result<Vec<u8>> {
+        match &a.fixtures {
+            Some(dir) => {
+                let path = dir.join(p);
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+            }
+            None => embedded(p),
+        }
     };
     // 2025-01-01: inside the fixture certificates' validity.
     let now = 1_735_689_600;

@@ -71,6 +71,10 @@ pub fn run(cmd: GuestCommand) -> Result<ExitCode> {
         } => {
             let agent = crate::run::find_agent(agent.as_deref())?;
             let out = out.unwrap_or_else(|| veil_runtime::paths::data_dir().join("guest"));
+            let spinner = crate::progress::Spinner::new(&format!(
+                "building the guest image into {}",
+                out.display()
+            ));
             let img = build(
                 &GuestBuildConfig {
                     agent,
@@ -80,6 +84,7 @@ pub fn run(cmd: GuestCommand) -> Result<ExitCode> {
                 &out,
             )
             .map_err(|e| anyhow!("veil guest build: {e}"))?;
+            drop(spinner);
             // What `veil run --sandbox vm --tee sim` boots by default.
             let (boot, boot_sha384) = img.boot_kernel("sim");
             let m = default_measurement(boot_sha384, &img.initrd_sha384)?;

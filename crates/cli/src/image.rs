@@ -52,7 +52,7 @@ pub enum ImageCommand {
     Decrypt(DecryptArgs),
     /// Unpack an image into a new root filesystem directory, safely
     /// (contained paths, whiteouts, diff_id checks; devices refused).
-    Unpack(UnpackArgs),
+    Unpack(ImageUnpackArgs),
     /// Sign an image by manifest digest: a cosign/sigstore signature
     /// attached to the layout (`sha256-<hex>.sig`), or a GPG simple-signing
     /// signature in a lookaside directory.
@@ -126,7 +126,7 @@ pub struct VerifyArgs {
 
 /// Arguments of `veil image unpack`.
 #[derive(Args)]
-pub struct UnpackArgs {
+pub struct ImageUnpackArgs {
     /// Image reference: `oci:DIR[:TAG]`.
     pub reference: String,
     /// Target directory (must not exist; created only on success).
@@ -335,7 +335,11 @@ fn push(a: PushArgs) -> Result<ExitCode> {
     let Src::Registry { reg, r } = Src::open(&a.destination, &a.registry)? else {
         anyhow::bail!("push destination must be docker://REGISTRY/REPO[:TAG]");
     };
-    let digest = checked!(reg.push(&layout, src.tag.as_deref()));
+    let digest = checked!(reg.push_with_progress(
+        &layout,
+        src.tag.as_deref(),
+        &crate::progress::Bar::new("pushing")
+    ));
     println!("pushed {digest} to {}{r}", registry::TRANSPORT_PREFIX);
     Ok(ExitCode::SUCCESS)
 }
@@ -345,7 +349,11 @@ fn pull(a: PullArgs) -> Result<ExitCode> {
         anyhow::bail!("pull source must be docker://REGISTRY/REPO[:TAG|@DIGEST]");
     };
     let dst = Destination::open(&a.destination)?;
-    let desc = checked!(reg.pull_into(&dst.layout, &dst.tag));
+    let desc = checked!(reg.pull_into_with_progress(
+        &dst.layout,
+        &dst.tag,
+        &crate::progress::Bar::new("pulling")
+    ));
     dst.keep();
     println!("{}", desc.digest);
     Ok(ExitCode::SUCCESS)
@@ -579,20 +587,21 @@ fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
         LayerSelection::Indexes(a.layers.clone())
     };
     let dst = Destination::open(&a.destination)?;
-    let desc = checked!(crypt::encrypt_image(
+    let desc = checked!(crypt::encrypt_image_with_progress(
         &src_layout,
         src.tag.as_deref(),
         &dst.layout,
         &dst.tag,
         &refs,
         &selection,
+        &crate::progress::Bar::new("encrypting"),
     ));
     dst.keep();
     println!("{}", desc.digest);
     Ok(ExitCode::SUCCESS)
 }
 
-fn unpack(a: UnpackArgs) -> Result<ExitCode> {
+fn unpack(a: ImageUnpackArgs) -> Result<ExitCode> {
     let r = OciRef::parse(&a.reference)?;
     let layout = OciLayout::open(&r.dir)?;
     let img = checked!(layout.resolve(r.tag.as_deref(), &Platform::linux_amd64()));
@@ -647,12 +656,13 @@ fn decrypt(a: DecryptArgs) -> Result<ExitCode> {
     }
     let refs: Vec<&dyn KeyUnwrapper> = unwrappers.iter().map(|u| u.as_ref()).collect();
     let dst = Destination::open(&a.destination)?;
-    let desc = checked!(crypt::decrypt_image(
+    let desc = checked!(crypt::decrypt_image_with_progress(
         &src_layout,
         src.tag.as_deref(),
         &dst.layout,
         &dst.tag,
         &refs,
+        &crate::progress::Bar::new("decrypting"),
     ));
     dst.keep();
     println!("{}", desc.digest);

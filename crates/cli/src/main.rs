@@ -8,14 +8,18 @@ use clap::{Parser, Subcommand};
 mod attest;
 mod attest_dcap;
 mod bench;
+mod cli_docs;
 mod guest;
 mod image;
+mod info;
 mod kbs;
 mod limits;
 mod measure;
 mod output;
 mod policy;
+mod progress;
 mod run;
+mod sim_root;
 
 /// Run unmodified OCI containers inside hardware TEEs (AMD SEV-SNP, Intel TDX)
 /// and prove, with hardware-signed evidence, exactly what runs there before
@@ -31,19 +35,27 @@ struct Cli {
 enum Command {
     /// Verify and produce attestation evidence (SNP, TDX, SGX, Azure vTPM, sim).
     #[command(subcommand)]
-    Attest(attest::AttestCommand),
+    Attest(sim_root::AttestCli),
     /// Measure veil against named baselines (throughput, ratios).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Shell completion script for bash, zsh or fish, on stdout.
+    Completion(cli_docs::CompletionArgs),
     /// The VM sandbox's guest image: kernel + initrd with veil-agent as PID 1.
     #[command(subcommand)]
     Guest(guest::GuestCommand),
     /// OCI images: inspect, measure (dm-verity), encrypt/decrypt, sign/verify, unpack.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// What this host offers veil: KVM, QEMU (SNP/TDX), TEE devices, the sim
+    /// platform's root key, the guest image, containerd and the shim.
+    #[command(visible_alias = "doctor")]
+    Info(info::InfoArgs),
     /// Key broker (Trustee KBS protocol): serve, administer, fetch resources as a guest.
     #[command(subcommand)]
     Kbs(kbs::KbsCommand),
+    /// Man pages: veil.1 on stdout, or one page per (sub)command into a directory.
+    Man(cli_docs::ManArgs),
     /// Expected launch measurements (SEV-SNP digest, TDX MRTD) as KBS reference values.
     #[command(subcommand)]
     Measure(measure::MeasureCommand),
@@ -74,11 +86,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Attest(cmd) => attest::run(cmd),
+        Command::Attest(cmd) => sim_root::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Completion(a) => cli_docs::completion::<Cli>(a),
         Command::Guest(cmd) => guest::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Info(a) => info::run(a),
         Command::Kbs(cmd) => kbs::run(cmd),
+        Command::Man(a) => cli_docs::man::<Cli>(a),
         Command::Measure(cmd) => measure::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Run(a) => run::run(a),
@@ -97,5 +112,17 @@ fn main() -> ExitCode {
             eprintln!("veil: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's consistency checks over every subcommand (duplicate ids,
+    /// groups, flags), which otherwise only fire when that subcommand runs.
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -16,6 +16,7 @@ pub mod builder;
 pub mod crypt;
 pub mod digest;
 pub mod layout;
+pub mod progress;
 pub mod registry;
 pub mod sign;
 pub mod source;

@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::digest::Digest;
 use crate::layout::OciLayout;
+use crate::progress::{NoProgress, Progress, ProgressReader};
 use crate::sign::reference::DockerReference;
 use crate::source::{self, BlobSource, MAX_MANIFEST_BYTES, ResolvedImage, SourceError};
 use crate::spec::{self, Descriptor, Platform, media_type};
@@ -546,10 +547,26 @@ impl Registry {
     /// the registry has are skipped) as this reference's tag. Returns the
     /// manifest digest, which is unchanged.
     pub fn push(&self, layout: &OciLayout, tag: Option<&str>) -> Result<Digest, SourceError> {
+        self.push_with_progress(layout, tag, &NoProgress)
+    }
+
+    /// [`Registry::push`], reporting each blob to `progress`.
+    pub fn push_with_progress(
+        &self,
+        layout: &OciLayout,
+        tag: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<Digest, SourceError> {
         let img = layout.resolve(tag, &Platform::linux_amd64())?;
-        for desc in std::iter::once(&img.manifest.config).chain(img.layers()) {
+        let blobs: Vec<&Descriptor> = std::iter::once(&img.manifest.config)
+            .chain(img.layers())
+            .collect();
+        progress.total(blobs.iter().map(|d| d.size).sum());
+        for (i, desc) in blobs.iter().enumerate() {
+            progress.step(&blob_step(i, blobs.len()));
             // Streamed from the layout; the registry checks the digest too.
             self.upload_blob(layout, desc)?;
+            progress.advance(desc.size);
         }
         let target = self
             .repo
@@ -568,12 +585,28 @@ impl Registry {
     /// verified while written, the manifest keeps its exact bytes (so its
     /// digest is unchanged). Returns the manifest's descriptor.
     pub fn pull_into(&self, layout: &OciLayout, tag: &str) -> Result<Descriptor, SourceError> {
+        self.pull_into_with_progress(layout, tag, &NoProgress)
+    }
+
+    /// [`Registry::pull_into`], reporting the bytes downloaded to `progress`.
+    pub fn pull_into_with_progress(
+        &self,
+        layout: &OciLayout,
+        tag: &str,
+        progress: &dyn Progress,
+    ) -> Result<Descriptor, SourceError> {
         let img = self.resolve(&Platform::linux_amd64())?;
-        for desc in std::iter::once(&img.manifest.config).chain(img.layers()) {
+        let blobs: Vec<&Descriptor> = std::iter::once(&img.manifest.config)
+            .chain(img.layers())
+            .collect();
+        progress.total(blobs.iter().map(|d| d.size).sum());
+        for (i, desc) in blobs.iter().enumerate() {
+            progress.step(&blob_step(i, blobs.len()));
             if layout.has_blob(&desc.digest) {
+                progress.advance(desc.size);
                 continue;
             }
-            let mut r = self.open_blob(desc)?;
+            let mut r = ProgressReader::new(self.open_blob(desc)?, progress);
             let written = layout.write_blob_from(&mut r, &desc.media_type)?;
             if written.digest != desc.digest {
                 return Err(SourceError::DigestMismatch {
@@ -632,6 +665,15 @@ impl Registry {
             }
         }
         Err(last.unwrap_or_else(|| self.err(&what, "download failed")))
+    }
+}
+
+/// How a push or pull names its blob `i` of `n` (the config comes first).
+fn blob_step(i: usize, n: usize) -> String {
+    if i == 0 {
+        "config".into()
+    } else {
+        format!("layer {i}/{}", n - 1)
     }
 }
 

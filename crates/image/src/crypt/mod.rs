@@ -32,6 +32,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::digest::{Digest, DigestAlgorithm, Hasher};
 use crate::layout::{BlobWriter, OciLayout};
+use crate::progress::{NoProgress, Progress};
 use crate::source::{BlobSource, SourceError};
 use crate::spec::{Compression, Descriptor, Manifest, Platform, layer_kind, media_type};
 
@@ -707,10 +708,25 @@ pub fn encrypt_image(
     wrappers: &[&dyn KeyWrapper],
     selection: &LayerSelection,
 ) -> Result<Descriptor, CryptError> {
+    encrypt_image_with_progress(src, src_tag, dst, dst_tag, wrappers, selection, &NoProgress)
+}
+
+/// [`encrypt_image`], reporting each layer to `progress`.
+pub fn encrypt_image_with_progress(
+    src: &OciLayout,
+    src_tag: Option<&str>,
+    dst: &OciLayout,
+    dst_tag: &str,
+    wrappers: &[&dyn KeyWrapper],
+    selection: &LayerSelection,
+    progress: &dyn Progress,
+) -> Result<Descriptor, CryptError> {
     let img = src.resolve(src_tag, &Platform::linux_amd64())?;
     let n = img.layers().len();
+    progress.total(img.layers().iter().map(|l| l.size).sum());
     let mut layers = Vec::with_capacity(n);
     for (i, layer) in img.layers().iter().enumerate() {
+        progress.step(&format!("layer {}/{n}", i + 1));
         let kind = layer_kind(&layer.media_type);
         if selection.includes(i, n) && kind.is_some_and(|k| !k.encrypted) {
             layers.push(encrypt_layer(src, layer, dst, wrappers)?);
@@ -718,6 +734,7 @@ pub fn encrypt_image(
             copy_blob(src, dst, layer)?;
             layers.push(layer.clone());
         }
+        progress.advance(layer.size);
     }
     write_manifest(src, dst, img.manifest, layers, dst_tag)
 }
@@ -732,15 +749,31 @@ pub fn decrypt_image(
     dst_tag: &str,
     unwrappers: &[&dyn KeyUnwrapper],
 ) -> Result<Descriptor, CryptError> {
+    decrypt_image_with_progress(src, src_tag, dst, dst_tag, unwrappers, &NoProgress)
+}
+
+/// [`decrypt_image`], reporting each layer to `progress`.
+pub fn decrypt_image_with_progress(
+    src: &OciLayout,
+    src_tag: Option<&str>,
+    dst: &OciLayout,
+    dst_tag: &str,
+    unwrappers: &[&dyn KeyUnwrapper],
+    progress: &dyn Progress,
+) -> Result<Descriptor, CryptError> {
     let img = src.resolve(src_tag, &Platform::linux_amd64())?;
-    let mut layers = Vec::with_capacity(img.layers().len());
-    for layer in img.layers() {
+    let n = img.layers().len();
+    progress.total(img.layers().iter().map(|l| l.size).sum());
+    let mut layers = Vec::with_capacity(n);
+    for (i, layer) in img.layers().iter().enumerate() {
+        progress.step(&format!("layer {}/{n}", i + 1));
         if layer_kind(&layer.media_type).is_some_and(|k| k.encrypted) {
             layers.push(decrypt_layer(src, layer, dst, unwrappers)?);
         } else {
             copy_blob(src, dst, layer)?;
             layers.push(layer.clone());
         }
+        progress.advance(layer.size);
     }
     write_manifest(src, dst, img.manifest, layers, dst_tag)
 }

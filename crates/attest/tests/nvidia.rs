@@ -70,8 +70,13 @@ fn nvidia_fixture_verifies_with_its_nonce() {
     assert_eq!(c.report.driver_version, "550.90.07");
     assert_eq!(c.report.vbios_version, "96.00.9f.00.01");
     // Hex text is accepted as well as raw bytes, and no nonce means none is checked.
-    let t = nvidia::verify(&fixture("hopperAttestationReport.txt"), &chain_pem(), None, NOW)
-        .unwrap();
+    let t = nvidia::verify(
+        &fixture("hopperAttestationReport.txt"),
+        &chain_pem(),
+        None,
+        NOW,
+    )
+    .unwrap();
     assert_eq!(t, c);
 }
 
@@ -169,7 +174,10 @@ fn nvidia_garbled_leaf_is_refused() {
         x509_cert::serial_number::SerialNumber::new(&changed).unwrap();
     let msg = check_of(nvidia::verify(&report_raw(), &to_pem(&certs), None, NOW));
     assert!(msg.starts_with("nvidia.cert_chain|"), "{msg}");
-    assert!(msg.contains("GH100 A01 GSP FMC LF"), "names the leaf: {msg}");
+    assert!(
+        msg.contains("GH100 A01 GSP FMC LF"),
+        "names the leaf: {msg}"
+    );
 }
 
 #[test]

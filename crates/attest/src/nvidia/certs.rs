@@ -83,7 +83,9 @@ pub fn p384_key(cert: &Certificate) -> Result<VerifyingKey> {
         .tbs_certificate
         .subject_public_key_info
         .to_der()
-        .map_err(|e| Error::malformed("NVIDIA certificate", format!("{}: {e}", subject_cn(cert))))?;
+        .map_err(|e| {
+            Error::malformed("NVIDIA certificate", format!("{}: {e}", subject_cn(cert)))
+        })?;
     p384::PublicKey::from_public_key_der(&spki)
         .map(VerifyingKey::from)
         .map_err(|e| {
@@ -145,7 +147,9 @@ pub fn check_issued_by(child: &Certificate, issuer: &Certificate) -> Result<()> 
     if !is_ca(issuer) {
         return Err(Error::refused(
             "nvidia.cert_chain",
-            format!("certificate {issuer_name:?} issues {child_name:?} but is not a CA (basicConstraints cA)"),
+            format!(
+                "certificate {issuer_name:?} issues {child_name:?} but is not a CA (basicConstraints cA)"
+            ),
         ));
     }
     if child.signature_algorithm.oid != OID_ECDSA_SHA384 {
@@ -169,7 +173,9 @@ pub fn check_issued_by(child: &Certificate, issuer: &Certificate) -> Result<()> 
     if !verified {
         return Err(Error::refused(
             "nvidia.cert_chain",
-            format!("signature on certificate {child_name:?} does not verify with {issuer_name:?}'s key"),
+            format!(
+                "signature on certificate {child_name:?} does not verify with {issuer_name:?}'s key"
+            ),
         ));
     }
     Ok(())

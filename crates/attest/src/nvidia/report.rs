@@ -328,10 +328,7 @@ impl Report {
         if b.len() > MAX_REPORT_LEN {
             return Err(Error::malformed(
                 WHAT,
-                format!(
-                    "length is {} bytes, the limit is {MAX_REPORT_LEN}",
-                    b.len()
-                ),
+                format!("length is {} bytes, the limit is {MAX_REPORT_LEN}", b.len()),
             ));
         }
         let mut r = Reader { bytes: b, pos: 0 };

@@ -69,6 +69,8 @@ fn nvidia_fixture_verifies_with_its_nonce() {
     assert_eq!(c.report.nonce, NONCE);
     assert_eq!(c.report.driver_version, "550.90.07");
     assert_eq!(c.report.vbios_version, "96.00.9f.00.01");
+    // Nothing claims more than was checked.
+    assert!(!c.revocation_checked && !c.measurements_appraised);
     // Hex text is accepted as well as raw bytes, and no nonce means none is checked.
     let t = nvidia::verify(
         &fixture("hopperAttestationReport.txt"),

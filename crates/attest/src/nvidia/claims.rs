@@ -23,6 +23,12 @@ pub struct GpuClaims {
     pub hwmodel: String,
     /// Leaf certificate serial number, hex (NVIDIA's `ueid`).
     pub ueid: String,
+    /// Whether the device certificates' revocation (OCSP) was checked:
+    /// always false in this version, so a policy can refuse it.
+    pub revocation_checked: bool,
+    /// Whether the measurements were compared with NVIDIA's reference
+    /// integrity manifests: always false in this version.
+    pub measurements_appraised: bool,
     /// Claims read from the report itself.
     #[serde(flatten)]
     pub report: ReportClaims,

@@ -144,6 +144,8 @@ impl DeviceChain {
             arch: self.arch.clone(),
             hwmodel: self.hwmodel.clone(),
             ueid: self.ueid.clone(),
+            revocation_checked: false,
+            measurements_appraised: false,
             report: ReportClaims::from_report(&report)?,
         })
     }

@@ -6,6 +6,7 @@ use der::{DecodePem, EncodePem};
 use proptest::prelude::*;
 use serde_json::Value;
 use veil_attest::Error;
+use veil_attest::nvidia::rim::{self, Rim};
 use veil_attest::nvidia::{self, DeviceChain, GpuClaims, Report, ReportClaims};
 use x509_cert::Certificate;
 
@@ -234,6 +235,106 @@ fn nvidia_leaf_fwid_matches_report_and_missing_fwid_is_refused() {
     );
 }
 
+fn rim(name: &str) -> Rim {
+    Rim::parse(&fixture(&format!("rims/{name}"))).unwrap_or_else(|e| panic!("RIM {name}: {e}"))
+}
+
+const DRIVER_RIM: &str = "Driver_RIM_test_no_gpu.swidtag";
+const VBIOS_RIM: &str = "1010_0200_882_96005E0001_test_no_gpu.swidtag";
+
+#[test]
+fn nvidia_rim_fixtures_parse() {
+    let dir = std::fs::read_dir(format!("{FIX}rims")).unwrap();
+    let mut n = 0;
+    for entry in dir {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let r = rim(&name);
+        assert_eq!(r.name, "GH100", "{name}");
+        assert_eq!(r.measurements.len(), 64, "{name}");
+        assert!(r.measurements.iter().all(|m| m.size == 48), "{name}");
+        n += 1;
+    }
+    assert_eq!(n, 26);
+    let driver = rim(DRIVER_RIM);
+    assert_eq!(driver.version, "545.00");
+    let m23 = &driver.measurements[23];
+    assert_eq!(
+        (m23.index, m23.active, m23.alternatives.len()),
+        (23, true, 2)
+    );
+    assert_eq!(rim(VBIOS_RIM).version, "96.00.5E.00.01");
+}
+
+/// The fixture RIMs are for driver 545.00 and VBIOS 96.00.5E.00.01, the
+/// fixture report for 550.90.07 and 96.00.9f.00.01: both are refused.
+#[test]
+fn nvidia_rim_for_another_version_is_refused() {
+    let report = Report::parse(&report_raw()).unwrap();
+    let e = rim(VBIOS_RIM)
+        .check_version("VBIOS", &report.vbios_version().unwrap())
+        .unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_version"));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("expected 96.00.5E.00.01, got 96.00.9f.00.01"),
+        "{msg}"
+    );
+    let e = rim(DRIVER_RIM)
+        .check_version("driver", &report.driver_version().unwrap())
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("expected 545.00, got 550.90.07"),
+        "{e}"
+    );
+    // Versions compare case-insensitively.
+    rim(VBIOS_RIM)
+        .check_version("VBIOS", "96.00.5e.00.01")
+        .unwrap();
+}
+
+#[test]
+fn nvidia_rim_measurement_mismatches_are_named() {
+    let report = Report::parse(&report_raw()).unwrap();
+    let (driver, vbios) = (rim(DRIVER_RIM), rim(VBIOS_RIM));
+    let blocks = |rims: &[&Rim]| -> Vec<u8> {
+        rim::compare(&report, rims)
+            .unwrap()
+            .iter()
+            .map(|m| m.block_index)
+            .collect()
+    };
+    // Cross-checked independently against the claims file's measurements.
+    assert_eq!(blocks(&[&vbios]), [2, 3, 4, 10, 12]);
+    assert_eq!(
+        blocks(&[&driver]),
+        [8, 22, 23, 26, 27, 28, 30, 31, 32, 33, 35, 37, 38, 40, 41]
+    );
+    let e = rim::check_measurements(&report, &[&vbios, &driver]).unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_measurement"));
+    let msg = e.to_string();
+    assert!(msg.contains("measurement block 2 (RIM index 1)"), "{msg}");
+    assert!(
+        msg.contains("expected 0b42836f56a7162e63cb7a9f3ee56b038325a9121442fa2ef34182f462816801448fa8f6798d13144a1b38be97181058, got 8048dfd1"),
+        "{msg}"
+    );
+    // The same RIM twice: every active index is claimed twice.
+    let e = rim::compare(&report, &[&vbios, &vbios]).unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_measurement"));
+}
+
+#[test]
+fn nvidia_rim_with_the_reports_values_matches() {
+    // The VBIOS RIM with its five mismatching values replaced by the
+    // report's: nothing left to refuse for that RIM.
+    let report = Report::parse(&report_raw()).unwrap();
+    let mut xml = String::from_utf8(fixture(&format!("rims/{VBIOS_RIM}"))).unwrap();
+    for m in rim::compare(&report, &[&rim(VBIOS_RIM)]).unwrap() {
+        xml = xml.replace(&m.expected[0], &m.actual);
+    }
+    let edited = Rim::parse(xml.as_bytes()).unwrap();
+    rim::check_measurements(&report, &[&edited]).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
 
@@ -241,6 +342,14 @@ proptest! {
     #[test]
     fn nvidia_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..5000)) {
         let _ = Report::parse(&bytes);
+    }
+
+    /// Arbitrary bytes, and a real RIM cut anywhere, never panic the RIM parser.
+    #[test]
+    fn nvidia_rim_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000), cut in 0usize..20519) {
+        let _ = Rim::parse(&bytes);
+        let xml = fixture(&format!("rims/{DRIVER_RIM}"));
+        let _ = Rim::parse(&xml[..cut.min(xml.len())]);
     }
 
     /// Corrupting a real report (a byte changed, the tail cut) never panics

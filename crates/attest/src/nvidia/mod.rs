@@ -10,13 +10,15 @@
 //! signature), `nvidia.fwid` (the leaf certificate's firmware ID equals the
 //! report's) and `nvidia.nonce` (the request's nonce equals the expected one).
 //!
-//! Not done here (see `docs/gpu.md`): reference integrity manifests (so the
-//! measurements are reported, not appraised), OCSP revocation, and mapping to
-//! the normalized [`crate::Claims`].
+//! Not done here (see `docs/gpu.md`): RIM signature verification ([`rim`]
+//! parses RIMs and compares them with a report, but `verify` does not use
+//! them, so measurements are reported, not appraised), OCSP revocation, and
+//! mapping to the normalized [`crate::Claims`].
 
 pub mod certs;
 pub mod claims;
 pub mod report;
+pub mod rim;
 
 use p384::ecdsa::signature::Verifier;
 use p384::ecdsa::{Signature, VerifyingKey};

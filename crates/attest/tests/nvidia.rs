@@ -335,6 +335,101 @@ fn nvidia_rim_with_the_reports_values_matches() {
     rim::check_measurements(&report, &[&edited]).unwrap();
 }
 
+/// 2024-06-01: inside every fixture RIM signer chain's validity.
+const RIM_TIME: u64 = 1_717_200_000;
+
+#[test]
+fn nvidia_rim_signatures_verify_to_pinned_rim_root() {
+    let dir = std::fs::read_dir(format!("{FIX}rims")).unwrap();
+    for entry in dir {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let xml = fixture(&format!("rims/{name}"));
+        let verified = Rim::verify(&xml, RIM_TIME).unwrap_or_else(|e| panic!("RIM {name}: {e:?}"));
+        assert_eq!(
+            verified.signed_by.as_deref(),
+            Some("HCC RIM L4 Signer"),
+            "{name}"
+        );
+        let parsed = Rim::parse(&xml).unwrap();
+        assert_eq!(parsed.signed_by, None);
+        assert_eq!(parsed.measurements, verified.measurements);
+    }
+}
+
+#[test]
+fn nvidia_rim_tampered_content_or_signature_is_refused() {
+    let xml = String::from_utf8(fixture(&format!("rims/{VBIOS_RIM}"))).unwrap();
+    // One measurement value changed.
+    let edited = xml.replacen(
+        "0b42836f56a7162e63cb7a9f3ee56b038325a9121442fa2ef34182f462816801448fa8f6798d13144a1b38be97181058",
+        "1b42836f56a7162e63cb7a9f3ee56b038325a9121442fa2ef34182f462816801448fa8f6798d13144a1b38be97181058",
+        1,
+    );
+    assert_ne!(edited, xml);
+    let e = Rim::verify(edited.as_bytes(), RIM_TIME).unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_signature"), "{e}");
+    assert!(e.to_string().contains("does not match the digest"), "{e}");
+    // The version changed.
+    let edited = xml.replacen("96.00.5E.00.01", "96.00.9F.00.01", 1);
+    let e = Rim::verify(edited.as_bytes(), RIM_TIME).unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_signature"), "{e}");
+    // The signature value changed (first base64 character of SignatureValue).
+    let at = xml.find("<ds:SignatureValue>").unwrap() + "<ds:SignatureValue>".len();
+    let mut bytes = xml.clone().into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    let e = Rim::verify(&bytes, RIM_TIME).unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_signature"), "{e}");
+    assert!(e.to_string().contains("HCC RIM L4 Signer"), "{e}");
+    // Signature removed.
+    let start = xml.find("<ds:Signature").unwrap();
+    let end = xml.find("</ds:Signature>").unwrap() + "</ds:Signature>".len();
+    let unsigned = format!("{}{}", &xml[..start], &xml[end..]);
+    let e = Rim::verify(unsigned.as_bytes(), RIM_TIME).unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_signature"), "{e}");
+}
+
+#[test]
+fn nvidia_rim_outside_signer_validity_is_refused() {
+    // 2025-07-01: the RIM signer certificate expired on 2025-06-26.
+    let e = Rim::verify(&fixture(&format!("rims/{DRIVER_RIM}")), 1_751_328_000).unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_cert_validity"), "{e}");
+    assert!(e.to_string().contains("HCC RIM L4 Signer"), "{e}");
+}
+
+#[test]
+fn nvidia_report_with_rims_for_other_versions_is_refused() {
+    let chain = DeviceChain::verify(&chain_pem(), RIM_TIME).unwrap();
+    let driver = Rim::verify(&fixture(&format!("rims/{DRIVER_RIM}")), RIM_TIME).unwrap();
+    let vbios = Rim::verify(&fixture(&format!("rims/{VBIOS_RIM}")), RIM_TIME).unwrap();
+    let rims = rim::Rims {
+        driver: &driver,
+        vbios: &vbios,
+    };
+    let e = chain
+        .verify_report_with_rims(&report_raw(), Some(&nonce()), RIM_TIME, &rims)
+        .unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_version"), "{e}");
+    assert!(
+        e.to_string().contains("expected 545.00, got 550.90.07"),
+        "{e}"
+    );
+    // Merely parsed RIMs are refused before anything is compared.
+    let parsed = Rim::parse(&fixture(&format!("rims/{DRIVER_RIM}"))).unwrap();
+    let rims = rim::Rims {
+        driver: &parsed,
+        vbios: &vbios,
+    };
+    let e = chain
+        .verify_report_with_rims(&report_raw(), Some(&nonce()), RIM_TIME, &rims)
+        .unwrap_err();
+    assert_eq!(e.check(), Some("nvidia.rim_signature"), "{e}");
+    // Without RIMs the claims say the measurements were not appraised.
+    let c = chain
+        .verify_report(&report_raw(), Some(&nonce()), RIM_TIME)
+        .unwrap();
+    assert!(!c.measurements_appraised);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
 
@@ -350,6 +445,7 @@ proptest! {
         let _ = Rim::parse(&bytes);
         let xml = fixture(&format!("rims/{DRIVER_RIM}"));
         let _ = Rim::parse(&xml[..cut.min(xml.len())]);
+        prop_assert!(Rim::verify(&xml[..cut.min(xml.len())], RIM_TIME).is_err());
     }
 
     /// Corrupting a real report (a byte changed, the tail cut) never panics

@@ -22,6 +22,37 @@ use crate::error::{Error, Result};
 
 /// NVIDIA's device identity root, PEM (see `roots/README.md`).
 pub const DEVICE_ROOT_PEM: &[u8] = include_bytes!("roots/verifier_device_root.pem");
+/// NVIDIA's RIM signing root, PEM (see `roots/README.md`).
+pub const RIM_ROOT_PEM: &[u8] = include_bytes!("roots/verifier_RIM_root.pem");
+
+/// Which chain is checked: the check names its refusals carry and the
+/// root it must end in.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainKind {
+    /// Check named when a link fails.
+    pub chain_check: &'static str,
+    /// Check named when a certificate is outside its validity.
+    pub validity_check: &'static str,
+    /// The root, for messages.
+    pub root_label: &'static str,
+    root: fn() -> &'static Certificate,
+}
+
+/// The GPU's device certificate chain (signs attestation reports).
+pub const DEVICE_CHAIN: ChainKind = ChainKind {
+    chain_check: "nvidia.cert_chain",
+    validity_check: "nvidia.cert_validity",
+    root_label: "NVIDIA's pinned device root",
+    root: device_root,
+};
+
+/// A RIM signer's chain.
+pub const RIM_CHAIN: ChainKind = ChainKind {
+    chain_check: "nvidia.rim_chain",
+    validity_check: "nvidia.rim_cert_validity",
+    root_label: "NVIDIA's pinned RIM root",
+    root: rim_root,
+};
 
 const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 const OID_ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
@@ -38,6 +69,15 @@ pub fn device_root() -> &'static Certificate {
     // build defect, not bad input.
     ROOT.get_or_init(|| {
         Certificate::from_pem(DEVICE_ROOT_PEM).expect("embedded NVIDIA device root is valid PEM")
+    })
+}
+
+/// The pinned NVIDIA RIM signing root (`NVIDIA CoRIM signing Root CA`),
+/// parsed once.
+pub fn rim_root() -> &'static Certificate {
+    static ROOT: OnceLock<Certificate> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        Certificate::from_pem(RIM_ROOT_PEM).expect("embedded NVIDIA RIM root is valid PEM")
     })
 }
 
@@ -77,8 +117,8 @@ fn extension<'a>(cert: &'a Certificate, oid: &ObjectIdentifier) -> Option<&'a [u
         .map(|e| e.extn_value.as_bytes())
 }
 
-/// The P-384 public key of a certificate.
-pub fn p384_key(cert: &Certificate) -> Result<VerifyingKey> {
+/// The P-384 public key of a certificate (refused as `check` otherwise).
+pub fn p384_key(check: &'static str, cert: &Certificate) -> Result<VerifyingKey> {
     let spki = cert
         .tbs_certificate
         .subject_public_key_info
@@ -90,7 +130,7 @@ pub fn p384_key(cert: &Certificate) -> Result<VerifyingKey> {
         .map(VerifyingKey::from)
         .map_err(|e| {
             Error::refused(
-                "nvidia.cert_chain",
+                check,
                 format!(
                     "certificate {:?} does not hold a P-384 public key: {e}",
                     subject_cn(cert)
@@ -108,12 +148,12 @@ pub fn validity(cert: &Certificate) -> (u64, u64) {
     )
 }
 
-/// Refuse a certificate used outside its validity period.
-pub fn check_validity(cert: &Certificate, now_unix: u64) -> Result<()> {
+/// Refuse a certificate used outside its validity period (as `check`).
+pub fn check_validity(check: &'static str, cert: &Certificate, now_unix: u64) -> Result<()> {
     let (nb, na) = validity(cert);
     if now_unix < nb || now_unix > na {
         return Err(Error::mismatch(
-            "nvidia.cert_validity",
+            check,
             format!(
                 "certificate {:?} is not valid at the verification time",
                 subject_cn(cert)
@@ -133,12 +173,17 @@ fn is_ca(cert: &Certificate) -> bool {
 
 /// Check that `child` names `issuer` as its issuer, that `issuer` is a CA,
 /// and that `child` carries an ECDSA P-384/SHA-384 signature by its key.
-pub fn check_issued_by(child: &Certificate, issuer: &Certificate) -> Result<()> {
+/// Refusals name `check`.
+pub fn check_issued_by(
+    check: &'static str,
+    child: &Certificate,
+    issuer: &Certificate,
+) -> Result<()> {
     let child_name = subject_cn(child);
     let issuer_name = subject_cn(issuer);
     if child.tbs_certificate.issuer != issuer.tbs_certificate.subject {
         return Err(Error::mismatch(
-            "nvidia.cert_chain",
+            check,
             format!("certificate {child_name:?} is not issued by the next certificate"),
             format!("issuer {issuer_name:?}"),
             format!("issuer {:?}", name_cn(&child.tbs_certificate.issuer)),
@@ -146,7 +191,7 @@ pub fn check_issued_by(child: &Certificate, issuer: &Certificate) -> Result<()> 
     }
     if !is_ca(issuer) {
         return Err(Error::refused(
-            "nvidia.cert_chain",
+            check,
             format!(
                 "certificate {issuer_name:?} issues {child_name:?} but is not a CA (basicConstraints cA)"
             ),
@@ -154,13 +199,13 @@ pub fn check_issued_by(child: &Certificate, issuer: &Certificate) -> Result<()> 
     }
     if child.signature_algorithm.oid != OID_ECDSA_SHA384 {
         return Err(Error::mismatch(
-            "nvidia.cert_chain",
+            check,
             format!("certificate {child_name:?} uses an unexpected signature algorithm"),
             "ecdsa-with-SHA384 (1.2.840.10045.4.3.3)",
             child.signature_algorithm.oid.to_string(),
         ));
     }
-    let key = p384_key(issuer)?;
+    let key = p384_key(check, issuer)?;
     let tbs = child
         .tbs_certificate
         .to_der()
@@ -172,7 +217,7 @@ pub fn check_issued_by(child: &Certificate, issuer: &Certificate) -> Result<()> 
         .is_some_and(|sig| key.verify(&tbs, &sig).is_ok());
     if !verified {
         return Err(Error::refused(
-            "nvidia.cert_chain",
+            check,
             format!(
                 "signature on certificate {child_name:?} does not verify with {issuer_name:?}'s key"
             ),
@@ -182,18 +227,18 @@ pub fn check_issued_by(child: &Certificate, issuer: &Certificate) -> Result<()> 
 }
 
 /// Verify `chain` (leaf first, optionally ending in a copy of the root) up
-/// to the pinned device root at `now_unix`: each link's issuer name, CA
-/// flag and signature, and every certificate's validity, the root's
-/// included. A chain ending in any other self-issued root is refused.
-pub fn verify_chain(chain: &[Certificate], now_unix: u64) -> Result<()> {
-    let root = device_root();
+/// to `kind`'s pinned root at `now_unix`: each link's issuer name, CA flag
+/// and signature, and every certificate's validity, the root's included. A
+/// chain ending in any other self-issued root is refused.
+pub fn verify_chain(kind: ChainKind, chain: &[Certificate], now_unix: u64) -> Result<()> {
+    let root = (kind.root)();
     let mut certs: Vec<&Certificate> = chain.iter().collect();
     if let Some(last) = certs.last() {
         if last.tbs_certificate.subject == last.tbs_certificate.issuer {
             if *last != root {
                 return Err(Error::mismatch(
-                    "nvidia.cert_chain",
-                    "the chain ends in a root that is not NVIDIA's pinned device root",
+                    kind.chain_check,
+                    format!("the chain ends in a root that is not {}", kind.root_label),
                     format!("root {:?}", subject_cn(root)),
                     format!(
                         "root {:?} (SHA-256 {})",
@@ -209,16 +254,16 @@ pub fn verify_chain(chain: &[Certificate], now_unix: u64) -> Result<()> {
     }
     if certs.is_empty() {
         return Err(Error::refused(
-            "nvidia.cert_chain",
+            kind.chain_check,
             "the chain has no certificate below the root",
         ));
     }
     for (i, cert) in certs.iter().enumerate() {
         let issuer = certs.get(i + 1).copied().unwrap_or(root);
-        check_issued_by(cert, issuer)?;
-        check_validity(cert, now_unix)?;
+        check_issued_by(kind.chain_check, cert, issuer)?;
+        check_validity(kind.validity_check, cert, now_unix)?;
     }
-    check_validity(root, now_unix)
+    check_validity(kind.validity_check, root, now_unix)
 }
 
 /// The firmware ID in a leaf certificate's extension 2.23.133.5.4.1.
@@ -274,12 +319,17 @@ mod tests {
     fn nvidia_pinned_root_is_self_signed_and_valid() {
         let root = device_root();
         assert_eq!(subject_cn(root), "NVIDIA Device Identity CA");
-        check_issued_by(root, root).expect("root signs itself");
+        check_issued_by("test", root, root).expect("root signs itself");
         // 2021-11-05 .. 9999-12-31
-        check_validity(root, 1_700_000_000).unwrap();
+        check_validity("test", root, 1_700_000_000).unwrap();
         assert_eq!(
-            check_validity(root, 1_600_000_000).unwrap_err().check(),
-            Some("nvidia.cert_validity")
+            check_validity("test", root, 1_600_000_000)
+                .unwrap_err()
+                .check(),
+            Some("test")
         );
+        let rim = rim_root();
+        assert_eq!(subject_cn(rim), "NVIDIA CoRIM signing Root CA");
+        check_issued_by("test", rim, rim).expect("RIM root signs itself");
     }
 }

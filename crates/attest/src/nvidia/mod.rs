@@ -10,15 +10,17 @@
 //! signature), `nvidia.fwid` (the leaf certificate's firmware ID equals the
 //! report's) and `nvidia.nonce` (the request's nonce equals the expected one).
 //!
-//! Not done here (see `docs/gpu.md`): RIM signature verification ([`rim`]
-//! parses RIMs and compares them with a report, but `verify` does not use
-//! them, so measurements are reported, not appraised), OCSP revocation, and
-//! mapping to the normalized [`crate::Claims`].
+//! Measurements are appraised only by [`DeviceChain::verify_report_with_rims`]
+//! (signature-verified driver and VBIOS RIMs, see [`rim`]); [`verify`]
+//! reports them unappraised. Not done here (see `docs/gpu.md`): OCSP
+//! revocation, selecting RIMs from a directory, and mapping to the
+//! normalized [`crate::Claims`].
 
 pub mod certs;
 pub mod claims;
 pub mod report;
 pub mod rim;
+pub mod xmldsig;
 
 use p384::ecdsa::signature::Verifier;
 use p384::ecdsa::{Signature, VerifyingKey};
@@ -58,7 +60,7 @@ impl DeviceChain {
     /// `now_unix`, and read the leaf's key and firmware ID.
     pub fn verify(cert_chain_pem: &[u8], now_unix: u64) -> Result<Self> {
         let chain = certs::parse_chain(cert_chain_pem)?;
-        certs::verify_chain(&chain, now_unix)?;
+        certs::verify_chain(certs::DEVICE_CHAIN, &chain, now_unix)?;
         let leaf = &chain[0];
         let arch = arch_of(&chain).ok_or_else(|| {
             Error::mismatch(
@@ -79,7 +81,7 @@ impl DeviceChain {
         }
         Ok(DeviceChain {
             leaf_name: certs::subject_cn(leaf),
-            leaf_key: certs::p384_key(leaf)?,
+            leaf_key: certs::p384_key(certs::DEVICE_CHAIN.chain_check, leaf)?,
             fwid: certs::fwid(leaf)?,
             arch: arch.to_string(),
             hwmodel: chain.get(1).map(certs::subject_cn).unwrap_or_default(),
@@ -102,6 +104,32 @@ impl DeviceChain {
         expected_nonce: Option<&[u8; report::NONCE_LEN]>,
         now_unix: u64,
     ) -> Result<GpuClaims> {
+        self.verify_parsed(report, expected_nonce, now_unix)
+            .map(|(_, claims)| claims)
+    }
+
+    /// [`Self::verify_report`], then appraise the report's measurements with
+    /// signature-verified driver and VBIOS RIMs ([`rim::appraise`]); the
+    /// claims then say `measurements_appraised: true`.
+    pub fn verify_report_with_rims(
+        &self,
+        report: &[u8],
+        expected_nonce: Option<&[u8; report::NONCE_LEN]>,
+        now_unix: u64,
+        rims: &rim::Rims<'_>,
+    ) -> Result<GpuClaims> {
+        let (report, mut claims) = self.verify_parsed(report, expected_nonce, now_unix)?;
+        rim::appraise(&report, rims)?;
+        claims.measurements_appraised = true;
+        Ok(claims)
+    }
+
+    fn verify_parsed(
+        &self,
+        report: &[u8],
+        expected_nonce: Option<&[u8; report::NONCE_LEN]>,
+        now_unix: u64,
+    ) -> Result<(Report, GpuClaims)> {
         let report = Report::parse(report)?;
         let (from, until) = self.valid;
         if now_unix < from || now_unix > until {
@@ -142,14 +170,15 @@ impl DeviceChain {
                 ));
             }
         }
-        Ok(GpuClaims {
+        let claims = GpuClaims {
             arch: self.arch.clone(),
             hwmodel: self.hwmodel.clone(),
             ueid: self.ueid.clone(),
             revocation_checked: false,
             measurements_appraised: false,
             report: ReportClaims::from_report(&report)?,
-        })
+        };
+        Ok((report, claims))
     }
 }
 

@@ -3,16 +3,18 @@
 //! the values a genuine driver or VBIOS produces. One RIM describes the
 //! driver, one the VBIOS; together they cover the report's measurements.
 //!
-//! **Not verified here:** a RIM's XML-DSig signature and its certificate
-//! chain to NVIDIA's RIM root. A [`Rim`] is parsed, unauthenticated input;
-//! comparing a report with it says whether they agree, not that NVIDIA
-//! published the RIM. Nothing in this module claims otherwise.
+//! [`Rim::verify`] checks a RIM's XML-DSig signature (see [`super::xmldsig`])
+//! and the signer's chain to NVIDIA's pinned RIM root at a given time;
+//! [`Rim::parse`] does not, and the resulting [`Rim`] says so
+//! (`signed_by: None`): comparing a report with an unverified RIM says
+//! whether they agree, not that NVIDIA published the RIM.
 //!
 //! RIM indices are 0-based; report measurement block indices are 1-based:
 //! RIM index `i` describes block `i + 1`.
 
 use roxmltree::{Document, Node, ParsingOptions};
 
+use super::certs;
 use super::report::Report;
 use crate::error::{Error, Result};
 
@@ -55,6 +57,9 @@ pub struct Rim {
     pub version: String,
     /// Measurement entries, in document order, indices unique.
     pub measurements: Vec<RimMeasurement>,
+    /// Common name of the certificate whose signature was verified up to
+    /// NVIDIA's RIM root, or `None` when the RIM was only parsed.
+    pub signed_by: Option<String>,
 }
 
 /// A report measurement that matches none of a RIM's values.
@@ -83,22 +88,40 @@ fn attr<'a>(n: Node<'a, '_>, name: &str, what: &str) -> Result<&'a str> {
         .ok_or_else(|| malformed(format!("{what} has no {name} attribute")))
 }
 
+fn document(xml: &[u8]) -> Result<Document<'_>> {
+    if xml.len() > MAX_RIM_BYTES {
+        return Err(malformed(format!(
+            "{} bytes, the limit is {MAX_RIM_BYTES}",
+            xml.len()
+        )));
+    }
+    let text = std::str::from_utf8(xml).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
+    let opts = ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_NODES,
+    };
+    Document::parse_with_options(text, opts).map_err(|e| malformed(format!("XML: {e}")))
+}
+
 impl Rim {
-    /// Parse a RIM (UTF-8 XML, no DTD).
+    /// Parse a RIM and verify its signature and the signer's certificate
+    /// chain to NVIDIA's pinned RIM root at `now_unix` (`nvidia.rim_signature`,
+    /// `nvidia.rim_chain`, `nvidia.rim_cert_validity`).
+    pub fn verify(xml: &[u8], now_unix: u64) -> Result<Self> {
+        let doc = document(xml)?;
+        let chain = super::xmldsig::verify_enveloped(&doc)?;
+        certs::verify_chain(certs::RIM_CHAIN, &chain, now_unix)?;
+        let mut rim = Self::from_document(&doc)?;
+        rim.signed_by = chain.first().map(certs::subject_cn);
+        Ok(rim)
+    }
+
+    /// Parse a RIM (UTF-8 XML, no DTD) without verifying its signature.
     pub fn parse(xml: &[u8]) -> Result<Self> {
-        if xml.len() > MAX_RIM_BYTES {
-            return Err(malformed(format!(
-                "{} bytes, the limit is {MAX_RIM_BYTES}",
-                xml.len()
-            )));
-        }
-        let text = std::str::from_utf8(xml).map_err(|e| malformed(format!("not UTF-8: {e}")))?;
-        let opts = ParsingOptions {
-            allow_dtd: false,
-            nodes_limit: MAX_NODES,
-        };
-        let doc =
-            Document::parse_with_options(text, opts).map_err(|e| malformed(format!("XML: {e}")))?;
+        Self::from_document(&document(xml)?)
+    }
+
+    fn from_document(doc: &Document<'_>) -> Result<Self> {
         let root = doc.root_element();
         if !swid(root, "SoftwareIdentity") {
             return Err(malformed(format!(
@@ -142,6 +165,7 @@ impl Rim {
             name,
             version,
             measurements,
+            signed_by: None,
         })
     }
 
@@ -274,4 +298,37 @@ pub fn check_measurements(report: &Report, rims: &[&Rim]) -> Result<()> {
             m.actual
         },
     ))
+}
+
+/// The two RIMs that describe a GPU's report.
+#[derive(Debug, Clone, Copy)]
+pub struct Rims<'a> {
+    /// The RIM for the report's driver version.
+    pub driver: &'a Rim,
+    /// The RIM for the report's VBIOS version.
+    pub vbios: &'a Rim,
+}
+
+/// Appraise a report with its RIMs: both must have been verified
+/// ([`Rim::verify`]; a merely parsed RIM is refused as
+/// `nvidia.rim_signature`), describe the report's driver and VBIOS versions
+/// (`nvidia.rim_version`) and agree with every measurement
+/// (`nvidia.rim_measurement`).
+pub fn appraise(report: &Report, rims: &Rims<'_>) -> Result<()> {
+    for (what, rim) in [("driver", rims.driver), ("VBIOS", rims.vbios)] {
+        if rim.signed_by.is_none() {
+            return Err(Error::refused(
+                "nvidia.rim_signature",
+                format!(
+                    "the {what} RIM {} was parsed but its signature was not verified",
+                    rim.tag_id
+                ),
+            ));
+        }
+    }
+    rims.driver
+        .check_version("driver", &report.driver_version()?)?;
+    rims.vbios
+        .check_version("VBIOS", &report.vbios_version()?)?;
+    check_measurements(report, &[rims.driver, rims.vbios])
 }

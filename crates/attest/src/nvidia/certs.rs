@@ -1,6 +1,6 @@
-//! NVIDIA device certificates: the pinned device identity root, ECDSA
-//! P-384 chain verification that names the certificate that failed, and the
-//! firmware ID carried by the leaf.
+//! NVIDIA certificates: the pinned device identity and RIM signing roots,
+//! ECDSA P-384 chain verification that names the certificate that failed,
+//! and the firmware ID carried by a device leaf.
 //!
 //! A Hopper chain, leaf first: `GH100 A01 GSP FMC LF` (signs reports) →
 //! `GH100 A01 GSP BROM` → `NVIDIA GH100 Provisioner ICA 1` →

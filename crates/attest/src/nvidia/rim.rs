@@ -240,7 +240,7 @@ fn parse_measurement(res: Node<'_, '_>) -> Result<RimMeasurement> {
 /// Compare the report's measurement blocks with the active entries of
 /// `rims` (the driver's and the VBIOS's). Returns every mismatch; an index
 /// active in two RIMs is refused (`nvidia.rim_measurement`), as NVIDIA's
-/// verifier does. Does not check the RIMs' signatures.
+/// verifier does. Agreement only, like [`check_measurements`].
 pub fn compare(report: &Report, rims: &[&Rim]) -> Result<Vec<Mismatch>> {
     let mut seen: Vec<(u8, &str)> = Vec::new();
     let mut mismatches = Vec::new();
@@ -278,7 +278,7 @@ pub fn compare(report: &Report, rims: &[&Rim]) -> Result<Vec<Mismatch>> {
 
 /// Refuse the report unless every active RIM entry matches
 /// (`nvidia.rim_measurement`, naming the first mismatching index). Checks
-/// agreement only: the RIMs' signatures are not verified.
+/// agreement only: whether the RIMs were verified is [`appraise`]'s job.
 pub fn check_measurements(report: &Report, rims: &[&Rim]) -> Result<()> {
     let Some(m) = compare(report, rims)?.into_iter().next() else {
         return Ok(());

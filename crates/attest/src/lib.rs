@@ -19,6 +19,7 @@ pub mod error;
 pub mod expect;
 mod fields;
 pub mod hexbytes;
+pub mod nvidia;
 pub mod sgx;
 pub mod sim;
 pub mod snp;

@@ -12,6 +12,7 @@ pub mod admin_auth;
 pub mod api;
 pub mod appraisal;
 pub mod bench;
+pub mod datadir;
 pub mod error;
 pub mod json;
 pub mod metrics;

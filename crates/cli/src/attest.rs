@@ -1,5 +1,6 @@
 //! `veil attest …`: verify evidence offline; produce sim evidence.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use veil_attest::snp::{CertSource, Product, TcbVersion};
 use veil_attest::{Claims, Context, Error, Expectations, Tee};
 
 use crate::output::{self, Access, Existing, read_limited};
+use crate::outln;
 
 /// Attestation evidence: verify it offline, or produce simulated evidence.
 #[derive(Subcommand)]
@@ -200,10 +202,13 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     if let Some(d) = &a.init_data_digest {
         expectations.init_data_digest = Some(hex_arg("init-data-digest", d)?);
     }
-    if let Some(t) = &a.min_tcb {
-        expectations.min_tcb =
-            veil_attest::expect::parse_min_tcb(t).map_err(|e| anyhow::anyhow!("--min-tcb: {e}"))?;
-    }
+    // Checked after verification, against the components the evidence
+    // reports, so that a misspelt name is a usage error, not a refusal.
+    let min_tcb = match &a.min_tcb {
+        Some(t) => veil_attest::expect::parse_min_tcb(t)
+            .map_err(|e| anyhow::anyhow!("--min-tcb: {e}"))?,
+        None => BTreeMap::new(),
+    };
     if matches!(a.tee, Tee::Tdx | Tee::Sgx) {
         return crate::attest_dcap::verify(crate::attest_dcap::DcapArgs {
             tee: a.tee,
@@ -212,6 +217,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
             no_collateral: a.no_collateral,
             accept: &a.accept_tcb_status,
             expectations,
+            min_tcb,
             now_unix: at_time(a.at.as_deref())?,
             json: a.json,
         });
@@ -258,7 +264,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
             Checked::Verified,
         )
     };
-    report(result, checked, a.json, print_summary)
+    report(result, checked, &min_tcb, a.json, print_summary)
 }
 
 /// How far `veil attest verify` checked evidence that was not refused.
@@ -290,13 +296,42 @@ pub const NOT_VERIFIED: &str = "NOT VERIFIED (parsed only: --no-collateral)";
 /// Print the outcome and return the exit status: claims (as JSON, or with
 /// `summary`) and 0 when verified, 3 when only parsed; a refusal exits 1,
 /// malformed evidence 2, each with its message on stderr and, with `json`,
-/// a JSON object on stdout.
+/// a JSON object on stdout. `min_tcb` (`--min-tcb`) is checked here: a
+/// component the evidence does not report is a usage error (exit 2).
 pub fn report(
     result: std::result::Result<Claims, Error>,
     checked: Checked,
+    min_tcb: &BTreeMap<String, u64>,
     json: bool,
     summary: fn(&Claims, Checked),
 ) -> Result<ExitCode> {
+    let result = match result {
+        Ok(claims) => {
+            let unknown: Vec<&str> = min_tcb
+                .keys()
+                .filter(|k| !claims.tcb.contains_key(*k))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                let known: Vec<&str> = claims.tcb.keys().map(String::as_str).collect();
+                bail!(
+                    "--min-tcb: {} evidence has no TCB component {}; it reports: {}",
+                    claims.tee,
+                    unknown.join(", "),
+                    known.join(", ")
+                );
+            }
+            // Debug was already checked with the caller's --allow-debug.
+            Expectations {
+                min_tcb: min_tcb.clone(),
+                allow_debug: true,
+                ..Default::default()
+            }
+            .check(&claims)
+            .map(|()| claims)
+        }
+        e => e,
+    };
     match result {
         Ok(claims) => {
             // Fail closed: a verifier that says it verified nothing wins.
@@ -313,7 +348,7 @@ pub fn report(
                     let outcome = if verified { "verified" } else { "parsed-only" };
                     o.insert("outcome".into(), outcome.into());
                 }
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 summary(&claims, checked);
             }
@@ -341,7 +376,7 @@ pub fn report(
                     v["expected"] = r.expected.clone().into();
                     v["actual"] = r.actual.clone().into();
                 }
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             }
             Ok(ExitCode::from(code))
         }
@@ -350,7 +385,7 @@ pub fn report(
 
 fn print_summary(c: &Claims, checked: Checked) {
     if checked == Checked::ParsedOnly {
-        println!(
+        outln!(
             "{NOT_VERIFIED}: {} evidence; the TD quote's signature chain was not checked",
             c.tee
         );
@@ -363,7 +398,7 @@ fn print_summary(c: &Claims, checked: Checked) {
                 c.platform.product
             ),
         };
-        println!("verified: {} evidence, signed by {signer}", c.tee);
+        outln!("verified: {} evidence, signed by {signer}", c.tee);
     }
     let tcb: Vec<String> = c.tcb.iter().map(|(k, v)| format!("{k}={v}")).collect();
     output::kv("measurement", &hex::encode(&c.measurement));
@@ -439,9 +474,9 @@ fn sim_keygen(a: SimKeygenArgs) -> Result<ExitCode> {
     k.commit()?;
     r.commit()?;
     eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
-    println!("sim platform key: {}", a.key.display());
-    println!("sim root (trust this in verifiers): {}", a.root.display());
-    println!("platform id: {}", hex::encode(key.root().platform_id()));
+    outln!("sim platform key: {}", a.key.display());
+    outln!("sim root (trust this in verifiers): {}", a.root.display());
+    outln!("platform id: {}", hex::encode(key.root().platform_id()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -483,10 +518,7 @@ fn sim_report(a: SimReportArgs) -> Result<ExitCode> {
     };
     match &a.output {
         Some(p) => output::write_atomic(p, &out)?,
-        None => {
-            use std::io::Write;
-            std::io::stdout().write_all(&out)?;
-        }
+        None => output::stdout_bytes(&out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

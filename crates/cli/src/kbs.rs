@@ -17,6 +17,7 @@ use veil_kbs_client::{ClientConfig, ClientError, KbsClient, KeyType, ResourcePat
 use zeroize::Zeroizing;
 
 use crate::output::{self, Access, Existing};
+use crate::{out, outln};
 
 /// Key broker service: serve, administer, fetch resources.
 #[derive(Subcommand)]
@@ -27,7 +28,7 @@ pub enum KbsCommand {
     AdminKeygen(AdminKeygenArgs),
     /// Create a random key-encryption key file for secrets at rest.
     KekGenerate(KekGenerateArgs),
-    /// Re-seal every stored secret under a new KEK (server stopped).
+    /// Re-seal every stored secret under a new KEK (refused while a server runs on the data dir).
     RotateKek(RotateKekArgs),
     /// Resources (secrets): put, info, delete, list.
     #[command(subcommand)]
@@ -161,7 +162,8 @@ pub enum ResourceCommand {
         file: PathBuf,
     },
     /// Show a resource's metadata (the value never leaves unencrypted).
-    Get {
+    #[command(visible_alias = "get")]
+    Info {
         #[command(flatten)]
         admin: AdminArgs,
         /// `<repo>/<type>/<tag>`.
@@ -400,9 +402,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         eprintln!("veil: note: no --admin-pubkey given: the admin API refuses every call");
     }
     let server = veil_kbs::spawn(cfg, a.workers)?;
-    println!("veil kbs listening on {}", server.url());
-    println!("  data dir   {}", a.data_dir.display());
-    println!(
+    outln!("veil kbs listening on {}", server.url());
+    outln!("  data dir   {}", a.data_dir.display());
+    outln!(
         "  token key  {} (JWKS at {}/kbs/v0/jwks)",
         server.state.signer.kid(),
         server.url()
@@ -430,8 +432,8 @@ fn admin_keygen(a: AdminKeygenArgs) -> Result<ExitCode> {
     )?;
     key.commit()?;
     public.commit()?;
-    println!("admin private key: {} (keep it secret)", a.key.display());
-    println!(
+    outln!("admin private key: {} (keep it secret)", a.key.display());
+    outln!(
         "admin public key:  {} (give it to `veil kbs serve --admin-pubkey`)",
         a.public.display()
     );
@@ -442,16 +444,28 @@ fn kek_generate(a: KekGenerateArgs) -> Result<ExitCode> {
     let hex = Kek::generate_hex();
     output::write_secret(&a.out, hex.as_bytes())?;
     let id = Kek::from_bytes(hex.as_bytes())?;
-    println!("key-encryption key: {} (id {})", a.out.display(), id.id());
+    outln!("key-encryption key: {} (id {})", a.out.display(), id.id());
     Ok(ExitCode::SUCCESS)
 }
 
 fn rotate_kek(a: RotateKekArgs) -> Result<ExitCode> {
     let old = Kek::from_file(&a.old_kek_file)?;
     let new = Kek::from_file(&a.new_kek_file)?;
+    if !a.data_dir.is_dir() {
+        bail!("--data-dir {}: no such directory", a.data_dir.display());
+    }
+    // Held until the rotation is committed: no server may start meanwhile.
+    let _lock = match veil_kbs::datadir::DataDirLock::exclusive(&a.data_dir) {
+        Ok(l) => l,
+        Err(e @ veil_kbs::datadir::LockError::InUse { .. }) => {
+            eprintln!("veil: refused: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let store = veil_kbs::store::sqlite::SqliteStore::open(&a.data_dir)?;
     let n = veil_kbs::secrets::rotate_kek(&store, &old, &new).map_err(anyhow::Error::msg)?;
-    println!(
+    outln!(
         "re-sealed {n} secret(s) from KEK {} to KEK {}",
         old.id(),
         new.id()
@@ -480,7 +494,7 @@ fn admin_client(a: &AdminArgs) -> Result<AdminClient> {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn resource(c: ResourceCommand) -> Result<ExitCode> {
@@ -495,20 +509,20 @@ fn resource(c: ResourceCommand) -> Result<ExitCode> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
             });
             admin_client(&admin)?.put_resource(&path, &value)?;
-            println!("stored {path} ({} bytes)", value.len());
+            outln!("stored {path} ({} bytes)", value.len());
         }
-        ResourceCommand::Get { admin, path } => {
+        ResourceCommand::Info { admin, path } => {
             print_json(&admin_client(&admin)?.resource_info(&ResourcePath::parse(&path)?)?)
         }
         ResourceCommand::Delete { admin, path } => {
             let path = ResourcePath::parse(&path)?;
             admin_client(&admin)?.delete_resource(&path)?;
-            println!("deleted {path}");
+            outln!("deleted {path}");
         }
         ResourceCommand::List { admin } => {
             let list = admin_client(&admin)?.list_resources()?;
             for r in list.as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "{}\t{} bytes\tupdated {}",
                     r["path"].as_str().unwrap_or(""),
                     r["size"],
@@ -562,19 +576,19 @@ fn policy(c: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Set(a) => {
             let text = policy_text(&a)?;
             if a.print {
-                print!("{text}");
+                out!("{text}");
                 return Ok(ExitCode::SUCCESS);
             }
             let scope = (!a.scope.is_empty()).then_some(a.scope.as_str());
             admin_client(&a.admin)?.set_resource_policy(scope, &text)?;
-            println!("resource policy set for scope {:?}", a.scope);
+            outln!("resource policy set for scope {:?}", a.scope);
         }
         PolicyCommand::Get { admin } => print_json(&admin_client(&admin)?.get_resource_policies()?),
         PolicyCommand::SetAttestation { admin, file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             admin_client(&admin)?.set_attestation_policy(&text)?;
-            println!("attestation policy set");
+            outln!("attestation policy set");
         }
         PolicyCommand::GetAttestation { admin } => {
             print_json(&admin_client(&admin)?.get_attestation_policy()?)
@@ -607,7 +621,7 @@ fn reference_value(c: ReferenceValueCommand) -> Result<ExitCode> {
                 })
                 .collect::<Result<_>>()?;
             admin_client(&admin)?.set_reference_value(&name, &vals)?;
-            println!("reference value {name} set ({} values)", vals.len());
+            outln!("reference value {name} set ({} values)", vals.len());
         }
         ReferenceValueCommand::Get { admin, name } => {
             print_json(&admin_client(&admin)?.get_reference_value(&name)?)
@@ -640,7 +654,7 @@ fn reference_values_from_measure(admin: &AdminArgs, files: &[PathBuf]) -> Result
     for (name, values) in &merged {
         let vals: Vec<serde_json::Value> = values.iter().cloned().map(Into::into).collect();
         client.set_reference_value(name, &vals)?;
-        println!("reference value {name} set ({} values)", vals.len());
+        outln!("reference value {name} set ({} values)", vals.len());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -652,7 +666,7 @@ fn audit(a: AuditArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for r in recs.as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "#{} {} {:<8} {:<5} {} — {}",
             r["id"],
             r["ts"],
@@ -699,7 +713,7 @@ fn get_resource(a: GetResourceArgs) -> Result<ExitCode> {
         }
         None => {
             use base64::Engine;
-            println!(
+            outln!(
                 "{}",
                 base64::engine::general_purpose::STANDARD.encode(value.as_slice())
             );

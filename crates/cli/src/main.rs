@@ -72,6 +72,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    output::hide_broken_pipe_panics();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attest(cmd) => attest::run(cmd),

@@ -17,6 +17,7 @@ use veil_measure::tdx::{self, PageAddOrder};
 use veil_measure::{Error as MeasureError, Firmware};
 
 use crate::output;
+use crate::out;
 
 /// Expected launch measurements.
 #[derive(Subcommand)]
@@ -173,7 +174,7 @@ fn emit(report: &MeasurementReport, format: Format, out: Option<&Path>) -> Resul
     };
     match out {
         Some(p) => output::write_atomic(p, text.as_bytes())?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
 }

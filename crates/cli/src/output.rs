@@ -30,7 +30,70 @@ use zeroize::Zeroizing;
 
 /// Print an aligned `key  value` line.
 pub fn kv(key: &str, value: &str) {
-    println!("  {key:<14}{value}");
+    crate::outln!("  {key:<14}{value}");
+}
+
+/// `println!` that ends the process quietly, status 0, when stdout is a
+/// pipe whose reader went away (`veil kbs audit | head`): there is no one
+/// left to tell. Any other write error ends it with status 2 and a message.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::stdout_fmt(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with the broken-pipe handling of [`outln!`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::stdout_fmt(format_args!($($arg)*))
+    };
+}
+
+/// What [`outln!`] and [`out!`] call.
+pub fn stdout_fmt(args: std::fmt::Arguments<'_>) {
+    let r = std::io::stdout().lock().write_fmt(args);
+    if let Err(e) = quiet_on_broken_pipe(r) {
+        eprintln!("veil: error: writing to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// Write raw bytes to stdout (and flush), with the broken-pipe handling of
+/// [`outln!`].
+pub fn stdout_bytes(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    quiet_on_broken_pipe(out.write_all(bytes).and_then(|()| out.flush()))
+}
+
+/// Exit quietly with status 0 on `EPIPE`; pass any other result through.
+fn quiet_on_broken_pipe(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r,
+    }
+}
+
+/// For `println!`s outside [`outln!`]: a panic from printing to a closed
+/// pipe unwinds as before (destructors run) but prints no panic message.
+pub fn hide_broken_pipe_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            return;
+        }
+        default(info);
+    }));
 }
 
 /// Who may read a file the CLI writes.
@@ -290,11 +353,7 @@ fn write_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {
     match fd {
-        1 => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes)?;
-            out.flush()
-        }
+        1 => stdout_bytes(bytes),
         2 => std::io::stderr().lock().write_all(bytes),
         _ => {
             // SAFETY: the descriptor is only borrowed to duplicate it; if it

@@ -21,6 +21,7 @@ use veil_policy::initdata::{MAX_INIT_DATA_BYTES, ParsedInitData};
 use veil_policy::settings::{MAX_SETTINGS_BYTES, Settings};
 
 use crate::output::{Access, Existing, kv, read_limited, stage};
+use crate::{out, outln};
 
 /// Workload policies: generate from Kubernetes YAML, digest, check requests, diff.
 #[derive(Subcommand)]
@@ -203,9 +204,9 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
         report.push_str(&format!("note: {n}\n"));
     }
     if a.output.is_some() {
-        print!("{report}");
+        out!("{report}");
     } else {
-        print!("{}", g.output_yaml);
+        out!("{}", g.output_yaml);
         eprint!("{report}");
     }
     Ok(ExitCode::SUCCESS)
@@ -228,10 +229,10 @@ fn cmd_digest(a: DigestArgs) -> Result<ExitCode> {
             "tdx_mrconfigid_base64": B64.encode(mrconfigid),
             "sim": hex::encode(sim),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("init-data {}", a.init_data.display());
+    outln!("init-data {}", a.init_data.display());
     kv("algorithm", d.algorithm().as_str());
     kv("digest", &d.hex());
     kv(
@@ -278,14 +279,14 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
         denied = !d.allowed;
         if !a.json {
             if d.allowed {
-                println!("allow: {}", d.kind);
+                outln!("allow: {}", d.kind);
             } else {
-                println!("deny: {}", d.kind);
+                outln!("deny: {}", d.kind);
                 for v in &d.violations {
-                    println!("  {}", v.message);
-                    println!("    field:    {}", v.field);
-                    println!("    expected: {}", v.expected);
-                    println!("    actual:   {}", v.actual);
+                    outln!("  {}", v.message);
+                    outln!("    field:    {}", v.field);
+                    outln!("    expected: {}", v.expected);
+                    outln!("    actual:   {}", v.actual);
                 }
             }
         }
@@ -295,7 +296,7 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&decisions)?);
+        outln!("{}", serde_json::to_string_pretty(&decisions)?);
     }
     Ok(if denied {
         ExitCode::from(1)
@@ -310,9 +311,9 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let changes = diff_init_data(&x.init_data, &y.init_data);
     if changes.is_empty() {
         if x.raw() == y.raw() {
-            println!("identical");
+            outln!("identical");
         } else {
-            println!("equivalent (same content, different bytes: the digests differ)");
+            outln!("equivalent (same content, different bytes: the digests differ)");
         }
         return Ok(if x.raw() == y.raw() {
             ExitCode::SUCCESS
@@ -321,7 +322,7 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
         });
     }
     for c in &changes {
-        println!("{c}");
+        outln!("{c}");
     }
     Ok(ExitCode::from(1))
 }

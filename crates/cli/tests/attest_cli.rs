@@ -85,6 +85,15 @@ fn refusals_exit_1_and_name_the_check() {
         .stderr(predicate::str::contains(
             "TCB component snp below minimum: expected >= 9, got 8",
         ));
+    // A misspelt component is the caller's mistake, not the evidence's:
+    // usage error (2), naming the components the evidence reports.
+    snp_with_cert("milan-vcek-report.bin", "milan-vcek.der")
+        .args(["--min-tcb", "ucode=115"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--min-tcb: snp evidence has no TCB component ucode; it reports: bootloader, microcode, snp, tee",
+        ));
     snp_with_cert("milan-vlek-report.bin", "milan-vlek.der")
         // The VLEK certificate expires 2025-12-10: verify inside its validity.
         .args(["--at", "2025-06-01T00:00:00Z"])

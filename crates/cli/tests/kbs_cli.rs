@@ -159,3 +159,91 @@ fn serve_refuses_insecure_setups() {
     serve_refused(d, "data2", &["--insecure-http"], "VEIL_KBS_KEK");
     assert!(!d.join("data2").exists());
 }
+
+/// `rotate-kek` on the data dir of a running server is refused, naming the
+/// server's PID, and changes nothing; once the server stops it works, and
+/// the server starts again under the new KEK with the secret intact.
+#[test]
+fn rotate_kek_refused_while_a_server_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    std::fs::write(d.join("secret.bin"), "rotate-me").unwrap();
+    run_ok(
+        veil()
+            .args(["kbs", "kek-generate", "--out"])
+            .arg(d.join("kek-new.hex")),
+    );
+    let rotate = || {
+        let mut c = veil();
+        c.args(["kbs", "rotate-kek", "--data-dir"])
+            .arg(d.join("data"))
+            .arg("--old-kek-file")
+            .arg(d.join("kek.hex"))
+            .arg("--new-kek-file")
+            .arg(d.join("kek-new.hex"));
+        c
+    };
+    let allow_and_fetch = |kbs: &DevKbs| {
+        run_ok(kbs.client().args([
+            "kbs",
+            "policy",
+            "set",
+            "--insecure-http",
+            "--template",
+            "allow-all",
+        ]));
+        run_ok(
+            kbs.sim_guest()
+                .arg("--out")
+                .arg(d.join("got.bin"))
+                .arg("repo/key/r"),
+        );
+        assert_eq!(std::fs::read_to_string(d.join("got.bin")).unwrap(), "rotate-me");
+        std::fs::remove_file(d.join("got.bin")).unwrap();
+    };
+
+    let kbs = serve(d);
+    run_ok(
+        kbs.client()
+            .args(["kbs", "resource", "put", "--insecure-http", "repo/key/r"])
+            .arg(d.join("secret.bin")),
+    );
+    let out = rotate().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by a running KBS (PID "), "{err}");
+    // Nothing changed: the running server still releases the secret.
+    allow_and_fetch(&kbs);
+    kbs.kill();
+
+    let out = run_ok(&mut rotate());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-sealed"));
+    std::fs::rename(d.join("kek-new.hex"), d.join("kek.hex")).unwrap();
+    let kbs = serve(d);
+    allow_and_fetch(&kbs);
+}
+
+/// `veil kbs audit | head`: a reader that has gone away ends the command
+/// quietly (status 0, no panic message), in text and in JSON.
+#[test]
+fn listing_into_a_closed_pipe_exits_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let kbs = serve(d);
+    run_ok(kbs.client().args(["kbs", "resource", "list", "--insecure-http"]));
+    for json in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut c = kbs.client();
+        c.args(["kbs", "audit", "--insecure-http"]);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.stdout(writer).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.is_empty(), "{err}");
+    }
+}

@@ -357,3 +357,28 @@ fn generate_resolves_images_through_a_registry() {
         .stderr(predicate::str::contains("looks like a file"));
     assert!(only_files(&empty).is_empty());
 }
+
+/// `veil policy check --json | head`: a closed pipe ends it quietly, with
+/// the decision's status (0 here) and no panic message.
+#[test]
+fn check_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok.json");
+    std::fs::write(&ok, requests("db.internal").to_string()).unwrap();
+    for json in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("veil"));
+        c.args(["policy", "check", "--init-data"])
+            .arg(data("golden/pod-multi.web.toml"))
+            .arg("--request")
+            .arg(&ok);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.stdout(writer).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.is_empty(), "{err}");
+    }
+}

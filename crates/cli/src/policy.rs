@@ -76,6 +76,14 @@ pub struct GenerateArgs {
     /// Also write the init-data TOML here (needs exactly one workload).
     #[arg(long, value_name = "OUT.toml")]
     init_data: Option<PathBuf>,
+    /// The KBS the agent attests to and fetches secrets from (overrides the
+    /// settings' kbs.url).
+    #[arg(long, value_name = "URL")]
+    kbs_url: Option<String>,
+    /// A secret for every workload, `NAME=kbs:///repo/type/tag`, placed at
+    /// /run/veil/secrets/NAME (repeatable; added to the settings' [kbs.secrets]).
+    #[arg(long = "secret", value_name = "NAME=URI")]
+    secrets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -132,6 +140,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
             .with_context(|| format!("{}", p.display()))?,
         None => Settings::default(),
     };
+    let settings = with_kbs_args(settings, a.kbs_url.as_deref(), &a.secrets)?;
     let mut texts = Vec::new();
     for f in &a.files {
         texts.push(read_text(f, "Kubernetes YAML", MAX_YAML_BYTES)?);
@@ -210,6 +219,27 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
         eprint!("{report}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Apply `--kbs-url` and `--secret NAME=URI` to the settings.
+fn with_kbs_args(mut settings: Settings, url: Option<&str>, secrets: &[String]) -> Result<Settings> {
+    if let Some(u) = url {
+        settings.kbs.url = u.to_string();
+    }
+    for s in secrets {
+        let (name, uri) = s
+            .split_once('=')
+            .with_context(|| format!("--secret {s:?}: expected NAME=kbs:///repo/type/tag"))?;
+        veil_policy::settings::check_secret(name, uri).map_err(|e| anyhow::anyhow!("--{e}"))?;
+        veil_kbs_client::ResourcePath::parse(uri)
+            .map_err(|e| anyhow::anyhow!("--secret {name}: {e}"))?;
+        if let Some(old) = settings.kbs.secrets.get(name).filter(|old| *old != uri) {
+            bail!("--secret {name}={uri}: the settings already map {name} to {old}");
+        }
+        settings.kbs.secrets.insert(name.to_string(), uri.to_string());
+    }
+    settings.validate().map_err(anyhow::Error::msg)?;
+    Ok(settings)
 }
 
 fn cmd_digest(a: DigestArgs) -> Result<ExitCode> {

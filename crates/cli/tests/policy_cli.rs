@@ -382,3 +382,76 @@ fn check_into_a_closed_pipe_exits_quietly() {
         assert!(err.is_empty(), "{err}");
     }
 }
+
+/// The owner's production flow delivers secrets: `--secret NAME=URI` puts
+/// the same cdh.toml credential `veil run --secret` writes into the
+/// generated init-data (so its digest changes), and bad names, bad URIs
+/// or no KBS are refused with nothing written.
+#[test]
+fn generate_with_secrets_writes_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen_with = |name: &str, extra: &[&str]| {
+        let toml = dir.path().join(format!("{name}.toml"));
+        let mut c = generate(
+            &data("manifests/pod-multi.yaml"),
+            &dir.path().join(format!("{name}.yaml")),
+            &toml,
+        );
+        c.arg("--image-dir")
+            .arg(data("layout"))
+            .args(["--kbs-url", "https://kbs.example:8080"])
+            .args(extra);
+        (c, toml)
+    };
+    let (mut c, plain) = gen_with("plain", &[]);
+    output_ok(&mut c);
+    let (mut c, with) = gen_with(
+        "with",
+        &[
+            "--secret",
+            "db-password=kbs:///default/secret/db",
+            "--secret",
+            "tls.key=kbs:///prod/key/tls",
+        ],
+    );
+    let out = output_ok(&mut c);
+    let plain_text = std::fs::read_to_string(&plain).unwrap();
+    let text = std::fs::read_to_string(&with).unwrap();
+    assert!(plain_text.contains("credentials = []"), "{plain_text}");
+    assert!(
+        text.contains(
+            r#"credentials = [{ path = "/run/veil/secrets/db-password", resource_uri = "kbs:///default/secret/db" }, { path = "/run/veil/secrets/tls.key", resource_uri = "kbs:///prod/key/tls" }]"#
+        ),
+        "{text}"
+    );
+    let digest = veil_policy::HashAlgorithm::Sha384
+        .digest(text.as_bytes())
+        .hex();
+    let plain_digest = veil_policy::HashAlgorithm::Sha384
+        .digest(plain_text.as_bytes())
+        .hex();
+    assert_ne!(digest, plain_digest);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&digest));
+
+    for (args, needle) in [
+        (&["--secret", "../x=kbs:///a/b/c"][..], "secret name \"../x\""),
+        (&["--secret", "x=https://a/b/c"][..], "must be a kbs:///repo/type/tag URI"),
+        (&["--secret", "x=kbs:///a/b"][..], "expected 3"),
+        (&["--secret", "x"][..], "expected NAME=kbs:///repo/type/tag"),
+    ] {
+        let (mut c, toml) = gen_with("bad", args);
+        c.assert().code(2).stderr(predicate::str::contains(needle));
+        assert!(!toml.exists());
+    }
+    let mut c = generate(
+        &data("manifests/pod-multi.yaml"),
+        &dir.path().join("nokbs.yaml"),
+        &dir.path().join("nokbs.toml"),
+    );
+    c.arg("--image-dir")
+        .arg(data("layout"))
+        .args(["--secret", "x=kbs:///a/b/c"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("needs kbs.url (--kbs-url)"));
+}

@@ -28,6 +28,8 @@ pub enum KbsCommand {
     AdminKeygen(AdminKeygenArgs),
     /// Create a random key-encryption key file for secrets at rest.
     KekGenerate(KekGenerateArgs),
+    /// Make a private CA and a KBS server certificate signed by it (for --tls-cert and --ca).
+    TlsKeygen(TlsKeygenArgs),
     /// Re-seal every stored secret under a new KEK (refused while a server runs on the data dir).
     RotateKek(RotateKekArgs),
     /// Resources (secrets): put, info, delete, list.
@@ -111,6 +113,29 @@ pub struct KekGenerateArgs {
     pub out: PathBuf,
 }
 
+/// Arguments of `veil kbs tls-keygen`.
+#[derive(Args)]
+pub struct TlsKeygenArgs {
+    /// A name clients reach the KBS by (DNS name or IP address); repeatable.
+    #[arg(long = "san", value_name = "NAME", default_values = ["localhost", "127.0.0.1"])]
+    pub sans: Vec<String>,
+    /// CA certificate output: give it to clients (`--ca`, `VEIL_KBS_CA`).
+    #[arg(long, default_value = "kbs-ca.pem")]
+    pub ca_cert: PathBuf,
+    /// Server certificate chain output (`serve --tls-cert`).
+    #[arg(long, default_value = "kbs-cert.pem")]
+    pub cert: PathBuf,
+    /// Server private key output (`serve --tls-key`, mode 0600).
+    #[arg(long, default_value = "kbs-key.pem")]
+    pub key: PathBuf,
+    /// Validity of the server certificate, in days (the CA: ten times that).
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// Arguments of `veil kbs rotate-kek`.
 #[derive(Args)]
 pub struct RotateKekArgs {
@@ -131,11 +156,11 @@ pub struct ConnArgs {
     /// KBS base URL.
     #[arg(long, env = "VEIL_KBS_URL", default_value = "https://127.0.0.1:8080")]
     pub url: String,
-    /// CA certificate(s) to trust for the KBS (PEM), e.g. its self-signed cert.
-    #[arg(long)]
+    /// CA certificate(s) to trust for the KBS (PEM), e.g. from `veil kbs tls-keygen`.
+    #[arg(long, env = "VEIL_KBS_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Allow an http:// URL (loopback development servers).
-    #[arg(long)]
+    #[arg(long, env = "VEIL_KBS_INSECURE_HTTP", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure_http: bool,
 }
 
@@ -319,6 +344,7 @@ pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
         KbsCommand::Serve(a) => serve(a),
         KbsCommand::AdminKeygen(a) => admin_keygen(a),
         KbsCommand::KekGenerate(a) => kek_generate(a),
+        KbsCommand::TlsKeygen(a) => tls_keygen(a),
         KbsCommand::RotateKek(a) => rotate_kek(a),
         KbsCommand::Resource(c) => resource(c),
         KbsCommand::Policy(c) => policy(c),
@@ -333,10 +359,29 @@ pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
                 eprintln!("veil: {e:#}");
                 Ok(ExitCode::from(1))
             }
-            _ => Err(e),
+            _ => Err(advise(e)),
         },
         ok => ok,
     }
+}
+
+/// Put advice in front of a TLS failure the user can fix with a flag.
+fn advise(e: anyhow::Error) -> anyhow::Error {
+    let Some(ClientError::Transport { reason, .. }) = e.downcast_ref::<ClientError>() else {
+        return e;
+    };
+    let advice = if reason.contains("CaUsedAsEndEntity") {
+        "the KBS serves a CA certificate (as a plain `openssl req -x509` makes), which TLS clients refuse as a server certificate: make a CA and a server certificate with `veil kbs tls-keygen --san HOST`, serve kbs-cert.pem/kbs-key.pem (--tls-cert/--tls-key) and pass kbs-ca.pem with --ca (or VEIL_KBS_CA)"
+    } else if reason.contains("UnknownIssuer") {
+        "the KBS's certificate is not signed by a CA this client trusts: pass its CA certificate with --ca FILE (or VEIL_KBS_CA=FILE)"
+    } else if reason.contains("NotValidForName") {
+        "the KBS's certificate does not name the host of the URL: make one that does with `veil kbs tls-keygen --san HOST`, or use a name it holds in --url"
+    } else if reason.contains("Expired") || reason.contains("NotValidYet") {
+        "the KBS's certificate is outside its validity period (check both clocks, or renew it with `veil kbs tls-keygen`)"
+    } else {
+        return e;
+    };
+    e.context(advice)
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
@@ -402,14 +447,17 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         eprintln!("veil: note: no --admin-pubkey given: the admin API refuses every call");
     }
     let server = veil_kbs::spawn(cfg, a.workers)?;
-    outln!("veil kbs listening on {}", server.url());
-    outln!("  data dir   {}", a.data_dir.display());
-    outln!(
-        "  token key  {} (JWKS at {}/kbs/v0/jwks)",
+    // One write, errors ignored: a server keeps serving when whoever read
+    // its banner has gone away (`veil kbs serve | head -1`).
+    let banner = format!(
+        "veil kbs listening on {url}\n  data dir   {}\n  token key  {} (JWKS at {url}/kbs/v0/jwks)\n",
+        a.data_dir.display(),
         server.state.signer.kid(),
-        server.url()
+        url = server.url(),
     );
-    let _ = std::io::stdout().flush();
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
+    drop(stdout);
     server.wait();
     Ok(ExitCode::SUCCESS)
 }
@@ -473,7 +521,42 @@ fn rotate_kek(a: RotateKekArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn tls_keygen(a: TlsKeygenArgs) -> Result<ExitCode> {
+    let m = veil_kbs::tlsgen::generate(&a.sans, a.days.saturating_mul(10), a.days)
+        .map_err(anyhow::Error::msg)?;
+    let existing = if a.force {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    };
+    // All three staged before any is in place.
+    let ca = output::stage(&a.ca_cert, m.ca_cert.as_bytes(), Access::Public, existing)?;
+    let cert = output::stage(&a.cert, m.cert_chain.as_bytes(), Access::Public, existing)?;
+    let key = output::stage(&a.key, m.key.as_bytes(), Access::OwnerOnly, existing)?;
+    ca.commit()?;
+    cert.commit()?;
+    key.commit()?;
+    outln!(
+        "CA certificate:     {} (clients: --ca or VEIL_KBS_CA; the CA key is not kept)",
+        a.ca_cert.display()
+    );
+    outln!(
+        "server certificate: {} for {} ({} days; serve --tls-cert)",
+        a.cert.display(),
+        a.sans.join(", "),
+        a.days
+    );
+    outln!("server key:         {} (serve --tls-key)", a.key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn client_config(c: &ConnArgs) -> Result<ClientConfig> {
+    if c.url.to_ascii_lowercase().starts_with("http://") && !c.insecure_http {
+        bail!(
+            "{} is plain HTTP: tokens and cookies would travel in clear; use https://, or pass --insecure-http (or VEIL_KBS_INSECURE_HTTP=1) for a loopback development server",
+            c.url
+        );
+    }
     let mut cfg = ClientConfig::new(c.url.clone());
     cfg.allow_http = c.insecure_http;
     if let Some(p) = &c.ca {

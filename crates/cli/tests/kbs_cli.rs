@@ -247,3 +247,95 @@ fn listing_into_a_closed_pipe_exits_quietly() {
         assert!(err.is_empty(), "{err}");
     }
 }
+
+/// `veil kbs serve` with TLS files on a free port; returns once it listens.
+fn serve_tls(dir: &Path, cert: &Path, key: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let port = veil_testkit::free_port();
+    let mut child = veil()
+        .args(["kbs", "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--kek-file")
+        .arg(dir.join("kek.hex"))
+        .arg("--admin-pubkey")
+        .arg(dir.join("admin.pub"))
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    (child, format!("https://127.0.0.1:{port}"))
+}
+
+/// A plain self-signed `openssl req -x509` certificate is a CA certificate,
+/// which rustls refuses as a server certificate: the client says so and
+/// what to do (`veil kbs tls-keygen`); without `--ca` it names the flag;
+/// a `tls-keygen` pair works, with the CA from `VEIL_KBS_CA`; plain HTTP
+/// names `--insecure-http`, and `VEIL_KBS_INSECURE_HTTP=1` allows it.
+#[test]
+fn tls_errors_give_advice_and_tls_keygen_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(d.join("ossl-key.pem"))
+        .arg("-out")
+        .arg(d.join("ossl-cert.pem"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let list = |url: &str| {
+        let mut c = veil();
+        c.env_remove("VEIL_KBS_CA")
+            .env_remove("VEIL_KBS_INSECURE_HTTP")
+            .env("VEIL_KBS_URL", url)
+            .env("VEIL_KBS_ADMIN_KEY", d.join("admin.key"))
+            .args(["kbs", "resource", "list"]);
+        c
+    };
+
+    let (mut child, url) = serve_tls(d, &d.join("ossl-cert.pem"), &d.join("ossl-key.pem"));
+    let out = list(&url).arg("--ca").arg(d.join("ossl-cert.pem")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("veil kbs tls-keygen --san HOST"), "{err}");
+    assert!(err.contains("CaUsedAsEndEntity"), "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    run_ok(
+        veil()
+            .current_dir(d)
+            .args(["kbs", "tls-keygen", "--san", "127.0.0.1"]),
+    );
+    let (mut child, url) = serve_tls(d, &d.join("kbs-cert.pem"), &d.join("kbs-key.pem"));
+    let out = list(&url).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pass its CA certificate with --ca FILE (or VEIL_KBS_CA=FILE)"),
+        "{err}"
+    );
+    run_ok(list(&url).env("VEIL_KBS_CA", d.join("kbs-ca.pem")));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let kbs = serve(d);
+    let out = list(&kbs.url()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--insecure-http (or VEIL_KBS_INSECURE_HTTP=1)"), "{err}");
+    run_ok(list(&kbs.url()).env("VEIL_KBS_INSECURE_HTTP", "1"));
+}

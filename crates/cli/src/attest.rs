@@ -48,8 +48,8 @@ pub struct VerifyArgs {
     /// Offline VCEK cache: DIR/vcek/<Product>/<hwid>/bl<N>_tee<N>_snp<N>_ucode<N>[_fmc<N>].der
     #[arg(long, value_name = "DIR")]
     pub cert_cache: Option<PathBuf>,
-    /// Expected report data (hex; zero-padded to the field, e.g. a 48-byte binding digest).
-    #[arg(long, value_name = "HEX")]
+    /// Expected report data (hex or base64; zero-padded to the field, e.g. a 48-byte binding digest).
+    #[arg(long, value_name = "HEX|BASE64")]
     pub report_data: Option<String>,
     /// Evidence from veil's agent over caller-supplied data (`veil inspect`,
     /// a workload's `/aa/evidence?runtime_data=TEXT`): check that REPORT_DATA
@@ -57,8 +57,8 @@ pub struct VerifyArgs {
     /// (docs/boundary.md).
     #[arg(long, value_name = "TEXT", conflicts_with = "report_data")]
     pub runtime_data: Option<String>,
-    /// Expected init-data digest (hex; SNP compares it with HOST_DATA).
-    #[arg(long, value_name = "HEX")]
+    /// Expected init-data digest (`sha384:HEX` as veil prints it, or hex; SNP compares it with HOST_DATA).
+    #[arg(long, value_name = "DIGEST")]
     pub init_data_digest: Option<String>,
     /// Minimum TCB, e.g. `bootloader=3,tee=0,snp=8,microcode=115`.
     #[arg(long, value_name = "NAME=SVN,...")]
@@ -117,11 +117,11 @@ pub struct SimReportArgs {
     /// The sim platform private key (from `sim-keygen`).
     #[arg(long)]
     pub key: PathBuf,
-    /// Report data (hex, at most 64 bytes; zero-padded).
-    #[arg(long, value_name = "HEX", default_value = "")]
+    /// Report data (hex or base64, at most 64 bytes; zero-padded).
+    #[arg(long, value_name = "HEX|BASE64", default_value = "")]
     pub report_data: String,
-    /// Init-data digest recorded at launch (hex, at most 64 bytes).
-    #[arg(long, value_name = "HEX", default_value = "")]
+    /// Init-data digest recorded at launch (`sha384:HEX` or hex, at most 64 bytes).
+    #[arg(long, value_name = "DIGEST", default_value = "")]
     pub init_data_digest: String,
     /// Launch measurement (hex, at most 48 bytes).
     #[arg(long, value_name = "HEX", default_value = "")]
@@ -159,10 +159,6 @@ impl CertSource for DirCache {
     }
 }
 
-fn hex_arg(name: &str, v: &str) -> Result<Vec<u8>> {
-    veil_attest::hexbytes::parse_hex(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
-}
-
 /// Parse `--at` or return the current time, as Unix seconds.
 pub fn at_time(at: Option<&str>) -> Result<u64> {
     match at {
@@ -193,14 +189,14 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     if let Some(rd) = &a.report_data {
-        expectations.report_data = Some(hex_arg("report-data", rd)?);
+        expectations.report_data = Some(output::parse_bytes("report-data", rd)?);
     }
     if let Some(text) = &a.runtime_data {
         expectations.report_data =
             Some(veil_agent::proto::report_data_for(text.as_bytes()).to_vec());
     }
     if let Some(d) = &a.init_data_digest {
-        expectations.init_data_digest = Some(hex_arg("init-data-digest", d)?);
+        expectations.init_data_digest = Some(output::parse_digest("init-data-digest", d)?);
     }
     // Checked after verification, against the components the evidence
     // reports, so that a misspelt name is a usage error, not a refusal.
@@ -486,9 +482,9 @@ fn sim_report(a: SimReportArgs) -> Result<ExitCode> {
     );
     let key = SimPlatformKey::from_pem(&pem)?;
     let mut body = SimReportBody::new(
-        &hex_arg("report-data", &a.report_data)?,
-        &hex_arg("measurement", &a.measurement)?,
-        &hex_arg("init-data-digest", &a.init_data_digest)?,
+        &output::parse_bytes("report-data", &a.report_data)?,
+        &output::parse_digest("measurement", &a.measurement)?,
+        &output::parse_digest("init-data-digest", &a.init_data_digest)?,
     )?;
     body.debug = a.debug;
     if let Some(t) = &a.tcb {

@@ -201,10 +201,13 @@ pub enum ResourceCommand {
         /// `<repo>/<type>/<tag>`.
         path: String,
     },
-    /// List resources.
+    /// List resources (path, size, last update, KEK id).
     List {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print JSON (`updated_at` in RFC 3339).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -213,10 +216,14 @@ pub enum ResourceCommand {
 pub enum PolicyCommand {
     /// Set a resource policy (a Rego file or a template) for a scope.
     Set(PolicySetArgs),
-    /// Show the resource policies.
+    /// Show the resource policies (JSON: `[{"scope", "policy"}]`).
+    #[command(visible_alias = "list")]
     Get {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print JSON (the default; accepted for symmetry with other listings).
+        #[arg(long)]
+        json: bool,
     },
     /// Set the attestation (appraisal) policy from a Rego file.
     SetAttestation {
@@ -246,10 +253,10 @@ pub struct PolicySetArgs {
     /// Template: allow-all, deny-all, affirming, init-data-digest, measurement, claims.
     #[arg(long)]
     pub template: Option<String>,
-    /// init-data-digest template: the digest (hex).
+    /// init-data-digest template: the digest (`sha384:HEX` as veil prints it, or hex).
     #[arg(long)]
     pub digest: Option<String>,
-    /// measurement template: allowed measurements (hex), repeatable.
+    /// measurement template: allowed measurements (hex or `sha384:HEX`), repeatable.
     #[arg(long = "measurement")]
     pub measurements: Vec<String>,
     /// measurement template: minimum TCB, `bootloader=3,snp=8`.
@@ -291,10 +298,13 @@ pub enum ReferenceValueCommand {
         /// Name.
         name: String,
     },
-    /// Show all reference values.
+    /// Show all reference values (JSON: name → values).
     List {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print JSON (the default; accepted for symmetry with other listings).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -576,6 +586,29 @@ fn admin_client(a: &AdminArgs) -> Result<AdminClient> {
     )?)
 }
 
+/// Unix seconds → RFC 3339 (UTC), as every time veil prints.
+pub fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// In a list of objects, turn the integer fields `keys` into RFC 3339.
+fn times_to_rfc3339(list: &mut serde_json::Value, keys: &[&str]) {
+    for r in list.as_array_mut().into_iter().flatten() {
+        for k in keys {
+            if let Some(t) = r.get(*k).and_then(|t| t.as_u64()) {
+                r[*k] = rfc3339(t).into();
+            }
+        }
+    }
+}
+
 fn print_json(v: &serde_json::Value) {
     outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -595,21 +628,31 @@ fn resource(c: ResourceCommand) -> Result<ExitCode> {
             outln!("stored {path} ({} bytes)", value.len());
         }
         ResourceCommand::Info { admin, path } => {
-            print_json(&admin_client(&admin)?.resource_info(&ResourcePath::parse(&path)?)?)
+            let mut v = serde_json::Value::Array(vec![
+                admin_client(&admin)?.resource_info(&ResourcePath::parse(&path)?)?,
+            ]);
+            times_to_rfc3339(&mut v, &["updated_at"]);
+            print_json(&v[0]);
         }
         ResourceCommand::Delete { admin, path } => {
             let path = ResourcePath::parse(&path)?;
             admin_client(&admin)?.delete_resource(&path)?;
             outln!("deleted {path}");
         }
-        ResourceCommand::List { admin } => {
-            let list = admin_client(&admin)?.list_resources()?;
+        ResourceCommand::List { admin, json } => {
+            let mut list = admin_client(&admin)?.list_resources()?;
+            times_to_rfc3339(&mut list, &["updated_at"]);
+            if json {
+                print_json(&list);
+                return Ok(ExitCode::SUCCESS);
+            }
             for r in list.as_array().into_iter().flatten() {
                 outln!(
-                    "{}\t{} bytes\tupdated {}",
+                    "{}\t{} bytes\tupdated {}\tKEK {}",
                     r["path"].as_str().unwrap_or(""),
                     r["size"],
-                    r["updated_at"]
+                    r["updated_at"].as_str().unwrap_or("?"),
+                    r["kek_id"].as_str().unwrap_or("?")
                 );
             }
         }
@@ -631,13 +674,19 @@ fn policy_text(a: &PolicySetArgs) -> Result<String> {
         "deny-all" => templates::DENY_ALL.to_string(),
         "affirming" => templates::AFFIRMING.to_string(),
         "init-data-digest" => {
-            templates::init_data_digest(a.digest.as_deref().context("--digest is required")?)
+            let d = a.digest.as_deref().context("--digest is required")?;
+            templates::init_data_digest(&hex::encode(output::parse_digest("digest", d)?))
                 .map_err(anyhow::Error::msg)?
         }
         "measurement" => {
             let min = veil_attest::expect::parse_min_tcb(a.min_tcb.as_deref().unwrap_or(""))
                 .map_err(anyhow::Error::msg)?;
-            templates::measurement(&a.measurements, &min).map_err(anyhow::Error::msg)?
+            let measurements = a
+                .measurements
+                .iter()
+                .map(|m| Ok(hex::encode(output::parse_digest("measurement", m)?)))
+                .collect::<Result<Vec<_>>>()?;
+            templates::measurement(&measurements, &min).map_err(anyhow::Error::msg)?
         }
         "claims" => {
             let f = a
@@ -666,7 +715,7 @@ fn policy(c: PolicyCommand) -> Result<ExitCode> {
             admin_client(&a.admin)?.set_resource_policy(scope, &text)?;
             outln!("resource policy set for scope {:?}", a.scope);
         }
-        PolicyCommand::Get { admin } => print_json(&admin_client(&admin)?.get_resource_policies()?),
+        PolicyCommand::Get { admin, json: _ } => print_json(&admin_client(&admin)?.get_resource_policies()?),
         PolicyCommand::SetAttestation { admin, file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -709,7 +758,7 @@ fn reference_value(c: ReferenceValueCommand) -> Result<ExitCode> {
         ReferenceValueCommand::Get { admin, name } => {
             print_json(&admin_client(&admin)?.get_reference_value(&name)?)
         }
-        ReferenceValueCommand::List { admin } => {
+        ReferenceValueCommand::List { admin, json: _ } => {
             print_json(&admin_client(&admin)?.list_reference_values()?)
         }
     }
@@ -743,7 +792,8 @@ fn reference_values_from_measure(admin: &AdminArgs, files: &[PathBuf]) -> Result
 }
 
 fn audit(a: AuditArgs) -> Result<ExitCode> {
-    let recs = admin_client(&a.admin)?.audit(a.limit)?;
+    let mut recs = admin_client(&a.admin)?.audit(a.limit)?;
+    times_to_rfc3339(&mut recs, &["ts"]);
     if a.json {
         print_json(&recs);
         return Ok(ExitCode::SUCCESS);
@@ -752,7 +802,7 @@ fn audit(a: AuditArgs) -> Result<ExitCode> {
         outln!(
             "#{} {} {:<8} {:<5} {} — {}",
             r["id"],
-            r["ts"],
+            r["ts"].as_str().unwrap_or("?"),
             r["kind"].as_str().unwrap_or(""),
             r["decision"].as_str().unwrap_or(""),
             r["subject"].as_str().unwrap_or(""),
@@ -778,7 +828,7 @@ fn get_resource(a: GetResourceArgs) -> Result<ExitCode> {
             .with_context(|| format!("reading {}", key_path.display()))?,
     );
     let platform = SimPlatformKey::from_pem(&pem)?;
-    let measurement = hex::decode(a.measurement.trim()).context("--measurement is not hex")?;
+    let measurement = output::parse_digest("measurement", &a.measurement)?;
     let mut guest = veil_kbs::simguest::SimGuest::new(platform, &measurement);
     if let Some(p) = &a.init_data {
         guest.init_data =

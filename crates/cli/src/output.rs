@@ -96,6 +96,62 @@ pub fn hide_broken_pipe_panics() {
     }));
 }
 
+/// A digest given as `ALG:HEX` (`sha256:`, `sha384:`, `sha512:`, the length
+/// checked against the algorithm; how veil prints init-data digests) or as
+/// bare hex (`0x` allowed). Empty input is empty.
+pub fn parse_digest(flag: &str, s: &str) -> Result<Vec<u8>> {
+    let t = s.trim();
+    if let Some((alg, hex_part)) = t.split_once(':') {
+        let len = match alg.to_ascii_lowercase().as_str() {
+            "sha256" => 32,
+            "sha384" => 48,
+            "sha512" => 64,
+            other => bail!("--{flag} {s:?}: unknown digest algorithm {other:?}; give sha256:HEX, sha384:HEX, sha512:HEX or bare hex"),
+        };
+        let bytes = hex::decode(hex_part)
+            .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: not hex after {alg}: ({e})"))?;
+        if bytes.len() != len {
+            bail!(
+                "--{flag} {s:?}: a {alg} digest is {len} bytes ({} hex characters), got {}",
+                len * 2,
+                bytes.len()
+            );
+        }
+        return Ok(bytes);
+    }
+    let h = t.strip_prefix("0x").unwrap_or(t);
+    hex::decode(h).map_err(|e| {
+        anyhow::anyhow!("--{flag} {s:?}: expected hex or sha256:/sha384:/sha512:HEX ({e})")
+    })
+}
+
+/// Bytes (report data, nonces) given as hex (`0x` allowed) or base64
+/// (standard or URL-safe, padded or not). Input made only of hex digits is
+/// hex; prefix `hex:` or `base64:` to say which. Empty input is empty.
+pub fn parse_bytes(flag: &str, s: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let t = s.trim();
+    let b64 = |v: &str| {
+        STANDARD
+            .decode(v)
+            .or_else(|_| STANDARD_NO_PAD.decode(v))
+            .or_else(|_| URL_SAFE.decode(v))
+            .or_else(|_| URL_SAFE_NO_PAD.decode(v))
+            .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: not base64 ({e})"))
+    };
+    if let Some(v) = t.strip_prefix("base64:") {
+        return b64(v);
+    }
+    let h = t.strip_prefix("hex:").or_else(|| t.strip_prefix("0x"));
+    let forced_hex = h.is_some();
+    let h = h.unwrap_or(t);
+    if forced_hex || h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex::decode(h).map_err(|e| anyhow::anyhow!("--{flag} {s:?}: not hex ({e})"));
+    }
+    b64(t)
+}
+
 /// Who may read a file the CLI writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -476,5 +532,32 @@ mod tests {
         assert!(write_atomic(&s, b"x").is_err());
         assert!(fs::symlink_metadata(&s).unwrap().file_type().is_socket());
         assert!(write_atomic(d.path(), b"x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn digests_with_or_without_their_algorithm() {
+        let h = "ab".repeat(48);
+        assert_eq!(parse_digest("d", &h).unwrap(), vec![0xab; 48]);
+        assert_eq!(parse_digest("d", &format!("sha384:{h}")).unwrap(), vec![0xab; 48]);
+        assert_eq!(parse_digest("d", &format!("0x{h}")).unwrap(), vec![0xab; 48]);
+        assert!(parse_digest("d", "").unwrap().is_empty());
+        let e = parse_digest("d", &format!("sha256:{h}")).unwrap_err().to_string();
+        assert!(e.contains("a sha256 digest is 32 bytes"), "{e}");
+        assert!(parse_digest("d", "md5:00").is_err());
+    }
+
+    #[test]
+    fn bytes_as_hex_or_base64() {
+        assert_eq!(parse_bytes("r", "00ff").unwrap(), vec![0, 0xff]);
+        assert_eq!(parse_bytes("r", "AP8=").unwrap(), vec![0, 0xff]);
+        assert_eq!(parse_bytes("r", "AP8").unwrap(), vec![0, 0xff]);
+        assert_eq!(parse_bytes("r", "base64:0000").unwrap(), vec![0xd3, 0x4d, 0x34]);
+        assert_eq!(parse_bytes("r", "hex:0000").unwrap(), vec![0, 0]);
+        assert!(parse_bytes("r", "not base64!").is_err());
     }
 }

@@ -224,6 +224,20 @@ fn sim_keygen_report_verify_round_trip() {
         .success()
         .stdout(predicate::str::contains("NO: simulated TEE"))
         .stderr(predicate::str::contains("WARNING"));
+    // The same values in the other formats veil prints: the digest as
+    // `sha384:HEX` (as `veil policy digest` shows it), report data as base64.
+    verify("sim", &p("ev.json"))
+        .args(["--sim-root", &p("root.pem")])
+        .args(["--report-data", "AQI=", "--init-data-digest"])
+        .arg(format!("sha384:{digest}"))
+        .assert()
+        .success();
+    verify("sim", &p("ev.json"))
+        .args(["--sim-root", &p("root.pem")])
+        .args(["--init-data-digest", &format!("sha256:{digest}")])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("a sha256 digest is 32 bytes"));
     // Without the root, or with another root: refused.
     verify("sim", &p("ev.json"))
         .assert()

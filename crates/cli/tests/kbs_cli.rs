@@ -339,3 +339,45 @@ fn tls_errors_give_advice_and_tls_keygen_works() {
     assert!(err.contains("--insecure-http (or VEIL_KBS_INSECURE_HTTP=1)"), "{err}");
     run_ok(list(&kbs.url()).env("VEIL_KBS_INSECURE_HTTP", "1"));
 }
+
+fn is_rfc3339(v: &serde_json::Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.len() == 20 && s.as_bytes()[10] == b'T' && s.ends_with('Z') && s.starts_with("20")
+    })
+}
+
+/// Listings: `--json` on each, times in RFC 3339 in text and JSON,
+/// `resource info` (and its alias `get`) as the help names it.
+#[test]
+fn listings_have_json_and_rfc3339_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    std::fs::write(d.join("v.bin"), "v").unwrap();
+    let kbs = serve(d);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run_ok(kbs.client().args(args).args(["--insecure-http", "--json"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    run_ok(
+        kbs.client()
+            .args(["kbs", "resource", "put", "--insecure-http", "a/b/c"])
+            .arg(d.join("v.bin")),
+    );
+    let list = json(&["kbs", "resource", "list"]);
+    assert_eq!(list[0]["path"], "a/b/c");
+    assert!(is_rfc3339(&list[0]["updated_at"]), "{list}");
+    for sub in ["info", "get"] {
+        let out = run_ok(kbs.client().args(["kbs", "resource", sub, "--insecure-http", "a/b/c"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(is_rfc3339(&v["updated_at"]), "{v}");
+    }
+    let audit = json(&["kbs", "audit"]);
+    assert!(is_rfc3339(&audit[0]["ts"]), "{audit}");
+    let text = run_ok(kbs.client().args(["kbs", "audit", "--insecure-http"]));
+    let text = String::from_utf8_lossy(&text.stdout);
+    let first = text.lines().next().unwrap();
+    assert!(is_rfc3339(&first.split(' ').nth(1).unwrap().into()), "{text}");
+    assert!(json(&["kbs", "policy", "get"]).is_array());
+    assert!(json(&["kbs", "reference-value", "list"]).is_object());
+}

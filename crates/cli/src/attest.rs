@@ -11,8 +11,8 @@ use veil_attest::sim::{SimPlatformKey, SimReportBody, SimRootKey, SimTcb};
 use veil_attest::snp::{CertSource, Product, TcbVersion};
 use veil_attest::{Claims, Context, Error, Expectations, Tee};
 
-use crate::output::{self, Access, Existing, read_limited};
 use crate::outln;
+use crate::output::{self, Access, Existing, read_limited};
 
 /// Attestation evidence: verify it offline, or produce simulated evidence.
 #[derive(Subcommand)]
@@ -201,8 +201,9 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     // Checked after verification, against the components the evidence
     // reports, so that a misspelt name is a usage error, not a refusal.
     let min_tcb = match &a.min_tcb {
-        Some(t) => veil_attest::expect::parse_min_tcb(t)
-            .map_err(|e| anyhow::anyhow!("--min-tcb: {e}"))?,
+        Some(t) => {
+            veil_attest::expect::parse_min_tcb(t).map_err(|e| anyhow::anyhow!("--min-tcb: {e}"))?
+        }
         None => BTreeMap::new(),
     };
     if matches!(a.tee, Tee::Tdx | Tee::Sgx) {

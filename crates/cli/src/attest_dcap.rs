@@ -11,8 +11,8 @@ use veil_attest::dcap::{self, Collateral, TcbPolicy, TcbStatus};
 use veil_attest::{Claims, Expectations, Tee};
 
 use crate::attest::{Checked, NOT_VERIFIED};
-use crate::output::{self, read_limited};
 use crate::outln;
+use crate::output::{self, read_limited};
 
 /// Read `--collateral`: a JSON document, or a directory of raw PCS files.
 pub fn read_collateral(path: &Path) -> Result<Collateral> {

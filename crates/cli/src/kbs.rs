@@ -466,7 +466,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         url = server.url(),
     );
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
     drop(stdout);
     server.wait();
     Ok(ExitCode::SUCCESS)
@@ -715,7 +717,9 @@ fn policy(c: PolicyCommand) -> Result<ExitCode> {
             admin_client(&a.admin)?.set_resource_policy(scope, &text)?;
             outln!("resource policy set for scope {:?}", a.scope);
         }
-        PolicyCommand::Get { admin, json: _ } => print_json(&admin_client(&admin)?.get_resource_policies()?),
+        PolicyCommand::Get { admin, json: _ } => {
+            print_json(&admin_client(&admin)?.get_resource_policies()?)
+        }
         PolicyCommand::SetAttestation { admin, file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

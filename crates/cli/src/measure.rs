@@ -16,8 +16,8 @@ use veil_measure::snp::{self, SevHashes, SnpLaunch, VcpuType, VmmType};
 use veil_measure::tdx::{self, PageAddOrder};
 use veil_measure::{Error as MeasureError, Firmware};
 
-use crate::output;
 use crate::out;
+use crate::output;
 
 /// Expected launch measurements.
 #[derive(Subcommand)]

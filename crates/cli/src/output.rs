@@ -106,7 +106,9 @@ pub fn parse_digest(flag: &str, s: &str) -> Result<Vec<u8>> {
             "sha256" => 32,
             "sha384" => 48,
             "sha512" => 64,
-            other => bail!("--{flag} {s:?}: unknown digest algorithm {other:?}; give sha256:HEX, sha384:HEX, sha512:HEX or bare hex"),
+            other => bail!(
+                "--{flag} {s:?}: unknown digest algorithm {other:?}; give sha256:HEX, sha384:HEX, sha512:HEX or bare hex"
+            ),
         };
         let bytes = hex::decode(hex_part)
             .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: not hex after {alg}: ({e})"))?;
@@ -543,10 +545,18 @@ mod format_tests {
     fn digests_with_or_without_their_algorithm() {
         let h = "ab".repeat(48);
         assert_eq!(parse_digest("d", &h).unwrap(), vec![0xab; 48]);
-        assert_eq!(parse_digest("d", &format!("sha384:{h}")).unwrap(), vec![0xab; 48]);
-        assert_eq!(parse_digest("d", &format!("0x{h}")).unwrap(), vec![0xab; 48]);
+        assert_eq!(
+            parse_digest("d", &format!("sha384:{h}")).unwrap(),
+            vec![0xab; 48]
+        );
+        assert_eq!(
+            parse_digest("d", &format!("0x{h}")).unwrap(),
+            vec![0xab; 48]
+        );
         assert!(parse_digest("d", "").unwrap().is_empty());
-        let e = parse_digest("d", &format!("sha256:{h}")).unwrap_err().to_string();
+        let e = parse_digest("d", &format!("sha256:{h}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a sha256 digest is 32 bytes"), "{e}");
         assert!(parse_digest("d", "md5:00").is_err());
     }
@@ -556,7 +566,10 @@ mod format_tests {
         assert_eq!(parse_bytes("r", "00ff").unwrap(), vec![0, 0xff]);
         assert_eq!(parse_bytes("r", "AP8=").unwrap(), vec![0, 0xff]);
         assert_eq!(parse_bytes("r", "AP8").unwrap(), vec![0, 0xff]);
-        assert_eq!(parse_bytes("r", "base64:0000").unwrap(), vec![0xd3, 0x4d, 0x34]);
+        assert_eq!(
+            parse_bytes("r", "base64:0000").unwrap(),
+            vec![0xd3, 0x4d, 0x34]
+        );
         assert_eq!(parse_bytes("r", "hex:0000").unwrap(), vec![0, 0]);
         assert!(parse_bytes("r", "not base64!").is_err());
     }

@@ -222,7 +222,11 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
 }
 
 /// Apply `--kbs-url` and `--secret NAME=URI` to the settings.
-fn with_kbs_args(mut settings: Settings, url: Option<&str>, secrets: &[String]) -> Result<Settings> {
+fn with_kbs_args(
+    mut settings: Settings,
+    url: Option<&str>,
+    secrets: &[String],
+) -> Result<Settings> {
     if let Some(u) = url {
         settings.kbs.url = u.to_string();
     }
@@ -236,7 +240,10 @@ fn with_kbs_args(mut settings: Settings, url: Option<&str>, secrets: &[String]) 
         if let Some(old) = settings.kbs.secrets.get(name).filter(|old| *old != uri) {
             bail!("--secret {name}={uri}: the settings already map {name} to {old}");
         }
-        settings.kbs.secrets.insert(name.to_string(), uri.to_string());
+        settings
+            .kbs
+            .secrets
+            .insert(name.to_string(), uri.to_string());
     }
     settings.validate().map_err(anyhow::Error::msg)?;
     Ok(settings)

@@ -1140,7 +1140,12 @@ fn kek_generate_hex_is_a_valid_image_kek() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
     fs::write(&keys, format!(r#"{{"default/image-key/app":"{b64}"}}"#)).unwrap();
     veil()
-        .args(["image", "decrypt", &oci(&enc, "e"), &oci(&tmp.path().join("dec"), "d")])
+        .args([
+            "image",
+            "decrypt",
+            &oci(&enc, "e"),
+            &oci(&tmp.path().join("dec"), "d"),
+        ])
         .arg("--kbs-keys")
         .arg(&keys)
         .assert()
@@ -1149,7 +1154,12 @@ fn kek_generate_hex_is_a_valid_image_kek() {
     let short = tmp.path().join("short.hex");
     fs::write(&short, "ab".repeat(24)).unwrap();
     veil()
-        .args(["image", "encrypt", &oci(&dir, "v1"), &oci(&tmp.path().join("e2"), "e")])
+        .args([
+            "image",
+            "encrypt",
+            &oci(&dir, "v1"),
+            &oci(&tmp.path().join("e2"), "e"),
+        ])
         .args(["--recipient", "kbs:///default/image-key/app", "--kek"])
         .arg(&short)
         .assert()

@@ -199,7 +199,10 @@ fn rotate_kek_refused_while_a_server_runs() {
                 .arg(d.join("got.bin"))
                 .arg("repo/key/r"),
         );
-        assert_eq!(std::fs::read_to_string(d.join("got.bin")).unwrap(), "rotate-me");
+        assert_eq!(
+            std::fs::read_to_string(d.join("got.bin")).unwrap(),
+            "rotate-me"
+        );
         std::fs::remove_file(d.join("got.bin")).unwrap();
     };
 
@@ -232,10 +235,15 @@ fn listing_into_a_closed_pipe_exits_quietly() {
     let d = tmp.path();
     make_keys(Path::new(VEIL), d);
     let kbs = serve(d);
-    run_ok(kbs.client().args(["kbs", "resource", "list", "--insecure-http"]));
+    run_ok(
+        kbs.client()
+            .args(["kbs", "resource", "list", "--insecure-http"]),
+    );
     for json in [false, true] {
-        let (reader, writer) = std::io::pipe().unwrap();
+        // A socket whose peer is gone: writes fail with EPIPE, as on a pipe.
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(reader);
+        let writer = std::os::fd::OwnedFd::from(writer);
         let mut c = kbs.client();
         c.args(["kbs", "audit", "--insecure-http"]);
         if json {
@@ -287,7 +295,14 @@ fn tls_errors_give_advice_and_tls_keygen_works() {
     let d = tmp.path();
     make_keys(Path::new(VEIL), d);
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
         .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
         .arg("-keyout")
@@ -308,7 +323,11 @@ fn tls_errors_give_advice_and_tls_keygen_works() {
     };
 
     let (mut child, url) = serve_tls(d, &d.join("ossl-cert.pem"), &d.join("ossl-key.pem"));
-    let out = list(&url).arg("--ca").arg(d.join("ossl-cert.pem")).output().unwrap();
+    let out = list(&url)
+        .arg("--ca")
+        .arg(d.join("ossl-cert.pem"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("veil kbs tls-keygen --san HOST"), "{err}");
@@ -336,7 +355,10 @@ fn tls_errors_give_advice_and_tls_keygen_works() {
     let out = list(&kbs.url()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--insecure-http (or VEIL_KBS_INSECURE_HTTP=1)"), "{err}");
+    assert!(
+        err.contains("--insecure-http (or VEIL_KBS_INSECURE_HTTP=1)"),
+        "{err}"
+    );
     run_ok(list(&kbs.url()).env("VEIL_KBS_INSECURE_HTTP", "1"));
 }
 
@@ -368,7 +390,10 @@ fn listings_have_json_and_rfc3339_times() {
     assert_eq!(list[0]["path"], "a/b/c");
     assert!(is_rfc3339(&list[0]["updated_at"]), "{list}");
     for sub in ["info", "get"] {
-        let out = run_ok(kbs.client().args(["kbs", "resource", sub, "--insecure-http", "a/b/c"]));
+        let out = run_ok(
+            kbs.client()
+                .args(["kbs", "resource", sub, "--insecure-http", "a/b/c"]),
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(is_rfc3339(&v["updated_at"]), "{v}");
     }
@@ -377,7 +402,10 @@ fn listings_have_json_and_rfc3339_times() {
     let text = run_ok(kbs.client().args(["kbs", "audit", "--insecure-http"]));
     let text = String::from_utf8_lossy(&text.stdout);
     let first = text.lines().next().unwrap();
-    assert!(is_rfc3339(&first.split(' ').nth(1).unwrap().into()), "{text}");
+    assert!(
+        is_rfc3339(&first.split(' ').nth(1).unwrap().into()),
+        "{text}"
+    );
     assert!(json(&["kbs", "policy", "get"]).is_array());
     assert!(json(&["kbs", "reference-value", "list"]).is_object());
 }

@@ -366,8 +366,10 @@ fn check_into_a_closed_pipe_exits_quietly() {
     let ok = dir.path().join("ok.json");
     std::fs::write(&ok, requests("db.internal").to_string()).unwrap();
     for json in [false, true] {
-        let (reader, writer) = std::io::pipe().unwrap();
+        // A socket whose peer is gone: writes fail with EPIPE, as on a pipe.
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(reader);
+        let writer = std::os::fd::OwnedFd::from(writer);
         let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("veil"));
         c.args(["policy", "check", "--init-data"])
             .arg(data("golden/pod-multi.web.toml"))
@@ -434,8 +436,14 @@ fn generate_with_secrets_writes_credentials() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&digest));
 
     for (args, needle) in [
-        (&["--secret", "../x=kbs:///a/b/c"][..], "secret name \"../x\""),
-        (&["--secret", "x=https://a/b/c"][..], "must be a kbs:///repo/type/tag URI"),
+        (
+            &["--secret", "../x=kbs:///a/b/c"][..],
+            "secret name \"../x\"",
+        ),
+        (
+            &["--secret", "x=https://a/b/c"][..],
+            "must be a kbs:///repo/type/tag URI",
+        ),
         (&["--secret", "x=kbs:///a/b"][..], "expected 3"),
         (&["--secret", "x"][..], "expected NAME=kbs:///repo/type/tag"),
     ] {

@@ -5,7 +5,7 @@
 //! The lock is `flock(2)`: the kernel drops it when the holder exits, so a
 //! crashed server leaves no stale lock behind.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -52,9 +52,9 @@ impl DataDirLock {
     /// rotation holds it exclusively. Records this PID in the file.
     pub fn for_server(dir: &Path) -> Result<Self, LockError> {
         let (mut file, path) = open(dir)?;
-        match file.try_lock_shared() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
+        match try_flock(&file, libc::LOCK_SH) {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(LockError::InUse {
                     dir: dir.to_path_buf(),
                     holder: "a KEK rotation (`veil kbs rotate-kek`)",
@@ -62,7 +62,7 @@ impl DataDirLock {
                     advice: "start the server after it finishes",
                 });
             }
-            Err(TryLockError::Error(source)) => return Err(LockError::Io { path, source }),
+            Err(source) => return Err(LockError::Io { path, source }),
         }
         // Best effort: only names the PID in a refusal.
         let _ = file
@@ -75,16 +75,32 @@ impl DataDirLock {
     /// Lock for offline maintenance: refused while any server holds it.
     pub fn exclusive(dir: &Path) -> Result<Self, LockError> {
         let (mut file, path) = open(dir)?;
-        match file.try_lock() {
-            Ok(()) => Ok(DataDirLock { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(LockError::InUse {
+        match try_flock(&file, libc::LOCK_EX) {
+            Ok(true) => Ok(DataDirLock { _file: file }),
+            Ok(false) => Err(LockError::InUse {
                 dir: dir.to_path_buf(),
                 holder: "a running KBS",
                 pid: holder_pid(&mut file),
                 advice: "stop the server first (rotating under a live server corrupts its view of the secrets)",
             }),
-            Err(TryLockError::Error(source)) => Err(LockError::Io { path, source }),
+            Err(source) => Err(LockError::Io { path, source }),
         }
+    }
+}
+
+/// `flock(op | LOCK_NB)`: Ok(false) when another holder prevents it.
+/// (`File::try_lock` is newer than the workspace's MSRV.)
+fn try_flock(file: &File, op: libc::c_int) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `file` keeps open for the whole call.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
     }
 }
 

@@ -12,7 +12,6 @@ use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -82,10 +81,7 @@ pub fn decode_key32(bytes: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
             .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
             .map_err(|_| format!("{} characters that are not base64: {EXPECTED}", text.len()))?,
         n if n > 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            return Err(format!(
-                "{n} hex characters ({} bytes): {EXPECTED}",
-                n / 2
-            ));
+            return Err(format!("{n} hex characters ({} bytes): {EXPECTED}", n / 2));
         }
         n => return Err(format!("{n} characters of text: {EXPECTED}")),
     });

@@ -43,7 +43,8 @@ pub fn generate(names: &[String], ca_days: u32, leaf_days: u32) -> Result<TlsMat
 
     let leaf_key = KeyPair::generate().map_err(err)?;
     let mut leaf = CertificateParams::new(names.to_vec()).map_err(err)?;
-    leaf.distinguished_name.push(DnType::CommonName, names[0].as_str());
+    leaf.distinguished_name
+        .push(DnType::CommonName, names[0].as_str());
     leaf.is_ca = IsCa::ExplicitNoCa;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -403,8 +403,10 @@ mod tests {
         ] {
             assert!(check_secret(name, uri).is_err(), "{name} {uri}");
         }
-        let s = Settings::from_toml("[kbs]\nurl = \"https://k\"\n[kbs.secrets]\ndb = \"kbs:///d/s/db\"\n")
-            .unwrap();
+        let s = Settings::from_toml(
+            "[kbs]\nurl = \"https://k\"\n[kbs.secrets]\ndb = \"kbs:///d/s/db\"\n",
+        )
+        .unwrap();
         assert_eq!(s.kbs.secrets["db"], "kbs:///d/s/db");
         let e = Settings::from_toml("[kbs.secrets]\ndb = \"kbs:///d/s/db\"\n").unwrap_err();
         assert!(e.contains("needs kbs.url"), "{e}");

@@ -56,7 +56,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// TLS certificate chain (PEM).
+    /// TLS certificate chain (PEM): a server (leaf) certificate, e.g. from
+    /// `veil kbs tls-keygen`; a CA certificate such as a plain `openssl req
+    /// -x509` one is refused by clients.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).

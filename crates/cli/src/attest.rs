@@ -1,5 +1,6 @@
 //! `veil attest …`: verify evidence offline; produce sim evidence.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use veil_attest::sim::{SimPlatformKey, SimReportBody, SimRootKey, SimTcb};
 use veil_attest::snp::{CertSource, Product, TcbVersion};
 use veil_attest::{Claims, Context, Error, Expectations, Tee};
 
+use crate::outln;
 use crate::output::{self, Access, Existing, read_limited};
 
 /// Attestation evidence: verify it offline, or produce simulated evidence.
@@ -46,8 +48,8 @@ pub struct VerifyArgs {
     /// Offline VCEK cache: DIR/vcek/<Product>/<hwid>/bl<N>_tee<N>_snp<N>_ucode<N>[_fmc<N>].der
     #[arg(long, value_name = "DIR")]
     pub cert_cache: Option<PathBuf>,
-    /// Expected report data (hex; zero-padded to the field, e.g. a 48-byte binding digest).
-    #[arg(long, value_name = "HEX")]
+    /// Expected report data (hex or base64; zero-padded to the field, e.g. a 48-byte binding digest).
+    #[arg(long, value_name = "HEX|BASE64")]
     pub report_data: Option<String>,
     /// Evidence from veil's agent over caller-supplied data (`veil inspect`,
     /// a workload's `/aa/evidence?runtime_data=TEXT`): check that REPORT_DATA
@@ -55,8 +57,8 @@ pub struct VerifyArgs {
     /// (docs/boundary.md).
     #[arg(long, value_name = "TEXT", conflicts_with = "report_data")]
     pub runtime_data: Option<String>,
-    /// Expected init-data digest (hex; SNP compares it with HOST_DATA).
-    #[arg(long, value_name = "HEX")]
+    /// Expected init-data digest (`sha384:HEX` as veil prints it, or hex; SNP compares it with HOST_DATA).
+    #[arg(long, value_name = "DIGEST")]
     pub init_data_digest: Option<String>,
     /// Minimum TCB, e.g. `bootloader=3,tee=0,snp=8,microcode=115`.
     #[arg(long, value_name = "NAME=SVN,...")]
@@ -115,11 +117,11 @@ pub struct SimReportArgs {
     /// The sim platform private key (from `sim-keygen`).
     #[arg(long)]
     pub key: PathBuf,
-    /// Report data (hex, at most 64 bytes; zero-padded).
-    #[arg(long, value_name = "HEX", default_value = "")]
+    /// Report data (hex or base64, at most 64 bytes; zero-padded).
+    #[arg(long, value_name = "HEX|BASE64", default_value = "")]
     pub report_data: String,
-    /// Init-data digest recorded at launch (hex, at most 64 bytes).
-    #[arg(long, value_name = "HEX", default_value = "")]
+    /// Init-data digest recorded at launch (`sha384:HEX` or hex, at most 64 bytes).
+    #[arg(long, value_name = "DIGEST", default_value = "")]
     pub init_data_digest: String,
     /// Launch measurement (hex, at most 48 bytes).
     #[arg(long, value_name = "HEX", default_value = "")]
@@ -157,10 +159,6 @@ impl CertSource for DirCache {
     }
 }
 
-fn hex_arg(name: &str, v: &str) -> Result<Vec<u8>> {
-    veil_attest::hexbytes::parse_hex(v).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
-}
-
 /// Parse `--at` or return the current time, as Unix seconds.
 pub fn at_time(at: Option<&str>) -> Result<u64> {
     match at {
@@ -191,19 +189,23 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     if let Some(rd) = &a.report_data {
-        expectations.report_data = Some(hex_arg("report-data", rd)?);
+        expectations.report_data = Some(output::parse_bytes("report-data", rd)?);
     }
     if let Some(text) = &a.runtime_data {
         expectations.report_data =
             Some(veil_agent::proto::report_data_for(text.as_bytes()).to_vec());
     }
     if let Some(d) = &a.init_data_digest {
-        expectations.init_data_digest = Some(hex_arg("init-data-digest", d)?);
+        expectations.init_data_digest = Some(output::parse_digest("init-data-digest", d)?);
     }
-    if let Some(t) = &a.min_tcb {
-        expectations.min_tcb =
-            veil_attest::expect::parse_min_tcb(t).map_err(|e| anyhow::anyhow!("--min-tcb: {e}"))?;
-    }
+    // Checked after verification, against the components the evidence
+    // reports, so that a misspelt name is a usage error, not a refusal.
+    let min_tcb = match &a.min_tcb {
+        Some(t) => {
+            veil_attest::expect::parse_min_tcb(t).map_err(|e| anyhow::anyhow!("--min-tcb: {e}"))?
+        }
+        None => BTreeMap::new(),
+    };
     if matches!(a.tee, Tee::Tdx | Tee::Sgx) {
         return crate::attest_dcap::verify(crate::attest_dcap::DcapArgs {
             tee: a.tee,
@@ -212,6 +214,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
             no_collateral: a.no_collateral,
             accept: &a.accept_tcb_status,
             expectations,
+            min_tcb,
             now_unix: at_time(a.at.as_deref())?,
             json: a.json,
         });
@@ -258,7 +261,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
             Checked::Verified,
         )
     };
-    report(result, checked, a.json, print_summary)
+    report(result, checked, &min_tcb, a.json, print_summary)
 }
 
 /// How far `veil attest verify` checked evidence that was not refused.
@@ -290,13 +293,42 @@ pub const NOT_VERIFIED: &str = "NOT VERIFIED (parsed only: --no-collateral)";
 /// Print the outcome and return the exit status: claims (as JSON, or with
 /// `summary`) and 0 when verified, 3 when only parsed; a refusal exits 1,
 /// malformed evidence 2, each with its message on stderr and, with `json`,
-/// a JSON object on stdout.
+/// a JSON object on stdout. `min_tcb` (`--min-tcb`) is checked here: a
+/// component the evidence does not report is a usage error (exit 2).
 pub fn report(
     result: std::result::Result<Claims, Error>,
     checked: Checked,
+    min_tcb: &BTreeMap<String, u64>,
     json: bool,
     summary: fn(&Claims, Checked),
 ) -> Result<ExitCode> {
+    let result = match result {
+        Ok(claims) => {
+            let unknown: Vec<&str> = min_tcb
+                .keys()
+                .filter(|k| !claims.tcb.contains_key(*k))
+                .map(String::as_str)
+                .collect();
+            if !unknown.is_empty() {
+                let known: Vec<&str> = claims.tcb.keys().map(String::as_str).collect();
+                bail!(
+                    "--min-tcb: {} evidence has no TCB component {}; it reports: {}",
+                    claims.tee,
+                    unknown.join(", "),
+                    known.join(", ")
+                );
+            }
+            // Debug was already checked with the caller's --allow-debug.
+            Expectations {
+                min_tcb: min_tcb.clone(),
+                allow_debug: true,
+                ..Default::default()
+            }
+            .check(&claims)
+            .map(|()| claims)
+        }
+        e => e,
+    };
     match result {
         Ok(claims) => {
             // Fail closed: a verifier that says it verified nothing wins.
@@ -313,7 +345,7 @@ pub fn report(
                     let outcome = if verified { "verified" } else { "parsed-only" };
                     o.insert("outcome".into(), outcome.into());
                 }
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 summary(&claims, checked);
             }
@@ -341,7 +373,7 @@ pub fn report(
                     v["expected"] = r.expected.clone().into();
                     v["actual"] = r.actual.clone().into();
                 }
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             }
             Ok(ExitCode::from(code))
         }
@@ -350,7 +382,7 @@ pub fn report(
 
 fn print_summary(c: &Claims, checked: Checked) {
     if checked == Checked::ParsedOnly {
-        println!(
+        outln!(
             "{NOT_VERIFIED}: {} evidence; the TD quote's signature chain was not checked",
             c.tee
         );
@@ -363,7 +395,7 @@ fn print_summary(c: &Claims, checked: Checked) {
                 c.platform.product
             ),
         };
-        println!("verified: {} evidence, signed by {signer}", c.tee);
+        outln!("verified: {} evidence, signed by {signer}", c.tee);
     }
     let tcb: Vec<String> = c.tcb.iter().map(|(k, v)| format!("{k}={v}")).collect();
     output::kv("measurement", &hex::encode(&c.measurement));
@@ -439,9 +471,9 @@ fn sim_keygen(a: SimKeygenArgs) -> Result<ExitCode> {
     k.commit()?;
     r.commit()?;
     eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
-    println!("sim platform key: {}", a.key.display());
-    println!("sim root (trust this in verifiers): {}", a.root.display());
-    println!("platform id: {}", hex::encode(key.root().platform_id()));
+    outln!("sim platform key: {}", a.key.display());
+    outln!("sim root (trust this in verifiers): {}", a.root.display());
+    outln!("platform id: {}", hex::encode(key.root().platform_id()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -451,9 +483,9 @@ fn sim_report(a: SimReportArgs) -> Result<ExitCode> {
     );
     let key = SimPlatformKey::from_pem(&pem)?;
     let mut body = SimReportBody::new(
-        &hex_arg("report-data", &a.report_data)?,
-        &hex_arg("measurement", &a.measurement)?,
-        &hex_arg("init-data-digest", &a.init_data_digest)?,
+        &output::parse_bytes("report-data", &a.report_data)?,
+        &output::parse_digest("measurement", &a.measurement)?,
+        &output::parse_digest("init-data-digest", &a.init_data_digest)?,
     )?;
     body.debug = a.debug;
     if let Some(t) = &a.tcb {
@@ -483,10 +515,7 @@ fn sim_report(a: SimReportArgs) -> Result<ExitCode> {
     };
     match &a.output {
         Some(p) => output::write_atomic(p, &out)?,
-        None => {
-            use std::io::Write;
-            std::io::stdout().write_all(&out)?;
-        }
+        None => output::stdout_bytes(&out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

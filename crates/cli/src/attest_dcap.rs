@@ -11,6 +11,7 @@ use veil_attest::dcap::{self, Collateral, TcbPolicy, TcbStatus};
 use veil_attest::{Claims, Expectations, Tee};
 
 use crate::attest::{Checked, NOT_VERIFIED};
+use crate::outln;
 use crate::output::{self, read_limited};
 
 /// Read `--collateral`: a JSON document, or a directory of raw PCS files.
@@ -46,6 +47,8 @@ pub struct DcapArgs<'a> {
     pub no_collateral: bool,
     pub accept: &'a [TcbStatus],
     pub expectations: Expectations,
+    /// `--min-tcb`, checked by [`crate::attest::report`].
+    pub min_tcb: std::collections::BTreeMap<String, u64>,
     pub now_unix: u64,
     pub json: bool,
 }
@@ -91,6 +94,7 @@ pub fn verify(a: DcapArgs<'_>) -> Result<ExitCode> {
     crate::attest::report(
         result.and_then(|c| a.expectations.check(&c).map(|()| c)),
         Checked::from_flag(a.no_collateral),
+        &a.min_tcb,
         a.json,
         print_summary,
     )
@@ -109,14 +113,14 @@ pub fn tcb_policy(allow_debug: bool, accept: &[TcbStatus]) -> Result<TcbPolicy> 
 fn print_summary(c: &Claims, checked: Checked) {
     let verified = checked == Checked::Verified && c.raw["signature_verified"] == true;
     if verified {
-        println!(
+        outln!(
             "verified: {} evidence, signed by PCK ({} platform {})",
             c.tee,
             c.platform.product,
             c.raw["fmspc"].as_str().unwrap_or("")
         );
     } else {
-        println!(
+        outln!(
             "{NOT_VERIFIED}: {} quote; its signature chain was not checked",
             c.tee
         );

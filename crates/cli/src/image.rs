@@ -157,7 +157,7 @@ pub struct EncryptArgs {
     #[arg(long = "recipient", required = true)]
     pub recipients: Vec<String>,
     /// File holding the 32-byte key-encryption key stored in the KBS at the
-    /// `kbs://` recipient's path (raw bytes, or base64).
+    /// `kbs://` recipient's path (32 raw bytes, 64 hex characters or base64).
     #[arg(long, value_name = "FILE")]
     pub kek: Option<PathBuf>,
     /// Encrypt only this layer index (negative counts from the top). Repeatable.
@@ -562,17 +562,9 @@ fn encrypt(a: EncryptArgs) -> Result<ExitCode> {
                 .as_ref()
                 .context("a kbs:// recipient needs --kek FILE")?;
             let raw = read_secret(path)?;
-            let key = if raw.len() == 32 {
-                raw
-            } else {
-                use base64::Engine as _;
-                Zeroizing::new(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(String::from_utf8_lossy(&raw).trim())
-                        .context("--kek: expected 32 raw bytes or base64")?,
-                )
-            };
-            wrappers.push(Box::new(KbsWrapper::new(kid, &key)?));
+            let key = veil_kbs::secrets::decode_key32(&raw)
+                .map_err(|e| anyhow::anyhow!("--kek {}: {e}", path.display()))?;
+            wrappers.push(Box::new(KbsWrapper::new(kid, key.as_ref())?));
         } else {
             anyhow::bail!("recipient {r:?}: expected jwe:PUBLIC_KEY_FILE or kbs:///repo/type/tag");
         }

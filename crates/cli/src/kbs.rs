@@ -17,6 +17,7 @@ use veil_kbs_client::{ClientConfig, ClientError, KbsClient, KeyType, ResourcePat
 use zeroize::Zeroizing;
 
 use crate::output::{self, Access, Existing};
+use crate::{out, outln};
 
 /// Key broker service: serve, administer, fetch resources.
 #[derive(Subcommand)]
@@ -27,7 +28,9 @@ pub enum KbsCommand {
     AdminKeygen(AdminKeygenArgs),
     /// Create a random key-encryption key file for secrets at rest.
     KekGenerate(KekGenerateArgs),
-    /// Re-seal every stored secret under a new KEK (server stopped).
+    /// Make a private CA and a KBS server certificate signed by it (for --tls-cert and --ca).
+    TlsKeygen(TlsKeygenArgs),
+    /// Re-seal every stored secret under a new KEK (refused while a server runs on the data dir).
     RotateKek(RotateKekArgs),
     /// Resources (secrets): put, info, delete, list.
     #[command(subcommand)]
@@ -53,7 +56,9 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// TLS certificate chain (PEM).
+    /// TLS certificate chain (PEM): a server (leaf) certificate, e.g. from
+    /// `veil kbs tls-keygen`; a CA certificate such as a plain `openssl req
+    /// -x509` one is refused by clients.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -110,6 +115,29 @@ pub struct KekGenerateArgs {
     pub out: PathBuf,
 }
 
+/// Arguments of `veil kbs tls-keygen`.
+#[derive(Args)]
+pub struct TlsKeygenArgs {
+    /// A name clients reach the KBS by (DNS name or IP address); repeatable.
+    #[arg(long = "san", value_name = "NAME", default_values = ["localhost", "127.0.0.1"])]
+    pub sans: Vec<String>,
+    /// CA certificate output: give it to clients (`--ca`, `VEIL_KBS_CA`).
+    #[arg(long, default_value = "kbs-ca.pem")]
+    pub ca_cert: PathBuf,
+    /// Server certificate chain output (`serve --tls-cert`).
+    #[arg(long, default_value = "kbs-cert.pem")]
+    pub cert: PathBuf,
+    /// Server private key output (`serve --tls-key`, mode 0600).
+    #[arg(long, default_value = "kbs-key.pem")]
+    pub key: PathBuf,
+    /// Validity of the server certificate, in days (the CA: ten times that).
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// Arguments of `veil kbs rotate-kek`.
 #[derive(Args)]
 pub struct RotateKekArgs {
@@ -130,11 +158,11 @@ pub struct ConnArgs {
     /// KBS base URL.
     #[arg(long, env = "VEIL_KBS_URL", default_value = "https://127.0.0.1:8080")]
     pub url: String,
-    /// CA certificate(s) to trust for the KBS (PEM), e.g. its self-signed cert.
-    #[arg(long)]
+    /// CA certificate(s) to trust for the KBS (PEM), e.g. from `veil kbs tls-keygen`.
+    #[arg(long, env = "VEIL_KBS_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Allow an http:// URL (loopback development servers).
-    #[arg(long)]
+    #[arg(long, env = "VEIL_KBS_INSECURE_HTTP", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure_http: bool,
 }
 
@@ -161,7 +189,8 @@ pub enum ResourceCommand {
         file: PathBuf,
     },
     /// Show a resource's metadata (the value never leaves unencrypted).
-    Get {
+    #[command(visible_alias = "get")]
+    Info {
         #[command(flatten)]
         admin: AdminArgs,
         /// `<repo>/<type>/<tag>`.
@@ -174,10 +203,13 @@ pub enum ResourceCommand {
         /// `<repo>/<type>/<tag>`.
         path: String,
     },
-    /// List resources.
+    /// List resources (path, size, last update, KEK id).
     List {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print JSON (`updated_at` in RFC 3339).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -186,10 +218,14 @@ pub enum ResourceCommand {
 pub enum PolicyCommand {
     /// Set a resource policy (a Rego file or a template) for a scope.
     Set(PolicySetArgs),
-    /// Show the resource policies.
+    /// Show the resource policies (JSON: `[{"scope", "policy"}]`).
+    #[command(visible_alias = "list")]
     Get {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print JSON (the default; accepted for symmetry with other listings).
+        #[arg(long)]
+        json: bool,
     },
     /// Set the attestation (appraisal) policy from a Rego file.
     SetAttestation {
@@ -219,10 +255,10 @@ pub struct PolicySetArgs {
     /// Template: allow-all, deny-all, affirming, init-data-digest, measurement, claims.
     #[arg(long)]
     pub template: Option<String>,
-    /// init-data-digest template: the digest (hex).
+    /// init-data-digest template: the digest (`sha384:HEX` as veil prints it, or hex).
     #[arg(long)]
     pub digest: Option<String>,
-    /// measurement template: allowed measurements (hex), repeatable.
+    /// measurement template: allowed measurements (hex or `sha384:HEX`), repeatable.
     #[arg(long = "measurement")]
     pub measurements: Vec<String>,
     /// measurement template: minimum TCB, `bootloader=3,snp=8`.
@@ -264,10 +300,13 @@ pub enum ReferenceValueCommand {
         /// Name.
         name: String,
     },
-    /// Show all reference values.
+    /// Show all reference values (JSON: name → values).
     List {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print JSON (the default; accepted for symmetry with other listings).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -317,6 +356,7 @@ pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
         KbsCommand::Serve(a) => serve(a),
         KbsCommand::AdminKeygen(a) => admin_keygen(a),
         KbsCommand::KekGenerate(a) => kek_generate(a),
+        KbsCommand::TlsKeygen(a) => tls_keygen(a),
         KbsCommand::RotateKek(a) => rotate_kek(a),
         KbsCommand::Resource(c) => resource(c),
         KbsCommand::Policy(c) => policy(c),
@@ -331,10 +371,29 @@ pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
                 eprintln!("veil: {e:#}");
                 Ok(ExitCode::from(1))
             }
-            _ => Err(e),
+            _ => Err(advise(e)),
         },
         ok => ok,
     }
+}
+
+/// Put advice in front of a TLS failure the user can fix with a flag.
+fn advise(e: anyhow::Error) -> anyhow::Error {
+    let Some(ClientError::Transport { reason, .. }) = e.downcast_ref::<ClientError>() else {
+        return e;
+    };
+    let advice = if reason.contains("CaUsedAsEndEntity") {
+        "the KBS serves a CA certificate (as a plain `openssl req -x509` makes), which TLS clients refuse as a server certificate: make a CA and a server certificate with `veil kbs tls-keygen --san HOST`, serve kbs-cert.pem/kbs-key.pem (--tls-cert/--tls-key) and pass kbs-ca.pem with --ca (or VEIL_KBS_CA)"
+    } else if reason.contains("UnknownIssuer") {
+        "the KBS's certificate is not signed by a CA this client trusts: pass its CA certificate with --ca FILE (or VEIL_KBS_CA=FILE)"
+    } else if reason.contains("NotValidForName") {
+        "the KBS's certificate does not name the host of the URL: make one that does with `veil kbs tls-keygen --san HOST`, or use a name it holds in --url"
+    } else if reason.contains("Expired") || reason.contains("NotValidYet") {
+        "the KBS's certificate is outside its validity period (check both clocks, or renew it with `veil kbs tls-keygen`)"
+    } else {
+        return e;
+    };
+    e.context(advice)
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
@@ -400,14 +459,19 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         eprintln!("veil: note: no --admin-pubkey given: the admin API refuses every call");
     }
     let server = veil_kbs::spawn(cfg, a.workers)?;
-    println!("veil kbs listening on {}", server.url());
-    println!("  data dir   {}", a.data_dir.display());
-    println!(
-        "  token key  {} (JWKS at {}/kbs/v0/jwks)",
+    // One write, errors ignored: a server keeps serving when whoever read
+    // its banner has gone away (`veil kbs serve | head -1`).
+    let banner = format!(
+        "veil kbs listening on {url}\n  data dir   {}\n  token key  {} (JWKS at {url}/kbs/v0/jwks)\n",
+        a.data_dir.display(),
         server.state.signer.kid(),
-        server.url()
+        url = server.url(),
     );
-    let _ = std::io::stdout().flush();
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
     server.wait();
     Ok(ExitCode::SUCCESS)
 }
@@ -430,8 +494,8 @@ fn admin_keygen(a: AdminKeygenArgs) -> Result<ExitCode> {
     )?;
     key.commit()?;
     public.commit()?;
-    println!("admin private key: {} (keep it secret)", a.key.display());
-    println!(
+    outln!("admin private key: {} (keep it secret)", a.key.display());
+    outln!(
         "admin public key:  {} (give it to `veil kbs serve --admin-pubkey`)",
         a.public.display()
     );
@@ -442,16 +506,28 @@ fn kek_generate(a: KekGenerateArgs) -> Result<ExitCode> {
     let hex = Kek::generate_hex();
     output::write_secret(&a.out, hex.as_bytes())?;
     let id = Kek::from_bytes(hex.as_bytes())?;
-    println!("key-encryption key: {} (id {})", a.out.display(), id.id());
+    outln!("key-encryption key: {} (id {})", a.out.display(), id.id());
     Ok(ExitCode::SUCCESS)
 }
 
 fn rotate_kek(a: RotateKekArgs) -> Result<ExitCode> {
     let old = Kek::from_file(&a.old_kek_file)?;
     let new = Kek::from_file(&a.new_kek_file)?;
+    if !a.data_dir.is_dir() {
+        bail!("--data-dir {}: no such directory", a.data_dir.display());
+    }
+    // Held until the rotation is committed: no server may start meanwhile.
+    let _lock = match veil_kbs::datadir::DataDirLock::exclusive(&a.data_dir) {
+        Ok(l) => l,
+        Err(e @ veil_kbs::datadir::LockError::InUse { .. }) => {
+            eprintln!("veil: refused: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let store = veil_kbs::store::sqlite::SqliteStore::open(&a.data_dir)?;
     let n = veil_kbs::secrets::rotate_kek(&store, &old, &new).map_err(anyhow::Error::msg)?;
-    println!(
+    outln!(
         "re-sealed {n} secret(s) from KEK {} to KEK {}",
         old.id(),
         new.id()
@@ -459,7 +535,42 @@ fn rotate_kek(a: RotateKekArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn tls_keygen(a: TlsKeygenArgs) -> Result<ExitCode> {
+    let m = veil_kbs::tlsgen::generate(&a.sans, a.days.saturating_mul(10), a.days)
+        .map_err(anyhow::Error::msg)?;
+    let existing = if a.force {
+        Existing::Replace
+    } else {
+        Existing::Keep
+    };
+    // All three staged before any is in place.
+    let ca = output::stage(&a.ca_cert, m.ca_cert.as_bytes(), Access::Public, existing)?;
+    let cert = output::stage(&a.cert, m.cert_chain.as_bytes(), Access::Public, existing)?;
+    let key = output::stage(&a.key, m.key.as_bytes(), Access::OwnerOnly, existing)?;
+    ca.commit()?;
+    cert.commit()?;
+    key.commit()?;
+    outln!(
+        "CA certificate:     {} (clients: --ca or VEIL_KBS_CA; the CA key is not kept)",
+        a.ca_cert.display()
+    );
+    outln!(
+        "server certificate: {} for {} ({} days; serve --tls-cert)",
+        a.cert.display(),
+        a.sans.join(", "),
+        a.days
+    );
+    outln!("server key:         {} (serve --tls-key)", a.key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn client_config(c: &ConnArgs) -> Result<ClientConfig> {
+    if c.url.to_ascii_lowercase().starts_with("http://") && !c.insecure_http {
+        bail!(
+            "{} is plain HTTP: tokens and cookies would travel in clear; use https://, or pass --insecure-http (or VEIL_KBS_INSECURE_HTTP=1) for a loopback development server",
+            c.url
+        );
+    }
     let mut cfg = ClientConfig::new(c.url.clone());
     cfg.allow_http = c.insecure_http;
     if let Some(p) = &c.ca {
@@ -479,8 +590,31 @@ fn admin_client(a: &AdminArgs) -> Result<AdminClient> {
     )?)
 }
 
+/// Unix seconds → RFC 3339 (UTC), as every time veil prints.
+pub fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// In a list of objects, turn the integer fields `keys` into RFC 3339.
+fn times_to_rfc3339(list: &mut serde_json::Value, keys: &[&str]) {
+    for r in list.as_array_mut().into_iter().flatten() {
+        for k in keys {
+            if let Some(t) = r.get(*k).and_then(|t| t.as_u64()) {
+                r[*k] = rfc3339(t).into();
+            }
+        }
+    }
+}
+
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn resource(c: ResourceCommand) -> Result<ExitCode> {
@@ -495,24 +629,34 @@ fn resource(c: ResourceCommand) -> Result<ExitCode> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
             });
             admin_client(&admin)?.put_resource(&path, &value)?;
-            println!("stored {path} ({} bytes)", value.len());
+            outln!("stored {path} ({} bytes)", value.len());
         }
-        ResourceCommand::Get { admin, path } => {
-            print_json(&admin_client(&admin)?.resource_info(&ResourcePath::parse(&path)?)?)
+        ResourceCommand::Info { admin, path } => {
+            let mut v = serde_json::Value::Array(vec![
+                admin_client(&admin)?.resource_info(&ResourcePath::parse(&path)?)?,
+            ]);
+            times_to_rfc3339(&mut v, &["updated_at"]);
+            print_json(&v[0]);
         }
         ResourceCommand::Delete { admin, path } => {
             let path = ResourcePath::parse(&path)?;
             admin_client(&admin)?.delete_resource(&path)?;
-            println!("deleted {path}");
+            outln!("deleted {path}");
         }
-        ResourceCommand::List { admin } => {
-            let list = admin_client(&admin)?.list_resources()?;
+        ResourceCommand::List { admin, json } => {
+            let mut list = admin_client(&admin)?.list_resources()?;
+            times_to_rfc3339(&mut list, &["updated_at"]);
+            if json {
+                print_json(&list);
+                return Ok(ExitCode::SUCCESS);
+            }
             for r in list.as_array().into_iter().flatten() {
-                println!(
-                    "{}\t{} bytes\tupdated {}",
+                outln!(
+                    "{}\t{} bytes\tupdated {}\tKEK {}",
                     r["path"].as_str().unwrap_or(""),
                     r["size"],
-                    r["updated_at"]
+                    r["updated_at"].as_str().unwrap_or("?"),
+                    r["kek_id"].as_str().unwrap_or("?")
                 );
             }
         }
@@ -534,13 +678,19 @@ fn policy_text(a: &PolicySetArgs) -> Result<String> {
         "deny-all" => templates::DENY_ALL.to_string(),
         "affirming" => templates::AFFIRMING.to_string(),
         "init-data-digest" => {
-            templates::init_data_digest(a.digest.as_deref().context("--digest is required")?)
+            let d = a.digest.as_deref().context("--digest is required")?;
+            templates::init_data_digest(&hex::encode(output::parse_digest("digest", d)?))
                 .map_err(anyhow::Error::msg)?
         }
         "measurement" => {
             let min = veil_attest::expect::parse_min_tcb(a.min_tcb.as_deref().unwrap_or(""))
                 .map_err(anyhow::Error::msg)?;
-            templates::measurement(&a.measurements, &min).map_err(anyhow::Error::msg)?
+            let measurements = a
+                .measurements
+                .iter()
+                .map(|m| Ok(hex::encode(output::parse_digest("measurement", m)?)))
+                .collect::<Result<Vec<_>>>()?;
+            templates::measurement(&measurements, &min).map_err(anyhow::Error::msg)?
         }
         "claims" => {
             let f = a
@@ -562,19 +712,21 @@ fn policy(c: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Set(a) => {
             let text = policy_text(&a)?;
             if a.print {
-                print!("{text}");
+                out!("{text}");
                 return Ok(ExitCode::SUCCESS);
             }
             let scope = (!a.scope.is_empty()).then_some(a.scope.as_str());
             admin_client(&a.admin)?.set_resource_policy(scope, &text)?;
-            println!("resource policy set for scope {:?}", a.scope);
+            outln!("resource policy set for scope {:?}", a.scope);
         }
-        PolicyCommand::Get { admin } => print_json(&admin_client(&admin)?.get_resource_policies()?),
+        PolicyCommand::Get { admin, json: _ } => {
+            print_json(&admin_client(&admin)?.get_resource_policies()?)
+        }
         PolicyCommand::SetAttestation { admin, file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             admin_client(&admin)?.set_attestation_policy(&text)?;
-            println!("attestation policy set");
+            outln!("attestation policy set");
         }
         PolicyCommand::GetAttestation { admin } => {
             print_json(&admin_client(&admin)?.get_attestation_policy()?)
@@ -607,12 +759,12 @@ fn reference_value(c: ReferenceValueCommand) -> Result<ExitCode> {
                 })
                 .collect::<Result<_>>()?;
             admin_client(&admin)?.set_reference_value(&name, &vals)?;
-            println!("reference value {name} set ({} values)", vals.len());
+            outln!("reference value {name} set ({} values)", vals.len());
         }
         ReferenceValueCommand::Get { admin, name } => {
             print_json(&admin_client(&admin)?.get_reference_value(&name)?)
         }
-        ReferenceValueCommand::List { admin } => {
+        ReferenceValueCommand::List { admin, json: _ } => {
             print_json(&admin_client(&admin)?.list_reference_values()?)
         }
     }
@@ -640,22 +792,23 @@ fn reference_values_from_measure(admin: &AdminArgs, files: &[PathBuf]) -> Result
     for (name, values) in &merged {
         let vals: Vec<serde_json::Value> = values.iter().cloned().map(Into::into).collect();
         client.set_reference_value(name, &vals)?;
-        println!("reference value {name} set ({} values)", vals.len());
+        outln!("reference value {name} set ({} values)", vals.len());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn audit(a: AuditArgs) -> Result<ExitCode> {
-    let recs = admin_client(&a.admin)?.audit(a.limit)?;
+    let mut recs = admin_client(&a.admin)?.audit(a.limit)?;
+    times_to_rfc3339(&mut recs, &["ts"]);
     if a.json {
         print_json(&recs);
         return Ok(ExitCode::SUCCESS);
     }
     for r in recs.as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "#{} {} {:<8} {:<5} {} — {}",
             r["id"],
-            r["ts"],
+            r["ts"].as_str().unwrap_or("?"),
             r["kind"].as_str().unwrap_or(""),
             r["decision"].as_str().unwrap_or(""),
             r["subject"].as_str().unwrap_or(""),
@@ -681,7 +834,7 @@ fn get_resource(a: GetResourceArgs) -> Result<ExitCode> {
             .with_context(|| format!("reading {}", key_path.display()))?,
     );
     let platform = SimPlatformKey::from_pem(&pem)?;
-    let measurement = hex::decode(a.measurement.trim()).context("--measurement is not hex")?;
+    let measurement = output::parse_digest("measurement", &a.measurement)?;
     let mut guest = veil_kbs::simguest::SimGuest::new(platform, &measurement);
     if let Some(p) = &a.init_data {
         guest.init_data =
@@ -699,7 +852,7 @@ fn get_resource(a: GetResourceArgs) -> Result<ExitCode> {
         }
         None => {
             use base64::Engine;
-            println!(
+            outln!(
                 "{}",
                 base64::engine::general_purpose::STANDARD.encode(value.as_slice())
             );

@@ -84,6 +84,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    output::hide_broken_pipe_panics();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attest(cmd) => sim_root::run(cmd),

@@ -16,6 +16,7 @@ use veil_measure::snp::{self, SevHashes, SnpLaunch, VcpuType, VmmType};
 use veil_measure::tdx::{self, PageAddOrder};
 use veil_measure::{Error as MeasureError, Firmware};
 
+use crate::out;
 use crate::output;
 
 /// Expected launch measurements.
@@ -173,7 +174,7 @@ fn emit(report: &MeasurementReport, format: Format, out: Option<&Path>) -> Resul
     };
     match out {
         Some(p) => output::write_atomic(p, text.as_bytes())?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,7 +30,128 @@ use zeroize::Zeroizing;
 
 /// Print an aligned `key  value` line.
 pub fn kv(key: &str, value: &str) {
-    println!("  {key:<14}{value}");
+    crate::outln!("  {key:<14}{value}");
+}
+
+/// `println!` that ends the process quietly, status 0, when stdout is a
+/// pipe whose reader went away (`veil kbs audit | head`): there is no one
+/// left to tell. Any other write error ends it with status 2 and a message.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::stdout_fmt(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with the broken-pipe handling of [`outln!`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::stdout_fmt(format_args!($($arg)*))
+    };
+}
+
+/// What [`outln!`] and [`out!`] call.
+pub fn stdout_fmt(args: std::fmt::Arguments<'_>) {
+    let r = std::io::stdout().lock().write_fmt(args);
+    if let Err(e) = quiet_on_broken_pipe(r) {
+        eprintln!("veil: error: writing to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// Write raw bytes to stdout (and flush), with the broken-pipe handling of
+/// [`outln!`].
+pub fn stdout_bytes(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    quiet_on_broken_pipe(out.write_all(bytes).and_then(|()| out.flush()))
+}
+
+/// Exit quietly with status 0 on `EPIPE`; pass any other result through.
+fn quiet_on_broken_pipe(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r,
+    }
+}
+
+/// For `println!`s outside [`outln!`]: a panic from printing to a closed
+/// pipe unwinds as before (destructors run) but prints no panic message.
+pub fn hide_broken_pipe_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            return;
+        }
+        default(info);
+    }));
+}
+
+/// A digest given as `ALG:HEX` (`sha256:`, `sha384:`, `sha512:`, the length
+/// checked against the algorithm; how veil prints init-data digests) or as
+/// bare hex (`0x` allowed). Empty input is empty.
+pub fn parse_digest(flag: &str, s: &str) -> Result<Vec<u8>> {
+    let t = s.trim();
+    if let Some((alg, hex_part)) = t.split_once(':') {
+        let len = match alg.to_ascii_lowercase().as_str() {
+            "sha256" => 32,
+            "sha384" => 48,
+            "sha512" => 64,
+            other => bail!(
+                "--{flag} {s:?}: unknown digest algorithm {other:?}; give sha256:HEX, sha384:HEX, sha512:HEX or bare hex"
+            ),
+        };
+        let bytes = hex::decode(hex_part)
+            .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: not hex after {alg}: ({e})"))?;
+        if bytes.len() != len {
+            bail!(
+                "--{flag} {s:?}: a {alg} digest is {len} bytes ({} hex characters), got {}",
+                len * 2,
+                bytes.len()
+            );
+        }
+        return Ok(bytes);
+    }
+    let h = t.strip_prefix("0x").unwrap_or(t);
+    hex::decode(h).map_err(|e| {
+        anyhow::anyhow!("--{flag} {s:?}: expected hex or sha256:/sha384:/sha512:HEX ({e})")
+    })
+}
+
+/// Bytes (report data, nonces) given as hex (`0x` allowed) or base64
+/// (standard or URL-safe, padded or not). Input made only of hex digits is
+/// hex; prefix `hex:` or `base64:` to say which. Empty input is empty.
+pub fn parse_bytes(flag: &str, s: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let t = s.trim();
+    let b64 = |v: &str| {
+        STANDARD
+            .decode(v)
+            .or_else(|_| STANDARD_NO_PAD.decode(v))
+            .or_else(|_| URL_SAFE.decode(v))
+            .or_else(|_| URL_SAFE_NO_PAD.decode(v))
+            .map_err(|e| anyhow::anyhow!("--{flag} {s:?}: not base64 ({e})"))
+    };
+    if let Some(v) = t.strip_prefix("base64:") {
+        return b64(v);
+    }
+    let h = t.strip_prefix("hex:").or_else(|| t.strip_prefix("0x"));
+    let forced_hex = h.is_some();
+    let h = h.unwrap_or(t);
+    if forced_hex || h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return hex::decode(h).map_err(|e| anyhow::anyhow!("--{flag} {s:?}: not hex ({e})"));
+    }
+    b64(t)
 }
 
 /// Who may read a file the CLI writes.
@@ -290,11 +411,7 @@ fn write_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn write_fd(fd: i32, bytes: &[u8]) -> std::io::Result<()> {
     match fd {
-        1 => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes)?;
-            out.flush()
-        }
+        1 => stdout_bytes(bytes),
         2 => std::io::stderr().lock().write_all(bytes),
         _ => {
             // SAFETY: the descriptor is only borrowed to duplicate it; if it
@@ -417,5 +534,43 @@ mod tests {
         assert!(write_atomic(&s, b"x").is_err());
         assert!(fs::symlink_metadata(&s).unwrap().file_type().is_socket());
         assert!(write_atomic(d.path(), b"x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn digests_with_or_without_their_algorithm() {
+        let h = "ab".repeat(48);
+        assert_eq!(parse_digest("d", &h).unwrap(), vec![0xab; 48]);
+        assert_eq!(
+            parse_digest("d", &format!("sha384:{h}")).unwrap(),
+            vec![0xab; 48]
+        );
+        assert_eq!(
+            parse_digest("d", &format!("0x{h}")).unwrap(),
+            vec![0xab; 48]
+        );
+        assert!(parse_digest("d", "").unwrap().is_empty());
+        let e = parse_digest("d", &format!("sha256:{h}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a sha256 digest is 32 bytes"), "{e}");
+        assert!(parse_digest("d", "md5:00").is_err());
+    }
+
+    #[test]
+    fn bytes_as_hex_or_base64() {
+        assert_eq!(parse_bytes("r", "00ff").unwrap(), vec![0, 0xff]);
+        assert_eq!(parse_bytes("r", "AP8=").unwrap(), vec![0, 0xff]);
+        assert_eq!(parse_bytes("r", "AP8").unwrap(), vec![0, 0xff]);
+        assert_eq!(
+            parse_bytes("r", "base64:0000").unwrap(),
+            vec![0xd3, 0x4d, 0x34]
+        );
+        assert_eq!(parse_bytes("r", "hex:0000").unwrap(), vec![0, 0]);
+        assert!(parse_bytes("r", "not base64!").is_err());
     }
 }

@@ -21,6 +21,7 @@ use veil_policy::initdata::{MAX_INIT_DATA_BYTES, ParsedInitData};
 use veil_policy::settings::{MAX_SETTINGS_BYTES, Settings};
 
 use crate::output::{Access, Existing, kv, read_limited, stage};
+use crate::{out, outln};
 
 /// Workload policies: generate from Kubernetes YAML, digest, check requests, diff.
 #[derive(Subcommand)]
@@ -75,6 +76,14 @@ pub struct GenerateArgs {
     /// Also write the init-data TOML here (needs exactly one workload).
     #[arg(long, value_name = "OUT.toml")]
     init_data: Option<PathBuf>,
+    /// The KBS the agent attests to and fetches secrets from (overrides the
+    /// settings' kbs.url).
+    #[arg(long, value_name = "URL")]
+    kbs_url: Option<String>,
+    /// A secret for every workload, `NAME=kbs:///repo/type/tag`, placed at
+    /// /run/veil/secrets/NAME (repeatable; added to the settings' [kbs.secrets]).
+    #[arg(long = "secret", value_name = "NAME=URI")]
+    secrets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -131,6 +140,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
             .with_context(|| format!("{}", p.display()))?,
         None => Settings::default(),
     };
+    let settings = with_kbs_args(settings, a.kbs_url.as_deref(), &a.secrets)?;
     let mut texts = Vec::new();
     for f in &a.files {
         texts.push(read_text(f, "Kubernetes YAML", MAX_YAML_BYTES)?);
@@ -203,12 +213,40 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
         report.push_str(&format!("note: {n}\n"));
     }
     if a.output.is_some() {
-        print!("{report}");
+        out!("{report}");
     } else {
-        print!("{}", g.output_yaml);
+        out!("{}", g.output_yaml);
         eprint!("{report}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Apply `--kbs-url` and `--secret NAME=URI` to the settings.
+fn with_kbs_args(
+    mut settings: Settings,
+    url: Option<&str>,
+    secrets: &[String],
+) -> Result<Settings> {
+    if let Some(u) = url {
+        settings.kbs.url = u.to_string();
+    }
+    for s in secrets {
+        let (name, uri) = s
+            .split_once('=')
+            .with_context(|| format!("--secret {s:?}: expected NAME=kbs:///repo/type/tag"))?;
+        veil_policy::settings::check_secret(name, uri).map_err(|e| anyhow::anyhow!("--{e}"))?;
+        veil_kbs_client::ResourcePath::parse(uri)
+            .map_err(|e| anyhow::anyhow!("--secret {name}: {e}"))?;
+        if let Some(old) = settings.kbs.secrets.get(name).filter(|old| *old != uri) {
+            bail!("--secret {name}={uri}: the settings already map {name} to {old}");
+        }
+        settings
+            .kbs
+            .secrets
+            .insert(name.to_string(), uri.to_string());
+    }
+    settings.validate().map_err(anyhow::Error::msg)?;
+    Ok(settings)
 }
 
 fn cmd_digest(a: DigestArgs) -> Result<ExitCode> {
@@ -228,10 +266,10 @@ fn cmd_digest(a: DigestArgs) -> Result<ExitCode> {
             "tdx_mrconfigid_base64": B64.encode(mrconfigid),
             "sim": hex::encode(sim),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("init-data {}", a.init_data.display());
+    outln!("init-data {}", a.init_data.display());
     kv("algorithm", d.algorithm().as_str());
     kv("digest", &d.hex());
     kv(
@@ -278,14 +316,14 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
         denied = !d.allowed;
         if !a.json {
             if d.allowed {
-                println!("allow: {}", d.kind);
+                outln!("allow: {}", d.kind);
             } else {
-                println!("deny: {}", d.kind);
+                outln!("deny: {}", d.kind);
                 for v in &d.violations {
-                    println!("  {}", v.message);
-                    println!("    field:    {}", v.field);
-                    println!("    expected: {}", v.expected);
-                    println!("    actual:   {}", v.actual);
+                    outln!("  {}", v.message);
+                    outln!("    field:    {}", v.field);
+                    outln!("    expected: {}", v.expected);
+                    outln!("    actual:   {}", v.actual);
                 }
             }
         }
@@ -295,7 +333,7 @@ fn cmd_check(a: CheckArgs) -> Result<ExitCode> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&decisions)?);
+        outln!("{}", serde_json::to_string_pretty(&decisions)?);
     }
     Ok(if denied {
         ExitCode::from(1)
@@ -310,9 +348,9 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
     let changes = diff_init_data(&x.init_data, &y.init_data);
     if changes.is_empty() {
         if x.raw() == y.raw() {
-            println!("identical");
+            outln!("identical");
         } else {
-            println!("equivalent (same content, different bytes: the digests differ)");
+            outln!("equivalent (same content, different bytes: the digests differ)");
         }
         return Ok(if x.raw() == y.raw() {
             ExitCode::SUCCESS
@@ -321,7 +359,7 @@ fn cmd_diff(a: DiffArgs) -> Result<ExitCode> {
         });
     }
     for c in &changes {
-        println!("{c}");
+        outln!("{c}");
     }
     Ok(ExitCode::from(1))
 }

@@ -85,6 +85,15 @@ fn refusals_exit_1_and_name_the_check() {
         .stderr(predicate::str::contains(
             "TCB component snp below minimum: expected >= 9, got 8",
         ));
+    // A misspelt component is the caller's mistake, not the evidence's:
+    // usage error (2), naming the components the evidence reports.
+    snp_with_cert("milan-vcek-report.bin", "milan-vcek.der")
+        .args(["--min-tcb", "ucode=115"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "--min-tcb: snp evidence has no TCB component ucode; it reports: bootloader, microcode, snp, tee",
+        ));
     snp_with_cert("milan-vlek-report.bin", "milan-vlek.der")
         // The VLEK certificate expires 2025-12-10: verify inside its validity.
         .args(["--at", "2025-06-01T00:00:00Z"])
@@ -215,6 +224,20 @@ fn sim_keygen_report_verify_round_trip() {
         .success()
         .stdout(predicate::str::contains("NO: simulated TEE"))
         .stderr(predicate::str::contains("WARNING"));
+    // The same values in the other formats veil prints: the digest as
+    // `sha384:HEX` (as `veil policy digest` shows it), report data as base64.
+    verify("sim", &p("ev.json"))
+        .args(["--sim-root", &p("root.pem")])
+        .args(["--report-data", "AQI=", "--init-data-digest"])
+        .arg(format!("sha384:{digest}"))
+        .assert()
+        .success();
+    verify("sim", &p("ev.json"))
+        .args(["--sim-root", &p("root.pem")])
+        .args(["--init-data-digest", &format!("sha256:{digest}")])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("a sha256 digest is 32 bytes"));
     // Without the root, or with another root: refused.
     verify("sim", &p("ev.json"))
         .assert()

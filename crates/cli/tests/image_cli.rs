@@ -1112,3 +1112,58 @@ fn push_pull_inspect_sign_verify_through_a_registry() {
         .stderr(predicate::str::contains("not found"));
     assert!(!tmp.path().join("none").exists());
 }
+
+/// One key format everywhere: the hex file `veil kbs kek-generate` writes is
+/// read as the 32-byte key by `image encrypt --kek` (not misread as base64);
+/// the same key in base64 unwraps it; a length no encoding of 32 bytes has
+/// is refused, saying what a key file holds.
+#[test]
+fn kek_generate_hex_is_a_valid_image_kek() {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, digest) = image(tmp.path());
+    let kek = tmp.path().join("kek.hex");
+    veil()
+        .args(["kbs", "kek-generate", "--out"])
+        .arg(&kek)
+        .assert()
+        .success();
+    let raw = hex::decode(fs::read_to_string(&kek).unwrap().trim()).unwrap();
+    let enc = tmp.path().join("enc");
+    veil()
+        .args(["image", "encrypt", &oci(&dir, "v1"), &oci(&enc, "e")])
+        .args(["--recipient", "kbs:///default/image-key/app", "--kek"])
+        .arg(&kek)
+        .assert()
+        .success();
+    let keys = tmp.path().join("keys.json");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+    fs::write(&keys, format!(r#"{{"default/image-key/app":"{b64}"}}"#)).unwrap();
+    veil()
+        .args([
+            "image",
+            "decrypt",
+            &oci(&enc, "e"),
+            &oci(&tmp.path().join("dec"), "d"),
+        ])
+        .arg("--kbs-keys")
+        .arg(&keys)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(digest.to_string()));
+    let short = tmp.path().join("short.hex");
+    fs::write(&short, "ab".repeat(24)).unwrap();
+    veil()
+        .args([
+            "image",
+            "encrypt",
+            &oci(&dir, "v1"),
+            &oci(&tmp.path().join("e2"), "e"),
+        ])
+        .args(["--recipient", "kbs:///default/image-key/app", "--kek"])
+        .arg(&short)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("48 hex characters (24 bytes)"))
+        .stderr(predicate::str::contains("64 hex characters"));
+}

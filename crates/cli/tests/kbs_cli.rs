@@ -159,3 +159,253 @@ fn serve_refuses_insecure_setups() {
     serve_refused(d, "data2", &["--insecure-http"], "VEIL_KBS_KEK");
     assert!(!d.join("data2").exists());
 }
+
+/// `rotate-kek` on the data dir of a running server is refused, naming the
+/// server's PID, and changes nothing; once the server stops it works, and
+/// the server starts again under the new KEK with the secret intact.
+#[test]
+fn rotate_kek_refused_while_a_server_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    std::fs::write(d.join("secret.bin"), "rotate-me").unwrap();
+    run_ok(
+        veil()
+            .args(["kbs", "kek-generate", "--out"])
+            .arg(d.join("kek-new.hex")),
+    );
+    let rotate = || {
+        let mut c = veil();
+        c.args(["kbs", "rotate-kek", "--data-dir"])
+            .arg(d.join("data"))
+            .arg("--old-kek-file")
+            .arg(d.join("kek.hex"))
+            .arg("--new-kek-file")
+            .arg(d.join("kek-new.hex"));
+        c
+    };
+    let allow_and_fetch = |kbs: &DevKbs| {
+        run_ok(kbs.client().args([
+            "kbs",
+            "policy",
+            "set",
+            "--insecure-http",
+            "--template",
+            "allow-all",
+        ]));
+        run_ok(
+            kbs.sim_guest()
+                .arg("--out")
+                .arg(d.join("got.bin"))
+                .arg("repo/key/r"),
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("got.bin")).unwrap(),
+            "rotate-me"
+        );
+        std::fs::remove_file(d.join("got.bin")).unwrap();
+    };
+
+    let kbs = serve(d);
+    run_ok(
+        kbs.client()
+            .args(["kbs", "resource", "put", "--insecure-http", "repo/key/r"])
+            .arg(d.join("secret.bin")),
+    );
+    let out = rotate().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by a running KBS (PID "), "{err}");
+    // Nothing changed: the running server still releases the secret.
+    allow_and_fetch(&kbs);
+    kbs.kill();
+
+    let out = run_ok(&mut rotate());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-sealed"));
+    std::fs::rename(d.join("kek-new.hex"), d.join("kek.hex")).unwrap();
+    let kbs = serve(d);
+    allow_and_fetch(&kbs);
+}
+
+/// `veil kbs audit | head`: a reader that has gone away ends the command
+/// quietly (status 0, no panic message), in text and in JSON.
+#[test]
+fn listing_into_a_closed_pipe_exits_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let kbs = serve(d);
+    run_ok(
+        kbs.client()
+            .args(["kbs", "resource", "list", "--insecure-http"]),
+    );
+    for json in [false, true] {
+        // A socket whose peer is gone: writes fail with EPIPE, as on a pipe.
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(reader);
+        let writer = std::os::fd::OwnedFd::from(writer);
+        let mut c = kbs.client();
+        c.args(["kbs", "audit", "--insecure-http"]);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.stdout(writer).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.is_empty(), "{err}");
+    }
+}
+
+/// `veil kbs serve` with TLS files on a free port; returns once it listens.
+fn serve_tls(dir: &Path, cert: &Path, key: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let port = veil_testkit::free_port();
+    let mut child = veil()
+        .args(["kbs", "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--kek-file")
+        .arg(dir.join("kek.hex"))
+        .arg("--admin-pubkey")
+        .arg(dir.join("admin.pub"))
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    (child, format!("https://127.0.0.1:{port}"))
+}
+
+/// A plain self-signed `openssl req -x509` certificate is a CA certificate,
+/// which rustls refuses as a server certificate: the client says so and
+/// what to do (`veil kbs tls-keygen`); without `--ca` it names the flag;
+/// a `tls-keygen` pair works, with the CA from `VEIL_KBS_CA`; plain HTTP
+/// names `--insecure-http`, and `VEIL_KBS_INSECURE_HTTP=1` allows it.
+#[test]
+fn tls_errors_give_advice_and_tls_keygen_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(d.join("ossl-key.pem"))
+        .arg("-out")
+        .arg(d.join("ossl-cert.pem"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let list = |url: &str| {
+        let mut c = veil();
+        c.env_remove("VEIL_KBS_CA")
+            .env_remove("VEIL_KBS_INSECURE_HTTP")
+            .env("VEIL_KBS_URL", url)
+            .env("VEIL_KBS_ADMIN_KEY", d.join("admin.key"))
+            .args(["kbs", "resource", "list"]);
+        c
+    };
+
+    let (mut child, url) = serve_tls(d, &d.join("ossl-cert.pem"), &d.join("ossl-key.pem"));
+    let out = list(&url)
+        .arg("--ca")
+        .arg(d.join("ossl-cert.pem"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("veil kbs tls-keygen --san HOST"), "{err}");
+    assert!(err.contains("CaUsedAsEndEntity"), "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    run_ok(
+        veil()
+            .current_dir(d)
+            .args(["kbs", "tls-keygen", "--san", "127.0.0.1"]),
+    );
+    let (mut child, url) = serve_tls(d, &d.join("kbs-cert.pem"), &d.join("kbs-key.pem"));
+    let out = list(&url).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pass its CA certificate with --ca FILE (or VEIL_KBS_CA=FILE)"),
+        "{err}"
+    );
+    run_ok(list(&url).env("VEIL_KBS_CA", d.join("kbs-ca.pem")));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let kbs = serve(d);
+    let out = list(&kbs.url()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--insecure-http (or VEIL_KBS_INSECURE_HTTP=1)"),
+        "{err}"
+    );
+    run_ok(list(&kbs.url()).env("VEIL_KBS_INSECURE_HTTP", "1"));
+}
+
+fn is_rfc3339(v: &serde_json::Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.len() == 20 && s.as_bytes()[10] == b'T' && s.ends_with('Z') && s.starts_with("20")
+    })
+}
+
+/// Listings: `--json` on each, times in RFC 3339 in text and JSON,
+/// `resource info` (and its alias `get`) as the help names it.
+#[test]
+fn listings_have_json_and_rfc3339_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    std::fs::write(d.join("v.bin"), "v").unwrap();
+    let kbs = serve(d);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run_ok(kbs.client().args(args).args(["--insecure-http", "--json"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    run_ok(
+        kbs.client()
+            .args(["kbs", "resource", "put", "--insecure-http", "a/b/c"])
+            .arg(d.join("v.bin")),
+    );
+    let list = json(&["kbs", "resource", "list"]);
+    assert_eq!(list[0]["path"], "a/b/c");
+    assert!(is_rfc3339(&list[0]["updated_at"]), "{list}");
+    for sub in ["info", "get"] {
+        let out = run_ok(
+            kbs.client()
+                .args(["kbs", "resource", sub, "--insecure-http", "a/b/c"]),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(is_rfc3339(&v["updated_at"]), "{v}");
+    }
+    let audit = json(&["kbs", "audit"]);
+    assert!(is_rfc3339(&audit[0]["ts"]), "{audit}");
+    let text = run_ok(kbs.client().args(["kbs", "audit", "--insecure-http"]));
+    let text = String::from_utf8_lossy(&text.stdout);
+    let first = text.lines().next().unwrap();
+    assert!(
+        is_rfc3339(&first.split(' ').nth(1).unwrap().into()),
+        "{text}"
+    );
+    assert!(json(&["kbs", "policy", "get"]).is_array());
+    assert!(json(&["kbs", "reference-value", "list"]).is_object());
+}

@@ -357,3 +357,109 @@ fn generate_resolves_images_through_a_registry() {
         .stderr(predicate::str::contains("looks like a file"));
     assert!(only_files(&empty).is_empty());
 }
+
+/// `veil policy check --json | head`: a closed pipe ends it quietly, with
+/// the decision's status (0 here) and no panic message.
+#[test]
+fn check_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok.json");
+    std::fs::write(&ok, requests("db.internal").to_string()).unwrap();
+    for json in [false, true] {
+        // A socket whose peer is gone: writes fail with EPIPE, as on a pipe.
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(reader);
+        let writer = std::os::fd::OwnedFd::from(writer);
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("veil"));
+        c.args(["policy", "check", "--init-data"])
+            .arg(data("golden/pod-multi.web.toml"))
+            .arg("--request")
+            .arg(&ok);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.stdout(writer).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(err.is_empty(), "{err}");
+    }
+}
+
+/// The owner's production flow delivers secrets: `--secret NAME=URI` puts
+/// the same cdh.toml credential `veil run --secret` writes into the
+/// generated init-data (so its digest changes), and bad names, bad URIs
+/// or no KBS are refused with nothing written.
+#[test]
+fn generate_with_secrets_writes_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen_with = |name: &str, extra: &[&str]| {
+        let toml = dir.path().join(format!("{name}.toml"));
+        let mut c = generate(
+            &data("manifests/pod-multi.yaml"),
+            &dir.path().join(format!("{name}.yaml")),
+            &toml,
+        );
+        c.arg("--image-dir")
+            .arg(data("layout"))
+            .args(["--kbs-url", "https://kbs.example:8080"])
+            .args(extra);
+        (c, toml)
+    };
+    let (mut c, plain) = gen_with("plain", &[]);
+    output_ok(&mut c);
+    let (mut c, with) = gen_with(
+        "with",
+        &[
+            "--secret",
+            "db-password=kbs:///default/secret/db",
+            "--secret",
+            "tls.key=kbs:///prod/key/tls",
+        ],
+    );
+    let out = output_ok(&mut c);
+    let plain_text = std::fs::read_to_string(&plain).unwrap();
+    let text = std::fs::read_to_string(&with).unwrap();
+    assert!(plain_text.contains("credentials = []"), "{plain_text}");
+    assert!(
+        text.contains(
+            r#"credentials = [{ path = "/run/veil/secrets/db-password", resource_uri = "kbs:///default/secret/db" }, { path = "/run/veil/secrets/tls.key", resource_uri = "kbs:///prod/key/tls" }]"#
+        ),
+        "{text}"
+    );
+    let digest = veil_policy::HashAlgorithm::Sha384
+        .digest(text.as_bytes())
+        .hex();
+    let plain_digest = veil_policy::HashAlgorithm::Sha384
+        .digest(plain_text.as_bytes())
+        .hex();
+    assert_ne!(digest, plain_digest);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&digest));
+
+    for (args, needle) in [
+        (
+            &["--secret", "../x=kbs:///a/b/c"][..],
+            "secret name \"../x\"",
+        ),
+        (
+            &["--secret", "x=https://a/b/c"][..],
+            "must be a kbs:///repo/type/tag URI",
+        ),
+        (&["--secret", "x=kbs:///a/b"][..], "expected 3"),
+        (&["--secret", "x"][..], "expected NAME=kbs:///repo/type/tag"),
+    ] {
+        let (mut c, toml) = gen_with("bad", args);
+        c.assert().code(2).stderr(predicate::str::contains(needle));
+        assert!(!toml.exists());
+    }
+    let mut c = generate(
+        &data("manifests/pod-multi.yaml"),
+        &dir.path().join("nokbs.yaml"),
+        &dir.path().join("nokbs.toml"),
+    );
+    c.arg("--image-dir")
+        .arg(data("layout"))
+        .args(["--secret", "x=kbs:///a/b/c"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("needs kbs.url (--kbs-url)"));
+}

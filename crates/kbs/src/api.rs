@@ -1025,6 +1025,11 @@ fn token_summary(
         .and_then(|e| e.get(e.get("tee")?.as_str()?))
         .and_then(|c| c.get("measurement"))
         .and_then(|m| m.as_str());
+    // The init-data digest the token carries: what an init-data-digest
+    // policy compared (all zeros when the guest sent no init-data).
+    let init_data = evidence
+        .and_then(|e| e.get("init_data"))
+        .and_then(|d| d.as_str());
     let mut out = format!("The token: ear.status {status}");
     if !vector.is_empty() {
         out.push_str(&format!("; {}", vector.join(", ")));
@@ -1042,6 +1047,17 @@ fn token_summary(
             listed.len()
         ));
     }
+    if let Some(d) = init_data {
+        let algorithm = evidence
+            .and_then(|e| e.pointer("/init_data_claims/algorithm"))
+            .and_then(|a| a.as_str());
+        match algorithm {
+            Some(a) => out.push_str(&format!("; init-data digest {a}:{d}")),
+            None => out.push_str(&format!(
+                "; init-data digest {d} (no init-data sent: the TEE's field)"
+            )),
+        }
+    }
     out
 }
 
@@ -1054,14 +1070,15 @@ mod tests {
         let claims = serde_json::json!({"submods": {"cpu0": {
             "ear.status": "contraindicated",
             "ear.trustworthiness-vector": {"instance-identity": 0, "executables": 33, "hardware": 97, "configuration": 2},
-            "ear.veraison.annotated-evidence": {"tee": "sim", "sim": {"measurement": "abcd"}},
+            "ear.veraison.annotated-evidence": {"tee": "sim", "sim": {"measurement": "abcd"},
+                "init_data": "0f0e", "init_data_claims": {"algorithm": "sha384"}},
         }}});
         let mut reference = serde_json::Map::new();
         reference.insert("measurement".into(), serde_json::json!(["1234", "5678"]));
         let s = token_summary(&claims, &reference);
         assert_eq!(
             s,
-            "The token: ear.status contraindicated; executables 33 (warning), hardware 97 (contraindicated), configuration 2 (affirming); measurement abcd is NOT among the 2 reference value(s) \"measurement\""
+            "The token: ear.status contraindicated; executables 33 (warning), hardware 97 (contraindicated), configuration 2 (affirming); measurement abcd is NOT among the 2 reference value(s) \"measurement\"; init-data digest sha384:0f0e"
         );
         reference.insert("measurement".into(), serde_json::json!(["abcd"]));
         assert!(token_summary(&claims, &reference).contains("abcd is among the 1 reference"));

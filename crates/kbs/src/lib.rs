@@ -12,6 +12,7 @@ pub mod admin_auth;
 pub mod api;
 pub mod appraisal;
 pub mod bench;
+pub mod datadir;
 pub mod error;
 pub mod json;
 pub mod metrics;
@@ -23,6 +24,7 @@ pub mod session;
 pub mod simguest;
 pub mod state;
 pub mod store;
+pub mod tlsgen;
 pub mod token;
 pub mod verify;
 

@@ -12,7 +12,6 @@ use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -51,29 +50,44 @@ impl std::fmt::Debug for Kek {
 }
 
 fn decode_kek(bytes: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
+    decode_key32(bytes)
+}
+
+/// Decode a 32-byte key file, deciding by exact length and alphabet so no
+/// input has two readings: exactly 32 bytes are the raw key; otherwise,
+/// after trimming whitespace, 64 hex characters (what `veil kbs
+/// kek-generate` writes) or 43/44 base64 characters. Anything else is
+/// refused with what was seen, never guessed.
+pub fn decode_key32(bytes: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
+    use base64::Engine as _;
+    const EXPECTED: &str = "a 32-byte key is exactly 32 raw bytes, 64 hex characters (as `veil kbs kek-generate` writes) or 44 base64 characters";
+    let mut k = Zeroizing::new([0u8; 32]);
     if bytes.len() == 32 {
-        let mut k = Zeroizing::new([0u8; 32]);
         k.copy_from_slice(bytes);
         return Ok(k);
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| format!("{} bytes: neither 32 raw bytes nor text", bytes.len()))?
-        .trim();
-    let decoded = Zeroizing::new(
-        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(format!("{} bytes of binary: {EXPECTED}", bytes.len()));
+    };
+    let text = text.trim();
+    let decoded = Zeroizing::new(match text.len() {
+        64 if text.bytes().all(|b| b.is_ascii_hexdigit()) => {
             hex::decode(text).map_err(|e| e.to_string())?
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .map_err(|_| {
-                    "not 32 raw bytes, 64 hex characters or base64 of 32 bytes".to_string()
-                })?
-        },
-    );
+        }
+        43 | 44 => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+            .map_err(|_| format!("{} characters that are not base64: {EXPECTED}", text.len()))?,
+        n if n > 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Err(format!("{n} hex characters ({} bytes): {EXPECTED}", n / 2));
+        }
+        n => return Err(format!("{n} characters of text: {EXPECTED}")),
+    });
     if decoded.len() != 32 {
-        return Err(format!("decodes to {} bytes, a KEK is 32", decoded.len()));
+        return Err(format!("decodes to {} bytes: {EXPECTED}", decoded.len()));
     }
-    let mut k = Zeroizing::new([0u8; 32]);
     k.copy_from_slice(&decoded);
     Ok(k)
 }

@@ -40,6 +40,8 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
     }
+    let lock = crate::datadir::DataDirLock::for_server(&cfg.data_dir)
+        .map_err(|e| StartError(e.to_string()))?;
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&cfg.data_dir).map_err(|e| StartError(e.to_string()))?);
     let ids = store.kek_ids().map_err(|e| StartError(e.to_string()))?;
@@ -65,6 +67,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         reference_values: RwLock::new(Arc::new(serde_json::Map::new())),
         metrics: Default::default(),
         release_pin: RwLock::new(None),
+        _data_dir_lock: lock,
     };
     state.reload().map_err(StartError)?;
     Ok(Arc::new(state))

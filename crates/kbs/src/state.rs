@@ -102,6 +102,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Set by an embedded KBS that serves one workload only.
     pub release_pin: RwLock<Option<Arc<crate::pin::ReleasePin>>>,
+    /// Held shared while the server lives: `rotate-kek` waits for no one.
+    pub(crate) _data_dir_lock: crate::datadir::DataDirLock,
 }
 
 /// Unix seconds now.

@@ -5,6 +5,8 @@
 //! A settings file is TOML; every key is optional and falls back to
 //! [`Settings::default`]. Unknown keys are refused.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::binding::HashAlgorithm;
@@ -42,6 +44,58 @@ pub struct KbsSettings {
     pub url: String,
     /// PEM certificate the agent pins for the KBS's TLS (empty: system roots).
     pub cert: String,
+    /// Secrets the agent fetches from the KBS at start (`[kbs.secrets]`):
+    /// NAME → `kbs:///repo/type/tag`, placed at `/run/veil/secrets/NAME`.
+    /// They become `cdh.toml` credentials, so they are measured.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Where a secret named NAME is placed in the guest.
+pub const SECRETS_DIR: &str = "/run/veil/secrets";
+
+/// Check one secret: NAME of `[A-Za-z0-9._-]`, not starting with `.`, and a
+/// `kbs:///repo/type/tag` URI whose segments follow the KBS's resource path
+/// rules (as `veil run --secret` and `veil_kbs_client::ResourcePath`).
+pub fn check_secret(name: &str, uri: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.starts_with('.')
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "secret name {name:?}: use [A-Za-z0-9._-] (at most 128), not starting with ."
+        ));
+    }
+    let path = uri
+        .strip_prefix("kbs://")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_host, path)| path)
+        .ok_or_else(|| format!("secret {name}: {uri:?} must be a kbs:///repo/type/tag URI"))?;
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments.len() != 3 {
+        return Err(format!(
+            "secret {name}: {uri:?} has {} path segments, expected 3 (repo/type/tag)",
+            segments.len()
+        ));
+    }
+    for seg in segments {
+        let ok = seg.len() <= 256
+            && seg
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !ok {
+            return Err(format!(
+                "secret {name}: {uri:?}: segment {seg:?} must be [A-Za-z0-9_.-], not starting with ."
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Image trust settings passed to the guest.
@@ -289,6 +343,15 @@ impl Settings {
                 self.kbs.url
             ));
         }
+        for (name, uri) in &self.kbs.secrets {
+            check_secret(name, uri).map_err(|e| format!("settings kbs.secrets: {e}"))?;
+        }
+        if !self.kbs.secrets.is_empty() && self.kbs.url.is_empty() {
+            return Err(
+                "settings kbs.secrets needs kbs.url (--kbs-url): the agent fetches secrets from that KBS"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -323,5 +386,29 @@ mod tests {
                 .contains("anchored")
         );
         assert!(Settings::from_toml("[kbs]\nurl = \"ftp://x\"\n").is_err());
+    }
+
+    #[test]
+    fn secrets_follow_the_resource_path_rules() {
+        check_secret("db-password", "kbs:///default/secret/db").unwrap();
+        check_secret("tls.key", "kbs://kbs.example/prod/key/v1.2").unwrap();
+        for (name, uri) in [
+            ("", "kbs:///a/b/c"),
+            (".hidden", "kbs:///a/b/c"),
+            ("a/b", "kbs:///a/b/c"),
+            ("x", "a/b/c"),
+            ("x", "kbs:///a/b"),
+            ("x", "kbs:///a/.b/c"),
+            ("x", "kbs:///a/b/c d"),
+        ] {
+            assert!(check_secret(name, uri).is_err(), "{name} {uri}");
+        }
+        let s = Settings::from_toml(
+            "[kbs]\nurl = \"https://k\"\n[kbs.secrets]\ndb = \"kbs:///d/s/db\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.kbs.secrets["db"], "kbs:///d/s/db");
+        let e = Settings::from_toml("[kbs.secrets]\ndb = \"kbs:///d/s/db\"\n").unwrap_err();
+        assert!(e.contains("needs kbs.url"), "{e}");
     }
 }

@@ -144,9 +144,17 @@ fn aa_toml(settings: &Settings) -> String {
 
 /// The `cdh.toml` (confidential data hub) configuration for the settings' KBS and image trust.
 fn cdh_toml(settings: &Settings) -> String {
-    let mut s = String::from(
-        "socket = \"unix:///run/confidential-containers/cdh.sock\"\ncredentials = []\n\n[kbc]\nname = \"cc_kbc\"\nurl = ",
-    );
+    let mut s =
+        String::from("socket = \"unix:///run/confidential-containers/cdh.sock\"\ncredentials = [");
+    // The same shape as `veil run --secret`: one inline table per secret.
+    for (i, (name, uri)) in settings.kbs.secrets.iter().enumerate() {
+        s.push_str(if i == 0 { "{ path = " } else { ", { path = " });
+        basic_string(&format!("{}/{name}", crate::settings::SECRETS_DIR), &mut s);
+        s.push_str(", resource_uri = ");
+        basic_string(uri, &mut s);
+        s.push_str(" }");
+    }
+    s.push_str("]\n\n[kbc]\nname = \"cc_kbc\"\nurl = ");
     basic_string(&settings.kbs.url, &mut s);
     s.push('\n');
     if !settings.kbs.cert.is_empty() {

@@ -282,6 +282,35 @@ fn add_credentials(init: &mut InitData, secrets: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Every `--secret` must be in the embedded KBS: say so before launching,
+/// with how to store it, rather than fail the guest's attestation.
+fn check_secrets_stored(kbs: &LocalKbs, secrets: &[String]) -> Result<()> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let v = kbs
+        .admin_client()?
+        .list_resources()
+        .map_err(|e| anyhow!("listing the embedded KBS's resources: {e}"))?;
+    let list = v
+        .as_array()
+        .or_else(|| v.get("resources").and_then(|r| r.as_array()))
+        .cloned()
+        .unwrap_or_default();
+    for s in secrets {
+        let Some((name, uri)) = s.split_once('=') else {
+            continue; // add_credentials names the syntax error
+        };
+        let path = uri.trim_start_matches("kbs://").trim_start_matches('/');
+        if !list.iter().any(|r| r["path"].as_str() == Some(path)) {
+            bail!(
+                "--secret {name}: {uri} is not stored in the embedded KBS (see `veil secret ls`); store it with `veil secret put {path} FILE`"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn settings_for(kbs_url: &str, kbs_cert: Option<&Path>) -> Result<veil_policy::Settings> {
     let mut s = veil_policy::Settings::default();
     s.kbs.url = kbs_url.into();
@@ -594,6 +623,8 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
         a.monitor = Some(id.clone());
         return foreground(a, &data, id, true);
     }
+    // Refuse what cannot be honoured before anything (even a record) exists.
+    check_conflicts(&a, given_init_data(&a)?.as_ref())?;
     let id = new_id();
     if a.detach {
         return detach(a, &data, &id);
@@ -837,6 +868,7 @@ fn run_sandbox(
         (None, None) if a.vm.no_tee() => (None, String::new()),
         (None, None) => {
             let l = LocalKbs::start(data, platform.root())?;
+            check_secrets_stored(&l, &a.secrets)?;
             let u = l.url();
             (Some(l), u)
         }

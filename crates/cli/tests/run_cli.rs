@@ -221,7 +221,10 @@ fn exec_and_logs_follow_the_policy() {
     let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
     assert_eq!(v["evidence"]["verified"], true, "{v}");
     assert_eq!(v["containers"][0]["name"], "app", "{v}");
-    assert!(v["created"].as_str().is_some_and(|c| c.ends_with('Z')), "{v}");
+    assert!(
+        v["created"].as_str().is_some_and(|c| c.ends_with('Z')),
+        "{v}"
+    );
     assert_eq!(v["kind"], "process", "{v}");
 
     // While it runs, too, the logs are refused with the policy's reason.

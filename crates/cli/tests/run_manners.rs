@@ -91,7 +91,11 @@ fn conflicting_and_inapplicable_arguments_are_refused_up_front() {
         ("--accel", "kvm"),
         ("--boot-timeout", "9"),
     ] {
-        let out = env.veil().args(["run", flag, value, &img]).output().unwrap();
+        let out = env
+            .veil()
+            .args(["run", flag, value, &img])
+            .output()
+            .unwrap();
         usage_error(
             &out,
             &format!("{flag} only applies to the VM sandbox (--sandbox vm)"),
@@ -123,7 +127,10 @@ fn conflicting_and_inapplicable_arguments_are_refused_up_front() {
     let ps = ok(env.veil().args(["ps", "-a", "--json"]).output().unwrap());
     let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
     assert!(
-        ps.as_array().unwrap().iter().all(|r| r["status"] == "failed"),
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "failed"),
         "{ps}"
     );
     assert!(!files_say(&env, "never-runs"));
@@ -135,8 +142,7 @@ fn files_say(env: &Env, needle: &str) -> bool {
         .flatten()
         .flatten()
         .any(|e| {
-            std::fs::read_to_string(e.path().join("output.log"))
-                .is_ok_and(|s| s.contains(needle))
+            std::fs::read_to_string(e.path().join("output.log")).is_ok_and(|s| s.contains(needle))
         })
 }
 
@@ -183,7 +189,10 @@ fn annotated_deployment_runs_its_own_init_data_under_a_fitting_name() {
         c.output().unwrap()
     };
     let out = run(&["--name", "web"]);
-    usage_error(&out, "--name \"web\" does not fit the policy's pod name pattern");
+    usage_error(
+        &out,
+        "--name \"web\" does not fit the policy's pod name pattern",
+    );
     assert!(text(&out.stderr).contains("[a-z0-9]{5}$"));
 
     let out = ok(run(&[]));
@@ -212,7 +221,10 @@ fn annotated_deployment_runs_its_own_init_data_under_a_fitting_name() {
     let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
     let r = &ps[0];
     let name = r["name"].as_str().unwrap();
-    assert!(name.starts_with("web-") && name.len() == "web-x-xxxxx".len(), "{ps}");
+    assert!(
+        name.starts_with("web-") && name.len() == "web-x-xxxxx".len(),
+        "{ps}"
+    );
     assert_eq!(r["kind"], "process", "{ps}");
     assert_eq!(r["status"], "exited", "{ps}");
     let created = r["created"].as_str().unwrap();
@@ -234,15 +246,24 @@ fn refusals_say_how_and_lifecycle_commands_take_names_and_several_ids() {
     let img = format!("oci:{}:app:1", layout.root().display());
     let out = ok(env
         .veil()
-        .args(["run", "-d", "--allow-exec", "cat /etc/hostname", "--name", "one", &img])
+        .args([
+            "run",
+            "-d",
+            "--allow-exec",
+            "cat /etc/hostname",
+            "--name",
+            "one",
+            &img,
+        ])
         .output()
         .unwrap());
     let one = text(&out.stdout).trim().to_string();
     assert_eq!(one.len(), 12, "{}", text(&out.stdout));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains(&format!("veil: sandbox {one} (one): process sandbox, TEE: sim"))
-            && stderr.contains("WARNING: simulated TEE")
+        stderr.contains(&format!(
+            "veil: sandbox {one} (one): process sandbox, TEE: sim"
+        )) && stderr.contains("WARNING: simulated TEE")
             && stderr.contains("(policy generated from the image)")
             && stderr.contains("(embedded, dev mode)"),
         "{stderr}"
@@ -266,9 +287,16 @@ fn refusals_say_how_and_lifecycle_commands_take_names_and_several_ids() {
         "{e}"
     );
 
-    let two = text(&ok(env.veil().args(["run", "-d", "--name", "two", &img]).output().unwrap()).stdout)
-        .trim()
-        .to_string();
+    let two = text(
+        &ok(env
+            .veil()
+            .args(["run", "-d", "--name", "two", &img])
+            .output()
+            .unwrap())
+        .stdout,
+    )
+    .trim()
+    .to_string();
     let q = ok(env.veil().args(["ps", "-q"]).output().unwrap());
     let mut ids: Vec<String> = text(&q.stdout).lines().map(str::to_string).collect();
     ids.sort();
@@ -286,10 +314,18 @@ fn refusals_say_how_and_lifecycle_commands_take_names_and_several_ids() {
 
     // A TERM the workload's shell dies of; the policy allows 15.
     for sig in ["TERM", "SIGTERM", "15"] {
-        let out = env.veil().args(["kill", "-s", sig, "nosuch"]).output().unwrap();
+        let out = env
+            .veil()
+            .args(["kill", "-s", sig, "nosuch"])
+            .output()
+            .unwrap();
         usage_error(&out, "no sandbox \"nosuch\"");
     }
-    ok(env.veil().args(["kill", "-s", "SIGTERM", "two"]).output().unwrap());
+    ok(env
+        .veil()
+        .args(["kill", "-s", "SIGTERM", "two"])
+        .output()
+        .unwrap());
 
     let out = env
         .veil()
@@ -373,19 +409,35 @@ fn closed_pipes_are_not_errors() {
         .output()
         .unwrap());
     assert_eq!(text(&out.stdout), "line 0\n");
-    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(
         text(&ok(env.veil().args(["ps", "-a", "-q"]).output().unwrap()).stdout),
         "",
         "--rm removes the record"
     );
 
-    ok(env.veil().args(["run", "--name", "kept", &img]).output().unwrap());
-    for args in [&["ps", "-a"][..], &["logs", "kept"], &["ps", "-a", "--json"]] {
+    ok(env
+        .veil()
+        .args(["run", "--name", "kept", &img])
+        .output()
+        .unwrap());
+    for args in [
+        &["ps", "-a"][..],
+        &["logs", "kept"],
+        &["ps", "-a", "--json"],
+    ] {
         let mut c = env.veil();
         c.args(args);
         let out = into_closed_pipe(c);
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-        assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+        assert!(
+            !text(&out.stderr).contains("panicked"),
+            "{}",
+            text(&out.stderr)
+        );
     }
 }

@@ -238,7 +238,10 @@ mod tests {
             assert_eq!(n, shape, "{re}");
             assert!(pod_name_fits(re, &n));
         }
-        assert!(!pod_name_fits("^web\\-[a-z0-9]{1,10}\\-[a-z0-9]{5}$", "web"));
+        assert!(!pod_name_fits(
+            "^web\\-[a-z0-9]{1,10}\\-[a-z0-9]{5}$",
+            "web"
+        ));
         assert_eq!(fitting_pod_name("^a|b$", "123"), None);
     }
 }

@@ -723,9 +723,7 @@ const SEEN: &str = "detach-seen";
 /// sandbox as failed.
 fn wait_until_seen(dir: &Path, parent: nix::unistd::Pid) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !dir.join(SEEN).exists()
-        && nix::unistd::getppid() == parent
-        && Instant::now() < deadline
+    while !dir.join(SEEN).exists() && nix::unistd::getppid() == parent && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -852,9 +850,9 @@ fn run_sandbox(
     check_conflicts(a, given.as_ref())?;
     // The KBS: --kbs, else the one init-data names, else the embedded one.
     let init_kbs = match &given {
-        Some(g) => kbs_url_of(
-            &ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?,
-        ),
+        Some(g) => {
+            kbs_url_of(&ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?)
+        }
         None => None,
     };
     let t_kbs = Instant::now();
@@ -1280,7 +1278,10 @@ fn print_summary(rec: &Record) {
             // appraisal marks it contraindicated (hardware = 97). Only the
             // embedded KBS is known to run in dev mode; of another KBS
             // veil knows only that it released.
-            let why = match (h.tee == "sim" && att.ear_status == "contraindicated", rec.kbs_embedded) {
+            let why = match (
+                h.tee == "sim" && att.ear_status == "contraindicated",
+                rec.kbs_embedded,
+            ) {
                 (true, true) => {
                     " (software-signed sim evidence; released only because the KBS runs in dev mode)"
                 }

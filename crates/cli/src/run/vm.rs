@@ -85,7 +85,11 @@ impl VmArgs {
     pub fn accel(&self) -> String {
         self.accel
             .clone()
-            .or_else(|| std::env::var("VEIL_VM_ACCEL").ok().filter(|v| !v.is_empty()))
+            .or_else(|| {
+                std::env::var("VEIL_VM_ACCEL")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
             .unwrap_or_else(|| "auto".into())
     }
     pub fn vcpus(&self) -> u32 {

@@ -85,7 +85,7 @@ pub struct RunArgs {
     pub timings: bool,
     /// Sandbox and TEE (`--sandbox vm --tee sim|snp|tdx`, see docs/vm.md).
     #[command(flatten)]
-    pub vm: vm::VmArgs,
+    pub vm: Box<vm::VmArgs>,
     /// Bounds on unpacking the images in the guest (into the generated policy).
     #[command(flatten)]
     pub unpack: crate::limits::UnpackArgs,

@@ -1783,3 +1783,28 @@ pub fn secret(cmd: SecretCommand) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_number_or_name() {
+        for s in ["15", "TERM", "term", "SIGTERM", "sigterm"] {
+            assert_eq!(parse_signal(s), Ok(15), "{s}");
+        }
+        assert_eq!(parse_signal("KILL"), Ok(9));
+        for s in ["", "0", "99", "BOGUS", "SIG"] {
+            assert!(parse_signal(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_and_ages_read_like_docker() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_288_400), "2026-12-03T09:00:00Z");
+        assert_eq!(age(now()), "0 seconds ago");
+        assert_eq!(age(now() - 60), "1 minute ago");
+        assert_eq!(age(now() - 3 * 86400), "3 days ago");
+    }
+}

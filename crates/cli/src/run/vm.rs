@@ -616,6 +616,47 @@ mod tests {
     }
 
     #[test]
+    fn memory_takes_mib_or_a_unit() {
+        for (s, mib) in [
+            ("512", 512),
+            ("512M", 512),
+            ("512MiB", 512),
+            ("2G", 2048),
+            ("1gib", 1024),
+        ] {
+            assert_eq!(parse_memory_mib(s), Ok(mib), "{s}");
+        }
+        for s in ["", "0", "2X", "M", "-1G", "5000000G"] {
+            assert!(parse_memory_mib(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn vm_only_flags_are_refused_with_the_process_sandbox() {
+        let v = T::parse_from(["t", "--memory", "2G"]).v;
+        let e = v.check_process_flags().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--memory only applies to the VM sandbox"),
+            "{e}"
+        );
+        let v = T::parse_from(["t", "--sandbox", "vm", "--memory", "2G"]).v;
+        assert_eq!(v.memory_mib(), 2048);
+        assert!(v.check_process_flags().is_ok());
+        assert!(T::parse_from(["t"]).v.check_process_flags().is_ok());
+    }
+
+    #[test]
+    fn the_qemu_error_line_is_found_in_the_console_log() {
+        let log = "SeaBIOS\nqemu-system-x86_64: error: failed to set MSR 0x10a to 0x0\nqemu-system-x86_64: kvm.c:3016: kvm_buf_set_msrs: Assertion `ret' failed.\n";
+        assert!(
+            qemu_error(log)
+                .unwrap()
+                .contains("kvm_buf_set_msrs: Assertion")
+        );
+        assert_eq!(qemu_error("Linux version 6.1\nreboot: Power down\n"), None);
+    }
+
+    #[test]
     fn kbs_on_loopback_is_forwarded_and_others_are_refused() {
         let v = T::parse_from(["t", "--sandbox", "vm"]).v;
         let (url, fwd) = route_kbs(&v, "http://127.0.0.1:4040").unwrap();

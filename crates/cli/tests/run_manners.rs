@@ -441,3 +441,71 @@ fn closed_pipes_are_not_errors() {
         );
     }
 }
+
+/// The summary says what veil knows: that the embedded KBS runs in dev
+/// mode, and of an external KBS only that it released. `veil secret ls`
+/// lists the embedded KBS's resources (snake_case JSON, RFC 3339 times).
+#[test]
+fn summary_claims_dev_mode_only_for_the_embedded_kbs() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo ran");
+    let img = format!("oci:{}:app:1", layout.root().display());
+
+    let d = env.dir.path().join("kbs");
+    std::fs::create_dir_all(&d).unwrap();
+    let veil = std::path::Path::new(env!("CARGO_BIN_EXE_veil"));
+    veil_testkit::kbs::make_keys(veil, &d);
+    std::fs::create_dir_all(env.data().join("sim")).unwrap();
+    // fs::copy keeps the 0600 mode the sim platform insists on.
+    std::fs::copy(d.join("sim.key"), env.data().join("sim/platform-key.pem")).unwrap();
+    let kbs = veil_testkit::kbs::DevKbs::serve(veil, &d);
+    let out = ok(env
+        .veil()
+        .args(["run", "--rm", "--kbs", &kbs.url(), &img])
+        .output()
+        .unwrap());
+    let e = text(&out.stderr);
+    eprintln!("{e}");
+    assert!(e.contains("attestation  ok"), "{e}");
+    assert!(
+        !e.contains("released only because the KBS runs in dev mode"),
+        "{e}"
+    );
+    assert!(!e.contains("(embedded, dev mode)"), "{e}");
+    assert!(
+        e.contains("token contraindicated (software-signed sim evidence; this KBS released anyway: its mode is unknown to veil"),
+        "{e}"
+    );
+
+    let out = ok(env.veil().args(["run", "--rm", &img]).output().unwrap());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("released only because the KBS runs in dev mode")
+            && e.contains("(embedded, dev mode)"),
+        "{e}"
+    );
+
+    let f = env.dir.path().join("s.txt");
+    std::fs::write(&f, b"12345").unwrap();
+    ok(env
+        .veil()
+        .args(["secret", "put", "default/secret/k"])
+        .arg(&f)
+        .output()
+        .unwrap());
+    let ls = ok(env
+        .veil()
+        .args(["secret", "ls", "--json"])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(v[0]["path"], "default/secret/k", "{v}");
+    assert_eq!(v[0]["size"], 5, "{v}");
+    assert!(v[0]["updated_at"].as_str().unwrap().ends_with('Z'), "{v}");
+    let table = text(&ok(env.veil().args(["secret", "ls"]).output().unwrap()).stdout);
+    assert!(
+        table.starts_with("PATH") && table.contains("default/secret/k"),
+        "{table}"
+    );
+}

@@ -427,6 +427,11 @@ fn auto_accel_falls_back_to_tcg_when_qemu_aborts_under_kvm() {
         stderr.contains("VM sandbox (QEMU, tcg), TEE: sim"),
         "{stderr}"
     );
+    // The summary (which `veil run -d` prints too) keeps the reason.
+    assert!(
+        stderr.contains("  note         under TCG: QEMU failed under KVM"),
+        "{stderr}"
+    );
     nothing_left(&env);
 }
 

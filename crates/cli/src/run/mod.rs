@@ -931,7 +931,8 @@ fn run_sandbox(
         log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         ready_timeout: Duration::from_secs(120),
     };
-    let mut sb = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
+    let (mut sb, note) = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
+    rec.notes.extend(note);
     rec.timings
         .insert("launch_and_attest_ms".into(), ms(t_launch));
     sb.add_timings(&mut rec.timings);
@@ -1303,6 +1304,9 @@ fn print_summary(rec: &Record) {
             "  secrets      {} (in /run/veil/secrets)",
             att.secrets.join(", ")
         );
+    }
+    for n in &rec.notes {
+        eprintln!("  note         {n}");
     }
 }
 

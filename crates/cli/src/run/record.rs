@@ -50,6 +50,9 @@ pub struct Record {
     /// The KBS is the embedded one `veil run` started (dev mode).
     #[serde(default)]
     pub kbs_embedded: bool,
+    /// What the summary should add (e.g. why a VM runs under TCG).
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// The workload's containers were started (it may have exited since).
     #[serde(default)]
     pub started: bool,

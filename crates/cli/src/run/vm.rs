@@ -335,7 +335,8 @@ fn guest_image(v: &VmArgs, data: &Path, agent: &Path, quiet: bool) -> Result<(Pa
     Ok((img.boot_kernel(&v.tee).0.to_path_buf(), img.initrd))
 }
 
-/// Launch the sandbox `v` asks for, from the process sandbox's config.
+/// Launch the sandbox `v` asks for, from the process sandbox's config;
+/// with a note when an auto-selected KVM failed and the VM runs under TCG.
 pub fn launch(
     v: &VmArgs,
     data: &Path,
@@ -343,10 +344,10 @@ pub fn launch(
     cfg: &SandboxConfig,
     forwards: Vec<GuestForward>,
     quiet: bool,
-) -> Result<AnySandbox> {
+) -> Result<(AnySandbox, Option<String>)> {
     if !v.is_vm() {
         return ProcessSandbox::launch(platform, cfg)
-            .map(|s| AnySandbox::Process(Box::new(s)))
+            .map(|s| (AnySandbox::Process(Box::new(s)), None))
             .map_err(|e| anyhow!("starting the sandbox: {e}"));
     }
     let tee = match v.tee.as_str() {
@@ -462,7 +463,8 @@ pub fn launch(
         .hello()
         .cloned()
         .ok_or_else(|| anyhow!("the VM's agent did not say hello"))?;
-    Ok(AnySandbox::Vm(Box::new(sb), Box::new(hello)))
+    let note = fell_back.map(|why| format!("under TCG: {why}"));
+    Ok((AnySandbox::Vm(Box::new(sb), Box::new(hello)), note))
 }
 
 /// `VEIL_VM_ASSUME_KVM=1`: `--accel auto` takes KVM as usable without

@@ -73,9 +73,11 @@ enum Command {
     /// Send a signal to a sandbox's containers.
     Kill(run::KillArgs),
     /// Stop a sandbox (everything is torn down).
-    Stop(run::IdArgs),
+    Stop(run::IdsArgs),
     /// Remove a sandbox's record.
     Rm(run::RmArgs),
+    /// Remove the records of every sandbox that is not running.
+    Prune(run::PruneArgs),
     /// Show a sandbox's record and fresh, verified evidence.
     Inspect(run::IdArgs),
     /// Secrets of the embedded KBS that `veil run` starts without --kbs.
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         Command::Kill(a) => run::kill(a),
         Command::Stop(a) => run::stop(a),
         Command::Rm(a) => run::rm(a),
+        Command::Prune(a) => run::prune(a),
         Command::Inspect(a) => run::inspect(a),
         Command::Secret(cmd) => run::secret(cmd),
     };

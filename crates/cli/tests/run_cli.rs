@@ -211,7 +211,8 @@ fn exec_and_logs_follow_the_policy() {
     let out = env.veil().args(["exec", &id, "--", "sh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(126));
     assert!(
-        text(&out.stderr).contains("exec_process: command [\"sh\"] is not allowed"),
+        text(&out.stderr).contains("exec_process: command [\"sh\"] is not allowed")
+            && text(&out.stderr).contains(r#"policy.veil.dev/exec.app: '[["sh"]]'"#),
         "{}",
         text(&out.stderr)
     );
@@ -219,6 +220,23 @@ fn exec_and_logs_follow_the_policy() {
     let insp = ok(env.veil().args(["inspect", &id]).output().unwrap());
     let v: serde_json::Value = serde_json::from_slice(&insp.stdout).unwrap();
     assert_eq!(v["evidence"]["verified"], true, "{v}");
+    assert_eq!(v["containers"][0]["name"], "app", "{v}");
+    assert!(
+        v["created"].as_str().is_some_and(|c| c.ends_with('Z')),
+        "{v}"
+    );
+    assert_eq!(v["kind"], "process", "{v}");
+
+    // While it runs, too, the logs are refused with the policy's reason.
+    let out = env.veil().args(["logs", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("allow_stdio = false")
+            && text(&out.stderr).contains("policy.veil.dev/allow-stdio."),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
 
     ok(env.veil().args(["stop", &id]).output().unwrap());
     assert!(processes_mentioning("sleep 31339").is_empty());

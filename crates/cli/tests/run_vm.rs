@@ -360,6 +360,81 @@ fn vm_without_a_tee_runs_unattested_and_says_so() {
     nothing_left(&env);
 }
 
+/// A host whose QEMU aborts under KVM at once (seen on nested hosts:
+/// `failed to set MSR 0x10a`, an assertion in `kvm_buf_set_msrs`, SIGABRT):
+/// `--accel auto` says why and relaunches under TCG; `--accel kvm` fails.
+/// A fake QEMU in front of the real one plays that host; it makes auto
+/// pick KVM through `VEIL_VM_ASSUME_KVM=1` (no /dev/kvm probe). One boot.
+#[test]
+fn auto_accel_falls_back_to_tcg_when_qemu_aborts_under_kvm() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let fake = env.dir.path().join("qemu-aborts-under-kvm");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \" $* \" in *accel=kvm*)\n  echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x0' >&2\n  echo \"qemu-system-x86_64: ../target/i386/kvm/kvm.c:3016: kvm_buf_set_msrs: Assertion \\`ret == cpu->kvm_msr_buf->nmsrs' failed.\" >&2\n  kill -ABRT $$;;\nesac\nexec qemu-system-x86_64 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let img = env.vm_image("echo after-the-fallback");
+    let run = |accel: &str| {
+        let mut c = env.veil();
+        c.args([
+            "run",
+            "--rm",
+            "--sandbox",
+            "vm",
+            "--tee",
+            "sim",
+            "--accel",
+            accel,
+        ])
+        .arg("--qemu")
+        .arg(&fake)
+        .arg("--kernel")
+        .arg(guest_kernel())
+        .arg("--initrd")
+        .arg(guest().0.join("initrd.img"))
+        .arg(&img)
+        .env("VEIL_VM_ASSUME_KVM", "1");
+        c.output().unwrap()
+    };
+
+    let t = Instant::now();
+    let out = run("kvm");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the VM stopped before its agent was ready (QEMU killed by signal 6)")
+            && stderr.contains("kvm_buf_set_msrs")
+            && !stderr.contains("relaunching"),
+        "{stderr}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+
+    let out = run("auto");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(stdout, "after-the-fallback\n", "{stderr}");
+    assert!(
+        stderr.contains(
+            "veil: QEMU failed under KVM before the agent was ready (killed by signal 6: qemu-system-x86_64: ../target/i386/kvm/kvm.c:3016: kvm_buf_set_msrs: Assertion"
+        ) && stderr.contains("relaunching under TCG"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("VM sandbox (QEMU, tcg), TEE: sim"),
+        "{stderr}"
+    );
+    // The summary (which `veil run -d` prints too) keeps the reason.
+    assert!(
+        stderr.contains("  note         under TCG: QEMU failed under KVM"),
+        "{stderr}"
+    );
+    nothing_left(&env);
+}
+
 /// A dev-mode `veil kbs serve` on loopback that trusts the sim platform of
 /// `env`'s data dir (its key made now, where `veil run` will use it).
 fn kbs_for_sim_of(env: &Env) -> veil_testkit::kbs::DevKbs {

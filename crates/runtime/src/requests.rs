@@ -49,6 +49,76 @@ pub fn pod_name(data: &PolicyData) -> Option<String> {
     literal_of(&data.sandbox.pod_name)
 }
 
+/// Whether `name` matches the policy's pod name pattern (what the agent's
+/// `create_sandbox` check will decide).
+pub fn pod_name_fits(pattern: &str, name: &str) -> bool {
+    regex::Regex::new(pattern).is_ok_and(|re| re.is_match(name))
+}
+
+/// A name that fits the policy's pod name pattern, for the patterns
+/// `veil policy generate` writes for controllers (`^web-[a-z0-9]{1,10}-[a-z0-9]{5}$`,
+/// `^db-[0-9]{1,9}$`, optional groups): literals kept, each class
+/// repeated its minimum count (at least 1) with characters taken from
+/// `seed`, optional groups left out. `None` if the pattern is anything else.
+pub fn fitting_pod_name(pattern: &str, seed: &str) -> Option<String> {
+    let inner = pattern.strip_prefix('^')?.strip_suffix('$')?;
+    let seed: Vec<u8> = seed.bytes().filter(u8::is_ascii_alphanumeric).collect();
+    if seed.is_empty() {
+        return None;
+    }
+    let mut next = 0usize;
+    let mut out = String::new();
+    let chars: Vec<char> = inner.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => {
+                out.push(*chars.get(i + 1)?);
+                i += 2;
+            }
+            '(' => {
+                // An optional group `(…)?`: leave it out.
+                let close = i + chars[i..].iter().position(|c| *c == ')')?;
+                if chars.get(close + 1) != Some(&'?') {
+                    return None;
+                }
+                i = close + 2;
+            }
+            '[' => {
+                let close = i + chars[i..].iter().position(|c| *c == ']')?;
+                let class: String = chars[i + 1..close].iter().collect();
+                let digits_only = class == "0-9";
+                if !digits_only && !class.contains("a-z") {
+                    return None;
+                }
+                i = close + 1;
+                let mut count = 1;
+                if chars.get(i) == Some(&'{') {
+                    let end = i + chars[i..].iter().position(|c| *c == '}')?;
+                    let spec: String = chars[i + 1..end].iter().collect();
+                    count = spec.split(',').next()?.trim().parse::<usize>().ok()?.max(1);
+                    i = end + 1;
+                }
+                for _ in 0..count {
+                    let b = seed[next % seed.len()];
+                    next += 1;
+                    out.push(if digits_only {
+                        char::from(b'0' + b % 10)
+                    } else {
+                        char::from(b.to_ascii_lowercase())
+                    });
+                }
+            }
+            '.' | '*' | '+' | '?' | ')' | ']' | '{' | '}' | '|' | '^' | '$' => return None,
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    pod_name_fits(pattern, &out).then_some(out)
+}
+
 fn mount_from(rule: &MountRule, sandbox_id: &str) -> Option<Mount> {
     let source = match rule.destination.as_str() {
         "/etc/hostname" => format!("{}/hostname", sandbox_dir(sandbox_id)),
@@ -155,5 +225,23 @@ mod tests {
         assert_eq!(literal_of("abc"), None);
         let re = veil_policy::model::exact_regex("my.pod-1");
         assert_eq!(literal_of(&re).as_deref(), Some("my.pod-1"));
+    }
+
+    #[test]
+    fn names_made_to_fit_controller_patterns() {
+        for (re, shape) in [
+            ("^web\\-[a-z0-9]{1,10}\\-[a-z0-9]{5}$", "web-5-e0c2a"),
+            ("^db\\-[0-9]{1,9}$", "db-3"),
+            ("^job(-[0-9]{1,9})?-[a-z0-9]{5}$", "job-5e0c2"),
+        ] {
+            let n = fitting_pod_name(re, "5e0c2a91b7d4").unwrap();
+            assert_eq!(n, shape, "{re}");
+            assert!(pod_name_fits(re, &n));
+        }
+        assert!(!pod_name_fits(
+            "^web\\-[a-z0-9]{1,10}\\-[a-z0-9]{5}$",
+            "web"
+        ));
+        assert_eq!(fitting_pod_name("^a|b$", "123"), None);
     }
 }

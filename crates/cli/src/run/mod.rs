@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// /run/veil/secrets/NAME (repeatable; generated policies only).
     #[arg(long = "secret", value_name = "NAME=URI")]
     pub secrets: Vec<String>,
+    /// A command `veil exec` may run in the container, as `'CMD ARGS'`
+    /// (split at spaces; repeatable; single-image runs with a generated policy).
+    #[arg(long = "allow-exec", value_name = "'CMD ARGS'")]
+    pub allow_exec: Vec<String>,
     /// Run in the background and print the sandbox id.
     #[arg(short = 'd', long)]
     pub detach: bool,
@@ -81,7 +85,7 @@ pub struct RunArgs {
     pub timings: bool,
     /// Sandbox and TEE (`--sandbox vm --tee sim|snp|tdx`, see docs/vm.md).
     #[command(flatten)]
-    pub vm: vm::VmArgs,
+    pub vm: Box<vm::VmArgs>,
     /// Bounds on unpacking the images in the guest (into the generated policy).
     #[command(flatten)]
     pub unpack: crate::limits::ImageLimitArgs,
@@ -113,21 +117,34 @@ pub struct IdArgs {
     pub id: String,
 }
 
+/// `veil stop`.
+#[derive(Args, Debug)]
+pub struct IdsArgs {
+    /// Sandbox ids (or unique prefixes, or names).
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
 /// `veil kill`.
 #[derive(Args, Debug)]
 pub struct KillArgs {
     /// Sandbox id (or unique prefix, or name).
     pub id: String,
-    /// Signal number.
-    #[arg(short, long, default_value_t = 9)]
+    /// Signal: a number, or a name with or without SIG (`15`, `TERM`, `SIGTERM`).
+    #[arg(short, long, default_value = "KILL", value_parser = parse_signal)]
     pub signal: u32,
 }
+
+/// `veil prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {}
 
 /// `veil rm`.
 #[derive(Args, Debug)]
 pub struct RmArgs {
-    /// Sandbox id (or unique prefix, or name).
-    pub id: String,
+    /// Sandbox ids (or unique prefixes, or names).
+    #[arg(required = true)]
+    pub ids: Vec<String>,
     /// Stop it first if it is running.
     #[arg(short, long)]
     pub force: bool,
@@ -139,7 +156,10 @@ pub struct PsArgs {
     /// Show exited sandboxes too.
     #[arg(short, long)]
     pub all: bool,
-    /// JSON output.
+    /// Only the ids, one a line.
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
+    /// JSON output (snake_case keys, RFC 3339 times).
     #[arg(long)]
     pub json: bool,
 }
@@ -149,8 +169,12 @@ pub struct PsArgs {
 pub enum SecretCommand {
     /// Store a resource (`repo/type/tag`) from a file (`-` for stdin).
     Put { path: String, file: PathBuf },
-    /// List stored resources (names and sizes, never values).
-    Ls,
+    /// List stored resources (paths, sizes, times; never values).
+    Ls {
+        /// JSON output (snake_case keys, RFC 3339 times).
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a resource.
     Rm { path: String },
 }
@@ -203,6 +227,8 @@ struct Workload {
     init_data: Vec<u8>,
     policy: PolicyData,
     generated: bool,
+    /// Where the policy came from, as the summary says it.
+    policy_from: String,
     layout: PathBuf,
     image_label: String,
     pod_name: String,
@@ -256,6 +282,35 @@ fn add_credentials(init: &mut InitData, secrets: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Every `--secret` must be in the embedded KBS: say so before launching,
+/// with how to store it, rather than fail the guest's attestation.
+fn check_secrets_stored(kbs: &LocalKbs, secrets: &[String]) -> Result<()> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let v = kbs
+        .admin_client()?
+        .list_resources()
+        .map_err(|e| anyhow!("listing the embedded KBS's resources: {e}"))?;
+    let list = v
+        .as_array()
+        .or_else(|| v.get("resources").and_then(|r| r.as_array()))
+        .cloned()
+        .unwrap_or_default();
+    for s in secrets {
+        let Some((name, uri)) = s.split_once('=') else {
+            continue; // add_credentials names the syntax error
+        };
+        let path = uri.trim_start_matches("kbs://").trim_start_matches('/');
+        if !list.iter().any(|r| r["path"].as_str() == Some(path)) {
+            bail!(
+                "--secret {name}: {uri} is not stored in the embedded KBS (see `veil secret ls`); store it with `veil secret put {path} FILE`"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn settings_for(kbs_url: &str, kbs_cert: Option<&Path>) -> Result<veil_policy::Settings> {
     let mut s = veil_policy::Settings::default();
     s.kbs.url = kbs_url.into();
@@ -266,7 +321,137 @@ fn settings_for(kbs_url: &str, kbs_cert: Option<&Path>) -> Result<veil_policy::S
     Ok(s)
 }
 
-fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
+/// Init-data the user gave: `--init-data FILE`, else the CoCo annotation
+/// (`io.katacontainers.config.hypervisor.cc_init_data`) of the `--pod`
+/// YAML, as `veil policy generate` writes it. With a label for messages.
+struct GivenInitData {
+    bytes: Vec<u8>,
+    label: String,
+}
+
+/// The `cc_init_data` annotation of the first workload in a pod YAML that
+/// has one: base64 of gzip (as CoCo writes it), or plain TOML.
+fn annotated_init_data(yaml: &str, file: &Path) -> Result<Option<Vec<u8>>> {
+    use veil_policy::initdata::{INIT_DATA_ANNOTATION, decode_annotation};
+    let docs = veil_policy::generate::parse_documents(&[yaml])
+        .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    for d in &docs {
+        let metas = [
+            d.pointer("/metadata/annotations"),
+            d.pointer("/spec/template/metadata/annotations"),
+            d.pointer("/spec/jobTemplate/spec/template/metadata/annotations"),
+        ];
+        for a in metas.into_iter().flatten() {
+            let Some(v) = a.get(INIT_DATA_ANNOTATION).and_then(|v| v.as_str()) else {
+                continue;
+            };
+            let bytes = match decode_annotation(v) {
+                Ok(b) => b,
+                Err(gz) if ParsedInitData::parse(v.as_bytes()).is_ok() => {
+                    let _ = gz;
+                    v.as_bytes().to_vec()
+                }
+                Err(e) => bail!(
+                    "{}: annotation {INIT_DATA_ANNOTATION}: {e} (expected base64 of gzipped init-data TOML, or the TOML itself)",
+                    file.display()
+                ),
+            };
+            return Ok(Some(bytes));
+        }
+    }
+    Ok(None)
+}
+
+fn given_init_data(a: &RunArgs) -> Result<Option<GivenInitData>> {
+    if let Some(f) = &a.init_data {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        return Ok(Some(GivenInitData {
+            bytes,
+            label: "--init-data".into(),
+        }));
+    }
+    if let Some(pod) = &a.pod {
+        let text =
+            std::fs::read_to_string(pod).with_context(|| format!("reading {}", pod.display()))?;
+        if let Some(bytes) = annotated_init_data(&text, pod)? {
+            return Ok(Some(GivenInitData {
+                bytes,
+                label: format!(
+                    "the pod's {} annotation",
+                    veil_policy::initdata::INIT_DATA_ANNOTATION
+                ),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Arguments that a run cannot honour together, refused before anything
+/// starts rather than silently ignored.
+fn check_conflicts(a: &RunArgs, given: Option<&GivenInitData>) -> Result<()> {
+    a.vm.check_process_flags()?;
+    if !a.allow_exec.is_empty() && a.image.is_none() {
+        bail!(
+            "--allow-exec is for single-image runs; for --pod, add the annotation {}<container>: '[[\"cmd\", \"arg\"]]' to the pod",
+            veil_policy::generate::ANNOTATION_EXEC
+        );
+    }
+    let Some(g) = given else {
+        return Ok(());
+    };
+    let why = format!("the policy comes from {}", g.label);
+    if !a.command.is_empty() {
+        bail!(
+            "-- {}: the command is fixed by the policy ({why}); drop the command, or drop --init-data to generate a policy for it",
+            a.command.join(" ")
+        );
+    }
+    if !a.secrets.is_empty() {
+        bail!(
+            "--secret only works with a generated policy: {why}, and the secrets are the credentials its cdh.toml lists"
+        );
+    }
+    if a.unpack.any() {
+        bail!(
+            "--max-image-* only work with a generated policy: {why}, and the unpack limits are the policy's (set [sandbox.unpack_limits] in the settings when generating it)"
+        );
+    }
+    if !a.allow_exec.is_empty() {
+        bail!(
+            "--allow-exec only works with a generated policy: {why}; allow the command with the pod annotation {}<container> when generating it",
+            veil_policy::generate::ANNOTATION_EXEC
+        );
+    }
+    Ok(())
+}
+
+/// The pod name to run under: `--name` if it fits the policy's pattern
+/// (refused otherwise, naming the pattern), else the policy's literal
+/// name, else a name made to fit the pattern (a Deployment's `web-…-…`).
+fn pod_name_for(policy: &PolicyData, given: Option<&str>, id: &str) -> Result<String> {
+    let pattern = &policy.sandbox.pod_name;
+    if let Some(n) = given {
+        if !requests::pod_name_fits(pattern, n) {
+            bail!(
+                "--name {n:?} does not fit the policy's pod name pattern {pattern:?}; pass a name that matches it, or no --name to have one made up"
+            );
+        }
+        return Ok(n.to_string());
+    }
+    requests::pod_name(policy)
+        .or_else(|| requests::fitting_pod_name(pattern, id))
+        .ok_or_else(|| {
+            anyhow!("the policy's pod name pattern {pattern:?} is not a single name; pass --name")
+        })
+}
+
+fn workload(
+    a: &RunArgs,
+    id: &str,
+    kbs_url: &str,
+    given: Option<&GivenInitData>,
+    quiet: bool,
+) -> Result<Workload> {
     let (layout, image_label, pod_yaml) = match (&a.image, &a.pod) {
         (Some(img), None) => {
             let r = OciRef::parse(img).map_err(|e| anyhow!("{e}"))?;
@@ -279,12 +464,57 @@ fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
                 .ok_or_else(|| {
                     anyhow!("the image in {} has no ref name (tag it)", r.dir.display())
                 })?;
+            if let Some(g) = given {
+                // The image only supplies the layout: the policy pins what
+                // runs. An image the policy does not name would be refused
+                // at pull; say so now.
+                let p = ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{e}"))?;
+                let policy = veil_policy::rego::extract_policy_data(
+                    p.init_data.policy().map_err(|e| anyhow!("{e}"))?,
+                )
+                .map_err(|e| anyhow!("{e}"))?;
+                let digest = desc.digest.to_string();
+                if !policy
+                    .containers
+                    .iter()
+                    .any(|c| c.image.digest == digest || c.image.reference == reference)
+                {
+                    let named: Vec<String> = policy
+                        .containers
+                        .iter()
+                        .map(|c| format!("{} ({})", c.image.reference, c.image.digest))
+                        .collect();
+                    bail!(
+                        "{img} ({reference}, {digest}) is not an image the policy from {} runs ({}); give the image it names, or drop --init-data to generate a policy for this one",
+                        g.label,
+                        named.join(", ")
+                    );
+                }
+            }
             let name = a.name.clone().unwrap_or_else(|| format!("veil-{id}"));
             let mut yaml = format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\nspec:\n  containers:\n  - name: app\n    image: {}\n",
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n",
                 quoted(&name),
-                quoted(&reference)
             );
+            if !a.allow_exec.is_empty() {
+                let argvs: Vec<Vec<&str>> = a
+                    .allow_exec
+                    .iter()
+                    .map(|c| c.split_whitespace().collect())
+                    .collect();
+                if argvs.iter().any(Vec::is_empty) {
+                    bail!("--allow-exec: empty command");
+                }
+                yaml.push_str(&format!(
+                    "  annotations:\n    {}app: {}\n",
+                    veil_policy::generate::ANNOTATION_EXEC,
+                    quoted(&serde_json::to_string(&argvs)?)
+                ));
+            }
+            yaml.push_str(&format!(
+                "spec:\n  containers:\n  - name: app\n    image: {}\n",
+                quoted(&reference)
+            ));
             if !a.command.is_empty() {
                 let cmd: Vec<String> = a.command.iter().map(|c| quoted(c)).collect();
                 yaml.push_str(&format!("    command: [{}]\n", cmd.join(", ")));
@@ -302,37 +532,29 @@ fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
         }
         _ => bail!("give an image (oci:DIR[:TAG]) or --pod FILE"),
     };
-    if let Some(f) = &a.init_data {
-        if !a.secrets.is_empty() {
-            bail!(
-                "--secret only works with a generated policy: with --init-data, the secrets are the credentials its cdh.toml lists"
-            );
-        }
-        if a.unpack.any() {
-            bail!(
-                "--max-image-* only work with a generated policy: with --init-data, the unpack limits are the policy's (set [sandbox.unpack_limits] in the settings when generating it)"
-            );
-        }
-        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        let parsed = ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+    if let Some(g) = given {
+        let parsed = ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?;
         let policy = veil_policy::rego::extract_policy_data(
             parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?,
         )
-        .map_err(|e| anyhow!("{}: {e}", f.display()))?;
-        let pod_name = a
-            .name
-            .clone()
-            .or_else(|| requests::pod_name(&policy))
-            .ok_or_else(|| {
-                anyhow!(
-                    "the policy's pod name pattern {:?} is not a single name; pass --name",
-                    policy.sandbox.pod_name
-                )
-            })?;
+        .map_err(|e| anyhow!("{}: {e}", g.label))?;
+        if a.init_data.is_none() {
+            say(
+                quiet,
+                &format!(
+                    "veil: using the init-data of {} in {} ({}): its policy, not a newly generated one",
+                    g.label,
+                    image_label,
+                    parsed.digest()
+                ),
+            );
+        }
+        let pod_name = pod_name_for(&policy, a.name.as_deref(), id)?;
         return Ok(Workload {
-            init_data: bytes,
+            init_data: g.bytes.clone(),
             policy,
             generated: false,
+            policy_from: format!("from {}", g.label),
             layout,
             image_label,
             pod_name,
@@ -352,15 +574,16 @@ fn workload(a: &RunArgs, id: &str, kbs_url: &str) -> Result<Workload> {
     let mut init = w.init_data;
     add_credentials(&mut init, &a.secrets)?;
     let toml = init.to_toml().map_err(|e| anyhow!("{e}"))?;
-    let pod_name = a
-        .name
-        .clone()
-        .or_else(|| requests::pod_name(&w.policy))
-        .unwrap_or(w.name);
+    let pod_name = pod_name_for(&w.policy, a.name.as_deref(), id)?;
     Ok(Workload {
         init_data: toml.into_bytes(),
         policy: w.policy,
         generated: true,
+        policy_from: if a.pod.is_some() {
+            "policy generated from the pod".into()
+        } else {
+            "policy generated from the image".into()
+        },
         layout,
         image_label,
         pod_name,
@@ -400,6 +623,8 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
         a.monitor = Some(id.clone());
         return foreground(a, &data, id, true);
     }
+    // Refuse what cannot be honoured before anything (even a record) exists.
+    check_conflicts(&a, given_init_data(&a)?.as_ref())?;
     let id = new_id();
     if a.detach {
         return detach(a, &data, &id);
@@ -431,31 +656,75 @@ fn detach(a: RunArgs, data: &Path, id: &str) -> Result<ExitCode> {
     let mut child = cmd.spawn().context("starting the monitor")?;
     // A VM may take its whole --boot-timeout (plus a KVM→TCG fallback).
     let wait = if a.vm.is_vm() {
-        a.vm.boot_timeout.saturating_add(60).max(180)
+        a.vm.boot_timeout().saturating_add(60).max(180)
     } else {
         180
     };
     let deadline = Instant::now() + Duration::from_secs(wait);
+    // Once the workload has started, `-d` has succeeded, whatever happens
+    // next: a workload that exits at once leaves its monitor gone and its
+    // record `exited` by the time this loop looks, and that is still a
+    // started sandbox (its output and exit code are in `veil logs`/`ps -a`).
+    let started = |r: &Record| r.started || r.status == "running";
     loop {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        // Read the record after checking the monitor, so that a monitor
+        // that exited has written its last record by then.
         if let Ok(r) = Record::load(data, id) {
-            if r.status == "running" {
-                println!("{id}");
+            if started(&r) {
+                print_summary(&r);
+                // Tell a `--rm` monitor that the record was read.
+                let _ = std::fs::write(dir.join(SEEN), b"");
+                println_or_pipe(id)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if r.status == "failed" {
                 bail!("{}", r.error);
             }
         }
-        if let Ok(Some(s)) = child.try_wait() {
+        if exited {
+            let s = child.try_wait().ok().flatten();
             let log = std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
-            bail!("the sandbox monitor exited ({s}) before the workload started:\n{log}");
+            bail!(
+                "the sandbox monitor of {id} exited ({}) before the workload started:\n{log}",
+                s.map(|s| s.to_string()).unwrap_or_default()
+            );
         }
         if Instant::now() > deadline {
             bail!(
-                "the sandbox did not start within {wait} s (see {})",
+                "the sandbox {id} did not start within {wait} s (see {})",
                 dir.join("monitor.log").display()
             );
         }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Write to stdout; a reader that went away (`| head`) is not an error.
+fn out_or_pipe(bytes: &[u8]) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(bytes).and_then(|_| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
+fn println_or_pipe(line: &str) -> Result<()> {
+    out_or_pipe(format!("{line}\n").as_bytes())
+}
+
+/// The file `veil run -d` creates in the sandbox dir once it has read
+/// the started record.
+const SEEN: &str = "detach-seen";
+
+/// A `-d --rm` monitor whose workload ended at once waits (up to 10 s,
+/// or until the `veil run -d` that started it is gone) for that command to
+/// read the record before removing it, so that `-d` never reports a started
+/// sandbox as failed.
+fn wait_until_seen(dir: &Path, parent: nix::unistd::Pid) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join(SEEN).exists() && nix::unistd::getppid() == parent && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -466,6 +735,8 @@ fn ms(t: Instant) -> serde_json::Value {
 
 fn foreground(a: RunArgs, data: &Path, id: String, quiet: bool) -> Result<ExitCode> {
     let t0 = Instant::now();
+    // For a monitor: the `veil run -d` that started it.
+    let parent = nix::unistd::getppid();
     // Before any thread exists, so that every thread inherits the mask.
     let sigs = block_signals()?;
     let dir = record::dir_of(data, &id);
@@ -500,6 +771,9 @@ fn foreground(a: RunArgs, data: &Path, id: String, quiet: bool) -> Result<ExitCo
     rec.agent_pid = 0;
     let _ = rec.save(data);
     if a.rm {
+        if a.monitor.is_some() {
+            wait_until_seen(&dir, parent);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
     let code = result?;
@@ -572,11 +846,12 @@ fn run_sandbox(
         SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(data))
             .map_err(|e| anyhow!("{e}"))?,
     );
+    let given = given_init_data(a)?;
+    check_conflicts(a, given.as_ref())?;
     // The KBS: --kbs, else the one init-data names, else the embedded one.
-    let init_kbs = match &a.init_data {
-        Some(f) => {
-            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            kbs_url_of(&ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{}: {e}", f.display()))?)
+    let init_kbs = match &given {
+        Some(g) => {
+            kbs_url_of(&ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?)
         }
         None => None,
     };
@@ -591,6 +866,7 @@ fn run_sandbox(
         (None, None) if a.vm.no_tee() => (None, String::new()),
         (None, None) => {
             let l = LocalKbs::start(data, platform.root())?;
+            check_secrets_stored(&l, &a.secrets)?;
             let u = l.url();
             (Some(l), u)
         }
@@ -599,13 +875,15 @@ fn run_sandbox(
     // The KBS as the sandbox sees it (a VM reaches the host through QEMU).
     let (sandbox_kbs_url, forwards) = vm::route_kbs(&a.vm, &kbs_url)?;
     let t_policy = Instant::now();
-    let w = workload(a, &rec.id, &sandbox_kbs_url)?;
+    let w = workload(a, &rec.id, &sandbox_kbs_url, given.as_ref(), quiet)?;
     rec.timings.insert("policy_ms".into(), ms(t_policy));
     let init_path = dir.join("init-data.toml");
     std::fs::write(&init_path, &w.init_data)?;
     rec.name = w.pod_name.clone();
     rec.image = w.image_label.clone();
     rec.policy_generated = w.generated;
+    rec.policy_from = w.policy_from.clone();
+    rec.single_image = a.image.is_some();
     rec.init_data_file = init_path;
     rec.kbs_url = kbs_url.clone();
     rec.containers = w
@@ -653,7 +931,8 @@ fn run_sandbox(
         log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         ready_timeout: Duration::from_secs(120),
     };
-    let mut sb = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
+    let (mut sb, note) = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
+    rec.notes.extend(note);
     rec.timings
         .insert("launch_and_attest_ms".into(), ms(t_launch));
     sb.add_timings(&mut rec.timings);
@@ -662,9 +941,12 @@ fn run_sandbox(
     rec.expected_measurement = hex::encode(sb.launch_info().measurement);
     rec.agent_pid = sb.agent_pid().unwrap_or(0);
     rec.socket = sb.socket();
+    rec.kind = if a.vm.is_vm() { "vm" } else { "process" }.into();
+    rec.sandbox_label = sb.label();
+    rec.kbs_embedded = local.is_some();
     rec.save(data)?;
     if !quiet {
-        print_summary(rec, &hello, local.is_some(), &sb.label());
+        print_summary(rec);
     }
 
     let t_create = Instant::now();
@@ -710,6 +992,7 @@ fn run_sandbox(
     rec.timings.insert("create_ms".into(), ms(t_create));
     rec.timings.insert("start_ms".into(), ms(t_start));
     rec.status = "running".into();
+    rec.started = true;
     rec.save(data)?;
 
     let out = Arc::new(Output {
@@ -938,15 +1221,19 @@ fn pump(
     }
 }
 
-fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool, sandbox: &str) {
+/// What was proved at start, on stderr (also by `veil run -d`, from the record).
+fn print_summary(rec: &Record) {
+    let Some(h) = &rec.hello else {
+        return;
+    };
     let m_ok = if h.measurement == rec.expected_measurement {
         "matches the launch measurement"
     } else {
         "DIFFERS from the launch measurement"
     };
     eprintln!(
-        "veil: sandbox {} ({}): {sandbox}, TEE: {}",
-        rec.id, rec.name, h.tee
+        "veil: sandbox {} ({}): {}, TEE: {}",
+        rec.id, rec.name, rec.sandbox_label, h.tee
     );
     let no_tee = h.tee == veil_agent::proto::NO_TEE;
     if h.tee == "sim" {
@@ -958,19 +1245,25 @@ fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool, san
     } else {
         eprintln!("  measurement  {} ({m_ok})", h.measurement);
     }
-    eprintln!(
-        "  init-data    {} ({})",
-        h.init_data_digest,
-        match (rec.policy_generated, no_tee) {
-            (true, false) => "policy generated from the image",
-            (false, false) => "from --init-data",
-            (true, true) =>
-                "policy generated from the image; enforced by the agent, bound to nothing",
-            (false, true) => "from --init-data; enforced by the agent, bound to nothing",
+    let from = if rec.policy_from.is_empty() {
+        if rec.policy_generated {
+            "policy generated from the image"
+        } else {
+            "from --init-data"
         }
-    );
+    } else {
+        rec.policy_from.as_str()
+    };
+    if no_tee {
+        eprintln!(
+            "  init-data    {} ({from}; enforced by the agent, bound to nothing)",
+            h.init_data_digest
+        );
+    } else {
+        eprintln!("  init-data    {} ({from})", h.init_data_digest);
+    }
     let att = &h.attestation;
-    let kbs = if embedded {
+    let kbs = if rec.kbs_embedded {
         format!("{} (embedded, dev mode)", att.kbs_url)
     } else {
         att.kbs_url.clone()
@@ -983,17 +1276,27 @@ fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool, san
                 &att.ear_status
             };
             // The sim platform's evidence is software-signed, so the KBS's
-            // appraisal marks it contraindicated (hardware = 97); only a
-            // dev-mode KBS releases anything to it. Say so rather than
-            // leave "contraindicated" next to "ok" unexplained.
-            let why = if h.tee == "sim" && att.ear_status == "contraindicated" {
-                " (software-signed sim evidence; released only because the KBS runs in dev mode)"
-            } else {
-                ""
+            // appraisal marks it contraindicated (hardware = 97). Only the
+            // embedded KBS is known to run in dev mode; of another KBS
+            // veil knows only that it released.
+            let why = match (
+                h.tee == "sim" && att.ear_status == "contraindicated",
+                rec.kbs_embedded,
+            ) {
+                (true, true) => {
+                    " (software-signed sim evidence; released only because the KBS runs in dev mode)"
+                }
+                (true, false) => {
+                    " (software-signed sim evidence; this KBS released anyway: its mode is unknown to veil, not the embedded one)"
+                }
+                _ => "",
             };
             eprintln!("  attestation  ok: token {status}{why}, KBS {kbs}")
         }
         _ if no_tee => eprintln!("  attestation  none (no TEE: no evidence, no KBS, no secrets)"),
+        "not_configured" => {
+            eprintln!("  attestation  none: init-data names no KBS: nothing attested, no secrets")
+        }
         other => eprintln!("  attestation  {other} {}", att.error),
     }
     if !att.secrets.is_empty() {
@@ -1001,6 +1304,9 @@ fn print_summary(rec: &Record, h: &veil_agent::proto::Hello, embedded: bool, san
             "  secrets      {} (in /run/veil/secrets)",
             att.secrets.join(", ")
         );
+    }
+    for n in &rec.notes {
+        eprintln!("  note         {n}");
     }
 }
 
@@ -1053,6 +1359,7 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
         Ok(_) => {}
         Err(e) if e.is_denied() => {
             eprintln!("veil: exec refused: {e}");
+            eprintln!("{}", exec_hint(&rec, &name, &a.command));
             return Ok(ExitCode::from(126));
         }
         Err(e) => bail!("exec: {e}"),
@@ -1094,21 +1401,94 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
+/// How to allow a refused exec: the pod annotation the policy generator
+/// reads, and for a single-image run `veil run --allow-exec`.
+fn exec_hint(rec: &Record, container: &str, argv: &[String]) -> String {
+    let json = serde_json::to_string(&[argv]).unwrap_or_default();
+    let mut h = format!(
+        "  to allow it, generate the policy with the pod annotation {}{container}: '{json}'",
+        veil_policy::generate::ANNOTATION_EXEC
+    );
+    if rec.single_image && rec.policy_generated {
+        h.push_str(&format!(
+            "\n  or run the image with: veil run --allow-exec '{}' {}",
+            argv.join(" "),
+            rec.image
+        ));
+    }
+    h
+}
+
+/// Why the policy keeps the output of `rec`'s containers from the host, if
+/// it does for every one of them.
+fn stdio_denied_by_policy(rec: &Record) -> Option<String> {
+    let policy = policy_of(rec).ok()?;
+    let denied: Vec<&str> = rec
+        .containers
+        .iter()
+        .filter(|(_, n)| policy.container(n).is_some_and(|c| !c.allow_stdio))
+        .map(|(_, n)| n.as_str())
+        .collect();
+    (!denied.is_empty() && denied.len() == rec.containers.len()).then(|| {
+        format!(
+            "the policy does not allow reading the output of {} (allow_stdio = false; set the pod annotation {}<container>: \"true\" when generating it)",
+            denied.join(", "),
+            veil_policy::generate::ANNOTATION_ALLOW_STDIO
+        )
+    })
+}
+
 /// `veil logs`: the output the sandbox's owner recorded, or the policy's refusal.
 pub fn logs(a: IdArgs) -> Result<ExitCode> {
     let data = data_dir()?;
     let rec = Record::find(&data, &a.id)?;
-    if !rec.stdio_denied.is_empty() {
-        eprintln!(
-            "veil: logs of {} are not available: {}",
-            rec.id, rec.stdio_denied
-        );
+    let denied = if rec.stdio_denied.is_empty() {
+        stdio_denied_by_policy(&rec)
+    } else {
+        Some(rec.stdio_denied.clone())
+    };
+    if let Some(why) = denied {
+        eprintln!("veil: logs of {} are not available: {why}", rec.id);
         return Ok(ExitCode::from(1));
     }
     let bytes =
         std::fs::read(record::dir_of(&data, &rec.id).join("output.log")).unwrap_or_default();
-    std::io::stdout().write_all(&bytes)?;
+    out_or_pipe(&bytes)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+fn rfc3339(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// How long ago, as `docker ps` says it: `5 seconds ago`, `3 minutes ago`.
+fn age(secs: u64) -> String {
+    let d = now().saturating_sub(secs);
+    let (n, unit) = match d {
+        0..=59 => (d, "second"),
+        60..=3599 => (d / 60, "minute"),
+        3600..=86399 => (d / 3600, "hour"),
+        _ => (d / 86400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// `process` or `vm` (records from before the field: from the label).
+fn kind_of(r: &Record) -> &str {
+    if !r.kind.is_empty() {
+        &r.kind
+    } else if r.sandbox_label.starts_with("VM") {
+        "vm"
+    } else {
+        "process"
+    }
 }
 
 /// `veil ps`.
@@ -1118,39 +1498,64 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
         .into_iter()
         .filter(|r| a.all || r.effective_status() == "running")
         .collect();
-    if a.json {
+    let mut out = String::new();
+    if a.quiet {
+        for r in &all {
+            out.push_str(&r.id);
+            out.push('\n');
+        }
+    } else if a.json {
         let v: Vec<serde_json::Value> = all
             .iter()
-            .map(|r| serde_json::json!({"id": r.id, "name": r.name, "image": r.image, "status": r.effective_status(), "exit_code": r.exit_code, "created": r.created}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "{:<14} {:<20} {:<12} {:<30} IMAGE",
-        "ID", "NAME", "STATUS", "TEE / INIT-DATA"
-    );
-    for r in all {
-        let status = match (r.effective_status().as_str(), r.exit_code) {
-            ("exited", Some(c)) => format!("exited ({c})"),
-            (s, _) => s.to_string(),
-        };
-        let tee = r
-            .hello
-            .as_ref()
-            .map(|h| {
-                format!(
-                    "{} {}",
-                    h.tee,
-                    h.init_data_digest.chars().take(20).collect::<String>()
-                )
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "name": r.name,
+                    "image": r.image,
+                    "kind": kind_of(r),
+                    "tee": r.hello.as_ref().map(|h| h.tee.clone()),
+                    "init_data_digest": r.hello.as_ref().map(|h| h.init_data_digest.clone()),
+                    "status": r.effective_status(),
+                    "exit_code": r.exit_code,
+                    "created": rfc3339(r.created),
+                })
             })
-            .unwrap_or_default();
-        println!(
-            "{:<14} {:<20} {:<12} {:<30} {}",
-            r.id, r.name, status, tee, r.image
-        );
+            .collect();
+        out = serde_json::to_string_pretty(&v)? + "\n";
+    } else {
+        out.push_str(&format!(
+            "{:<14} {:<20} {:<8} {:<12} {:<16} {:<30} IMAGE\n",
+            "ID", "NAME", "KIND", "STATUS", "CREATED", "TEE / INIT-DATA"
+        ));
+        for r in all {
+            let status = match (r.effective_status().as_str(), r.exit_code) {
+                ("exited", Some(c)) => format!("exited ({c})"),
+                (s, _) => s.to_string(),
+            };
+            let tee = r
+                .hello
+                .as_ref()
+                .map(|h| {
+                    format!(
+                        "{} {}",
+                        h.tee,
+                        h.init_data_digest.chars().take(20).collect::<String>()
+                    )
+                })
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{:<14} {:<20} {:<8} {:<12} {:<16} {:<30} {}\n",
+                r.id,
+                r.name,
+                kind_of(&r),
+                status,
+                age(r.created),
+                tee,
+                r.image
+            ));
+        }
     }
+    out_or_pipe(out.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1163,18 +1568,56 @@ pub fn kill(a: KillArgs) -> Result<ExitCode> {
             exec_id: String::new(),
             signal: a.signal,
         }))
-        .map_err(|e| anyhow!("signal: {e}"))?;
+        .map_err(|e| anyhow!("signal {}: {e}", a.signal))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `-s`: `15`, `TERM`, `SIGTERM` (any case).
+fn parse_signal(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Signal::try_from(n as i32)
+            .map(|_| n)
+            .map_err(|_| format!("{s}: not a signal number"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<Signal>()
+        .map(|sig| sig as i32 as u32)
+        .map_err(|_| format!("{s}: not a signal (use a number, TERM or SIGTERM)"))
+}
+
+/// Run `f` for each id, printing what it returns; report every failure,
+/// fail if any did.
+fn each_id(ids: &[String], f: impl Fn(&Path, &str) -> Result<String>) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let mut failed = 0;
+    for id in ids {
+        match f(&data, id) {
+            Ok(done) => println_or_pipe(&done)?,
+            Err(e) => {
+                eprintln!("veil: {id}: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} failed", ids.len());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `veil stop`.
-pub fn stop(a: IdArgs) -> Result<ExitCode> {
-    let data = data_dir()?;
-    let rec = Record::find(&data, &a.id)?;
-    stop_record(&rec)?;
-    println!("{}", rec.id);
-    Ok(ExitCode::SUCCESS)
+pub fn stop(a: IdsArgs) -> Result<ExitCode> {
+    each_id(&a.ids, |data, id| {
+        let rec = Record::find(data, id)?;
+        stop_record(&rec)?;
+        Ok(rec.id)
+    })
 }
 
 fn stop_record(rec: &Record) -> Result<()> {
@@ -1198,16 +1641,33 @@ fn stop_record(rec: &Record) -> Result<()> {
 
 /// `veil rm`.
 pub fn rm(a: RmArgs) -> Result<ExitCode> {
-    let data = data_dir()?;
-    let rec = Record::find(&data, &a.id)?;
-    if rec.owner_alive() {
-        if !a.force {
-            bail!("sandbox {} is running; stop it first or use rm -f", rec.id);
+    each_id(&a.ids, |data, id| {
+        let rec = Record::find(data, id)?;
+        if rec.owner_alive() {
+            if !a.force {
+                bail!("sandbox {} is running; stop it first or use rm -f", rec.id);
+            }
+            stop_record(&rec)?;
         }
-        stop_record(&rec)?;
+        std::fs::remove_dir_all(record::dir_of(data, &rec.id)).context("removing the record")?;
+        Ok(rec.id)
+    })
+}
+
+/// `veil prune`: remove the records of sandboxes that are not running
+/// (exited, failed, or whose owner died); prints each id removed.
+pub fn prune(_a: PruneArgs) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let mut out = String::new();
+    for r in Record::all(&data)? {
+        let status = r.effective_status();
+        if matches!(status.as_str(), "exited" | "failed" | "dead") && !r.owner_alive() {
+            std::fs::remove_dir_all(record::dir_of(&data, &r.id))
+                .with_context(|| format!("removing the record of {}", r.id))?;
+            out.push_str(&format!("{}\n", r.id));
+        }
     }
-    std::fs::remove_dir_all(record::dir_of(&data, &rec.id)).context("removing the record")?;
-    println!("{}", rec.id);
+    out_or_pipe(out.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1217,6 +1677,16 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
     let data = data_dir()?;
     let rec = Record::find(&data, &a.id)?;
     let mut out = serde_json::to_value(&rec)?;
+    out["created"] = rfc3339(rec.created).into();
+    out["status"] = rec.effective_status().into();
+    out["kind"] = kind_of(&rec).into();
+    if let Some(c) = out.get_mut("containers") {
+        *c = rec
+            .containers
+            .iter()
+            .map(|(id, name)| serde_json::json!({"id": id, "name": name}))
+            .collect();
+    }
     if rec.effective_status() == "running" {
         let (_, _, mut c) = connect(&rec.id)?;
         let mut nonce = [0u8; 32];
@@ -1249,7 +1719,7 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
             Err(e) => serde_json::json!({"error": e.to_string()}),
         };
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    println_or_pipe(&serde_json::to_string_pretty(&out)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1277,14 +1747,68 @@ pub fn secret(cmd: SecretCommand) -> Result<ExitCode> {
                 data.join("kbs").display()
             );
         }
-        SecretCommand::Ls => println!(
-            "{}",
-            serde_json::to_string_pretty(&admin.list_resources().map_err(|e| anyhow!("{e}"))?)?
-        ),
+        SecretCommand::Ls { json } => {
+            let v = admin.list_resources().map_err(|e| anyhow!("{e}"))?;
+            let list = v
+                .as_array()
+                .or_else(|| v.get("resources").and_then(|r| r.as_array()))
+                .cloned()
+                .unwrap_or_default();
+            let rows: Vec<serde_json::Value> = list
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "path": r["path"],
+                        "uri": format!("kbs:///{}", r["path"].as_str().unwrap_or_default()),
+                        "size": r["size"],
+                        "updated_at": rfc3339(r["updated_at"].as_u64().unwrap_or(0)),
+                    })
+                })
+                .collect();
+            if json {
+                println_or_pipe(&serde_json::to_string_pretty(&rows)?)?;
+            } else {
+                let mut out = format!("{:<40} {:>10}  UPDATED\n", "PATH", "SIZE");
+                for r in &rows {
+                    out.push_str(&format!(
+                        "{:<40} {:>10}  {}\n",
+                        r["path"].as_str().unwrap_or_default(),
+                        r["size"],
+                        r["updated_at"].as_str().unwrap_or_default()
+                    ));
+                }
+                out_or_pipe(out.as_bytes())?;
+            }
+        }
         SecretCommand::Rm { path } => {
             let p = veil_kbs_client::ResourcePath::parse(&path).map_err(|e| anyhow!("{e}"))?;
             admin.delete_resource(&p).map_err(|e| anyhow!("{e}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_number_or_name() {
+        for s in ["15", "TERM", "term", "SIGTERM", "sigterm"] {
+            assert_eq!(parse_signal(s), Ok(15), "{s}");
+        }
+        assert_eq!(parse_signal("KILL"), Ok(9));
+        for s in ["", "0", "99", "BOGUS", "SIG"] {
+            assert!(parse_signal(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_and_ages_read_like_docker() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_288_400), "2026-12-03T09:00:00Z");
+        assert_eq!(age(now()), "0 seconds ago");
+        assert_eq!(age(now() - 60), "1 minute ago");
+        assert_eq!(age(now() - 3 * 86400), "3 days ago");
+    }
 }

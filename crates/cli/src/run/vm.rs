@@ -35,26 +35,94 @@ pub struct VmArgs {
     /// Firmware for --tee snp (AMD SEV OVMF) or tdx (TDVF).
     #[arg(long)]
     pub firmware: Option<PathBuf>,
-    /// The QEMU binary.
-    #[arg(long, env = "VEIL_QEMU", default_value = "qemu-system-x86_64")]
-    pub qemu: PathBuf,
-    /// Accelerator: auto (KVM when usable, else TCG), kvm, tcg.
-    #[arg(long, env = "VEIL_VM_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    pub accel: String,
-    /// vCPUs of the VM (measured).
-    #[arg(long, default_value_t = crate::guest::DEFAULT_VCPUS)]
-    pub vcpus: u32,
-    /// Memory of the VM in MiB (measured).
-    #[arg(long, default_value_t = crate::guest::DEFAULT_MEMORY_MIB)]
-    pub memory: u32,
-    /// Seconds to wait for the VM's agent (boot and attestation).
-    #[arg(long, default_value_t = 300)]
-    pub boot_timeout: u64,
+    /// The QEMU binary [default: $VEIL_QEMU, else qemu-system-x86_64].
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
+    /// Accelerator: auto (KVM when usable, else TCG), kvm, tcg [default: $VEIL_VM_ACCEL, else auto].
+    #[arg(long, value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: Option<String>,
+    /// vCPUs of the VM (measured) [default: 1].
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Memory of the VM, MiB or with a unit: 512M, 2G (measured) [default: 1024M].
+    #[arg(long, value_parser = parse_memory_mib)]
+    pub memory: Option<u32>,
+    /// Seconds to wait for the VM's agent (boot and attestation) [default: 300].
+    #[arg(long)]
+    pub boot_timeout: Option<u64>,
+}
+
+/// `--memory`: MiB, or a number with a unit `M`/`MiB`, `G`/`GiB` (binary units).
+pub fn parse_memory_mib(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected MiB or a size like 512M, 2G"))?;
+    let mib = match unit.to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => Some(n),
+        "g" | "gb" | "gib" => n.checked_mul(1024),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use M or G)")),
+    };
+    mib.and_then(|m| u32::try_from(m).ok())
+        .filter(|m| *m > 0)
+        .ok_or_else(|| format!("{s:?}: out of range"))
 }
 
 impl VmArgs {
     pub fn is_vm(&self) -> bool {
         self.sandbox == "vm"
+    }
+    /// The QEMU binary: --qemu, $VEIL_QEMU, else `qemu-system-x86_64` in PATH.
+    pub fn qemu(&self) -> PathBuf {
+        self.qemu
+            .clone()
+            .or_else(|| std::env::var_os("VEIL_QEMU").map(PathBuf::from))
+            .unwrap_or_else(|| "qemu-system-x86_64".into())
+    }
+    /// --accel, else $VEIL_VM_ACCEL, else `auto`.
+    pub fn accel(&self) -> String {
+        self.accel
+            .clone()
+            .or_else(|| {
+                std::env::var("VEIL_VM_ACCEL")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .unwrap_or_else(|| "auto".into())
+    }
+    pub fn vcpus(&self) -> u32 {
+        self.vcpus.unwrap_or(crate::guest::DEFAULT_VCPUS)
+    }
+    pub fn memory_mib(&self) -> u32 {
+        self.memory.unwrap_or(crate::guest::DEFAULT_MEMORY_MIB)
+    }
+    pub fn boot_timeout(&self) -> u64 {
+        self.boot_timeout.unwrap_or(300)
+    }
+    /// The VM-only flags given to a process sandbox: refuse them rather
+    /// than ignore them (the first one is named).
+    pub fn check_process_flags(&self) -> Result<()> {
+        if self.is_vm() {
+            return Ok(());
+        }
+        let given = [
+            ("--kernel", self.kernel.is_some()),
+            ("--initrd", self.initrd.is_some()),
+            ("--firmware", self.firmware.is_some()),
+            ("--qemu", self.qemu.is_some()),
+            ("--accel", self.accel.is_some()),
+            ("--vcpus", self.vcpus.is_some()),
+            ("--memory", self.memory.is_some()),
+            ("--boot-timeout", self.boot_timeout.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            bail!(
+                "{flag} only applies to the VM sandbox (--sandbox vm); the process sandbox has no VM to configure"
+            );
+        }
+        Ok(())
     }
     /// `--tee none`.
     pub fn no_tee(&self) -> bool {
@@ -267,7 +335,8 @@ fn guest_image(v: &VmArgs, data: &Path, agent: &Path, quiet: bool) -> Result<(Pa
     Ok((img.boot_kernel(&v.tee).0.to_path_buf(), img.initrd))
 }
 
-/// Launch the sandbox `v` asks for, from the process sandbox's config.
+/// Launch the sandbox `v` asks for, from the process sandbox's config;
+/// with a note when an auto-selected KVM failed and the VM runs under TCG.
 pub fn launch(
     v: &VmArgs,
     data: &Path,
@@ -275,10 +344,10 @@ pub fn launch(
     cfg: &SandboxConfig,
     forwards: Vec<GuestForward>,
     quiet: bool,
-) -> Result<AnySandbox> {
+) -> Result<(AnySandbox, Option<String>)> {
     if !v.is_vm() {
         return ProcessSandbox::launch(platform, cfg)
-            .map(|s| AnySandbox::Process(Box::new(s)))
+            .map(|s| (AnySandbox::Process(Box::new(s)), None))
             .map_err(|e| anyhow!("starting the sandbox: {e}"));
     }
     let tee = match v.tee.as_str() {
@@ -307,19 +376,19 @@ pub fn launch(
         other => bail!("--tee {other} is not available for the VM sandbox"),
     };
     let (kernel, initrd) = guest_image(v, data, &cfg.agent_binary, quiet)?;
-    let accel = match v.accel.as_str() {
+    let accel = match v.accel().as_str() {
         "kvm" => Some(Accel::Kvm),
         "tcg" => Some(Accel::Tcg),
         _ => None,
     };
     let vc = VmConfig {
         id: cfg.id.clone(),
-        qemu: v.qemu.clone(),
+        qemu: v.qemu(),
         accel,
         kernel,
         initrd,
-        vcpus: v.vcpus,
-        memory_mib: v.memory,
+        vcpus: v.vcpus(),
+        memory_mib: v.memory_mib(),
         tee,
         dir: cfg.dir.clone(),
         log_path: cfg.log_path.clone(),
@@ -328,46 +397,61 @@ pub fn launch(
         oci_layout: cfg.oci_layout.clone(),
         forwards,
         debug: cfg.debug,
-        ready_timeout: Duration::from_secs(v.boot_timeout),
+        ready_timeout: Duration::from_secs(v.boot_timeout()),
     };
     // Auto-selected KVM gets a short first deadline: on some hosts (nested
     // virtualization) KVM runs a trivial guest but a Linux kernel never
-    // gets past its real-mode setup. Then the guest is relaunched under
-    // TCG, and veil says so, rather than waiting out --boot-timeout.
+    // gets past its real-mode setup, and on others QEMU aborts under KVM at
+    // once (e.g. "failed to set MSR 0x10a", SIGABRT). Either way the guest
+    // is relaunched under TCG, and veil says why, rather than failing or
+    // waiting out --boot-timeout. `--accel kvm` never falls back.
     let auto_kvm = accel.is_none()
         && matches!(vc.tee, TeeChoice::Sim | TeeChoice::None)
-        && qemu::choose_accel(None).0 == Accel::Kvm;
-    let mut fell_back = false;
+        && (assume_kvm() || qemu::choose_accel(None).0 == Accel::Kvm);
+    let mut fell_back = None;
     let sb = if auto_kvm && vc.ready_timeout > KVM_FIRST_DEADLINE {
         let mut first = vc.clone();
         first.accel = Some(Accel::Kvm);
         first.ready_timeout = KVM_FIRST_DEADLINE;
-        match VmSandbox::launch(platform, &first) {
+        let why = match VmSandbox::launch(platform, &first) {
+            Ok(sb) => Ok(sb),
+            Err(veil_runtime::vm::VmError::Timeout { seconds, .. }) => Err(format!(
+                "the guest made no progress under KVM within {seconds} s (this host's KVM runs guests only partly, e.g. nested virtualization)"
+            )),
+            // A guest that powers off by itself (agent refusal, panic) is
+            // not KVM's fault: only QEMU failing is.
+            Err(veil_runtime::vm::VmError::Exited { status, log }) if status != "exit code 0" => {
+                Err(format!(
+                    "QEMU failed under KVM before the agent was ready ({status}{})",
+                    qemu_error(&log)
+                        .map(|l| format!(": {l}"))
+                        .unwrap_or_default()
+                ))
+            }
+            Err(e) => return Err(anyhow!("starting the VM sandbox: {e}")),
+        };
+        match why {
             Ok(sb) => sb,
-            Err(veil_runtime::vm::VmError::Timeout { seconds, .. }) => {
+            Err(why) => {
                 if !quiet {
                     eprintln!(
-                        "veil: the guest made no progress under KVM within {seconds} s (this host's KVM runs guests only partly, e.g. nested virtualization); relaunching under TCG (software emulation, slow)"
+                        "veil: {why}; relaunching under TCG (software emulation, slow; --accel kvm would fail here instead)"
                     );
                 }
                 let mut tcg = vc.clone();
                 tcg.accel = Some(Accel::Tcg);
-                fell_back = true;
+                fell_back = Some(why);
                 VmSandbox::launch(platform, &tcg)
-                    .map_err(|e| anyhow!("starting the VM sandbox: {e}"))?
+                    .map_err(|e| anyhow!("starting the VM sandbox (TCG, after KVM failed): {e}"))?
             }
-            Err(e) => return Err(anyhow!("starting the VM sandbox: {e}")),
         }
     } else {
         VmSandbox::launch(platform, &vc).map_err(|e| anyhow!("starting the VM sandbox: {e}"))?
     };
     if !quiet {
         let li = sb.launch_info();
-        if fell_back {
-            eprintln!(
-                "veil: VM sandbox: QEMU with tcg (software emulation, slow: KVM made no progress within {} s)",
-                KVM_FIRST_DEADLINE.as_secs()
-            );
+        if let Some(why) = &fell_back {
+            eprintln!("veil: VM sandbox: QEMU with tcg (software emulation, slow: {why})");
         } else {
             eprintln!("veil: VM sandbox: QEMU with {}", li.accel_reason);
         }
@@ -379,7 +463,31 @@ pub fn launch(
         .hello()
         .cloned()
         .ok_or_else(|| anyhow!("the VM's agent did not say hello"))?;
-    Ok(AnySandbox::Vm(Box::new(sb), Box::new(hello)))
+    let note = fell_back.map(|why| format!("under TCG: {why}"));
+    Ok((AnySandbox::Vm(Box::new(sb), Box::new(hello)), note))
+}
+
+/// `VEIL_VM_ASSUME_KVM=1`: `--accel auto` takes KVM as usable without
+/// probing `/dev/kvm`. For tests that put a fake QEMU (`--qemu`) in front
+/// of the real one to reproduce a host whose QEMU fails under KVM; it
+/// changes nothing else (the fake still decides what runs).
+fn assume_kvm() -> bool {
+    std::env::var("VEIL_VM_ASSUME_KVM").is_ok_and(|v| v == "1")
+}
+
+/// The line of QEMU's own output that says what went wrong (QEMU's stderr
+/// goes to the console log): its last line naming QEMU or an assertion.
+fn qemu_error(log: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            l.contains("qemu-system")
+                || l.contains("qemu:")
+                || l.contains("Assertion")
+                || l.starts_with("error:")
+        })
+        .map(|l| l.chars().take(300).collect())
 }
 
 type ImageFn = fn(&Path) -> Result<veil_image::OciLayout>;
@@ -507,6 +615,47 @@ mod tests {
     struct T {
         #[command(flatten)]
         v: VmArgs,
+    }
+
+    #[test]
+    fn memory_takes_mib_or_a_unit() {
+        for (s, mib) in [
+            ("512", 512),
+            ("512M", 512),
+            ("512MiB", 512),
+            ("2G", 2048),
+            ("1gib", 1024),
+        ] {
+            assert_eq!(parse_memory_mib(s), Ok(mib), "{s}");
+        }
+        for s in ["", "0", "2X", "M", "-1G", "5000000G"] {
+            assert!(parse_memory_mib(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn vm_only_flags_are_refused_with_the_process_sandbox() {
+        let v = T::parse_from(["t", "--memory", "2G"]).v;
+        let e = v.check_process_flags().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--memory only applies to the VM sandbox"),
+            "{e}"
+        );
+        let v = T::parse_from(["t", "--sandbox", "vm", "--memory", "2G"]).v;
+        assert_eq!(v.memory_mib(), 2048);
+        assert!(v.check_process_flags().is_ok());
+        assert!(T::parse_from(["t"]).v.check_process_flags().is_ok());
+    }
+
+    #[test]
+    fn the_qemu_error_line_is_found_in_the_console_log() {
+        let log = "SeaBIOS\nqemu-system-x86_64: error: failed to set MSR 0x10a to 0x0\nqemu-system-x86_64: kvm.c:3016: kvm_buf_set_msrs: Assertion `ret' failed.\n";
+        assert!(
+            qemu_error(log)
+                .unwrap()
+                .contains("kvm_buf_set_msrs: Assertion")
+        );
+        assert_eq!(qemu_error("Linux version 6.1\nreboot: Power down\n"), None);
     }
 
     #[test]

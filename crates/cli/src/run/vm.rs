@@ -409,6 +409,11 @@ pub fn launch(
         && matches!(vc.tee, TeeChoice::Sim | TeeChoice::None)
         && (assume_kvm() || qemu::choose_accel(None).0 == Accel::Kvm);
     let mut fell_back = None;
+    // On a terminal, a spinner while QEMU starts, the kernel boots, the agent
+    // sets up and attests (cleared before the summary; nothing otherwise).
+    let spinner = (!quiet).then(|| {
+        crate::progress::Spinner::new("booting the VM sandbox: QEMU, kernel, agent, attestation")
+    });
     let sb = if auto_kvm && vc.ready_timeout > KVM_FIRST_DEADLINE {
         let mut first = vc.clone();
         first.accel = Some(Accel::Kvm);
@@ -448,6 +453,7 @@ pub fn launch(
     } else {
         VmSandbox::launch(platform, &vc).map_err(|e| anyhow!("starting the VM sandbox: {e}"))?
     };
+    drop(spinner);
     if !quiet {
         let li = sb.launch_info();
         if let Some(why) = &fell_back {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod attest;
 mod attest_dcap;
+mod attest_gpu;
 mod bench;
 mod cli_docs;
 mod guest;

@@ -21,6 +21,10 @@ pub enum AttestCli {
     /// Print the root public key (PEM) of the sim platform `veil run` uses
     /// (created in the data dir if it does not exist yet).
     SimRoot(SimRootArgs),
+    /// Verify an NVIDIA GPU (Hopper) attestation report offline: device
+    /// chain to NVIDIA's pinned root, report signature, FWID, nonce; with
+    /// RIMs, the measurements. Exit 0 verified, 1 refused, 2 malformed.
+    VerifyGpu(crate::attest_gpu::VerifyGpuArgs),
 }
 
 /// Arguments of `veil attest sim-root`.
@@ -36,6 +40,7 @@ pub fn run(cmd: AttestCli) -> Result<ExitCode> {
     match cmd {
         AttestCli::Attest(c) => crate::attest::run(c),
         AttestCli::SimRoot(a) => sim_root(a),
+        AttestCli::VerifyGpu(a) => crate::attest_gpu::verify_gpu(a),
     }
 }
 

@@ -1,0 +1,93 @@
+//! `veil attest verify-gpu` on NVIDIA's real Hopper report and chain
+//! (`../shared/fixtures/nvidia`): verified with its nonce, refused with
+//! another one, outside the chain's validity, or with a flipped signed
+//! byte, each naming the check; malformed input exits 2.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const NONCE: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
+const AT: &str = "2025-01-01T00:00:00Z";
+
+fn fix(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/nvidia")
+        .join(name)
+}
+
+fn verify_gpu(report: &std::path::Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["attest", "verify-gpu", "--report"])
+        .arg(report)
+        .arg("--cert-chain")
+        .arg(fix("hopperCertChain.txt"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn the_hopper_fixture_verifies_and_refusals_name_the_check() {
+    let report = fix("hopperAttestationReport.txt");
+    let out = verify_gpu(&report, &["--nonce", NONCE, "--at", AT, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["driver_version"], "550.90.07", "{v}");
+    assert_eq!(v["vbios_version"], "96.00.9f.00.01", "{v}");
+    assert!(
+        v["caveats"].to_string().contains("revocation not checked"),
+        "{v}"
+    );
+    // Text: says what was not checked.
+    let out = verify_gpu(&report, &["--at", AT]);
+    assert_eq!(out.status.code(), Some(0));
+    let t = text(&out.stdout);
+    assert!(
+        t.starts_with("verified: NVIDIA") && t.contains("freshness not checked"),
+        "{t}"
+    );
+
+    let other = "00".repeat(32);
+    let out = verify_gpu(&report, &["--nonce", &other, "--at", AT, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["verified"].clone(), v["check"].clone()),
+        (false.into(), "nvidia.nonce".into())
+    );
+
+    let out = verify_gpu(&report, &["--at", "2019-01-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("nvidia.cert_validity"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A flipped byte in the signed part: refused by the signature check.
+    let dir = tempfile::tempdir().unwrap();
+    let mut hex = std::fs::read_to_string(&report).unwrap().trim().to_string();
+    let i = 2 * 200;
+    let flipped = if &hex[i..i + 1] == "0" { "1" } else { "0" };
+    hex.replace_range(i..i + 1, flipped);
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, &hex).unwrap();
+    let out = verify_gpu(&bad, &["--at", AT]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nvidia.signature"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Not a report at all: malformed, exit 2.
+    let junk = dir.path().join("junk.txt");
+    std::fs::write(&junk, "not a report").unwrap();
+    let out = verify_gpu(&junk, &["--at", AT]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

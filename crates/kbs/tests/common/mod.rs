@@ -29,6 +29,7 @@ pub struct Options {
     pub dev: bool,
     pub allow_sample: bool,
     pub session_timeout: Duration,
+    pub token_ttl: Duration,
     pub max_body: usize,
 }
 
@@ -39,6 +40,7 @@ impl Default for Options {
             dev: true,
             allow_sample: false,
             session_timeout: Duration::from_secs(300),
+            token_ttl: Duration::from_secs(300),
             max_body: 64 * 1024,
         }
     }
@@ -70,6 +72,7 @@ pub fn start(opts: Options) -> Fixture {
     cfg.dev = opts.dev;
     cfg.insecure_allow_sample = opts.allow_sample;
     cfg.session_timeout = opts.session_timeout;
+    cfg.token_ttl = opts.token_ttl;
     cfg.max_body_bytes = opts.max_body;
     let server = veil_kbs::spawn(cfg, 2).unwrap();
     let mut client_cfg = ClientConfig::new(server.url());

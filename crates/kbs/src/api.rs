@@ -193,7 +193,14 @@ async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response {
         other => Err(KbsError::PluginNotFound(other.chars().take(64).collect())),
     };
     result.unwrap_or_else(|e| {
-        tracing::info!(status = e.status().as_u16(), kind = e.variant(), detail = %e, "request refused");
+        // The detail may quote client text: escaped so that it cannot forge
+        // log lines or drive a terminal.
+        tracing::info!(
+            status = e.status().as_u16(),
+            kind = e.variant(),
+            detail = %crate::text::escape_controls(&e.to_string()),
+            "request refused"
+        );
         e.into_response()
     })
 }

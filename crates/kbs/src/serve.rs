@@ -165,7 +165,7 @@ pub async fn run(
                 None => builder.serve_connection(TokioIo::new(tcp), svc).await,
             };
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(%peer, error = %crate::text::escape_controls(&e.to_string()), "connection ended with an error");
             }
         });
     }

@@ -11,6 +11,7 @@ use crate::policy::RegoPolicy;
 use crate::secrets::Kek;
 use crate::session::Sessions;
 use crate::store::{AuditRecord, Store};
+use crate::text::escape_controls;
 use crate::token::TokenSigner;
 
 /// Where the server's TLS certificate and key are.
@@ -199,7 +200,10 @@ impl AppState {
     }
 
     /// Record an audit event (errors are logged: an audit failure must not
-    /// hide the decision, but it is reported).
+    /// hide the decision, but it is reported). Subject, reason and every
+    /// string in `details` may carry client text: their control characters
+    /// are escaped ([`crate::text::escape_controls`]) so that no row can
+    /// forge another line or drive the terminal of `veil kbs audit`.
     pub fn audit(
         &self,
         kind: &str,
@@ -212,13 +216,13 @@ impl AppState {
             id: 0,
             ts: now(),
             kind: kind.into(),
-            subject: subject.chars().take(256).collect(),
+            subject: escape_controls(&subject.chars().take(256).collect::<String>()),
             decision: decision.into(),
-            reason: reason.chars().take(2048).collect(),
-            details,
+            reason: escape_controls(&reason.chars().take(2048).collect::<String>()),
+            details: crate::text::escape_json(details),
         };
         if let Err(e) = self.store.append_audit(&rec) {
-            tracing::error!(error = %e, kind, "audit write failed");
+            tracing::error!(error = %escape_controls(&e.to_string()), kind, "audit write failed");
         }
     }
 }

@@ -730,3 +730,63 @@ fn metrics_healthz_and_reference_values() {
     let m = String::from_utf8(f.get("/metrics", &[]).body).unwrap();
     assert!(m.contains("veil_kbs_attest_total{result=\"ok\"} 1"), "{m}");
 }
+
+/// Client text with control characters cannot forge audit lines or drive
+/// the terminal of `veil kbs audit`: every free-text field of the stored
+/// row shows the characters escaped.
+#[test]
+fn attest_body_cannot_forge_audit_lines() {
+    const EVIL: &str = "\n2026-01-01 ALLOW forged\x1b[2J\u{202e}";
+    let f = start(Options::default());
+    let guest = f.guest();
+    let jwk = TeeKeyPair::generate(KeyType::EcP256).unwrap().public_jwk();
+    // A foreign nonce, echoed in the refusal.
+    let (cookie, nonce) = f.auth("sim");
+    let mut body: serde_json::Value =
+        serde_json::from_str(&attestation_body(&guest, &jwk, &nonce, &jwk, &nonce)).unwrap();
+    body["runtime-data"]["nonce"] = EVIL.into();
+    assert_refused(
+        &f.post_json("/kbs/v0/attest", Some(&cookie), &body.to_string()),
+        401,
+        "AttestationError",
+        "foreign nonce",
+    );
+    // A key type the parser quotes verbatim in its error.
+    let (cookie, nonce) = f.auth("sim");
+    let mut body: serde_json::Value =
+        serde_json::from_str(&attestation_body(&guest, &jwk, &nonce, &jwk, &nonce)).unwrap();
+    body["runtime-data"]["tee-pubkey"] = serde_json::json!({"kty": EVIL});
+    assert_refused(
+        &f.post_json("/kbs/v0/attest", Some(&cookie), &body.to_string()),
+        401,
+        "SerdeError",
+        "attestation",
+    );
+
+    let audit = f.admin.audit(100).unwrap();
+    let denials: Vec<&serde_json::Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "attest" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(denials.len(), 2, "{denials:?}");
+    for row in denials {
+        let text = row.to_string();
+        let reason = row["reason"].as_str().unwrap();
+        assert!(
+            !reason.chars().any(veil_kbs::text::is_unsafe_char),
+            "raw control character in {reason:?}"
+        );
+        assert!(
+            !text.chars().any(veil_kbs::text::is_unsafe_char),
+            "raw control character in {text}"
+        );
+        assert!(reason.contains("2026-01-01 ALLOW forged"), "{reason:?}");
+        assert!(
+            reason.contains("\\n2026-01-01 ALLOW forged\\x1b[2J\\u{202e}")
+                || reason.contains("\\n2026-01-01 ALLOW forged\\u{1b}[2J\\u{202e}"),
+            "the escapes are shown: {reason:?}"
+        );
+    }
+}

@@ -456,6 +456,7 @@ fn appraise_attestation(
             &binding,
             init.as_ref().map(|i| i.digest.as_slice()),
             st.cfg.sim_root.clone(),
+            &st.cfg.snp_allowed_vmpls,
             now,
         )
         .map_err(|e| fail(KbsError::AttestationError(explain_user_report_data(e))))?,

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub dev: bool,
     /// Accept CoCo `sample` evidence (no cryptography).
     pub insecure_allow_sample: bool,
+    /// VMPLs an SNP report may be requested from (default `[0]`, as the
+    /// CLI's `veil attest verify`); `[0, 1, 2, 3]` accepts any.
+    pub snp_allowed_vmpls: Vec<u32>,
     /// Session (cookie) lifetime.
     pub session_timeout: Duration,
     /// Token lifetime.
@@ -66,6 +69,7 @@ impl ServerConfig {
             sim_root: None,
             dev: false,
             insecure_allow_sample: false,
+            snp_allowed_vmpls: vec![0],
             session_timeout: Duration::from_secs(300),
             token_ttl: Duration::from_secs(300),
             max_body_bytes: 2 << 20,

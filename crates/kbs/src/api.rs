@@ -711,8 +711,14 @@ fn admin(st: &Arc<AppState>, headers: &HeaderMap, what: &str) -> Result<String> 
         None => Err(format!(
             "{what}: no `Authorization: Bearer <admin token>` header"
         )),
-        Some(t) => crate::admin_auth::verify_admin_token(&t, &st.cfg.admin_keys, now())
-            .map_err(|e| format!("{what}: {e}")),
+        Some(t) => crate::admin_auth::verify_admin_token(
+            &t,
+            &st.cfg.admin_keys,
+            &st.admin_token_rules(),
+            &st.admin_jtis,
+            now(),
+        )
+        .map_err(|e| format!("{what}: {e}")),
     };
     match r {
         Ok(sub) => Ok(sub),

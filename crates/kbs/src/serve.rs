@@ -67,6 +67,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         reference_values: RwLock::new(Arc::new(serde_json::Map::new())),
         metrics: Default::default(),
         release_pin: RwLock::new(None),
+        admin_jtis: Default::default(),
         _data_dir_lock: lock,
     };
     state.reload().map_err(StartError)?;

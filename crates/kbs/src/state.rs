@@ -35,6 +35,14 @@ pub struct ServerConfig {
     pub kek: Kek,
     /// Ed25519 admin public keys.
     pub admin_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// The `aud` admin tokens must carry (default `veil-kbs`): a token
+    /// minted for another KBS is refused here.
+    pub admin_audience: String,
+    /// Longest admin token lifetime (`exp - iat`) accepted; default 10 min.
+    pub admin_max_token_lifetime: Duration,
+    /// Accept admin tokens without `jti` (reusable until they expire);
+    /// off by default: every token is single-use.
+    pub admin_allow_reusable_tokens: bool,
     /// Trusted sim root; sim evidence is refused without it.
     pub sim_root: Option<veil_attest::sim::SimRootKey>,
     /// Development mode: resource release to sim tokens.
@@ -66,6 +74,11 @@ impl ServerConfig {
             tls: None,
             kek,
             admin_keys: Vec::new(),
+            admin_audience: veil_kbs_client::admin::DEFAULT_ADMIN_AUDIENCE.to_string(),
+            admin_max_token_lifetime: Duration::from_secs(
+                crate::admin_auth::DEFAULT_MAX_LIFETIME_SECS,
+            ),
+            admin_allow_reusable_tokens: false,
             sim_root: None,
             dev: false,
             insecure_allow_sample: false,
@@ -105,6 +118,8 @@ pub struct AppState {
     pub reference_values: RwLock<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Counters.
     pub metrics: Metrics,
+    /// `jti`s of admin tokens already used.
+    pub admin_jtis: crate::admin_auth::ReplayCache,
     /// Set by an embedded KBS that serves one workload only.
     pub release_pin: RwLock<Option<Arc<crate::pin::ReleasePin>>>,
     /// Held shared while the server lives: `rotate-kek` waits for no one.
@@ -128,6 +143,15 @@ fn write<T>(l: &RwLock<T>, v: T) {
 }
 
 impl AppState {
+    /// What admin tokens must satisfy, from the configuration.
+    pub fn admin_token_rules(&self) -> crate::admin_auth::AdminTokenRules {
+        crate::admin_auth::AdminTokenRules {
+            audience: self.cfg.admin_audience.clone(),
+            max_lifetime_secs: self.cfg.admin_max_token_lifetime.as_secs(),
+            allow_reusable: self.cfg.admin_allow_reusable_tokens,
+        }
+    }
+
     /// Current attestation policy.
     pub fn attestation_policy(&self) -> Arc<AttestationPolicy> {
         read(&self.attestation_policy)

@@ -790,3 +790,35 @@ fn attest_body_cannot_forge_audit_lines() {
         );
     }
 }
+
+/// Admin tokens are bound to this KBS's audience and single-use.
+#[test]
+fn admin_token_replay_and_foreign_audience_refused() {
+    let f = start(Options::default());
+    let key = veil_kbs_client::admin::AdminKey::from_pem(&f.admin_key_pem).unwrap();
+    let auth = format!("Bearer {}", key.token(60));
+    let list = |auth: &str| f.get("/kbs/v0/admin/resource", &[("authorization", auth)]);
+    assert_eq!(list(&auth).status, 200);
+    assert_refused(
+        &list(&auth),
+        401,
+        "AdminAuthAccess",
+        "already used (replay)",
+    );
+    let other = format!("Bearer {}", key.token_for("another-kbs", 60));
+    assert_refused(
+        &list(&other),
+        401,
+        "AdminAuthAccess",
+        "audience must be \"veil-kbs\"",
+    );
+    let long = format!("Bearer {}", key.token(3600));
+    assert_refused(&list(&long), 401, "AdminAuthAccess", "exceeds 600s");
+    let foreign = veil_kbs_client::admin::AdminClient::new(&f.client_cfg, key)
+        .unwrap()
+        .with_audience("another-kbs");
+    let e = foreign.list_resources().unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
+    // The default client sends the default audience.
+    assert!(f.admin.list_resources().is_ok());
+}

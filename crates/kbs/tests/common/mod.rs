@@ -20,6 +20,7 @@ pub struct Fixture {
     pub client_cfg: ClientConfig,
     pub http: Http,
     pub kek_hex: String,
+    pub admin_key_pem: String,
 }
 
 pub const MEASUREMENT: [u8; 48] = [0xab; 48];
@@ -77,6 +78,7 @@ pub fn start(opts: Options) -> Fixture {
     let server = veil_kbs::spawn(cfg, 2).unwrap();
     let mut client_cfg = ClientConfig::new(server.url());
     client_cfg.ca_pem = Some(cert.cert.pem().into_bytes());
+    let admin_key_pem = admin_key.to_pem().unwrap().to_string();
     let admin = AdminClient::new(&client_cfg, admin_key).unwrap();
     let http = Http::new(&client_cfg).unwrap();
     Fixture {
@@ -87,6 +89,7 @@ pub fn start(opts: Options) -> Fixture {
         client_cfg,
         http,
         kek_hex,
+        admin_key_pem,
     }
 }
 

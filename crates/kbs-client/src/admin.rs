@@ -51,8 +51,15 @@ impl AdminKey {
             .map_err(|e| ClientError::Config(format!("encoding admin public key: {e}")))
     }
 
-    /// A signed admin token valid for `ttl_secs`.
+    /// A signed single-use admin token for veil's default audience
+    /// ([`DEFAULT_ADMIN_AUDIENCE`]), valid for `ttl_secs`.
     pub fn token(&self, ttl_secs: u64) -> String {
+        self.token_for(DEFAULT_ADMIN_AUDIENCE, ttl_secs)
+    }
+
+    /// A signed single-use admin token (fresh `jti`) for the KBS whose
+    /// admin audience is `audience`, valid for `ttl_secs`.
+    pub fn token_for(&self, audience: &str, ttl_secs: u64) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -61,7 +68,7 @@ impl AdminKey {
         OsRng.fill_bytes(&mut jti);
         let header = r#"{"alg":"EdDSA","typ":"JWT"}"#;
         let claims = serde_json::json!({
-            "iss": "veil-admin", "sub": "admin", "aud": ["KBS"], "role": "admin",
+            "iss": "veil-admin", "sub": "admin", "aud": [audience], "role": "admin",
             "iat": now, "exp": now + ttl_secs, "jti": hex::encode(jti),
         });
         let signing_input = format!(
@@ -81,10 +88,15 @@ pub fn parse_admin_public_key(pem: &str) -> Result<VerifyingKey> {
     })
 }
 
+/// The admin audience a veil KBS expects unless configured otherwise
+/// (`ServerConfig::admin_audience`).
+pub const DEFAULT_ADMIN_AUDIENCE: &str = "veil-kbs";
+
 /// Admin API client.
 pub struct AdminClient {
     http: Http,
     key: AdminKey,
+    audience: String,
 }
 
 impl AdminClient {
@@ -93,7 +105,14 @@ impl AdminClient {
         Ok(AdminClient {
             http: Http::new(config)?,
             key,
+            audience: DEFAULT_ADMIN_AUDIENCE.to_string(),
         })
+    }
+
+    /// Address tokens to a KBS configured with another admin audience.
+    pub fn with_audience(mut self, audience: &str) -> Self {
+        self.audience = audience.to_string();
+        self
     }
 
     fn call(
@@ -103,7 +122,10 @@ impl AdminClient {
         path: &str,
         body: Option<(&str, &[u8])>,
     ) -> Result<Vec<u8>> {
-        let auth = format!("Bearer {}", self.key.token(ADMIN_TOKEN_TTL_SECS));
+        let auth = format!(
+            "Bearer {}",
+            self.key.token_for(&self.audience, ADMIN_TOKEN_TTL_SECS)
+        );
         let resp = self
             .http
             .send(method, path, &[("authorization", &auth)], body)?

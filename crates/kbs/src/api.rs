@@ -193,7 +193,14 @@ async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response {
         other => Err(KbsError::PluginNotFound(other.chars().take(64).collect())),
     };
     result.unwrap_or_else(|e| {
-        tracing::info!(status = e.status().as_u16(), kind = e.variant(), detail = %e, "request refused");
+        // The detail may quote client text: escaped so that it cannot forge
+        // log lines or drive a terminal.
+        tracing::info!(
+            status = e.status().as_u16(),
+            kind = e.variant(),
+            detail = %crate::text::escape_controls(&e.to_string()),
+            "request refused"
+        );
         e.into_response()
     })
 }
@@ -291,49 +298,63 @@ async fn attest_inner(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Re
         .sessions
         .take_for_attest(&id, now)
         .map_err(|l| KbsError::AttestationError(lookup_error(l)))?;
-    let (tee, nonce, expires) = match session {
-        Session::Attested { token, expires } => {
-            let mut r = json_response(&serde_json::json!({ "token": token }));
-            r.headers_mut()
-                .insert(header::SET_COOKIE, cookie_header(&id, expires));
-            return Ok(r);
-        }
+    // A re-attestation on an attested session is appraised like the first
+    // one, against the same challenge, and replaces the session's token; a
+    // refused one leaves the session and its token as they were.
+    let (tee, nonce, expires, reattest) = match session {
+        Session::Attested {
+            tee,
+            nonce,
+            expires,
+            ..
+        } => (tee, nonce, expires, true),
         Session::Authed {
             tee,
             nonce,
             expires,
-        } => (tee, nonce, expires),
+        } => (tee, nonce, expires, false),
     };
     let st2 = st.clone();
-    let outcome = blocking(move || appraise_attestation(&st2, &tee, &nonce, &bytes, now));
+    let (tee2, nonce2) = (tee.clone(), nonce.clone());
+    let outcome = blocking(move || appraise_attestation(&st2, &tee2, &nonce2, &bytes, now));
     match outcome {
-        Ok((token, details)) => {
-            st.sessions
-                .insert(
-                    id.clone(),
-                    Session::Attested {
-                        token: token.clone(),
-                        expires,
-                    },
-                    now,
-                )
-                .map_err(KbsError::AttestationError)?;
-            blocking(|| st.audit("attest", &details.0, "allow", &details.1, details.2));
+        Ok((token, (subject, reason, details))) => {
+            if reattest {
+                st.sessions
+                    .reissue(&id, token.clone(), now)
+                    .map_err(|l| KbsError::AttestationError(lookup_error(l)))?;
+            } else {
+                st.sessions
+                    .insert(
+                        id.clone(),
+                        Session::Attested {
+                            tee,
+                            nonce,
+                            token: token.clone(),
+                            expires,
+                        },
+                        now,
+                    )
+                    .map_err(KbsError::AttestationError)?;
+            }
+            let reason = if reattest {
+                format!("re-attested, {reason}")
+            } else {
+                reason
+            };
+            blocking(|| st.audit("attest", &subject, "allow", &reason, details));
             let mut r = json_response(&serde_json::json!({ "token": token }));
             r.headers_mut()
                 .insert(header::SET_COOKIE, cookie_header(&id, expires));
             Ok(r)
         }
         Err((tee, e)) => {
-            blocking(|| {
-                st.audit(
-                    "attest",
-                    &tee,
-                    "deny",
-                    &e.to_string(),
-                    serde_json::json!({}),
-                )
-            });
+            let reason = if reattest {
+                format!("re-attestation refused, the session keeps its earlier token: {e}")
+            } else {
+                e.to_string()
+            };
+            blocking(|| st.audit("attest", &tee, "deny", &reason, serde_json::json!({})));
             Err(e)
         }
     }
@@ -435,6 +456,7 @@ fn appraise_attestation(
             &binding,
             init.as_ref().map(|i| i.digest.as_slice()),
             st.cfg.sim_root.clone(),
+            &st.cfg.snp_allowed_vmpls,
             now,
         )
         .map_err(|e| fail(KbsError::AttestationError(explain_user_report_data(e))))?,
@@ -689,8 +711,14 @@ fn admin(st: &Arc<AppState>, headers: &HeaderMap, what: &str) -> Result<String> 
         None => Err(format!(
             "{what}: no `Authorization: Bearer <admin token>` header"
         )),
-        Some(t) => crate::admin_auth::verify_admin_token(&t, &st.cfg.admin_keys, now())
-            .map_err(|e| format!("{what}: {e}")),
+        Some(t) => crate::admin_auth::verify_admin_token(
+            &t,
+            &st.cfg.admin_keys,
+            &st.admin_token_rules(),
+            &st.admin_jtis,
+            now(),
+        )
+        .map_err(|e| format!("{what}: {e}")),
     };
     match r {
         Ok(sub) => Ok(sub),

@@ -24,6 +24,7 @@ pub mod session;
 pub mod simguest;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod tlsgen;
 pub mod token;
 pub mod verify;

@@ -67,6 +67,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         reference_values: RwLock::new(Arc::new(serde_json::Map::new())),
         metrics: Default::default(),
         release_pin: RwLock::new(None),
+        admin_jtis: Default::default(),
         _data_dir_lock: lock,
     };
     state.reload().map_err(StartError)?;
@@ -165,7 +166,7 @@ pub async fn run(
                 None => builder.serve_connection(TokioIo::new(tcp), svc).await,
             };
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(%peer, error = %crate::text::escape_controls(&e.to_string()), "connection ended with an error");
             }
         });
     }

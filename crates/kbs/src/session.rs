@@ -1,8 +1,10 @@
 //! RCAR sessions: `Authed` (a challenge was issued) → `Attested` (a token
 //! was issued). Sessions live in memory: after a restart an old cookie is
 //! cleanly refused as unknown and the client attests again. A nonce is
-//! single-use: an `/attest` attempt consumes the `Authed` session whatever
-//! its outcome.
+//! single-use for the first attestation: an `/attest` attempt consumes the
+//! `Authed` session whatever its outcome. An `Attested` session keeps its
+//! TEE and nonce so that a re-attestation on it is appraised again against
+//! the same challenge and gets a fresh token.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,7 +26,12 @@ pub enum Session {
     },
     /// Token issued.
     Attested {
-        /// The token.
+        /// TEE name from `/auth`.
+        tee: String,
+        /// The challenge the first attestation bound; a re-attestation
+        /// must bind it too.
+        nonce: String,
+        /// The latest token issued on this session.
         token: String,
         /// Unix seconds.
         expires: u64,
@@ -139,6 +146,20 @@ impl Sessions {
         }
     }
 
+    /// Replace the token of a live `Attested` session (a re-attestation);
+    /// refuses when the session is gone, expired or not attested.
+    pub fn reissue(&self, id: &str, new_token: String, now: u64) -> Result<(), Lookup> {
+        let mut m = self.lock();
+        live(&mut m, id, now)?;
+        match m.get_mut(id) {
+            Some(Session::Attested { token, .. }) => {
+                *token = new_token;
+                Ok(())
+            }
+            _ => Err(Lookup::Unknown),
+        }
+    }
+
     /// Drop expired sessions.
     pub fn purge(&self, now: u64) {
         self.lock().retain(|_, v| v.expires() > now);
@@ -148,6 +169,15 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn attested(token: &str, expires: u64) -> Session {
+        Session::Attested {
+            tee: "sim".into(),
+            nonce: "n".into(),
+            token: token.into(),
+            expires,
+        }
+    }
 
     #[test]
     fn nonce_single_use_and_expiry() {
@@ -167,49 +197,27 @@ mod tests {
         .unwrap();
         assert!(s.take_for_attest(&id, 5).is_ok());
         assert_eq!(s.take_for_attest(&id, 5).unwrap_err(), Lookup::Unknown);
-        s.insert(
-            id.clone(),
-            Session::Attested {
-                token: "t".into(),
-                expires: 10,
-            },
-            0,
-        )
-        .unwrap();
-        assert!(s.take_for_attest(&id, 5).is_ok());
-        assert!(
-            s.take_for_attest(&id, 5).is_ok(),
-            "attested sessions are idempotent"
-        );
+        s.insert(id.clone(), attested("t", 10), 0).unwrap();
+        // An attested session is not consumed: it keeps its tee and nonce
+        // for a re-attestation, whose fresh token replaces the old one.
+        for _ in 0..2 {
+            match s.take_for_attest(&id, 5).unwrap() {
+                Session::Attested { tee, nonce, .. } => {
+                    assert_eq!((tee.as_str(), nonce.as_str()), ("sim", "n"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        s.reissue(&id, "t2".into(), 5).unwrap();
+        match s.get(&id, 5).unwrap() {
+            Session::Attested { token, .. } => assert_eq!(token, "t2"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.reissue("nope", "t3".into(), 5), Err(Lookup::Unknown));
         assert_eq!(s.get(&id, 10).unwrap_err(), Lookup::Expired(10));
-        s.insert(
-            "a".into(),
-            Session::Attested {
-                token: "t".into(),
-                expires: 100,
-            },
-            0,
-        )
-        .unwrap();
-        s.insert(
-            "b".into(),
-            Session::Attested {
-                token: "t".into(),
-                expires: 100,
-            },
-            0,
-        )
-        .unwrap();
-        assert!(
-            s.insert(
-                "c".into(),
-                Session::Attested {
-                    token: "t".into(),
-                    expires: 100
-                },
-                0
-            )
-            .is_err()
-        );
+        assert_eq!(s.reissue(&id, "t3".into(), 10), Err(Lookup::Unknown));
+        s.insert("a".into(), attested("t", 100), 0).unwrap();
+        s.insert("b".into(), attested("t", 100), 0).unwrap();
+        assert!(s.insert("c".into(), attested("t", 100), 0).is_err());
     }
 }

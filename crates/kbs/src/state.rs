@@ -11,6 +11,7 @@ use crate::policy::RegoPolicy;
 use crate::secrets::Kek;
 use crate::session::Sessions;
 use crate::store::{AuditRecord, Store};
+use crate::text::escape_controls;
 use crate::token::TokenSigner;
 
 /// Where the server's TLS certificate and key are.
@@ -34,12 +35,23 @@ pub struct ServerConfig {
     pub kek: Kek,
     /// Ed25519 admin public keys.
     pub admin_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// The `aud` admin tokens must carry (default `veil-kbs`): a token
+    /// minted for another KBS is refused here.
+    pub admin_audience: String,
+    /// Longest admin token lifetime (`exp - iat`) accepted; default 10 min.
+    pub admin_max_token_lifetime: Duration,
+    /// Accept admin tokens without `jti` (reusable until they expire);
+    /// off by default: every token is single-use.
+    pub admin_allow_reusable_tokens: bool,
     /// Trusted sim root; sim evidence is refused without it.
     pub sim_root: Option<veil_attest::sim::SimRootKey>,
     /// Development mode: resource release to sim tokens.
     pub dev: bool,
     /// Accept CoCo `sample` evidence (no cryptography).
     pub insecure_allow_sample: bool,
+    /// VMPLs an SNP report may be requested from (default `[0]`, as the
+    /// CLI's `veil attest verify`); `[0, 1, 2, 3]` accepts any.
+    pub snp_allowed_vmpls: Vec<u32>,
     /// Session (cookie) lifetime.
     pub session_timeout: Duration,
     /// Token lifetime.
@@ -62,9 +74,15 @@ impl ServerConfig {
             tls: None,
             kek,
             admin_keys: Vec::new(),
+            admin_audience: veil_kbs_client::admin::DEFAULT_ADMIN_AUDIENCE.to_string(),
+            admin_max_token_lifetime: Duration::from_secs(
+                crate::admin_auth::DEFAULT_MAX_LIFETIME_SECS,
+            ),
+            admin_allow_reusable_tokens: false,
             sim_root: None,
             dev: false,
             insecure_allow_sample: false,
+            snp_allowed_vmpls: vec![0],
             session_timeout: Duration::from_secs(300),
             token_ttl: Duration::from_secs(300),
             max_body_bytes: 2 << 20,
@@ -100,6 +118,8 @@ pub struct AppState {
     pub reference_values: RwLock<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Counters.
     pub metrics: Metrics,
+    /// `jti`s of admin tokens already used.
+    pub admin_jtis: crate::admin_auth::ReplayCache,
     /// Set by an embedded KBS that serves one workload only.
     pub release_pin: RwLock<Option<Arc<crate::pin::ReleasePin>>>,
     /// Held shared while the server lives: `rotate-kek` waits for no one.
@@ -123,6 +143,15 @@ fn write<T>(l: &RwLock<T>, v: T) {
 }
 
 impl AppState {
+    /// What admin tokens must satisfy, from the configuration.
+    pub fn admin_token_rules(&self) -> crate::admin_auth::AdminTokenRules {
+        crate::admin_auth::AdminTokenRules {
+            audience: self.cfg.admin_audience.clone(),
+            max_lifetime_secs: self.cfg.admin_max_token_lifetime.as_secs(),
+            allow_reusable: self.cfg.admin_allow_reusable_tokens,
+        }
+    }
+
     /// Current attestation policy.
     pub fn attestation_policy(&self) -> Arc<AttestationPolicy> {
         read(&self.attestation_policy)
@@ -199,7 +228,10 @@ impl AppState {
     }
 
     /// Record an audit event (errors are logged: an audit failure must not
-    /// hide the decision, but it is reported).
+    /// hide the decision, but it is reported). Subject, reason and every
+    /// string in `details` may carry client text: their control characters
+    /// are escaped ([`crate::text::escape_controls`]) so that no row can
+    /// forge another line or drive the terminal of `veil kbs audit`.
     pub fn audit(
         &self,
         kind: &str,
@@ -212,13 +244,13 @@ impl AppState {
             id: 0,
             ts: now(),
             kind: kind.into(),
-            subject: subject.chars().take(256).collect(),
+            subject: escape_controls(&subject.chars().take(256).collect::<String>()),
             decision: decision.into(),
-            reason: reason.chars().take(2048).collect(),
-            details,
+            reason: escape_controls(&reason.chars().take(2048).collect::<String>()),
+            details: crate::text::escape_json(details),
         };
         if let Err(e) = self.store.append_audit(&rec) {
-            tracing::error!(error = %e, kind, "audit write failed");
+            tracing::error!(error = %escape_controls(&e.to_string()), kind, "audit write failed");
         }
     }
 }

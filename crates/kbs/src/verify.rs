@@ -172,14 +172,32 @@ pub fn verify_sample(
     })
 }
 
-/// Verify evidence with `veil-attest`, checking the binding digest and, if
-/// given, the init-data digest.
+/// Refuse an SNP report requested from a VMPL not in `allowed`: a report
+/// from a less privileged VMPL may come from software that the VMPL 0
+/// code (an SVSM, a paravisor) does not vouch for. Other TEEs pass.
+pub fn check_snp_vmpl(claims: &veil_attest::Claims, allowed: &[u32]) -> Result<(), String> {
+    if claims.tee != Tee::Snp {
+        return Ok(());
+    }
+    let vmpl = claims.raw.get("vmpl").and_then(|v| v.as_u64());
+    match vmpl {
+        Some(v) if allowed.iter().any(|a| u64::from(*a) == v) => Ok(()),
+        _ => Err(format!(
+            "snp evidence refused by check snp.vmpl: report requested from an unexpected VMPL: expected one of {allowed:?} (snp_allowed_vmpls), got {}",
+            vmpl.map_or("none".to_string(), |v| v.to_string())
+        )),
+    }
+}
+
+/// Verify evidence with `veil-attest`, checking the binding digest, if
+/// given the init-data digest, and for SNP the requester's VMPL.
 pub fn verify_attest(
     tee: Tee,
     evidence: &[u8],
     binding: &[u8],
     init_data_digest: Option<&[u8]>,
     sim_root: Option<veil_attest::sim::SimRootKey>,
+    snp_allowed_vmpls: &[u32],
     now: u64,
 ) -> Result<VerifiedClaims, String> {
     let ctx = veil_attest::Context {
@@ -199,6 +217,7 @@ pub fn verify_attest(
         Some(check) => format!("{tee} evidence refused by check {check}: {e}"),
         None => format!("{tee} evidence: {e}"),
     })?;
+    check_snp_vmpl(&claims, snp_allowed_vmpls)?;
     Ok(VerifiedClaims {
         json: claims.to_json(),
         report_data: claims.report_data.clone(),
@@ -209,6 +228,46 @@ pub fn verify_attest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/snp/");
+
+    /// A real SNP fixture report, verified with no VMPL requirement.
+    fn snp_fixture(report: &str, cert: &str) -> veil_attest::Claims {
+        let read = |n: &str| std::fs::read(format!("{FIX}{n}")).unwrap();
+        let ctx = veil_attest::Context {
+            // 2025-01-01: inside the fixture certificates' validity.
+            now_unix: 1_735_689_600,
+            snp: veil_attest::snp::Options {
+                certs: vec![read(cert)],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        veil_attest::verify(Tee::Snp, &read(report), &ctx).unwrap()
+    }
+
+    #[test]
+    fn snp_vmpl_defaults_to_zero_and_is_configurable() {
+        let vmpl0 = snp_fixture("milan-vcek-report.bin", "milan-vcek.der");
+        let vmpl1 = snp_fixture("milan-vlek-report.bin", "milan-vlek.der");
+        assert_eq!(
+            (vmpl0.raw["vmpl"].as_u64(), vmpl1.raw["vmpl"].as_u64()),
+            (Some(0), Some(1))
+        );
+        let default =
+            crate::ServerConfig::new("d".into(), crate::Kek::from_bytes(&[7; 32]).unwrap())
+                .snp_allowed_vmpls;
+        assert_eq!(default, [0]);
+        assert!(check_snp_vmpl(&vmpl0, &default).is_ok());
+        let e = check_snp_vmpl(&vmpl1, &default).unwrap_err();
+        assert!(e.contains("check snp.vmpl"), "{e}");
+        assert!(
+            e.contains("expected one of [0] (snp_allowed_vmpls), got 1"),
+            "{e}"
+        );
+        assert!(check_snp_vmpl(&vmpl1, &[0, 1]).is_ok());
+        assert!(check_snp_vmpl(&vmpl0, &[]).is_err());
+    }
 
     #[test]
     fn tee_names() {

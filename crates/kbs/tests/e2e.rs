@@ -124,9 +124,28 @@ fn sim_to_token_to_resource_rsa() {
     full_flow(KeyType::Rsa2048);
 }
 
+/// The claims of a token (not verified: the server checks them).
+fn token_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn token_of(r: &veil_kbs_client::http::HttpResponse) -> String {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
 #[test]
-fn cookie_path_and_idempotent_attest() {
-    let f = start(Options::default());
+fn cookie_path_and_reattest_issues_a_fresh_token() {
+    let f = start(Options {
+        token_ttl: Duration::from_secs(2),
+        ..Options::default()
+    });
     f.admin
         .put_resource(&path("r/t/x"), b"cookie secret")
         .unwrap();
@@ -139,18 +158,96 @@ fn cookie_path_and_idempotent_attest() {
     let (cookie, nonce) = f.auth("sim");
     let body = attestation_body(&guest, &jwk, &nonce, &jwk, &nonce);
     let r1 = f.post_json("/kbs/v0/attest", Some(&cookie), &body);
-    assert_eq!(r1.status, 200, "{}", String::from_utf8_lossy(&r1.body));
+    let t1 = token_of(&r1);
     assert!(r1.set_cookies[0].starts_with(&format!("kbs-session-id={cookie}; Expires=")));
-    let r2 = f.post_json("/kbs/v0/attest", Some(&cookie), &body);
-    assert_eq!(
-        r1.body, r2.body,
-        "/attest on an attested session returns the same token"
-    );
     let c = format!("kbs-session-id={cookie}");
     let r = f.get("/kbs/v0/resource/r/t/x", &[("cookie", &c)]);
     assert_eq!(r.status, 200);
     let jwe: veil_kbs_client::protocol::FlattenedJwe = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(kp.decrypt(&jwe).unwrap().as_slice(), b"cookie secret");
+
+    // The token expires; the session (5 minutes) does not.
+    std::thread::sleep(Duration::from_millis(2100));
+    let old = format!("Bearer {t1}");
+    assert_refused(
+        &f.get("/kbs/v0/resource/r/t/x", &[("authorization", &old)]),
+        401,
+        "TokenVerifierError",
+        "expired",
+    );
+    assert_refused(
+        &f.get("/kbs/v0/resource/r/t/x", &[("cookie", &c)]),
+        401,
+        "TokenVerifierError",
+        "expired",
+    );
+
+    // Re-attesting on the same cookie, against the same challenge, gives a
+    // fresh token: new jti, later iat and exp, and it verifies.
+    let r2 = f.post_json("/kbs/v0/attest", Some(&cookie), &body);
+    let t2 = token_of(&r2);
+    assert_ne!(t1, t2, "a re-attestation returns a fresh token");
+    let (c1, c2) = (token_claims(&t1), token_claims(&t2));
+    assert_ne!(c1["jti"], c2["jti"]);
+    assert!(c2["iat"].as_u64() > c1["iat"].as_u64());
+    assert!(c2["exp"].as_u64() > c1["exp"].as_u64());
+    let new = format!("Bearer {t2}");
+    assert_eq!(
+        f.get("/kbs/v0/resource/r/t/x", &[("authorization", &new)])
+            .status,
+        200
+    );
+    // The session now carries the fresh token.
+    assert_eq!(
+        f.get("/kbs/v0/resource/r/t/x", &[("cookie", &c)]).status,
+        200
+    );
+
+    // A re-attestation whose evidence does not bind the session's nonce is
+    // refused and leaves the session's token in place.
+    let foreign = attestation_body(&guest, &jwk, &nonce, &jwk, "b3RoZXIgbm9uY2U=");
+    assert_refused(
+        &f.post_json("/kbs/v0/attest", Some(&cookie), &foreign),
+        401,
+        "AttestationError",
+        "report_data mismatch",
+    );
+    let (_, other_nonce) = f.auth("sim");
+    assert_refused(
+        &f.post_json(
+            "/kbs/v0/attest",
+            Some(&cookie),
+            &attestation_body(&guest, &jwk, &other_nonce, &jwk, &other_nonce),
+        ),
+        401,
+        "AttestationError",
+        "replayed or foreign nonce",
+    );
+    assert_eq!(
+        f.get("/kbs/v0/resource/r/t/x", &[("cookie", &c)]).status,
+        200
+    );
+
+    let audit = f.admin.audit(100).unwrap();
+    let reasons: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "attest")
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("re-attested, token issued")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("re-attestation refused, the session keeps its earlier token")),
+        "{reasons:?}"
+    );
 }
 
 #[test]
@@ -632,4 +729,96 @@ fn metrics_healthz_and_reference_values() {
     );
     let m = String::from_utf8(f.get("/metrics", &[]).body).unwrap();
     assert!(m.contains("veil_kbs_attest_total{result=\"ok\"} 1"), "{m}");
+}
+
+/// Client text with control characters cannot forge audit lines or drive
+/// the terminal of `veil kbs audit`: every free-text field of the stored
+/// row shows the characters escaped.
+#[test]
+fn attest_body_cannot_forge_audit_lines() {
+    const EVIL: &str = "\n2026-01-01 ALLOW forged\x1b[2J\u{202e}";
+    let f = start(Options::default());
+    let guest = f.guest();
+    let jwk = TeeKeyPair::generate(KeyType::EcP256).unwrap().public_jwk();
+    // A foreign nonce, echoed in the refusal.
+    let (cookie, nonce) = f.auth("sim");
+    let mut body: serde_json::Value =
+        serde_json::from_str(&attestation_body(&guest, &jwk, &nonce, &jwk, &nonce)).unwrap();
+    body["runtime-data"]["nonce"] = EVIL.into();
+    assert_refused(
+        &f.post_json("/kbs/v0/attest", Some(&cookie), &body.to_string()),
+        401,
+        "AttestationError",
+        "foreign nonce",
+    );
+    // A key type the parser quotes verbatim in its error.
+    let (cookie, nonce) = f.auth("sim");
+    let mut body: serde_json::Value =
+        serde_json::from_str(&attestation_body(&guest, &jwk, &nonce, &jwk, &nonce)).unwrap();
+    body["runtime-data"]["tee-pubkey"] = serde_json::json!({"kty": EVIL});
+    assert_refused(
+        &f.post_json("/kbs/v0/attest", Some(&cookie), &body.to_string()),
+        401,
+        "SerdeError",
+        "attestation",
+    );
+
+    let audit = f.admin.audit(100).unwrap();
+    let denials: Vec<&serde_json::Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "attest" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(denials.len(), 2, "{denials:?}");
+    for row in denials {
+        let text = row.to_string();
+        let reason = row["reason"].as_str().unwrap();
+        assert!(
+            !reason.chars().any(veil_kbs::text::is_unsafe_char),
+            "raw control character in {reason:?}"
+        );
+        assert!(
+            !text.chars().any(veil_kbs::text::is_unsafe_char),
+            "raw control character in {text}"
+        );
+        assert!(reason.contains("2026-01-01 ALLOW forged"), "{reason:?}");
+        assert!(
+            reason.contains("\\n2026-01-01 ALLOW forged\\x1b[2J\\u{202e}")
+                || reason.contains("\\n2026-01-01 ALLOW forged\\u{1b}[2J\\u{202e}"),
+            "the escapes are shown: {reason:?}"
+        );
+    }
+}
+
+/// Admin tokens are bound to this KBS's audience and single-use.
+#[test]
+fn admin_token_replay_and_foreign_audience_refused() {
+    let f = start(Options::default());
+    let key = veil_kbs_client::admin::AdminKey::from_pem(&f.admin_key_pem).unwrap();
+    let auth = format!("Bearer {}", key.token(60));
+    let list = |auth: &str| f.get("/kbs/v0/admin/resource", &[("authorization", auth)]);
+    assert_eq!(list(&auth).status, 200);
+    assert_refused(
+        &list(&auth),
+        401,
+        "AdminAuthAccess",
+        "already used (replay)",
+    );
+    let other = format!("Bearer {}", key.token_for("another-kbs", 60));
+    assert_refused(
+        &list(&other),
+        401,
+        "AdminAuthAccess",
+        "audience must be \"veil-kbs\"",
+    );
+    let long = format!("Bearer {}", key.token(3600));
+    assert_refused(&list(&long), 401, "AdminAuthAccess", "exceeds 600s");
+    let foreign = veil_kbs_client::admin::AdminClient::new(&f.client_cfg, key)
+        .unwrap()
+        .with_audience("another-kbs");
+    let e = foreign.list_resources().unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
+    // The default client sends the default audience.
+    assert!(f.admin.list_resources().is_ok());
 }

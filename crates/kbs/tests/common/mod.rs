@@ -20,6 +20,7 @@ pub struct Fixture {
     pub client_cfg: ClientConfig,
     pub http: Http,
     pub kek_hex: String,
+    pub admin_key_pem: String,
 }
 
 pub const MEASUREMENT: [u8; 48] = [0xab; 48];
@@ -29,6 +30,7 @@ pub struct Options {
     pub dev: bool,
     pub allow_sample: bool,
     pub session_timeout: Duration,
+    pub token_ttl: Duration,
     pub max_body: usize,
 }
 
@@ -39,6 +41,7 @@ impl Default for Options {
             dev: true,
             allow_sample: false,
             session_timeout: Duration::from_secs(300),
+            token_ttl: Duration::from_secs(300),
             max_body: 64 * 1024,
         }
     }
@@ -70,10 +73,12 @@ pub fn start(opts: Options) -> Fixture {
     cfg.dev = opts.dev;
     cfg.insecure_allow_sample = opts.allow_sample;
     cfg.session_timeout = opts.session_timeout;
+    cfg.token_ttl = opts.token_ttl;
     cfg.max_body_bytes = opts.max_body;
     let server = veil_kbs::spawn(cfg, 2).unwrap();
     let mut client_cfg = ClientConfig::new(server.url());
     client_cfg.ca_pem = Some(cert.cert.pem().into_bytes());
+    let admin_key_pem = admin_key.to_pem().unwrap().to_string();
     let admin = AdminClient::new(&client_cfg, admin_key).unwrap();
     let http = Http::new(&client_cfg).unwrap();
     Fixture {
@@ -84,6 +89,7 @@ pub fn start(opts: Options) -> Fixture {
         client_cfg,
         http,
         kek_hex,
+        admin_key_pem,
     }
 }
 

@@ -804,15 +804,19 @@ fn audit(a: AuditArgs) -> Result<ExitCode> {
         print_json(&recs);
         return Ok(ExitCode::SUCCESS);
     }
+    // Escaped again at print time: rows written by an older KBS (or a
+    // third-party server) may hold raw control characters that would forge
+    // lines or drive the terminal.
+    let esc = |v: &serde_json::Value| veil_kbs::text::escape_controls(v.as_str().unwrap_or(""));
     for r in recs.as_array().into_iter().flatten() {
         outln!(
             "#{} {} {:<8} {:<5} {} — {}",
             r["id"],
-            r["ts"].as_str().unwrap_or("?"),
-            r["kind"].as_str().unwrap_or(""),
-            r["decision"].as_str().unwrap_or(""),
-            r["subject"].as_str().unwrap_or(""),
-            r["reason"].as_str().unwrap_or("")
+            esc(&r["ts"]),
+            esc(&r["kind"]),
+            esc(&r["decision"]),
+            esc(&r["subject"]),
+            esc(&r["reason"])
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -48,6 +48,7 @@ fn host_and_workload_evidence_never_unlocks_the_kbs() {
         &env,
         &["--secret", "api-key=kbs:///default/secret/api-key", &img],
     );
+    let _rm_id = RmOnDrop(&env, id.clone());
     let rec = record_of(&env, &id);
     let kbs = rec["kbs_url"].as_str().unwrap().to_string();
     let init = std::fs::read_to_string(rec["init_data_file"].as_str().unwrap()).unwrap();
@@ -151,6 +152,7 @@ fn caller_descriptors_never_reach_the_workload() {
     hold_root_as_fd7(&mut run);
     let out = ok(run.output().unwrap());
     let id = text(&out.stdout).trim().to_string();
+    let _rm = RmOnDrop(&env, id.clone());
     let mut logs = String::new();
     for _ in 0..100 {
         logs = text(&ok(env.veil().args(["logs", &id]).output().unwrap()).stdout);
@@ -245,6 +247,7 @@ fn workload_b_cannot_read_workload_a_secret_or_image_key() {
             &format!("oci:{root}:a:enc"),
         ],
     );
+    let _rm_a = RmOnDrop(&env, a.clone());
     let b = run_detached(
         &env,
         &[
@@ -253,6 +256,7 @@ fn workload_b_cannot_read_workload_a_secret_or_image_key() {
             &format!("oci:{root}:plain"),
         ],
     );
+    let _rm_b = RmOnDrop(&env, b.clone());
     let api_a = api_socket(&record_of(&env, &a));
     let api_b = api_socket(&record_of(&env, &b));
 
@@ -401,6 +405,7 @@ fn unpack_limits_reach_the_guest_and_name_themselves() {
     // An owner's init-data: its policy decides, the flags are refused.
     let init = env.dir.path().join("init.toml");
     let id = run_detached(&env, &[&img]);
+    let _rm_id = RmOnDrop(&env, id.clone());
     let rec = record_of(&env, &id);
     std::fs::copy(rec["init_data_file"].as_str().unwrap(), &init).unwrap();
     ok(env.veil().args(["rm", "-f", &id]).output().unwrap());

@@ -644,6 +644,7 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
     hold_root_as_fd7(&mut run);
     let out = ok(run.output().unwrap());
     let id = text(&out.stdout).trim().to_string();
+    let _rm = RmOnDrop(&env, id.clone());
     let mut logs = String::new();
     for _ in 0..300 {
         logs = text(&ok(env.veil().args(["logs", &id]).output().unwrap()).stdout);

@@ -272,6 +272,16 @@ pub fn run_detached(env: &Env, args: &[&str]) -> String {
     id
 }
 
+/// Removes a detached sandbox (`veil rm -f`) when dropped, so a failing
+/// test leaves no sandbox running.
+pub struct RmOnDrop<'a>(pub &'a Env, pub String);
+
+impl Drop for RmOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.veil().args(["rm", "-f", &self.1]).output();
+    }
+}
+
 /// The record of sandbox `id`.
 pub fn record_of(env: &Env, id: &str) -> serde_json::Value {
     serde_json::from_slice(

@@ -26,6 +26,7 @@ pub mod secrets;
 pub mod serve;
 pub mod session;
 pub mod simguest;
+pub mod source;
 pub mod state;
 pub mod store;
 pub mod text;

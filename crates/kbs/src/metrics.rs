@@ -3,6 +3,18 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A value sampled at render time.
+pub struct Gauge {
+    /// Metric name.
+    pub name: &'static str,
+    /// `# HELP` text.
+    pub help: &'static str,
+    /// `gauge` or `counter`.
+    pub kind: &'static str,
+    /// The value.
+    pub value: u64,
+}
+
 /// Request outcome counters.
 #[derive(Default)]
 pub struct Metrics {
@@ -30,8 +42,9 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Render the exposition text; `sessions` is the current session count.
-    pub fn render(&self, sessions: usize) -> String {
+    /// Render the exposition text: these counters, then `gauges` (name,
+    /// help, type, value) sampled by the caller.
+    pub fn render(&self, gauges: &[Gauge]) -> String {
         let mut s = String::new();
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
@@ -72,10 +85,13 @@ impl Metrics {
                 ("{result=\"refused\"}", g(&self.admin_refused)),
             ],
         );
-        let _ = writeln!(
-            s,
-            "# HELP veil_kbs_sessions Open RCAR sessions.\n# TYPE veil_kbs_sessions gauge\nveil_kbs_sessions {sessions}"
-        );
+        for g in gauges {
+            let _ = writeln!(
+                s,
+                "# HELP {0} {1}\n# TYPE {0} {2}\n{0} {3}",
+                g.name, g.help, g.kind, g.value
+            );
+        }
         s
     }
 }

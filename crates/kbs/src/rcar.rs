@@ -10,6 +10,7 @@ use veil_kbs_client::protocol::{AuthRequest, PROTOCOL_VERSION, SESSION_COOKIE};
 use crate::error::{KbsError, Result};
 use crate::metrics::Metrics;
 use crate::session::{Lookup, Session, new_nonce, new_session_id};
+use crate::source::SourceKey;
 use crate::state::{AppState, now};
 use crate::verify::TeeKind;
 
@@ -43,9 +44,11 @@ pub fn lookup_error(l: Lookup) -> String {
     }
 }
 
-/// `/auth`: check the request `body` and open a session.
-pub fn auth(st: &AppState, body: &[u8]) -> Result<Opened> {
-    let r = auth_inner(st, body);
+/// `/auth` from `source`: check the request `body` and open an
+/// un-attested session (which may evict an older one, see
+/// [`crate::session`]).
+pub fn auth(st: &AppState, source: SourceKey, body: &[u8]) -> Result<Opened> {
+    let r = auth_inner(st, source, body);
     Metrics::inc(if r.is_ok() {
         &st.metrics.auth_ok
     } else {
@@ -54,7 +57,7 @@ pub fn auth(st: &AppState, body: &[u8]) -> Result<Opened> {
     r
 }
 
-fn auth_inner(st: &AppState, body: &[u8]) -> Result<Opened> {
+fn auth_inner(st: &AppState, source: SourceKey, body: &[u8]) -> Result<Opened> {
     let req: AuthRequest =
         crate::json::parse("auth request", body).map_err(KbsError::SerdeError)?;
     if req.version != PROTOCOL_VERSION {
@@ -79,18 +82,16 @@ fn auth_inner(st: &AppState, body: &[u8]) -> Result<Opened> {
     }
     let session_id = new_session_id();
     let nonce = new_nonce();
-    let expires = now() + st.cfg.session_timeout.as_secs();
-    st.sessions
-        .insert(
-            session_id.clone(),
-            Session::Authed {
-                tee: kind.name().to_string(),
-                nonce: nonce.clone(),
-                expires,
-            },
-            now(),
-        )
-        .map_err(KbsError::AttestationError)?;
+    let now = now();
+    let expires = now + st.cfg.session_timeout.as_secs();
+    st.sessions.open(
+        session_id.clone(),
+        kind.name().to_string(),
+        nonce.clone(),
+        source,
+        now,
+        expires,
+    );
     Ok(Opened {
         session_id,
         challenge: Challenge {
@@ -134,6 +135,7 @@ fn attest_inner(st: &AppState, id: &str, body: &[u8]) -> Result<Attested> {
             tee,
             nonce,
             expires,
+            ..
         } => (tee, nonce, expires, false),
     };
     match crate::attestation::appraise(st, &tee, &nonce, body, now) {
@@ -144,7 +146,7 @@ fn attest_inner(st: &AppState, id: &str, body: &[u8]) -> Result<Attested> {
                     .map_err(|l| KbsError::AttestationError(lookup_error(l)))?;
             } else {
                 st.sessions
-                    .insert(
+                    .attested(
                         id.to_string(),
                         Session::Attested {
                             tee,

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -55,7 +56,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
     let default_policy =
         crate::appraisal::compile(crate::appraisal::DEFAULT_POLICY).map_err(StartError)?;
     let state = AppState {
-        sessions: Sessions::new(cfg.max_sessions),
+        sessions: Sessions::new(cfg.session_limits()),
         cfg,
         store,
         signer,
@@ -141,7 +142,14 @@ pub async fn run(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
+        // The peer address rides in each request's extensions (as axum's
+        // `ConnectInfo`): per-source limits count by it.
+        let conn_router = router.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut r = conn_router.clone();
+            tower_service::Service::call(&mut r, req)
+        });
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -58,8 +58,15 @@ pub struct ServerConfig {
     pub token_ttl: Duration,
     /// Request body limit.
     pub max_body_bytes: usize,
-    /// Maximum open sessions.
+    /// Maximum attested sessions (each cost an accepted attestation).
     pub max_sessions: usize,
+    /// Time an un-attested session (after `/auth`) has to `/attest`.
+    pub unattested_timeout: Duration,
+    /// Un-attested sessions held at most; past it the oldest is evicted.
+    pub max_unattested_sessions: usize,
+    /// Un-attested sessions one source address (IPv4 address, IPv6 /64)
+    /// holds at most; past it that source's oldest is evicted.
+    pub unattested_sessions_per_source: usize,
     /// Maximum concurrent connections.
     pub max_connections: usize,
 }
@@ -87,7 +94,22 @@ impl ServerConfig {
             token_ttl: Duration::from_secs(300),
             max_body_bytes: 2 << 20,
             max_sessions: 100_000,
+            unattested_timeout: Duration::from_secs(60),
+            max_unattested_sessions: 100_000,
+            unattested_sessions_per_source: 256,
             max_connections: 1024,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The session table's limits.
+    pub fn session_limits(&self) -> crate::session::SessionLimits {
+        crate::session::SessionLimits {
+            max_attested: self.max_sessions,
+            max_unattested: self.max_unattested_sessions,
+            unattested_per_source: self.unattested_sessions_per_source,
+            unattested_timeout: self.unattested_timeout,
         }
     }
 }

@@ -6,11 +6,12 @@
 pub mod http;
 pub mod wire;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -18,8 +19,9 @@ use veil_kbs_client::protocol::SESSION_COOKIE;
 
 use crate::admin;
 use crate::error::{KbsError, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Gauge, Metrics};
 use crate::release::{Credential, resource_path};
+use crate::source::SourceKey;
 use crate::state::AppState;
 use http::{bearer, json_of, json_response, read_body, session_cookie, with_cookie};
 
@@ -41,7 +43,28 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let mut r = st.metrics.render(st.sessions.len()).into_response();
+    let (unattested, _) = st.sessions.unattested(&SourceKey::Unknown);
+    let gauges = [
+        Gauge {
+            name: "veil_kbs_sessions",
+            help: "Open RCAR sessions.",
+            kind: "gauge",
+            value: st.sessions.len() as u64,
+        },
+        Gauge {
+            name: "veil_kbs_sessions_unattested",
+            help: "Open RCAR sessions that have not attested yet.",
+            kind: "gauge",
+            value: unattested as u64,
+        },
+        Gauge {
+            name: "veil_kbs_sessions_evicted_total",
+            help: "Un-attested sessions evicted to make room (oldest first, per source).",
+            kind: "counter",
+            value: st.sessions.evicted(),
+        },
+    ];
+    let mut r = st.metrics.render(&gauges).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -66,10 +89,14 @@ async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let query = parts.uri.query().unwrap_or("").to_string();
     let (plugin, rest) = path.split_once('/').unwrap_or((&path, ""));
     let (plugin, rest) = (plugin.to_string(), rest.to_string());
+    let source = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SourceKey::Unknown, |c| SourceKey::of(c.0.ip()));
     let m = &parts.method;
     let h = &parts.headers;
     let result = match plugin.as_str() {
-        "auth" if rest.is_empty() && m == Method::POST => auth(&st, h, body).await,
+        "auth" if rest.is_empty() && m == Method::POST => auth(&st, source, h, body).await,
         "attest" if rest.is_empty() && m == Method::POST => attest(&st, h, body).await,
         "resource" if m == Method::GET => get_resource(&st, h, &rest, &query),
         "resource" if m == Method::POST || m == Method::PUT => {
@@ -140,11 +167,16 @@ async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response {
 
 // ---------------------------------------------------------------- RCAR ----
 
-async fn auth(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Response> {
+async fn auth(
+    st: &Arc<AppState>,
+    source: SourceKey,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let bytes = read_body(headers, body, st.cfg.max_body_bytes)
         .await
         .inspect_err(|_| Metrics::inc(&st.metrics.auth_refused))?;
-    let opened = crate::rcar::auth(st, &bytes)?;
+    let opened = crate::rcar::auth(st, source, &bytes)?;
     Ok(with_cookie(
         json_of(&opened.challenge),
         &opened.session_id,

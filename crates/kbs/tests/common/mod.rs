@@ -32,6 +32,11 @@ pub struct Options {
     pub session_timeout: Duration,
     pub token_ttl: Duration,
     pub max_body: usize,
+    /// Plain HTTP on loopback instead of TLS (abuse tests: the load
+    /// generator then measures the KBS, not TLS).
+    pub plain_http: bool,
+    /// Adjust the configuration last.
+    pub tweak: fn(&mut ServerConfig),
 }
 
 impl Default for Options {
@@ -43,6 +48,8 @@ impl Default for Options {
             session_timeout: Duration::from_secs(300),
             token_ttl: Duration::from_secs(300),
             max_body: 64 * 1024,
+            plain_http: false,
+            tweak: |_| {},
         }
     }
 }
@@ -75,9 +82,14 @@ pub fn start(opts: Options) -> Fixture {
     cfg.session_timeout = opts.session_timeout;
     cfg.token_ttl = opts.token_ttl;
     cfg.max_body_bytes = opts.max_body;
+    if opts.plain_http {
+        cfg.tls = None;
+    }
+    (opts.tweak)(&mut cfg);
     let server = veil_kbs::spawn(cfg, 2).unwrap();
     let mut client_cfg = ClientConfig::new(server.url());
     client_cfg.ca_pem = Some(cert.cert.pem().into_bytes());
+    client_cfg.allow_http = opts.plain_http;
     let admin_key_pem = admin_key.to_pem().unwrap().to_string();
     let admin = AdminClient::new(&client_cfg, admin_key).unwrap();
     let http = Http::new(&client_cfg).unwrap();

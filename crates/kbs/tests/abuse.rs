@@ -1,0 +1,217 @@
+//! Unauthenticated abuse, performed (issue 19): each test floods a KBS on
+//! loopback from one source address (a client socket bound to another
+//! 127.0.0.0/8 address) and checks that a legitimate client, from
+//! 127.0.0.1, still completes its handshake while the flood runs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use veil_kbs::policy::templates;
+use veil_kbs::source::SourceKey;
+use veil_kbs_client::{KeyType, ResourcePath};
+
+/// Where floods come from.
+const FLOOD_SOURCE: [u8; 4] = [127, 0, 0, 9];
+
+fn flood_ip() -> IpAddr {
+    IpAddr::from(FLOOD_SOURCE)
+}
+
+/// A loopback KBS over plain HTTP with a resource the legitimate client
+/// may fetch.
+fn server(tweak: fn(&mut veil_kbs::ServerConfig)) -> common::Fixture {
+    let f = common::start(common::Options {
+        plain_http: true,
+        tweak,
+        ..Default::default()
+    });
+    f.admin
+        .put_resource(&ResourcePath::parse("app/key/one").unwrap(), b"legit")
+        .unwrap();
+    f.admin
+        .set_resource_policy(Some("app"), templates::ALLOW_ALL)
+        .unwrap();
+    f
+}
+
+/// One full handshake (auth, attest, GET, decrypt) of a fresh client.
+fn legit_handshake(f: &common::Fixture) -> Result<Duration, String> {
+    let t = Instant::now();
+    let got = f
+        .client(KeyType::EcP256)
+        .get_resource(&ResourcePath::parse("app/key/one").unwrap())
+        .map_err(|e| e.to_string())?;
+    if got.as_slice() != b"legit" {
+        return Err("wrong resource value".into());
+    }
+    Ok(t.elapsed())
+}
+
+/// Send `total` copies of `request` pipelined over `conns` keep-alive
+/// connections from `source`; returns how many responses had each status.
+fn flood(
+    server: SocketAddr,
+    source: IpAddr,
+    conns: usize,
+    total: usize,
+    request: Vec<u8>,
+) -> HashMap<u16, usize> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let request = Arc::new(request);
+        let mut tasks = Vec::new();
+        for i in 0..conns {
+            let n = total / conns + usize::from(i < total % conns);
+            let request = request.clone();
+            tasks.push(tokio::spawn(async move {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(SocketAddr::new(source, 0)).unwrap();
+                let stream = sock.connect(server).await.unwrap();
+                let (mut rd, mut wr) = stream.into_split();
+                let writer = tokio::spawn(async move {
+                    let batch: Vec<u8> = request.repeat(64);
+                    let mut left = n;
+                    while left > 0 {
+                        let k = left.min(64);
+                        if wr.write_all(&batch[..k * request.len()]).await.is_err() {
+                            break;
+                        }
+                        left -= k;
+                    }
+                    wr
+                });
+                let mut statuses: HashMap<u16, usize> = HashMap::new();
+                let (mut seen, mut buf, mut carry) = (0usize, vec![0u8; 64 * 1024], Vec::new());
+                while seen < n {
+                    let k = match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => k,
+                    };
+                    carry.extend_from_slice(&buf[..k]);
+                    let mut at = 0;
+                    while let Some(p) = find(&carry[at..], b"HTTP/1.1 ") {
+                        let s = at + p + 9;
+                        if carry.len() < s + 3 {
+                            break;
+                        }
+                        let code = std::str::from_utf8(&carry[s..s + 3])
+                            .ok()
+                            .and_then(|c| c.parse().ok())
+                            .unwrap_or(0);
+                        *statuses.entry(code).or_default() += 1;
+                        seen += 1;
+                        at = s + 3;
+                    }
+                    carry.drain(..at.max(carry.len().saturating_sub(12)).min(carry.len()));
+                }
+                drop(writer.await);
+                statuses
+            }));
+        }
+        let mut all = HashMap::new();
+        for t in tasks {
+            for (k, v) in t.await.unwrap() {
+                *all.entry(k).or_default() += v;
+            }
+        }
+        all
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: kbs\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Run `flood` in a thread and legitimate handshakes from 127.0.0.1 until
+/// it ends; returns the flood's statuses and the handshake times (every
+/// one of which completed while the flood was running).
+fn during_flood(
+    f: &common::Fixture,
+    started: impl Fn() -> bool,
+    flood: impl FnOnce() -> HashMap<u16, usize> + Send + 'static,
+) -> (HashMap<u16, usize>, Vec<Duration>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let flooder = std::thread::spawn(move || {
+        let r = flood();
+        d.store(true, Ordering::SeqCst);
+        r
+    });
+    while !started() {
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "the flood ended before it was seen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut times = Vec::new();
+    while !done.load(Ordering::SeqCst) {
+        let t = legit_handshake(f).expect("a legitimate client gets through during the flood");
+        if !done.load(Ordering::SeqCst) {
+            times.push(t);
+        }
+    }
+    (flooder.join().unwrap(), times)
+}
+
+#[test]
+fn auth_flood_does_not_lock_out_attestation() {
+    let f = server(|_| {});
+    let st = f.server.as_ref().unwrap().state.clone();
+    let addr = f.server.as_ref().unwrap().addr;
+    const FLOOD: usize = 100_000;
+    let auth = post(
+        "/kbs/v0/auth",
+        r#"{"version":"0.4.0","tee":"sim","extra-params":""}"#,
+    );
+    let t = Instant::now();
+    let s2 = st.clone();
+    let (statuses, legit) = during_flood(
+        &f,
+        move || s2.metrics.auth_ok.load(Ordering::Relaxed) > 2_000,
+        move || flood(addr, flood_ip(), 8, FLOOD, auth),
+    );
+    let took = t.elapsed();
+    // Every flood request got its challenge: nothing is refused, the
+    // flooder's oldest challenges are evicted instead.
+    assert_eq!(statuses.get(&200), Some(&FLOOD), "{statuses:?}");
+    let limits = st.sessions.limits().clone();
+    let (all, flooder) = st.sessions.unattested(&SourceKey::of(flood_ip()));
+    assert_eq!(
+        flooder, limits.unattested_per_source,
+        "the flooder holds its cap, no more"
+    );
+    assert!(all <= flooder + 1, "{all} un-attested sessions");
+    assert!(st.sessions.evicted() >= (FLOOD - flooder) as u64);
+    assert!(!legit.is_empty(), "no handshake completed during the flood");
+    eprintln!(
+        "{FLOOD} /auth in {took:.2?} ({:.0}/s); {} legitimate handshakes during it, slowest {:.1?}",
+        FLOOD as f64 / took.as_secs_f64(),
+        legit.len(),
+        legit.iter().max().unwrap()
+    );
+    // The metrics say what happened.
+    let m = String::from_utf8(f.get("/metrics", &[]).body).unwrap();
+    assert!(m.contains(&format!(
+        "veil_kbs_sessions_evicted_total {}",
+        st.sessions.evicted()
+    )));
+}

@@ -14,6 +14,7 @@ pub mod api;
 pub mod appraisal;
 pub mod attestation;
 pub mod bench;
+pub mod connections;
 pub mod datadir;
 pub mod error;
 pub mod json;

@@ -14,9 +14,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
+use crate::connections::{ConnectionLimits, Connections};
 use crate::session::Sessions;
+use crate::source::SourceKey;
 use crate::state::{AppState, AttestationPolicy, ServerConfig};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -24,6 +26,8 @@ use crate::token::TokenSigner;
 
 /// Time allowed for a client to send its request headers (and the TLS handshake).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Listen backlog (the kernel caps it at `net.core.somaxconn`).
+pub const ACCEPT_BACKLOG: u32 = 4096;
 /// Largest request head accepted (cookies + Bearer token).
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 
@@ -55,6 +59,10 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
     let signer = TokenSigner::load_or_create(store.as_ref(), &cfg.kek).map_err(StartError)?;
     let default_policy =
         crate::appraisal::compile(crate::appraisal::DEFAULT_POLICY).map_err(StartError)?;
+    let connections = Connections::new(ConnectionLimits {
+        max: cfg.max_connections,
+        per_source: cfg.max_connections_per_source,
+    });
     let state = AppState {
         sessions: Sessions::new(cfg.session_limits()),
         cfg,
@@ -67,6 +75,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         resource_policies: RwLock::new(Arc::new(BTreeMap::new())),
         reference_values: RwLock::new(Arc::new(serde_json::Map::new())),
         metrics: Default::default(),
+        connections,
         release_pin: RwLock::new(None),
         admin_jtis: Default::default(),
         _data_dir_lock: lock,
@@ -116,7 +125,6 @@ pub async fn run(
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let router = crate::api::router(state.clone());
-    let limit = Arc::new(Semaphore::new(state.cfg.max_connections));
     let purge_state = state.clone();
     let purger = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -137,9 +145,14 @@ pub async fn run(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; dropping connection");
-            continue;
+        let mut admitted = match state.connections.admit(SourceKey::of(peer.ip())) {
+            Ok(a) => a,
+            Err(why) => {
+                // Counted in /metrics; a log line per refusal would be a
+                // flood of its own.
+                tracing::debug!(%peer, "connection refused: {why}");
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         // The peer address rides in each request's extensions (as axum's
@@ -152,30 +165,39 @@ pub async fn run(
         });
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let builder = {
-                let mut b = hyper::server::conn::http1::Builder::new();
-                b.timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(MAX_HEAD_BYTES);
-                b
-            };
-            let result = match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), svc).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
+            let shed = std::mem::replace(&mut admitted.shed, oneshot::channel().1);
+            let conn = async move {
+                let builder = {
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .max_buf_size(MAX_HEAD_BYTES);
+                    b
+                };
+                let result = match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                builder.serve_connection(TokioIo::new(stream), svc).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
                         }
-                        Err(_) => return,
                     }
+                    None => builder.serve_connection(TokioIo::new(tcp), svc).await,
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %crate::text::escape_controls(&e.to_string()), "connection ended with an error");
                 }
-                None => builder.serve_connection(TokioIo::new(tcp), svc).await,
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %crate::text::escape_controls(&e.to_string()), "connection ended with an error");
+            tokio::select! {
+                () = conn => {}
+                _ = shed => tracing::debug!(%peer, "connection shed to make room for other sources"),
             }
+            drop(admitted);
         });
     }
     purger.abort();
@@ -241,12 +263,27 @@ pub fn spawn(cfg: ServerConfig, workers: usize) -> Result<RunningServer, StartEr
         .enable_all()
         .build()
         .map_err(|e| StartError(format!("tokio runtime: {e}")))?;
-    let std_listener = std::net::TcpListener::bind(listen)
-        .map_err(|e| StartError(format!("binding {listen}: {e}")))?;
-    std_listener
-        .set_nonblocking(true)
+    // A deep accept queue: during a connection flood the accept loop, not
+    // the kernel, decides who gets in (per-source caps, fair shedding).
+    let listener = {
+        let _rt = rt.enter();
+        let socket = if listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
         .map_err(|e| StartError(format!("listener: {e}")))?;
-    let addr = std_listener
+        socket
+            .set_reuseaddr(true)
+            .map_err(|e| StartError(format!("listener: {e}")))?;
+        socket
+            .bind(listen)
+            .map_err(|e| StartError(format!("binding {listen}: {e}")))?;
+        socket
+            .listen(ACCEPT_BACKLOG)
+            .map_err(|e| StartError(format!("listening on {listen}: {e}")))?
+    };
+    let addr = listener
         .local_addr()
         .map_err(|e| StartError(format!("listener: {e}")))?;
     let (tx, rx) = oneshot::channel();
@@ -254,12 +291,7 @@ pub fn spawn(cfg: ServerConfig, workers: usize) -> Result<RunningServer, StartEr
     let thread = std::thread::Builder::new()
         .name("veil-kbs".into())
         .spawn(move || {
-            rt.block_on(async move {
-                match TcpListener::from_std(std_listener) {
-                    Ok(l) => run(l, st, tls, rx).await,
-                    Err(e) => tracing::error!(error = %e, "listener"),
-                }
-            });
+            rt.block_on(run(listener, st, tls, rx));
         })
         .map_err(|e| StartError(format!("server thread: {e}")))?;
     Ok(RunningServer {

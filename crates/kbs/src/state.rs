@@ -67,8 +67,10 @@ pub struct ServerConfig {
     /// Un-attested sessions one source address (IPv4 address, IPv6 /64)
     /// holds at most; past it that source's oldest is evicted.
     pub unattested_sessions_per_source: usize,
-    /// Maximum concurrent connections.
+    /// Maximum concurrent connections (all sources together).
     pub max_connections: usize,
+    /// Maximum concurrent connections of one source address.
+    pub max_connections_per_source: usize,
 }
 
 impl ServerConfig {
@@ -98,6 +100,7 @@ impl ServerConfig {
             max_unattested_sessions: 100_000,
             unattested_sessions_per_source: 256,
             max_connections: 1024,
+            max_connections_per_source: 128,
         }
     }
 }
@@ -140,6 +143,8 @@ pub struct AppState {
     pub reference_values: RwLock<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Counters.
     pub metrics: Metrics,
+    /// Open connections, per source.
+    pub connections: Arc<crate::connections::Connections>,
     /// `jti`s of admin tokens already used.
     pub admin_jtis: crate::admin_auth::ReplayCache,
     /// Set by an embedded KBS that serves one workload only.

@@ -215,3 +215,84 @@ fn auth_flood_does_not_lock_out_attestation() {
         st.sessions.evicted()
     )));
 }
+
+/// Open `n` connections from `source` and keep them, idle.
+fn hold(server: SocketAddr, source: IpAddr, n: usize) -> Vec<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            tasks.push(tokio::spawn(async move {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(SocketAddr::new(source, 0)).unwrap();
+                sock.connect(server).await.unwrap().into_std().unwrap()
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn idle_connection_flood_does_not_lock_out_clients() {
+    let f = server(|_| {});
+    let st = f.server.as_ref().unwrap().state.clone();
+    let addr = f.server.as_ref().unwrap().addr;
+    let (max, per_source) = (st.cfg.max_connections, st.cfg.max_connections_per_source);
+    // One client holds 1100 idle connections (more than the server's 1024).
+    const HELD: usize = 1100;
+    let _flood = hold(addr, flood_ip(), HELD);
+    let flooder = SourceKey::of(flood_ip());
+    wait_for("the server to take or refuse every connection", || {
+        let s = st.connections.stats();
+        st.connections.held_by(&flooder) == per_source
+            && s.refused_per_source == (HELD - per_source) as u64
+    });
+    legit_handshake(&f).expect("a client from elsewhere gets through");
+
+    // Now many clients: 8 more sources hold their cap each, 1152 wanted in
+    // all. The server sheds from whoever holds most, so each keeps a fair
+    // share and a newcomer still gets in.
+    let before = st.connections.stats().decided;
+    let mut others = Vec::new();
+    for last in 10..18u8 {
+        others.push(hold(addr, IpAddr::from([127, 0, 0, last]), per_source));
+    }
+    wait_for("the server to take or refuse every connection", || {
+        st.connections.stats().decided >= before + 8 * per_source as u64
+    });
+    let s = st.connections.stats();
+    assert_eq!(s.open, max, "{s:?}");
+    assert!(s.shed > 0, "{s:?}");
+    let held: Vec<usize> = (9..18u8)
+        .map(|l| st.connections.held_by(&SourceKey::V4([127, 0, 0, l])))
+        .collect();
+    let (lo, hi) = (held.iter().min().unwrap(), held.iter().max().unwrap());
+    assert!(hi - lo <= 2, "shares are fair: {held:?}");
+    let t = legit_handshake(&f).expect("a newcomer gets in on a full server");
+    let s = st.connections.stats();
+    assert!(s.open <= max, "{s:?}");
+    eprintln!("full server, newcomer's handshake in {t:.1?}; {s:?}");
+    let m = String::from_utf8(f.get("/metrics", &[]).body).unwrap();
+    assert!(m.contains(&format!(
+        "veil_kbs_connections_refused_per_source_total {}",
+        HELD - per_source
+    )));
+}

@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let (unattested, _) = st.sessions.unattested(&SourceKey::Unknown);
+    let conns = st.connections.stats();
     let gauges = [
         Gauge {
             name: "veil_kbs_sessions",
@@ -62,6 +63,30 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             help: "Un-attested sessions evicted to make room (oldest first, per source).",
             kind: "counter",
             value: st.sessions.evicted(),
+        },
+        Gauge {
+            name: "veil_kbs_connections",
+            help: "Open connections.",
+            kind: "gauge",
+            value: conns.open as u64,
+        },
+        Gauge {
+            name: "veil_kbs_connections_shed_total",
+            help: "Connections closed to make room for a source holding fewer.",
+            kind: "counter",
+            value: conns.shed,
+        },
+        Gauge {
+            name: "veil_kbs_connections_refused_per_source_total",
+            help: "Connections refused because their source held its cap.",
+            kind: "counter",
+            value: conns.refused_per_source,
+        },
+        Gauge {
+            name: "veil_kbs_connections_refused_full_total",
+            help: "Connections refused because all were in use and fairly shared.",
+            kind: "counter",
+            value: conns.refused_full,
         },
     ];
     let mut r = st.metrics.render(&gauges).into_response();

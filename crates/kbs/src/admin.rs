@@ -8,14 +8,21 @@ use veil_kbs_client::ResourcePath;
 
 use crate::error::{KbsError, Result};
 use crate::metrics::Metrics;
+use crate::source::SourceKey;
 use crate::state::{AppState, now};
 use crate::store::{AuditRecord, ResourceMeta};
 
 /// Lifetime of sample-provisioned reference values (as Trustee's RVPS).
 pub const REFERENCE_VALUE_LIFETIME_SECS: u64 = 365 * 24 * 3600;
 
-/// Check the admin token of a call to `what`; returns its subject.
-pub fn authorize(st: &AppState, bearer: Option<&str>, what: &str) -> Result<String> {
+/// Check the admin token of a call to `what` from `source`; returns its
+/// subject.
+pub fn authorize(
+    st: &AppState,
+    source: &SourceKey,
+    bearer: Option<&str>,
+    what: &str,
+) -> Result<String> {
     let r = match bearer {
         None => Err(format!(
             "{what}: no `Authorization: Bearer <admin token>` header"
@@ -31,14 +38,15 @@ pub fn authorize(st: &AppState, bearer: Option<&str>, what: &str) -> Result<Stri
     };
     r.map_err(|e| {
         Metrics::inc(&st.metrics.admin_refused);
-        st.audit("admin", what, "deny", &e, serde_json::json!({}));
+        st.audit_refusal(source, "admin", what, &e);
         KbsError::AdminAuthAccess(e)
     })
 }
 
 fn done(st: &AppState, what: &str, subject: &str, details: serde_json::Value) {
     Metrics::inc(&st.metrics.admin_ok);
-    st.audit("admin", what, "ok", subject, details);
+    // The change is made; a failed audit write is logged by `audit`.
+    let _ = st.audit("admin", what, "ok", subject, details);
 }
 
 fn internal(e: crate::store::StoreError) -> KbsError {
@@ -205,6 +213,9 @@ pub fn reference_values(st: &AppState, name: &str) -> Result<serde_json::Value> 
 
 /// The newest `limit` audit records, newest first, of one `kind` or all.
 pub fn audit(st: &AppState, limit: u32, kind: Option<&str>) -> Result<Vec<AuditRecord>> {
+    // Refusal rows are queued, not waited for: commit them first so that
+    // the answer holds every refusal made before it was asked for.
+    st.audit_log.sync().map_err(KbsError::PluginInternalError)?;
     let recs = st.store.query_audit(limit, kind).map_err(internal)?;
     Metrics::inc(&st.metrics.admin_ok);
     Ok(recs)

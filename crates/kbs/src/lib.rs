@@ -13,6 +13,7 @@ pub mod admin_auth;
 pub mod api;
 pub mod appraisal;
 pub mod attestation;
+pub mod audit;
 pub mod bench;
 pub mod connections;
 pub mod datadir;

@@ -102,11 +102,16 @@ fn auth_inner(st: &AppState, source: SourceKey, body: &[u8]) -> Result<Opened> {
     })
 }
 
-/// `/attest` on the session `session_id` (from the cookie) with the
+/// `/attest` from `source` on the session `session_id` (from the cookie) with the
 /// attestation `body`. Runs verification inline: call it off the async
 /// workers.
-pub fn attest(st: &AppState, session_id: &str, body: &[u8]) -> Result<Attested> {
-    let r = attest_inner(st, session_id, body);
+pub fn attest(
+    st: &AppState,
+    source: &SourceKey,
+    session_id: &str,
+    body: &[u8],
+) -> Result<Attested> {
+    let r = attest_inner(st, source, session_id, body);
     Metrics::inc(if r.is_ok() {
         &st.metrics.attest_ok
     } else {
@@ -115,7 +120,7 @@ pub fn attest(st: &AppState, session_id: &str, body: &[u8]) -> Result<Attested> 
     r
 }
 
-fn attest_inner(st: &AppState, id: &str, body: &[u8]) -> Result<Attested> {
+fn attest_inner(st: &AppState, source: &SourceKey, id: &str, body: &[u8]) -> Result<Attested> {
     let now = now();
     let session = st
         .sessions
@@ -163,7 +168,9 @@ fn attest_inner(st: &AppState, id: &str, body: &[u8]) -> Result<Attested> {
             } else {
                 a.reason
             };
-            st.audit("attest", &a.subject, "allow", &reason, a.details);
+            // A failed audit write is logged; the token is issued (the
+            // releases it leads to are audited, and refused if they cannot be).
+            let _ = st.audit("attest", &a.subject, "allow", &reason, a.details);
             Ok(Attested {
                 token: a.token,
                 expires,
@@ -175,7 +182,7 @@ fn attest_inner(st: &AppState, id: &str, body: &[u8]) -> Result<Attested> {
             } else {
                 e.to_string()
             };
-            st.audit("attest", &tee, "deny", &reason, serde_json::json!({}));
+            st.audit_refusal(source, "attest", &tee, &reason);
             Err(e)
         }
     }

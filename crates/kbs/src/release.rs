@@ -13,6 +13,7 @@ use crate::error::{KbsError, Result};
 use crate::metrics::Metrics;
 use crate::rcar::lookup_error;
 use crate::session::Session;
+use crate::source::SourceKey;
 use crate::state::{AppState, now};
 
 /// What a resource request presents.
@@ -33,11 +34,12 @@ pub fn resource_path(rest: &str) -> Result<ResourcePath> {
     ResourcePath::parse(rest).map_err(|e| KbsError::InvalidRequestPath(e.to_string()))
 }
 
-/// Release the resource at `rest` to `credential`; `query` holds the URL's
+/// Release the resource at `rest` to `credential` (from `source`); `query` holds the URL's
 /// query parameters, given to the policy as `data.query`. Does store I/O
 /// and policy evaluation inline: call it off the async workers.
 pub fn release(
     st: &AppState,
+    source: &SourceKey,
     credential: Option<Credential<'_>>,
     rest: &str,
     query: serde_json::Map<String, serde_json::Value>,
@@ -48,13 +50,7 @@ pub fn release(
         Err(e) => {
             Metrics::inc(&st.metrics.resource_refused);
             if !matches!(e, KbsError::InvalidRequestPath(_)) {
-                st.audit(
-                    "resource",
-                    rest,
-                    "deny",
-                    &e.to_string(),
-                    serde_json::json!({}),
-                );
+                st.audit_refusal(source, "resource", rest, &e.to_string());
             }
         }
     }
@@ -165,13 +161,19 @@ fn release_inner(
         TeePubKey::RSA { .. } => "RSA".into(),
         TeePubKey::AKP { .. } => "AKP".into(),
     };
+    // Durable with the answer: no release leaves without its audit row.
     st.audit(
         "resource",
         &path.to_string(),
         "allow",
         &format!("released by policy scope {scope:?}"),
         serde_json::json!({"tee": tee, "size": meta.size, "key": kty, "token_jti": claims.get("jti")}),
-    );
+    )
+    .map_err(|e| {
+        KbsError::PluginInternalError(format!(
+            "{path}: the audit row of this release could not be written ({e}), so nothing is released"
+        ))
+    })?;
     tracing::info!(resource = %path, tee, "resource released");
     Ok(jwe)
 }

@@ -63,6 +63,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         max: cfg.max_connections,
         per_source: cfg.max_connections_per_source,
     });
+    let audit_log = crate::audit::AuditLog::start(store.clone(), cfg.audit_limits());
     let state = AppState {
         sessions: Sessions::new(cfg.session_limits()),
         cfg,
@@ -76,6 +77,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         reference_values: RwLock::new(Arc::new(serde_json::Map::new())),
         metrics: Default::default(),
         connections,
+        audit_log,
         release_pin: RwLock::new(None),
         admin_jtis: Default::default(),
         _data_dir_lock: lock,

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::policy::RegoPolicy;
 use crate::secrets::Kek;
 use crate::session::Sessions;
-use crate::store::{AuditRecord, Store};
+use crate::store::Store;
 use crate::text::escape_controls;
 use crate::token::TokenSigner;
 
@@ -67,6 +67,13 @@ pub struct ServerConfig {
     /// Un-attested sessions one source address (IPv4 address, IPv6 /64)
     /// holds at most; past it that source's oldest is evicted.
     pub unattested_sessions_per_source: usize,
+    /// Audit rows older than this are deleted (hourly); zero keeps them.
+    pub audit_retention: Duration,
+    /// Refusals stored row by row per source and kind in each
+    /// `audit_window`; the rest are counted into one summary row.
+    pub audit_refusal_rows: u32,
+    /// The refusal rate-limit window.
+    pub audit_window: Duration,
     /// Maximum concurrent connections (all sources together).
     pub max_connections: usize,
     /// Maximum concurrent connections of one source address.
@@ -99,6 +106,9 @@ impl ServerConfig {
             unattested_timeout: Duration::from_secs(60),
             max_unattested_sessions: 100_000,
             unattested_sessions_per_source: 256,
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            audit_refusal_rows: 10,
+            audit_window: Duration::from_secs(60),
             max_connections: 1024,
             max_connections_per_source: 128,
         }
@@ -106,6 +116,16 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
+    /// The audit log's limits.
+    pub fn audit_limits(&self) -> crate::audit::AuditLimits {
+        crate::audit::AuditLimits {
+            refusal_rows: self.audit_refusal_rows,
+            window: self.audit_window,
+            retention: self.audit_retention,
+            ..Default::default()
+        }
+    }
+
     /// The session table's limits.
     pub fn session_limits(&self) -> crate::session::SessionLimits {
         crate::session::SessionLimits {
@@ -143,6 +163,8 @@ pub struct AppState {
     pub reference_values: RwLock<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Counters.
     pub metrics: Metrics,
+    /// The audit log's writer and refusal rate limiter.
+    pub audit_log: crate::audit::AuditLog,
     /// Open connections, per source.
     pub connections: Arc<crate::connections::Connections>,
     /// `jti`s of admin tokens already used.
@@ -254,11 +276,12 @@ impl AppState {
         Ok(())
     }
 
-    /// Record an audit event (errors are logged: an audit failure must not
-    /// hide the decision, but it is reported). Subject, reason and every
-    /// string in `details` may carry client text: their control characters
-    /// are escaped ([`crate::text::escape_controls`]) so that no row can
-    /// forge another line or drive the terminal of `veil kbs audit`.
+    /// Record a decision that released or changed something, durably:
+    /// returns once its row is committed (see [`crate::audit`]). Subject,
+    /// reason and every string in `details` may carry client text: their
+    /// control characters are escaped ([`crate::text::escape_controls`]) so
+    /// that no row can forge another line or drive the terminal of `veil
+    /// kbs audit`. A failure is logged and returned.
     pub fn audit(
         &self,
         kind: &str,
@@ -266,18 +289,22 @@ impl AppState {
         decision: &str,
         reason: &str,
         details: serde_json::Value,
+    ) -> Result<(), String> {
+        let rec = crate::audit::record(kind, subject, decision, reason, details);
+        self.audit_log.durable(rec).inspect_err(|e| {
+            tracing::error!(error = %escape_controls(e), kind, "audit write failed");
+        })
+    }
+
+    /// Record a refusal from `source`, rate-limited per source and kind
+    /// (see [`crate::audit`]). Never waits for the disk.
+    pub fn audit_refusal(
+        &self,
+        source: &crate::source::SourceKey,
+        kind: &'static str,
+        subject: &str,
+        reason: &str,
     ) {
-        let rec = AuditRecord {
-            id: 0,
-            ts: now(),
-            kind: kind.into(),
-            subject: escape_controls(&subject.chars().take(256).collect::<String>()),
-            decision: decision.into(),
-            reason: escape_controls(&reason.chars().take(2048).collect::<String>()),
-            details: crate::text::escape_json(details),
-        };
-        if let Err(e) = self.store.append_audit(&rec) {
-            tracing::error!(error = %escape_controls(&e.to_string()), kind, "audit write failed");
-        }
+        self.audit_log.refusal(source, kind, subject, reason);
     }
 }

@@ -122,52 +122,51 @@ async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response {
     let h = &parts.headers;
     let result = match plugin.as_str() {
         "auth" if rest.is_empty() && m == Method::POST => auth(&st, source, h, body).await,
-        "attest" if rest.is_empty() && m == Method::POST => attest(&st, h, body).await,
-        "resource" if m == Method::GET => get_resource(&st, h, &rest, &query),
+        "attest" if rest.is_empty() && m == Method::POST => attest(&st, &source, h, body).await,
+        "resource" if m == Method::GET => get_resource(&st, &source, h, &rest, &query),
         "resource" if m == Method::POST || m == Method::PUT => {
-            match authorize(&st, h, "put resource") {
+            match authorize(&st, &source, h, "put resource") {
                 Ok(()) => put_resource(&st, h, &rest, body).await,
                 Err(e) => Err(e),
             }
         }
         "resource" if m == Method::DELETE => {
-            authorize(&st, h, "delete resource").and_then(|()| delete_resource(&st, &rest))
+            authorize(&st, &source, h, "delete resource").and_then(|()| delete_resource(&st, &rest))
         }
-        "admin" if m == Method::GET => {
-            authorize(&st, h, "resource info").and_then(|()| admin_resource_info(&st, &rest))
-        }
+        "admin" if m == Method::GET => authorize(&st, &source, h, "resource info")
+            .and_then(|()| admin_resource_info(&st, &rest)),
         "resource-policy" if rest.is_empty() && m == Method::POST => {
-            match authorize(&st, h, "set resource policy") {
+            match authorize(&st, &source, h, "set resource policy") {
                 Ok(()) => set_resource_policy(&st, h, body).await,
                 Err(e) => Err(e),
             }
         }
         "resource-policy" if rest.is_empty() && m == Method::GET => {
-            authorize(&st, h, "get resource policy").map(|()| list_resource_policies(&st))
+            authorize(&st, &source, h, "get resource policy").map(|()| list_resource_policies(&st))
         }
         "attestation-policy" if rest.is_empty() && m == Method::POST => {
-            match authorize(&st, h, "set attestation policy") {
+            match authorize(&st, &source, h, "set attestation policy") {
                 Ok(()) => set_attestation_policy(&st, h, body).await,
                 Err(e) => Err(e),
             }
         }
         "attestation-policy" if rest.is_empty() && m == Method::GET => {
-            authorize(&st, h, "get attestation policy").map(|()| {
+            authorize(&st, &source, h, "get attestation policy").map(|()| {
                 let p = st.attestation_policy();
                 json_response(&serde_json::json!({"policy_id": p.id, "policy": p.policy.text()}))
             })
         }
         "reference-value" if rest.is_empty() && m == Method::POST => {
-            match authorize(&st, h, "set reference value") {
+            match authorize(&st, &source, h, "set reference value") {
                 Ok(()) => set_reference_value(&st, h, body).await,
                 Err(e) => Err(e),
             }
         }
-        "reference-value" if m == Method::GET => authorize(&st, h, "get reference value")
+        "reference-value" if m == Method::GET => authorize(&st, &source, h, "get reference value")
             .and_then(|()| admin::reference_values(&st, &rest))
             .map(|v| json_response(&v)),
         "audit" if rest.is_empty() && m == Method::GET => {
-            authorize(&st, h, "audit").and_then(|()| audit(&st, &query))
+            authorize(&st, &source, h, "audit").and_then(|()| audit(&st, &query))
         }
         "jwks" if rest.is_empty() && m == Method::GET => Ok(json_response(&st.signer.jwks())),
         "auth" | "attest" | "resource" | "admin" | "resource-policy" | "attestation-policy"
@@ -209,7 +208,12 @@ async fn auth(
     ))
 }
 
-async fn attest(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Response> {
+async fn attest(
+    st: &Arc<AppState>,
+    source: &SourceKey,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let refused = |e| {
         Metrics::inc(&st.metrics.attest_refused);
         e
@@ -224,7 +228,7 @@ async fn attest(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<R
     let bytes = read_body(headers, body, st.cfg.max_body_bytes)
         .await
         .map_err(refused)?;
-    let attested = blocking(|| crate::rcar::attest(st, &id, &bytes))?;
+    let attested = blocking(|| crate::rcar::attest(st, source, &id, &bytes))?;
     Ok(with_cookie(
         json_response(&serde_json::json!({ "token": attested.token })),
         &id,
@@ -236,6 +240,7 @@ async fn attest(st: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<R
 
 fn get_resource(
     st: &Arc<AppState>,
+    source: &SourceKey,
     headers: &HeaderMap,
     rest: &str,
     query: &str,
@@ -246,15 +251,21 @@ fn get_resource(
         (None, Some(id)) => Some(Credential::Session(id)),
         (None, None) => None,
     };
-    let jwe = blocking(|| crate::release::release(st, credential, rest, http::query_map(query)))?;
+    let jwe =
+        blocking(|| crate::release::release(st, source, credential, rest, http::query_map(query)))?;
     Ok(json_of(&jwe))
 }
 
 // --------------------------------------------------------------- admin ----
 
-fn authorize(st: &Arc<AppState>, headers: &HeaderMap, what: &str) -> Result<()> {
+fn authorize(
+    st: &Arc<AppState>,
+    source: &SourceKey,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<()> {
     let token = bearer(headers);
-    blocking(|| admin::authorize(st, token.as_deref(), what)).map(|_| ())
+    blocking(|| admin::authorize(st, source, token.as_deref(), what)).map(|_| ())
 }
 
 async fn put_resource(

@@ -103,6 +103,14 @@ pub trait Store: Send + Sync {
 
     /// Append an audit record.
     fn append_audit(&self, rec: &AuditRecord) -> Result<()>;
+    /// Append several audit records, durable together on return (one
+    /// transaction where the store has them).
+    fn append_audit_batch(&self, recs: &[AuditRecord]) -> Result<()> {
+        recs.iter().try_for_each(|r| self.append_audit(r))
+    }
+    /// Delete the audit records older than `before` (Unix seconds);
+    /// returns how many.
+    fn prune_audit(&self, before: u64) -> Result<u64>;
     /// The newest `limit` records, newest first; `kind` filters.
     fn query_audit(&self, limit: u32, kind: Option<&str>) -> Result<Vec<AuditRecord>>;
 }

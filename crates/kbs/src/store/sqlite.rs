@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{AuditRecord, ResourceMeta, Result, SealedBlob, Store, StoreError};
 
 /// Current schema version.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE resources (
@@ -51,9 +51,20 @@ CREATE TABLE audit (
 CREATE INDEX audit_kind ON audit(kind, id);
 ";
 
-/// SQLite-backed [`Store`].
+/// v1 → v2: audit retention deletes by time.
+const SCHEMA_V2: &str = "CREATE INDEX audit_ts ON audit(ts);";
+
+/// Read connections kept open beside the writer (WAL lets them read while
+/// a write commits).
+const READERS: usize = 4;
+
+/// SQLite-backed [`Store`]: one writer connection and a few reader
+/// connections, so that reads (a resource on the release path, policies,
+/// the audit query) never wait behind a write's sync.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -88,9 +99,15 @@ impl SqliteStore {
         match version {
             0 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(|e| StoreError(format!("creating schema: {e}")))?;
+            }
+            1 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(|e| StoreError(format!("migrating schema 1 to 2: {e}")))?;
             }
             SCHEMA_VERSION => {}
             other => {
@@ -100,9 +117,41 @@ impl SqliteStore {
                 )));
             }
         }
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| StoreError(format!("opening {} to read: {e}", path.display())))?;
+            r.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(err)?;
+            readers.push(Mutex::new(r));
+        }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Run a read on a free reader connection (the next one in turn if
+    /// all are busy).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.readers.len();
+        let guard = (0..n)
+            .find_map(|i| self.readers[(start + i) % n].try_lock().ok())
+            .map(Ok)
+            .unwrap_or_else(|| {
+                self.readers[start % n]
+                    .lock()
+                    .map_err(|_| StoreError("store lock poisoned".into()))
+            })?;
+        f(&guard).map_err(err)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -135,7 +184,7 @@ impl Store for SqliteStore {
     }
 
     fn get_resource(&self, path: &str) -> Result<Option<(ResourceMeta, SealedBlob)>> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT size, updated_at, kek_id, nonce, ciphertext FROM resources WHERE path = ?1",
                 params![path],
@@ -164,7 +213,7 @@ impl Store for SqliteStore {
     }
 
     fn list_resources(&self) -> Result<Vec<ResourceMeta>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st =
                 c.prepare("SELECT path, size, updated_at, kek_id FROM resources ORDER BY path")?;
             let rows = st.query_map([], |r| {
@@ -221,7 +270,7 @@ impl Store for SqliteStore {
     }
 
     fn kek_ids(&self) -> Result<Vec<String>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st = c.prepare(
                 "SELECT kek_id FROM resources UNION SELECT kek_id FROM sealed_meta ORDER BY 1",
             )?;
@@ -231,7 +280,7 @@ impl Store for SqliteStore {
     }
 
     fn get_sealed_meta(&self, key: &str) -> Result<Option<SealedBlob>> {
-        self.with(|c| {
+        self.read(|c| {
             c.query_row(
                 "SELECT kek_id, nonce, ciphertext FROM sealed_meta WHERE key = ?1",
                 params![key],
@@ -264,7 +313,7 @@ impl Store for SqliteStore {
     }
 
     fn list_policies(&self, kind: &str) -> Result<Vec<(String, String)>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut st =
                 c.prepare("SELECT scope, text FROM policies WHERE kind = ?1 ORDER BY scope")?;
             let rows = st.query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -289,7 +338,7 @@ impl Store for SqliteStore {
     }
 
     fn list_reference_values(&self) -> Result<Vec<(String, serde_json::Value, u64)>> {
-        let rows: Vec<(String, String, i64)> = self.with(|c| {
+        let rows: Vec<(String, String, i64)> = self.read(|c| {
             let mut st =
                 c.prepare("SELECT name, value, expires_at FROM reference_values ORDER BY name")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -314,8 +363,37 @@ impl Store for SqliteStore {
         })
     }
 
-    fn query_audit(&self, limit: u32, kind: Option<&str>) -> Result<Vec<AuditRecord>> {
+    fn append_audit_batch(&self, recs: &[AuditRecord]) -> Result<()> {
         self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO audit (ts, kind, subject, decision, reason, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for rec in recs {
+                    st.execute(params![
+                        to_i64(rec.ts),
+                        rec.kind,
+                        rec.subject,
+                        rec.decision,
+                        rec.reason,
+                        rec.details.to_string()
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn prune_audit(&self, before: u64) -> Result<u64> {
+        self.with(|c| {
+            c.execute("DELETE FROM audit WHERE ts < ?1", params![to_i64(before)])
+                .map(|n| n as u64)
+        })
+    }
+
+    fn query_audit(&self, limit: u32, kind: Option<&str>) -> Result<Vec<AuditRecord>> {
+        self.read(|c| {
             let mut st = c.prepare(
                 "SELECT id, ts, kind, subject, decision, reason, details FROM audit
                  WHERE (?1 IS NULL OR kind = ?1) ORDER BY id DESC LIMIT ?2",

@@ -8,9 +8,11 @@
 //! Not for: the guest side (that is `veil-kbs-client`, which this crate uses
 //! for the shared wire formats), producing evidence (`veil-tee`).
 
+pub mod admin;
 pub mod admin_auth;
 pub mod api;
 pub mod appraisal;
+pub mod attestation;
 pub mod bench;
 pub mod datadir;
 pub mod error;
@@ -18,6 +20,8 @@ pub mod json;
 pub mod metrics;
 pub mod pin;
 pub mod policy;
+pub mod rcar;
+pub mod release;
 pub mod secrets;
 pub mod serve;
 pub mod session;

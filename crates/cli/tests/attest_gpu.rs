@@ -91,3 +91,68 @@ fn the_hopper_fixture_verifies_and_refusals_name_the_check() {
     let out = verify_gpu(&junk, &["--at", AT]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn rim_dir_selection_refuses_naming_the_missing_vbios_rim_and_never_follows_symlinks() {
+    let report = fix("hopperAttestationReport.txt");
+    let rims = fix("rims");
+    let args = ["--nonce", NONCE, "--at", "2024-06-01T00:00:00Z", "--json"];
+    let out = verify_gpu(
+        &report,
+        &[&args[..], &["--rim-dir", rims.to_str().unwrap()]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["check"], "nvidia.rim_select", "{v}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no RIM for VBIOS 96.00.9f.00.01")
+            && err.contains("have: 545.00, 96.00.5E.00.01"),
+        "{err}"
+    );
+
+    // A directory holding only a symbolic link to a RIM: the link is not
+    // followed, so the directory has no RIM at all.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        rims.join("Driver_RIM_test_no_gpu.swidtag"),
+        dir.path().join("driver.swidtag"),
+    )
+    .unwrap();
+    let out = verify_gpu(
+        &report,
+        &[&args[..], &["--rim-dir", dir.path().to_str().unwrap()]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("have: no GH100 RIM"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn revocation_can_be_required_and_ocsp_files_are_parsed() {
+    let report = fix("hopperAttestationReport.txt");
+    // Without OCSP responses a policy that requires revocation refuses.
+    let out = verify_gpu(&report, &["--at", AT, "--require-revocation", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["check"], "nvidia.revocation", "{v}");
+    assert!(
+        text(&out.stderr).contains("--ocsp"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A file that is not an OCSP response: malformed, exit 2.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("leaf.ocsp");
+    std::fs::write(&junk, b"\x30\x03\x0a\x01\x00").unwrap();
+    let out = verify_gpu(&report, &["--at", AT, "--ocsp", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("OCSP response"),
+        "{}",
+        text(&out.stderr)
+    );
+}

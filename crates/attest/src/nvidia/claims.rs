@@ -23,11 +23,12 @@ pub struct GpuClaims {
     pub hwmodel: String,
     /// Leaf certificate serial number, hex (NVIDIA's `ueid`).
     pub ueid: String,
-    /// Whether the device certificates' revocation (OCSP) was checked:
-    /// always false in this version, so a policy can refuse it.
+    /// Whether the revocation (OCSP) of every certificate involved (the
+    /// device chain and, when measurements were appraised, both RIM signer
+    /// chains) was checked with supplied responses; a policy can require it.
     pub revocation_checked: bool,
-    /// Whether the measurements were compared with NVIDIA's reference
-    /// integrity manifests: always false in this version.
+    /// Whether the measurements were compared with signature-verified
+    /// reference integrity manifests for the report's versions.
     pub measurements_appraised: bool,
     /// Claims read from the report itself.
     #[serde(flatten)]

@@ -12,14 +12,18 @@
 //!
 //! Measurements are appraised only by [`DeviceChain::verify_report_with_rims`]
 //! (signature-verified driver and VBIOS RIMs, see [`rim`]); [`verify`]
-//! reports them unappraised. Not done here (see `docs/gpu.md`): OCSP
-//! revocation, selecting RIMs from a directory, and mapping to the
-//! normalized [`crate::Claims`].
+//! reports them unappraised; [`DeviceChain::verify_report_selecting_rims`]
+//! picks the RIMs from an operator's directory first ([`rim_select`]).
+//! Revocation is checked from OCSP responses the caller supplies
+//! ([`DeviceChain::check_revocation`], [`rim::Rim::check_revocation`]); the
+//! claims say whether it was.
 
 pub mod certs;
 pub mod claims;
+pub mod ocsp;
 pub mod report;
 pub mod rim;
+pub mod rim_select;
 pub mod xmldsig;
 
 use p384::ecdsa::signature::Verifier;
@@ -44,6 +48,10 @@ pub struct DeviceChain {
     ueid: String,
     /// The chain's joint validity window, Unix seconds.
     valid: (u64, u64),
+    /// The certificates below the pinned root, leaf first.
+    certs: Vec<Certificate>,
+    /// Whether [`Self::check_revocation`] passed.
+    revocation_checked: bool,
 }
 
 /// The architecture a chain belongs to, from its certificates' names
@@ -79,7 +87,13 @@ impl DeviceChain {
             from = from.max(nb);
             until = until.min(na);
         }
+        let mut below_root = chain.clone();
+        if below_root.last() == Some(certs::device_root()) {
+            below_root.pop();
+        }
         Ok(DeviceChain {
+            certs: below_root,
+            revocation_checked: false,
             leaf_name: certs::subject_cn(leaf),
             leaf_key: certs::p384_key(certs::DEVICE_CHAIN.chain_check, leaf)?,
             fwid: certs::fwid(leaf)?,
@@ -88,6 +102,30 @@ impl DeviceChain {
             ueid: hex::encode(leaf.tbs_certificate.serial_number.as_bytes()),
             valid: (from, until),
         })
+    }
+
+    /// Check every certificate of the chain below the root against OCSP
+    /// responses supplied as files (`nvidia.ocsp`, see [`ocsp`]); claims
+    /// from this chain then say `revocation_checked: true`.
+    pub fn check_revocation(
+        &mut self,
+        responses: &[ocsp::Response],
+        fresh: &ocsp::Freshness,
+    ) -> Result<()> {
+        ocsp::check_chain(
+            "nvidia.ocsp",
+            &self.certs,
+            certs::device_root(),
+            responses,
+            fresh,
+        )?;
+        self.revocation_checked = true;
+        Ok(())
+    }
+
+    /// The certificates below the pinned root, leaf first.
+    pub fn certificates(&self) -> &[Certificate] {
+        &self.certs
     }
 
     /// The firmware ID the leaf certificate carries.
@@ -121,7 +159,40 @@ impl DeviceChain {
         let (report, mut claims) = self.verify_parsed(report, expected_nonce, now_unix)?;
         rim::appraise(&report, rims)?;
         claims.measurements_appraised = true;
+        claims.revocation_checked &=
+            rims.driver.revocation_checked && rims.vbios.revocation_checked;
         Ok(claims)
+    }
+
+    /// [`Self::verify_report`], then select the driver and VBIOS RIMs for
+    /// the report's versions among `files` (an operator's RIM directory,
+    /// named `source` in refusals; [`rim_select::select`]) and appraise
+    /// with them. Returns the claims and which files were used.
+    pub fn verify_report_selecting_rims(
+        &self,
+        report: &[u8],
+        expected_nonce: Option<&[u8; report::NONCE_LEN]>,
+        now_unix: u64,
+        files: &[rim_select::RimFile],
+        source: &str,
+        revocation: Option<(&[ocsp::Response], &ocsp::Freshness)>,
+    ) -> Result<(GpuClaims, rim_select::Selected)> {
+        let (parsed, mut claims) = self.verify_parsed(report, expected_nonce, now_unix)?;
+        let want = rim_select::Wanted::for_report(&parsed)?;
+        let mut selected = rim_select::select(&want, files, source, now_unix)?;
+        if let Some((responses, fresh)) = revocation {
+            selected.driver.check_revocation(responses, fresh)?;
+            selected.vbios.check_revocation(responses, fresh)?;
+        }
+        claims.revocation_checked &=
+            selected.driver.revocation_checked && selected.vbios.revocation_checked;
+        let rims = rim::Rims {
+            driver: &selected.driver,
+            vbios: &selected.vbios,
+        };
+        rim::appraise(&parsed, &rims)?;
+        claims.measurements_appraised = true;
+        Ok((claims, selected))
     }
 
     fn verify_parsed(
@@ -174,7 +245,7 @@ impl DeviceChain {
             arch: self.arch.clone(),
             hwmodel: self.hwmodel.clone(),
             ueid: self.ueid.clone(),
-            revocation_checked: false,
+            revocation_checked: self.revocation_checked,
             measurements_appraised: false,
             report: ReportClaims::from_report(&report)?,
         };

@@ -60,6 +60,11 @@ pub struct Rim {
     /// Common name of the certificate whose signature was verified up to
     /// NVIDIA's RIM root, or `None` when the RIM was only parsed.
     pub signed_by: Option<String>,
+    /// The signer's certificates below NVIDIA's RIM root, leaf first
+    /// (empty when the RIM was only parsed).
+    pub signer_chain: Vec<x509_cert::Certificate>,
+    /// Whether [`Rim::check_revocation`] passed.
+    pub revocation_checked: bool,
 }
 
 /// A report measurement that matches none of a RIM's values.
@@ -113,7 +118,39 @@ impl Rim {
         certs::verify_chain(certs::RIM_CHAIN, &chain, now_unix)?;
         let mut rim = Self::from_document(&doc)?;
         rim.signed_by = chain.first().map(certs::subject_cn);
+        rim.signer_chain = chain;
+        if rim.signer_chain.last() == Some(certs::rim_root()) {
+            rim.signer_chain.pop();
+        }
         Ok(rim)
+    }
+
+    /// Check the signer's certificates against OCSP responses supplied as
+    /// files (`nvidia.rim_ocsp`); a merely parsed RIM is refused
+    /// (`nvidia.rim_signature`).
+    pub fn check_revocation(
+        &mut self,
+        responses: &[super::ocsp::Response],
+        fresh: &super::ocsp::Freshness,
+    ) -> Result<()> {
+        if self.signed_by.is_none() {
+            return Err(Error::refused(
+                "nvidia.rim_signature",
+                format!(
+                    "RIM {} was parsed but its signature was not verified: nothing to check revocation of",
+                    self.tag_id
+                ),
+            ));
+        }
+        super::ocsp::check_chain(
+            "nvidia.rim_ocsp",
+            &self.signer_chain,
+            certs::rim_root(),
+            responses,
+            fresh,
+        )?;
+        self.revocation_checked = true;
+        Ok(())
     }
 
     /// Parse a RIM (UTF-8 XML, no DTD) without verifying its signature.
@@ -166,6 +203,8 @@ impl Rim {
             version,
             measurements,
             signed_by: None,
+            signer_chain: Vec::new(),
+            revocation_checked: false,
         })
     }
 

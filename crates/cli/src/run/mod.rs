@@ -9,6 +9,7 @@
 //! With `-d` the same work is done by a detached monitor (`veil run --monitor ID`).
 
 pub mod bench;
+pub mod bench_service;
 pub mod local_kbs;
 pub mod net;
 pub mod record;

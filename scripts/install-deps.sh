@@ -25,6 +25,12 @@ PACKAGES=(
   # docs test (crates/cli/tests/docs_commands.rs): each doc block in its own network namespace (ip, unshare); man -l renders the man pages
   iproute2 util-linux man-db
   # policy / kbs / run: added by their work
+  # pod networking (veil run -p, --network): Debian's CNI plugins (bridge, host-local,
+  # portmap, loopback) and iptables, which the bridge/portmap plugins drive
+  containernetworking-plugins iptables
+  # service tests and `veil bench service`: redis-cli/redis-benchmark and the native
+  # redis-server/nginx baselines, wrk, curl
+  redis-server redis-tools nginx-light wrk curl
 )
 
 missing=()

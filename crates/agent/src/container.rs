@@ -71,6 +71,8 @@ pub struct ManagerConfig {
     pub image_trust: Option<crate::kbs::ImageTrust>,
     /// Bounds on unpacking each image (from the policy).
     pub unpack_limits: veil_image::unpack::UnpackLimits,
+    /// The pod's network namespace, joined by every container.
+    pub pod_netns: Option<PathBuf>,
 }
 
 /// All containers of the sandbox.
@@ -270,6 +272,7 @@ impl Manager {
             hostname,
             mounts: self.mounts(r)?,
             seccomp: self.cfg.seccomp,
+            netns: self.cfg.pod_netns.clone(),
         };
         let c = Arc::new(Container {
             id: r.container_id.clone(),

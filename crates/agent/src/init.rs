@@ -76,6 +76,10 @@ pub struct InitSpec {
     pub mounts: Vec<MountSpec>,
     /// Install the default seccomp filter.
     pub seccomp: bool,
+    /// Join this network namespace (the pod's, shared by its containers)
+    /// instead of creating one.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> String {
@@ -133,15 +137,24 @@ fn report(msg: &str) -> i32 {
 
 fn enter_namespaces(spec: &InitSpec) -> Result<(), String> {
     match spec.exec_into {
-        None => unshare(
-            CloneFlags::CLONE_NEWNS
+        None => {
+            let flags = CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWUTS
                 | CloneFlags::CLONE_NEWIPC
                 | CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWNET
-                | CloneFlags::CLONE_NEWCGROUP,
-        )
-        .map_err(|e| fail("creating namespaces", e)),
+                | CloneFlags::CLONE_NEWCGROUP;
+            match &spec.netns {
+                Some(p) => {
+                    let ns = fs::File::open(p)
+                        .map_err(|e| fail(&format!("opening the pod netns {}", p.display()), e))?;
+                    setns(&ns, CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| fail("joining the pod's network namespace", e))?;
+                    unshare(flags).map_err(|e| fail("creating namespaces", e))
+                }
+                None => unshare(flags | CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| fail("creating namespaces", e)),
+            }
+        }
         Some(pid) => {
             // Open every namespace first: after joining the mount namespace
             // /proc may look different.

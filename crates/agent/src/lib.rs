@@ -32,6 +32,8 @@ pub mod kbs;
 #[cfg(feature = "server")]
 pub mod local_api;
 #[cfg(feature = "server")]
+pub mod net;
+#[cfg(feature = "server")]
 pub mod pull;
 #[cfg(feature = "server")]
 pub mod seccomp;

@@ -61,6 +61,8 @@ struct ServeArgs {
     listen_tcp: Option<u16>,
     /// The sim platform channel, already open (VM sandbox: a virtio-serial port).
     platform_file: Option<std::fs::File>,
+    /// The pod network namespace the host made (process sandbox).
+    pod_netns: Option<PathBuf>,
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeArgs, String> {
@@ -90,6 +92,7 @@ fn parse_serve(args: &[String]) -> Result<ServeArgs, String> {
             "--sandbox-id" => a.sandbox_id = val()?,
             "--pid-namespace" => a.pid_namespace = true,
             "--no-seccomp" => a.seccomp = false,
+            "--pod-netns" => a.pod_netns = Some(PathBuf::from(val()?)),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -125,7 +128,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: veil-agent serve --init-data FILE --listen SOCKET --guest-root DIR [--tee sim|snp|tdx|none] [--platform-fd N] [--oci-layout DIR] [--sandbox-id ID] [--pid-namespace] [--no-seccomp]"
+                "usage: veil-agent serve --init-data FILE --listen SOCKET --guest-root DIR [--tee sim|snp|tdx|none] [--platform-fd N] [--oci-layout DIR] [--sandbox-id ID] [--pid-namespace] [--no-seccomp] [--pod-netns FILE]"
             );
             ExitCode::from(2)
         }
@@ -223,6 +226,7 @@ fn pid1(args: &[String]) -> ! {
         seccomp: true,
         listen_tcp: Some(vm::AGENT_PORT),
         platform_file: setup.platform,
+        pod_netns: None,
     };
     let _ = serve(a);
     vm::power_off("the agent stopped serving")
@@ -397,6 +401,11 @@ fn run(a: ServeArgs) -> Result<(), String> {
     let _ = std::fs::set_permissions(paths.api_socket(), std::fs::Permissions::from_mode(0o666));
     std::thread::spawn(move || api.serve(api_listener));
 
+    let pod_netns = match a.pod_netns.clone() {
+        Some(p) => veil_agent::net::PodNetns::given(p)?,
+        None => veil_agent::net::PodNetns::create()?,
+    };
+    tracing::info!(netns = %pod_netns.path.display(), "pod network namespace");
     let agent_exe = std::fs::read_link("/proc/self/exe")
         .map_err(|e| format!("finding the agent binary: {e}"))?;
     let manager = Arc::new(Manager::new(
@@ -407,6 +416,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
             seccomp: a.seccomp,
             image_trust: veil_agent::kbs::image_trust_of(&booted.init_data)?,
             unpack_limits,
+            pod_netns: Some(pod_netns.path),
         },
         kbs,
     ));

@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// `veil image decrypt` vs `skopeo copy --decryption-key` and `veil
     /// image measure` vs `veritysetup format` on the same data.
     Image(crate::image::BenchArgs),
+    /// Redis (redis-benchmark) and nginx (wrk) in the process sandbox vs
+    /// the same Debian binaries run natively.
+    Service(crate::run::bench_service::ServiceBench),
 }
 
 /// Arguments of `veil bench kbs`.
@@ -61,6 +64,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Kbs(a) => kbs(a),
         BenchCommand::Run(a) => crate::run::bench::run(a),
         BenchCommand::Image(a) => crate::image::bench(a),
+        BenchCommand::Service(a) => crate::run::bench_service::bench(a),
     }
 }
 

@@ -64,6 +64,9 @@ pub enum ImageCommand {
     Push(PushArgs),
     /// Pull an image from a registry into a layout, every blob verified.
     Pull(PullArgs),
+    /// Make a single-layer image from a root filesystem directory
+    /// (deterministic: sorted, owners 0:0, mtimes clamped).
+    Import(crate::image_import::ImportArgs),
 }
 
 /// Arguments of `veil image sign`.
@@ -371,6 +374,7 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
         ImageCommand::Verify(a) => verify_image(a),
         ImageCommand::Push(a) => push(a),
         ImageCommand::Pull(a) => pull(a),
+        ImageCommand::Import(a) => crate::image_import::import(a),
     }
 }
 

@@ -12,6 +12,7 @@ mod bench;
 mod cli_docs;
 mod guest;
 mod image;
+mod image_import;
 mod info;
 mod kbs;
 mod limits;

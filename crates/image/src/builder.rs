@@ -15,7 +15,19 @@ use flate2::write::GzEncoder;
 
 use crate::digest::{Digest, DigestAlgorithm, HashingWriter};
 use crate::layout::{BlobWriter, OciLayout};
+use crate::rootfs::{RootfsError, RootfsStats, RootfsTarOptions, write_rootfs_tar};
 use crate::source::SourceError;
+
+/// Why building a layer from a rootfs failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Reading the tree.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// Writing the layout.
+    #[error(transparent)]
+    Layout(#[from] SourceError),
+}
 use crate::spec::{
     Compression, ContainerConfig, Descriptor, ImageConfig, Manifest, Platform, RootFs, media_type,
 };
@@ -75,6 +87,20 @@ impl ImageBuilder {
         write_dir_tar(dir, &mut w)
             .map_err(|e| SourceError::io(format!("archiving {}", dir.display()), e))?;
         self.push(w)
+    }
+
+    /// Add a layer holding the root filesystem under `dir`, as
+    /// `veil image import` does: modes kept, owners 0:0, mtimes clamped,
+    /// links stored as links (see [`crate::rootfs`]).
+    pub fn add_layer_rootfs(
+        &mut self,
+        dir: &Path,
+        compression: Compression,
+        opts: RootfsTarOptions,
+    ) -> Result<(Descriptor, RootfsStats), BuildError> {
+        let mut w = LayerWriter::new(&self.layout, compression)?;
+        let stats = write_rootfs_tar(dir, opts, &mut w)?;
+        Ok((self.push(w)?.clone(), stats))
     }
 
     fn push(&mut self, w: LayerWriter) -> Result<&Descriptor, SourceError> {

@@ -18,6 +18,7 @@ pub mod digest;
 pub mod layout;
 pub mod progress;
 pub mod registry;
+pub mod rootfs;
 pub mod sign;
 pub mod source;
 pub mod spec;

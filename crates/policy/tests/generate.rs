@@ -402,7 +402,7 @@ fn unsupported_fields_are_listed() {
     let text = manifest("pod-multi.yaml")
         .replace(
             "  runtimeClassName: veil\n",
-            "  runtimeClassName: veil\n  hostNetwork: true\n",
+            "  runtimeClassName: veil\n  hostIPC: true\n",
         )
         .replace(
             "        - {name: data, mountPath: /data}\n",
@@ -414,7 +414,7 @@ fn unsupported_fields_are_listed() {
         );
     let g = run(&[&text]).unwrap();
     let u = g.unsupported.join("\n");
-    assert!(u.contains("hostNetwork"), "{u}");
+    assert!(u.contains("hostIPC"), "{u}");
     assert!(u.contains("volume host of type hostPath"), "{u}");
     assert!(
         !g.workloads[0]
@@ -425,6 +425,23 @@ fn unsupported_fields_are_listed() {
             .iter()
             .any(|m| m.destination == "/host")
     );
+}
+
+#[test]
+fn host_network_is_refused_naming_the_field() {
+    let text = manifest("pod-multi.yaml").replace(
+        "  runtimeClassName: veil\n",
+        "  runtimeClassName: veil\n  hostNetwork: true\n",
+    );
+    let e = run(&[&text]).unwrap_err().to_string();
+    assert!(e.contains("pod spec.hostNetwork"), "{e}");
+    assert!(e.contains("host's network namespace"), "{e}");
+    // false is the default and fine.
+    let text = manifest("pod-multi.yaml").replace(
+        "  runtimeClassName: veil\n",
+        "  runtimeClassName: veil\n  hostNetwork: false\n",
+    );
+    assert!(run(&[&text]).is_ok());
 }
 
 #[test]

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod measure;
+pub mod net;
 pub mod paths;
 pub mod requests;
 pub mod sandbox;

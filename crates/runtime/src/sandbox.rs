@@ -91,6 +91,9 @@ pub struct SandboxConfig {
     pub log_filter: String,
     /// How long to wait for the agent to be ready (attestation included).
     pub ready_timeout: Duration,
+    /// The pod's network namespace (see [`crate::net`]); without it the
+    /// agent makes one with loopback only.
+    pub pod_netns: Option<PathBuf>,
 }
 
 /// What `launch` measured and recorded.
@@ -247,6 +250,9 @@ impl ProcessSandbox {
             .arg("--pid-namespace");
         if let Some(l) = &cfg.oci_layout {
             cmd.arg("--oci-layout").arg(l);
+        }
+        if let Some(n) = &cfg.pod_netns {
+            cmd.arg("--pod-netns").arg(n);
         }
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

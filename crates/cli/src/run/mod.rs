@@ -9,7 +9,9 @@
 //! With `-d` the same work is done by a detached monitor (`veil run --monitor ID`).
 
 pub mod bench;
+pub mod bench_service;
 pub mod local_kbs;
+pub mod net;
 pub mod record;
 pub mod vm;
 
@@ -89,6 +91,10 @@ pub struct RunArgs {
     /// Bounds on unpacking the images in the guest (into the generated policy).
     #[command(flatten)]
     pub unpack: crate::limits::ImageLimitArgs,
+    /// The pod network and published ports (docs/network.md).
+    #[command(flatten)]
+    #[serde(default)]
+    pub net: net::NetArgs,
     /// Internal: run as the detached monitor of sandbox ID.
     #[arg(long, hide = true)]
     pub monitor: Option<String>,
@@ -625,6 +631,8 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
     }
     // Refuse what cannot be honoured before anything (even a record) exists.
     check_conflicts(&a, given_init_data(&a)?.as_ref())?;
+    a.net.check()?;
+    net::reap(&data);
     let id = new_id();
     if a.detach {
         return detach(a, &data, &id);
@@ -916,6 +924,13 @@ fn run_sandbox(
         );
     }
 
+    let pod_net = if a.vm.is_vm() {
+        net::vm(&a.net, rec)?;
+        None
+    } else {
+        net::setup(&a.net, data, dir, rec)?
+    };
+    rec.save(data)?;
     let t_launch = Instant::now();
     let cfg = SandboxConfig {
         id: rec.id.clone(),
@@ -930,6 +945,7 @@ fn run_sandbox(
         debug: false,
         log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         ready_timeout: Duration::from_secs(120),
+        pod_netns: pod_net.as_ref().map(|n| n.netns().to_path_buf()),
     };
     let (mut sb, note) = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
     rec.notes.extend(note);
@@ -1102,6 +1118,16 @@ fn run_sandbox(
     let ended = if lost { sb.exit_status() } else { None };
     sb.stop(Duration::from_secs(5))
         .map_err(|e| anyhow!("{e}"))?;
+    if let Some(mut n) = pod_net {
+        if let Err(e) = n.teardown() {
+            say(
+                quiet,
+                &format!(
+                    "veil: warning: tearing down the pod network: {e}; the next veil command retries"
+                ),
+            );
+        }
+    }
     drop(local);
     rec.timings.insert("total_ms".into(), ms(t0));
     if a.timings && !quiet {
@@ -1494,6 +1520,7 @@ fn kind_of(r: &Record) -> &str {
 /// `veil ps`.
 pub fn ps(a: PsArgs) -> Result<ExitCode> {
     let data = data_dir()?;
+    net::reap(&data);
     let all: Vec<Record> = Record::all(&data)?
         .into_iter()
         .filter(|r| a.all || r.effective_status() == "running")
@@ -1518,14 +1545,17 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
                     "status": r.effective_status(),
                     "exit_code": r.exit_code,
                     "created": rfc3339(r.created),
+                    "network": r.network,
+                    "address": r.address,
+                    "ports": r.ports,
                 })
             })
             .collect();
         out = serde_json::to_string_pretty(&v)? + "\n";
     } else {
         out.push_str(&format!(
-            "{:<14} {:<20} {:<8} {:<12} {:<16} {:<30} IMAGE\n",
-            "ID", "NAME", "KIND", "STATUS", "CREATED", "TEE / INIT-DATA"
+            "{:<14} {:<20} {:<8} {:<12} {:<16} {:<30} {:<8} IMAGE  PORTS\n",
+            "ID", "NAME", "KIND", "STATUS", "CREATED", "TEE / INIT-DATA", "NETWORK"
         ));
         for r in all {
             let status = match (r.effective_status().as_str(), r.exit_code) {
@@ -1543,15 +1573,18 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
                     )
                 })
                 .unwrap_or_default();
+            let network = r.network.split(':').next().unwrap_or("");
             out.push_str(&format!(
-                "{:<14} {:<20} {:<8} {:<12} {:<16} {:<30} {}\n",
+                "{:<14} {:<20} {:<8} {:<12} {:<16} {:<30} {:<8} {}  {}\n",
                 r.id,
                 r.name,
                 kind_of(&r),
                 status,
                 age(r.created),
                 tee,
-                r.image
+                network,
+                r.image,
+                r.ports.join(",")
             ));
         }
     }
@@ -1649,6 +1682,7 @@ pub fn rm(a: RmArgs) -> Result<ExitCode> {
             }
             stop_record(&rec)?;
         }
+        net::reap(data);
         std::fs::remove_dir_all(record::dir_of(data, &rec.id)).context("removing the record")?;
         Ok(rec.id)
     })
@@ -1658,6 +1692,7 @@ pub fn rm(a: RmArgs) -> Result<ExitCode> {
 /// (exited, failed, or whose owner died); prints each id removed.
 pub fn prune(_a: PruneArgs) -> Result<ExitCode> {
     let data = data_dir()?;
+    net::reap(&data);
     let mut out = String::new();
     for r in Record::all(&data)? {
         let status = r.effective_status();

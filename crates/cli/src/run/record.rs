@@ -67,6 +67,15 @@ pub struct Record {
     /// Set when the policy refused reading the workload's output.
     #[serde(default)]
     pub stdio_denied: String,
+    /// The pod network: `bridge`, `none` or `ns:PATH`.
+    #[serde(default)]
+    pub network: String,
+    /// The pod's address on the bridge (`10.209.0.5/16`).
+    #[serde(default)]
+    pub address: String,
+    /// Published ports, `[IP:]HOST:CONTAINER/PROTO`.
+    #[serde(default)]
+    pub ports: Vec<String>,
     /// Phase timings in milliseconds.
     #[serde(default)]
     pub timings: serde_json::Map<String, serde_json::Value>,

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -34,8 +36,11 @@ impl Env {
     }
     pub fn veil(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_veil"));
+        // Loopback-only pods unless a test asks for the bridge (with its own
+        // bridge and subnet): tests leave the host's network alone.
         c.env("VEIL_DATA_DIR", self.data())
-            .env("VEIL_AGENT", agent());
+            .env("VEIL_AGENT", agent())
+            .env("VEIL_NETWORK", "none");
         c
     }
     pub fn layout(&self) -> OciLayout {

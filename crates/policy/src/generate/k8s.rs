@@ -74,6 +74,8 @@ const POD_SPEC_KNOWN: &[&str] = &[
     "setHostnameAsFQDN",
     "hostAliases",
     "os",
+    // true is refused (pod_policy); false is the pod's own network.
+    "hostNetwork",
 ];
 
 const POD_SC_KNOWN: &[&str] = &[
@@ -1088,6 +1090,15 @@ pub(crate) fn pod_policy(
     notes: &mut Vec<String>,
 ) -> Result<PolicyData, GenerateError> {
     let path = format!("{} {} pod spec", w.kind, w.name);
+    if as_bool(w.spec.get("hostNetwork")) == Some(true) {
+        return Err(field(
+            format!("{path}.hostNetwork"),
+            "true would put the pod in the host's network namespace, where the untrusted \
+             host controls every interface and can reach every port; veil refuses it: remove \
+             hostNetwork (the pod gets its own network; publish ports with veil run -p or a \
+             Service)",
+        ));
+    }
     check_known(&path, &w.spec, POD_SPEC_KNOWN, unsupported);
     if let Some(sc) = w.spec.get("securityContext") {
         check_known(

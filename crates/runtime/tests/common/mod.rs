@@ -96,6 +96,7 @@ impl Env {
             debug: false,
             log_filter: "info".into(),
             ready_timeout: Duration::from_secs(60),
+            pod_netns: None,
         }
     }
 

@@ -1,0 +1,164 @@
+//! `veil run --network MODE -p …`: the pod network of a sandbox (see
+//! `veil_runtime::net` and docs/network.md), and reaping the networks of
+//! `veil run`s that were killed before they could tear theirs down.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use veil_runtime::net::{self, NetSettings, NetworkMode, PodNetwork, PortMapping};
+
+use super::record::{self, Record};
+
+/// The state file of a sandbox's network, in its record dir.
+pub const STATE_FILE: &str = "net.json";
+
+/// Networking flags of `veil run`.
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetArgs {
+    /// The pod's network: `bridge` (an address on veil's host bridge,
+    /// outbound NAT; the default as root), `none` (loopback only; the
+    /// default without root), or `ns:/path/to/netns` (join a network
+    /// namespace someone else made).
+    #[arg(long = "network", value_name = "MODE", env = "VEIL_NETWORK")]
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Publish a container port: `[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]`
+    /// (repeatable).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/PROTO]"
+    )]
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+impl NetArgs {
+    /// The mode asked for, or the default for this user.
+    pub fn mode(&self) -> Result<NetworkMode> {
+        match &self.network {
+            Some(m) => m.parse().map_err(|e: String| anyhow!(e)),
+            None if nix::unistd::geteuid().is_root() => Ok(NetworkMode::Bridge),
+            None => Ok(NetworkMode::None),
+        }
+    }
+
+    /// Refuse what cannot be honoured, before anything starts.
+    pub fn check(&self) -> Result<()> {
+        let mode = self.mode()?;
+        let ports = self.ports()?;
+        if let Some(p) = ports.first()
+            && mode != NetworkMode::Bridge
+        {
+            bail!(
+                "-p {p}: ports are published through the bridge network, and --network {mode} \
+                 has none; drop -p, or use --network bridge"
+            );
+        }
+        Ok(())
+    }
+
+    /// The published ports.
+    pub fn ports(&self) -> Result<Vec<PortMapping>> {
+        let ports: Vec<PortMapping> = self
+            .publish
+            .iter()
+            .map(|p| p.parse().map_err(|e: String| anyhow!(e)))
+            .collect::<Result<_>>()?;
+        for (i, p) in ports.iter().enumerate() {
+            if let Some(q) = ports[..i].iter().find(|q| {
+                q.host_port == p.host_port && q.protocol == p.protocol && q.host_ip == p.host_ip
+            }) {
+                bail!("-p {p} and -p {q} publish the same host port");
+            }
+        }
+        Ok(ports)
+    }
+}
+
+/// Set up the network of a process sandbox; the returned guard tears it
+/// down when dropped (also on every error path of `veil run`).
+pub fn setup(a: &NetArgs, data: &Path, dir: &Path, rec: &mut Record) -> Result<Option<PodNetwork>> {
+    let id = rec.id.clone();
+    let mode = a.mode()?;
+    let ports = a.ports()?;
+    rec.network = mode.to_string();
+    rec.ports = ports.iter().map(ToString::to_string).collect();
+    if !nix::unistd::geteuid().is_root() {
+        if mode != NetworkMode::None || !ports.is_empty() {
+            bail!(
+                "--network {mode}{}: needs root (veil creates a network namespace and a \
+                 bridge port, and changes the host's NAT rules); run as root, or use \
+                 --network none without -p",
+                if ports.is_empty() { "" } else { " with -p" }
+            );
+        }
+        // The agent makes the loopback-only namespace itself.
+        return Ok(None);
+    }
+    let settings = NetSettings::from_env(data);
+    let net = PodNetwork::setup(&settings, &id, &mode, &ports, &dir.join(STATE_FILE))
+        .map_err(|e| anyhow!("setting up the pod network ({mode}): {e}"))?;
+    rec.address = net.state().address.clone();
+    Ok(Some(net))
+}
+
+/// Tear down the networks that killed `veil run`s left behind (their
+/// owner is gone, the state file is still there). Run by every command
+/// that lists or removes sandboxes, and by `veil run`.
+pub fn reap(data: &Path) {
+    let settings = NetSettings::from_env(data);
+    let Ok(rd) = std::fs::read_dir(record::run_root(data)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let state: PathBuf = e.path().join(STATE_FILE);
+        if !state.exists() {
+            continue;
+        }
+        let Some(id) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let alive = Record::load(data, &id).is_ok_and(|r| r.owner_alive());
+        if alive {
+            continue;
+        }
+        match net::teardown_state_file(&state, &settings.cni_path) {
+            Ok(true) => eprintln!(
+                "veil: removed the pod network sandbox {id} left behind (its owner was killed)"
+            ),
+            Ok(false) => {}
+            Err(e) => eprintln!(
+                "veil: warning: could not remove the network sandbox {id} left behind: {e} \
+                 (state in {})",
+                veil_kbs::text::escape_controls(&state.display().to_string())
+            ),
+        }
+    }
+}
+
+/// The VM sandbox's network: the guest agent gives the pod a
+/// loopback-only namespace of the guest. Publishing ports into a VM is not
+/// built yet, and is refused rather than ignored.
+pub fn vm(a: &NetArgs, rec: &mut Record) -> Result<()> {
+    let ports = a.ports()?;
+    if !ports.is_empty() {
+        bail!(
+            "-p {}: publishing ports is not built yet for the VM sandbox (only for \
+             --sandbox process); run without -p",
+            ports[0]
+        );
+    }
+    match &a.network {
+        None => {}
+        Some(m) if m == "none" => {}
+        Some(m) => bail!(
+            "--network {m}: the VM sandbox gives pods a loopback-only network so far \
+             (--network none); bridge and ns: modes are for --sandbox process"
+        ),
+    }
+    rec.network = NetworkMode::None.to_string();
+    Ok(())
+}

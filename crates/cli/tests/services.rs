@@ -1,0 +1,180 @@
+//! Off-the-shelf services in the process sandbox, published with `-p` on
+//! 127.0.0.1 and used from the host with their own clients (issue 14):
+//! Redis from Debian's redis-server (`redis-cli SET/GET`), nginx from
+//! Debian's nginx-light (`curl`), and a Python HTTP app (Debian's python3)
+//! that answers with the digest of a KBS secret it reads from
+//! /run/veil/secrets. The images are built from the .debs by
+//! scripts/test-images.sh (cached under /var/tmp). Afterwards nothing of
+//! the sandbox is left on the host.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::net::TestNet;
+use common::{Env, RmOnDrop, ok, text};
+
+/// The layout holding the `redis`, `nginx` and `python` images.
+fn test_images() -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-images.sh");
+    let layout = PathBuf::from("/var/tmp/veil-test-images/layout");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&layout)
+        .env("VEIL", env!("CARGO_BIN_EXE_veil"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/test-images.sh failed:\n{}",
+        text(&out.stderr)
+    );
+    layout
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Retry `cmd` until its stdout contains `want` (at most ~20 s).
+fn eventually(mut cmd: impl FnMut() -> Command, want: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..200 {
+        let o = cmd().output().unwrap();
+        last = format!("{}{}", text(&o.stdout), text(&o.stderr));
+        if o.status.success() && text(&o.stdout).contains(want) {
+            return text(&o.stdout);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("never got {want:?}; last answer: {last}");
+}
+
+fn start(env: &Env, net: &TestNet, args: &[&str]) -> String {
+    let out = ok(net
+        .veil(env)
+        .arg("run")
+        .arg("-d")
+        .args(args)
+        .output()
+        .unwrap());
+    text(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn redis_from_debian_answers_redis_cli_through_a_published_port() {
+    let env = Env::new();
+    let Some(net) = TestNet::new(&env) else {
+        return;
+    };
+    let layout = test_images();
+    let port = free_port().to_string();
+    let image = format!("oci:{}:redis", layout.display());
+    let id = start(
+        &env,
+        &net,
+        &["-p", &format!("127.0.0.1:{port}:6379"), &image],
+    );
+    let rm = RmOnDrop(&env, id.clone());
+    let cli = |args: &'static [&'static str]| {
+        let port = port.clone();
+        move || {
+            let mut c = Command::new("redis-cli");
+            c.args(["-h", "127.0.0.1", "-p", &port]).args(args);
+            c
+        }
+    };
+    eventually(cli(&["SET", "veil-key", "confidential-value"]), "OK");
+    let got = eventually(cli(&["GET", "veil-key"]), "confidential-value");
+    assert_eq!(got.trim(), "confidential-value");
+    let info = eventually(cli(&["INFO", "server"]), "redis_version");
+    assert!(info.contains("redis_mode:standalone"), "{info}");
+    drop(rm);
+    assert_eq!(net.leftovers(&id), Vec::<String>::new());
+}
+
+#[test]
+fn nginx_from_debian_serves_its_page_through_a_published_port() {
+    let env = Env::new();
+    let Some(net) = TestNet::new(&env) else {
+        return;
+    };
+    let layout = test_images();
+    let port = free_port().to_string();
+    let image = format!("oci:{}:nginx", layout.display());
+    let id = start(&env, &net, &["-p", &format!("127.0.0.1:{port}:80"), &image]);
+    let rm = RmOnDrop(&env, id.clone());
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let page = eventually(
+        || {
+            let mut c = Command::new("curl");
+            c.args(["-s", "--max-time", "2", &url]);
+            c
+        },
+        "veil nginx",
+    );
+    assert!(page.contains("Debian nginx-light"), "{page}");
+    drop(rm);
+    assert_eq!(net.leftovers(&id), Vec::<String>::new());
+}
+
+#[test]
+fn python_app_answers_with_the_digest_of_its_kbs_secret() {
+    let env = Env::new();
+    let Some(net) = TestNet::new(&env) else {
+        return;
+    };
+    let layout = test_images();
+    let secret = env.dir.path().join("app-secret");
+    std::fs::write(&secret, b"the workload's API key: 0123456789").unwrap();
+    ok(env
+        .veil()
+        .args(["secret", "put", "default/secret/app-secret"])
+        .arg(&secret)
+        .output()
+        .unwrap());
+    let port = free_port().to_string();
+    let image = format!("oci:{}:python", layout.display());
+    let id = start(
+        &env,
+        &net,
+        &[
+            "--secret",
+            "app-secret=kbs:///default/secret/app-secret",
+            "-p",
+            &format!("127.0.0.1:{port}:8080"),
+            &image,
+        ],
+    );
+    let _rm = RmOnDrop(&env, id);
+    let want = format!(
+        "sha256:{}",
+        text(
+            &Command::new("sha256sum")
+                .arg(&secret)
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .split_whitespace()
+        .next()
+        .unwrap()
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    let got = eventually(
+        || {
+            let mut c = Command::new("curl");
+            c.args(["-s", "--max-time", "2", &url]);
+            c
+        },
+        "sha256:",
+    );
+    assert_eq!(got.trim(), want);
+}

@@ -172,8 +172,30 @@ pub struct Process {
     pub capabilities: Capabilities,
     #[serde(default)]
     pub no_new_privileges: bool,
-    #[serde(default)]
+    /// Run on a pseudo-terminal made inside the container (`docker -t`):
+    /// stdout and stderr arrive merged on the stdout stream.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub terminal: bool,
+    /// Keep stdin open for `write_stdin` (`docker -i`); otherwise the
+    /// process reads end-of-file at once.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdin: bool,
+    /// The terminal's initial window size (with `terminal`), so that the
+    /// workload never sees 0x0 before the first `resize_terminal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<ConsoleSize>,
+}
+
+/// A terminal's window size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// An OCI mount.
@@ -295,6 +317,17 @@ pub struct WriteStdinRequest {
     pub data: Bytes,
 }
 
+/// Set the window size of a process's terminal (the host's SIGWINCH).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeTerminalRequest {
+    pub container_id: String,
+    #[serde(default)]
+    pub exec_id: String,
+    pub rows: u16,
+    pub cols: u16,
+}
+
 /// What kind of file a copy creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -375,11 +408,12 @@ pub enum RequestKind {
     StatsContainer,
     GetEvidence,
     UpdateConfig,
+    ResizeTerminal,
 }
 
 impl RequestKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [RequestKind; 12] = [
+    pub const ALL: [RequestKind; 13] = [
         RequestKind::CreateSandbox,
         RequestKind::CreateContainer,
         RequestKind::StartContainer,
@@ -392,6 +426,7 @@ impl RequestKind {
         RequestKind::StatsContainer,
         RequestKind::GetEvidence,
         RequestKind::UpdateConfig,
+        RequestKind::ResizeTerminal,
     ];
 
     /// The snake_case name used on the wire and as the policy rule prefix.
@@ -409,6 +444,7 @@ impl RequestKind {
             RequestKind::StatsContainer => "stats_container",
             RequestKind::GetEvidence => "get_evidence",
             RequestKind::UpdateConfig => "update_config",
+            RequestKind::ResizeTerminal => "resize_terminal",
         }
     }
 
@@ -442,6 +478,7 @@ pub enum AgentRequest {
     StatsContainer(StatsContainerRequest),
     GetEvidence(GetEvidenceRequest),
     UpdateConfig(UpdateConfigRequest),
+    ResizeTerminal(ResizeTerminalRequest),
 }
 
 impl AgentRequest {
@@ -460,6 +497,7 @@ impl AgentRequest {
             AgentRequest::StatsContainer(_) => RequestKind::StatsContainer,
             AgentRequest::GetEvidence(_) => RequestKind::GetEvidence,
             AgentRequest::UpdateConfig(_) => RequestKind::UpdateConfig,
+            AgentRequest::ResizeTerminal(_) => RequestKind::ResizeTerminal,
         }
     }
 
@@ -478,6 +516,7 @@ impl AgentRequest {
             AgentRequest::StatsContainer(r) => serde_json::to_value(r),
             AgentRequest::GetEvidence(r) => serde_json::to_value(r),
             AgentRequest::UpdateConfig(r) => serde_json::to_value(r),
+            AgentRequest::ResizeTerminal(r) => serde_json::to_value(r),
         };
         // Serializing these plain structs to a Value cannot fail (string keys only).
         r.unwrap_or(serde_json::Value::Null)
@@ -575,6 +614,20 @@ impl AgentRequest {
                 Ok(())
             }
             AgentRequest::UpdateConfig(r) => check_id("name", &r.name),
+            AgentRequest::ResizeTerminal(r) => {
+                check_id("container_id", &r.container_id)?;
+                check_opt_id("exec_id", &r.exec_id)?;
+                if r.rows == 0 || r.cols == 0 {
+                    return Err(invalid(
+                        "rows/cols",
+                        format!(
+                            "{}x{} is not a window size (both must be > 0)",
+                            r.rows, r.cols
+                        ),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -742,6 +795,7 @@ impl AgentMessage {
             RequestKind::StatsContainer => AgentRequest::StatsContainer(body(b)?),
             RequestKind::GetEvidence => AgentRequest::GetEvidence(body(b)?),
             RequestKind::UpdateConfig => AgentRequest::UpdateConfig(body(b)?),
+            RequestKind::ResizeTerminal => AgentRequest::ResizeTerminal(body(b)?),
         };
         request.validate()?;
         Ok(AgentMessage {
@@ -844,6 +898,34 @@ mod tests {
         assert_eq!(v["request"]["data_len"], 7);
         assert!(!v.to_string().contains("aHVudGVyMg"));
         assert!(!format!("{m:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn terminal_requests_round_trip_and_a_zero_size_is_refused() {
+        let m = AgentMessage::new(AgentRequest::ResizeTerminal(ResizeTerminalRequest {
+            container_id: "c1".into(),
+            exec_id: String::new(),
+            rows: 40,
+            cols: 120,
+        }));
+        let bytes = serde_json::to_vec(&m.to_json()).unwrap();
+        assert_eq!(AgentMessage::from_json(&bytes).unwrap(), m);
+        let mut v = m.to_json();
+        v["request"]["cols"] = 0.into();
+        let e = AgentMessage::from_value(v).unwrap_err();
+        assert!(e.to_string().contains("not a window size"), "{e}");
+        // stdin/terminal are omitted when false: older agents read the same bytes.
+        let v = exec().to_json();
+        assert!(v["request"]["process"].get("stdin").is_none(), "{v}");
+        let mut v = exec().to_json();
+        v["request"]["process"]["terminal"] = true.into();
+        v["request"]["process"]["console_size"] = serde_json::json!({"rows": 2, "cols": 3});
+        let m = AgentMessage::from_value(v).unwrap();
+        let AgentRequest::ExecProcess(r) = m.request else {
+            panic!()
+        };
+        assert!(r.process.terminal);
+        assert_eq!(r.process.console_size, Some(ConsoleSize { rows: 2, cols: 3 }));
     }
 
     #[test]

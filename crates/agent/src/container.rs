@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,13 +29,25 @@ use crate::proto::{CreateContainerResult, StartContainerResult, StatsContainerRe
 use crate::streams::Stream;
 
 /// A running (or exited) process.
-#[derive(Debug)]
 pub struct Proc {
     /// The launcher's PID in the agent's namespace.
     pub launcher: u32,
     pub stdout: Stream,
     pub stderr: Stream,
-    stdin: Mutex<Option<ChildStdin>>,
+    /// Where `write_stdin` goes: the stdin pipe, or the terminal's master;
+    /// `None` once closed (or when stdin was not asked for).
+    stdin: Mutex<Option<Box<dyn Write + Send>>>,
+    /// The terminal's master, when the process runs on one.
+    tty: Option<fs::File>,
+}
+
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proc")
+            .field("launcher", &self.launcher)
+            .field("terminal", &self.tty.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Proc {
@@ -53,6 +65,8 @@ pub struct Container {
     pub image_digest: String,
     dir: PathBuf,
     spec: InitSpec,
+    /// The init process keeps stdin open (`process.stdin`).
+    stdin: bool,
     init: Mutex<Option<Arc<Proc>>>,
     execs: Mutex<BTreeMap<String, Arc<Proc>>>,
 }
@@ -273,6 +287,8 @@ impl Manager {
             mounts: self.mounts(r)?,
             seccomp: self.cfg.seccomp,
             netns: self.cfg.pod_netns.clone(),
+            terminal: r.process.terminal,
+            console_size: r.process.console_size.map(|s| (s.rows, s.cols)),
         };
         let c = Arc::new(Container {
             id: r.container_id.clone(),
@@ -280,6 +296,7 @@ impl Manager {
             image_digest: stats.digest.clone(),
             dir,
             spec,
+            stdin: r.process.stdin,
             init: Mutex::new(None),
             execs: Mutex::new(BTreeMap::new()),
         });
@@ -303,7 +320,7 @@ impl Manager {
         if init.is_some() {
             return Err(format!("container {id} was already started"));
         }
-        let p = self.launch(&c.dir.join("spec.json"), &c.spec)?;
+        let p = self.launch(&c.dir.join("spec.json"), &c.spec, c.stdin)?;
         let pid = p.launcher;
         *init = Some(Arc::new(p));
         Ok(StartContainerResult {
@@ -335,11 +352,17 @@ impl Manager {
         spec.additional_gids = r.process.user.additional_gids.clone();
         spec.capabilities = caps(&r.process);
         spec.no_new_privileges = r.process.no_new_privileges;
+        spec.terminal = r.process.terminal;
+        spec.console_size = r.process.console_size.map(|s| (s.rows, s.cols));
         let mut execs = c.execs.lock().map_err(|_| "lock poisoned".to_string())?;
         if execs.contains_key(&r.exec_id) {
             return Err(format!("exec {} already exists", r.exec_id));
         }
-        let p = self.launch(&c.dir.join(format!("exec-{}.json", r.exec_id)), &spec)?;
+        let p = self.launch(
+            &c.dir.join(format!("exec-{}.json", r.exec_id)),
+            &spec,
+            r.process.stdin,
+        )?;
         execs.insert(r.exec_id.clone(), Arc::new(p));
         Ok(())
     }
@@ -376,7 +399,9 @@ impl Manager {
             .map_err(|e| err("kill", e))
     }
 
-    /// Write to a process's stdin; empty data closes it.
+    /// Write to a process's stdin; empty data closes it (on a terminal,
+    /// the host's end of input is just the end of what it forwards: the
+    /// user types ^D, as on any terminal).
     pub fn write_stdin(&self, container: &str, exec_id: &str, data: &[u8]) -> Result<(), String> {
         let p = self.process(container, exec_id)?;
         let mut g = p.stdin.lock().map_err(|_| "lock poisoned".to_string())?;
@@ -386,8 +411,26 @@ impl Manager {
         }
         match g.as_mut() {
             Some(s) => s.write_all(data).map_err(|e| err("writing stdin", e)),
-            None => Err("stdin is closed".into()),
+            None => Err(
+                "stdin is closed (or was not kept open: the process was started without stdin)"
+                    .into(),
+            ),
         }
+    }
+
+    /// Set the window size of a process's terminal.
+    pub fn resize_terminal(
+        &self,
+        container: &str,
+        exec_id: &str,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), String> {
+        let p = self.process(container, exec_id)?;
+        let tty = p.tty.as_ref().ok_or_else(|| {
+            format!("resize_terminal: the process {container}/{exec_id} has no terminal")
+        })?;
+        crate::tty::set_window_size(tty, rows, cols)
     }
 
     /// State of a container.
@@ -559,18 +602,51 @@ impl Manager {
         Ok(())
     }
 
-    fn launch(&self, spec_path: &Path, spec: &InitSpec) -> Result<Proc, String> {
+    /// Start the launcher for `spec`. Without `stdin` the process reads
+    /// end-of-file at once (docker without `-i`); with a terminal its
+    /// stdout and stderr are the terminal's master.
+    fn launch(&self, spec_path: &Path, spec: &InitSpec, stdin: bool) -> Result<Proc, String> {
         let json = serde_json::to_vec(spec).map_err(|e| err("encoding the launch spec", e))?;
         fs::write(spec_path, json).map_err(|e| err("writing the launch spec", e))?;
         let (r, w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe", e))?;
         let w_fd = w.as_raw_fd();
+        // The console socket: the launcher's end is moved above the fds
+        // pre_exec writes to, so dup2 cannot clobber it.
+        let console = if spec.terminal {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| err("creating the console socket", e))?;
+            let theirs: std::os::fd::OwnedFd = theirs.into();
+            // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own.
+            let high = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+            if high < 0 {
+                return Err(err(
+                    "moving the console socket",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            // SAFETY: `high` is ours (just duplicated).
+            Some((ours, unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high)
+            }))
+        } else {
+            None
+        };
+        let console_fd = console.as_ref().map(|(_, t)| t.as_raw_fd());
         let mut cmd = Command::new(&self.cfg.agent_exe);
         cmd.arg("init")
             .arg(spec_path)
             .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdin(if stdin && !spec.terminal {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if spec.terminal {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .stderr(Stdio::piped());
         // SAFETY: dup2, fcntl and close_range are async-signal-safe; no allocation.
         unsafe {
@@ -578,14 +654,28 @@ impl Manager {
                 if libc::dup2(w_fd, STATUS_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Only stdio and the status pipe reach the launcher.
-                crate::fds::cloexec_all_but(Some(STATUS_FD))
+                if let Some(c) = console_fd {
+                    if libc::dup2(c, crate::tty::CONSOLE_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Only stdio, the status pipe (and the console socket) reach the launcher.
+                crate::fds::cloexec_all_but(Some(STATUS_FD))?;
+                if console_fd.is_some() && libc::fcntl(crate::tty::CONSOLE_FD, libc::F_SETFD, 0) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
             });
         }
         let mut child = cmd
             .spawn()
             .map_err(|e| err("starting the container launcher", e))?;
         drop(w);
+        let console = console.map(|(ours, theirs)| {
+            drop(theirs);
+            ours
+        });
         let mut status = String::new();
         let mut rf = fs::File::from(r);
         let _ = Read::by_ref(&mut rf)
@@ -596,14 +686,35 @@ impl Manager {
             let _ = child.wait();
             return Err(format!("the container could not start: {status}"));
         }
+        // The terminal's master was sent before the workload's exec, which
+        // closed the status pipe: it is waiting in the socket.
+        let tty = match &console {
+            Some(sock) => match crate::tty::recv_fd(sock.as_raw_fd()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        let tty_reader =
+            match &tty {
+                Some(m) => Some(Box::new(m.try_clone().map_err(|e| err("terminal", e))?)
+                    as Box<dyn Read + Send>),
+                None => None,
+            };
         let stdout = Stream::default();
         let stderr = Stream::default();
         for (pipe, stream) in [
             (
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                tty_reader.or_else(|| {
+                    child
+                        .stdout
+                        .take()
+                        .map(|p| Box::new(p) as Box<dyn Read + Send>)
+                }),
                 stdout.clone(),
             ),
             (
@@ -619,6 +730,7 @@ impl Manager {
                     let mut buf = vec![0u8; 32 * 1024];
                     loop {
                         match pipe.read(&mut buf) {
+                            // A terminal's master reads EIO once every slave is closed.
                             Ok(0) | Err(_) => break,
                             Ok(n) => stream.push(&buf[..n]),
                         }
@@ -627,7 +739,14 @@ impl Manager {
                 });
             }
         }
-        let stdin = child.stdin.take();
+        let stdin: Option<Box<dyn Write + Send>> = match &tty {
+            Some(m) if stdin => Some(Box::new(m.try_clone().map_err(|e| err("terminal", e))?)),
+            Some(_) => None,
+            None => child
+                .stdin
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Write + Send>),
+        };
         let launcher = child.id();
         let (o, e) = (stdout.clone(), stderr.clone());
         std::thread::spawn(move || {
@@ -644,6 +763,7 @@ impl Manager {
             stdout,
             stderr,
             stdin: Mutex::new(stdin),
+            tty,
         })
     }
 }

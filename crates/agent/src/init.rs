@@ -80,6 +80,13 @@ pub struct InitSpec {
     /// instead of creating one.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// Run the workload on a terminal made in the container; its master
+    /// goes to the agent on [`crate::tty::CONSOLE_FD`].
+    #[serde(default)]
+    pub terminal: bool,
+    /// The terminal's initial (rows, cols).
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> String {
@@ -109,9 +116,13 @@ pub fn main(spec_path: &Path) -> i32 {
             unsafe { libc::_exit(127) }
         }
         Ok(ForkResult::Parent { child }) => {
-            // Our copy of the status pipe must not keep it open.
-            // SAFETY: closing an fd we own.
+            // Our copies of the status pipe (and console socket) must not keep them open.
+            // SAFETY: closing fds we own.
             unsafe { libc::close(STATUS_FD) };
+            if spec.terminal {
+                // SAFETY: as above.
+                unsafe { libc::close(crate::tty::CONSOLE_FD) };
+            }
             loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, code)) => return code,
@@ -202,6 +213,10 @@ fn child(spec: &InitSpec) -> Result<(), String> {
         }
     } else {
         chdir("/").map_err(|e| fail("chdir /", e))?;
+    }
+    if spec.terminal {
+        // In the container's root, while still privileged (fchown).
+        crate::tty::attach_new_terminal(spec.uid, spec.gid, spec.console_size)?;
     }
     // Resolve the program before dropping privileges (the PATH search reads the rootfs).
     let program = resolve_program(&spec.args[0], &spec.env, &spec.cwd)?;

@@ -42,4 +42,6 @@ pub mod server;
 #[cfg(feature = "server")]
 pub mod streams;
 #[cfg(feature = "server")]
+pub mod tty;
+#[cfg(feature = "server")]
 pub mod vm;

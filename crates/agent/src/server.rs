@@ -196,6 +196,9 @@ impl Agent {
                     .map_err(|e| e.to_string()),
             },
             AgentRequest::UpdateConfig(r) => m.update_config(r).map(|_| empty()),
+            AgentRequest::ResizeTerminal(r) => m
+                .resize_terminal(&r.container_id, &r.exec_id, r.rows, r.cols)
+                .map(|_| empty()),
         };
         r.unwrap_or_else(|message| AgentResponse::Error { message })
     }

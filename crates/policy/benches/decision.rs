@@ -76,6 +76,7 @@ fn policy() -> PolicyData {
                 ],
                 allow_stdio: true,
                 allow_stdin: false,
+                allow_tty: false,
                 signals: vec![9, 15],
             }
         })

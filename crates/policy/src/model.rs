@@ -182,8 +182,12 @@ pub struct ContainerPolicy {
     pub exec: Vec<Vec<String>>,
     /// The host may read the init process's stdout/stderr (logs).
     pub allow_stdio: bool,
-    /// The host may write to the init process's stdin.
+    /// The host may write to the init process's stdin (the pod's `stdin: true`).
     pub allow_stdin: bool,
+    /// The init process may run on a terminal (the pod's `tty: true`).
+    /// Omitted when false, so policies without terminals keep their bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_tty: bool,
     /// Signals the host may send.
     pub signals: Vec<u32>,
 }

@@ -365,6 +365,26 @@ create_container_errors contains v if {
 }
 
 create_container_errors contains v if {
+	c := containers_by_name[req.name]
+	object.get(req.process, "stdin", false)
+	not c.allow_stdin
+	v := violation("create_container", "process.stdin", "false (allow_stdin = false)", "true", sprintf(
+		"create_container: container %q may not keep stdin open (allow_stdin = false; the pod's container needs stdin: true)",
+		[c.name],
+	))
+}
+
+create_container_errors contains v if {
+	c := containers_by_name[req.name]
+	object.get(req.process, "terminal", false)
+	not object.get(c, "allow_tty", false)
+	v := violation("create_container", "process.terminal", "false (allow_tty = false)", "true", sprintf(
+		"create_container: container %q may not run on a terminal (allow_tty = false; the pod's container needs tty: true)",
+		[c.name],
+	))
+}
+
+create_container_errors contains v if {
 	containers_by_name[req.name]
 	some i, d in req.devices
 	v := violation("create_container", sprintf("devices[%d]", [i]), "no devices", d, sprintf(
@@ -515,6 +535,26 @@ write_stdin_errors contains v if {
 	not c.allow_stdin
 	v := violation("write_stdin", "container_id", "allow_stdin = true", "allow_stdin = false", sprintf(
 		"write_stdin: writing to stdin of container %q is not allowed by the policy (allow_stdin = false)",
+		[c.name],
+	))
+}
+
+# An allowed exec may have a terminal (`veil exec -t`): its argv is pinned,
+# and its output and stdin are the host's anyway.
+resize_terminal_errors contains v if {
+	v := unknown_container("resize_terminal")
+}
+
+resize_terminal_errors contains v if {
+	v := unknown_exec("resize_terminal")
+}
+
+resize_terminal_errors contains v if {
+	c := container_of(req.container_id)
+	req.exec_id == ""
+	not object.get(c, "allow_tty", false)
+	v := violation("resize_terminal", "container_id", "allow_tty = true", "allow_tty = false", sprintf(
+		"resize_terminal: container %q has no terminal in the policy (allow_tty = false)",
 		[c.name],
 	))
 }

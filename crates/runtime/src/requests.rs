@@ -165,6 +165,8 @@ fn process_of(c: &ContainerPolicy, args: Vec<String>) -> Process {
         },
         no_new_privileges: c.no_new_privileges,
         terminal: false,
+        stdin: false,
+        console_size: None,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod bench_service;
 pub mod local_kbs;
 pub mod net;
 pub mod record;
+pub mod stdio;
 pub mod vm;
 
 use std::io::Write;
@@ -95,6 +96,10 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(default)]
     pub net: net::NetArgs,
+    /// `-i`, `-t`.
+    #[command(flatten)]
+    #[serde(default)]
+    pub stdio: stdio::StdioArgs,
     /// Internal: run as the detached monitor of sandbox ID.
     #[arg(long, hide = true)]
     pub monitor: Option<String>,
@@ -111,6 +116,9 @@ pub struct ExecArgs {
     /// Container (policy name); default: the first.
     #[arg(long)]
     pub container: Option<String>,
+    /// `-i`, `-t`.
+    #[command(flatten)]
+    pub stdio: stdio::StdioArgs,
     /// The command.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -525,6 +533,7 @@ fn workload(
                 let cmd: Vec<String> = a.command.iter().map(|c| quoted(c)).collect();
                 yaml.push_str(&format!("    command: [{}]\n", cmd.join(", ")));
             }
+            yaml.push_str(&a.stdio.pod_yaml());
             (r.dir.clone(), img.clone(), yaml)
         }
         (None, Some(pod)) => {
@@ -615,6 +624,8 @@ fn block_signals() -> Result<SigSet> {
     s.add(Signal::SIGINT);
     s.add(Signal::SIGTERM);
     s.add(Signal::SIGHUP);
+    // Forwarded to a container's terminal (`-t`), ignored otherwise.
+    s.add(Signal::SIGWINCH);
     s.thread_block().context("blocking signals")?;
     Ok(s)
 }
@@ -976,12 +987,17 @@ fn run_sandbox(
     )))
     .map_err(|e| anyhow!("create_sandbox: {e}"))?;
     let mut pull_ms = 0u64;
+    // The container veil's stdin and terminal go to (-i/-t): the only one,
+    // or a pod's first that the policy lets have them.
+    let attached = stdio_container(a, &w.policy)?;
     for c_pol in w.policy.containers.iter() {
         let cid = format!("{}-{}", rec.id, c_pol.name);
+        let mut req = requests::create_container(&w.policy, c_pol, &rec.id, &cid);
+        if attached.as_deref() == Some(c_pol.name.as_str()) {
+            a.stdio.apply(&mut req.process);
+        }
         let r: veil_agent::proto::CreateContainerResult = c
-            .call_typed(AgentRequest::CreateContainer(requests::create_container(
-                &w.policy, c_pol, &rec.id, &cid,
-            )))
+            .call_typed(AgentRequest::CreateContainer(req))
             .map_err(|e| anyhow!("create_container {}: {e}", c_pol.name))?;
         pull_ms += r.pull_ms;
         if c_pol.init {
@@ -1010,6 +1026,22 @@ fn run_sandbox(
     rec.status = "running".into();
     rec.started = true;
     rec.save(data)?;
+    let attached_cid = attached.as_ref().map(|n| format!("{}-{n}", rec.id));
+    // Keys reach the container as typed only with -i -t on a terminal.
+    let _raw = match &attached_cid {
+        Some(cid) if a.monitor.is_none() => {
+            if a.stdio.tty {
+                stdio::send_window_size(&mut c, cid, "");
+            }
+            if a.stdio.interactive {
+                stdio::forward_stdin(sb.socket(), cid.clone(), String::new());
+            }
+            (a.stdio.tty && a.stdio.interactive && stdio::stdin_is_terminal())
+                .then(stdio::RawMode::enable)
+                .flatten()
+        }
+        _ => None,
+    };
 
     let out = Arc::new(Output {
         log: Mutex::new(
@@ -1089,6 +1121,11 @@ fn run_sandbox(
                 exit = 125;
                 break;
             }
+            Ok(Event::Signal(Signal::SIGWINCH)) => {
+                if let (Some(cid), true) = (&attached_cid, a.stdio.tty) {
+                    stdio::send_window_size(&mut c, cid, "");
+                }
+            }
             Ok(Event::Signal(sig)) => {
                 say(quiet, &format!("veil: {sig}: stopping the sandbox"));
                 exit = 128 + sig as i32;
@@ -1145,6 +1182,38 @@ fn run_sandbox(
         );
     }
     Ok(exit)
+}
+
+/// The container `-i`/`-t` attach to: the single image's, or the first of
+/// a pod's (non-init) containers whose policy allows them; `None` without
+/// `-i`/`-t`. A pod none of whose containers allows them is refused here,
+/// naming the pod fields that would.
+fn stdio_container(a: &RunArgs, policy: &PolicyData) -> Result<Option<String>> {
+    let s = &a.stdio;
+    if !s.interactive && !s.tty {
+        return Ok(None);
+    }
+    let mut run = policy.containers.iter().filter(|c| !c.init);
+    if a.image.is_some() {
+        // The agent decides, with the policy's explanation, if it disallows them.
+        return Ok(run.next().map(|c| c.name.clone()));
+    }
+    let fits = |c: &&veil_policy::model::ContainerPolicy| {
+        (!s.interactive || c.allow_stdin) && (!s.tty || c.allow_tty)
+    };
+    match run.find(fits) {
+        Some(c) => Ok(Some(c.name.clone())),
+        None => bail!(
+            "{}: no container of the pod's policy allows them (allow_stdin/allow_tty); give a container `stdin: true`{} in the pod YAML and generate the policy again",
+            [(s.interactive, "-i"), (s.tty, "-t")]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, f)| *f)
+                .collect::<Vec<_>>()
+                .join(" and "),
+            if s.tty { " / `tty: true`" } else { "" }
+        ),
+    }
 }
 
 fn wait_exit(sb: &vm::AnySandbox, cid: &str) -> Result<i32> {
@@ -1376,12 +1445,18 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
         .container(&name)
         .ok_or_else(|| anyhow!("container {name} is not in the policy"))?;
     let exec_id = format!("exec-{}", new_id());
-    match c.call(AgentRequest::ExecProcess(requests::exec_process(
-        cp,
-        &cid,
-        &exec_id,
-        a.command.clone(),
-    ))) {
+    let mut req = requests::exec_process(cp, &cid, &exec_id, a.command.clone());
+    a.stdio.apply(&mut req.process);
+    // Before any thread: every thread inherits the blocked SIGWINCH.
+    let winch = if a.stdio.tty {
+        let mut s = SigSet::empty();
+        s.add(Signal::SIGWINCH);
+        s.thread_block().context("blocking SIGWINCH")?;
+        Some(s)
+    } else {
+        None
+    };
+    match c.call(AgentRequest::ExecProcess(req)) {
         Ok(_) => {}
         Err(e) if e.is_denied() => {
             eprintln!("veil: exec refused: {e}");
@@ -1390,6 +1465,24 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
         }
         Err(e) => bail!("exec: {e}"),
     }
+    if let Some(sigs) = winch {
+        stdio::send_window_size(&mut c, &cid, &exec_id);
+        let (socket, cid, exec_id) = (rec.socket.clone(), cid.clone(), exec_id.clone());
+        std::thread::spawn(move || {
+            let Ok(mut c) = AgentClient::connect(&socket, Duration::from_secs(30)) else {
+                return;
+            };
+            while sigs.wait().is_ok() {
+                stdio::send_window_size(&mut c, &cid, &exec_id);
+            }
+        });
+    }
+    if a.stdio.interactive {
+        stdio::forward_stdin(rec.socket.clone(), cid.clone(), exec_id.clone());
+    }
+    let _raw = (a.stdio.tty && a.stdio.interactive && stdio::stdin_is_terminal())
+        .then(stdio::RawMode::enable)
+        .flatten();
     let mut handles = Vec::new();
     for stream in [Stream::Stdout, Stream::Stderr] {
         let mut c = AgentClient::connect(&rec.socket, Duration::from_secs(30))

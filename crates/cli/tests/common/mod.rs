@@ -77,6 +77,12 @@ pub fn image(env: &Env, layout: &OciLayout, tag: &str, cmd: &str) {
         "wc",
         "cut",
         "hostname",
+        "tty",
+        "stty",
+        "env",
+        "id",
+        "pwd",
+        "printenv",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
     }

@@ -1076,6 +1076,7 @@ fn container_policy(
         exec,
         allow_stdio,
         allow_stdin: as_bool(c.get("stdin")) == Some(true),
+        allow_tty: as_bool(c.get("tty")) == Some(true),
         signals,
     })
 }

@@ -409,3 +409,92 @@ fn listings_have_json_and_rfc3339_times() {
     assert!(json(&["kbs", "policy", "get"]).is_array());
     assert!(json(&["kbs", "reference-value", "list"]).is_object());
 }
+
+#[test]
+fn serve_flags_set_the_admin_audience_and_the_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let kbs = DevKbs::serve_with(
+        Path::new(VEIL),
+        d,
+        &[
+            "--admin-audience",
+            "kbs-test.example",
+            "--max-connections-per-source",
+            "7",
+            "--unattested-sessions-per-source",
+            "3",
+            "--audit-refusal-rows",
+            "2",
+            "--snp-allowed-vmpl",
+            "0",
+            "--snp-allowed-vmpl",
+            "1",
+        ],
+    );
+    // A token for the default audience is refused, naming what is expected.
+    let out = kbs
+        .client()
+        .args(["kbs", "resource", "list", "--insecure-http"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kbs-test.example"), "{err}");
+    // With the KBS's audience it works.
+    run_ok(kbs.client().args([
+        "kbs",
+        "resource",
+        "list",
+        "--insecure-http",
+        "--audience",
+        "kbs-test.example",
+    ]));
+    // The limits are in force: 10 /auth from one address leave it 3
+    // un-attested sessions.
+    for _ in 0..10 {
+        let r = ureq_post(
+            &kbs.url(),
+            "/kbs/v0/auth",
+            r#"{"version":"0.4.0","tee":"sim","extra-params":""}"#,
+        );
+        assert_eq!(r, 200);
+    }
+    let metrics = ureq_get(&kbs.url(), "/metrics");
+    assert!(
+        metrics.contains("veil_kbs_sessions_unattested 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("veil_kbs_sessions_evicted_total 7"),
+        "{metrics}"
+    );
+}
+
+fn ureq_post(url: &str, path: &str, body: &str) -> u16 {
+    let http = veil_kbs_client::http::Http::new(&{
+        let mut c = veil_kbs_client::ClientConfig::new(url);
+        c.allow_http = true;
+        c
+    })
+    .unwrap();
+    http.send(
+        "POST",
+        path,
+        &[],
+        Some(("application/json", body.as_bytes())),
+    )
+    .unwrap()
+    .status
+}
+
+fn ureq_get(url: &str, path: &str) -> String {
+    let http = veil_kbs_client::http::Http::new(&{
+        let mut c = veil_kbs_client::ClientConfig::new(url);
+        c.allow_http = true;
+        c
+    })
+    .unwrap();
+    String::from_utf8(http.send("GET", path, &[], None).unwrap().body).unwrap()
+}

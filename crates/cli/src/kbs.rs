@@ -791,7 +791,15 @@ fn policy(c: PolicyCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let scope = (!a.scope.is_empty()).then_some(a.scope.as_str());
-            admin_client(&a.admin)?.set_resource_policy(scope, &text)?;
+            let client = admin_client(&a.admin)?;
+            if scope.is_some() && !client.supports_policy_scopes()? {
+                bail!(
+                    "refused: this KBS does not keep resource policies per scope (it answers 404 to GET {}, as a Trustee KBS does, which has ONE global resource policy): `--scope {}` would silently replace that global policy for every resource. Write one policy that covers all resources (it sees the path in data[\"resource-path\"]) and set it without --scope",
+                    veil_kbs_client::admin::CAPABILITIES_PATH,
+                    a.scope
+                );
+            }
+            client.set_resource_policy(scope, &text)?;
             outln!("resource policy set for scope {:?}", a.scope);
         }
         PolicyCommand::Get { admin, json: _ } => {

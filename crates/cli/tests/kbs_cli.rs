@@ -498,3 +498,80 @@ fn ureq_get(url: &str, path: &str) -> String {
     .unwrap();
     String::from_utf8(http.send("GET", path, &[], None).unwrap().body).unwrap()
 }
+
+/// A stand-in for a Trustee KBS as far as scopes go: every request is
+/// answered 404 `PluginNotFound` (what Trustee answers for an endpoint it
+/// does not have); returns its URL and the request lines it saw.
+fn trustee_like() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            s.lock().unwrap().push(line.trim().to_string());
+            let body = r#"{"type":"https://github.com/confidential-containers/kbs/errors/PluginNotFound","detail":"Plugin veil-capabilities not found"}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn scoped_policy_set_is_refused_against_a_kbs_without_scopes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let (url, seen) = trustee_like();
+    let out = veil()
+        .env("VEIL_KBS_URL", &url)
+        .env("VEIL_KBS_ADMIN_KEY", d.join("admin.key"))
+        .args([
+            "kbs",
+            "policy",
+            "set",
+            "--insecure-http",
+            "--scope",
+            "app",
+            "--template",
+            "allow-all",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not keep resource policies per scope") && err.contains("--scope app"),
+        "{err}"
+    );
+    // It asked, and set nothing.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec!["GET /kbs/v0/veil-capabilities HTTP/1.1".to_string()]
+    );
+
+    // veil's own KBS says it has scopes: the same command works there.
+    let kbs = serve(d);
+    run_ok(kbs.client().args([
+        "kbs",
+        "policy",
+        "set",
+        "--insecure-http",
+        "--scope",
+        "app",
+        "--template",
+        "allow-all",
+    ]));
+}

@@ -94,6 +94,52 @@ pub struct ServeArgs {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// A VMPL an SNP report may be requested from; repeatable (default 0
+    /// only: a report from a less privileged VMPL is not vouched for by the
+    /// VMPL 0 code).
+    #[arg(long = "snp-allowed-vmpl", value_name = "VMPL", default_values_t = [0u32],
+          value_parser = clap::value_parser!(u32).range(0..=3))]
+    pub snp_allowed_vmpls: Vec<u32>,
+    /// The `aud` admin tokens must carry: a token minted for another KBS is
+    /// refused here.
+    #[arg(long, default_value = veil_kbs_client::admin::DEFAULT_ADMIN_AUDIENCE)]
+    pub admin_audience: String,
+    /// Longest admin token lifetime (`exp - iat`) accepted, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = veil_kbs::admin_auth::DEFAULT_MAX_LIFETIME_SECS)]
+    pub admin_max_token_lifetime: u64,
+    /// Accept admin tokens without `jti`, reusable until they expire (e.g.
+    /// Trustee's long-lived tokens; raise --admin-max-token-lifetime too).
+    #[arg(long)]
+    pub admin_allow_reusable_tokens: bool,
+    /// Attested sessions held at most.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_sessions: usize,
+    /// Seconds an un-attested session (after /auth) has to attest.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub unattested_timeout: u64,
+    /// Un-attested sessions held at most (past it, the oldest is evicted).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_unattested_sessions: usize,
+    /// Un-attested sessions one source address (IPv4, IPv6 /64) holds at
+    /// most (past it, that source's oldest is evicted).
+    #[arg(long, default_value_t = 256)]
+    pub unattested_sessions_per_source: usize,
+    /// Connections open at once, all sources together.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Connections one source address holds at most.
+    #[arg(long, default_value_t = 128)]
+    pub max_connections_per_source: usize,
+    /// Days audit rows are kept (0: forever).
+    #[arg(long, value_name = "DAYS", default_value_t = 90)]
+    pub audit_retention_days: u64,
+    /// Refusals stored row by row per source and kind in each
+    /// --audit-window; the rest are counted into one summary row.
+    #[arg(long, default_value_t = 10)]
+    pub audit_refusal_rows: u32,
+    /// The refusal rate-limit window, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub audit_window: u64,
 }
 
 /// Arguments of `veil kbs admin-keygen`.
@@ -174,6 +220,10 @@ pub struct AdminArgs {
     /// Admin private key (from `veil kbs admin-keygen`).
     #[arg(long, env = "VEIL_KBS_ADMIN_KEY")]
     pub admin_key: PathBuf,
+    /// The admin audience of the KBS (its `serve --admin-audience`).
+    #[arg(long = "audience", env = "VEIL_KBS_ADMIN_AUDIENCE",
+          default_value = veil_kbs_client::admin::DEFAULT_ADMIN_AUDIENCE)]
+    pub audience: String,
 }
 
 /// `veil kbs resource …`.
@@ -429,6 +479,19 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     cfg.session_timeout = Duration::from_secs(a.session_timeout.max(1));
     cfg.token_ttl = Duration::from_secs(a.token_ttl.max(1));
     cfg.max_body_bytes = a.max_body_bytes;
+    cfg.snp_allowed_vmpls = a.snp_allowed_vmpls.clone();
+    cfg.admin_audience = a.admin_audience.clone();
+    cfg.admin_max_token_lifetime = Duration::from_secs(a.admin_max_token_lifetime.max(1));
+    cfg.admin_allow_reusable_tokens = a.admin_allow_reusable_tokens;
+    cfg.max_sessions = a.max_sessions.max(1);
+    cfg.unattested_timeout = Duration::from_secs(a.unattested_timeout.max(1));
+    cfg.max_unattested_sessions = a.max_unattested_sessions.max(1);
+    cfg.unattested_sessions_per_source = a.unattested_sessions_per_source.max(1);
+    cfg.max_connections = a.max_connections.max(1);
+    cfg.max_connections_per_source = a.max_connections_per_source.max(1);
+    cfg.audit_retention = Duration::from_secs(a.audit_retention_days.saturating_mul(24 * 3600));
+    cfg.audit_refusal_rows = a.audit_refusal_rows;
+    cfg.audit_window = Duration::from_secs(a.audit_window.max(1));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
@@ -453,6 +516,18 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     if a.insecure_allow_sample {
         eprintln!(
             "veil: WARNING: --insecure-allow-sample: CoCo sample evidence (no cryptography at all) is accepted"
+        );
+    }
+    if a.admin_allow_reusable_tokens {
+        eprintln!(
+            "veil: WARNING: --admin-allow-reusable-tokens: admin tokens without a jti are accepted again and again until they expire ({} s at most)",
+            a.admin_max_token_lifetime
+        );
+    }
+    if cfg.snp_allowed_vmpls != [0] {
+        eprintln!(
+            "veil: note: SNP reports accepted from VMPL {:?}, not only VMPL 0",
+            cfg.snp_allowed_vmpls
         );
     }
     if cfg.admin_keys.is_empty() {
@@ -584,10 +659,10 @@ fn admin_client(a: &AdminArgs) -> Result<AdminClient> {
         std::fs::read_to_string(&a.admin_key)
             .with_context(|| format!("reading {}", a.admin_key.display()))?,
     );
-    Ok(AdminClient::new(
-        &client_config(&a.conn)?,
-        AdminKey::from_pem(&pem)?,
-    )?)
+    Ok(
+        AdminClient::new(&client_config(&a.conn)?, AdminKey::from_pem(&pem)?)?
+            .with_audience(&a.audience),
+    )
 }
 
 /// Unix seconds → RFC 3339 (UTC), as every time veil prints.
@@ -716,7 +791,15 @@ fn policy(c: PolicyCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let scope = (!a.scope.is_empty()).then_some(a.scope.as_str());
-            admin_client(&a.admin)?.set_resource_policy(scope, &text)?;
+            let client = admin_client(&a.admin)?;
+            if scope.is_some() && !client.supports_policy_scopes()? {
+                bail!(
+                    "refused: this KBS does not keep resource policies per scope (it answers 404 to GET {}, as a Trustee KBS does, which has ONE global resource policy): `--scope {}` would silently replace that global policy for every resource. Write one policy that covers all resources (it sees the path in data[\"resource-path\"]) and set it without --scope",
+                    veil_kbs_client::admin::CAPABILITIES_PATH,
+                    a.scope
+                );
+            }
+            client.set_resource_policy(scope, &text)?;
             outln!("resource policy set for scope {:?}", a.scope);
         }
         PolicyCommand::Get { admin, json: _ } => {

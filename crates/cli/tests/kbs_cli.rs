@@ -409,3 +409,169 @@ fn listings_have_json_and_rfc3339_times() {
     assert!(json(&["kbs", "policy", "get"]).is_array());
     assert!(json(&["kbs", "reference-value", "list"]).is_object());
 }
+
+#[test]
+fn serve_flags_set_the_admin_audience_and_the_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let kbs = DevKbs::serve_with(
+        Path::new(VEIL),
+        d,
+        &[
+            "--admin-audience",
+            "kbs-test.example",
+            "--max-connections-per-source",
+            "7",
+            "--unattested-sessions-per-source",
+            "3",
+            "--audit-refusal-rows",
+            "2",
+            "--snp-allowed-vmpl",
+            "0",
+            "--snp-allowed-vmpl",
+            "1",
+        ],
+    );
+    // A token for the default audience is refused, naming what is expected.
+    let out = kbs
+        .client()
+        .args(["kbs", "resource", "list", "--insecure-http"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kbs-test.example"), "{err}");
+    // With the KBS's audience it works.
+    run_ok(kbs.client().args([
+        "kbs",
+        "resource",
+        "list",
+        "--insecure-http",
+        "--audience",
+        "kbs-test.example",
+    ]));
+    // The limits are in force: 10 /auth from one address leave it 3
+    // un-attested sessions.
+    for _ in 0..10 {
+        let r = ureq_post(
+            &kbs.url(),
+            "/kbs/v0/auth",
+            r#"{"version":"0.4.0","tee":"sim","extra-params":""}"#,
+        );
+        assert_eq!(r, 200);
+    }
+    let metrics = ureq_get(&kbs.url(), "/metrics");
+    assert!(
+        metrics.contains("veil_kbs_sessions_unattested 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("veil_kbs_sessions_evicted_total 7"),
+        "{metrics}"
+    );
+}
+
+fn ureq_post(url: &str, path: &str, body: &str) -> u16 {
+    let http = veil_kbs_client::http::Http::new(&{
+        let mut c = veil_kbs_client::ClientConfig::new(url);
+        c.allow_http = true;
+        c
+    })
+    .unwrap();
+    http.send(
+        "POST",
+        path,
+        &[],
+        Some(("application/json", body.as_bytes())),
+    )
+    .unwrap()
+    .status
+}
+
+fn ureq_get(url: &str, path: &str) -> String {
+    let http = veil_kbs_client::http::Http::new(&{
+        let mut c = veil_kbs_client::ClientConfig::new(url);
+        c.allow_http = true;
+        c
+    })
+    .unwrap();
+    String::from_utf8(http.send("GET", path, &[], None).unwrap().body).unwrap()
+}
+
+/// A stand-in for a Trustee KBS as far as scopes go: every request is
+/// answered 404 `PluginNotFound` (what Trustee answers for an endpoint it
+/// does not have); returns its URL and the request lines it saw.
+fn trustee_like() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            s.lock().unwrap().push(line.trim().to_string());
+            let body = r#"{"type":"https://github.com/confidential-containers/kbs/errors/PluginNotFound","detail":"Plugin veil-capabilities not found"}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn scoped_policy_set_is_refused_against_a_kbs_without_scopes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let (url, seen) = trustee_like();
+    let out = veil()
+        .env("VEIL_KBS_URL", &url)
+        .env("VEIL_KBS_ADMIN_KEY", d.join("admin.key"))
+        .args([
+            "kbs",
+            "policy",
+            "set",
+            "--insecure-http",
+            "--scope",
+            "app",
+            "--template",
+            "allow-all",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("does not keep resource policies per scope") && err.contains("--scope app"),
+        "{err}"
+    );
+    // It asked, and set nothing.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec!["GET /kbs/v0/veil-capabilities HTTP/1.1".to_string()]
+    );
+
+    // veil's own KBS says it has scopes: the same command works there.
+    let kbs = serve(d);
+    run_ok(kbs.client().args([
+        "kbs",
+        "policy",
+        "set",
+        "--insecure-http",
+        "--scope",
+        "app",
+        "--template",
+        "allow-all",
+    ]));
+}

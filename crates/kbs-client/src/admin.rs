@@ -99,6 +99,9 @@ pub struct AdminClient {
     audience: String,
 }
 
+/// Where veil's KBS lists what it supports beyond the Trustee protocol.
+pub const CAPABILITIES_PATH: &str = "/kbs/v0/veil-capabilities";
+
 impl AdminClient {
     /// A client signing its calls with `key`.
     pub fn new(config: &ClientConfig, key: AdminKey) -> Result<Self> {
@@ -199,6 +202,23 @@ impl AdminClient {
             Some(("application/json", body.to_string().as_bytes())),
         )
         .map(|_| ())
+    }
+
+    /// Whether the KBS keeps one resource policy per scope (veil's KBS
+    /// says so at `GET /kbs/v0/veil-capabilities`); a KBS without that
+    /// endpoint (Trustee's answers 404) has one global resource policy.
+    pub fn supports_policy_scopes(&self) -> Result<bool> {
+        let resp = self.http.send("GET", CAPABILITIES_PATH, &[], None)?;
+        if resp.status == 404 {
+            return Ok(false);
+        }
+        let body = resp.ok_or_refused("capabilities")?.body;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+                what: "capabilities".into(),
+                reason: format!("response JSON: {e}"),
+            })?;
+        Ok(v["resource_policy_scopes"] == true)
     }
 
     /// All resource policies.

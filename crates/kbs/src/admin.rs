@@ -158,13 +158,15 @@ pub fn set_attestation_policy(st: &AppState, policy_id: Option<&str>, text: &str
     Ok(())
 }
 
-/// Store reference values (name → array of values), each valid for
+/// Store reference values (name → value: usually an array of accepted
+/// values, or one value as Trustee's policies compare some with `==`),
+/// each valid for
 /// [`REFERENCE_VALUE_LIFETIME_SECS`].
 pub fn set_reference_values(
     st: &AppState,
     values: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
-    for (name, v) in values {
+    for name in values.keys() {
         if name.is_empty()
             || name.len() > 128
             || !name
@@ -173,11 +175,6 @@ pub fn set_reference_values(
         {
             return Err(KbsError::RvpsError(format!(
                 "reference value name {name:?} must be 1-128 of [A-Za-z0-9_.-]"
-            )));
-        }
-        if !v.is_array() {
-            return Err(KbsError::RvpsError(format!(
-                "reference value {name:?} must be a JSON array of values"
             )));
         }
     }

@@ -71,9 +71,40 @@ trust_claims := {
 }
 "#;
 
-/// Compile an attestation policy.
+/// The Trustee attestation-policy builtin: `query_reference_value(name)`
+/// is the reference value stored under `name` (what `data.reference[name]`
+/// holds), `null` when there is none — as Trustee's RVPS answers.
+pub const QUERY_REFERENCE_VALUE: &str = "query_reference_value";
+
+std::thread_local! {
+    /// The reference values of the appraisal running on this thread
+    /// (regorus evaluates synchronously, on the caller's thread).
+    static REFERENCE: std::cell::RefCell<serde_json::Value> =
+        const { std::cell::RefCell::new(serde_json::Value::Null) };
+}
+
+fn query_reference_value(args: Vec<regorus::Value>) -> anyhow::Result<regorus::Value> {
+    let name = match args.as_slice() {
+        [regorus::Value::String(name)] => name.to_string(),
+        _ => {
+            anyhow::bail!("{QUERY_REFERENCE_VALUE} takes one string, the reference value's name")
+        }
+    };
+    let found = REFERENCE.with(|r| r.borrow().get(&name).cloned());
+    Ok(found.map_or(regorus::Value::Null, regorus::Value::from))
+}
+
+/// Compile an attestation policy (Trustee's builtins available).
 pub fn compile(text: &str) -> Result<RegoPolicy, String> {
-    RegoPolicy::compile(text, TRUST_RULE)
+    RegoPolicy::compile_with(text, TRUST_RULE, |engine| {
+        engine
+            .add_extension(
+                QUERY_REFERENCE_VALUE.into(),
+                1,
+                Box::new(query_reference_value),
+            )
+            .map_err(|e| format!("{QUERY_REFERENCE_VALUE}: {e}"))
+    })
 }
 
 /// AR4SI tier of one claim value.
@@ -101,6 +132,15 @@ pub fn appraise(
     input: &serde_json::Value,
     reference: serde_json::Value,
 ) -> Result<Appraisal, String> {
+    // `query_reference_value` reads them from here during this evaluation.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REFERENCE.with(|r| *r.borrow_mut() = serde_json::Value::Null);
+        }
+    }
+    REFERENCE.with(|r| *r.borrow_mut() = reference.clone());
+    let _reset = Reset;
     let out = policy.eval(
         input.clone(),
         serde_json::json!({ "reference": reference }),

@@ -103,18 +103,24 @@ pub fn appraise(
     let kind = crate::verify::parse_tee(tee).map_err(|e| fail(KbsError::AttestationError(e)))?;
     let verified: VerifiedClaims = match kind {
         TeeKind::Sample => {
-            if init.is_some() {
-                return Err(fail(KbsError::AttestationError(
-                    "sample evidence has no init-data field, so init-data cannot be bound: do not send init-data with sample evidence".into(),
-                )));
-            }
-            crate::verify::verify_sample(&att.tee_evidence.primary_evidence, &binding).map_err(
-                |e| {
+            let mut v = crate::verify::verify_sample(&att.tee_evidence.primary_evidence, &binding)
+                .map_err(|e| {
                     fail(KbsError::AttestationError(format!(
                         "sample evidence refused: {e}"
                     )))
-                },
-            )?
+                })?;
+            // Sample evidence has no init-data field: init-data sent with it
+            // is taken as the client says (as Trustee's sample verifier does,
+            // for testing init-data features) and marked unbound.
+            if init.is_some() {
+                if let Some(o) = v.json.as_object_mut() {
+                    o.insert("init_data_bound".into(), false.into());
+                }
+                tracing::warn!(
+                    "sample evidence with init-data: accepted UNBOUND (sample evidence has no init-data field)"
+                );
+            }
+            v
         }
         TeeKind::Attest(t) => crate::verify::verify_attest(
             t,
@@ -152,6 +158,9 @@ pub fn appraise(
                 let mut c = i.claims.clone();
                 if let Some(o) = c.as_object_mut() {
                     o.insert("algorithm".into(), i.algorithm.clone().into());
+                    if kind == TeeKind::Sample {
+                        o.insert("bound".into(), false.into());
+                    }
                 }
                 c
             })

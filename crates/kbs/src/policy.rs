@@ -42,6 +42,16 @@ fn new_engine() -> regorus::Engine {
 impl RegoPolicy {
     /// Parse a policy and check that `rule` evaluates (against empty input).
     pub fn compile(text: &str, rule: &str) -> Result<Self, String> {
+        Self::compile_with(text, rule, |_| Ok(()))
+    }
+
+    /// [`compile`](Self::compile) on an engine `setup` prepared first (with
+    /// extension functions, say).
+    pub fn compile_with(
+        text: &str,
+        rule: &str,
+        setup: impl FnOnce(&mut regorus::Engine) -> Result<(), String>,
+    ) -> Result<Self, String> {
         if text.len() > MAX_POLICY_BYTES {
             return Err(format!(
                 "policy is {} bytes, limit {MAX_POLICY_BYTES}",
@@ -49,6 +59,7 @@ impl RegoPolicy {
             ));
         }
         let mut engine = new_engine();
+        setup(&mut engine)?;
         engine
             .add_policy("policy.rego".into(), text.into())
             .map_err(|e| format!("Rego (v1 syntax: `allow if {{ … }}`) does not parse: {e}"))?;

@@ -60,9 +60,15 @@ pub struct DevKbs {
 impl DevKbs {
     /// Spawn it and wait (at most 30 s) until `/healthz` answers.
     pub fn serve(veil: &Path, dir: &Path) -> Self {
+        Self::serve_with(veil, dir, &[])
+    }
+
+    /// [`serve`](Self::serve) with more `veil kbs serve` arguments.
+    pub fn serve_with(veil: &Path, dir: &Path, extra: &[&str]) -> Self {
         let port = crate::free_port();
         let child = Command::new(veil)
             .args(["kbs", "serve", "--insecure-http", "--dev"])
+            .args(extra)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")

@@ -169,11 +169,18 @@ async fn dispatch(State(st): State<Arc<AppState>>, req: Request) -> Response {
             authorize(&st, &source, h, "audit").and_then(|()| audit(&st, &query))
         }
         "jwks" if rest.is_empty() && m == Method::GET => Ok(json_response(&st.signer.jwks())),
+        // What veil's KBS does beyond Trustee's protocol, so that clients
+        // can tell it from a Trustee KBS (which answers 404 here).
+        "veil-capabilities" if rest.is_empty() && m == Method::GET => Ok(json_response(
+            &serde_json::json!({"resource_policy_scopes": true}),
+        )),
         "auth" | "attest" | "resource" | "admin" | "resource-policy" | "attestation-policy"
-        | "reference-value" | "audit" | "jwks" => Err(KbsError::InvalidRequestPath(format!(
-            "{m} /kbs/v0/{} is not an endpoint",
-            path.chars().take(200).collect::<String>()
-        ))),
+        | "reference-value" | "audit" | "jwks" | "veil-capabilities" => {
+            Err(KbsError::InvalidRequestPath(format!(
+                "{m} /kbs/v0/{} is not an endpoint",
+                path.chars().take(200).collect::<String>()
+            )))
+        }
         other => Err(KbsError::PluginNotFound(other.chars().take(64).collect())),
     };
     result.unwrap_or_else(|e| {

@@ -382,17 +382,17 @@ mod tests {
                 "bin",
                 "hostetc",
                 "passwd",
-                "root/",
-                "tmp/",
-                "usr/",
-                "usr/bin/",
+                "root",
+                "tmp",
+                "usr",
+                "usr/bin",
                 "usr/bin/tool",
                 "usr/bin/tool2"
             ]
         );
         let get = |p: &str| es.iter().find(|e| e.path == p).unwrap();
-        assert_eq!(get("tmp/").mode, 0o1777);
-        assert_eq!(get("root/").mode, 0o700);
+        assert_eq!(get("tmp").mode, 0o1777);
+        assert_eq!(get("root").mode, 0o700);
         let tool = get("usr/bin/tool");
         assert_eq!(tool.mode, 0o4755);
         assert_eq!(tool.data, b"#!/bin/sh\necho hi\n");
@@ -437,7 +437,7 @@ mod tests {
         let es = entries(&archive(a.path(), now + 10).0);
         let tool = es.iter().find(|e| e.path == "usr/bin/tool").unwrap();
         assert_eq!(tool.mtime, 500);
-        let usr = es.iter().find(|e| e.path == "usr/").unwrap();
+        let usr = es.iter().find(|e| e.path == "usr").unwrap();
         assert!(usr.mtime >= now && usr.mtime <= now + 10);
     }
 

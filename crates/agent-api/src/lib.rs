@@ -925,7 +925,10 @@ mod tests {
             panic!()
         };
         assert!(r.process.terminal);
-        assert_eq!(r.process.console_size, Some(ConsoleSize { rows: 2, cols: 3 }));
+        assert_eq!(
+            r.process.console_size,
+            Some(ConsoleSize { rows: 2, cols: 3 })
+        );
     }
 
     #[test]

@@ -69,7 +69,7 @@ enum Command {
     /// List sandboxes.
     Ps(run::PsArgs),
     /// Show a sandbox's output (if its policy allows reading it).
-    Logs(run::IdArgs),
+    Logs(run::logs::LogsArgs),
     /// Run a command in a running sandbox (if its policy allows it).
     Exec(run::ExecArgs),
     /// Send a signal to a sandbox's containers.
@@ -116,7 +116,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("veil: error: {e:#}");
-            ExitCode::from(2)
+            match e.downcast_ref::<run::docker::ExitWith>() {
+                Some(x) => ExitCode::from(x.code),
+                None => ExitCode::from(2),
+            }
         }
     }
 }

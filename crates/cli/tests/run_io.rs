@@ -182,3 +182,172 @@ fn tty_gives_a_pts_in_the_container_sized_like_veils_terminal() {
         text(&out.stderr)
     );
 }
+
+/// `-e`, `--env-file`, `-w`, `-u`, `--hostname`, `--entrypoint` reach the
+/// container, pinned in the generated policy: under that policy (given as
+/// init-data) a different `-e` is refused with the policy's explanation.
+/// Exit codes as docker's: 127 not found, 126 cannot be invoked. A second
+/// sandbox with a name in use is refused, naming the one that has it.
+#[test]
+fn docker_flags_are_pinned_in_the_policy_and_exit_codes_follow_docker() {
+    let env = Env::new();
+    let img = img(&env);
+    let envfile = env.dir.path().join("env");
+    std::fs::write(&envfile, "# from a file\nB=two words\n").unwrap();
+    let out = ok(env
+        .veil()
+        .args(["run", "--rm", "-e", "A=1", "--env-file"])
+        .arg(&envfile)
+        .args([
+            "-w",
+            "/bin",
+            "-u",
+            "1000:1001",
+            "--hostname",
+            "box",
+            &img,
+            "--",
+        ])
+        .args(["sh", "-c", "echo $A $B; pwd; id -u; id -g; hostname"])
+        .output()
+        .unwrap());
+    assert_eq!(
+        text(&out.stdout),
+        "1 two words\n/bin\n1000\n1001\nbox\n",
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = ok(env
+        .veil()
+        .args([
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/bin/echo",
+            &img,
+            "--",
+            "from",
+            "entrypoint",
+        ])
+        .output()
+        .unwrap());
+    assert_eq!(text(&out.stdout), "from entrypoint\n");
+
+    let out = env
+        .veil()
+        .args(["run", "--rm", &img, "--", "nosuch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("executable not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env
+        .veil()
+        .args(["run", "--rm", &img, "--", "/bin"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
+
+    let id = run_detached(
+        &env,
+        &["--name", "web", "-e", "A=1", &img, "--", "sleep", "31342"],
+    );
+    let _rm = RmOnDrop(&env, id.clone());
+    let out = env
+        .veil()
+        .args(["run", "--rm", "--name", "web", &img])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already in use by sandbox") && text(&out.stderr).contains(&id),
+        "{}",
+        text(&out.stderr)
+    );
+    // The detached run's policy pins A=1: A=2 under it is refused by the agent.
+    let init = env.data().join("run").join(&id).join("init-data.toml");
+    let out = env
+        .veil()
+        .args(["run", "--rm", "--init-data"])
+        .arg(&init)
+        .args(["-e", "A=2", &img])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("create_container: env \"A=2\" matches no rule"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `veil logs -f --tail N -c CONTAINER --timestamps` over a two-container
+/// pod: per-line container prefixes, the filter, the tail, timestamps, and
+/// `-f` following until the sandbox stops.
+#[test]
+fn logs_follow_tail_per_container_and_timestamps() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo default");
+    let pod = env.dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: two\n  namespace: default\nspec:\n  containers:\n  - name: a\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"echo a1; echo a2; sleep 2; echo a3\"]\n  - name: b\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"echo b1 >&2\"]\n",
+    )
+    .unwrap();
+    let out = ok(env
+        .veil()
+        .args(["run", "-d", "--pod"])
+        .arg(&pod)
+        .arg("--oci-layout")
+        .arg(layout.root())
+        .output()
+        .unwrap());
+    let id = text(&out.stdout).trim().to_string();
+    let _rm = RmOnDrop(&env, id.clone());
+    // -f returns once the sandbox has stopped, with everything a wrote.
+    let out = ok(env
+        .veil()
+        .args(["logs", "-f", "-c", "a", &id])
+        .output()
+        .unwrap());
+    assert_eq!(text(&out.stdout), "a1\na2\na3\n", "{}", text(&out.stderr));
+    let out = ok(env
+        .veil()
+        .args(["logs", "--tail", "1", "-c", "a", &id])
+        .output()
+        .unwrap());
+    assert_eq!(text(&out.stdout), "a3\n");
+    let out = ok(env.veil().args(["logs", &id]).output().unwrap());
+    assert!(
+        text(&out.stdout).contains("[a] a1\n[a] a2\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(text(&out.stderr), "[b] b1\n");
+    let out = ok(env
+        .veil()
+        .args(["logs", "-t", "-c", "b", &id])
+        .output()
+        .unwrap());
+    let line = text(&out.stderr);
+    assert!(
+        line.starts_with("20") && line.ends_with("Z b1\n"),
+        "{line:?}"
+    );
+    let out = env
+        .veil()
+        .args(["logs", "-c", "nosuch", &id])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no such container (a, b)"),
+        "{}",
+        text(&out.stderr)
+    );
+}

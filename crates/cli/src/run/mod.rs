@@ -10,7 +10,9 @@
 
 pub mod bench;
 pub mod bench_service;
+pub mod docker;
 pub mod local_kbs;
+pub mod logs;
 pub mod net;
 pub mod record;
 pub mod stdio;
@@ -100,6 +102,10 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(default)]
     pub stdio: stdio::StdioArgs,
+    /// `-e`, `--env-file`, `-w`, `-u`, `--entrypoint`, `--hostname`.
+    #[command(flatten)]
+    #[serde(default)]
+    pub docker: docker::DockerArgs,
     /// Internal: run as the detached monitor of sandbox ID.
     #[arg(long, hide = true)]
     pub monitor: Option<String>,
@@ -404,6 +410,12 @@ fn given_init_data(a: &RunArgs) -> Result<Option<GivenInitData>> {
 /// starts rather than silently ignored.
 fn check_conflicts(a: &RunArgs, given: Option<&GivenInitData>) -> Result<()> {
     a.vm.check_process_flags()?;
+    a.docker.check()?;
+    if a.pod.is_some() && a.docker.any() {
+        bail!(
+            "-e/--env-file/-w/-u/--entrypoint are for single-image runs; for --pod, set env, workingDir, securityContext and command in the pod YAML"
+        );
+    }
     if !a.allow_exec.is_empty() && a.image.is_none() {
         bail!(
             "--allow-exec is for single-image runs; for --pod, add the annotation {}<container>: '[[\"cmd\", \"arg\"]]' to the pod",
@@ -434,6 +446,22 @@ fn check_conflicts(a: &RunArgs, given: Option<&GivenInitData>) -> Result<()> {
         bail!(
             "--allow-exec only works with a generated policy: {why}; allow the command with the pod annotation {}<container> when generating it",
             veil_policy::generate::ANNOTATION_EXEC
+        );
+    }
+    Ok(())
+}
+
+/// `--name` must not name another sandbox (running or not), as with docker.
+fn check_name_unused(data: &Path, name: Option<&str>) -> Result<()> {
+    let Some(name) = name else {
+        return Ok(());
+    };
+    if let Some(r) = Record::all(data)?.into_iter().find(|r| r.name == name) {
+        bail!(
+            "--name {name:?} is already in use by sandbox {} ({}); remove it with `veil rm -f {}`, or choose another name",
+            r.id,
+            r.effective_status(),
+            r.id
         );
     }
     Ok(())
@@ -529,10 +557,7 @@ fn workload(
                 "spec:\n  containers:\n  - name: app\n    image: {}\n",
                 quoted(&reference)
             ));
-            if !a.command.is_empty() {
-                let cmd: Vec<String> = a.command.iter().map(|c| quoted(c)).collect();
-                yaml.push_str(&format!("    command: [{}]\n", cmd.join(", ")));
-            }
+            yaml.push_str(&a.docker.pod_yaml(&a.command)?);
             yaml.push_str(&a.stdio.pod_yaml());
             (r.dir.clone(), img.clone(), yaml)
         }
@@ -644,6 +669,7 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
     check_conflicts(&a, given_init_data(&a)?.as_ref())?;
     a.net.check()?;
     net::reap(&data);
+    check_name_unused(&data, a.name.as_deref())?;
     let id = new_id();
     if a.detach {
         return detach(a, &data, &id);
@@ -801,6 +827,8 @@ fn foreground(a: RunArgs, data: &Path, id: String, quiet: bool) -> Result<ExitCo
 
 struct Output {
     log: Mutex<std::fs::File>,
+    /// Per line, for `veil logs -c/--tail/--timestamps/-f`.
+    lines: logs::LineLog,
     quiet: bool,
     prefix: bool,
 }
@@ -810,6 +838,7 @@ impl Output {
         if let Ok(mut f) = self.log.lock() {
             let _ = f.write_all(bytes);
         }
+        self.lines.write(container, stream, bytes);
         if self.quiet {
             return;
         }
@@ -980,12 +1009,12 @@ fn run_sandbox(
     let mut c = sb.connect().map_err(|e| anyhow!("{e}"))?;
     c.set_timeout(Duration::from_secs(600))
         .map_err(|e| anyhow!("{e}"))?;
-    c.call(AgentRequest::CreateSandbox(requests::create_sandbox(
-        &w.policy,
-        &rec.id,
-        &w.pod_name,
-    )))
-    .map_err(|e| anyhow!("create_sandbox: {e}"))?;
+    let mut sandbox_req = requests::create_sandbox(&w.policy, &rec.id, &w.pod_name);
+    if let Some(h) = &a.docker.hostname {
+        sandbox_req.hostname = h.clone();
+    }
+    c.call(AgentRequest::CreateSandbox(sandbox_req))
+        .map_err(|e| anyhow!("create_sandbox: {e}"))?;
     let mut pull_ms = 0u64;
     // The container veil's stdin and terminal go to (-i/-t): the only one,
     // or a pod's first that the policy lets have them.
@@ -995,6 +1024,11 @@ fn run_sandbox(
         let mut req = requests::create_container(&w.policy, c_pol, &rec.id, &cid);
         if attached.as_deref() == Some(c_pol.name.as_str()) {
             a.stdio.apply(&mut req.process);
+        }
+        if a.image.is_some() && !c_pol.init {
+            // Already in a generated policy; under given init-data the
+            // agent decides, with the policy's explanation.
+            a.docker.apply(&mut req.process, &a.command)?;
         }
         let r: veil_agent::proto::CreateContainerResult = c
             .call_typed(AgentRequest::CreateContainer(req))
@@ -1019,7 +1053,13 @@ fn run_sandbox(
         c.call(AgentRequest::StartContainer(StartContainerRequest {
             container_id: cid.clone(),
         }))
-        .map_err(|e| anyhow!("start_container {name}: {e}"))?;
+        .map_err(|e| {
+            let message = format!("start_container {name}: {e}");
+            anyhow::Error::new(docker::ExitWith {
+                code: docker::start_failure_code(&message),
+                message,
+            })
+        })?;
     }
     rec.timings.insert("create_ms".into(), ms(t_create));
     rec.timings.insert("start_ms".into(), ms(t_start));
@@ -1050,6 +1090,7 @@ fn run_sandbox(
                 .append(true)
                 .open(dir.join("output.log"))?,
         ),
+        lines: logs::LineLog::open(dir)?,
         quiet,
         prefix: rec.containers.len() > 1,
     });
@@ -1134,6 +1175,7 @@ fn run_sandbox(
             Err(_) => break,
         }
     }
+    out.lines.flush();
     if let Ok(d) = denied.lock() {
         rec.stdio_denied = d.clone();
     }
@@ -1463,7 +1505,13 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
             eprintln!("{}", exec_hint(&rec, &name, &a.command));
             return Ok(ExitCode::from(126));
         }
-        Err(e) => bail!("exec: {e}"),
+        Err(e) => {
+            let message = format!("exec: {e}");
+            return Err(anyhow::Error::new(docker::ExitWith {
+                code: docker::start_failure_code(&message),
+                message,
+            }));
+        }
     }
     if let Some(sigs) = winch {
         stdio::send_window_size(&mut c, &cid, &exec_id);
@@ -1558,7 +1606,7 @@ fn stdio_denied_by_policy(rec: &Record) -> Option<String> {
 }
 
 /// `veil logs`: the output the sandbox's owner recorded, or the policy's refusal.
-pub fn logs(a: IdArgs) -> Result<ExitCode> {
+pub fn logs(a: logs::LogsArgs) -> Result<ExitCode> {
     let data = data_dir()?;
     let rec = Record::find(&data, &a.id)?;
     let denied = if rec.stdio_denied.is_empty() {
@@ -1570,8 +1618,26 @@ pub fn logs(a: IdArgs) -> Result<ExitCode> {
         eprintln!("veil: logs of {} are not available: {why}", rec.id);
         return Ok(ExitCode::from(1));
     }
-    let bytes =
-        std::fs::read(record::dir_of(&data, &rec.id).join("output.log")).unwrap_or_default();
+    let dir = record::dir_of(&data, &rec.id);
+    if let Some(c) = &a.container {
+        if !rec.containers.iter().any(|(_, n)| n == c) {
+            let names: Vec<&str> = rec.containers.iter().map(|(_, n)| n.as_str()).collect();
+            bail!(
+                "-c {c:?}: sandbox {} has no such container ({})",
+                rec.id,
+                names.join(", ")
+            );
+        }
+    }
+    if dir.join(logs::LINES_FILE).exists() {
+        let id = rec.id.clone();
+        logs::print(&dir, &a, rec.containers.len() > 1, || {
+            Record::find(&data, &id).is_ok_and(|r| r.effective_status() == "running")
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A record from a veil without per-line logs: the raw output only.
+    let bytes = std::fs::read(dir.join("output.log")).unwrap_or_default();
     out_or_pipe(&bytes)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -378,7 +378,9 @@ pub struct AuditArgs {
 pub struct GetResourceArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// TEE to attest as (only `sim` can run outside a TEE).
+    /// TEE to attest as: `sim`, or `sample` (CoCo's sample evidence: NO
+    /// cryptography, development only, for a KBS started with
+    /// --insecure-allow-sample or Trustee's sample verifier).
     #[arg(long, default_value = "sim")]
     pub tee: String,
     /// The sim platform private key (from `veil attest sim-keygen`).
@@ -906,28 +908,50 @@ fn audit(a: AuditArgs) -> Result<ExitCode> {
 }
 
 fn get_resource(a: GetResourceArgs) -> Result<ExitCode> {
-    if a.tee != "sim" {
-        bail!(
-            "--tee {}: only the sim TEE can be used from the command line outside a TEE (the agent attests with hardware)",
-            a.tee
-        );
+    let init_data = match &a.init_data {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    match a.tee.as_str() {
+        "sim" => {
+            let key_path = a
+                .sim_key
+                .as_ref()
+                .context("--sim-key is required for --tee sim")?;
+            let pem = Zeroizing::new(
+                std::fs::read_to_string(key_path)
+                    .with_context(|| format!("reading {}", key_path.display()))?,
+            );
+            let platform = SimPlatformKey::from_pem(&pem)?;
+            let measurement = output::parse_digest("measurement", &a.measurement)?;
+            let mut guest = veil_kbs::simguest::SimGuest::new(platform, &measurement);
+            guest.init_data = init_data;
+            eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
+            fetch_resource(&a, guest)
+        }
+        "sample" => {
+            eprintln!(
+                "veil: WARNING: --tee sample: CoCo SAMPLE evidence has NO cryptography at all (anyone can forge it); DEVELOPMENT ONLY, accepted only by a KBS started with --insecure-allow-sample (or Trustee's sample verifier){}",
+                if init_data.is_some() {
+                    "; the init-data is sent UNBOUND"
+                } else {
+                    ""
+                }
+            );
+            fetch_resource(&a, veil_kbs::simguest::SampleGuest { init_data })
+        }
+        other => bail!(
+            "--tee {other}: from the command line outside a TEE only `sim` and `sample` can attest (the agent attests with hardware)"
+        ),
     }
-    let key_path = a
-        .sim_key
-        .as_ref()
-        .context("--sim-key is required for --tee sim")?;
-    let pem = Zeroizing::new(
-        std::fs::read_to_string(key_path)
-            .with_context(|| format!("reading {}", key_path.display()))?,
-    );
-    let platform = SimPlatformKey::from_pem(&pem)?;
-    let measurement = output::parse_digest("measurement", &a.measurement)?;
-    let mut guest = veil_kbs::simguest::SimGuest::new(platform, &measurement);
-    if let Some(p) = &a.init_data {
-        guest.init_data =
-            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?);
-    }
-    eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
+}
+
+fn fetch_resource<E: veil_kbs_client::EvidenceProvider>(
+    a: &GetResourceArgs,
+    guest: E,
+) -> Result<ExitCode> {
     let path = ResourcePath::parse(&a.path)?;
     let key = TeeKeyPair::generate(a.key_type)?;
     let mut client = KbsClient::new(&client_config(&a.conn)?, guest, key)?;

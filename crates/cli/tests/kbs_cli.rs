@@ -575,3 +575,57 @@ fn scoped_policy_set_is_refused_against_a_kbs_without_scopes() {
         "allow-all",
     ]));
 }
+
+#[test]
+fn get_resource_with_sample_evidence_from_a_sample_mode_kbs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    std::fs::write(d.join("secret.bin"), "sample-secret").unwrap();
+    let kbs = DevKbs::serve_with(Path::new(VEIL), d, &["--insecure-allow-sample"]);
+    run_ok(
+        kbs.client()
+            .args(["kbs", "resource", "put", "--insecure-http", "app/key/s"])
+            .arg(d.join("secret.bin")),
+    );
+    run_ok(kbs.client().args([
+        "kbs",
+        "policy",
+        "set",
+        "--insecure-http",
+        "--template",
+        "allow-all",
+    ]));
+    let out = run_ok(kbs.client().args([
+        "kbs",
+        "get-resource",
+        "--insecure-http",
+        "--tee",
+        "sample",
+        "app/key/s",
+    ]));
+    use base64::Engine;
+    let got = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8(out.stdout).unwrap().trim())
+        .unwrap();
+    assert_eq!(got, b"sample-secret");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SAMPLE evidence has NO cryptography") && err.contains("DEVELOPMENT ONLY"),
+        "{err}"
+    );
+    // Other TEEs cannot attest from the command line.
+    let out = kbs
+        .client()
+        .args([
+            "kbs",
+            "get-resource",
+            "--insecure-http",
+            "--tee",
+            "snp",
+            "app/key/s",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only `sim` and `sample`"));
+}

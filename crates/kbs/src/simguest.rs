@@ -80,3 +80,36 @@ impl EvidenceProvider for SimGuest {
         })
     }
 }
+
+/// CoCo's `sample` "TEE", for development against a KBS that accepts it
+/// (`veil kbs serve --insecure-allow-sample`, Trustee's sample verifier):
+/// its evidence is `{"svn", "report_data"}` with NO cryptography at all —
+/// anyone can produce it for any report data.
+pub struct SampleGuest {
+    /// Init-data TOML to send along (accepted unbound: sample evidence has
+    /// no field that could bind it).
+    pub init_data: Option<String>,
+}
+
+impl EvidenceProvider for SampleGuest {
+    fn tee(&self) -> &str {
+        "sample"
+    }
+
+    /// The runtime-data digest (SHA-384, the first 48 bytes of
+    /// REPORT_DATA), base64, as Trustee's sample attester sends it.
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<serde_json::Value, String> {
+        use base64::Engine;
+        Ok(serde_json::json!({
+            "svn": "1",
+            "report_data": base64::engine::general_purpose::STANDARD.encode(&report_data[..48]),
+        }))
+    }
+
+    fn init_data(&self) -> Option<InitData> {
+        self.init_data.as_ref().map(|body| InitData {
+            format: "toml".into(),
+            body: body.clone(),
+        })
+    }
+}

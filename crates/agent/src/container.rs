@@ -163,14 +163,11 @@ impl Manager {
         let mut out = Vec::new();
         for m in &r.mounts {
             let source = if m.fs_type == "bind" {
-                self.cfg
-                    .paths
-                    .resolve(&m.source)
-                    .ok_or_else(|| {
-                        format!("bind mount source {:?} is not under /run/veil", m.source)
-                    })?
-                    .to_string_lossy()
-                    .into_owned()
+                let p = self.cfg.paths.resolve(&m.source).ok_or_else(|| {
+                    format!("bind mount source {:?} is not under /run/veil", m.source)
+                })?;
+                self.ensure_empty_dir_volume(&m.source, &p)?;
+                p.to_string_lossy().into_owned()
             } else {
                 m.source.clone()
             };
@@ -227,6 +224,45 @@ impl Manager {
         // Order mounts so that parents come before children.
         base.sort_by_key(|m| m.destination.matches('/').count());
         Ok(base)
+    }
+
+    /// A pod volume (`/run/veil/sandbox/<this sandbox>/volumes/<name>`)
+    /// that does not exist yet is an `emptyDir`: made empty, world-writable
+    /// as Kubernetes makes it, and shared by every container that mounts
+    /// it. Only for this sandbox's own volumes dir; never through a symlink.
+    fn ensure_empty_dir_volume(&self, source: &str, path: &Path) -> Result<(), String> {
+        let Some((sid, _)) = self.sandbox.lock().ok().and_then(|s| s.clone()) else {
+            return Ok(());
+        };
+        let Some(name) = source
+            .strip_prefix(&format!("/run/veil/sandbox/{sid}/volumes/"))
+            .filter(|n| !n.is_empty() && !n.contains('/') && *n != "." && *n != "..")
+        else {
+            return Ok(());
+        };
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(format!(
+                "volume {name}: {} is not a directory",
+                path.display()
+            )),
+            Err(_) => {
+                if let Some(parent) = path.parent() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(parent)
+                        .map_err(|e| err("creating the volumes dir", e))?;
+                }
+                fs::DirBuilder::new()
+                    .mode(0o777)
+                    .create(path)
+                    .map_err(|e| err(&format!("creating the emptyDir volume {name}"), e))?;
+                // The umask must not narrow what every container user may write.
+                fs::set_permissions(path, fs::Permissions::from_mode(0o777))
+                    .map_err(|e| err(&format!("emptyDir volume {name}"), e))
+            }
+        }
     }
 
     /// Pull and unpack the image; prepare (but do not start) the container.

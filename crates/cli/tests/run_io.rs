@@ -351,3 +351,33 @@ fn logs_follow_tail_per_container_and_timestamps() {
         text(&out.stderr)
     );
 }
+
+/// Two containers of a pod share an `emptyDir` (issue 14: both used to fail
+/// with "nonexistent directory"): what one writes, the other reads.
+#[test]
+fn containers_of_a_pod_share_an_empty_dir() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo default");
+    let pod = env.dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: share\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: data\n    emptyDir: {}\n  containers:\n  - name: writer\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"echo shared-bytes > /data/f\"]\n    volumeMounts:\n    - {name: data, mountPath: /data}\n  - name: reader\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do if [ -f /data/f ]; then cat /data/f; exit 0; fi; sleep 0.2; done; exit 3\"]\n    volumeMounts:\n    - {name: data, mountPath: /data, readOnly: true}\n",
+    )
+    .unwrap();
+    let out = env
+        .veil()
+        .args(["run", "--rm", "--pod"])
+        .arg(&pod)
+        .arg("--oci-layout")
+        .arg(layout.root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("[reader] shared-bytes\n"),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

@@ -137,6 +137,25 @@ fn mount_from(rule: &MountRule, sandbox_id: &str) -> Option<Mount> {
     })
 }
 
+/// A pod volume mount of the policy, as the request for sandbox
+/// `sandbox_id`. The agent creates a volume nobody has filled as an empty
+/// directory shared by the pod's containers (`emptyDir`); configMap and
+/// secret content is not handed in yet, so those volumes are empty too.
+fn volume_mount_from(rule: &MountRule, sandbox_id: &str) -> Option<Mount> {
+    let prefix = format!("^{}/volumes/", veil_policy::settings::SANDBOX_DIR_RE);
+    let escaped = rule.source.strip_prefix(&prefix)?.strip_suffix('$')?;
+    let name = literal_of(&format!("^{escaped}$"))?;
+    if rule.fs_type != "bind" || name.contains('/') {
+        return None;
+    }
+    Some(Mount {
+        destination: rule.destination.clone(),
+        source: format!("{}/volumes/{name}", sandbox_dir(sandbox_id)),
+        fs_type: rule.fs_type.clone(),
+        options: rule.options.clone(),
+    })
+}
+
 /// The environment a container's policy pins (exact values), in policy order.
 pub fn env_of(c: &ContainerPolicy) -> Vec<String> {
     c.env
@@ -181,6 +200,11 @@ pub fn create_container(
         .default_mounts
         .iter()
         .filter_map(|r| mount_from(r, sandbox_id))
+        .chain(
+            c.mounts
+                .iter()
+                .filter_map(|r| volume_mount_from(r, sandbox_id)),
+        )
         .collect();
     CreateContainerRequest {
         container_id: container_id.into(),
@@ -227,6 +251,22 @@ mod tests {
         assert_eq!(literal_of("abc"), None);
         let re = veil_policy::model::exact_regex("my.pod-1");
         assert_eq!(literal_of(&re).as_deref(), Some("my.pod-1"));
+    }
+
+    #[test]
+    fn pod_volume_mounts_are_requested_from_this_sandbox_only() {
+        let rule = |source: String| MountRule {
+            destination: "/data".into(),
+            fs_type: "bind".into(),
+            source,
+            options: vec!["rbind".into(), "rprivate".into(), "rw".into()],
+        };
+        let re = veil_policy::settings::SANDBOX_DIR_RE;
+        let m = volume_mount_from(&rule(format!("^{re}/volumes/my\\-data$")), "sb1").unwrap();
+        assert_eq!(m.source, "/run/veil/sandbox/sb1/volumes/my-data");
+        assert_eq!(m.destination, "/data");
+        assert!(volume_mount_from(&rule(format!("^{re}/serviceaccount$")), "sb1").is_none());
+        assert!(volume_mount_from(&rule(format!("^{re}/volumes/a/[^/]+$")), "sb1").is_none());
     }
 
     #[test]

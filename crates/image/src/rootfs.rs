@@ -363,6 +363,12 @@ mod tests {
         let r = t.path();
         // Only root can give a file away; the owner must not show either way.
         let _ = std::os::unix::fs::lchown(r.join("usr/bin/tool"), Some(1234), Some(5678));
+        // chown clears set-user-ID: set it again.
+        std::fs::set_permissions(
+            r.join("usr/bin/tool"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
         let (bytes, stats) = archive(r, 0);
         assert_eq!(
             stats,

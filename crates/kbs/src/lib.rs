@@ -16,6 +16,7 @@ pub mod attestation;
 pub mod bench;
 pub mod datadir;
 pub mod error;
+pub mod gpu;
 pub mod json;
 pub mod metrics;
 pub mod pin;

@@ -32,6 +32,8 @@ pub struct Options {
     pub session_timeout: Duration,
     pub token_ttl: Duration,
     pub max_body: usize,
+    /// Dev mode: GPU nonces not compared (recorded GPU evidence).
+    pub gpu_nonce_via_cpu: bool,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             session_timeout: Duration::from_secs(300),
             token_ttl: Duration::from_secs(300),
             max_body: 64 * 1024,
+            gpu_nonce_via_cpu: false,
         }
     }
 }
@@ -75,6 +78,7 @@ pub fn start(opts: Options) -> Fixture {
     cfg.session_timeout = opts.session_timeout;
     cfg.token_ttl = opts.token_ttl;
     cfg.max_body_bytes = opts.max_body;
+    cfg.dev_gpu_nonce_via_cpu_evidence = opts.gpu_nonce_via_cpu;
     let server = veil_kbs::spawn(cfg, 2).unwrap();
     let mut client_cfg = ClientConfig::new(server.url());
     client_cfg.ca_pem = Some(cert.cert.pem().into_bytes());
@@ -172,4 +176,9 @@ pub fn assert_refused(r: &HttpResponse, status: u16, kind: &str, detail: &str) {
         v["detail"]
     );
     assert!(!body.contains("ciphertext"), "nothing may be released");
+}
+
+/// The allow-all resource policy template.
+pub fn templates_allow_all() -> &'static str {
+    veil_kbs::policy::templates::ALLOW_ALL
 }

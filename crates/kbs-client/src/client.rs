@@ -30,6 +30,16 @@ pub trait EvidenceProvider {
     fn init_data(&self) -> Option<InitData> {
         None
     }
+    /// The `additional_evidence` string (device evidence such as GPUs, a
+    /// JSON map `{"nvidia": …}`), produced first, for the device nonce:
+    /// the device runtime-data digest `SHA-384(JCS({nonce, tee-pubkey}))`.
+    /// Default: none (`""`).
+    fn additional_evidence(
+        &self,
+        _device_runtime_digest: &[u8; binding::DIGEST_LEN],
+    ) -> std::result::Result<String, String> {
+        Ok(String::new())
+    }
 }
 
 /// A token and its expiry.
@@ -132,7 +142,15 @@ impl<E: EvidenceProvider> KbsClient<E> {
                 reason: format!("challenge JSON: {e}"),
             })?;
         let tee_pubkey = self.key.public_jwk();
-        let additional = String::new();
+        let device_digest = binding::digest_of(&binding::runtime_data_object(
+            &challenge.nonce,
+            &tee_pubkey,
+            None,
+        ));
+        let additional = self
+            .provider
+            .additional_evidence(&device_digest)
+            .map_err(ClientError::Evidence)?;
         let report_data = binding::report_data(&challenge.nonce, &tee_pubkey, &additional);
         let evidence = self
             .provider

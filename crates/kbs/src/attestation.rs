@@ -76,11 +76,14 @@ pub fn appraise(
             crate::verify::MAX_ADDITIONAL_EVIDENCE_BYTES
         ))));
     }
-    if !additional.is_empty() {
-        return Err(fail(KbsError::AttestationError(
-            "additional (device) evidence is not supported by this KBS; send \"\"".into(),
-        )));
-    }
+    let gpu_submods = crate::gpu::appraise_additional(
+        additional,
+        nonce,
+        &tee_pubkey,
+        now,
+        st.cfg.dev && st.cfg.dev_gpu_nonce_via_cpu_evidence,
+    )
+    .map_err(|e| fail(KbsError::AttestationError(e)))?;
     let evidence = serde_json::to_vec(&att.tee_evidence.primary_evidence).unwrap_or_default();
     if evidence.len() > veil_attest::MAX_EVIDENCE_BYTES {
         return Err(fail(KbsError::AttestationError(format!(
@@ -193,6 +196,11 @@ pub fn appraise(
             "ear.veraison.annotated-evidence": annotated,
         }},
     });
+    let mut claims = claims;
+    if let Some(submods) = claims["submods"].as_object_mut() {
+        submods.extend(gpu_submods);
+    }
+
     let token = st.signer.sign(&claims);
     let measurement = verified
         .json

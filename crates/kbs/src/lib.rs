@@ -18,6 +18,7 @@ pub mod bench;
 pub mod connections;
 pub mod datadir;
 pub mod error;
+pub mod gpu;
 pub mod json;
 pub mod metrics;
 pub mod pin;

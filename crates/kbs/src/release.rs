@@ -133,6 +133,23 @@ fn release_inner(
         .map_err(|e| {
             KbsError::PolicyEngineError(format!("resource policy for scope {scope:?}: {e}"))
         })?;
+    // Only policies that define a `gpu` rule have GPU requirements.
+    let gpu = if crate::gpu::defines_gpu_rule(policy.text()) {
+        policy
+            .eval(claims.clone(), serde_json::json!({}), crate::gpu::GPU_RULE)
+            .map_err(|e| {
+                KbsError::PolicyEngineError(format!("resource policy for scope {scope:?}: {e}"))
+            })?
+    } else {
+        serde_json::Value::Null
+    };
+    if !gpu.is_null() {
+        crate::gpu::check_requirements(&claims, &gpu).map_err(|e| {
+            KbsError::PolicyDeny(format!(
+                "{path}: the resource policy for scope {scope:?} requires attested GPUs: {e}"
+            ))
+        })?;
+    }
     if decision != serde_json::Value::Bool(true) {
         return Err(KbsError::PolicyDeny(format!(
             "{path}: the resource policy for scope {scope:?} does not allow release to this token (data.policy.allow = {}). {}",

@@ -20,6 +20,9 @@ pub struct SimGuest {
     pub launch_init_data_digest: Option<Vec<u8>>,
     /// Launched with debugging enabled.
     pub debug: bool,
+    /// The `additional_evidence` sent along (recorded GPU evidence,
+    /// `{"nvidia": …}`), or `""`.
+    pub additional_evidence: String,
 }
 
 /// Digest of an init-data TOML with the hash its `algorithm` names.
@@ -47,6 +50,7 @@ impl SimGuest {
             init_data: None,
             launch_init_data_digest: None,
             debug: false,
+            additional_evidence: String::new(),
         }
     }
 
@@ -71,6 +75,11 @@ impl EvidenceProvider for SimGuest {
 
     fn evidence(&self, report_data: &[u8; 64]) -> Result<serde_json::Value, String> {
         self.evidence_for(report_data)
+    }
+
+    fn additional_evidence(&self, _device_digest: &[u8; 48]) -> Result<String, String> {
+        // Recorded device evidence: its nonce is fixed, not this digest.
+        Ok(self.additional_evidence.clone())
     }
 
     fn init_data(&self) -> Option<InitData> {

@@ -49,6 +49,11 @@ pub struct ServerConfig {
     pub dev: bool,
     /// Accept CoCo `sample` evidence (no cryptography).
     pub insecure_allow_sample: bool,
+    /// Dev mode only: do not compare GPU reports' nonces with the session's
+    /// (recorded GPU evidence has a fixed nonce); the GPU evidence is then
+    /// bound only through the CPU evidence's report data, and its token
+    /// submodule says `nonce_bound: false`.
+    pub dev_gpu_nonce_via_cpu_evidence: bool,
     /// VMPLs an SNP report may be requested from (default `[0]`, as the
     /// CLI's `veil attest verify`); `[0, 1, 2, 3]` accepts any.
     pub snp_allowed_vmpls: Vec<u32>,
@@ -98,6 +103,7 @@ impl ServerConfig {
             sim_root: None,
             dev: false,
             insecure_allow_sample: false,
+            dev_gpu_nonce_via_cpu_evidence: false,
             snp_allowed_vmpls: vec![0],
             session_timeout: Duration::from_secs(300),
             token_ttl: Duration::from_secs(300),

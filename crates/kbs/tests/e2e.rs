@@ -162,7 +162,7 @@ fn cookie_path_and_reattest_issues_a_fresh_token() {
     assert!(r1.set_cookies[0].starts_with(&format!("kbs-session-id={cookie}; Expires=")));
     let c = format!("kbs-session-id={cookie}");
     let r = f.get("/kbs/v0/resource/r/t/x", &[("cookie", &c)]);
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let jwe: veil_kbs_client::protocol::FlattenedJwe = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(kp.decrypt(&jwe).unwrap().as_slice(), b"cookie secret");
 

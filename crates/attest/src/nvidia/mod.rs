@@ -20,6 +20,7 @@
 
 pub mod certs;
 pub mod claims;
+pub mod evidence;
 pub mod ocsp;
 pub mod report;
 pub mod rim;

@@ -37,6 +37,8 @@ pub struct Options {
     pub plain_http: bool,
     /// Adjust the configuration last.
     pub tweak: fn(&mut ServerConfig),
+    /// Dev mode: GPU nonces not compared (recorded GPU evidence).
+    pub gpu_nonce_via_cpu: bool,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             max_body: 64 * 1024,
             plain_http: false,
             tweak: |_| {},
+            gpu_nonce_via_cpu: false,
         }
     }
 }
@@ -82,6 +85,7 @@ pub fn start(opts: Options) -> Fixture {
     cfg.session_timeout = opts.session_timeout;
     cfg.token_ttl = opts.token_ttl;
     cfg.max_body_bytes = opts.max_body;
+    cfg.dev_gpu_nonce_via_cpu_evidence = opts.gpu_nonce_via_cpu;
     if opts.plain_http {
         cfg.tls = None;
     }
@@ -184,4 +188,9 @@ pub fn assert_refused(r: &HttpResponse, status: u16, kind: &str, detail: &str) {
         v["detail"]
     );
     assert!(!body.contains("ciphertext"), "nothing may be released");
+}
+
+/// The allow-all resource policy template.
+pub fn templates_allow_all() -> &'static str {
+    veil_kbs::policy::templates::ALLOW_ALL
 }

@@ -65,7 +65,7 @@ enum Command {
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Run an image (or pod) confidentially: policy, sandbox, attestation, secrets.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List sandboxes.
     Ps(run::PsArgs),
     /// Show a sandbox's output (if its policy allows reading it).
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         Command::Man(a) => cli_docs::man::<Cli>(a),
         Command::Measure(cmd) => measure::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Ps(a) => run::ps(a),
         Command::Logs(a) => run::logs(a),
         Command::Exec(a) => run::exec(a),

@@ -166,7 +166,7 @@ impl Manager {
                 let p = self.cfg.paths.resolve(&m.source).ok_or_else(|| {
                     format!("bind mount source {:?} is not under /run/veil", m.source)
                 })?;
-                self.ensure_empty_dir_volume(&m.source, &p, m.options.iter().any(|o| o == "ro"))?;
+                self.ensure_empty_dir_volume(&m.source, &p)?;
                 p.to_string_lossy().into_owned()
             } else {
                 m.source.clone()
@@ -230,16 +230,7 @@ impl Manager {
     /// that does not exist yet is an `emptyDir`: made empty, world-writable
     /// as Kubernetes makes it, and shared by every container that mounts
     /// it. Only for this sandbox's own volumes dir; never through a symlink.
-    /// A read-only volume (configMap, secret, downwardAPI, projected: the
-    /// policy mounts every kind but emptyDir read-only) is never made up
-    /// empty: its content must have been handed in, or the container fails
-    /// to start rather than run without its configuration.
-    fn ensure_empty_dir_volume(
-        &self,
-        source: &str,
-        path: &Path,
-        read_only: bool,
-    ) -> Result<(), String> {
+    fn ensure_empty_dir_volume(&self, source: &str, path: &Path) -> Result<(), String> {
         let Some((sid, _)) = self.sandbox.lock().ok().and_then(|s| s.clone()) else {
             return Ok(());
         };
@@ -254,12 +245,6 @@ impl Manager {
             Ok(_) => Err(format!(
                 "volume {name}: {} is not a directory",
                 path.display()
-            )),
-            Err(_) if read_only => Err(format!(
-                "volume {name} is mounted read-only (a configMap, secret, downwardAPI or \
-                 projected volume) but has no content in this sandbox; veil run does not hand \
-                 in configMap/secret content yet, so the container is not started without it: \
-                 bake the files into the image or use an emptyDir"
             )),
             Err(_) => {
                 if let Some(parent) = path.parent() {

@@ -27,8 +27,8 @@ pub struct ImportArgs {
     /// it does not exist; the tag is moved if it does).
     pub reference: String,
     /// Container config as JSON, in the image config's `config` form:
-    /// `{"Entrypoint":["/usr/bin/redis-server"],"Cmd":[…],"Env":["K=V"],
-    /// "WorkingDir":"/","User":"redis","ExposedPorts":{"6379/tcp":{}}}`.
+    /// an object with `Entrypoint`, `Cmd`, `Env` (lists of strings),
+    /// `WorkingDir`, `User` and `ExposedPorts` (e.g. `{"6379/tcp": {}}`).
     /// Flags override its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -161,12 +161,10 @@ fn tty_gives_a_pts_in_the_container_sized_like_veils_terminal() {
 
     // A pod whose container has no `tty: true`: -t is refused, naming the field.
     let layout = env.layout();
-    let pod = env.dir.path().join("pod.yaml");
-    std::fs::write(
-        &pod,
+    let pod = write_pod(
+        &env,
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: default\nspec:\n  containers:\n  - name: app\n    image: app:1\n",
-    )
-    .unwrap();
+    );
     let out = env
         .veil()
         .args(["run", "--rm", "-t", "--pod"])
@@ -293,21 +291,19 @@ fn logs_follow_tail_per_container_and_timestamps() {
     let env = Env::new();
     let layout = env.layout();
     image(&env, &layout, "app:1", "echo default");
-    let pod = env.dir.path().join("pod.yaml");
-    std::fs::write(
-        &pod,
+    let pod = write_pod(
+        &env,
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: two\n  namespace: default\nspec:\n  containers:\n  - name: a\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"echo a1; echo a2; sleep 2; echo a3\"]\n  - name: b\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"echo b1 >&2\"]\n",
-    )
-    .unwrap();
-    let out = ok(env
-        .veil()
-        .args(["run", "-d", "--pod"])
-        .arg(&pod)
-        .arg("--oci-layout")
-        .arg(layout.root())
-        .output()
-        .unwrap());
-    let id = text(&out.stdout).trim().to_string();
+    );
+    let id = run_detached(
+        &env,
+        &[
+            "--pod",
+            pod.to_str().unwrap(),
+            "--oci-layout",
+            layout.root().to_str().unwrap(),
+        ],
+    );
     let _rm = RmOnDrop(&env, id.clone());
     // -f returns once the sandbox has stopped, with everything a wrote.
     let out = ok(env
@@ -359,12 +355,10 @@ fn containers_of_a_pod_share_an_empty_dir() {
     let env = Env::new();
     let layout = env.layout();
     image(&env, &layout, "app:1", "echo default");
-    let pod = env.dir.path().join("pod.yaml");
-    std::fs::write(
-        &pod,
+    let pod = write_pod(
+        &env,
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: share\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: data\n    emptyDir: {}\n  containers:\n  - name: writer\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"echo shared-bytes > /data/f\"]\n    volumeMounts:\n    - {name: data, mountPath: /data}\n  - name: reader\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do if [ -f /data/f ]; then cat /data/f; exit 0; fi; sleep 0.2; done; exit 3\"]\n    volumeMounts:\n    - {name: data, mountPath: /data, readOnly: true}\n",
-    )
-    .unwrap();
+    );
     let out = env
         .veil()
         .args(["run", "--rm", "--pod"])

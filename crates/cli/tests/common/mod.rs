@@ -283,6 +283,13 @@ pub fn run_detached(env: &Env, args: &[&str]) -> String {
     id
 }
 
+/// Writes a pod YAML into the test's dir and returns its path.
+pub fn write_pod(env: &Env, yaml: &str) -> PathBuf {
+    let pod = env.dir.path().join("pod.yaml");
+    std::fs::write(&pod, yaml).unwrap();
+    pod
+}
+
 /// Removes a detached sandbox (`veil rm -f`) when dropped, so a failing
 /// test leaves no sandbox running.
 pub struct RmOnDrop<'a>(pub &'a Env, pub String);

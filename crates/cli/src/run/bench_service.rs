@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
+use super::bench::median;
+
 /// Arguments of `veil bench service`.
 #[derive(Args, Debug)]
 pub struct ServiceBench {
@@ -28,6 +30,10 @@ pub struct ServiceBench {
     /// wrk duration in seconds.
     #[arg(long, default_value_t = 5)]
     pub wrk_seconds: u32,
+    /// Measured rounds (native and sandbox alternate; the median is
+    /// reported, after one warm-up round that is not counted).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -167,7 +173,9 @@ pub fn bench(a: ServiceBench) -> Result<ExitCode> {
     let layout = a.layout.display().to_string();
     let mut rows: Vec<(String, String, f64, f64)> = Vec::new();
 
-    // Redis: native first, then the process sandbox.
+    // Both servers run side by side and the load alternates between them,
+    // so noise from the rest of the machine falls on both alike; the median
+    // of the rounds is reported (one warm-up round is not counted).
     let port = free_port()?;
     let native = Native(
         Command::new("redis-server")
@@ -178,29 +186,60 @@ pub fn bench(a: ServiceBench) -> Result<ExitCode> {
             .context("starting Debian's redis-server (package redis-server)")?,
     );
     wait_port(port, "native redis-server")?;
-    let (nset, nget) = redis_bench(port, &a)?;
-    drop(native);
-    let port = free_port()?;
-    let sb = sandbox(&format!("oci:{layout}:redis"), port, 6379)?;
-    wait_port(port, "redis in the process sandbox")?;
-    let (sset, sget) = redis_bench(port, &a)?;
+    let sport = free_port()?;
+    let sb = sandbox(&format!("oci:{layout}:redis"), sport, 6379)?;
+    wait_port(sport, "redis in the process sandbox")?;
+    let (mut nset, mut nget, mut sset, mut sget) = (vec![], vec![], vec![], vec![]);
+    for round in 0..=a.rounds {
+        let (ns, ng) = redis_bench(port, &a)?;
+        let (ss, sg) = redis_bench(sport, &a)?;
+        if round > 0 {
+            nset.push(ns);
+            nget.push(ng);
+            sset.push(ss);
+            sget.push(sg);
+        }
+    }
     drop(sb);
-    rows.push(("redis SET ops/s".into(), "process".into(), sset, nset));
-    rows.push(("redis GET ops/s".into(), "process".into(), sget, nget));
+    drop(native);
+    rows.push((
+        "redis SET ops/s".into(),
+        "process".into(),
+        median(&mut sset),
+        median(&mut nset),
+    ));
+    rows.push((
+        "redis GET ops/s".into(),
+        "process".into(),
+        median(&mut sget),
+        median(&mut nget),
+    ));
 
-    // nginx: wrk against native and sandboxed nginx.
+    // nginx: wrk against native and sandboxed nginx, alternating likewise.
     let tmp = tempfile::tempdir()?;
     let port = free_port()?;
     let native = native_nginx(tmp.path(), port)?;
     wait_port(port, "native nginx")?;
-    let nrps = wrk(port, &a)?;
-    drop(native);
-    let port = free_port()?;
-    let sb = sandbox(&format!("oci:{layout}:nginx"), port, 80)?;
-    wait_port(port, "nginx in the process sandbox")?;
-    let srps = wrk(port, &a)?;
+    let sport = free_port()?;
+    let sb = sandbox(&format!("oci:{layout}:nginx"), sport, 80)?;
+    wait_port(sport, "nginx in the process sandbox")?;
+    let (mut nrps, mut srps) = (vec![], vec![]);
+    for round in 0..=a.rounds {
+        let n = wrk(port, &a)?;
+        let s = wrk(sport, &a)?;
+        if round > 0 {
+            nrps.push(n);
+            srps.push(s);
+        }
+    }
     drop(sb);
-    rows.push(("nginx requests/s".into(), "process".into(), srps, nrps));
+    drop(native);
+    rows.push((
+        "nginx requests/s".into(),
+        "process".into(),
+        median(&mut srps),
+        median(&mut nrps),
+    ));
 
     if a.json {
         let v: Vec<serde_json::Value> = rows
@@ -213,11 +252,12 @@ pub fn bench(a: ServiceBench) -> Result<ExitCode> {
     } else {
         crate::outln!(
             "veil bench service: -n {} -c {} (redis-benchmark -t set,get), wrk -c {} -d {}s; \
-             baseline: the same Debian binary run directly on this host",
+             median of {} alternating rounds; baseline: the same Debian binary run directly on this host",
             a.requests,
             a.clients,
             a.clients,
-            a.wrk_seconds
+            a.wrk_seconds,
+            a.rounds
         );
         crate::outln!(
             "{:<18} {:<8} {:>12} {:>12} {:>7}",

@@ -14,6 +14,7 @@ pub mod docker;
 pub mod local_kbs;
 pub mod logs;
 pub mod net;
+pub mod pull;
 pub mod record;
 pub mod stdio;
 pub mod vm;
@@ -46,9 +47,15 @@ use record::Record;
 /// Arguments of `veil run`.
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct RunArgs {
-    /// The image, `oci:DIR[:TAG]` (an OCI image layout).
+    /// The image: a registry reference as docker takes it (`redis:7`,
+    /// `host:port/repo:tag`, `docker://…`, `repo@sha256:…`), pulled into
+    /// veil's image cache, or `oci:DIR[:TAG]` (an OCI image layout).
     #[arg(required_unless_present_any = ["pod", "monitor"], conflicts_with = "pod")]
     pub image: Option<String>,
+    /// The reference an image was pulled from (set by `veil run` itself).
+    #[arg(skip)]
+    #[serde(default)]
+    pub pulled_from: Option<String>,
     /// Run the pod (containers) of a Kubernetes YAML file instead of one image.
     #[arg(long, requires = "oci_layout")]
     pub pod: Option<PathBuf>,
@@ -106,6 +113,10 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(default)]
     pub docker: docker::DockerArgs,
+    /// `--pull`, `--default-registry`, `--authfile`.
+    #[command(flatten)]
+    #[serde(default)]
+    pub pull: pull::PullArgs,
     /// Internal: run as the detached monitor of sandbox ID.
     #[arg(long, hide = true)]
     pub monitor: Option<String>,
@@ -559,7 +570,11 @@ fn workload(
             ));
             yaml.push_str(&a.docker.pod_yaml(&a.command)?);
             yaml.push_str(&a.stdio.pod_yaml());
-            (r.dir.clone(), img.clone(), yaml)
+            (
+                r.dir.clone(),
+                a.pulled_from.clone().unwrap_or_else(|| img.clone()),
+                yaml,
+            )
         }
         (None, Some(pod)) => {
             let text = std::fs::read_to_string(pod)
@@ -570,7 +585,9 @@ fn workload(
                 .ok_or_else(|| anyhow!("--pod needs --oci-layout"))?;
             (layout, pod.display().to_string(), text)
         }
-        _ => bail!("give an image (oci:DIR[:TAG]) or --pod FILE"),
+        _ => bail!(
+            "give an image (a registry reference such as redis:7, or oci:DIR[:TAG]) or --pod FILE"
+        ),
     };
     if let Some(g) = given {
         let parsed = ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?;
@@ -671,10 +688,30 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
     net::reap(&data);
     check_name_unused(&data, a.name.as_deref())?;
     let id = new_id();
+    pull_image(&mut a, &data, &id)?;
     if a.detach {
         return detach(a, &data, &id);
     }
     foreground(a, &data, id, false)
+}
+
+/// An image given by reference is pulled (before a `-d` run detaches, so
+/// the progress and any refusal reach the caller) into a layout of the run's
+/// own; the run then proceeds as for `oci:DIR:TAG`.
+fn pull_image(a: &mut RunArgs, data: &Path, id: &str) -> Result<()> {
+    let Some(img) = a.image.clone().filter(|i| !pull::is_layout(i)) else {
+        return Ok(());
+    };
+    let dir = record::dir_of(data, id);
+    let pulled = pull::pull_for_run(&img, &a.pull, data, &dir).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })?;
+    if pulled.fetched {
+        eprintln!("veil: pulled {} ({})", pulled.name, pulled.digest);
+    }
+    a.image = Some(pulled.oci_ref);
+    a.pulled_from = Some(img);
+    Ok(())
 }
 
 fn detach(a: RunArgs, data: &Path, id: &str) -> Result<ExitCode> {

@@ -1,0 +1,287 @@
+//! `veil run REF`: images by reference, as docker takes them
+//! (`docker://host/repo:tag`, `host:port/repo:tag`, `repo@sha256:…`, bare
+//! `name:tag` against a configured default registry).
+//!
+//! The image is pulled through veil's registry client (every blob checked
+//! against its digest) into the data dir's image cache, an OCI layout
+//! shared by all runs (`<data>/images`, content-addressed, tags by
+//! normalized reference). Each run then gets its own layout holding just its
+//! image (blobs hard-linked from the cache, `<run>/layout`), which is what
+//! the sandbox is handed, so a VM's layout disk carries one image and not
+//! the whole cache. The generated policy pins the pulled manifest's digest,
+//! as for any layout; the guest checks every blob against it again, so the
+//! cache is not trusted.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use veil_image::registry::{self, Credentials, Registry};
+use veil_image::sign::reference::DockerReference;
+use veil_image::spec::{Descriptor, Platform};
+use veil_image::{Digest, OciLayout};
+
+/// When `veil run` contacts the registry for an image given by reference.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Use the cached copy of the tag or digest when there is one (docker's default).
+    #[default]
+    Missing,
+    /// Always ask the registry what the tag points at now.
+    Always,
+    /// Never contact the registry: only the cache.
+    Never,
+}
+
+/// How `veil run` pulls images given by reference.
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PullArgs {
+    /// When to pull an image given by reference: `missing` (use the cached
+    /// copy if there is one), `always` or `never`.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = PullPolicy::Missing)]
+    #[serde(default)]
+    pub pull: PullPolicy,
+    /// The registry of references that name none (`redis:7`).
+    #[arg(
+        long,
+        value_name = "HOST[:PORT]",
+        env = "VEIL_DEFAULT_REGISTRY",
+        default_value = "docker.io"
+    )]
+    #[serde(default)]
+    pub default_registry: String,
+    /// containers/docker auth.json with registry credentials.
+    #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+    #[serde(default)]
+    pub authfile: Option<PathBuf>,
+}
+
+/// Whether `image` names an OCI layout (`oci:DIR[:TAG]`) rather than a
+/// registry reference.
+pub fn is_layout(image: &str) -> bool {
+    image.starts_with("oci:")
+}
+
+/// `reference` normalized as docker does: the default registry for a name
+/// without one, `:latest` for a name with neither tag nor digest.
+pub fn normalize(reference: &str, default_registry: &str) -> Result<DockerReference> {
+    let raw = reference
+        .strip_prefix(registry::TRANSPORT_PREFIX)
+        .unwrap_or(reference);
+    let has_domain = raw.split_once('/').is_some_and(|(first, _)| {
+        first.contains('.') || first.contains(':') || first == "localhost"
+    });
+    let default_registry = default_registry.trim_end_matches('/');
+    if !has_domain && default_registry.is_empty() {
+        bail!(
+            "image reference {reference:?} names no registry and no default registry is set; write host/repo:tag or set --default-registry"
+        );
+    }
+    let full = if has_domain {
+        raw.to_string()
+    } else {
+        format!("{default_registry}/{raw}")
+    };
+    let explain = |e: &dyn std::fmt::Display| {
+        anyhow!(
+            "invalid image reference {reference:?}: {e} (expected oci:DIR[:TAG], [docker://][HOST[:PORT]/]REPO[:TAG|@sha256:DIGEST])"
+        )
+    };
+    let r = DockerReference::parse(&full).map_err(|e| explain(&e))?;
+    if r.is_name_only() {
+        return DockerReference::parse(&format!("{full}:latest")).map_err(|e| explain(&e));
+    }
+    Ok(r)
+}
+
+/// An image pulled for one run: its own layout and the tag in it.
+#[derive(Debug)]
+pub struct Pulled {
+    /// `oci:DIR:TAG` of the run's layout.
+    pub oci_ref: String,
+    /// The normalized reference.
+    pub name: String,
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Whether the registry was contacted.
+    pub fetched: bool,
+}
+
+/// The data dir's image cache.
+pub fn cache_dir(data: &Path) -> PathBuf {
+    data.join("images")
+}
+
+/// An exclusive lock on the cache while a pull updates its index.
+struct CacheLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+fn lock_cache(dir: &Path) -> Result<CacheLock> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .with_context(|| format!("opening the image cache lock in {}", dir.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map(CacheLock)
+        .map_err(|(_, e)| anyhow!("locking the image cache {}: {e}", dir.display()))
+}
+
+/// The descriptor the cache holds for `r`: by tag (its normalized name), or
+/// for a digest reference any cached manifest with that digest.
+fn cached(cache: &OciLayout, r: &DockerReference) -> Option<Descriptor> {
+    let name = r.to_string();
+    if let Ok(d) = cache.find(Some(&name)) {
+        return Some(d);
+    }
+    let want = r.digest()?;
+    cache
+        .index()
+        .ok()?
+        .manifests
+        .into_iter()
+        .find(|d| &d.digest == want)
+}
+
+/// Pull `reference` (per `a`) into the cache and give the run at `run_dir`
+/// a layout of its own holding just that image.
+pub fn pull_for_run(reference: &str, a: &PullArgs, data: &Path, run_dir: &Path) -> Result<Pulled> {
+    let r = normalize(reference, &a.default_registry)?;
+    let name = r.to_string();
+    let dir = cache_dir(data);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = lock_cache(&dir)?;
+    let cache =
+        OciLayout::create(&dir).map_err(|e| anyhow!("image cache {}: {e}", dir.display()))?;
+    let hit = cached(&cache, &r);
+    let (desc, fetched) = match (a.pull, hit) {
+        (PullPolicy::Never, None) => bail!(
+            "{name} is not in veil's image cache ({}) and --pull never forbids contacting the registry; run with --pull missing, or pull it first with: veil image pull docker://{name} oci:{}:{name}",
+            dir.display(),
+            dir.display()
+        ),
+        (PullPolicy::Missing | PullPolicy::Never, Some(d)) => (d, false),
+        (_, _) => {
+            let creds = match &a.authfile {
+                Some(p) => Credentials::from_auth_file(p, r.domain())?,
+                None => None,
+            };
+            let reg = Registry::new(&r, creds);
+            let bar = crate::progress::Bar::new("pulling");
+            let d = reg
+                .pull_into_with_progress(&cache, &name, &bar)
+                .map_err(|e| anyhow!("pulling {name}: {e}"))?;
+            (d, true)
+        }
+    };
+    if fetched && r.digest().is_none() {
+        // Keep the manifest reachable by digest after the tag moves on.
+        let pinned = r.with_digest(&desc.digest).to_string();
+        cache
+            .set_tag(&pinned, desc.clone())
+            .map_err(|e| anyhow!("image cache {}: {e}", dir.display()))?;
+    }
+    if !fetched && cache.find(Some(&name)).is_err() {
+        // A digest reference found under another tag: name it too, so the
+        // run's layout is made from the name it was asked for.
+        cache
+            .set_tag(&name, desc.clone())
+            .map_err(|e| anyhow!("image cache {}: {e}", dir.display()))?;
+    }
+    if let Some(want) = r.digest() {
+        if &desc.digest != want {
+            bail!(
+                "pulling {name}: the registry's manifest is {} but the reference pins {want}",
+                desc.digest
+            );
+        }
+    }
+    let layout_dir = run_dir.join("layout");
+    link_image(&cache, &desc, &layout_dir, &name)?;
+    Ok(Pulled {
+        oci_ref: format!("oci:{}:{name}", layout_dir.display()),
+        name,
+        digest: desc.digest,
+        fetched,
+    })
+}
+
+/// A layout at `dst` with `desc`'s manifest, config and layers (hard links
+/// to the cache's blobs, copies across filesystems) tagged `tag`.
+fn link_image(cache: &OciLayout, desc: &Descriptor, dst: &Path, tag: &str) -> Result<()> {
+    if dst.to_str().is_some_and(|s| s.contains(':')) {
+        bail!(
+            "the run directory {} contains ':', which an oci:DIR:TAG reference cannot hold; set VEIL_DATA_DIR to a path without ':'",
+            dst.display()
+        );
+    }
+    let img = cache
+        .resolve(Some(tag), &Platform::linux_amd64())
+        .map_err(|e| anyhow!("image cache: {e}"))?;
+    let layout = OciLayout::create(dst).map_err(|e| anyhow!("{}: {e}", dst.display()))?;
+    let blobs = std::iter::once(&desc.digest)
+        .chain(std::iter::once(&img.manifest.config.digest))
+        .chain(img.layers().iter().map(|l| &l.digest));
+    for d in blobs {
+        let (from, to) = (cache.blob_path(d), layout.blob_path(d));
+        if to.exists() {
+            continue;
+        }
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+    }
+    layout
+        .set_tag(tag, desc.clone())
+        .map_err(|e| anyhow!("{}: {e}", dst.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    fn n(s: &str, def: &str) -> String {
+        normalize(s, def).unwrap().to_string()
+    }
+
+    #[test]
+    fn references_normalize_as_docker_does() {
+        assert_eq!(n("redis", "docker.io"), "docker.io/library/redis:latest");
+        assert_eq!(n("redis:7", "docker.io"), "docker.io/library/redis:7");
+        assert_eq!(
+            n("docker://redis:7", "docker.io"),
+            "docker.io/library/redis:7"
+        );
+        assert_eq!(
+            n("127.0.0.1:5000/app/web:1", "docker.io"),
+            "127.0.0.1:5000/app/web:1"
+        );
+        assert_eq!(n("app/web:1", "127.0.0.1:5000"), "127.0.0.1:5000/app/web:1");
+        assert_eq!(n("localhost/web", "docker.io"), "localhost/web:latest");
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            n(&format!("quay.io/x/y@{d}"), "docker.io"),
+            format!("quay.io/x/y@{d}")
+        );
+    }
+
+    #[test]
+    fn bad_references_say_what_is_expected() {
+        for bad in ["", "UPPER/Case:1", "a:b:c:d", "x@sha256:zz"] {
+            let e = normalize(bad, "docker.io").unwrap_err().to_string();
+            assert!(
+                e.contains("expected oci:DIR[:TAG]") || e.contains("names no registry"),
+                "{bad}: {e}"
+            );
+        }
+        let e = normalize("redis", "").unwrap_err().to_string();
+        assert!(e.contains("--default-registry"), "{e}");
+    }
+}

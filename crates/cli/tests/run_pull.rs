@@ -72,6 +72,27 @@ fn images_by_reference_are_pulled_cached_and_pinned() {
         .unwrap());
     assert!(text(&out.stdout).contains("from-image-a"));
 
+    // A pod without --oci-layout pulls what its YAML names, as written.
+    let pod = common::write_pod(
+        &env,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  containers:\n  - name: app\n    image: veil/app:v1\n"
+        ),
+    );
+    let out = ok(env
+        .veil()
+        .env("VEIL_DEFAULT_REGISTRY", host)
+        .arg("run")
+        .arg("--pod")
+        .arg(&pod)
+        .output()
+        .unwrap());
+    assert!(
+        text(&out.stdout).contains("from-image-a"),
+        "{}",
+        text(&out.stdout)
+    );
+
     // The tag moves: docker's default (`missing`) keeps the cached image,
     // `--pull always` asks the registry and gets the new one.
     let digest_b = push(&env, "b", &remote);

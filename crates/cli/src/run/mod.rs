@@ -57,9 +57,10 @@ pub struct RunArgs {
     #[serde(default)]
     pub pulled_from: Option<String>,
     /// Run the pod (containers) of a Kubernetes YAML file instead of one image.
-    #[arg(long, requires = "oci_layout")]
+    #[arg(long)]
     pub pod: Option<PathBuf>,
-    /// The OCI image layout the pod's images come from (with --pod).
+    /// The OCI image layout the pod's images come from (with --pod); without
+    /// it, they are pulled by reference into veil's image cache.
     #[arg(long)]
     pub oci_layout: Option<PathBuf>,
     /// Init-data (with the policy) to run under; without it, the policy is
@@ -699,10 +700,19 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
 /// the progress and any refusal reach the caller) into a layout of the run's
 /// own; the run then proceeds as for `oci:DIR:TAG`.
 fn pull_image(a: &mut RunArgs, data: &Path, id: &str) -> Result<()> {
+    let dir = record::dir_of(data, id);
+    if let (Some(pod), None) = (&a.pod, &a.oci_layout) {
+        let yaml =
+            std::fs::read_to_string(pod).with_context(|| format!("reading {}", pod.display()))?;
+        let layout = pull::pull_pod(&yaml, &a.pull, data, &dir).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        a.oci_layout = Some(layout);
+        return Ok(());
+    }
     let Some(img) = a.image.clone().filter(|i| !pull::is_layout(i)) else {
         return Ok(());
     };
-    let dir = record::dir_of(data, id);
     let pulled = pull::pull_for_run(&img, &a.pull, data, &dir).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
     })?;

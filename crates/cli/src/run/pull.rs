@@ -149,6 +149,67 @@ fn cached(cache: &OciLayout, r: &DockerReference) -> Option<Descriptor> {
 /// Pull `reference` (per `a`) into the cache and give the run at `run_dir`
 /// a layout of its own holding just that image.
 pub fn pull_for_run(reference: &str, a: &PullArgs, data: &Path, run_dir: &Path) -> Result<Pulled> {
+    fetch(reference, a, data, &run_dir.join("layout"), false)
+}
+
+/// Every container image a pod YAML names (`containers` and
+/// `initContainers` of a Pod, or of the pod template of a Deployment, Job
+/// and the like), in order and without repeats.
+pub fn pod_images(yaml: &str) -> Result<Vec<String>> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if k == "containers" || k == "initContainers" {
+                        for c in v.as_array().into_iter().flatten() {
+                            if let Some(i) = c.get("image").and_then(|i| i.as_str()) {
+                                if !out.iter().any(|o| o == i) {
+                                    out.push(i.to_string());
+                                }
+                            }
+                        }
+                    } else {
+                        walk(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let docs = veil_policy::generate::parse_documents(&[yaml]).map_err(|e| anyhow!("{e}"))?;
+    let mut out = Vec::new();
+    docs.iter().for_each(|d| walk(d, &mut out));
+    Ok(out)
+}
+
+/// Pull every image of a pod (per `a`) into the cache, and give the run at
+/// `run_dir` a layout holding them, each tagged as the YAML writes it (which
+/// is how the policy generator looks images up) and by normalized name.
+pub fn pull_pod(yaml: &str, a: &PullArgs, data: &Path, run_dir: &Path) -> Result<PathBuf> {
+    let images = pod_images(yaml)?;
+    if images.is_empty() {
+        bail!("the pod YAML names no container image (spec.containers[].image)");
+    }
+    let dst = run_dir.join("layout");
+    for i in &images {
+        let p = fetch(i, a, data, &dst, true)?;
+        if p.fetched {
+            eprintln!("veil: pulled {} ({})", p.name, p.digest);
+        }
+    }
+    Ok(dst)
+}
+
+/// Pull `reference` into the cache and link it into the layout `dst`, tagged
+/// by its normalized name (and, with `as_written`, by `reference` itself).
+fn fetch(
+    reference: &str,
+    a: &PullArgs,
+    data: &Path,
+    dst: &Path,
+    as_written: bool,
+) -> Result<Pulled> {
     let r = normalize(reference, &a.default_registry)?;
     let name = r.to_string();
     let dir = cache_dir(data);
@@ -199,10 +260,16 @@ pub fn pull_for_run(reference: &str, a: &PullArgs, data: &Path, run_dir: &Path) 
             );
         }
     }
-    let layout_dir = run_dir.join("layout");
-    link_image(&cache, &desc, &layout_dir, &name)?;
+    let mut tags = vec![name.as_str()];
+    let raw = reference
+        .strip_prefix(registry::TRANSPORT_PREFIX)
+        .unwrap_or(reference);
+    if as_written && raw != name {
+        tags.push(raw);
+    }
+    link_image(&cache, &desc, dst, &name, &tags)?;
     Ok(Pulled {
-        oci_ref: format!("oci:{}:{name}", layout_dir.display()),
+        oci_ref: format!("oci:{}:{name}", dst.display()),
         name,
         digest: desc.digest,
         fetched,
@@ -210,8 +277,15 @@ pub fn pull_for_run(reference: &str, a: &PullArgs, data: &Path, run_dir: &Path) 
 }
 
 /// A layout at `dst` with `desc`'s manifest, config and layers (hard links
-/// to the cache's blobs, copies across filesystems) tagged `tag`.
-fn link_image(cache: &OciLayout, desc: &Descriptor, dst: &Path, tag: &str) -> Result<()> {
+/// to the cache's blobs, copies across filesystems; the cache's `tag`),
+/// tagged with each of `tags`.
+fn link_image(
+    cache: &OciLayout,
+    desc: &Descriptor,
+    dst: &Path,
+    tag: &str,
+    tags: &[&str],
+) -> Result<()> {
     if dst.to_str().is_some_and(|s| s.contains(':')) {
         bail!(
             "the run directory {} contains ':', which an oci:DIR:TAG reference cannot hold; set VEIL_DATA_DIR to a path without ':'",
@@ -238,9 +312,12 @@ fn link_image(cache: &OciLayout, desc: &Descriptor, dst: &Path, tag: &str) -> Re
                 .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         }
     }
-    layout
-        .set_tag(tag, desc.clone())
-        .map_err(|e| anyhow!("{}: {e}", dst.display()))
+    for t in tags {
+        layout
+            .set_tag(t, desc.clone())
+            .map_err(|e| anyhow!("{}: {e}", dst.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -75,9 +75,7 @@ fn images_by_reference_are_pulled_cached_and_pinned() {
     // A pod without --oci-layout pulls what its YAML names, as written.
     let pod = common::write_pod(
         &env,
-        &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  containers:\n  - name: app\n    image: veil/app:v1\n"
-        ),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: pulled}\nspec:\n  containers:\n  - name: app\n    image: veil/app:v1\n",
     );
     let out = ok(env
         .veil()

@@ -40,6 +40,42 @@ pub struct KbsBench {
     /// TEE key type: ec-p256, ec-p521, rsa2048, rsa3072.
     #[arg(long, default_value = "ec-p256")]
     pub key_type: veil_kbs_client::KeyType,
+    /// Load this KBS (veil's or Trustee's) instead of an in-process one:
+    /// full handshakes and attested resource GETs at each --client-counts,
+    /// with CoCo `sample` evidence.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Evidence for --url: only `sample` (CoCo's development TEE, no
+    /// cryptography; the KBS must be started to accept it).
+    #[arg(long, default_value = "sample", requires = "url")]
+    pub tee: String,
+    /// The resource each operation fetches (--url; the KBS must hold it and
+    /// release it to sample evidence).
+    #[arg(long, default_value = "default/bench/key", requires = "url")]
+    pub resource: String,
+    /// Client counts (--url), one row each per workload.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,8,32",
+        requires = "url"
+    )]
+    pub client_counts: Vec<usize>,
+    /// Seconds per row (--url).
+    #[arg(long, default_value_t = 20.0, requires = "url")]
+    pub seconds: f64,
+    /// The server's PID (--url), for its CPU time per operation.
+    #[arg(long, value_name = "PID", requires = "url")]
+    pub server_pid: Option<u32>,
+    /// CA certificate (PEM) for an https:// --url.
+    #[arg(long, value_name = "FILE", requires = "url")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Allow an http:// --url (loopback development servers).
+    #[arg(long, requires = "url")]
+    pub insecure_http: bool,
+    /// Print JSON rows (--url).
+    #[arg(long, requires = "url")]
+    pub json: bool,
 }
 
 /// Arguments of `veil bench attest`.
@@ -69,6 +105,9 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
 }
 
 fn kbs(a: KbsBench) -> Result<ExitCode> {
+    if let Some(url) = &a.url {
+        return kbs_load(&a, url);
+    }
     let opts = veil_kbs::bench::BenchOptions {
         clients: a.clients,
         handshakes_per_client: a.handshakes,
@@ -78,6 +117,44 @@ fn kbs(a: KbsBench) -> Result<ExitCode> {
     };
     let report = veil_kbs::bench::run(&opts).map_err(anyhow::Error::msg)?;
     print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil bench kbs --url`: the load generator against any KBS.
+fn kbs_load(a: &KbsBench, url: &str) -> Result<ExitCode> {
+    use veil_kbs::loadgen::{self, LoadOptions, Workload};
+    if a.tee != "sample" {
+        anyhow::bail!(
+            "--tee {}: against another KBS the load generator sends only `sample` evidence (hardware evidence cannot be minted at will); use --tee sample",
+            a.tee
+        );
+    }
+    if !(a.seconds > 0.0 && a.seconds <= 3600.0) {
+        anyhow::bail!("--seconds must be in (0, 3600], got {}", a.seconds);
+    }
+    if a.client_counts.is_empty() || a.client_counts.iter().any(|&c| c == 0 || c > 1024) {
+        anyhow::bail!("--client-counts must list 1 to 1024 clients each");
+    }
+    let client = crate::kbs::client_config(&crate::kbs::ConnArgs {
+        url: url.to_string(),
+        ca: a.ca.clone(),
+        insecure_http: a.insecure_http,
+    })?;
+    let o = LoadOptions {
+        client,
+        resource: veil_kbs_client::ResourcePath::parse(&a.resource)?,
+        clients: a.client_counts.clone(),
+        duration: Duration::from_secs_f64(a.seconds),
+        key_type: a.key_type,
+        server_pid: a.server_pid,
+        workloads: vec![Workload::Handshake, Workload::Get],
+    };
+    let rows = loadgen::run(&o).map_err(anyhow::Error::msg)?;
+    if a.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", loadgen::table(&o, &rows));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

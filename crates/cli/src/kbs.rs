@@ -641,7 +641,7 @@ fn tls_keygen(a: TlsKeygenArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn client_config(c: &ConnArgs) -> Result<ClientConfig> {
+pub(crate) fn client_config(c: &ConnArgs) -> Result<ClientConfig> {
     if c.url.to_ascii_lowercase().starts_with("http://") && !c.insecure_http {
         bail!(
             "{} is plain HTTP: tokens and cookies would travel in clear; use https://, or pass --insecure-http (or VEIL_KBS_INSECURE_HTTP=1) for a loopback development server",

@@ -629,3 +629,96 @@ fn get_resource_with_sample_evidence_from_a_sample_mode_kbs() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("only `sim` and `sample`"));
 }
+
+/// `veil bench kbs --url` loads a KBS over the protocol (sample evidence):
+/// both workloads at each client count, no errors, the server's CPU per
+/// operation read from its PID; a KBS that refuses sample evidence is
+/// named at once.
+#[test]
+fn bench_kbs_loads_any_kbs_by_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    std::fs::write(d.join("secret.bin"), "bench-secret").unwrap();
+    let kbs = DevKbs::serve_with(Path::new(VEIL), d, &["--insecure-allow-sample"]);
+    run_ok(
+        kbs.client()
+            .args([
+                "kbs",
+                "resource",
+                "put",
+                "--insecure-http",
+                "default/bench/key",
+            ])
+            .arg(d.join("secret.bin")),
+    );
+    run_ok(kbs.client().args([
+        "kbs",
+        "policy",
+        "set",
+        "--insecure-http",
+        "--template",
+        "allow-all",
+    ]));
+    let out = run_ok(Command::new(VEIL).args([
+        "bench",
+        "kbs",
+        "--url",
+        &kbs.url(),
+        "--insecure-http",
+        "--seconds",
+        "1",
+        "--client-counts",
+        "1,2",
+        "--server-pid",
+        &kbs.pid().to_string(),
+        "--json",
+    ]));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let shape: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap().to_string(),
+                r["clients"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [("handshake", 1), ("handshake", 2), ("get", 1), ("get", 2)]
+            .map(|(w, c)| (w.to_string(), c))
+    );
+    for r in rows {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["ops"].as_u64().unwrap() > 0, "{r}");
+        assert!(
+            r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+        assert!(r["server_cpu_ms_per_op"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // A server without sample mode is refused by name, before any row.
+    let plain = DevKbs::serve(Path::new(VEIL), &{
+        let p = d.join("plain");
+        std::fs::create_dir_all(&p).unwrap();
+        make_keys(Path::new(VEIL), &p);
+        p
+    });
+    let out = Command::new(VEIL)
+        .args([
+            "bench",
+            "kbs",
+            "--url",
+            &plain.url(),
+            "--insecure-http",
+            "--seconds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must accept `sample` evidence"), "{err}");
+}

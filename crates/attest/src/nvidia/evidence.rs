@@ -123,6 +123,41 @@ fn appraise_device(
     }
 }
 
+impl DeviceClaims {
+    /// The device's name in refusals and token submodules.
+    pub fn name(&self) -> String {
+        format!("gpu{}", self.index)
+    }
+
+    /// Claims as JSON: veil's [`GpuClaims`] plus Trustee's `arch`, `uuid`,
+    /// `measurements` and `config`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.claims).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("uuid".into(), self.uuid.clone().into());
+            if !self.appraisal_errors.is_empty() {
+                o.insert(
+                    "appraisal_errors".into(),
+                    self.appraisal_errors.clone().into(),
+                );
+            }
+            let r = &self.claims.report;
+            o.insert(
+                "config".into(),
+                serde_json::json!({
+                    "DRIVER_VERSION": r.driver_version,
+                    "VBIOS_VERSION": r.vbios_version,
+                    "FWID": r.fwid,
+                    "CHIP_SKU": r.chip_sku,
+                    "PROJECT": r.project,
+                    "PROJECT_SKU": r.project_sku,
+                }),
+            );
+        }
+        v
+    }
+}
+
 fn device_name(i: usize, uuid: &Option<String>) -> String {
     match uuid {
         Some(u) => format!("gpu{i} (uuid {})", u.chars().take(64).collect::<String>()),

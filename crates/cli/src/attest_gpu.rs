@@ -245,18 +245,6 @@ fn caveats(nonce: bool, appraised: bool, revocation: bool) -> Vec<String> {
     c
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn caveats_name_what_was_not_checked() {
-        let c = super::caveats(false, false, false);
-        assert_eq!(c.len(), 3);
-        assert!(c[0].starts_with("revocation not checked"));
-        assert_eq!(super::caveats(true, true, false).len(), 1);
-        assert!(super::caveats(true, true, true).is_empty());
-    }
-}
-
 /// NVIDIA's verifier driver (scripts/nvidia-verifier-oracle.py), built into
 /// veil so `veil bench attest --tee nvidia` runs it anywhere.
 const NVIDIA_ORACLE: &str = include_str!("../../../scripts/nvidia-verifier-oracle.py");
@@ -433,4 +421,16 @@ pub fn print_summary(c: &veil_attest::Claims) {
             "not checked (use `veil attest verify-gpu --ocsp`)"
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn caveats_name_what_was_not_checked() {
+        let c = super::caveats(false, false, false);
+        assert_eq!(c.len(), 3);
+        assert!(c[0].starts_with("revocation not checked"));
+        assert_eq!(super::caveats(true, true, false).len(), 1);
+        assert!(super::caveats(true, true, true).is_empty());
+    }
 }

@@ -43,6 +43,30 @@ fn policy(gpu: &str) -> String {
     )
 }
 
+/// The resource `ai/model/key` stored, and a guest sending the fixture GPU
+/// evidence beside its sim CPU evidence.
+fn gpu_guest(f: &common::Fixture) -> veil_kbs_client::KbsClient<veil_kbs::simguest::SimGuest> {
+    f.admin
+        .put_resource(&path("ai/model/key"), b"model key")
+        .unwrap();
+    let mut guest = f.guest();
+    guest.additional_evidence = gpu_evidence(&report_hex());
+    f.client_with(guest)
+}
+
+/// The claims of the client's current token.
+fn token_claims(
+    client: &mut veil_kbs_client::KbsClient<veil_kbs::simguest::SimGuest>,
+) -> serde_json::Value {
+    let token = client.token().unwrap().token;
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 fn path(s: &str) -> ResourcePath {
     ResourcePath::parse(s).unwrap()
 }
@@ -56,12 +80,7 @@ fn kbs_releases_to_cpu_plus_gpu_evidence_only_when_the_gpu_conditions_hold() {
         gpu_nonce_via_cpu: true,
         ..Options::default()
     });
-    f.admin
-        .put_resource(&path("ai/model/key"), b"model key")
-        .unwrap();
-    let mut guest = f.guest();
-    guest.additional_evidence = gpu_evidence(&report_hex());
-    let mut client = f.client_with(guest);
+    let mut client = gpu_guest(&f);
 
     // Conditions hold (driver 550.90.07 >= 550.54): released.
     f.admin
@@ -80,14 +99,7 @@ fn kbs_releases_to_cpu_plus_gpu_evidence_only_when_the_gpu_conditions_hold() {
         b"model key"
     );
     // The token carries the GPU in its own submodule, Trustee-named claims.
-    let token = client.token().unwrap().token;
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = token_claims(&mut client);
     let gpu = &claims["submods"]["gpu0"]["ear.veraison.annotated-evidence"]["nvidia"];
     assert_eq!(gpu["driver_version"], "550.90.07", "{claims}");
     assert_eq!(gpu["config"]["VBIOS_VERSION"], "96.00.9f.00.01", "{gpu}");
@@ -218,12 +230,7 @@ fn kbs_appraises_gpus_with_the_operators_rim_cache_and_ocsp_responses() {
         },
         ..Options::default()
     });
-    f.admin
-        .put_resource(&path("ai/model/key"), b"model key")
-        .unwrap();
-    let mut guest = f.guest();
-    guest.additional_evidence = gpu_evidence(&report_hex());
-    let mut client = f.client_with(guest);
+    let mut client = gpu_guest(&f);
 
     f.admin
         .set_resource_policy(
@@ -272,13 +279,7 @@ fn kbs_appraises_gpus_with_the_operators_rim_cache_and_ocsp_responses() {
             .as_slice(),
         b"model key"
     );
-    let token = client.token().unwrap().token;
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.split('.').nth(1).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = token_claims(&mut client);
     let gpu = &claims["submods"]["gpu0"]["ear.veraison.annotated-evidence"]["nvidia"];
     assert_eq!(gpu["measurements_appraised"], false, "{gpu}");
     assert_eq!(gpu["revocation_checked"], false, "{gpu}");

@@ -18,7 +18,8 @@ PACKAGES=(
   libssl-dev
   # veil run: runc is the baseline of `veil bench run`
   runc
-  # veil measure: Debian's OVMF builds (SNP/TDX launch-measurement interop), python3-venv for sev-snp-measure
+  # veil measure: Debian's OVMF builds (SNP/TDX launch-measurement interop), python3-venv for
+  # sev-snp-measure and NVIDIA's nv-local-gpu-verifier
   ovmf python3-venv
   # VM sandbox (veil run --sandbox vm, veil guest build): QEMU and Debian's kernel for the guest
   qemu-system-x86 linux-image-amd64
@@ -53,6 +54,18 @@ if [ "$("$SEV_SNP_MEASURE_VENV/bin/sev-snp-measure" --version 2>/dev/null)" != "
   rm -rf "$SEV_SNP_MEASURE_VENV"
   python3 -m venv "$SEV_SNP_MEASURE_VENV"
   "$SEV_SNP_MEASURE_VENV/bin/pip" install -q --disable-pip-version-check sev-snp-measure==0.0.13
+fi
+
+# GPU attestation interop (crates/attest/tests/nvidia_differential.rs, `veil
+# bench attest --tee nvidia`): NVIDIA's own verifier, pinned, in its own venv
+# (tests look for it here, or at $VEIL_NV_VERIFIER_PYTHON); driven offline by
+# scripts/nvidia-verifier-oracle.py.
+NV_VERIFIER_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/veil/nv-local-gpu-verifier-2.7.3"
+if ! "$NV_VERIFIER_VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("nv-local-gpu-verifier") != "2.7.3")' 2>/dev/null; then
+  echo "install-deps: installing nv-local-gpu-verifier 2.7.3 into $NV_VERIFIER_VENV" >&2
+  rm -rf "$NV_VERIFIER_VENV"
+  python3 -m venv "$NV_VERIFIER_VENV"
+  "$NV_VERIFIER_VENV/bin/pip" install -q --disable-pip-version-check nv-local-gpu-verifier==2.7.3
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then

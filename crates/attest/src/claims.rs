@@ -28,11 +28,14 @@ pub enum Tee {
     Tpm,
     /// veil's simulated TEE: real signatures, no hardware protection.
     Sim,
+    /// NVIDIA GPU (Hopper) attestation report with its device chain: a
+    /// device TEE, appraised beside a CPU TEE (docs/gpu.md).
+    Nvidia,
 }
 
 impl Tee {
     /// All TEE names, for help texts and error messages.
-    pub const ALL: [Tee; 7] = [
+    pub const ALL: [Tee; 8] = [
         Tee::Snp,
         Tee::Tdx,
         Tee::Sgx,
@@ -40,6 +43,7 @@ impl Tee {
         Tee::AzTdxVtpm,
         Tee::Tpm,
         Tee::Sim,
+        Tee::Nvidia,
     ];
 
     /// The wire name (`snp`, `az-snp-vtpm`, …).
@@ -52,6 +56,7 @@ impl Tee {
             Tee::AzTdxVtpm => "az-tdx-vtpm",
             Tee::Tpm => "tpm",
             Tee::Sim => "sim",
+            Tee::Nvidia => "nvidia",
         }
     }
 
@@ -63,6 +68,8 @@ impl Tee {
             Tee::Sgx => 64,
             Tee::AzSnpVtpm | Tee::AzTdxVtpm | Tee::Tpm => 32,
             Tee::Sim => 64,
+            // A GPU has no launch-configuration field.
+            Tee::Nvidia => 0,
         }
     }
 }

@@ -96,6 +96,16 @@ impl Expectations {
                 ));
             }
         }
+        if claims.debug && !self.allow_debug && claims.tee == crate::Tee::Nvidia {
+            return Err(Error::mismatch(
+                "debug",
+                "GPU firmware not shown to be production: its report has no debug flag and its \
+                 measurements were not appraised against NVIDIA's RIMs (appraise them with \
+                 `veil attest verify-gpu --rim-dir DIR`, or allow debug)",
+                "measurements appraised",
+                "not appraised",
+            ));
+        }
         if claims.debug && !self.allow_debug {
             return Err(Error::mismatch(
                 "debug",

@@ -55,6 +55,7 @@ pub fn verify(tee: Tee, evidence: &[u8], ctx: &Context<'_>) -> Result<Claims, Er
         Tee::Sim => sim::verify(evidence, ctx.sim_root.as_ref())?,
         Tee::AzSnpVtpm => azure::verify_snp_vtpm(evidence, &ctx.snp, ctx.now_unix)?,
         Tee::Tpm => tpm::verify(evidence, &ctx.tpm_aks)?,
+        Tee::Nvidia => nvidia::verify_evidence(evidence, ctx.now_unix)?,
         other => {
             return Err(Error::refused(
                 "tee",

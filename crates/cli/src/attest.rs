@@ -36,7 +36,9 @@ pub enum AttestCommand {
 /// Arguments of `veil attest verify`.
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Kind of evidence: snp, sim (tdx, sgx, az-snp-vtpm, az-tdx-vtpm, tpm as supported).
+    /// Kind of evidence: snp, sim, tdx, sgx, az-snp-vtpm, az-tdx-vtpm, tpm,
+    /// nvidia (a GPU report with `--cert CHAIN.pem`, or Trustee's device
+    /// evidence JSON; `--report-data` is its nonce; RIMs and OCSP: `verify-gpu`).
     #[arg(long)]
     pub tee: Tee,
     /// Evidence file (SNP: raw 1184-byte report, hex, or CoCo JSON; sim: raw or JSON).
@@ -233,6 +235,14 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    let (evidence, certs) = if a.tee == Tee::Nvidia {
+        (
+            crate::attest_gpu::device_evidence(&evidence, &certs)?,
+            Vec::new(),
+        )
+    } else {
+        (evidence, certs)
+    };
     let cache = a.cert_cache.clone().map(DirCache);
     let ctx = Context {
         now_unix: at_time(a.at.as_deref())?,
@@ -398,6 +408,10 @@ fn print_summary(c: &Claims, checked: Checked) {
         outln!("verified: {} evidence, signed by {signer}", c.tee);
     }
     let tcb: Vec<String> = c.tcb.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if c.tee == Tee::Nvidia {
+        crate::attest_gpu::print_summary(c);
+        return;
+    }
     output::kv("measurement", &hex::encode(&c.measurement));
     output::kv("report_data", &hex::encode(&c.report_data));
     output::kv("init_data", &hex::encode(&c.init_data));

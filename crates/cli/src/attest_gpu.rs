@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use veil_attest::Error;
-use veil_attest::nvidia::rim_select::{self, RimFile};
+use veil_attest::nvidia::rim_select::RimFile;
 use veil_attest::nvidia::{DeviceChain, ocsp, rim};
 
 use crate::output::read_limited;
@@ -223,64 +223,9 @@ fn verify_with(
     }
 }
 
-/// Most bytes read from a RIM directory in all.
-const MAX_RIM_DIR_BYTES: u64 = 256 << 20;
-
-/// The regular files directly in `dir` (not followed if they are symbolic
-/// links, not recursing), each at most `MAX_RIM_BYTES`: the candidates
-/// `rim_select` chooses from.
+/// The candidate RIMs of an operator's RIM directory (shared with the KBS).
 fn read_rim_dir(dir: &Path) -> Result<Vec<RimFile>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir)
-        .with_context(|| format!("reading RIM directory {}", dir.display()))?
-    {
-        let entry = entry.with_context(|| format!("reading RIM directory {}", dir.display()))?;
-        if names.len() >= rim_select::MAX_CANDIDATES {
-            bail!(
-                "RIM directory {} holds more than {} entries; keep only RIMs there",
-                dir.display(),
-                rim_select::MAX_CANDIDATES
-            );
-        }
-        names.push(entry.file_name());
-    }
-    names.sort();
-    let mut files = Vec::new();
-    let mut total = 0u64;
-    for name in names {
-        let path = dir.join(&name);
-        // O_NOFOLLOW: a symbolic link is skipped, never followed out of the directory.
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => continue,
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-        };
-        if !file.metadata()?.is_file() {
-            continue;
-        }
-        let mut bytes = Vec::new();
-        file.take(rim::MAX_RIM_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("reading {}", path.display()))?;
-        total += bytes.len() as u64;
-        if total > MAX_RIM_DIR_BYTES {
-            bail!(
-                "RIM directory {} holds more than {MAX_RIM_DIR_BYTES} bytes of files",
-                dir.display()
-            );
-        }
-        files.push(RimFile {
-            name: name.to_string_lossy().into_owned(),
-            bytes,
-        });
-    }
-    Ok(files)
+    veil_kbs::gpu::read_rim_dir(dir).map_err(anyhow::Error::msg)
 }
 
 /// What a successful verification did not establish.
@@ -298,6 +243,184 @@ fn caveats(nonce: bool, appraised: bool, revocation: bool) -> Vec<String> {
         );
     }
     c
+}
+
+/// NVIDIA's verifier driver (scripts/nvidia-verifier-oracle.py), built into
+/// veil so `veil bench attest --tee nvidia` runs it anywhere.
+const NVIDIA_ORACLE: &str = include_str!("../../../scripts/nvidia-verifier-oracle.py");
+/// The requester nonce of the fixture report the benchmark verifies.
+const BENCH_NONCE: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
+
+/// The venv python scripts/install-deps.sh makes for NVIDIA's verifier.
+fn nvidia_python(given: Option<&Path>) -> PathBuf {
+    if let Some(p) = given {
+        return p.to_path_buf();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    cache.join("veil/nv-local-gpu-verifier-2.7.3/bin/python")
+}
+
+/// Reports per second through NVIDIA's Python verifier (chain and report
+/// each time, as it does), on the same files, for at least `seconds`.
+fn nvidia_rate(python: &Path, report: &[u8], chain: &[u8], now: u64, seconds: f64) -> Result<f64> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("oracle.py");
+    std::fs::write(&script, NVIDIA_ORACLE)?;
+    std::fs::write(dir.path().join("report.txt"), report)?;
+    std::fs::write(dir.path().join("chain.pem"), chain)?;
+    let case = serde_json::json!([{
+        "name": "bench", "report": dir.path().join("report.txt"),
+        "chain": dir.path().join("chain.pem"), "nonce": BENCH_NONCE, "at": now,
+    }]);
+    let mut child = std::process::Command::new(python)
+        .arg(&script)
+        .arg("--bench-seconds")
+        .arg(seconds.to_string())
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", python.display()))?;
+    child
+        .stdin
+        .take()
+        .context("oracle stdin")?
+        .write_all(case.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "NVIDIA's verifier ({}) failed: {}",
+            python.display(),
+            veil_kbs::text::escape_controls(String::from_utf8_lossy(&out.stderr).trim())
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("NVIDIA's verifier output")?;
+    v["reports_per_second"]
+        .as_f64()
+        .context("NVIDIA's verifier printed no reports_per_second")
+}
+
+/// `veil bench attest --tee nvidia`: the fixture GPU report verified per
+/// second by veil (chain each time, chain cached) beside NVIDIA's Python
+/// verifier on the same report in the same run.
+pub fn bench(
+    a: &crate::bench::AttestBench,
+    read: &dyn Fn(&str) -> Result<Vec<u8>>,
+) -> Result<ExitCode> {
+    let report = read("nvidia/hopperAttestationReport.txt")?;
+    let chain = read("nvidia/hopperCertChain.txt")?;
+    let nonce: [u8; 32] = hex::decode(BENCH_NONCE)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("nonce length"))?;
+    // 2025-01-01: inside the fixture chain's validity.
+    let now = 1_735_689_600;
+    let min = std::time::Duration::from_secs_f64(a.seconds);
+    let veil = veil_attest::nvidia::bench::measure(&report, &chain, &nonce, now, min)?;
+    let python = nvidia_python(a.nvidia_python.as_deref());
+    let baseline = if python.exists() {
+        Some(nvidia_rate(&python, &report, &chain, now, a.seconds)?)
+    } else {
+        None
+    };
+    let ratio = |x: f64| baseline.map(|b| x / b);
+    if a.json {
+        let out = serde_json::json!({ "nvidia": {
+            "full_per_second": veil.full_per_second,
+            "cached_chain_per_second": veil.cached_chain_per_second,
+            "baseline": "nv-local-gpu-verifier 2.7.3 (chain + report signature + nonce)",
+            "baseline_per_second": baseline,
+            "full_ratio": ratio(veil.full_per_second),
+            "cached_ratio": ratio(veil.cached_chain_per_second),
+        }});
+        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::outln!(
+        "veil bench attest --tee nvidia (one core, {:.1}s per method)",
+        a.seconds
+    );
+    crate::outln!(
+        "  nvidia full verify (chain each time) {:>10.0} /s",
+        veil.full_per_second
+    );
+    crate::outln!(
+        "  nvidia verify, chain cached          {:>10.0} /s",
+        veil.cached_chain_per_second
+    );
+    match baseline {
+        Some(b) => crate::outln!(
+            "  baseline: nv-local-gpu-verifier      {b:>10.1} /s   (full = {:.1}x, cached = {:.1}x of baseline)",
+            veil.full_per_second / b,
+            veil.cached_chain_per_second / b
+        ),
+        None => crate::outln!(
+            "  baseline: nv-local-gpu-verifier not found at {} (run scripts/install-deps.sh or pass --nvidia-python)",
+            python.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil attest verify --tee nvidia`: the evidence as Trustee lists one
+/// device. Trustee's JSON is passed through; a report (raw or hex) is
+/// paired with its chain (`--cert`, PEM, leaf first).
+pub fn device_evidence(evidence: &[u8], certs: &[Vec<u8>]) -> Result<Vec<u8>> {
+    use base64::Engine;
+    if evidence.trim_ascii_start().starts_with(b"{") {
+        if !certs.is_empty() {
+            bail!("--cert: the nvidia evidence JSON carries its own certificate chain");
+        }
+        return Ok(evidence.to_vec());
+    }
+    let [chain] = certs else {
+        bail!(
+            "--tee nvidia: give the device certificate chain with one --cert CHAIN.pem \
+             (leaf first, as the driver returns it), or Trustee's device evidence JSON"
+        );
+    };
+    let text = evidence.trim_ascii();
+    let report = if !text.is_empty() && text.iter().all(u8::is_ascii_hexdigit) {
+        String::from_utf8_lossy(text).into_owned()
+    } else {
+        hex::encode(evidence)
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(serde_json::to_vec(&serde_json::json!({
+        "arch": "HOPPER",
+        "evidence": report,
+        "certificate": b64.encode(chain),
+    }))?)
+}
+
+/// The summary lines of `veil attest verify --tee nvidia`.
+pub fn print_summary(c: &veil_attest::Claims) {
+    let s = |k: &str| veil_kbs::text::escape_controls(c.raw[k].as_str().unwrap_or("?"));
+    crate::output::kv("driver", &s("driver_version"));
+    crate::output::kv("vbios", &s("vbios_version"));
+    crate::output::kv("nonce", &hex::encode(&c.report_data));
+    crate::output::kv("ueid", &c.platform.chip_id);
+    crate::output::kv(
+        "measurements",
+        if c.debug {
+            "NOT appraised (no RIMs: use `veil attest verify-gpu --rim-dir DIR`)"
+        } else {
+            "appraised against NVIDIA's RIMs"
+        },
+    );
+    crate::output::kv(
+        "revocation",
+        if c.raw["revocation_checked"] == true {
+            "checked"
+        } else {
+            "not checked (use `veil attest verify-gpu --ocsp`)"
+        },
+    );
 }
 
 #[cfg(test)]

@@ -91,6 +91,14 @@ pub struct AttestBench {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only this TEE's evidence: `nvidia` measures GPU reports beside
+    /// NVIDIA's Python verifier (default: the CPU TEEs).
+    #[arg(long, value_name = "TEE")]
+    pub tee: Option<String>,
+    /// The python of a venv with NVIDIA's `nv-local-gpu-verifier` (default:
+    /// the one scripts/install-deps.sh makes under ~/.cache/veil).
+    #[arg(long, value_name = "PATH")]
+    pub nvidia_python: Option<PathBuf>,
 }
 
 /// Run a bench subcommand.
@@ -189,6 +197,14 @@ const EMBEDDED: &[(&str, &[u8])] = &[
         "azure-snp-vtpm/evidence-v2.json",
         include_bytes!("../../../../shared/fixtures/azure-snp-vtpm/evidence-v2.json"),
     ),
+    (
+        "nvidia/hopperAttestationReport.txt",
+        include_bytes!("../../../../shared/fixtures/nvidia/hopperAttestationReport.txt"),
+    ),
+    (
+        "nvidia/hopperCertChain.txt",
+        include_bytes!("../../../../shared/fixtures/nvidia/hopperCertChain.txt"),
+    ),
 ];
 
 fn embedded(name: &str) -> Result<Vec<u8>> {
@@ -210,6 +226,15 @@ fn attest(a: AttestBench) -> Result<ExitCode> {
             None => embedded(p),
         }
     };
+    match a.tee.as_deref() {
+        None => {}
+        Some("nvidia") => return crate::attest_gpu::bench(&a, &read),
+        Some(other) => anyhow::bail!(
+            "veil bench attest --tee {}: no GPU/TEE benchmark by that name; \
+             use --tee nvidia, or no --tee for the CPU TEEs",
+            veil_kbs::text::escape_controls(other)
+        ),
+    }
     // 2025-01-01: inside the fixture certificates' validity.
     let now = 1_735_689_600;
     let snp = veil_attest::snp::bench::measure(

@@ -100,6 +100,15 @@ pub struct ServeArgs {
     #[arg(long = "snp-allowed-vmpl", value_name = "VMPL", default_values_t = [0u32],
           value_parser = clap::value_parser!(u32).range(0..=3))]
     pub snp_allowed_vmpls: Vec<u32>,
+    /// An operator-filled cache of NVIDIA RIMs: GPU measurements are
+    /// appraised against the driver and VBIOS RIMs selected from it, so a
+    /// policy's `gpu` rule can require them (docs/gpu.md).
+    #[arg(long, value_name = "DIR")]
+    pub gpu_rim_dir: Option<PathBuf>,
+    /// A directory of OCSP responses (DER) about the GPU device chains and
+    /// RIM signers, so a policy's `gpu` rule can require revocation checked.
+    #[arg(long, value_name = "DIR")]
+    pub gpu_ocsp_dir: Option<PathBuf>,
     /// The `aud` admin tokens must carry: a token minted for another KBS is
     /// refused here.
     #[arg(long, default_value = veil_kbs_client::admin::DEFAULT_ADMIN_AUDIENCE)]
@@ -482,6 +491,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     cfg.token_ttl = Duration::from_secs(a.token_ttl.max(1));
     cfg.max_body_bytes = a.max_body_bytes;
     cfg.snp_allowed_vmpls = a.snp_allowed_vmpls.clone();
+    cfg.gpu_rim_dir = a.gpu_rim_dir.clone();
+    cfg.gpu_ocsp_dir = a.gpu_ocsp_dir.clone();
     cfg.admin_audience = a.admin_audience.clone();
     cfg.admin_max_token_lifetime = Duration::from_secs(a.admin_max_token_lifetime.max(1));
     cfg.admin_allow_reusable_tokens = a.admin_allow_reusable_tokens;

@@ -156,3 +156,101 @@ fn revocation_can_be_required_and_ocsp_files_are_parsed() {
         text(&out.stderr)
     );
 }
+
+fn verify_tee_nvidia(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["attest", "verify", "--tee", "nvidia", "--at", AT])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn generic_verify_tee_nvidia_gives_normalized_claims_and_fails_closed_on_debug() {
+    let report = fix("hopperAttestationReport.txt");
+    let chain = fix("hopperCertChain.txt");
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let base = [
+        os("--evidence"),
+        report.as_os_str(),
+        os("--cert"),
+        chain.as_os_str(),
+        os("--report-data"),
+        os(NONCE),
+    ];
+    // Measurements not appraised: "not debug" is not established, refused.
+    let out = verify_tee_nvidia(&base);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let e = text(&out.stderr);
+    assert!(e.contains("debug") && e.contains("RIMs"), "{e}");
+    // Accepting that: verified, normalized claims with the GPU's in raw.
+    let mut args = base.to_vec();
+    args.extend([os("--allow-debug"), os("--json")]);
+    let out = verify_tee_nvidia(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tee"], "nvidia");
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["report_data"], NONCE);
+    assert_eq!(v["debug"], true);
+    assert_eq!(v["platform"]["signer"], "nvidia-device");
+    assert_eq!(v["raw"]["driver_version"], "550.90.07", "{v}");
+    // Text summary names what was not appraised.
+    let out = verify_tee_nvidia(
+        &base[..4]
+            .iter()
+            .copied()
+            .chain([os("--allow-debug")])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert!(
+        t.contains("550.90.07") && t.contains("NOT appraised"),
+        "{t}"
+    );
+    // Another nonce: refused by report_data, exit 1.
+    let other = "11".repeat(32);
+    let mut args = base[..4].to_vec();
+    args.extend([
+        os("--report-data"),
+        std::ffi::OsStr::new(&other),
+        os("--allow-debug"),
+    ]);
+    let out = verify_tee_nvidia(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("report_data"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Trustee's device evidence JSON is taken as is.
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("gpu.json");
+    std::fs::write(
+        &json,
+        serde_json::json!({"arch": "HOPPER", "uuid": "GPU-1",
+            "evidence": std::fs::read_to_string(&report).unwrap().trim(),
+            "certificate": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&chain).unwrap())})
+        .to_string(),
+    )
+    .unwrap();
+    let out = verify_tee_nvidia(&[
+        os("--evidence"),
+        json.as_os_str(),
+        os("--allow-debug"),
+        os("--json"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["raw"]["uuid"], "GPU-1");
+    // A report without its chain: a usage error naming --cert.
+    let out = verify_tee_nvidia(&[os("--evidence"), report.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--cert"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -82,6 +82,10 @@ pub fn appraise(
         &tee_pubkey,
         now,
         st.cfg.dev && st.cfg.dev_gpu_nonce_via_cpu_evidence,
+        &crate::gpu::Operator {
+            rim_dir: st.cfg.gpu_rim_dir.as_deref(),
+            ocsp_dir: st.cfg.gpu_ocsp_dir.as_deref(),
+        },
     )
     .map_err(|e| fail(KbsError::AttestationError(e)))?;
     let evidence = serde_json::to_vec(&att.tee_evidence.primary_evidence).unwrap_or_default();

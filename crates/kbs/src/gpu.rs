@@ -16,9 +16,122 @@
 //! `nonce_bound: false` and GPU requirements refuse it unless the policy
 //! sets `allow_unbound_nonce`.
 
+use std::path::Path;
+
 use serde_json::Value;
-use veil_attest::nvidia::evidence;
+use veil_attest::nvidia::evidence::{self, Appraisal};
+use veil_attest::nvidia::ocsp;
+use veil_attest::nvidia::rim_select::{self, RimFile};
 use veil_kbs_client::protocol::TeePubKey;
+
+/// What the operator supplies for GPU appraisal
+/// ([`crate::state::ServerConfig::gpu_rim_dir`], `gpu_ocsp_dir`).
+#[derive(Default, Clone, Copy)]
+pub struct Operator<'a> {
+    /// RIM cache directory.
+    pub rim_dir: Option<&'a Path>,
+    /// OCSP responses directory.
+    pub ocsp_dir: Option<&'a Path>,
+}
+
+/// Most bytes read from a RIM directory in all.
+pub const MAX_RIM_DIR_BYTES: u64 = 256 << 20;
+/// Oldest OCSP response without `nextUpdate` the KBS accepts, seconds.
+pub const OCSP_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+
+/// The regular files directly in `dir`, each at most `limit` bytes, at most
+/// `max_files` and `max_total` bytes in all: symbolic links are skipped,
+/// never followed out of the directory (O_NOFOLLOW), nothing recurses.
+pub fn read_dir_files(
+    dir: &Path,
+    what: &str,
+    limit: usize,
+    max_files: usize,
+    max_total: u64,
+) -> Result<Vec<RimFile>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = || crate::text::escape_controls(&dir.display().to_string());
+    let err = |e: std::io::Error| format!("reading {what} directory {}: {e}", shown());
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        if names.len() >= max_files {
+            return Err(format!(
+                "{what} directory {} holds more than {max_files} entries; keep only {what}s there",
+                shown()
+            ));
+        }
+        names.push(entry.map_err(err)?.file_name());
+    }
+    names.sort();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for name in names {
+        let path = dir.join(&name);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => continue,
+            Err(e) => return Err(err(e)),
+        };
+        if !file.metadata().map_err(err)?.is_file() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        file.take(limit as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(err)?;
+        total += bytes.len() as u64;
+        if total > max_total {
+            return Err(format!(
+                "{what} directory {} holds more than {max_total} bytes of files",
+                shown()
+            ));
+        }
+        files.push(RimFile {
+            name: name.to_string_lossy().into_owned(),
+            bytes,
+        });
+    }
+    Ok(files)
+}
+
+/// The candidate RIMs in an operator's RIM directory (`veil kbs serve
+/// --gpu-rim-dir`, `veil attest verify-gpu --rim-dir`).
+pub fn read_rim_dir(dir: &Path) -> Result<Vec<RimFile>, String> {
+    read_dir_files(
+        dir,
+        "RIM",
+        veil_attest::nvidia::rim::MAX_RIM_BYTES,
+        rim_select::MAX_CANDIDATES,
+        MAX_RIM_DIR_BYTES,
+    )
+}
+
+/// The OCSP responses in an operator's directory; a file that is not one
+/// is refused, named (fail closed: the operator put it there).
+pub fn read_ocsp_dir(dir: &Path) -> Result<Vec<ocsp::Response>, String> {
+    read_dir_files(
+        dir,
+        "OCSP response",
+        ocsp::MAX_OCSP_BYTES,
+        rim_select::MAX_CANDIDATES,
+        MAX_RIM_DIR_BYTES,
+    )?
+    .iter()
+    .map(|f| {
+        ocsp::Response::parse(&f.bytes, &f.name).map_err(|e| {
+            format!(
+                "OCSP response directory {}: {e}",
+                crate::text::escape_controls(&dir.display().to_string())
+            )
+        })
+    })
+    .collect()
+}
 
 /// The Rego rule a resource policy defines to require attested GPUs.
 pub const GPU_RULE: &str = "data.policy.gpu";
@@ -40,10 +153,43 @@ pub fn appraise_additional(
     tee_pubkey: &TeePubKey,
     now: u64,
     skip_nonce: bool,
+    operator: &Operator<'_>,
 ) -> Result<Vec<(String, Value)>, String> {
     if additional.is_empty() {
         return Ok(Vec::new());
     }
+    // An unreadable RIM or OCSP directory leaves measurements unappraised
+    // or revocation unchecked, with the reason, for the policy to refuse.
+    let mut dir_errors = Vec::new();
+    let rims = match operator.rim_dir.map(read_rim_dir) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            dir_errors.push(format!("measurements not appraised: {e}"));
+            None
+        }
+    };
+    let rim_source = operator
+        .rim_dir
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let responses = match operator.ocsp_dir.map(read_ocsp_dir) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            dir_errors.push(format!("revocation not checked: {e}"));
+            None
+        }
+    };
+    let fresh = ocsp::Freshness {
+        now_unix: now,
+        max_age_secs: OCSP_MAX_AGE_SECS,
+        nonce: None,
+    };
+    let appraisal = Appraisal {
+        rims: rims.as_deref().map(|r| (r, rim_source.as_str())),
+        ocsp: responses.as_deref().map(|r| (r, &fresh)),
+    };
     let map: serde_json::Map<String, Value> = serde_json::from_str(additional).map_err(|e| {
         format!("additional_evidence is not a JSON object of TEE name → evidence: {e}")
     })?;
@@ -61,13 +207,13 @@ pub fn appraise_additional(
         let mut expected = [0u8; 32];
         expected.copy_from_slice(&digest[..32]);
         let devices =
-            evidence::verify(ev, (!skip_nonce).then_some(&expected), now).map_err(|e| {
-                match e.check() {
+            evidence::verify_appraised(ev, (!skip_nonce).then_some(&expected), now, &appraisal)
+                .map_err(|e| match e.check() {
                     Some(check) => format!("NVIDIA GPU evidence refused by {check}: {e}"),
                     None => format!("NVIDIA GPU evidence: {e}"),
-                }
-            })?;
-        for d in devices {
+                })?;
+        for mut d in devices {
+            d.appraisal_errors.extend(dir_errors.iter().cloned());
             let mut claims = d.to_json();
             claims["nonce_bound"] = (!skip_nonce).into();
             let status = if d.claims.measurements_appraised {
@@ -173,14 +319,33 @@ pub fn check_requirements(claims: &Value, req: &Value) -> Result<(), String> {
                 }
             }
         }
+        // Why the KBS could not appraise (RIM or OCSP trouble), if it tried.
+        let why = |prefix: &str| -> String {
+            let reasons: Vec<String> = c
+                .get("appraisal_errors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|e| e.starts_with(prefix))
+                .map(crate::text::escape_controls)
+                .collect();
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join("; "))
+            }
+        };
         if !flag("allow_debug") && c.get("measurements_appraised") != Some(&Value::Bool(true)) {
             return Err(format!(
-                "{device}: check gpu.debug: not established that the GPU runs release (non-debug) firmware: its measurements were not appraised against NVIDIA's RIMs; set allow_debug in the policy's gpu rule to accept that"
+                "{device}: check gpu.debug: not established that the GPU runs release (non-debug) firmware: its measurements were not appraised against NVIDIA's RIMs{}; give the KBS a RIM cache (--gpu-rim-dir) holding the report's driver and VBIOS RIMs, or set allow_debug in the policy's gpu rule to accept that",
+                why("measurements")
             ));
         }
         if flag("require_revocation") && c.get("revocation_checked") != Some(&Value::Bool(true)) {
             return Err(format!(
-                "{device}: check gpu.revocation: revocation of its certificates was not checked"
+                "{device}: check gpu.revocation: revocation of its certificates was not checked{}; give the KBS current OCSP responses (--gpu-ocsp-dir) for the device chain and the RIM signers",
+                why("")
             ));
         }
         if !flag("allow_unbound_nonce") && c.get("nonce_bound") != Some(&Value::Bool(true)) {

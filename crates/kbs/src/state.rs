@@ -54,6 +54,13 @@ pub struct ServerConfig {
     /// bound only through the CPU evidence's report data, and its token
     /// submodule says `nonce_bound: false`.
     pub dev_gpu_nonce_via_cpu_evidence: bool,
+    /// An operator-filled cache of NVIDIA RIMs: each GPU's measurements are
+    /// appraised against the driver and VBIOS RIMs selected from it
+    /// (docs/gpu.md); read at each attestation.
+    pub gpu_rim_dir: Option<PathBuf>,
+    /// OCSP responses (DER files) about the GPU device chains and RIM
+    /// signers, fetched by the operator; read at each attestation.
+    pub gpu_ocsp_dir: Option<PathBuf>,
     /// VMPLs an SNP report may be requested from (default `[0]`, as the
     /// CLI's `veil attest verify`); `[0, 1, 2, 3]` accepts any.
     pub snp_allowed_vmpls: Vec<u32>,
@@ -104,6 +111,8 @@ impl ServerConfig {
             dev: false,
             insecure_allow_sample: false,
             dev_gpu_nonce_via_cpu_evidence: false,
+            gpu_rim_dir: None,
+            gpu_ocsp_dir: None,
             snp_allowed_vmpls: vec![0],
             session_timeout: Duration::from_secs(300),
             token_ttl: Duration::from_secs(300),

@@ -43,6 +43,30 @@ fn policy(gpu: &str) -> String {
     )
 }
 
+/// The resource `ai/model/key` stored, and a guest sending the fixture GPU
+/// evidence beside its sim CPU evidence.
+fn gpu_guest(f: &common::Fixture) -> veil_kbs_client::KbsClient<veil_kbs::simguest::SimGuest> {
+    f.admin
+        .put_resource(&path("ai/model/key"), b"model key")
+        .unwrap();
+    let mut guest = f.guest();
+    guest.additional_evidence = gpu_evidence(&report_hex());
+    f.client_with(guest)
+}
+
+/// The claims of the client's current token.
+fn token_claims(
+    client: &mut veil_kbs_client::KbsClient<veil_kbs::simguest::SimGuest>,
+) -> serde_json::Value {
+    let token = client.token().unwrap().token;
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 fn path(s: &str) -> ResourcePath {
     ResourcePath::parse(s).unwrap()
 }
@@ -56,12 +80,7 @@ fn kbs_releases_to_cpu_plus_gpu_evidence_only_when_the_gpu_conditions_hold() {
         gpu_nonce_via_cpu: true,
         ..Options::default()
     });
-    f.admin
-        .put_resource(&path("ai/model/key"), b"model key")
-        .unwrap();
-    let mut guest = f.guest();
-    guest.additional_evidence = gpu_evidence(&report_hex());
-    let mut client = f.client_with(guest);
+    let mut client = gpu_guest(&f);
 
     // Conditions hold (driver 550.90.07 >= 550.54): released.
     f.admin
@@ -80,14 +99,7 @@ fn kbs_releases_to_cpu_plus_gpu_evidence_only_when_the_gpu_conditions_hold() {
         b"model key"
     );
     // The token carries the GPU in its own submodule, Trustee-named claims.
-    let token = client.token().unwrap().token;
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = token_claims(&mut client);
     let gpu = &claims["submods"]["gpu0"]["ear.veraison.annotated-evidence"]["nvidia"];
     assert_eq!(gpu["driver_version"], "550.90.07", "{claims}");
     assert_eq!(gpu["config"]["VBIOS_VERSION"], "96.00.9f.00.01", "{gpu}");
@@ -196,4 +208,84 @@ fn attest_err(mut client: veil_kbs_client::KbsClient<veil_kbs::simguest::SimGues
         Ok(_) => panic!("attestation with this GPU evidence was accepted"),
         Err(e) => e.to_string(),
     }
+}
+
+/// The OCSP directory of the operator test (a `tweak` cannot capture).
+static OCSP_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+#[test]
+fn kbs_appraises_gpus_with_the_operators_rim_cache_and_ocsp_responses() {
+    // The operator's RIM cache is NVIDIA's RIMs from the fixtures (none is
+    // for the fixture report's VBIOS 96.00.9f.00.01), its OCSP directory is
+    // empty: the GPU evidence still verifies, but a policy requiring
+    // appraised measurements or checked revocation is refused, naming the
+    // device, the check and why the KBS could not establish it.
+    let ocsp = tempfile::tempdir().unwrap();
+    OCSP_DIR.set(ocsp.path().to_path_buf()).unwrap();
+    let f = start(Options {
+        gpu_nonce_via_cpu: true,
+        tweak: |cfg| {
+            cfg.gpu_rim_dir = Some(format!("{FIX}rims").into());
+            cfg.gpu_ocsp_dir = OCSP_DIR.get().cloned();
+        },
+        ..Options::default()
+    });
+    let mut client = gpu_guest(&f);
+
+    f.admin
+        .set_resource_policy(
+            Some("ai"),
+            &policy(r#"{"min_driver": "550", "allow_unbound_nonce": true}"#),
+        )
+        .unwrap();
+    let e = client
+        .get_resource(&path("ai/model/key"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gpu0 (uuid GPU-fixture-0): check gpu.debug")
+            && e.contains("nvidia.rim_select")
+            && e.contains("no RIM for VBIOS 96.00.9f.00.01"),
+        "{e}"
+    );
+    f.admin
+        .set_resource_policy(
+            Some("ai"),
+            &policy(
+                r#"{"allow_debug": true, "allow_unbound_nonce": true, "require_revocation": true}"#,
+            ),
+        )
+        .unwrap();
+    let e = client
+        .get_resource(&path("ai/model/key"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gpu0 (uuid GPU-fixture-0): check gpu.revocation") && e.contains("nvidia.ocsp"),
+        "{e}"
+    );
+    // Without those requirements the same evidence releases the resource,
+    // and the token says what the KBS could not establish.
+    f.admin
+        .set_resource_policy(
+            Some("ai"),
+            &policy(r#"{"allow_debug": true, "allow_unbound_nonce": true}"#),
+        )
+        .unwrap();
+    assert_eq!(
+        client
+            .get_resource(&path("ai/model/key"))
+            .unwrap()
+            .as_slice(),
+        b"model key"
+    );
+    let claims = token_claims(&mut client);
+    let gpu = &claims["submods"]["gpu0"]["ear.veraison.annotated-evidence"]["nvidia"];
+    assert_eq!(gpu["measurements_appraised"], false, "{gpu}");
+    assert_eq!(gpu["revocation_checked"], false, "{gpu}");
+    assert_eq!(
+        gpu["appraisal_errors"].as_array().unwrap().len(),
+        2,
+        "{gpu}"
+    );
 }

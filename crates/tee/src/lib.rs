@@ -10,6 +10,8 @@
 //!   over a byte channel handed to it at launch.
 //! - [`detect`]: which of these applies; it never falls back to `sim`
 //!   silently — sim is used only when asked for by name.
+//! - `nvidia` (feature `nvidia-gpu`): NVIDIA GPU evidence through a
+//!   transport trait over NVML's documented calls, and the GPU ready state.
 //! - [`channel`]: length-prefixed JSON frames, shared by the sim platform
 //!   channel and the agent API.
 //!
@@ -18,6 +20,8 @@
 
 pub mod channel;
 pub mod detect;
+#[cfg(feature = "nvidia-gpu")]
+pub mod nvidia;
 pub mod sim;
 pub mod snp;
 pub mod tdx;

@@ -11,7 +11,7 @@
 use base64::Engine;
 use serde::Deserialize;
 
-use super::{DeviceChain, GpuClaims, report};
+use super::{DeviceChain, GpuClaims, ocsp, report, rim_select::RimFile};
 use crate::error::{Error, Result};
 
 /// Most devices one evidence lists (an HGX board has 8 GPUs, 4 switches).
@@ -43,6 +43,84 @@ pub struct DeviceClaims {
     pub uuid: String,
     /// Verified claims.
     pub claims: GpuClaims,
+    /// Why measurements were not appraised or revocation not checked
+    /// although [`Appraisal`] asked for it (the check and its message).
+    pub appraisal_errors: Vec<String>,
+}
+
+/// What an operator supplies beyond the evidence: a RIM cache and OCSP
+/// responses. The report itself must verify in any case; a RIM or OCSP
+/// failure leaves `measurements_appraised` / `revocation_checked` false
+/// and is recorded in [`DeviceClaims::appraisal_errors`], for the policy
+/// to refuse with the reason.
+#[derive(Default, Clone, Copy)]
+pub struct Appraisal<'a> {
+    /// RIM files to select the driver and VBIOS RIMs from, and the name of
+    /// where they came from (in messages).
+    pub rims: Option<(&'a [RimFile], &'a str)>,
+    /// OCSP responses about the device chain and the RIM signer chains.
+    pub ocsp: Option<(&'a [ocsp::Response], &'a ocsp::Freshness)>,
+}
+
+fn described(e: &Error) -> String {
+    match e.check() {
+        Some(check) => format!("{check}: {e}"),
+        None => e.to_string(),
+    }
+}
+
+/// Verify one device's report with its chain, then appraise what the
+/// operator supplied (see [`Appraisal`]).
+fn appraise_device(
+    chain: &[u8],
+    report: &[u8],
+    expected_nonce: Option<&[u8; report::NONCE_LEN]>,
+    now_unix: u64,
+    with: &Appraisal<'_>,
+) -> Result<(GpuClaims, Vec<String>)> {
+    let mut chain = DeviceChain::verify(chain, now_unix)?;
+    // The report's own checks refuse the device whatever else is supplied.
+    let mut plain = chain.verify_report(report, expected_nonce, now_unix)?;
+    let mut errors = Vec::new();
+    let mut revocation = None;
+    if let Some((responses, fresh)) = with.ocsp {
+        match chain.check_revocation(responses, fresh) {
+            Ok(()) => revocation = Some((responses, fresh)),
+            Err(e) => errors.push(format!("revocation not checked: {}", described(&e))),
+        }
+    }
+    // Without appraised measurements, only the device chain is involved.
+    plain.revocation_checked = revocation.is_some();
+    let Some((files, source)) = with.rims else {
+        return Ok((plain, errors));
+    };
+    let select = |revocation| {
+        chain
+            .verify_report_selecting_rims(
+                report,
+                expected_nonce,
+                now_unix,
+                files,
+                source,
+                revocation,
+            )
+            .map(|(c, _)| c)
+    };
+    let appraised = match select(revocation) {
+        // The RIM signers' revocation failed: appraise without it.
+        Err(e) if revocation.is_some() && e.check() == Some("nvidia.rim_ocsp") => {
+            errors.push(format!("RIM revocation not checked: {}", described(&e)));
+            select(None)
+        }
+        r => r,
+    };
+    match appraised {
+        Ok(c) => Ok((c, errors)),
+        Err(e) => {
+            errors.push(format!("measurements not appraised: {}", described(&e)));
+            Ok((plain, errors))
+        }
+    }
 }
 
 impl DeviceClaims {
@@ -57,6 +135,12 @@ impl DeviceClaims {
         let mut v = serde_json::to_value(&self.claims).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("uuid".into(), self.uuid.clone().into());
+            if !self.appraisal_errors.is_empty() {
+                o.insert(
+                    "appraisal_errors".into(),
+                    self.appraisal_errors.clone().into(),
+                );
+            }
             let r = &self.claims.report;
             o.insert(
                 "config".into(),
@@ -99,6 +183,17 @@ pub fn verify(
     evidence: &serde_json::Value,
     expected_nonce: Option<&[u8; report::NONCE_LEN]>,
     now_unix: u64,
+) -> Result<Vec<DeviceClaims>> {
+    verify_appraised(evidence, expected_nonce, now_unix, &Appraisal::default())
+}
+
+/// [`verify`], then appraise each device with the operator's RIMs and OCSP
+/// responses ([`Appraisal`]).
+pub fn verify_appraised(
+    evidence: &serde_json::Value,
+    expected_nonce: Option<&[u8; report::NONCE_LEN]>,
+    now_unix: u64,
+    with: &Appraisal<'_>,
 ) -> Result<Vec<DeviceClaims>> {
     let ev: Evidence = serde_json::from_value(evidence.clone())
         .map_err(|e| Error::malformed(WHAT, e.to_string()))?;
@@ -144,13 +239,14 @@ pub fn verify(
         let chain = b64.decode(d.certificate.trim()).map_err(|e| {
             Error::malformed(WHAT, format!("{name}: certificate is not base64: {e}"))
         })?;
-        let claims = DeviceChain::verify(&chain, now_unix)
-            .and_then(|c| c.verify_report(&report, expected_nonce, now_unix))
-            .map_err(|e| about(&name, e))?;
+        let (claims, appraisal_errors) =
+            appraise_device(&chain, &report, expected_nonce, now_unix, with)
+                .map_err(|e| about(&name, e))?;
         out.push(DeviceClaims {
             index: i,
             uuid: d.uuid.unwrap_or_else(|| "unknown".into()),
             claims,
+            appraisal_errors,
         });
     }
     Ok(out)

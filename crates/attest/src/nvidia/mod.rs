@@ -18,6 +18,7 @@
 //! ([`DeviceChain::check_revocation`], [`rim::Rim::check_revocation`]); the
 //! claims say whether it was.
 
+pub mod bench;
 pub mod certs;
 pub mod claims;
 pub mod evidence;
@@ -265,4 +266,75 @@ pub fn verify(
     now_unix: u64,
 ) -> Result<GpuClaims> {
     DeviceChain::verify(cert_chain_pem, now_unix)?.verify_report(report, expected_nonce, now_unix)
+}
+
+/// `veil_attest::verify(Tee::Nvidia, …)`: one device's evidence as Trustee
+/// lists it, `{"arch": "HOPPER", "uuid"?, "evidence": hex or base64 report,
+/// "certificate": base64 PEM chain}` (or a `device_evidence_list` of one),
+/// verified at `now_unix` and normalized ([`to_claims`]). The nonce is the
+/// claims' `report_data`, compared by the caller's expectations.
+pub fn verify_evidence(evidence: &[u8], now_unix: u64) -> Result<crate::Claims> {
+    const WHAT: &str = "NVIDIA device evidence";
+    if evidence.len() > crate::MAX_EVIDENCE_BYTES {
+        return Err(Error::malformed(WHAT, "larger than 1 MiB"));
+    }
+    let v: serde_json::Value = serde_json::from_slice(evidence).map_err(|e| {
+        Error::malformed(
+            WHAT,
+            format!(
+                "not JSON ({e}); give {{\"arch\", \"evidence\", \"certificate\"}} \
+                 or, from the CLI, the report with --cert CHAIN.pem"
+            ),
+        )
+    })?;
+    let list = if v.get("device_evidence_list").is_some() {
+        v
+    } else {
+        serde_json::json!({ "device_evidence_list": [v] })
+    };
+    let mut devices = evidence::verify(&list, None, now_unix)?;
+    if devices.len() != 1 {
+        return Err(Error::malformed(
+            WHAT,
+            format!(
+                "{} devices listed; verify one at a time (the KBS appraises several)",
+                devices.len()
+            ),
+        ));
+    }
+    let d = devices.remove(0);
+    to_claims(&d.claims, Some(&d.uuid))
+}
+
+/// Normalized [`crate::Claims`] of a verified GPU: `report_data` is the
+/// 32-byte requester nonce, `measurement` and `init_data` are empty (a GPU
+/// has many measurement blocks, appraised against RIMs, and no launch
+/// configuration), `tcb` is empty (driver and VBIOS versions are text, in
+/// `raw`), `debug` is true unless the measurements were appraised against
+/// NVIDIA's RIMs (the report has no debug flag: fail closed), `platform` is
+/// the GPU (`product` the architecture and hardware model, `chip_id` the
+/// leaf serial, `signer` `nvidia-device`), `raw` the [`GpuClaims`].
+pub fn to_claims(gpu: &GpuClaims, uuid: Option<&str>) -> Result<crate::Claims> {
+    let nonce = hex::decode(&gpu.report.nonce)
+        .map_err(|e| Error::malformed("NVIDIA claims", format!("nonce: {e}")))?;
+    let mut raw =
+        serde_json::to_value(gpu).map_err(|e| Error::malformed("NVIDIA claims", e.to_string()))?;
+    if let (Some(o), Some(u)) = (raw.as_object_mut(), uuid) {
+        o.insert("uuid".into(), u.into());
+    }
+    Ok(crate::Claims {
+        tee: crate::Tee::Nvidia,
+        hardware_backed: true,
+        measurement: Vec::new(),
+        report_data: nonce,
+        init_data: Vec::new(),
+        tcb: Default::default(),
+        debug: !gpu.measurements_appraised,
+        platform: crate::Platform {
+            product: format!("{} ({})", gpu.arch, gpu.hwmodel),
+            chip_id: gpu.ueid.clone(),
+            signer: "nvidia-device".into(),
+        },
+        raw,
+    })
 }

@@ -32,6 +32,9 @@ PACKAGES=(
   # service tests and `veil bench service`: redis-cli/redis-benchmark and the native
   # redis-server/nginx baselines, wrk, curl
   redis-server redis-tools nginx-light wrk curl
+  # kbs on PostgreSQL (crates/kbs/tests/replicas.rs, the store suite): initdb, postgres, psql
+  # from /usr/lib/postgresql/*/bin, run by crates/testkit's postgres helper (setpriv: util-linux)
+  postgresql
 )
 
 missing=()

@@ -1,6 +1,14 @@
 //! The RCAR client: `/auth` → `/attest` → token, cached until shortly
 //! before it expires; resource GET with the token as a Bearer ("passport"),
 //! re-attesting once on a 401; JWE decryption with the ephemeral key.
+//!
+//! Given several KBS URLs (replicas on one shared store), an operation that
+//! fails with a transport error or a 5xx answer is run again from its start
+//! on the next URL: a handshake restarts with `/auth` there (a challenge
+//! belongs to the replica's session, and restarting is always correct), a
+//! resource GET is sent there with the cached token (tokens of replicas
+//! verify on each other; a 401 re-attests once). Each URL is tried once per
+//! operation.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -115,8 +123,40 @@ impl<E: EvidenceProvider> KbsClient<E> {
         self.cookie.as_deref()
     }
 
-    /// Run the RCAR handshake and cache the token.
+    /// The KBS base URL in use.
+    pub fn url(&self) -> &str {
+        self.http.base()
+    }
+
+    /// Run `op`, and again on the next KBS URL after a failure another
+    /// replica may not have ([`ClientError::is_failover`]), each URL once.
+    fn with_failover<T>(&mut self, mut op: impl FnMut(&mut Self) -> Result<T>) -> Result<T> {
+        let n = self.http.bases().len();
+        let mut failures = Vec::new();
+        loop {
+            match op(self) {
+                Err(e) if e.is_failover() && n > 1 => {
+                    failures.push(format!("{}: {e}", self.http.base()));
+                    self.http.fail_over();
+                    if failures.len() >= n {
+                        return Err(ClientError::Transport {
+                            url: self.http.bases().join(", "),
+                            reason: format!("every KBS replica failed: {}", failures.join("; ")),
+                        });
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Run the RCAR handshake and cache the token (on the next KBS URL if
+    /// one fails, see the module docs).
     pub fn attest(&mut self) -> Result<CachedToken> {
+        self.with_failover(Self::attest_once)
+    }
+
+    fn attest_once(&mut self) -> Result<CachedToken> {
         let req = AuthRequest {
             version: PROTOCOL_VERSION.into(),
             tee: self.provider.tee().to_string(),
@@ -204,20 +244,29 @@ impl<E: EvidenceProvider> KbsClient<E> {
 
     /// A valid token: the cached one unless it is about to expire.
     pub fn token(&mut self) -> Result<CachedToken> {
+        self.with_failover(Self::token_once)
+    }
+
+    fn token_once(&mut self) -> Result<CachedToken> {
         match &self.token {
             Some(t) if t.exp > now() + TOKEN_REFRESH_MARGIN_SECS => Ok(t.clone()),
-            _ => self.attest(),
+            _ => self.attest_once(),
         }
     }
 
     /// Fetch and decrypt a resource. Re-attests once if the KBS answers 401
-    /// (expired or unknown token) and retries.
+    /// (expired or unknown token) and retries; moves on to the next KBS URL
+    /// as [`KbsClient::attest`] does.
     pub fn get_resource(&mut self, path: &ResourcePath) -> Result<Zeroizing<Vec<u8>>> {
+        self.with_failover(|c| c.get_resource_once(path))
+    }
+
+    fn get_resource_once(&mut self, path: &ResourcePath) -> Result<Zeroizing<Vec<u8>>> {
         let what = format!("resource {path}");
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let token = self.token()?;
+            let token = self.token_once()?;
             let auth = format!("Bearer {}", token.token);
             let resp = self.http.send(
                 "GET",

@@ -50,6 +50,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// True when another replica may succeed where this one failed: the
+    /// KBS could not be reached or answered 5xx (such as 503 while its
+    /// store is unavailable). Refusals (4xx) are answers and are not.
+    pub fn is_failover(&self) -> bool {
+        matches!(self, ClientError::Transport { .. }) || self.status().is_some_and(|s| s >= 500)
+    }
+
     /// HTTP status of a refusal.
     pub fn status(&self) -> Option<u16> {
         match self {

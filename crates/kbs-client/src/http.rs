@@ -1,7 +1,9 @@
 //! A small blocking HTTP transport over `ureq` (rustls with ring): the KBS
-//! base URL, trusted roots, timeouts and bounded response reads.
+//! base URL (or several: replicas, see [`kbs_urls`]), trusted roots,
+//! timeouts and bounded response reads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::error::{ClientError, Result};
@@ -10,7 +12,9 @@ use crate::protocol::{ERROR_TYPE_PREFIX, ErrorInformation, MAX_RESPONSE_BYTES};
 /// How to reach the KBS.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Base URL, e.g. `https://kbs.example:8080` (no trailing `/kbs/v0`).
+    /// Base URL, e.g. `https://kbs.example:8080` (no trailing `/kbs/v0`),
+    /// or several separated by commas (replicas of one KBS, tried in turn
+    /// when one cannot be reached or answers 5xx).
     pub url: String,
     /// PEM bundle of CA certificates to trust instead of the Web PKI roots
     /// (a self-signed KBS certificate goes here).
@@ -74,28 +78,55 @@ impl HttpResponse {
     }
 }
 
-/// The transport.
+/// Most KBS URLs in one list.
+pub const MAX_URLS: usize = 16;
+
+/// The base URLs of a KBS URL list: comma-separated, blanks around each
+/// and trailing `/` dropped, empty entries ignored.
+pub fn kbs_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// The transport: one agent, the KBS base URLs and which one is in use.
 #[derive(Clone)]
 pub struct Http {
     agent: ureq::Agent,
-    base: String,
+    bases: Arc<Vec<String>>,
+    current: Arc<AtomicUsize>,
 }
 
 impl Http {
     /// Build from a configuration.
     pub fn new(cfg: &ClientConfig) -> Result<Self> {
-        let base = cfg.url.trim_end_matches('/').to_string();
-        let lower = base.to_ascii_lowercase();
-        if lower.starts_with("http://") {
-            if !cfg.allow_http {
+        let bases = kbs_urls(&cfg.url);
+        if bases.is_empty() {
+            return Err(ClientError::Config(format!(
+                "KBS URL {:?} names no URL; expected https://HOST[:PORT][,https://HOST2[:PORT]…]",
+                cfg.url
+            )));
+        }
+        if bases.len() > MAX_URLS {
+            return Err(ClientError::Config(format!(
+                "{} KBS URLs given; at most {MAX_URLS}",
+                bases.len()
+            )));
+        }
+        for base in &bases {
+            let lower = base.to_ascii_lowercase();
+            if lower.starts_with("http://") {
+                if !cfg.allow_http {
+                    return Err(ClientError::Config(format!(
+                        "{base} is plain HTTP: tokens and cookies would travel in clear; use https:// (or allow plain HTTP for a loopback development server)"
+                    )));
+                }
+            } else if !lower.starts_with("https://") {
                 return Err(ClientError::Config(format!(
-                    "{base} is plain HTTP: tokens and cookies would travel in clear; use https:// (or allow plain HTTP for a loopback development server)"
+                    "KBS URL {base:?} must start with https://"
                 )));
             }
-        } else if !lower.starts_with("https://") {
-            return Err(ClientError::Config(format!(
-                "KBS URL {base:?} must start with https://"
-            )));
         }
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(pem) = &cfg.ca_pem {
@@ -119,13 +150,24 @@ impl Http {
             .build();
         Ok(Http {
             agent: config.into(),
-            base,
+            bases: Arc::new(bases),
+            current: Arc::new(AtomicUsize::new(0)),
         })
     }
 
-    /// Base URL.
+    /// The base URL in use.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every base URL, in order.
+    pub fn bases(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// Move on to the next base URL (after the one in use failed).
+    pub fn fail_over(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Send a request; `path` starts with `/`.
@@ -136,7 +178,7 @@ impl Http {
         headers: &[(&str, &str)],
         body: Option<(&str, &[u8])>,
     ) -> Result<HttpResponse> {
-        let url = format!("{}{}", self.base, path);
+        let url = format!("{}{}", self.base(), path);
         let transport = |e: ureq::Error| ClientError::Transport {
             url: url.clone(),
             reason: e.to_string(),

@@ -50,7 +50,7 @@ fn done(st: &AppState, what: &str, subject: &str, details: serde_json::Value) {
 }
 
 fn internal(e: crate::store::StoreError) -> KbsError {
-    KbsError::PluginInternalError(e.to_string())
+    KbsError::store(e)
 }
 
 /// Seal and store a resource value.
@@ -212,7 +212,7 @@ pub fn reference_values(st: &AppState, name: &str) -> Result<serde_json::Value> 
 pub fn audit(st: &AppState, limit: u32, kind: Option<&str>) -> Result<Vec<AuditRecord>> {
     // Refusal rows are queued, not waited for: commit them first so that
     // the answer holds every refusal made before it was asked for.
-    st.audit_log.sync().map_err(KbsError::PluginInternalError)?;
+    st.audit_log.sync().map_err(KbsError::store)?;
     let recs = st.store.query_audit(limit, kind).map_err(internal)?;
     Metrics::inc(&st.metrics.admin_ok);
     Ok(recs)

@@ -29,15 +29,36 @@ pub struct AdminTokenRules {
     pub allow_reusable: bool,
 }
 
-/// `jti`s of accepted admin tokens, each kept until its token expires.
+/// `jti`s of accepted admin tokens, each kept until its token expires: in
+/// memory, or in a shared store so that a token used on one replica is
+/// refused on every other.
 #[derive(Default)]
 pub struct ReplayCache {
     seen: Mutex<HashMap<String, u64>>,
+    shared: Option<std::sync::Arc<dyn crate::store::Store>>,
 }
 
 impl ReplayCache {
+    /// In `store`'s shared table where it has one, else in memory.
+    pub fn for_store(store: &std::sync::Arc<dyn crate::store::Store>) -> Self {
+        ReplayCache {
+            seen: Mutex::default(),
+            shared: store.shared_sessions().map(|_| store.clone()),
+        }
+    }
+
     /// Record `jti` (valid until `until`); refuses one already recorded.
     fn first_use(&self, jti: &str, until: u64, now: u64) -> Result<(), String> {
+        if let Some(t) = self.shared.as_ref().and_then(|s| s.shared_sessions()) {
+            return match t.first_use(&format!("admin-jti:{jti}"), until, now) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!(
+                    "admin token jti {:?} was already used (replay, on this or another replica); mint a new token per call",
+                    jti.chars().take(64).collect::<String>()
+                )),
+                Err(e) => Err(format!("recording the admin token's jti: {e}")),
+            };
+        }
         let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(&t) = m.get(jti) {
             if t > now {

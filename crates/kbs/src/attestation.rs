@@ -216,6 +216,9 @@ pub fn appraise(
         "init_data": init_hex, "debug": verified.json.get("debug").cloned().unwrap_or_default(),
         "hardware_backed": verified.json.get("hardware_backed").cloned().unwrap_or_default(),
         "token_jti": hex::encode(jti), "exp": exp,
+        // The (public) challenge answered: replays across replicas show
+        // as one nonce on two rows.
+        "nonce": nonce,
     });
     tracing::info!(tee, status = appraisal.status, "attestation token issued");
     Ok(Appraised {

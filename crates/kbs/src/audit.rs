@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::source::SourceKey;
 use crate::state::now;
-use crate::store::{AuditRecord, Store};
+use crate::store::{AuditRecord, Store, StoreError};
 use crate::text::escape_controls;
 
 /// Audit volume and retention.
@@ -62,7 +62,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Records committed in one transaction at most.
 const BATCH: usize = 512;
 
-type Ack = SyncSender<Result<(), String>>;
+type Ack = SyncSender<Result<(), StoreError>>;
 
 enum Job {
     Write(AuditRecord, Option<Ack>),
@@ -150,7 +150,7 @@ impl AuditLog {
 
     /// Write `rec` and return once it is committed (group commit with
     /// whatever else is queued). Blocks: call it off the async workers.
-    pub fn durable(&self, rec: AuditRecord) -> Result<(), String> {
+    pub fn durable(&self, rec: AuditRecord) -> Result<(), StoreError> {
         self.call(|ack| Job::Write(rec, Some(ack)))
     }
 
@@ -214,25 +214,25 @@ impl AuditLog {
     }
 
     /// Write the current window's summary rows now and wait for them.
-    pub fn flush(&self) -> Result<(), String> {
+    pub fn flush(&self) -> Result<(), StoreError> {
         self.call(Job::Flush)
     }
 
     /// Wait until every record queued so far is committed (a reader of the
     /// log then sees every refusal made before it asked).
-    pub fn sync(&self) -> Result<(), String> {
+    pub fn sync(&self) -> Result<(), StoreError> {
         self.call(Job::Sync)
     }
 
-    fn call(&self, job: impl FnOnce(Ack) -> Job) -> Result<(), String> {
+    fn call(&self, job: impl FnOnce(Ack) -> Job) -> Result<(), StoreError> {
         let Some(tx) = self.sender() else {
-            return Err("the audit writer is not running".into());
+            return Err(StoreError::Failed("the audit writer is not running".into()));
         };
         let (ack, done) = sync_channel(1);
         tx.send(job(ack))
-            .map_err(|_| "the audit writer stopped".to_string())?;
+            .map_err(|_| StoreError::Failed("the audit writer stopped".into()))?;
         done.recv()
-            .map_err(|_| "the audit writer stopped".to_string())?
+            .map_err(|_| StoreError::Failed("the audit writer stopped".into()))?
     }
 }
 
@@ -275,14 +275,12 @@ fn summaries(window: &Mutex<Window>, limits: &AuditLimits) -> Vec<AuditRecord> {
     out
 }
 
-fn commit(store: &dyn Store, batch: &[AuditRecord]) -> Result<(), String> {
+fn commit(store: &dyn Store, batch: &[AuditRecord]) -> Result<(), StoreError> {
     if batch.is_empty() {
         return Ok(());
     }
-    store.append_audit_batch(batch).map_err(|e| {
-        let e = e.to_string();
-        tracing::error!(error = %escape_controls(&e), rows = batch.len(), "audit write failed");
-        e
+    store.append_audit_batch(batch).inspect_err(|e| {
+        tracing::error!(error = %escape_controls(&e.to_string()), rows = batch.len(), "audit write failed");
     })
 }
 

@@ -52,6 +52,23 @@ pub enum KbsError {
     /// The JWE could not be built for the token's key.
     #[error("JWE error: {0}")]
     JweError(String),
+    /// The store (a shared database) cannot be reached right now (503,
+    /// with `Retry-After`): retry, or ask another replica.
+    #[error("{0}")]
+    StoreUnavailable(String),
+}
+
+impl KbsError {
+    /// A store failure: 503 when the store is unreachable, else an
+    /// internal error.
+    pub fn store(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Unavailable(m) => {
+                KbsError::StoreUnavailable(format!("store unavailable: {m}"))
+            }
+            other => KbsError::PluginInternalError(other.to_string()),
+        }
+    }
 }
 
 impl KbsError {
@@ -71,6 +88,7 @@ impl KbsError {
             KbsError::RvpsError(_) => "RvpsError",
             KbsError::PayloadTooLarge(_) => "PayloadTooLarge",
             KbsError::JweError(_) => "JweError",
+            KbsError::StoreUnavailable(_) => "StoreUnavailable",
         }
     }
 
@@ -79,6 +97,7 @@ impl KbsError {
         match self {
             KbsError::InvalidRequestPath(_) | KbsError::PluginNotFound(_) => StatusCode::NOT_FOUND,
             KbsError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            KbsError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -95,6 +114,10 @@ impl IntoResponse for KbsError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self, KbsError::StoreUnavailable(_)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }

@@ -41,6 +41,17 @@ pub fn lookup_error(l: Lookup) -> String {
         Lookup::Expired(at) => {
             format!("session expired at {at} (Unix time): start again with /kbs/v0/auth")
         }
+        Lookup::Full(max) => format!("too many attested sessions ({max}); try again later"),
+        Lookup::Store(e) => e.to_string(),
+    }
+}
+
+/// The refusal for a session lookup: 503 when the shared store is
+/// unreachable, else `wrap` (an attestation or token error).
+pub fn lookup_refusal(l: Lookup, wrap: fn(String) -> KbsError) -> KbsError {
+    match l {
+        Lookup::Store(e) => KbsError::store(e),
+        other => wrap(lookup_error(other)),
     }
 }
 
@@ -84,14 +95,16 @@ fn auth_inner(st: &AppState, source: SourceKey, body: &[u8]) -> Result<Opened> {
     let nonce = new_nonce();
     let now = now();
     let expires = now + st.cfg.session_timeout.as_secs();
-    st.sessions.open(
-        session_id.clone(),
-        kind.name().to_string(),
-        nonce.clone(),
-        source,
-        now,
-        expires,
-    );
+    st.sessions
+        .open(
+            session_id.clone(),
+            kind.name().to_string(),
+            nonce.clone(),
+            source,
+            now,
+            expires,
+        )
+        .map_err(|l| lookup_refusal(l, KbsError::AttestationError))?;
     Ok(Opened {
         session_id,
         challenge: Challenge {
@@ -125,7 +138,7 @@ fn attest_inner(st: &AppState, source: &SourceKey, id: &str, body: &[u8]) -> Res
     let session = st
         .sessions
         .take_for_attest(id, now)
-        .map_err(|l| KbsError::AttestationError(lookup_error(l)))?;
+        .map_err(|l| lookup_refusal(l, KbsError::AttestationError))?;
     // A re-attestation on an attested session is appraised like the first
     // one, against the same challenge, and replaces the session's token; a
     // refused one leaves the session and its token as they were.
@@ -148,7 +161,7 @@ fn attest_inner(st: &AppState, source: &SourceKey, id: &str, body: &[u8]) -> Res
             if reattest {
                 st.sessions
                     .reissue(id, a.token.clone(), now)
-                    .map_err(|l| KbsError::AttestationError(lookup_error(l)))?;
+                    .map_err(|l| lookup_refusal(l, KbsError::AttestationError))?;
             } else {
                 st.sessions
                     .attested(
@@ -161,7 +174,7 @@ fn attest_inner(st: &AppState, source: &SourceKey, id: &str, body: &[u8]) -> Res
                         },
                         now,
                     )
-                    .map_err(KbsError::AttestationError)?;
+                    .map_err(|l| lookup_refusal(l, KbsError::AttestationError))?;
             }
             let reason = if reattest {
                 format!("re-attested, {}", a.reason)

@@ -11,7 +11,7 @@ use veil_kbs_client::protocol::SESSION_COOKIE;
 
 use crate::error::{KbsError, Result};
 use crate::metrics::Metrics;
-use crate::rcar::lookup_error;
+use crate::rcar::lookup_refusal;
 use crate::session::Session;
 use crate::source::SourceKey;
 use crate::state::{AppState, now};
@@ -74,7 +74,7 @@ fn release_inner(
                     "this session has not attested yet: POST /kbs/v0/attest first".into(),
                 ));
             }
-            Err(l) => return Err(KbsError::TokenNotFound(lookup_error(l))),
+            Err(l) => return Err(lookup_refusal(l, KbsError::TokenNotFound)),
         },
         None => {
             return Err(KbsError::TokenNotFound(format!(
@@ -164,7 +164,7 @@ fn release_inner(
     let (meta, blob) = st
         .store
         .get_resource(&path.to_string())
-        .map_err(|e| KbsError::PluginInternalError(e.to_string()))?
+        .map_err(KbsError::store)?
         .ok_or_else(|| KbsError::PluginInternalError(format!("resource {path} not found")))?;
     let plaintext = st
         .cfg
@@ -187,9 +187,13 @@ fn release_inner(
         serde_json::json!({"tee": tee, "size": meta.size, "key": kty, "token_jti": claims.get("jti")}),
     )
     .map_err(|e| {
-        KbsError::PluginInternalError(format!(
-            "{path}: the audit row of this release could not be written ({e}), so nothing is released"
-        ))
+        let why =
+            format!("{path}: the audit row of this release could not be written ({e}), so nothing is released");
+        if e.is_unavailable() {
+            KbsError::StoreUnavailable(why)
+        } else {
+            KbsError::PluginInternalError(why)
+        }
     })?;
     tracing::info!(resource = %path, tee, "resource released");
     Ok(jwe)

@@ -38,6 +38,7 @@ pub enum SecretsError {
 }
 
 /// The key-encryption key.
+#[derive(Clone)]
 pub struct Kek {
     key: Zeroizing<[u8; 32]>,
     id: String,

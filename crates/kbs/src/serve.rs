@@ -21,6 +21,7 @@ use crate::session::Sessions;
 use crate::source::SourceKey;
 use crate::state::{AppState, AttestationPolicy, ServerConfig};
 use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::token::TokenSigner;
 
@@ -47,8 +48,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
     }
     let lock = crate::datadir::DataDirLock::for_server(&cfg.data_dir)
         .map_err(|e| StartError(e.to_string()))?;
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&cfg.data_dir).map_err(|e| StartError(e.to_string()))?);
+    let store = open_store(&cfg)?;
     let ids = store.kek_ids().map_err(|e| StartError(e.to_string()))?;
     if let Some(other) = ids.iter().find(|id| *id != cfg.kek.id()) {
         return Err(StartError(format!(
@@ -64,8 +64,9 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         per_source: cfg.max_connections_per_source,
     });
     let audit_log = crate::audit::AuditLog::start(store.clone(), cfg.audit_limits());
+    let admin_jtis = crate::admin_auth::ReplayCache::for_store(&store);
     let state = AppState {
-        sessions: Sessions::new(cfg.session_limits()),
+        sessions: Sessions::for_store(cfg.session_limits(), &store, cfg.kek.clone()),
         cfg,
         store,
         signer,
@@ -79,11 +80,53 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         connections,
         audit_log,
         release_pin: RwLock::new(None),
-        admin_jtis: Default::default(),
+        admin_jtis,
         _data_dir_lock: lock,
     };
     state.reload().map_err(StartError)?;
     Ok(Arc::new(state))
+}
+
+/// The store `cfg` names: PostgreSQL for `store_url`, else SQLite in the
+/// data dir.
+pub fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn Store>, StartError> {
+    Ok(match &cfg.store_url {
+        Some(url) => Arc::new(
+            PgStore::open(url)
+                .map_err(|e| StartError(format!("opening the store given by --store: {e}")))?,
+        ),
+        None => Arc::new(SqliteStore::open(&cfg.data_dir).map_err(|e| StartError(e.to_string()))?),
+    })
+}
+
+/// How often a replica on a shared store checks whether another replica
+/// changed a policy or reference value.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// One pass of the maintenance loop: drop expired sessions; on a shared
+/// store, reload policies and reference values when their generation
+/// moved past `seen`.
+fn maintain(st: &AppState, seen: &mut Option<i64>, purge: bool) {
+    if purge {
+        if let Err(e) = st.sessions.purge(crate::state::now()) {
+            tracing::warn!(error = %crate::text::escape_controls(&e.to_string()), "purging expired sessions");
+        }
+    }
+    if !st.sessions.is_shared() {
+        return;
+    }
+    match st.store.config_generation() {
+        Ok(g) if *seen == Some(g) => {}
+        Ok(g) => match st.reload() {
+            Ok(()) => *seen = Some(g),
+            Err(e) => {
+                tracing::warn!(error = %crate::text::escape_controls(&e), "reloading policies")
+            }
+        },
+        Err(e) => {
+            tracing::debug!(error = %crate::text::escape_controls(&e.to_string()), "reading the configuration generation")
+        }
+    }
 }
 
 fn tls_acceptor(cfg: &ServerConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
@@ -129,10 +172,25 @@ pub async fn run(
     let router = crate::api::router(state.clone());
     let purge_state = state.clone();
     let purger = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(RELOAD_EVERY);
+        // Read on the first pass (store I/O stays off the async workers).
+        let mut seen = None;
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
-            purge_state.sessions.purge(crate::state::now());
+            let st = purge_state.clone();
+            let mut s = seen;
+            let purge = n % 60 == 0;
+            n += 1;
+            // Store I/O: off the async workers.
+            if let Ok(s2) = tokio::task::spawn_blocking(move || {
+                maintain(&st, &mut s, purge);
+                s
+            })
+            .await
+            {
+                seen = s2;
+            }
         }
     });
     loop {

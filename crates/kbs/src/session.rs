@@ -1,6 +1,10 @@
 //! RCAR sessions: `Authed` (a challenge was issued) → `Attested` (a token
-//! was issued). Sessions live in memory: after a restart an old cookie is
-//! cleanly refused as unknown and the client attests again. A nonce is
+//! was issued). With the embedded store sessions live in memory: after a
+//! restart an old cookie is cleanly refused as unknown and the client
+//! attests again. With a shared store (PostgreSQL, several replicas) they
+//! live in the database ([`crate::store::SharedSessions`]) so that any
+//! replica serves any step, under the same limits; the token kept there is
+//! sealed under the KEK like a resource. A nonce is
 //! single-use for the first attestation: an `/attest` attempt consumes the
 //! `Authed` session whatever its outcome. An `Attested` session keeps its
 //! TEE and nonce so that a re-attestation on it is appraised again against
@@ -18,13 +22,16 @@
 //! attestation, have their own cap ([`SessionLimits::max_attested`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use rand_core::{OsRng, RngCore};
 
+use crate::secrets::Kek;
 use crate::source::SourceKey;
+use crate::store::{Found, SealedBlob, Store, StoreError, StoredSession};
 
 /// A session.
 #[derive(Clone, Debug)]
@@ -67,13 +74,29 @@ impl Session {
     }
 }
 
-/// Why a session lookup failed.
-#[derive(Debug, PartialEq, Eq)]
+/// Why a session lookup or change failed.
+#[derive(Debug)]
 pub enum Lookup {
     /// No such session (never issued, consumed, or evicted).
     Unknown,
     /// Expired at (Unix seconds).
     Expired(u64),
+    /// The attested-session cap is reached.
+    Full(usize),
+    /// The shared session store failed.
+    Store(StoreError),
+}
+
+impl PartialEq for Lookup {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Lookup::Unknown, Lookup::Unknown) => true,
+            (Lookup::Expired(a), Lookup::Expired(b)) => a == b,
+            (Lookup::Full(a), Lookup::Full(b)) => a == b,
+            (Lookup::Store(a), Lookup::Store(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
 }
 
 /// Caps and timeouts of the session table.
@@ -193,15 +216,120 @@ pub fn new_nonce() -> String {
 pub struct Sessions {
     table: Mutex<Table>,
     limits: SessionLimits,
+    shared: Option<Shared>,
+}
+
+/// Sessions in a shared store.
+struct Shared {
+    store: Arc<dyn Store>,
+    kek: Kek,
+    evicted: AtomicU64,
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+impl Shared {
+    fn table(&self) -> Result<&dyn crate::store::SharedSessions, Lookup> {
+        self.store.shared_sessions().ok_or_else(|| {
+            Lookup::Store(StoreError::Failed(format!(
+                "{} keeps no shared sessions",
+                self.store.describe()
+            )))
+        })
+    }
+
+    /// A token as kept in the shared table: sealed under the KEK, bound to
+    /// the session id.
+    fn seal(&self, id: &str, token: &str) -> String {
+        let b = self
+            .kek
+            .seal(&format!("session-token:{id}"), token.as_bytes());
+        format!(
+            "{}.{}.{}",
+            B64.encode(b.kek_id.as_bytes()),
+            B64.encode(&b.nonce),
+            B64.encode(&b.ciphertext)
+        )
+    }
+
+    fn open(&self, id: &str, sealed: &str) -> Result<String, Lookup> {
+        let fail = |why: String| {
+            Lookup::Store(StoreError::Failed(format!(
+                "the stored token of this session cannot be opened ({why}); start again with /kbs/v0/auth"
+            )))
+        };
+        let mut parts = sealed.split('.');
+        let (Some(k), Some(n), Some(c), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(fail("not kek.nonce.ciphertext".into()));
+        };
+        let dec = |s: &str| B64.decode(s).map_err(|e| fail(e.to_string()));
+        let blob = SealedBlob {
+            kek_id: String::from_utf8(dec(k)?).map_err(|e| fail(e.to_string()))?,
+            nonce: dec(n)?,
+            ciphertext: dec(c)?,
+        };
+        let plain = self
+            .kek
+            .open(&format!("session-token:{id}"), &blob)
+            .map_err(|e| fail(e.to_string()))?;
+        String::from_utf8(plain.to_vec()).map_err(|e| fail(e.to_string()))
+    }
+
+    fn session(&self, id: &str, s: StoredSession) -> Result<Session, Lookup> {
+        Ok(match s.token {
+            Some(t) => Session::Attested {
+                tee: s.tee,
+                nonce: s.nonce,
+                token: self.open(id, &t)?,
+                expires: s.expires,
+            },
+            None => Session::Authed {
+                tee: s.tee,
+                nonce: s.nonce,
+                attest_by: s.attest_by,
+                expires: s.expires,
+            },
+        })
+    }
+
+    fn found(&self, id: &str, f: Found) -> Result<Session, Lookup> {
+        match f {
+            Found::Missing => Err(Lookup::Unknown),
+            Found::Expired(at) => Err(Lookup::Expired(at)),
+            Found::Live(s) => self.session(id, s),
+        }
+    }
 }
 
 impl Sessions {
-    /// An empty table with these limits.
+    /// An empty in-memory table with these limits.
     pub fn new(limits: SessionLimits) -> Self {
         Sessions {
             table: Mutex::new(Table::default()),
             limits,
+            shared: None,
         }
+    }
+
+    /// Sessions in `store`'s shared table if it has one (tokens sealed
+    /// under `kek`), else in memory.
+    pub fn for_store(limits: SessionLimits, store: &Arc<dyn Store>, kek: Kek) -> Self {
+        let mut s = Sessions::new(limits);
+        if store.shared_sessions().is_some() {
+            s.shared = Some(Shared {
+                store: store.clone(),
+                kek,
+                evicted: AtomicU64::new(0),
+            });
+        }
+        s
+    }
+
+    /// True when the sessions are in a shared store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// The limits in force.
@@ -213,9 +341,17 @@ impl Sessions {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Number of sessions (both states).
+    /// Number of sessions (both states); 0 when a shared store cannot be
+    /// read.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        match &self.shared {
+            Some(sh) => sh
+                .table()
+                .ok()
+                .and_then(|t| t.counts("").ok())
+                .map_or(0, |c| c.0 as usize),
+            None => self.lock().map.len(),
+        }
     }
 
     /// True if empty.
@@ -225,16 +361,28 @@ impl Sessions {
 
     /// Un-attested sessions held, in all and for `source`.
     pub fn unattested(&self, source: &SourceKey) -> (usize, usize) {
-        let t = self.lock();
-        (
-            t.pending.len(),
-            t.by_source.get(source).map_or(0, |s| s.len()),
-        )
+        match &self.shared {
+            Some(sh) => sh
+                .table()
+                .ok()
+                .and_then(|t| t.counts(&source.to_string()).ok())
+                .map_or((0, 0), |c| (c.1 as usize, c.2 as usize)),
+            None => {
+                let t = self.lock();
+                (
+                    t.pending.len(),
+                    t.by_source.get(source).map_or(0, |s| s.len()),
+                )
+            }
+        }
     }
 
-    /// Un-attested sessions evicted so far to make room.
+    /// Un-attested sessions evicted so far to make room (by this replica).
     pub fn evicted(&self) -> u64 {
-        self.lock().evicted
+        match &self.shared {
+            Some(sh) => sh.evicted.load(Ordering::Relaxed),
+            None => self.lock().evicted,
+        }
     }
 
     /// Open an un-attested session for `source`, evicting that source's
@@ -248,8 +396,28 @@ impl Sessions {
         source: SourceKey,
         now: u64,
         expires: u64,
-    ) {
+    ) -> Result<(), Lookup> {
         let attest_by = now + self.limits.unattested_timeout.as_secs().max(1);
+        if let Some(sh) = &self.shared {
+            let n = sh
+                .table()?
+                .open(
+                    &id,
+                    &StoredSession {
+                        tee,
+                        nonce,
+                        token: None,
+                        attest_by,
+                        expires,
+                    },
+                    &source.to_string(),
+                    self.limits.unattested_per_source,
+                    self.limits.max_unattested,
+                )
+                .map_err(Lookup::Store)?;
+            sh.evicted.fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        }
         let mut t = self.lock();
         t.expire_pending(now);
         let own = t.by_source.get(&source).map_or(0, |s| s.len());
@@ -282,11 +450,38 @@ impl Sessions {
                 pending: Some((seq, source)),
             },
         );
+        Ok(())
     }
 
     /// Record an attested session; refuses when the attested cap is
     /// reached (after dropping expired ones).
-    pub fn attested(&self, id: String, session: Session, now: u64) -> Result<(), String> {
+    pub fn attested(&self, id: String, session: Session, now: u64) -> Result<(), Lookup> {
+        if let Some(sh) = &self.shared {
+            let Session::Attested {
+                tee,
+                nonce,
+                token,
+                expires,
+            } = session
+            else {
+                return Err(Lookup::Unknown);
+            };
+            let stored = StoredSession {
+                tee,
+                nonce,
+                token: Some(sh.seal(&id, &token)),
+                attest_by: expires,
+                expires,
+            };
+            return match sh
+                .table()?
+                .attested(&id, &stored, self.limits.max_attested, now)
+                .map_err(Lookup::Store)?
+            {
+                true => Ok(()),
+                false => Err(Lookup::Full(self.limits.max_attested)),
+            };
+        }
         let mut t = self.lock();
         if t.map.contains_key(&id) {
             t.remove(&id);
@@ -302,10 +497,7 @@ impl Sessions {
                 t.remove(&k);
             }
             if t.attested >= self.limits.max_attested {
-                return Err(format!(
-                    "too many attested sessions ({}); try again later",
-                    self.limits.max_attested
-                ));
+                return Err(Lookup::Full(self.limits.max_attested));
             }
         }
         t.attested += 1;
@@ -321,12 +513,23 @@ impl Sessions {
 
     /// Look up a session without consuming it.
     pub fn get(&self, id: &str, now: u64) -> Result<Session, Lookup> {
+        if let Some(sh) = &self.shared {
+            let f = sh.table()?.get(id, now).map_err(Lookup::Store)?;
+            return sh.found(id, f);
+        }
         self.lock().live(id, now).map(|e| e.session.clone())
     }
 
     /// Take an `Authed` session out (consuming its nonce); an `Attested`
     /// session is returned and left in place.
     pub fn take_for_attest(&self, id: &str, now: u64) -> Result<Session, Lookup> {
+        if let Some(sh) = &self.shared {
+            let f = sh
+                .table()?
+                .take_for_attest(id, now)
+                .map_err(Lookup::Store)?;
+            return sh.found(id, f);
+        }
         let mut t = self.lock();
         match &t.live(id, now)?.session {
             s @ Session::Attested { .. } => Ok(s.clone()),
@@ -337,6 +540,17 @@ impl Sessions {
     /// Replace the token of a live `Attested` session (a re-attestation);
     /// refuses when the session is gone, expired or not attested.
     pub fn reissue(&self, id: &str, new_token: String, now: u64) -> Result<(), Lookup> {
+        if let Some(sh) = &self.shared {
+            let sealed = sh.seal(id, &new_token);
+            return match sh
+                .table()?
+                .reissue(id, &sealed, now)
+                .map_err(Lookup::Store)?
+            {
+                true => Ok(()),
+                false => Err(Lookup::Unknown),
+            };
+        }
         let mut t = self.lock();
         match &mut t.live(id, now)?.session {
             Session::Attested { token, .. } => {
@@ -348,7 +562,13 @@ impl Sessions {
     }
 
     /// Drop expired sessions.
-    pub fn purge(&self, now: u64) {
+    pub fn purge(&self, now: u64) -> Result<(), StoreError> {
+        if let Some(sh) = &self.shared {
+            if let Some(t) = sh.store.shared_sessions() {
+                t.purge(now)?;
+            }
+            return Ok(());
+        }
         let mut t = self.lock();
         t.expire_pending(now);
         let expired: Vec<String> = t
@@ -360,6 +580,7 @@ impl Sessions {
         for k in expired {
             t.remove(&k);
         }
+        Ok(())
     }
 }
 
@@ -390,7 +611,8 @@ mod tests {
     }
 
     fn open(s: &Sessions, id: &str, source: SourceKey, now: u64) {
-        s.open(id.into(), "sim".into(), "n".into(), source, now, now + 300);
+        s.open(id.into(), "sim".into(), "n".into(), source, now, now + 300)
+            .unwrap();
     }
 
     #[test]
@@ -440,7 +662,7 @@ mod tests {
         );
         assert_eq!(s.len(), 0);
         open(&s, "b", src(1), 100);
-        s.purge(111);
+        s.purge(111).unwrap();
         assert_eq!(s.len(), 0);
     }
 

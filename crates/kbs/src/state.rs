@@ -27,8 +27,11 @@ pub struct TlsFiles {
 pub struct ServerConfig {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Data directory (SQLite database).
+    /// Data directory (SQLite database, the lock that `rotate-kek` takes).
     pub data_dir: PathBuf,
+    /// A shared store for replicas (`postgres://…`); `None` = SQLite in
+    /// the data directory.
+    pub store_url: Option<String>,
     /// TLS files; `None` = plain HTTP, allowed on loopback only.
     pub tls: Option<TlsFiles>,
     /// The key-encryption key for secrets at rest.
@@ -99,6 +102,7 @@ impl ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir,
+            store_url: None,
             tls: None,
             kek,
             admin_keys: Vec::new(),
@@ -304,10 +308,10 @@ impl AppState {
         decision: &str,
         reason: &str,
         details: serde_json::Value,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::store::StoreError> {
         let rec = crate::audit::record(kind, subject, decision, reason, details);
         self.audit_log.durable(rec).inspect_err(|e| {
-            tracing::error!(error = %escape_controls(e), kind, "audit write failed");
+            tracing::error!(error = %escape_controls(&e.to_string()), kind, "audit write failed");
         })
     }
 

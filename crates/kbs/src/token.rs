@@ -36,7 +36,7 @@ impl TokenSigner {
     /// Load the persistent key from the store, creating it on first start.
     pub fn load_or_create(store: &dyn Store, kek: &Kek) -> Result<Self, String> {
         let name = format!("meta:{SIGNING_KEY_META}");
-        let key = match store
+        let key: SigningKey = match store
             .get_sealed_meta(SIGNING_KEY_META)
             .map_err(|e| e.to_string())?
         {
@@ -49,10 +49,13 @@ impl TokenSigner {
                 let der = key
                     .to_pkcs8_der()
                     .map_err(|e| format!("token signing key: {e}"))?;
-                store
-                    .put_sealed_meta(SIGNING_KEY_META, &kek.seal(&name, der.as_bytes()))
+                // Replicas starting together on one shared store keep the
+                // first key written.
+                let stored = store
+                    .put_sealed_meta_if_absent(SIGNING_KEY_META, &kek.seal(&name, der.as_bytes()))
                     .map_err(|e| e.to_string())?;
-                key
+                let der = kek.open(&name, &stored).map_err(|e| e.to_string())?;
+                SigningKey::from_pkcs8_der(&der).map_err(|e| format!("token signing key: {e}"))?
             }
         };
         Ok(Self::from_key(key))

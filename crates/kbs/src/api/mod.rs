@@ -43,14 +43,19 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let (unattested, _) = st.sessions.unattested(&SourceKey::Unknown);
+    let (unattested, sessions) = blocking(|| {
+        (
+            st.sessions.unattested(&SourceKey::Unknown).0,
+            st.sessions.len(),
+        )
+    });
     let conns = st.connections.stats();
     let gauges = [
         Gauge {
             name: "veil_kbs_sessions",
             help: "Open RCAR sessions.",
             kind: "gauge",
-            value: st.sessions.len() as u64,
+            value: sessions as u64,
         },
         Gauge {
             name: "veil_kbs_sessions_unattested",
@@ -207,7 +212,7 @@ async fn auth(
     let bytes = read_body(headers, body, st.cfg.max_body_bytes)
         .await
         .inspect_err(|_| Metrics::inc(&st.metrics.auth_refused))?;
-    let opened = crate::rcar::auth(st, source, &bytes)?;
+    let opened = blocking(|| crate::rcar::auth(st, source, &bytes))?;
     Ok(with_cookie(
         json_of(&opened.challenge),
         &opened.session_id,

@@ -62,13 +62,14 @@ const READERS: usize = 4;
 /// connections, so that reads (a resource on the release path, policies,
 /// the audit query) never wait behind a write's sync.
 pub struct SqliteStore {
+    path: std::path::PathBuf,
     conn: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Failed(e.to_string())
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -84,7 +85,7 @@ impl SqliteStore {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("kbs.sqlite");
         let conn = Connection::open(&path)
-            .map_err(|e| StoreError(format!("opening {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Failed(format!("opening {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -101,17 +102,17 @@ impl SqliteStore {
                 conn.execute_batch(&format!(
                     "BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
-                .map_err(|e| StoreError(format!("creating schema: {e}")))?;
+                .map_err(|e| StoreError::Failed(format!("creating schema: {e}")))?;
             }
             1 => {
                 conn.execute_batch(&format!(
                     "BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
-                .map_err(|e| StoreError(format!("migrating schema 1 to 2: {e}")))?;
+                .map_err(|e| StoreError::Failed(format!("migrating schema 1 to 2: {e}")))?;
             }
             SCHEMA_VERSION => {}
             other => {
-                return Err(StoreError(format!(
+                return Err(StoreError::Failed(format!(
                     "{} has schema version {other}; this veil supports {SCHEMA_VERSION}",
                     path.display()
                 )));
@@ -124,12 +125,13 @@ impl SqliteStore {
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
-            .map_err(|e| StoreError(format!("opening {} to read: {e}", path.display())))?;
+            .map_err(|e| StoreError::Failed(format!("opening {} to read: {e}", path.display())))?;
             r.busy_timeout(std::time::Duration::from_secs(5))
                 .map_err(err)?;
             readers.push(Mutex::new(r));
         }
         Ok(SqliteStore {
+            path,
             conn: Mutex::new(conn),
             readers,
             next_reader: std::sync::atomic::AtomicUsize::new(0),
@@ -149,7 +151,7 @@ impl SqliteStore {
             .unwrap_or_else(|| {
                 self.readers[start % n]
                     .lock()
-                    .map_err(|_| StoreError("store lock poisoned".into()))
+                    .map_err(|_| StoreError::Failed("store lock poisoned".into()))
             })?;
         f(&guard).map_err(err)
     }
@@ -158,7 +160,7 @@ impl SqliteStore {
         let mut c = self
             .conn
             .lock()
-            .map_err(|_| StoreError("store lock poisoned".into()))?;
+            .map_err(|_| StoreError::Failed("store lock poisoned".into()))?;
         f(&mut c).map_err(err)
     }
 }
@@ -235,7 +237,7 @@ impl Store for SqliteStore {
         let mut c = self
             .conn
             .lock()
-            .map_err(|_| StoreError("store lock poisoned".into()))?;
+            .map_err(|_| StoreError::Failed("store lock poisoned".into()))?;
         let tx = c.transaction().map_err(err)?;
         let mut count = 0;
         for (table, key_col, prefix) in [
@@ -256,7 +258,7 @@ impl Store for SqliteStore {
                 it.collect::<rusqlite::Result<_>>().map_err(err)?
             };
             for (key, blob) in rows {
-                let new = f(&format!("{prefix}{key}"), &blob).map_err(StoreError)?;
+                let new = f(&format!("{prefix}{key}"), &blob).map_err(StoreError::Failed)?;
                 tx.execute(
                     &format!("UPDATE {table} SET kek_id = ?1, nonce = ?2, ciphertext = ?3 WHERE {key_col} = ?4"),
                     params![new.kek_id, new.nonce, new.ciphertext, key],
@@ -298,6 +300,21 @@ impl Store for SqliteStore {
                 params![key, blob.kek_id, blob.nonce, blob.ciphertext],
             )
             .map(|_| ())
+        })
+    }
+
+    fn put_sealed_meta_if_absent(&self, key: &str, blob: &SealedBlob) -> Result<SealedBlob> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO sealed_meta (key, kek_id, nonce, ciphertext) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(key) DO NOTHING",
+                params![key, blob.kek_id, blob.nonce, blob.ciphertext],
+            )?;
+            c.query_row(
+                "SELECT kek_id, nonce, ciphertext FROM sealed_meta WHERE key = ?1",
+                params![key],
+                |r| Ok(blob_from_row(r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
         })
     }
 
@@ -347,7 +364,7 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(n, v, e)| {
                 let value = serde_json::from_str(&v)
-                    .map_err(|e| StoreError(format!("reference value {n}: {e}")))?;
+                    .map_err(|e| StoreError::Failed(format!("reference value {n}: {e}")))?;
                 Ok((n, value, to_u64(e)))
             })
             .collect()
@@ -412,6 +429,16 @@ impl Store for SqliteStore {
             })?;
             rows.collect()
         })
+    }
+
+    /// Constant: one process owns the file (the data dir lock) and reloads
+    /// what it changes itself.
+    fn config_generation(&self) -> Result<i64> {
+        Ok(0)
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite {}", self.path.display())
     }
 }
 

@@ -251,7 +251,9 @@ impl Kbs {
     ) -> Result<Self, String> {
         let mut cfg = ClientConfig::new(target.url.clone());
         cfg.ca_pem = target.cert.as_ref().map(|c| c.as_bytes().to_vec());
-        cfg.allow_http = is_loopback_http(&target.url);
+        // A list of replicas: plain HTTP only if every one is on loopback.
+        let urls = veil_kbs_client::http::kbs_urls(&target.url);
+        cfg.allow_http = !urls.is_empty() && urls.iter().all(|u| is_loopback_http(u));
         cfg.timeout = Duration::from_secs(10);
         let body = String::from_utf8(init_data.raw().to_vec())
             .map_err(|_| "init-data is not UTF-8".to_string())?;

@@ -50,9 +50,15 @@ pub enum KbsCommand {
 /// Arguments of `veil kbs serve`.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Data directory (SQLite database with sealed secrets).
+    /// Data directory (SQLite database with sealed secrets; with --store,
+    /// only this replica's lock file).
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// A shared store for several replicas instead of SQLite:
+    /// `postgres://USER@HOST[:PORT]/DB` or `postgres:///DB?host=/SOCKET/DIR`
+    /// (put a password in $VEIL_KBS_STORE rather than on the command line).
+    #[arg(long, env = "VEIL_KBS_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -210,7 +216,8 @@ pub struct RotateKekArgs {
 /// How to reach the KBS as a client.
 #[derive(Args, Clone)]
 pub struct ConnArgs {
-    /// KBS base URL.
+    /// KBS base URL, or several separated by commas (replicas: the next is
+    /// tried when one cannot be reached or answers 5xx).
     #[arg(long, env = "VEIL_KBS_URL", default_value = "https://127.0.0.1:8080")]
     pub url: String,
     /// CA certificate(s) to trust for the KBS (PEM), e.g. from `veil kbs tls-keygen`.
@@ -463,6 +470,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         None => Kek::from_env().context("no --kek-file given")?,
     };
     let mut cfg = ServerConfig::new(a.data_dir.clone(), kek);
+    cfg.store_url = a.store.clone();
     cfg.listen = a.listen;
     cfg.tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
@@ -550,8 +558,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     // One write, errors ignored: a server keeps serving when whoever read
     // its banner has gone away (`veil kbs serve | head -1`).
     let banner = format!(
-        "veil kbs listening on {url}\n  data dir   {}\n  token key  {} (JWKS at {url}/kbs/v0/jwks)\n",
+        "veil kbs listening on {url}\n  data dir   {}\n  store      {}\n  token key  {} (JWKS at {url}/kbs/v0/jwks)\n",
         a.data_dir.display(),
+        server.state.store.describe(),
         server.state.signer.kid(),
         url = server.url(),
     );

@@ -214,3 +214,55 @@ impl Http {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_list_is_split_trimmed_and_each_url_checked() {
+        assert_eq!(
+            kbs_urls(" https://a:1/ , https://b:2,,"),
+            ["https://a:1", "https://b:2"]
+        );
+        let h = Http::new(&ClientConfig::new("https://a:1,https://b:2")).unwrap();
+        assert_eq!(h.base(), "https://a:1");
+        h.fail_over();
+        assert_eq!(h.base(), "https://b:2");
+        h.fail_over();
+        assert_eq!(h.base(), "https://a:1", "wraps around");
+        // Every URL of the list must pass the scheme checks.
+        let e = Http::new(&ClientConfig::new("https://a:1,http://10.0.0.1:2"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("http://10.0.0.1:2 is plain HTTP"), "{e}");
+        let e = Http::new(&ClientConfig::new(" , "))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("names no URL"), "{e}");
+        let many = vec!["https://a"; MAX_URLS + 1].join(",");
+        assert!(Http::new(&ClientConfig::new(many)).is_err());
+    }
+
+    #[test]
+    fn failover_only_on_transport_errors_and_5xx() {
+        let refused = |status| ClientError::Refused {
+            what: "auth".into(),
+            status,
+            error_type: "x".into(),
+            detail: "y".into(),
+        };
+        assert!(refused(503).is_failover());
+        assert!(refused(500).is_failover());
+        assert!(!refused(401).is_failover(), "a refusal is an answer");
+        assert!(
+            ClientError::Transport {
+                url: "u".into(),
+                reason: "r".into()
+            }
+            .is_failover()
+        );
+    }
+}

@@ -147,6 +147,10 @@ fn sqlite_passes_the_store_suite() {
         s.shared_sessions().is_none(),
         "SQLite keeps sessions in memory"
     );
+    drop(s);
+    let s = SqliteStore::open(dir.path()).unwrap();
+    assert!(s.get_resource("a/t/1").unwrap().is_some(), "persisted");
+    assert_eq!(s.kek_ids().unwrap(), ["k2"]);
 }
 
 fn pg_db(pg: &Postgres, name: &str) -> PgStore {

@@ -228,6 +228,35 @@ pub struct CreateSandboxRequest {
     /// Share one PID namespace across the sandbox's containers.
     #[serde(default)]
     pub sandbox_pidns: bool,
+    /// The content of the pod's configMap, secret, downwardAPI and
+    /// projected volumes. The agent checks every file against the digests
+    /// the policy pins before writing it into the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeContent>,
+}
+
+/// Most bytes of volume content one sandbox may be handed (all files together).
+pub const MAX_VOLUME_BYTES: usize = 4 * 1024 * 1024;
+/// Most files over all volumes of one sandbox.
+pub const MAX_VOLUME_FILES: usize = 1024;
+
+/// The files of one content volume, as the host hands them in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeContent {
+    /// The pod volume's name.
+    pub name: String,
+    pub files: Vec<VolumeFileContent>,
+}
+
+/// One file of a content volume. Secret volumes' bytes are secrets: they
+/// are zeroized on drop and never printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeFileContent {
+    /// Relative path inside the volume.
+    pub path: String,
+    pub data: SecretBytes,
 }
 
 /// Create (but not start) a container.
@@ -534,6 +563,26 @@ impl AgentRequest {
             AgentRequest::UpdateConfig(r) => Some(r.data.0.len()),
             _ => None,
         };
+        if let (AgentRequest::CreateSandbox(r), Some(obj)) = (self, v.as_object_mut()) {
+            // Volume files: their paths and sizes, never their bytes.
+            let volumes: Vec<serde_json::Value> = r
+                .volumes
+                .iter()
+                .map(|vol| {
+                    let files: Vec<serde_json::Value> = vol
+                        .files
+                        .iter()
+                        .map(|f| serde_json::json!({"path": f.path, "data_len": f.data.0.len()}))
+                        .collect();
+                    serde_json::json!({"name": vol.name, "files": files})
+                })
+                .collect();
+            if volumes.is_empty() {
+                obj.remove("volumes");
+            } else {
+                obj.insert("volumes".into(), volumes.into());
+            }
+        }
         if let (Some(len), Some(obj)) = (len, v.as_object_mut()) {
             obj.remove("data");
             obj.remove("runtime_data");
@@ -551,7 +600,8 @@ impl AgentRequest {
                 check_str("pod_name", &r.pod_name)?;
                 check_str("pod_namespace", &r.pod_namespace)?;
                 check_list("dns", &r.dns)?;
-                check_list("kernel_modules", &r.kernel_modules)
+                check_list("kernel_modules", &r.kernel_modules)?;
+                check_volumes(&r.volumes)
             }
             AgentRequest::CreateContainer(r) => {
                 check_id("container_id", &r.container_id)?;
@@ -654,6 +704,54 @@ fn check_list(field: &str, items: &[String]) -> Result<(), ApiError> {
     }
     for (i, s) in items.iter().enumerate() {
         check_str(&format!("{field}[{i}]"), s)?;
+    }
+    Ok(())
+}
+
+/// Volume content: bounded in files and bytes, each path relative and
+/// without `.`/`..` or empty components.
+fn check_volumes(volumes: &[VolumeContent]) -> Result<(), ApiError> {
+    let files: usize = volumes.iter().map(|v| v.files.len()).sum();
+    if volumes.len() > MAX_VOLUME_FILES || files > MAX_VOLUME_FILES {
+        return Err(invalid(
+            "volumes",
+            format!(
+                "{files} files in {} volumes, limit {MAX_VOLUME_FILES} files",
+                volumes.len()
+            ),
+        ));
+    }
+    let bytes: usize = volumes
+        .iter()
+        .flat_map(|v| &v.files)
+        .map(|f| f.data.0.len())
+        .sum();
+    if bytes > MAX_VOLUME_BYTES {
+        return Err(invalid(
+            "volumes",
+            format!("{bytes} bytes of content, limit {MAX_VOLUME_BYTES}"),
+        ));
+    }
+    for (i, v) in volumes.iter().enumerate() {
+        check_id(&format!("volumes[{i}].name"), &v.name)?;
+        for (j, f) in v.files.iter().enumerate() {
+            let field = format!("volumes[{i}].files[{j}].path");
+            check_str(&field, &f.path)?;
+            if f.path.is_empty()
+                || f.path.starts_with('/')
+                || f.path
+                    .split('/')
+                    .any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{:?} must be a relative path without empty, '.' or '..' components",
+                        f.path
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -839,6 +937,44 @@ mod tests {
                 ..Default::default()
             },
         }))
+    }
+
+    fn sandbox_with_volume(path: &str, data: &[u8]) -> AgentRequest {
+        AgentRequest::CreateSandbox(CreateSandboxRequest {
+            sandbox_id: "sb".into(),
+            hostname: "web".into(),
+            pod_name: "web".into(),
+            pod_namespace: "default".into(),
+            dns: vec![],
+            kernel_modules: vec![],
+            sandbox_pidns: false,
+            volumes: vec![VolumeContent {
+                name: "creds".into(),
+                files: vec![VolumeFileContent {
+                    path: path.into(),
+                    data: SecretBytes(Zeroizing::new(data.to_vec())),
+                }],
+            }],
+        })
+    }
+
+    #[test]
+    fn volume_bytes_never_reach_the_policy_engine_and_paths_stay_inside() {
+        let r = sandbox_with_volume("db/password", b"hunter2");
+        let view = r.policy_view().to_string();
+        assert!(view.contains("\"data_len\":7"), "{view}");
+        assert!(!view.contains(&B64.encode(b"hunter2")), "{view}");
+        assert!(!format!("{r:?}").contains("hunter2"));
+        r.validate().unwrap();
+        for bad in ["../etc/passwd", "/abs", "a//b", "a/./b", ""] {
+            let e = sandbox_with_volume(bad, b"x").validate().unwrap_err();
+            assert!(
+                e.to_string().contains("volumes[0].files[0].path"),
+                "{bad}: {e}"
+            );
+        }
+        let big = sandbox_with_volume("big", &vec![0u8; MAX_VOLUME_BYTES + 1]);
+        assert!(big.validate().unwrap_err().to_string().contains("limit"));
     }
 
     #[test]

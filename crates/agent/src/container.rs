@@ -87,6 +87,8 @@ pub struct ManagerConfig {
     pub unpack_limits: veil_image::unpack::UnpackLimits,
     /// The pod's network namespace, joined by every container.
     pub pod_netns: Option<PathBuf>,
+    /// The pod's volumes as the policy declares them.
+    pub volumes: Vec<veil_policy::model::VolumePolicy>,
 }
 
 /// All containers of the sandbox.
@@ -153,6 +155,12 @@ impl Manager {
         .map_err(|e| err("writing hosts", e))?;
         let resolv: String = r.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
         fs::write(dir.join("resolv.conf"), resolv).map_err(|e| err("writing resolv.conf", e))?;
+        crate::volumes::check_content(&self.cfg.volumes, &r.volumes)?;
+        crate::volumes::write_content(
+            &self.cfg.volumes,
+            &r.volumes,
+            &dir.join(crate::volumes::VOLUMES_DIR),
+        )?;
         if let Ok(mut s) = self.sandbox.lock() {
             *s = Some((r.sandbox_id.clone(), r.hostname.clone()));
         }
@@ -166,7 +174,9 @@ impl Manager {
                 let p = self.cfg.paths.resolve(&m.source).ok_or_else(|| {
                     format!("bind mount source {:?} is not under /run/veil", m.source)
                 })?;
-                self.ensure_empty_dir_volume(&m.source, &p)?;
+                if let Some(name) = self.volume_name(&m.source) {
+                    crate::volumes::prepare_mount(&self.cfg.volumes, &name, &p, &m.options)?;
+                }
                 p.to_string_lossy().into_owned()
             } else {
                 m.source.clone()
@@ -226,43 +236,13 @@ impl Manager {
         Ok(base)
     }
 
-    /// A pod volume (`/run/veil/sandbox/<this sandbox>/volumes/<name>`)
-    /// that does not exist yet is an `emptyDir`: made empty, world-writable
-    /// as Kubernetes makes it, and shared by every container that mounts
-    /// it. Only for this sandbox's own volumes dir; never through a symlink.
-    fn ensure_empty_dir_volume(&self, source: &str, path: &Path) -> Result<(), String> {
-        let Some((sid, _)) = self.sandbox.lock().ok().and_then(|s| s.clone()) else {
-            return Ok(());
-        };
-        let Some(name) = source
+    /// The pod volume `source` names (`/run/veil/sandbox/<this sandbox>/volumes/<name>`).
+    fn volume_name(&self, source: &str) -> Option<String> {
+        let (sid, _) = self.sandbox.lock().ok().and_then(|s| s.clone())?;
+        source
             .strip_prefix(&format!("/run/veil/sandbox/{sid}/volumes/"))
             .filter(|n| !n.is_empty() && !n.contains('/') && *n != "." && *n != "..")
-        else {
-            return Ok(());
-        };
-        match fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(format!(
-                "volume {name}: {} is not a directory",
-                path.display()
-            )),
-            Err(_) => {
-                if let Some(parent) = path.parent() {
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o755)
-                        .create(parent)
-                        .map_err(|e| err("creating the volumes dir", e))?;
-                }
-                fs::DirBuilder::new()
-                    .mode(0o777)
-                    .create(path)
-                    .map_err(|e| err(&format!("creating the emptyDir volume {name}"), e))?;
-                // The umask must not narrow what every container user may write.
-                fs::set_permissions(path, fs::Permissions::from_mode(0o777))
-                    .map_err(|e| err(&format!("emptyDir volume {name}"), e))
-            }
-        }
+            .map(str::to_string)
     }
 
     /// Pull and unpack the image; prepare (but do not start) the container.
@@ -321,6 +301,7 @@ impl Manager {
             read_only_rootfs: r.read_only_rootfs,
             hostname,
             mounts: self.mounts(r)?,
+            sysctls: r.sysctls.clone(),
             seccomp: self.cfg.seccomp,
             netns: self.cfg.pod_netns.clone(),
             terminal: r.process.terminal,
@@ -585,6 +566,19 @@ impl Manager {
             .paths
             .resolve(&r.path)
             .ok_or_else(|| format!("copy_file: {:?} is not under /run/veil", r.path))?;
+        // Pod volumes are the policy's (content) and the containers'
+        // (emptyDir): never the host's to write, whatever the policy's
+        // copy_file patterns say.
+        let under_volumes = r
+            .path
+            .strip_prefix("/run/veil/sandbox/")
+            .is_some_and(|rest| rest.split('/').nth(1) == Some(crate::volumes::VOLUMES_DIR));
+        if under_volumes {
+            return Err(format!(
+                "copy_file: {:?} is inside a pod volume; the host may not write pod volumes (content volumes are handed in with create_sandbox and checked against the policy's digests)",
+                r.path
+            ));
+        }
         if let Some(parent) = path.parent() {
             fs::DirBuilder::new()
                 .recursive(true)

@@ -19,6 +19,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -74,6 +75,10 @@ pub struct InitSpec {
     pub read_only_rootfs: bool,
     pub hostname: String,
     pub mounts: Vec<MountSpec>,
+    /// Namespaced sysctls set in the container's namespaces (the pod's
+    /// `securityContext.sysctls`, as the policy pins them).
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
     /// Install the default seccomp filter.
     pub seccomp: bool,
     /// Join this network namespace (the pod's, shared by its containers)
@@ -207,6 +212,7 @@ fn child(spec: &InitSpec) -> Result<(), String> {
     // SAFETY: fcntl on our own fd.
     unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     if spec.exec_into.is_none() {
+        apply_sysctls(&spec.sysctls)?;
         setup_rootfs(spec)?;
         if !spec.hostname.is_empty() {
             sethostname(&spec.hostname).map_err(|e| fail("sethostname", e))?;
@@ -337,6 +343,27 @@ fn make_mountpoint(root: &Path, target: &Path, file: bool) -> Result<(), String>
                 fs::create_dir(&cur).map_err(|e| fail(&format!("creating {}", cur.display()), e))?
             }
         }
+    }
+    Ok(())
+}
+
+/// Write each sysctl through /proc/sys, after the namespaces are entered
+/// (so they apply to the container's network and IPC namespaces only).
+fn apply_sysctls(sysctls: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    for (name, value) in sysctls {
+        if !veil_policy::model::namespaced_sysctl(name) {
+            return Err(format!(
+                "sysctl {name}: not a namespaced sysctl (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*); it would change the whole guest"
+            ));
+        }
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| fail(&format!("sysctl {name}: opening {path}"), e))?;
+        f.write_all(value.as_bytes())
+            .map_err(|e| fail(&format!("sysctl {name}={value}"), e))?;
     }
     Ok(())
 }

@@ -45,3 +45,5 @@ pub mod streams;
 pub mod tty;
 #[cfg(feature = "server")]
 pub mod vm;
+#[cfg(feature = "server")]
+pub mod volumes;

@@ -84,6 +84,10 @@ pub struct GenerateArgs {
     /// /run/veil/secrets/NAME (repeatable; added to the settings' [kbs.secrets]).
     #[arg(long = "secret", value_name = "NAME=URI")]
     secrets: Vec<String>,
+    /// Admit the pods' hostPath volumes (settings: sandbox.allow_host_path):
+    /// the untrusted host can read and change them.
+    #[arg(long)]
+    allow_host_path: bool,
 }
 
 #[derive(Args)]
@@ -140,7 +144,10 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
             .with_context(|| format!("{}", p.display()))?,
         None => Settings::default(),
     };
-    let settings = with_kbs_args(settings, a.kbs_url.as_deref(), &a.secrets)?;
+    let mut settings = with_kbs_args(settings, a.kbs_url.as_deref(), &a.secrets)?;
+    if a.allow_host_path {
+        settings.sandbox.allow_host_path = true;
+    }
     let mut texts = Vec::new();
     for f in &a.files {
         texts.push(read_text(f, "Kubernetes YAML", MAX_YAML_BYTES)?);

@@ -178,3 +178,63 @@ fn python_app_answers_with_the_digest_of_its_kbs_secret() {
     );
     assert_eq!(got.trim(), want);
 }
+
+/// Must-hold 2: Debian's nginx-light serves a page from a configMap volume
+/// (content pinned by the policy) through a published port; a second
+/// container of the same pod reads nginx's access log from the emptyDir
+/// they share.
+#[test]
+fn nginx_serves_a_config_map_page_and_a_sidecar_reads_its_log() {
+    let env = Env::new();
+    let Some(net) = TestNet::new(&env) else {
+        return;
+    };
+    let layout = test_images();
+    let pod = common::write_pod(
+        &env,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: site\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: html\n    configMap: {name: site-html}\n  - name: logs\n    emptyDir: {}\n  containers:\n  - name: nginx\n    image: nginx\n    volumeMounts:\n    - {name: html, mountPath: /usr/share/nginx/html}\n    - {name: logs, mountPath: /var/log/nginx}\n  - name: reader\n    image: nginx\n    command: [\"/bin/sh\", \"-c\", \"until grep -q 'GET /index.html' /logs/access.log 2>/dev/null; do sleep 0.2; done; echo \\\"reader saw: $(grep 'GET /index.html' /logs/access.log | head -n 1)\\\"; sleep 3600\"]\n    volumeMounts:\n    - {name: logs, mountPath: /logs, readOnly: true}\n",
+    );
+    let config = env.dir.path().join("site.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: site-html\ndata:\n  index.html: \"<h1>served from a configMap</h1>\\n\"\n",
+    )
+    .unwrap();
+    let port = free_port().to_string();
+    let id = start(
+        &env,
+        &net,
+        &[
+            "--pod",
+            pod.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--oci-layout",
+            layout.to_str().unwrap(),
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+        ],
+    );
+    let rm = RmOnDrop(&env, id.clone());
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let page = eventually(
+        || {
+            let mut c = Command::new("curl");
+            c.args(["-s", "--max-time", "2", &url]);
+            c
+        },
+        "served from a configMap",
+    );
+    assert_eq!(page, "<h1>served from a configMap</h1>\n");
+    let seen = eventually(
+        || {
+            let mut c = env.veil();
+            c.args(["logs", "-c", "reader", &id]);
+            c
+        },
+        "reader saw:",
+    );
+    assert!(seen.contains("\"GET /index.html HTTP/1.1\" 200"), "{seen}");
+    drop(rm);
+    assert_eq!(net.leftovers(&id), Vec::<String>::new());
+}

@@ -93,6 +93,7 @@ fn policy() -> PolicyData {
             allow_stats: true,
             update_config: vec![],
             unpack_limits: Default::default(),
+            volumes: vec![],
         },
         containers,
         platform_env: s.platform_env,

@@ -53,6 +53,60 @@ pub struct SandboxPolicy {
     /// agent's defaults (see docs/image.md). Omitted when all are unset.
     #[serde(default, skip_serializing_if = "UnpackBounds::is_unset")]
     pub unpack_limits: UnpackBounds,
+    /// The pod's volumes, by name: their kind and, for configMap, secret,
+    /// downwardAPI and projected volumes, the digest of every file, so the
+    /// agent knows what each volume must hold (see docs/policy.md).
+    /// Omitted when the pod has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumePolicy>,
+}
+
+/// What kind of volume a pod volume is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeKind {
+    /// Scratch space shared by the pod's containers, made empty in the guest.
+    EmptyDir,
+    /// Files whose content the policy pins (configMap, secret, downwardAPI,
+    /// projected): handed in by the host, checked against `files`.
+    Content,
+    /// A directory of the untrusted host, only when the settings allow it.
+    HostPath,
+}
+
+/// One pod volume.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumePolicy {
+    /// The volume's name in the pod.
+    pub name: String,
+    pub kind: VolumeKind,
+    /// The Kubernetes volume type it came from (`configMap`, `secret`, …).
+    pub source: String,
+    /// `emptyDir.medium: Memory`: a tmpfs in the guest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
+    /// `emptyDir.sizeLimit` in bytes (enforced for `memory` volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<u64>,
+    /// `hostPath.path` of a host path volume.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_path: String,
+    /// Every file of a content volume, sorted by path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<VolumeFile>,
+}
+
+/// One file of a content volume.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeFile {
+    /// Relative path inside the volume (`key`, or `items[].path`).
+    pub path: String,
+    /// `sha256:<hex>` of the file's bytes.
+    pub digest: String,
+    /// Permission bits (`defaultMode` or `items[].mode`; 0644 by default).
+    pub mode: u32,
 }
 
 /// Owner-chosen bounds on what an image may unpack to in the guest
@@ -204,6 +258,10 @@ impl PolicyData {
         sort_dedup(&mut s.kernel_modules);
         sort_dedup(&mut s.copy_file);
         sort_dedup(&mut s.update_config);
+        for v in &mut s.volumes {
+            sort_dedup(&mut v.files);
+        }
+        s.volumes.sort_by(|a, b| a.name.cmp(&b.name));
         sort_dedup(&mut self.platform_env);
         for m in &mut self.default_mounts {
             sort_dedup(&mut m.options);
@@ -252,6 +310,41 @@ impl PolicyData {
             }
         }
         check_regex("sandbox.pod_name", &self.sandbox.pod_name)?;
+        let mut volumes = BTreeSet::new();
+        for v in &self.sandbox.volumes {
+            if !volumes.insert(v.name.as_str()) {
+                return Err(format!("volume {:?} appears twice", v.name));
+            }
+            check_volume_name(&v.name)?;
+            let mut paths = BTreeSet::new();
+            for f in &v.files {
+                check_volume_path(&v.name, &f.path)?;
+                if !paths.insert(f.path.as_str()) {
+                    return Err(format!(
+                        "volume {:?}: file {:?} appears twice",
+                        v.name, f.path
+                    ));
+                }
+                if !is_digest(&f.digest) {
+                    return Err(format!(
+                        "volume {:?} file {:?}: digest {:?} is not sha256:<64 hex>",
+                        v.name, f.path, f.digest
+                    ));
+                }
+                if f.mode > 0o777 {
+                    return Err(format!(
+                        "volume {:?} file {:?}: mode {:o} is not within 0777",
+                        v.name, f.path, f.mode
+                    ));
+                }
+            }
+            if v.kind != VolumeKind::Content && !v.files.is_empty() {
+                return Err(format!(
+                    "volume {:?}: only content volumes list files",
+                    v.name
+                ));
+            }
+        }
         for r in &self.sandbox.copy_file {
             check_regex("sandbox.copy_file", r)?;
         }
@@ -287,6 +380,61 @@ impl ContainerPolicy {
             sort_dedup(set);
         }
     }
+}
+
+/// A pod volume name: a DNS label (as Kubernetes requires), so it is one
+/// path component in the guest.
+pub fn check_volume_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "volume name {name:?} is not a DNS label (lowercase letters, digits, '-', at most 63)"
+        ))
+    }
+}
+
+/// A file path inside a volume: relative, no `.`/`..`/empty components,
+/// no NUL, at most 4096 bytes.
+pub fn check_volume_path(volume: &str, path: &str) -> Result<(), String> {
+    let ok = !path.is_empty()
+        && path.len() <= 4096
+        && !path.starts_with('/')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with(".."));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "volume {volume:?}: file path {path:?} must be relative, without empty, '.' or '..' components (and must not start with '..', which kubelet reserves)"
+        ))
+    }
+}
+
+/// Whether `name` is a sysctl Kubernetes calls namespaced: the container
+/// has its own copy (net: the pod's network namespace; IPC; mqueue), so
+/// setting it does not change the rest of the guest.
+pub fn namespaced_sysctl(name: &str) -> bool {
+    let well_formed = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        && name.split('.').all(|c| !c.is_empty());
+    well_formed
+        && (name.starts_with("net.")
+            || name.starts_with("fs.mqueue.")
+            || name.starts_with("kernel.shm")
+            || name.starts_with("kernel.msg")
+            || name == "kernel.sem")
 }
 
 /// `sha256:` followed by 64 lowercase hex digits.

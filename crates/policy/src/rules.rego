@@ -364,6 +364,18 @@ create_container_errors contains v if {
 	))
 }
 
+# The pod's sysctls are applied, not dropped: each one the policy pins
+# must be in the request.
+create_container_errors contains v if {
+	c := containers_by_name[req.name]
+	some k, val in c.sysctls
+	object.get(object.get(req, "sysctls", {}), k, null) == null
+	v := violation("create_container", sprintf("sysctls.%s", [k]), val, "absent", sprintf(
+		"create_container: sysctl %s=%s, which the policy requires for container %q, is missing from the request",
+		[k, val, c.name],
+	))
+}
+
 create_container_errors contains v if {
 	c := containers_by_name[req.name]
 	object.get(req.process, "stdin", false)

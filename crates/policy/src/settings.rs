@@ -110,7 +110,7 @@ pub struct ImageSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxSettings {
-    /// Anchored regexes of guest paths the host may copy files to (volume paths are added per pod).
+    /// Anchored regexes of guest paths the host may copy files to (never pod volumes).
     pub copy_file: Vec<String>,
     pub allow_get_evidence: bool,
     pub allow_stats: bool,
@@ -119,6 +119,8 @@ pub struct SandboxSettings {
     pub kernel_modules: Vec<String>,
     /// Bounds on image unpacking in the guest (`[sandbox.unpack_limits]`).
     pub unpack_limits: crate::model::UnpackBounds,
+    /// Admit `hostPath` volumes (the untrusted host can read and change them).
+    pub allow_host_path: bool,
 }
 
 /// Per-container defaults.
@@ -142,6 +144,7 @@ impl Default for SandboxSettings {
             update_config: Vec::new(),
             kernel_modules: Vec::new(),
             unpack_limits: Default::default(),
+            allow_host_path: false,
         }
     }
 }

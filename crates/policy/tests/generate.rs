@@ -8,8 +8,11 @@ use std::path::Path;
 use veil_agent_api::AgentMessage;
 use veil_policy::diff::diff_init_data;
 use veil_policy::enforce::PolicyEngine;
-use veil_policy::generate::{GenerateError, Generated, LayoutResolver, generate};
+use veil_policy::generate::{
+    GenerateError, Generated, LayoutResolver, generate, pod_volume_contents,
+};
 use veil_policy::initdata::{INIT_DATA_ANNOTATION, ParsedInitData, decode_annotation};
+use veil_policy::model::VolumeKind;
 use veil_policy::settings::Settings;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
@@ -406,16 +409,16 @@ fn unsupported_fields_are_listed() {
         )
         .replace(
             "        - {name: data, mountPath: /data}\n",
-            "        - {name: data, mountPath: /data}\n        - {name: host, mountPath: /host}\n",
+            "        - {name: data, mountPath: /data}\n        - {name: nfs, mountPath: /nfs}\n",
         )
         .replace(
             "    - name: data\n      emptyDir: {}\n",
-            "    - name: data\n      emptyDir: {}\n    - name: host\n      hostPath: {path: /}\n",
+            "    - name: data\n      emptyDir: {}\n    - name: nfs\n      nfs: {server: nas, path: /}\n",
         );
     let g = run(&[&text]).unwrap();
     let u = g.unsupported.join("\n");
     assert!(u.contains("hostIPC"), "{u}");
-    assert!(u.contains("volume host of type hostPath"), "{u}");
+    assert!(u.contains("volume nfs of type nfs"), "{u}");
     assert!(
         !g.workloads[0]
             .policy
@@ -423,8 +426,175 @@ fn unsupported_fields_are_listed() {
             .unwrap()
             .mounts
             .iter()
-            .any(|m| m.destination == "/host")
+            .any(|m| m.destination == "/nfs")
     );
+}
+
+fn with_host_path() -> String {
+    manifest("pod-multi.yaml")
+        .replace(
+            "        - {name: data, mountPath: /data}\n",
+            "        - {name: data, mountPath: /data}\n        - {name: host, mountPath: /host}\n",
+        )
+        .replace(
+            "    - name: data\n      emptyDir: {}\n",
+            "    - name: data\n      emptyDir: {}\n    - name: host\n      hostPath: {path: /srv/shared}\n",
+        )
+}
+
+#[test]
+fn host_path_is_refused_unless_the_settings_allow_it() {
+    let e = run(&[&with_host_path()]).unwrap_err().to_string();
+    assert!(e.contains("volumes[2].hostPath.path"), "{e}");
+    assert!(e.contains("sandbox.allow_host_path = true"), "{e}");
+    assert!(e.contains("--allow-host-path"), "{e}");
+    let mut s = Settings::default();
+    s.sandbox.allow_host_path = true;
+    let g = generate(&[&with_host_path()], &resolver(), &s).unwrap();
+    let p = &g.workloads[0].policy;
+    let v = p.sandbox.volumes.iter().find(|v| v.name == "host").unwrap();
+    assert_eq!(v.kind, VolumeKind::HostPath);
+    assert_eq!(v.host_path, "/srv/shared");
+    let m = p
+        .container("api")
+        .unwrap()
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/host")
+        .unwrap();
+    assert!(m.options.contains(&"rw".to_string()), "{m:?}");
+}
+
+fn sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+/// configMap (items, defaultMode), secret (data and stringData, optional),
+/// downwardAPI and projected volumes: every file's digest and mode pinned,
+/// and the host computes exactly the files the policy pins.
+#[test]
+fn content_volumes_pin_every_file_digest_and_mode() {
+    let text = manifest("pod-multi.yaml")
+        .replace(
+            "  name: web\n  namespace: prod\n  annotations:\n",
+            "  name: web\n  namespace: prod\n  labels: {app: web, tier: \"front\\\"end\"}\n  annotations:\n",
+        )
+        .replace(
+            "    - name: config\n      configMap: {name: web-config}\n",
+            "    - name: config\n      configMap:\n        name: web-config\n        defaultMode: 0o600\n        items:\n        - {key: app.yaml, path: conf/app.yaml}\n        - {key: LOG_LEVEL, path: level, mode: 0o640}\n    - name: creds\n      secret: {secretName: web-secrets}\n    - name: maybe\n      secret: {secretName: absent, optional: true}\n    - name: info\n      downwardAPI:\n        items:\n        - {path: name, fieldRef: {fieldPath: metadata.name}}\n        - {path: labels, fieldRef: {fieldPath: metadata.labels}}\n    - name: all\n      projected:\n        defaultMode: 420\n        sources:\n        - configMap: {name: web-config, items: [{key: DB_HOST, path: db}]}\n        - downwardAPI: {items: [{path: ns, fieldRef: {fieldPath: metadata.namespace}}]}\n",
+        )
+        .replace(
+            "stringData:\n  DB_PASSWORD: not-in-the-policy\n",
+            "data:\n  TOKEN: c2VjcmV0LXRva2Vu\nstringData:\n  DB_PASSWORD: not-in-the-policy\n",
+        );
+    let g = run(&[&text]).unwrap();
+    let vols = &g.workloads[0].policy.sandbox.volumes;
+    let vol = |n: &str| vols.iter().find(|v| v.name == n).unwrap();
+    let files = |n: &str| -> Vec<(String, String, u32)> {
+        vol(n)
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.digest.clone(), f.mode))
+            .collect()
+    };
+    assert_eq!(
+        files("config"),
+        vec![
+            ("conf/app.yaml".into(), sha256(b"listen: 8080\n"), 0o600),
+            ("level".into(), sha256(b"info"), 0o640),
+        ]
+    );
+    assert_eq!(
+        files("creds"),
+        vec![
+            ("DB_PASSWORD".into(), sha256(b"not-in-the-policy"), 0o644),
+            ("TOKEN".into(), sha256(b"secret-token"), 0o644),
+        ]
+    );
+    assert_eq!(vol("maybe").kind, VolumeKind::Content);
+    assert!(vol("maybe").files.is_empty());
+    assert_eq!(
+        files("info"),
+        vec![
+            (
+                "labels".into(),
+                sha256(b"app=\"web\"\ntier=\"front\\\"end\""),
+                0o644
+            ),
+            ("name".into(), sha256(b"web"), 0o644),
+        ]
+    );
+    assert_eq!(
+        files("all"),
+        vec![
+            ("db".into(), sha256(b"db.internal"), 0o644),
+            ("ns".into(), sha256(b"prod"), 0o644),
+        ]
+    );
+    assert_eq!(vol("data").kind, VolumeKind::EmptyDir);
+    // Secret values are in the policy only as digests.
+    assert!(!g.workloads[0].init_data_toml.contains("secret-token"));
+    // The host is never allowed to write pod volumes.
+    assert!(
+        !g.workloads[0]
+            .policy
+            .sandbox
+            .copy_file
+            .iter()
+            .any(|r| r.contains("volumes")),
+        "{:?}",
+        g.workloads[0].policy.sandbox.copy_file
+    );
+    // What the host hands in is exactly what is pinned.
+    let contents = pod_volume_contents(&[&text], &Settings::default()).unwrap();
+    for c in &contents {
+        let pinned: Vec<(String, String)> = vol(&c.name)
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.digest.clone()))
+            .collect();
+        let mut handed: Vec<(String, String)> = c
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), sha256(&f.data.0)))
+            .collect();
+        handed.sort();
+        assert_eq!(handed, pinned, "volume {}", c.name);
+    }
+    let names: Vec<&str> = contents.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["config", "creds", "maybe", "info", "all"]);
+    // A ConfigMap the pod needs and nobody gave: refused, naming it and --config.
+    let e = run(&[&text.replace(
+        "name: web-config\n        defaultMode",
+        "name: other\n        defaultMode",
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("ConfigMap \"other\""), "{e}");
+    assert!(e.contains("--config"), "{e}");
+}
+
+#[test]
+fn memory_empty_dirs_carry_their_size_limit() {
+    let text = manifest("pod-multi.yaml").replace(
+        "    - name: data\n      emptyDir: {}\n",
+        "    - name: data\n      emptyDir: {medium: Memory, sizeLimit: 64Mi}\n",
+    );
+    let g = run(&[&text]).unwrap();
+    let v = g.workloads[0]
+        .policy
+        .sandbox
+        .volumes
+        .iter()
+        .find(|v| v.name == "data")
+        .unwrap();
+    assert!(v.memory);
+    assert_eq!(v.size_limit, Some(64 << 20));
+    let e = run(&[&text.replace("64Mi", "lots")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sizeLimit") && e.contains("\"lots\""), "{e}");
 }
 
 #[test]

@@ -31,7 +31,9 @@ pub fn literal_of(regex: &str) -> Option<String> {
     Some(out)
 }
 
-/// `create_sandbox` for the policy's pod.
+/// `create_sandbox` for the policy's pod. Content volumes are added by the
+/// caller (`volumes`), computed from the pod's YAML with
+/// `veil_policy::generate::pod_volume_contents`.
 pub fn create_sandbox(data: &PolicyData, sandbox_id: &str, pod_name: &str) -> CreateSandboxRequest {
     CreateSandboxRequest {
         sandbox_id: sandbox_id.into(),
@@ -41,6 +43,7 @@ pub fn create_sandbox(data: &PolicyData, sandbox_id: &str, pod_name: &str) -> Cr
         dns: Vec::new(),
         kernel_modules: Vec::new(),
         sandbox_pidns: data.sandbox.sandbox_pidns,
+        volumes: Vec::new(),
     }
 }
 
@@ -138,9 +141,10 @@ fn mount_from(rule: &MountRule, sandbox_id: &str) -> Option<Mount> {
 }
 
 /// A pod volume mount of the policy, as the request for sandbox
-/// `sandbox_id`. The agent creates a volume nobody has filled as an empty
-/// directory shared by the pod's containers (`emptyDir`); configMap and
-/// secret content is not handed in yet, so those volumes are empty too.
+/// `sandbox_id`. The agent prepares the volume as the policy's
+/// `sandbox.volumes` declares it: an emptyDir made empty and shared, a
+/// content volume (configMap, secret, …) from the files handed in with
+/// `create_sandbox` and checked against their digests.
 fn volume_mount_from(rule: &MountRule, sandbox_id: &str) -> Option<Mount> {
     let prefix = format!("^{}/volumes/", veil_policy::settings::SANDBOX_DIR_RE);
     let escaped = rule.source.strip_prefix(&prefix)?.strip_suffix('$')?;
@@ -217,7 +221,7 @@ pub fn create_container(
         mounts,
         privileged: c.privileged,
         read_only_rootfs: c.read_only_rootfs,
-        sysctls: Default::default(),
+        sysctls: c.sysctls.clone(),
         devices: Vec::new(),
     }
 }

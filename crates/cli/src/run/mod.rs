@@ -18,6 +18,7 @@ pub mod pull;
 pub mod record;
 pub mod stdio;
 pub mod vm;
+pub mod volumes;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,10 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(default)]
     pub pull: pull::PullArgs,
+    /// `--config` (pod volumes, docs/run.md).
+    #[command(flatten)]
+    #[serde(default)]
+    pub volumes: volumes::VolumeArgs,
     /// Internal: run as the detached monitor of sandbox ID.
     #[arg(long, hide = true)]
     pub monitor: Option<String>,
@@ -264,6 +269,8 @@ struct Workload {
     layout: PathBuf,
     image_label: String,
     pod_name: String,
+    /// What the pod's configMap/secret/downwardAPI/projected volumes hold.
+    volume_contents: Vec<veil_agent_api::VolumeContent>,
 }
 
 /// A JSON string literal, which is also a valid TOML basic string and YAML scalar.
@@ -428,6 +435,11 @@ fn check_conflicts(a: &RunArgs, given: Option<&GivenInitData>) -> Result<()> {
             "-e/--env-file/-w/-u/--entrypoint are for single-image runs; for --pod, set env, workingDir, securityContext and command in the pod YAML"
         );
     }
+    if a.pod.is_some() && !(a.volumes.volume.is_empty() && a.volumes.mount.is_empty()) {
+        bail!(
+            "-v/--mount are for single-image runs; for --pod, declare the volumes (emptyDir, hostPath with --allow-host-path) and volumeMounts in the pod YAML"
+        );
+    }
     if !a.allow_exec.is_empty() && a.image.is_none() {
         bail!(
             "--allow-exec is for single-image runs; for --pod, add the annotation {}<container>: '[[\"cmd\", \"arg\"]]' to the pod",
@@ -458,6 +470,11 @@ fn check_conflicts(a: &RunArgs, given: Option<&GivenInitData>) -> Result<()> {
         bail!(
             "--allow-exec only works with a generated policy: {why}; allow the command with the pod annotation {}<container> when generating it",
             veil_policy::generate::ANNOTATION_EXEC
+        );
+    }
+    if !a.volumes.volume.is_empty() || !a.volumes.mount.is_empty() || a.volumes.allow_host_path {
+        bail!(
+            "-v/--mount/--allow-host-path only work with a generated policy: {why}, and the volumes are the ones it declares (sandbox.volumes)"
         );
     }
     Ok(())
@@ -571,6 +588,9 @@ fn workload(
             ));
             yaml.push_str(&a.docker.pod_yaml(&a.command)?);
             yaml.push_str(&a.stdio.pod_yaml());
+            let (mounts, volumes) = a.volumes.pod_yaml()?;
+            yaml.push_str(&mounts);
+            yaml.push_str(&volumes);
             (
                 r.dir.clone(),
                 a.pulled_from.clone().unwrap_or_else(|| img.clone()),
@@ -590,6 +610,11 @@ fn workload(
             "give an image (a registry reference such as redis:7, or oci:DIR[:TAG]) or --pod FILE"
         ),
     };
+    let config_texts = a.volumes.config_texts()?;
+    let inputs: Vec<&str> = std::iter::once(pod_yaml.as_str())
+        .chain(config_texts.iter().map(String::as_str))
+        .collect();
+    let volume_contents = volumes::contents(&inputs)?;
     if let Some(g) = given {
         let parsed = ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?;
         let policy = veil_policy::rego::extract_policy_data(
@@ -616,13 +641,15 @@ fn workload(
             layout,
             image_label,
             pod_name,
+            volume_contents,
         });
     }
     let resolver =
         veil_policy::generate::LayoutResolver::open(&layout).map_err(|e| anyhow!("{e}"))?;
     let mut settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
     settings.sandbox.unpack_limits = a.unpack.bounds();
-    let g = veil_policy::generate::generate(&[pod_yaml.as_str()], &resolver, &settings)
+    settings.sandbox.allow_host_path = a.volumes.host_paths_allowed();
+    let g = veil_policy::generate::generate(&inputs, &resolver, &settings)
         .map_err(|e| anyhow!("generating the policy: {e}"))?;
     let w = g
         .workloads
@@ -645,6 +672,7 @@ fn workload(
         layout,
         image_label,
         pod_name,
+        volume_contents,
     })
 }
 
@@ -970,7 +998,10 @@ fn run_sandbox(
     // The KBS as the sandbox sees it (a VM reaches the host through QEMU).
     let (sandbox_kbs_url, forwards) = vm::route_kbs(&a.vm, &kbs_url)?;
     let t_policy = Instant::now();
-    let w = workload(a, &rec.id, &sandbox_kbs_url, given.as_ref(), quiet)?;
+    let mut w = workload(a, &rec.id, &sandbox_kbs_url, given.as_ref(), quiet)?;
+    for warning in volumes::host_path_warnings(&w.policy) {
+        eprintln!("{warning}");
+    }
     rec.timings.insert("policy_ms".into(), ms(t_policy));
     let init_path = dir.join("init-data.toml");
     std::fs::write(&init_path, &w.init_data)?;
@@ -1060,6 +1091,7 @@ fn run_sandbox(
     if let Some(h) = &a.docker.hostname {
         sandbox_req.hostname = h.clone();
     }
+    sandbox_req.volumes = std::mem::take(&mut w.volume_contents);
     c.call(AgentRequest::CreateSandbox(sandbox_req))
         .map_err(|e| anyhow!("create_sandbox: {e}"))?;
     let mut pull_ms = 0u64;

@@ -83,6 +83,8 @@ pub fn image(env: &Env, layout: &OciLayout, tag: &str, cmd: &str) {
         "id",
         "pwd",
         "printenv",
+        "stat",
+        "grep",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
     }

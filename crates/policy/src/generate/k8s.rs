@@ -10,9 +10,11 @@ use super::{
 };
 use crate::model::{
     CapabilityPolicy, ContainerPolicy, EnvRule, ImagePolicy, MountRule, POLICY_FORMAT_VERSION,
-    PolicyData, SandboxPolicy, Strategy, UserPolicy, anchor, check_regex, exact_regex,
+    PolicyData, SandboxPolicy, Strategy, UserPolicy, VolumeKind, anchor, check_regex, exact_regex,
+    namespaced_sysctl,
 };
 use crate::settings::{SANDBOX_DIR_RE, Settings};
+use zeroize::Zeroizing;
 
 const WORKLOAD_KINDS: &[&str] = &[
     "Pod",
@@ -124,14 +126,6 @@ const CONTAINER_SC_KNOWN: &[&str] = &[
     "readOnlyRootFilesystem",
 ];
 
-const VOLUME_KINDS: &[&str] = &[
-    "emptyDir",
-    "configMap",
-    "secret",
-    "projected",
-    "downwardAPI",
-];
-
 /// containerd's default capability set.
 const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
@@ -206,14 +200,14 @@ const SIGNALS: &[(&str, u32)] = &[
     ("SIGWINCH", 28),
 ];
 
-fn field(path: impl Into<String>, reason: impl Into<String>) -> GenerateError {
+pub(crate) fn field(path: impl Into<String>, reason: impl Into<String>) -> GenerateError {
     GenerateError::Field {
         path: path.into(),
         reason: reason.into(),
     }
 }
 
-fn get_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+pub(crate) fn get_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
@@ -271,10 +265,17 @@ pub(crate) struct Workload {
     pub spec: Value,
 }
 
+/// Key → bytes of a ConfigMap or Secret (zeroized on drop: secret values).
+pub(crate) type KeyedData = BTreeMap<String, Zeroizing<Vec<u8>>>;
+
 /// ConfigMaps and Secrets defined in the input, by (namespace, name).
 pub(crate) struct References {
+    /// `data` (strings), what env and envFrom read.
     config_maps: BTreeMap<(String, String), BTreeMap<String, String>>,
-    secrets: BTreeMap<(String, String), BTreeSet<String>>,
+    /// `data` and `binaryData`, what a volume holds.
+    config_map_files: BTreeMap<(String, String), KeyedData>,
+    /// `data` (base64-decoded) and `stringData`.
+    secrets: BTreeMap<(String, String), KeyedData>,
 }
 
 fn namespace_of(doc: &Value, default: &str) -> String {
@@ -288,6 +289,7 @@ impl References {
     pub fn collect(docs: &[Value], default_ns: &str) -> Result<Self, GenerateError> {
         let mut r = References {
             config_maps: BTreeMap::new(),
+            config_map_files: BTreeMap::new(),
             secrets: BTreeMap::new(),
         };
         for (i, d) in docs.iter().enumerate() {
@@ -303,6 +305,7 @@ impl References {
             let key = (namespace_of(d, default_ns), name.clone());
             if kind == "ConfigMap" {
                 let mut data = BTreeMap::new();
+                let mut files = KeyedData::new();
                 if let Some(m) = d.get("data").and_then(Value::as_object) {
                     for (k, v) in m {
                         let s = match v {
@@ -315,26 +318,73 @@ impl References {
                                 ));
                             }
                         };
+                        files.insert(k.clone(), Zeroizing::new(s.clone().into_bytes()));
                         data.insert(k.clone(), s);
                     }
                 }
-                if r.config_maps.insert(key, data).is_some() {
-                    return Err(field(format!("ConfigMap {name}"), "defined twice"));
-                }
-            } else {
-                let mut keys = BTreeSet::new();
-                for section in ["data", "stringData"] {
-                    if let Some(m) = d.get(section).and_then(Value::as_object) {
-                        keys.extend(m.keys().cloned());
+                if let Some(m) = d.get("binaryData").and_then(Value::as_object) {
+                    for (k, v) in m {
+                        let p = format!("ConfigMap {name} binaryData.{k}");
+                        if files.insert(k.clone(), base64_value(&p, v)?).is_some() {
+                            return Err(field(p, "the key is also in data"));
+                        }
                     }
                 }
-                if r.secrets.insert(key, keys).is_some() {
+                if r.config_maps.insert(key.clone(), data).is_some() {
+                    return Err(field(format!("ConfigMap {name}"), "defined twice"));
+                }
+                r.config_map_files.insert(key, files);
+            } else {
+                let mut data = KeyedData::new();
+                if let Some(m) = d.get("data").and_then(Value::as_object) {
+                    for (k, v) in m {
+                        data.insert(
+                            k.clone(),
+                            base64_value(&format!("Secret {name} data.{k}"), v)?,
+                        );
+                    }
+                }
+                // stringData wins over data, as the API server merges them.
+                if let Some(m) = d.get("stringData").and_then(Value::as_object) {
+                    for (k, v) in m {
+                        let s = v.as_str().ok_or_else(|| {
+                            field(format!("Secret {name} stringData.{k}"), "expected a string")
+                        })?;
+                        data.insert(k.clone(), Zeroizing::new(s.as_bytes().to_vec()));
+                    }
+                }
+                if r.secrets.insert(key, data).is_some() {
                     return Err(field(format!("Secret {name}"), "defined twice"));
                 }
             }
         }
         Ok(r)
     }
+}
+
+impl References {
+    /// The files a volume of ConfigMap `name` holds, if it is in the input.
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<&KeyedData> {
+        self.config_map_files
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The files a volume of Secret `name` holds, if it is in the input.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&KeyedData> {
+        self.secrets.get(&(namespace.to_string(), name.to_string()))
+    }
+}
+
+/// A base64 value of a Secret's `data` or a ConfigMap's `binaryData`.
+fn base64_value(path: &str, v: &Value) -> Result<Zeroizing<Vec<u8>>, GenerateError> {
+    use base64::Engine;
+    let s = v
+        .as_str()
+        .ok_or_else(|| field(path, "expected a base64 string"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map(Zeroizing::new)
+        .map_err(|e| field(path, format!("not valid base64: {e}")))
 }
 
 /// Locate the pod template of a workload document; `None` for supporting kinds.
@@ -533,7 +583,7 @@ fn container_policy(
     refs: &References,
     resolver: &dyn ImageResolver,
     settings: &Settings,
-    volumes: &BTreeMap<String, String>,
+    volumes: &BTreeMap<String, VolumeKind>,
     unsupported: &mut Vec<String>,
     notes: &mut Vec<String>,
 ) -> Result<ContainerPolicy, GenerateError> {
@@ -610,7 +660,7 @@ fn container_policy(
                 let name = get_str(r, "name").ok_or_else(|| field(&p, "secretRef without name"))?;
                 match refs.secrets.get(&(w.namespace.clone(), name.to_string())) {
                     Some(keys) => {
-                        for k in keys {
+                        for k in keys.keys() {
                             let n = format!("{prefix}{k}");
                             env.set(&n, "^(?s:.*)$".into(), Strategy::Regex, true);
                             variable_vars.insert(n.clone());
@@ -936,18 +986,24 @@ fn container_policy(
                 }
             }
             let Some(vkind) = volumes.get(vname) else {
+                if w.spec
+                    .get("volumes")
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| l.iter().any(|v| get_str(v, "name") == Some(vname)))
+                {
+                    unsupported.push(format!(
+                        "{p}: volume {vname} is of a type veil does not support; this mount will be denied"
+                    ));
+                    continue;
+                }
                 return Err(field(
                     p,
                     format!("volume {vname:?} is not defined in the pod"),
                 ));
             };
-            if !VOLUME_KINDS.contains(&vkind.as_str()) {
-                unsupported.push(format!(
-                    "{p}: volume {vname} of type {vkind} is not supported; this mount will be denied"
-                ));
-                continue;
-            }
-            let read_only = as_bool(m.get("readOnly")) == Some(true) || vkind != "emptyDir";
+            // Content volumes are read-only, as kubelet mounts them.
+            let read_only =
+                as_bool(m.get("readOnly")) == Some(true) || *vkind == VolumeKind::Content;
             mounts.push(MountRule {
                 destination: dest.to_string(),
                 fs_type: "bind".into(),
@@ -988,6 +1044,20 @@ fn container_policy(
                     .as_str()
                     .map(str::to_string)
                     .unwrap_or_else(|| v.to_string());
+                if !namespaced_sysctl(n) {
+                    return Err(field(
+                        format!("{} {} pod spec.securityContext.sysctls", w.kind, w.name),
+                        format!(
+                            "{n} is not a namespaced sysctl (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*): setting it would change the whole guest, not this pod; remove it"
+                        ),
+                    ));
+                }
+                if v.contains('\0') || v.contains('\n') || v.len() > 4096 {
+                    return Err(field(
+                        format!("{} {} pod spec.securityContext.sysctls.{n}", w.kind, w.name),
+                        "the value must be one line of at most 4096 bytes",
+                    ));
+                }
                 sysctls.insert(n.to_string(), v);
             }
         }
@@ -1109,31 +1179,14 @@ pub(crate) fn pod_policy(
             unsupported,
         );
     }
-    let mut volumes = BTreeMap::new();
+    let pod_volumes = super::volumes::pod_volumes(w, refs, settings, unsupported)?;
+    let volumes: BTreeMap<String, VolumeKind> = pod_volumes
+        .iter()
+        .map(|v| (v.policy.name.clone(), v.policy.kind))
+        .collect();
+    // Pod volumes are never the host's to write: content volumes are handed
+    // in with create_sandbox and checked against their digests.
     let mut copy_file = settings.sandbox.copy_file.clone();
-    if let Some(list) = w.spec.get("volumes").and_then(Value::as_array) {
-        for (i, v) in list.iter().enumerate() {
-            let p = format!("{path}.volumes[{i}]");
-            let name = get_str(v, "name").ok_or_else(|| field(&p, "no name"))?;
-            let kind = v
-                .as_object()
-                .and_then(|o| o.keys().find(|k| k.as_str() != "name").cloned())
-                .unwrap_or_else(|| "emptyDir".into());
-            if !VOLUME_KINDS.contains(&kind.as_str()) {
-                unsupported.push(format!(
-                    "{p}: volume {name} of type {kind} is not supported"
-                ));
-            } else if kind != "emptyDir" {
-                copy_file.push(format!(
-                    "^{SANDBOX_DIR_RE}/volumes/{}/[^/]+(/[^/]+)*$",
-                    regex::escape(name)
-                ));
-            }
-            if volumes.insert(name.to_string(), kind).is_some() {
-                return Err(field(p, format!("volume {name:?} defined twice")));
-            }
-        }
-    }
     if as_bool(w.spec.get("automountServiceAccountToken")) != Some(false) {
         copy_file.push(format!("^{SANDBOX_DIR_RE}/serviceaccount/[^/]+$"));
     }
@@ -1185,6 +1238,7 @@ pub(crate) fn pod_policy(
             allow_stats: settings.sandbox.allow_stats,
             update_config: settings.sandbox.update_config.clone(),
             unpack_limits: settings.sandbox.unpack_limits.clone(),
+            volumes: pod_volumes.into_iter().map(|v| v.policy).collect(),
         },
         containers,
         platform_env: settings.platform_env.clone(),

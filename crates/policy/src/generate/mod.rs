@@ -11,11 +11,13 @@
 
 mod images;
 mod k8s;
+mod volumes;
 
 use std::collections::BTreeMap;
 
 pub use images::{ImageInfo, ImageResolver, LayoutResolver, RegistryResolver};
 use serde_json::Value;
+pub use volumes::{ALLOW_HOST_PATH_SETTING, DEFAULT_MODE, pod_volume_contents};
 
 use crate::binding::InitDataDigest;
 use crate::initdata::{

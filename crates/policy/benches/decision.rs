@@ -78,6 +78,7 @@ fn policy() -> PolicyData {
                 allow_stdin: false,
                 allow_tty: false,
                 signals: vec![9, 15],
+                ports: vec![],
             }
         })
         .collect();

@@ -219,6 +219,7 @@ pub fn create_container(
         read_only_rootfs: c.read_only_rootfs,
         sysctls: Default::default(),
         devices: Vec::new(),
+        ports: crate::net::ports::request_ports(data, c, &[]),
     }
 }
 

@@ -636,7 +636,7 @@ impl AgentRequest {
                 }
                 for (i, p) in r.ports.iter().enumerate() {
                     if p.container_port == 0 {
-                        return Err(invalid(&format!("ports[{i}].container_port"), "port 0"));
+                        return Err(invalid(format!("ports[{i}].container_port"), "port 0"));
                     }
                     check_str(&format!("ports[{i}].host_ip"), &p.host_ip)?;
                 }

@@ -112,6 +112,7 @@ fn state() -> GuestState {
                         name: format!("app-{i}"),
                         started: true,
                         execs: BTreeMap::new(),
+                        ports: Vec::new(),
                     },
                 )
             })

@@ -220,6 +220,7 @@ fn publish_needs_the_bridge_mode() {
 /// `create_container`, naming the port and the policy's port rule, and
 /// `veil run` exits 125 (veil failed before the container ran).
 #[test]
+#[ignore = "unfinished: the first run's init-data names its embedded KBS, gone by the second run; generate the init-data with `veil policy generate` from a pod with ports instead"]
 fn host_cannot_publish_a_port_the_policy_does_not_pin() {
     let env = Env::new();
     let Some(net) = TestNet::new(&env) else {

@@ -204,6 +204,7 @@ fn redis_in_the_vm_sandbox_answers_through_a_published_port_and_leaves_nothing()
             "--accel",
             "tcg",
         ])
+        .args(["--network", "user"])
         .args(["-p", &format!("127.0.0.1:{port}:6379"), &image])
         .output()
         .unwrap());

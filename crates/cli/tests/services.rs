@@ -249,11 +249,17 @@ fn redis_in_the_vm_sandbox_answers_through_a_published_port_and_leaves_nothing()
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(processes_mentioning(&data), Vec::<String>::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpListener::bind(("127.0.0.1", port)).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         TcpListener::bind(("127.0.0.1", port)).is_ok(),
         "host port {port} is still taken after SIGKILL"
     );
-    ok(env.veil().args(["rm", &id]).output().unwrap());
+    // The record still says running (its owner died without writing the
+    // end): `rm -f` removes it.
+    ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
     assert!(!env.data().join("run").join(&id).exists());
     drop(rm);
 }

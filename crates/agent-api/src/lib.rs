@@ -279,6 +279,66 @@ pub struct CreateContainerRequest {
     /// Device paths to expose.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// The ports this container declares and which of them the host
+    /// publishes (and on which host port): checked against the ports the
+    /// policy pins for this container, and recorded as this container's,
+    /// so that no other container of the pod can claim them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// The VM sandbox's workload network: the second NIC, on QEMU's user-mode
+/// network, that the guest agent moves into the pod's network namespace.
+/// Separate from the NIC that carries this API. Both sides use these
+/// addresses (QEMU's defaults for `net=10.0.3.0/24`).
+pub mod workload_net {
+    /// The NIC's MAC address, which is how the guest tells it from the
+    /// agent channel's NIC.
+    pub const MAC: &str = "52:54:00:76:65:01";
+    /// The subnet QEMU's user network gives it.
+    pub const SUBNET: &str = "10.0.3.0/24";
+    /// The pod's address (what QEMU's `hostfwd` forwards to).
+    pub const GUEST_IP: [u8; 4] = [10, 0, 3, 15];
+    /// The netmask of [`SUBNET`].
+    pub const NETMASK: [u8; 4] = [255, 255, 255, 0];
+    /// The default gateway (QEMU's NAT to the host's network).
+    pub const GATEWAY: [u8; 4] = [10, 0, 3, 2];
+    /// QEMU's DNS relay.
+    pub const DNS: [u8; 4] = [10, 0, 3, 3];
+    /// The name it gets in the pod's namespace.
+    pub const POD_IFNAME: &str = "eth0";
+}
+
+/// `tcp` or `udp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for PortProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        })
+    }
+}
+
+/// A port of a container, and whether the host publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerPort {
+    /// The port the container listens on, in the pod's network.
+    pub container_port: u16,
+    pub protocol: PortProtocol,
+    /// The host port it is published on; 0 when it is not published.
+    #[serde(default)]
+    pub host_port: u16,
+    /// The host address it is published on (empty: every address).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
 }
 
 /// Start a created container's init process.
@@ -620,6 +680,15 @@ impl AgentRequest {
                 }
                 if r.sysctls.len() > MAX_LIST_ITEMS {
                     return Err(invalid("sysctls", "too many entries"));
+                }
+                if r.ports.len() > MAX_LIST_ITEMS {
+                    return Err(invalid("ports", "too many entries"));
+                }
+                for (i, p) in r.ports.iter().enumerate() {
+                    if p.container_port == 0 {
+                        return Err(invalid(format!("ports[{i}].container_port"), "port 0"));
+                    }
+                    check_str(&format!("ports[{i}].host_ip"), &p.host_ip)?;
                 }
                 check_list("devices", &r.devices)
             }

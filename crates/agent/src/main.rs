@@ -63,6 +63,8 @@ struct ServeArgs {
     platform_file: Option<std::fs::File>,
     /// The pod network namespace the host made (process sandbox).
     pod_netns: Option<PathBuf>,
+    /// The VM's workload NIC, moved into the pod network namespace.
+    workload_nic: Option<String>,
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeArgs, String> {
@@ -227,6 +229,7 @@ fn pid1(args: &[String]) -> ! {
         listen_tcp: Some(vm::AGENT_PORT),
         platform_file: setup.platform,
         pod_netns: None,
+        workload_nic: setup.workload_nic,
     };
     let _ = serve(a);
     vm::power_off("the agent stopped serving")
@@ -403,7 +406,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
 
     let pod_netns = match a.pod_netns.clone() {
         Some(p) => veil_agent::net::PodNetns::given(p)?,
-        None => veil_agent::net::PodNetns::create()?,
+        None => veil_agent::net::PodNetns::create(a.workload_nic.clone())?,
     };
     tracing::info!(netns = %pod_netns.path.display(), "pod network namespace");
     let agent_exe = std::fs::read_link("/proc/self/exe")

@@ -21,6 +21,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::mount::{MsFlags, mount};
+use veil_agent_api::workload_net;
 
 /// The argument PID 1 re-executes itself with after the root switch.
 pub const STAGE2_ARG: &str = "vm-stage2";
@@ -45,6 +46,8 @@ pub struct VmSetup {
     pub init_data: PathBuf,
     pub platform: Option<fs::File>,
     pub oci_layout: Option<PathBuf>,
+    /// The workload NIC, moved into the pod's network namespace later.
+    pub workload_nic: Option<String>,
 }
 
 fn console(msg: &str) {
@@ -146,68 +149,6 @@ fn load_modules() -> Result<usize, String> {
     Ok(n)
 }
 
-fn ifreq(name: &str) -> Result<libc::ifreq, String> {
-    // SAFETY: ifreq is plain old data; all-zero is valid.
-    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.len() >= r.ifr_name.len() {
-        return Err(format!("interface name {name:?} too long"));
-    }
-    for (d, s) in r.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    Ok(r)
-}
-
-fn sockaddr(ip: [u8; 4]) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size; plain data.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
-/// Bring `name` up, with an IPv4 address and netmask when given.
-fn if_up(name: &str, addr: Option<([u8; 4], [u8; 4])>) -> Result<(), String> {
-    // SAFETY: socket/ioctl/close on our own fd with initialized ifreqs.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(format!("socket: {}", std::io::Error::last_os_error()));
-        }
-        let check = |r: libc::c_int, what: &str| {
-            if r < 0 {
-                Err(format!(
-                    "{what} {name}: {}",
-                    std::io::Error::last_os_error()
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        let res = (|| {
-            if let Some((ip, mask)) = addr {
-                let mut r = ifreq(name)?;
-                r.ifr_ifru.ifru_addr = sockaddr(ip);
-                check(libc::ioctl(fd, libc::SIOCSIFADDR, &r), "SIOCSIFADDR")?;
-                let mut r = ifreq(name)?;
-                r.ifr_ifru.ifru_netmask = sockaddr(mask);
-                check(libc::ioctl(fd, libc::SIOCSIFNETMASK, &r), "SIOCSIFNETMASK")?;
-            }
-            let mut r = ifreq(name)?;
-            check(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut r), "SIOCGIFFLAGS")?;
-            r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &r), "SIOCSIFFLAGS")
-        })();
-        libc::close(fd);
-        res
-    }
-}
-
 fn wait_for<T>(
     what: &str,
     timeout: Duration,
@@ -228,21 +169,52 @@ fn wait_for<T>(
     }
 }
 
-fn network() -> Result<(), String> {
-    if_up("lo", None)?;
-    let nic = wait_for(
-        "a network interface (virtio-net)",
+/// The MAC address of interface `name`, lowercase.
+fn mac_of(name: &str) -> String {
+    fs::read_to_string(Path::new("/sys/class/net").join(name).join("address"))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Configure the agent channel's NIC; return the workload NIC's name (the
+/// one with [`workload_net::MAC`]) when the host gave the VM one, for the
+/// pod's network namespace to take over.
+fn network() -> Result<Option<String>, String> {
+    crate::net::if_up("lo", None)?;
+    // Every virtio network device (virtio device id 1) has its interface.
+    let virtio_nets = || {
+        fs::read_dir("/sys/bus/virtio/devices")
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| {
+                        fs::read_to_string(e.path().join("device"))
+                            .is_ok_and(|d| d.trim() == "0x0001")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let all = wait_for(
+        "the network interfaces (virtio-net)",
         Duration::from_secs(10),
         || {
-            fs::read_dir("/sys/class/net")
+            let mut v: Vec<String> = fs::read_dir("/sys/class/net")
                 .ok()?
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n != "lo")
-                .min()
+                .collect();
+            v.sort();
+            (!v.is_empty() && v.len() >= virtio_nets()).then_some(v)
         },
     )?;
-    if_up(&nic, Some((GUEST_IP, [255, 255, 255, 0])))
+    let workload = all.iter().find(|n| mac_of(n) == workload_net::MAC).cloned();
+    let agent_nic = all
+        .iter()
+        .find(|n| Some(*n) != workload.as_ref())
+        .ok_or("no network interface for the agent channel")?;
+    crate::net::if_up(agent_nic, Some((GUEST_IP, [255, 255, 255, 0])))?;
+    Ok(workload)
 }
 
 fn sim_port() -> Result<fs::File, String> {
@@ -455,7 +427,11 @@ pub fn setup() -> Result<VmSetup, String> {
     let tee = cmdline_value(&cmdline, "veil.tee").unwrap_or_default();
     let n = load_modules()?;
     console(&format!("PID 1: {n} kernel modules loaded, tee {tee:?}"));
-    network()?;
+    let workload_nic = network()?;
+    match &workload_nic {
+        Some(n) => console(&format!("workload NIC {n}: for the pod's network")),
+        None => console("no workload NIC: pods get loopback only"),
+    }
     let _ = nix::unistd::sethostname("veil-guest");
     fs::create_dir_all(veil_agent_guest_root()).map_err(|e| format!("/run/veil: {e}"))?;
     let boot_dir = Path::new("/run/veil-boot");
@@ -490,6 +466,7 @@ pub fn setup() -> Result<VmSetup, String> {
         init_data,
         platform,
         oci_layout,
+        workload_nic,
     })
 }
 

@@ -89,7 +89,22 @@ enum Command {
 
 fn main() -> ExitCode {
     output::hide_broken_pipe_panics();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `veil run` with a bad flag: docker's 125 (veil failed before the
+        // container ran); clap's own 2 for every other command.
+        Err(e) if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("run") => {
+            let _ = e.print();
+            return ExitCode::from(run::docker::EXIT_VEIL_FAILED);
+        }
+        Err(e) => e.exit(),
+    };
+    // veil's own failures: 125 for `veil run`, as docker; 2 otherwise.
+    let failed = if matches!(cli.command, Command::Run(_)) {
+        run::docker::EXIT_VEIL_FAILED
+    } else {
+        2
+    };
     let result = match cli.command {
         Command::Attest(cmd) => sim_root::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
@@ -118,7 +133,7 @@ fn main() -> ExitCode {
             eprintln!("veil: error: {e:#}");
             match e.downcast_ref::<run::docker::ExitWith>() {
                 Some(x) => ExitCode::from(x.code),
-                None => ExitCode::from(2),
+                None => ExitCode::from(failed),
             }
         }
     }

@@ -394,7 +394,7 @@ fn unpack_limits_reach_the_guest_and_name_themselves() {
         .args(["run", "--max-image-size", "12X", &img])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
     // Within the limits it runs.
     let out = ok(env
         .veil()

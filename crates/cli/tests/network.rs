@@ -42,6 +42,18 @@ fn one_shot_server() -> (u16, std::thread::JoinHandle<bool>) {
     (port, h)
 }
 
+/// The id of the one sandbox record of `env`.
+fn only_sandbox_id(env: &Env) -> String {
+    std::fs::read_dir(env.data().join("run"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[test]
 fn bridge_pod_reaches_the_host_and_none_cannot_and_nothing_is_left() {
     let env = Env::new();
@@ -70,14 +82,7 @@ fn bridge_pod_reaches_the_host_and_none_cannot_and_nothing_is_left() {
     assert!(stdout.contains("eth0:"), "{stdout}");
     assert!(stdout.contains("hello from host"), "{stdout}");
     assert!(server.join().unwrap(), "the host server saw no connection");
-    let id = std::fs::read_dir(env.data().join("run"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .into_owned();
+    let id = only_sandbox_id(&env);
     let rec = record_of(&env, &id);
     assert_eq!(rec["network"], "bridge");
     assert!(
@@ -196,7 +201,7 @@ fn publish_needs_the_bridge_mode() {
         .args(["run", "--network", "none", "-p", "8080:80", &l])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(125));
     let err = text(&out.stderr);
     assert!(err.contains("--network none"), "{err}");
     let out = env
@@ -204,6 +209,96 @@ fn publish_needs_the_bridge_mode() {
         .args(["run", "-p", "8080:80/sctp", &l])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("sctp"), "{}", text(&out.stderr));
+}
+
+/// Must-hold 7: the host cannot publish a port the policy does not pin. A
+/// single-image run pins its `-p` mapping in the generated policy; a host
+/// that then runs the same init-data with another host port, or with a
+/// port the policy gives no container, is refused by the agent at
+/// `create_container`, naming the port and the policy's port rule, and
+/// `veil run` exits 125 (veil failed before the container ran).
+#[test]
+#[ignore = "unfinished: the first run's init-data names its embedded KBS, gone by the second run; generate the init-data with `veil policy generate` from a pod with ports instead"]
+fn host_cannot_publish_a_port_the_policy_does_not_pin() {
+    let env = Env::new();
+    let Some(net) = TestNet::new(&env) else {
+        return;
+    };
+    let layout = env.layout();
+    image(&env, &layout, "web:1", "true");
+    let l = format!("oci:{}:web:1", layout.root().display());
+    let free = || {
+        let t = TcpListener::bind("127.0.0.1:0").unwrap();
+        t.local_addr().unwrap().port()
+    };
+    let (pinned, other) = (free(), free());
+    // The owner's run: the generated policy pins 127.0.0.1:PINNED -> 8080.
+    let out = ok(net
+        .veil(&env)
+        .args(["run", "-p", &format!("127.0.0.1:{pinned}:8080"), &l])
+        .output()
+        .unwrap());
+    let id = only_sandbox_id(&env);
+    let _rm = RmOnDrop(&env, id.clone());
+    drop(out);
+    let init_data = record_of(&env, &id)["init_data_file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let toml = std::fs::read_to_string(&init_data).unwrap();
+    assert!(
+        toml.contains("\"container_port\": 8080")
+            && toml.contains(&format!("\"host_port\": {pinned}")),
+        "the generated policy pins the mapping"
+    );
+    let attack = |publish: String| {
+        let out = net
+            .veil(&env)
+            .args(["run", "--rm", "--init-data", &init_data, "-p", &publish, &l])
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stderr))
+    };
+    // Another host port for the pinned container port.
+    let (code, err) = attack(format!("127.0.0.1:{other}:8080"));
+    assert_eq!(code, Some(125), "{err}");
+    assert!(
+        err.contains(&format!(
+            "port 8080/tcp published on host port {other} of container \"app\": the policy \
+             (rule ports of \"app\") allows 8080/tcp (host port {pinned} or none)"
+        )),
+        "{err}"
+    );
+    // The pinned host port redirected to another port of the pod.
+    let (code, err) = attack(format!("127.0.0.1:{pinned}:9090"));
+    assert_eq!(code, Some(125), "{err}");
+    assert!(
+        err.contains(&format!(
+            "port 9090/tcp published on host port {pinned} is not declared for container \
+             \"app\" by the policy (rule ports of \"app\": 8080/tcp (host port {pinned} or none))"
+        )),
+        "{err}"
+    );
+    // What the policy pins runs.
+    ok(net
+        .veil(&env)
+        .args([
+            "run",
+            "--rm",
+            "--init-data",
+            &init_data,
+            "-p",
+            &format!("127.0.0.1:{pinned}:8080"),
+            &l,
+        ])
+        .output()
+        .unwrap());
+    // And so does not publishing it at all.
+    ok(net
+        .veil(&env)
+        .args(["run", "--rm", "--init-data", &init_data, &l])
+        .output()
+        .unwrap());
 }

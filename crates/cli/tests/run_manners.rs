@@ -22,10 +22,19 @@ fn into_closed_pipe(mut c: Command) -> std::process::Output {
 }
 
 fn usage_error(out: &std::process::Output, needle: &str) {
+    refused_with(out, 2, needle)
+}
+
+/// `veil run` failed before the container ran: docker's exit 125.
+fn run_refused(out: &std::process::Output, needle: &str) {
+    refused_with(out, 125, needle)
+}
+
+fn refused_with(out: &std::process::Output, code: i32, needle: &str) {
     assert_eq!(
         out.status.code(),
-        Some(2),
-        "expected exit 2; stderr: {}",
+        Some(code),
+        "expected exit {code}; stderr: {}",
         text(&out.stderr)
     );
     assert!(
@@ -35,16 +44,9 @@ fn usage_error(out: &std::process::Output, needle: &str) {
     );
 }
 
-/// Arguments that cannot all be honoured are refused (exit 2, naming the
-/// argument) before any sandbox starts; so is a secret the embedded KBS
-/// does not hold, with the commands that fix it.
-#[test]
-fn conflicting_and_inapplicable_arguments_are_refused_up_front() {
-    let env = Env::new();
-    let layout = env.layout();
-    image(&env, &layout, "app:1", "echo never-runs");
-    image(&env, &layout, "other:1", "echo other");
-    let img = format!("oci:{}:app:1", layout.root().display());
+/// init-data generated (`veil policy generate`) for a pod whose one
+/// container `app` runs the layout's `app:1`.
+fn app_init_data(env: &Env, layout: &veil_image::OciLayout) -> std::path::PathBuf {
     let pod = env.dir.path().join("pod.yaml");
     std::fs::write(
         &pod,
@@ -63,6 +65,20 @@ fn conflicting_and_inapplicable_arguments_are_refused_up_front() {
         .arg(&init)
         .output()
         .unwrap());
+    init
+}
+
+/// Arguments that cannot all be honoured are refused (exit 125, naming the
+/// argument) before any sandbox starts; so is a secret the embedded KBS
+/// does not hold, with the commands that fix it.
+#[test]
+fn conflicting_and_inapplicable_arguments_are_refused_up_front() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo never-runs");
+    image(&env, &layout, "other:1", "echo other");
+    let img = format!("oci:{}:app:1", layout.root().display());
+    let init = app_init_data(&env, &layout);
     let init_arg = init.to_str().unwrap();
 
     let out = env
@@ -70,20 +86,20 @@ fn conflicting_and_inapplicable_arguments_are_refused_up_front() {
         .args(["run", "--init-data", init_arg, &img, "--", "echo", "hi"])
         .output()
         .unwrap();
-    usage_error(&out, "-- echo hi: the command is fixed by the policy");
+    run_refused(&out, "-- echo hi: the command is fixed by the policy");
     let other = format!("oci:{}:other:1", layout.root().display());
     let out = env
         .veil()
         .args(["run", "--init-data", init_arg, &other])
         .output()
         .unwrap();
-    usage_error(&out, "is not an image the policy from --init-data runs");
+    run_refused(&out, "is not an image the policy from --init-data runs");
     let out = env
         .veil()
         .args(["run", "--init-data", init_arg, "--allow-exec", "sh", &img])
         .output()
         .unwrap();
-    usage_error(&out, "--allow-exec only works with a generated policy");
+    run_refused(&out, "--allow-exec only works with a generated policy");
 
     for (flag, value) in [
         ("--memory", "512M"),
@@ -96,7 +112,7 @@ fn conflicting_and_inapplicable_arguments_are_refused_up_front() {
             .args(["run", flag, value, &img])
             .output()
             .unwrap();
-        usage_error(
+        run_refused(
             &out,
             &format!("{flag} only applies to the VM sandbox (--sandbox vm)"),
         );
@@ -106,14 +122,14 @@ fn conflicting_and_inapplicable_arguments_are_refused_up_front() {
         .args(["run", "--sandbox", "vm", "--memory", "2X", &img])
         .output()
         .unwrap();
-    usage_error(&out, "unknown unit");
+    run_refused(&out, "unknown unit");
 
     let out = env
         .veil()
         .args(["run", "--secret", "k=kbs:///default/secret/missing", &img])
         .output()
         .unwrap();
-    usage_error(&out, "veil secret put default/secret/missing FILE");
+    run_refused(&out, "veil secret put default/secret/missing FILE");
     assert!(text(&out.stderr).contains("veil secret ls"));
 
     let out = env
@@ -189,7 +205,7 @@ fn annotated_deployment_runs_its_own_init_data_under_a_fitting_name() {
         c.output().unwrap()
     };
     let out = run(&["--name", "web"]);
-    usage_error(
+    run_refused(
         &out,
         "--name \"web\" does not fit the policy's pod name pattern",
     );
@@ -514,4 +530,36 @@ fn summary_claims_dev_mode_only_for_the_embedded_kbs() {
         table.starts_with("PATH") && table.contains("default/secret/k"),
         "{table}"
     );
+}
+
+/// Docker's 125: `veil run` failed before the container ran, whether the
+/// flag is unknown, the image is not there, or the policy refuses the
+/// request at create (with given init-data, an env the policy does not
+/// allow); other commands keep exit 2 for usage errors.
+#[test]
+fn veil_run_failures_exit_125_as_docker() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "true");
+    let img = format!("oci:{}:app:1", layout.root().display());
+    let out = env
+        .veil()
+        .args(["run", "--no-such-flag", &img])
+        .output()
+        .unwrap();
+    run_refused(&out, "--no-such-flag");
+    let missing = format!("oci:{}:missing:9", layout.root().display());
+    let out = env.veil().args(["run", &missing]).output().unwrap();
+    run_refused(&out, "missing:9");
+    let init = app_init_data(&env, &layout);
+    let out = env
+        .veil()
+        .args(["run", "--rm", "--init-data"])
+        .arg(&init)
+        .args(["-e", "SNEAKY=1", &img])
+        .output()
+        .unwrap();
+    run_refused(&out, "env \"SNEAKY=1\" matches no rule");
+    let out = env.veil().args(["ps", "--no-such-flag"]).output().unwrap();
+    usage_error(&out, "--no-such-flag");
 }

@@ -310,7 +310,7 @@ fn vm_without_a_tee_runs_unattested_and_says_so() {
             .output()
             .unwrap();
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
         assert!(stderr.contains(needle), "{stderr}");
         assert!(stderr.contains("no KBS releases anything"), "{stderr}");
         assert!(
@@ -403,7 +403,7 @@ fn auto_accel_falls_back_to_tcg_when_qemu_aborts_under_kvm() {
     let t = Instant::now();
     let out = run("kvm");
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(
         stderr.contains("the VM stopped before its agent was ready (QEMU killed by signal 6)")
             && stderr.contains("kvm_buf_set_msrs")

@@ -238,3 +238,88 @@ fn nginx_serves_a_config_map_page_and_a_sidecar_reads_its_log() {
     drop(rm);
     assert_eq!(net.leftovers(&id), Vec::<String>::new());
 }
+
+/// Must-hold 1, VM half, and must-hold 6 for the VM path: Redis in the VM
+/// sandbox (QEMU TCG, sim TEE), published with `-p 127.0.0.1:PORT:6379` on
+/// the guest's own pod NIC (QEMU user networking, not the agent's NIC);
+/// `redis-cli SET/GET` from the host works. Then `veil run`'s detached
+/// monitor is killed with SIGKILL: QEMU dies with it, the port is free
+/// again, and `veil rm` removes the rest. One boot: the heavy test.
+#[test]
+fn redis_in_the_vm_sandbox_answers_through_a_published_port_and_leaves_nothing() {
+    use common::{processes_mentioning, record_of};
+    let env = Env::new();
+    let layout = test_images();
+    let port = free_port();
+    let image = format!("oci:{}:redis", layout.display());
+    let out = ok(env
+        .veil()
+        .args([
+            "run",
+            "-d",
+            "--sandbox",
+            "vm",
+            "--tee",
+            "sim",
+            "--accel",
+            "tcg",
+        ])
+        .args(["--network", "user"])
+        .args(["-p", &format!("127.0.0.1:{port}:6379"), &image])
+        .output()
+        .unwrap());
+    let id = text(&out.stdout).trim().to_string();
+    let rm = RmOnDrop(&env, id.clone());
+    let rec = record_of(&env, &id);
+    assert_eq!(rec["network"], "user", "{rec}");
+    assert_eq!(
+        rec["ports"][0],
+        format!("127.0.0.1:{port}:6379/tcp"),
+        "{rec}"
+    );
+    let port_s = port.to_string();
+    let cli = |args: &'static [&'static str]| {
+        let port = port_s.clone();
+        move || {
+            let mut c = Command::new("redis-cli");
+            c.args(["-h", "127.0.0.1", "-p", &port]).args(args);
+            c
+        }
+    };
+    eventually(cli(&["SET", "veil-key", "in-the-vm"]), "OK");
+    let got = eventually(cli(&["GET", "veil-key"]), "in-the-vm");
+    assert_eq!(got.trim(), "in-the-vm");
+
+    let data = env.data().display().to_string();
+    let qemu = rec["agent_pid"].as_u64().unwrap();
+    assert!(
+        std::fs::read_to_string(format!("/proc/{qemu}/cmdline"))
+            .unwrap()
+            .contains("qemu-system"),
+        "agent_pid of a VM sandbox is QEMU"
+    );
+    let monitor = rec["owner_pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&data).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(processes_mentioning(&data), Vec::<String>::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpListener::bind(("127.0.0.1", port)).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "host port {port} is still taken after SIGKILL"
+    );
+    // The record still says running (its owner died without writing the
+    // end): `rm -f` removes it.
+    ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
+    assert!(!env.data().join("run").join(&id).exists());
+    drop(rm);
+}

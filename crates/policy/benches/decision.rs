@@ -78,6 +78,7 @@ fn policy() -> PolicyData {
                 allow_stdin: false,
                 allow_tty: false,
                 signals: vec![9, 15],
+                ports: vec![],
             }
         })
         .collect();
@@ -112,6 +113,7 @@ fn state() -> GuestState {
                         name: format!("app-{i}"),
                         started: true,
                         execs: BTreeMap::new(),
+                        ports: Vec::new(),
                     },
                 )
             })

@@ -91,6 +91,10 @@ pub struct ContainerState {
     pub started: bool,
     /// Exec ids allowed in this container.
     pub execs: BTreeMap<String, bool>,
+    /// The ports it was created with (`6379/tcp`): its own in the pod's
+    /// shared network; no other container may be created with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 impl GuestState {
@@ -105,6 +109,11 @@ impl GuestState {
                         name: r.name.clone(),
                         started: false,
                         execs: BTreeMap::new(),
+                        ports: r
+                            .ports
+                            .iter()
+                            .map(|p| format!("{}/{}", p.container_port, p.protocol))
+                            .collect(),
                     },
                 );
             }

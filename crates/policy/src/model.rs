@@ -244,6 +244,23 @@ pub struct ContainerPolicy {
     pub allow_tty: bool,
     /// Signals the host may send.
     pub signals: Vec<u32>,
+    /// The ports the container declares (the pod's `ports`), and the host
+    /// port each may be published on. Omitted when empty, so policies of
+    /// containers without ports keep their bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRule>,
+}
+
+/// A declared container port (`containerPort`/`protocol`/`hostPort`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRule {
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The only host port it may be published on; 0: it may not be
+    /// published at all (the pod declares no `hostPort`).
+    pub host_port: u16,
 }
 
 fn sort_dedup<T: Ord + Clone>(v: &mut Vec<T>) {
@@ -302,12 +319,16 @@ impl PolicyData {
                     check_regex(&format!("container {:?} env {}", c.name, e.name), &e.value)?;
                 }
             }
+            check_ports(c)?;
             for m in &c.mounts {
                 check_regex(
                     &format!("container {:?} mount {}", c.name, m.destination),
                     &m.source,
                 )?;
             }
+        }
+        if let Some(shared) = SharedPort::find(&self.containers) {
+            return Err(shared.to_string());
         }
         check_regex("sandbox.pod_name", &self.sandbox.pod_name)?;
         let mut volumes = BTreeSet::new();
@@ -368,6 +389,7 @@ impl ContainerPolicy {
         sort_dedup(&mut self.mounts);
         sort_dedup(&mut self.exec);
         sort_dedup(&mut self.signals);
+        sort_dedup(&mut self.ports);
         sort_dedup(&mut self.user.additional_gids);
         let c = &mut self.capabilities;
         for set in [
@@ -435,6 +457,70 @@ pub fn namespaced_sysctl(name: &str) -> bool {
             || name.starts_with("kernel.shm")
             || name.starts_with("kernel.msg")
             || name == "kernel.sem")
+}
+
+/// A port two containers of one pod both declare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedPort {
+    pub port: u16,
+    pub protocol: String,
+    pub first: String,
+    pub second: String,
+}
+
+impl SharedPort {
+    /// The first port declared by two of `containers`, if any.
+    pub fn find(containers: &[ContainerPolicy]) -> Option<SharedPort> {
+        let mut owners: BTreeMap<(u16, &str), &str> = BTreeMap::new();
+        for c in containers {
+            for p in &c.ports {
+                if let Some(first) = owners.insert((p.container_port, &p.protocol), &c.name) {
+                    return Some(SharedPort {
+                        port: p.container_port,
+                        protocol: p.protocol.clone(),
+                        first: first.into(),
+                        second: c.name.clone(),
+                    });
+                }
+            }
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for SharedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "containers {:?} and {:?} both declare port {}/{}; the containers of a pod share \
+             one network, so a port belongs to one of them",
+            self.first, self.second, self.port, self.protocol
+        )
+    }
+}
+
+/// Ports: `tcp`/`udp`, no port 0, and each (port, protocol) once in the
+/// whole pod (containers share one network namespace: a port has one owner).
+fn check_ports(c: &ContainerPolicy) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for p in &c.ports {
+        if p.protocol != "tcp" && p.protocol != "udp" {
+            return Err(format!(
+                "container {:?} port {}: protocol {:?} is not tcp or udp",
+                c.name, p.container_port, p.protocol
+            ));
+        }
+        if p.container_port == 0 {
+            return Err(format!("container {:?}: container port 0", c.name));
+        }
+        if !seen.insert((p.container_port, p.protocol.as_str())) {
+            return Err(format!(
+                "container {:?} declares port {}/{} twice",
+                c.name, p.container_port, p.protocol
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `sha256:` followed by 64 lowercase hex digits.

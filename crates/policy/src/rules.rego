@@ -405,6 +405,69 @@ create_container_errors contains v if {
 	))
 }
 
+# ---------------------------------------------------------------- create_container: ports
+#
+# The request lists the ports the container declares and the host port
+# each is published on (0: not published). Each must be one the policy
+# declares for this container, published on the host port it pins or not
+# at all, and not already a port of another container of the pod.
+
+port_text(p) := sprintf("%d/%s", [p.container_port, p.protocol])
+
+request_port_text(p) := sprintf("%s published on host port %d", [port_text(p), p.host_port]) if {
+	p.host_port != 0
+} else := sprintf("%s (not published)", [port_text(p)])
+
+port_rule_text(r) := sprintf("%s (host port %d or none)", [port_text(r), r.host_port]) if {
+	r.host_port != 0
+} else := sprintf("%s (not published)", [port_text(r)])
+
+policy_ports_text(c) := concat(", ", sort([port_rule_text(r) | some r in object.get(c, "ports", [])])) if {
+	count(object.get(c, "ports", [])) > 0
+} else := "none"
+
+port_declared(c, p) if {
+	some r in object.get(c, "ports", [])
+	r.container_port == p.container_port
+	r.protocol == p.protocol
+}
+
+create_container_errors contains v if {
+	c := containers_by_name[req.name]
+	some i, p in object.get(req, "ports", [])
+	not port_declared(c, p)
+	expected := policy_ports_text(c)
+	v := violation("create_container", sprintf("ports[%d]", [i]), expected, request_port_text(p), sprintf(
+		"create_container: port %s is not declared for container %q by the policy (rule ports of %q: %s)",
+		[request_port_text(p), c.name, c.name, expected],
+	))
+}
+
+create_container_errors contains v if {
+	c := containers_by_name[req.name]
+	some i, p in object.get(req, "ports", [])
+	p.host_port != 0
+	some r in object.get(c, "ports", [])
+	r.container_port == p.container_port
+	r.protocol == p.protocol
+	r.host_port != p.host_port
+	expected := port_rule_text(r)
+	v := violation("create_container", sprintf("ports[%d].host_port", [i]), expected, request_port_text(p), sprintf(
+		"create_container: port %s of container %q: the policy (rule ports of %q) allows %s",
+		[request_port_text(p), c.name, c.name, expected],
+	))
+}
+
+create_container_errors contains v if {
+	some i, p in object.get(req, "ports", [])
+	some cid, s in state.containers
+	port_text(p) in object.get(s, "ports", [])
+	v := violation("create_container", sprintf("ports[%d]", [i]), "a port no other container of the pod has", port_text(p), sprintf(
+		"create_container: port %s already belongs to container %q (%s) of this pod; containers share one network, so a port has one owner",
+		[port_text(p), s.name, cid],
+	))
+}
+
 # ---------------------------------------------------------------- start / remove
 
 start_container_errors contains v if {

@@ -647,3 +647,70 @@ fn malformed_input_is_refused_with_a_reason() {
         assert!(e.contains(want), "expected {want:?} in: {e}");
     }
 }
+
+#[test]
+fn ports_are_pinned_per_container_with_their_host_port() {
+    use veil_policy::model::PortRule;
+    let ports = |text: &str, name: &str| {
+        let g = run(&[text]).unwrap();
+        g.workloads[0].policy.container(name).unwrap().ports.clone()
+    };
+    let rule = |container_port, protocol: &str, host_port| PortRule {
+        container_port,
+        protocol: protocol.into(),
+        host_port,
+    };
+    // Declared without hostPort: pinned, and not publishable.
+    assert_eq!(
+        ports(&manifest("pod-multi.yaml"), "api"),
+        [rule(8080, "tcp", 0)]
+    );
+    assert!(ports(&manifest("pod-multi.yaml"), "worker").is_empty());
+    let text = manifest("pod-multi.yaml").replace(
+        "ports: [{containerPort: 8080}]",
+        "ports: [{containerPort: 8080, hostPort: 18080}, {containerPort: 53, protocol: UDP}]",
+    );
+    assert_eq!(
+        ports(&text, "api"),
+        [rule(53, "udp", 0), rule(8080, "tcp", 18080)]
+    );
+    // The pinned host port is part of the digest.
+    let a = run(&[&text]).unwrap().workloads[0].init_data_toml.clone();
+    let b = run(&[&text.replace("18080", "18081")]).unwrap().workloads[0]
+        .init_data_toml
+        .clone();
+    assert_ne!(a, b);
+
+    // One port, two containers of the pod: refused, naming both.
+    let text = manifest("pod-multi.yaml").replace(
+        "      image: registry.example/shop/worker:1.4.2\n",
+        "      image: registry.example/shop/worker:1.4.2\n      ports: [{containerPort: 8080}]\n",
+    );
+    let e = run(&[&text]).unwrap_err().to_string();
+    assert!(
+        e.contains("containers \"api\" and \"worker\" both declare port 8080/tcp"),
+        "{e}"
+    );
+    for (bad, why) in [
+        (
+            "{containerPort: 8080, protocol: SCTP}",
+            "\"SCTP\" is not supported",
+        ),
+        ("{containerPort: 70000}", "70000 is not a port number"),
+        ("{hostPort: 80}", "no containerPort"),
+        (
+            "[{containerPort: 80}, {containerPort: 80}]",
+            "declared twice",
+        ),
+    ] {
+        let list = if bad.starts_with('[') {
+            bad.to_string()
+        } else {
+            format!("[{bad}]")
+        };
+        let text = manifest("pod-multi.yaml")
+            .replace("ports: [{containerPort: 8080}]", &format!("ports: {list}"));
+        let e = run(&[&text]).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}

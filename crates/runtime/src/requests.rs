@@ -223,6 +223,7 @@ pub fn create_container(
         read_only_rootfs: c.read_only_rootfs,
         sysctls: c.sysctls.clone(),
         devices: Vec::new(),
+        ports: crate::net::ports::request_ports(data, c, &[]),
     }
 }
 

@@ -588,6 +588,7 @@ fn workload(
             ));
             yaml.push_str(&a.docker.pod_yaml(&a.command)?);
             yaml.push_str(&a.stdio.pod_yaml());
+            yaml.push_str(&a.net.pod_yaml()?);
             let (mounts, volumes) = a.volumes.pod_yaml()?;
             yaml.push_str(&mounts);
             yaml.push_str(&volumes);
@@ -713,7 +714,7 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
     }
     // Refuse what cannot be honoured before anything (even a record) exists.
     check_conflicts(&a, given_init_data(&a)?.as_ref())?;
-    a.net.check()?;
+    a.net.check(a.vm.is_vm())?;
     net::reap(&data);
     check_name_unused(&data, a.name.as_deref())?;
     let id = new_id();
@@ -1042,11 +1043,10 @@ fn run_sandbox(
         );
     }
 
-    let pod_net = if a.vm.is_vm() {
-        net::vm(&a.net, rec)?;
-        None
+    let (pod_net, workload_net) = if a.vm.is_vm() {
+        (None, net::vm(&a.net, rec)?)
     } else {
-        net::setup(&a.net, data, dir, rec)?
+        (net::setup(&a.net, data, dir, rec)?, None)
     };
     rec.save(data)?;
     let t_launch = Instant::now();
@@ -1065,7 +1065,8 @@ fn run_sandbox(
         ready_timeout: Duration::from_secs(120),
         pod_netns: pod_net.as_ref().map(|n| n.netns().to_path_buf()),
     };
-    let (mut sb, note) = vm::launch(&a.vm, data, &platform, &cfg, forwards, quiet)?;
+    let vm_dns = workload_net.is_some();
+    let (mut sb, note) = vm::launch(&a.vm, data, &platform, &cfg, forwards, workload_net, quiet)?;
     rec.notes.extend(note);
     rec.timings
         .insert("launch_and_attest_ms".into(), ms(t_launch));
@@ -1092,15 +1093,24 @@ fn run_sandbox(
         sandbox_req.hostname = h.clone();
     }
     sandbox_req.volumes = std::mem::take(&mut w.volume_contents);
+    if vm_dns {
+        // QEMU's DNS relay on the VM's pod NIC: the agent writes resolv.conf.
+        let [a, b, c, d] = veil_agent_api::workload_net::DNS;
+        sandbox_req.dns = vec![format!("{a}.{b}.{c}.{d}")];
+    }
     c.call(AgentRequest::CreateSandbox(sandbox_req))
         .map_err(|e| anyhow!("create_sandbox: {e}"))?;
     let mut pull_ms = 0u64;
     // The container veil's stdin and terminal go to (-i/-t): the only one,
     // or a pod's first that the policy lets have them.
     let attached = stdio_container(a, &w.policy)?;
+    // What the host publishes goes to the agent with the container it is
+    // for: the agent refuses what the policy does not pin.
+    let published = a.net.ports()?;
     for c_pol in w.policy.containers.iter() {
         let cid = format!("{}-{}", rec.id, c_pol.name);
         let mut req = requests::create_container(&w.policy, c_pol, &rec.id, &cid);
+        req.ports = veil_runtime::net::ports::request_ports(&w.policy, c_pol, &published);
         if attached.as_deref() == Some(c_pol.name.as_str()) {
             a.stdio.apply(&mut req.process);
         }

@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use veil_runtime::net::{self, NetSettings, NetworkMode, PodNetwork, PortMapping};
+use veil_runtime::vm::qemu::WorkloadNet;
 
 use super::record::{self, Record};
 
@@ -46,7 +47,10 @@ impl NetArgs {
     }
 
     /// Refuse what cannot be honoured, before anything starts.
-    pub fn check(&self) -> Result<()> {
+    pub fn check(&self, vm: bool) -> Result<()> {
+        if vm {
+            return self.vm_workload().map(|_| ());
+        }
         let mode = self.mode()?;
         let ports = self.ports()?;
         if let Some(p) = ports.first()
@@ -58,6 +62,37 @@ impl NetArgs {
             );
         }
         Ok(())
+    }
+
+    /// The VM sandbox's pod NIC: `user` (the default: QEMU user-mode
+    /// networking, outbound NAT, `-p` as forwards; no root needed) or
+    /// `none` (loopback only, `None`).
+    pub fn vm_workload(&self) -> Result<Option<WorkloadNet>> {
+        let ports = self.ports()?;
+        if let Some(p) = ports
+            .iter()
+            .find(|p| p.host_ip.is_some_and(|ip| ip.is_ipv6()))
+        {
+            bail!(
+                "-p {p}: the VM sandbox publishes ports on IPv4 host addresses only; use \
+                 127.0.0.1 or 0.0.0.0"
+            );
+        }
+        match self.network.as_deref() {
+            None | Some("user") => Ok(Some(WorkloadNet { ports })),
+            Some("none") => match ports.first() {
+                Some(p) => bail!(
+                    "-p {p}: --network none gives the pod loopback only, so nothing can be \
+                     published; drop -p, or drop --network none"
+                ),
+                None => Ok(None),
+            },
+            Some(m) => bail!(
+                "--network {m}: the VM sandbox's pods have `user` (the default: their own NIC \
+                 on QEMU's user-mode network, outbound NAT, -p published there) or `none` \
+                 (loopback only); bridge and ns: are for --sandbox process"
+            ),
+        }
     }
 
     /// The published ports.
@@ -73,8 +108,39 @@ impl NetArgs {
             }) {
                 bail!("-p {p} and -p {q} publish the same host port");
             }
+            if let Some(q) = ports[..i]
+                .iter()
+                .find(|q| q.container_port == p.container_port && q.protocol == p.protocol)
+            {
+                bail!(
+                    "-p {p} and -p {q} publish the same container port; a policy pins one host \
+                     port per container port: keep one of them"
+                );
+            }
         }
         Ok(ports)
+    }
+}
+
+impl NetArgs {
+    /// The pod YAML lines of the container (under `- name: app`) that make
+    /// a generated policy pin the published ports: each `-p` becomes a
+    /// `containerPort` with its `protocol` and `hostPort`.
+    pub fn pod_yaml(&self) -> Result<String> {
+        let ports = self.ports()?;
+        if ports.is_empty() {
+            return Ok(String::new());
+        }
+        let mut y = String::from("    ports:\n");
+        for p in ports {
+            y.push_str(&format!(
+                "    - containerPort: {}\n      protocol: {}\n      hostPort: {}\n",
+                p.container_port,
+                p.protocol.to_string().to_uppercase(),
+                p.host_port
+            ));
+        }
+        Ok(y)
     }
 }
 
@@ -139,26 +205,14 @@ pub fn reap(data: &Path) {
     }
 }
 
-/// The VM sandbox's network: the guest agent gives the pod a
-/// loopback-only namespace of the guest. Publishing ports into a VM is not
-/// built yet, and is refused rather than ignored.
-pub fn vm(a: &NetArgs, rec: &mut Record) -> Result<()> {
-    let ports = a.ports()?;
-    if !ports.is_empty() {
-        bail!(
-            "-p {}: publishing ports is not built yet for the VM sandbox (only for \
-             --sandbox process); run without -p",
-            ports[0]
-        );
+/// The VM sandbox's network (see [`NetArgs::vm_workload`]), recorded.
+pub fn vm(a: &NetArgs, rec: &mut Record) -> Result<Option<WorkloadNet>> {
+    let w = a.vm_workload()?;
+    rec.network = if w.is_some() { "user" } else { "none" }.into();
+    rec.ports = a.ports()?.iter().map(ToString::to_string).collect();
+    if w.is_some() {
+        let [a, b, c, d] = veil_agent_api::workload_net::GUEST_IP;
+        rec.address = format!("{a}.{b}.{c}.{d}");
     }
-    match &a.network {
-        None => {}
-        Some(m) if m == "none" => {}
-        Some(m) => bail!(
-            "--network {m}: the VM sandbox gives pods a loopback-only network so far \
-             (--network none); bridge and ns: modes are for --sandbox process"
-        ),
-    }
-    rec.network = NetworkMode::None.to_string();
-    Ok(())
+    Ok(w)
 }

@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use veil_agent::proto::Hello;
-use veil_runtime::vm::qemu::{self, Accel, GuestForward};
+use veil_runtime::vm::qemu::{self, Accel, GuestForward, WorkloadNet};
 use veil_runtime::vm::{TeeChoice, VmConfig, VmSandbox, guest};
 use veil_runtime::{AgentClient, CallError, ProcessSandbox, SandboxConfig, SimPlatform};
 
@@ -343,6 +343,7 @@ pub fn launch(
     platform: &Arc<SimPlatform>,
     cfg: &SandboxConfig,
     forwards: Vec<GuestForward>,
+    workload: Option<WorkloadNet>,
     quiet: bool,
 ) -> Result<(AnySandbox, Option<String>)> {
     if !v.is_vm() {
@@ -396,6 +397,7 @@ pub fn launch(
         handover_init_data: cfg.handover_init_data.clone(),
         oci_layout: cfg.oci_layout.clone(),
         forwards,
+        workload,
         debug: cfg.debug,
         ready_timeout: Duration::from_secs(v.boot_timeout()),
     };

@@ -10,8 +10,8 @@ use super::{
 };
 use crate::model::{
     CapabilityPolicy, ContainerPolicy, EnvRule, ImagePolicy, MountRule, POLICY_FORMAT_VERSION,
-    PolicyData, SandboxPolicy, Strategy, UserPolicy, VolumeKind, anchor, check_regex, exact_regex,
-    namespaced_sysctl,
+    PolicyData, PortRule, SandboxPolicy, SharedPort, Strategy, UserPolicy, VolumeKind, anchor,
+    check_regex, exact_regex, namespaced_sysctl,
 };
 use crate::settings::{SANDBOX_DIR_RE, Settings};
 use zeroize::Zeroizing;
@@ -1148,7 +1148,75 @@ fn container_policy(
         allow_stdin: as_bool(c.get("stdin")) == Some(true),
         allow_tty: as_bool(c.get("tty")) == Some(true),
         signals,
+        ports: container_ports(c, &path, unsupported)?,
     })
+}
+
+/// The container's `ports`: each `containerPort`/`protocol` and the
+/// `hostPort` it may be published on (none: it may not be published).
+fn container_ports(
+    c: &Value,
+    path: &str,
+    unsupported: &mut Vec<String>,
+) -> Result<Vec<PortRule>, GenerateError> {
+    let Some(list) = c.get("ports") else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| field(format!("{path}.ports"), "expected a list"))?;
+    let port = |v: Option<&Value>, p: &str| -> Result<Option<u16>, GenerateError> {
+        match as_u32(v, p)? {
+            None => Ok(None),
+            Some(n) => match u16::try_from(n) {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(field(p, format!("{n} is not a port number (1 to 65535)"))),
+            },
+        }
+    };
+    let mut out: Vec<PortRule> = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        let p = format!("{path}.ports[{i}]");
+        check_known(
+            &p,
+            e,
+            &["name", "containerPort", "protocol", "hostPort", "hostIP"],
+            unsupported,
+        );
+        let container_port = port(e.get("containerPort"), &format!("{p}.containerPort"))?
+            .ok_or_else(|| field(&p, "no containerPort"))?;
+        let protocol = match get_str(e, "protocol").unwrap_or("TCP") {
+            "TCP" => "tcp",
+            "UDP" => "udp",
+            other => {
+                return Err(field(
+                    format!("{p}.protocol"),
+                    format!("{other:?} is not supported; use TCP or UDP"),
+                ));
+            }
+        };
+        let host_port = port(e.get("hostPort"), &format!("{p}.hostPort"))?.unwrap_or(0);
+        if get_str(e, "hostIP").is_some() {
+            unsupported.push(format!(
+                "{p}.hostIP: not pinned (the host chooses its own addresses)"
+            ));
+        }
+        if out
+            .iter()
+            .any(|r| r.container_port == container_port && r.protocol == protocol)
+        {
+            return Err(field(
+                p,
+                format!("containerPort {container_port}/{protocol} is declared twice"),
+            ));
+        }
+        out.push(PortRule {
+            container_port,
+            protocol: protocol.into(),
+            host_port,
+        });
+    }
+    Ok(out)
 }
 
 /// The policy data of one workload's pod.
@@ -1219,6 +1287,9 @@ pub(crate) fn pod_policy(
             }
             containers.push(cp);
         }
+    }
+    if let Some(shared) = SharedPort::find(&containers) {
+        return Err(field(&path, shared.to_string()));
     }
     if !containers.iter().any(|c| !c.init) {
         return Err(field(

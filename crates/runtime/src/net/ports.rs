@@ -5,25 +5,11 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use veil_agent_api::ContainerPort;
+use veil_policy::model::{ContainerPolicy, PolicyData};
 
-/// `tcp` or `udp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
+/// `tcp` or `udp` (the agent API's type: the guest is told the same).
+pub use veil_agent_api::PortProtocol as Protocol;
 
 /// One published port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +101,71 @@ impl FromStr for PortMapping {
             protocol,
         })
     }
+}
+
+/// The container of the policy a published port goes to: the one that
+/// declares its container port and protocol, else the first app (not
+/// init) container, whose agent then refuses it unless its policy allows
+/// it (a single-image run has one container).
+pub fn owner_of<'a>(policy: &'a PolicyData, m: &PortMapping) -> Option<&'a str> {
+    let declares = |c: &&ContainerPolicy| {
+        c.ports
+            .iter()
+            .any(|r| r.container_port == m.container_port && r.protocol == m.protocol.to_string())
+    };
+    policy
+        .containers
+        .iter()
+        .find(declares)
+        .or_else(|| policy.containers.iter().find(|c| !c.init))
+        .map(|c| c.name.as_str())
+}
+
+/// The `ports` of `c`'s `create_container`: every port its policy declares,
+/// with the host port and address of the mapping that publishes it (0
+/// when none does), and the mappings [`owner_of`] gives it that its policy
+/// does not declare, so that the agent sees, and decides on, everything
+/// the host publishes into the pod.
+pub fn request_ports(
+    policy: &PolicyData,
+    c: &ContainerPolicy,
+    published: &[PortMapping],
+) -> Vec<ContainerPort> {
+    let mut out: Vec<ContainerPort> = c
+        .ports
+        .iter()
+        .map(|r| ContainerPort {
+            container_port: r.container_port,
+            protocol: if r.protocol == "udp" {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            },
+            host_port: 0,
+            host_ip: String::new(),
+        })
+        .collect();
+    for m in published {
+        if owner_of(policy, m) != Some(c.name.as_str()) {
+            continue;
+        }
+        let host_ip = m.host_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        match out.iter_mut().find(|p| {
+            p.container_port == m.container_port && p.protocol == m.protocol && p.host_port == 0
+        }) {
+            Some(p) => {
+                p.host_port = m.host_port;
+                p.host_ip = host_ip;
+            }
+            None => out.push(ContainerPort {
+                container_port: m.container_port,
+                protocol: m.protocol,
+                host_port: m.host_port,
+                host_ip,
+            }),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -138,6 +138,8 @@ pub struct VmConfig {
     pub oci_layout: Option<PathBuf>,
     /// Host services the guest reaches at `10.0.2.100:port`.
     pub forwards: Vec<GuestForward>,
+    /// The pod's NIC and published ports; `None`: loopback only.
+    pub workload: Option<qemu::WorkloadNet>,
     pub debug: bool,
     /// How long to wait for the agent (boot and attestation included).
     pub ready_timeout: Duration,
@@ -375,6 +377,7 @@ impl VmSandbox {
             init_data_file: init_path,
             oci_disk,
             tee,
+            workload: cfg.workload.clone(),
         };
         let argv = qemu::argv(&qc);
         sb.launch.argv = argv.clone();

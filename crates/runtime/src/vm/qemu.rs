@@ -8,6 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use veil_agent_api::workload_net;
+
+use crate::net::PortMapping;
 use base64::engine::general_purpose::STANDARD as B64;
 
 /// The guest's address on QEMU's user-mode network.
@@ -96,6 +99,33 @@ pub struct QemuConfig {
     /// Read-only disk with the OCI layout archive.
     pub oci_disk: Option<PathBuf>,
     pub tee: VmTee,
+    /// The pod's NIC and its published ports; `None`: the pod has
+    /// loopback only (`--network none`).
+    pub workload: Option<WorkloadNet>,
+}
+
+/// The pod's own NIC (separate from the agent channel's): QEMU user-mode
+/// networking with outbound NAT, each published port a `hostfwd` to the
+/// pod's address ([`veil_agent_api::workload_net`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadNet {
+    pub ports: Vec<PortMapping>,
+}
+
+impl WorkloadNet {
+    /// The `-netdev` value.
+    pub fn netdev(&self) -> String {
+        let [a, b, c, d] = workload_net::GUEST_IP;
+        let mut net = format!("user,id=net1,net={},ipv6=off", workload_net::SUBNET);
+        for p in &self.ports {
+            let host_ip = p.host_ip.map(|ip| ip.to_string()).unwrap_or_default();
+            net.push_str(&format!(
+                ",hostfwd={}:{host_ip}:{}-{a}.{b}.{c}.{d}:{}",
+                p.protocol, p.host_port, p.container_port
+            ));
+        }
+        net
+    }
 }
 
 /// QEMU's option syntax: a `,` inside a value is written `,,`.
@@ -221,6 +251,17 @@ pub fn argv(c: &QemuConfig) -> Vec<String> {
         "-fw_cfg",
         &format!("name={INIT_DATA_FW_CFG},file={}", p(&c.init_data_file)),
     ]);
+    if let Some(w) = &c.workload {
+        push(&[
+            "-netdev",
+            &w.netdev(),
+            "-device",
+            &format!(
+                "virtio-net-pci,netdev=net1,mac={},romfile=",
+                workload_net::MAC
+            ),
+        ]);
+    }
     if let Some(d) = &c.oci_disk {
         push(&[
             "-drive",
@@ -490,7 +531,38 @@ mod tests {
             init_data_file: "/s/init-data.toml".into(),
             oci_disk: Some("/s/oci.tar".into()),
             tee,
+            workload: None,
         }
+    }
+
+    #[test]
+    fn published_ports_are_forwards_on_a_second_nic_only() {
+        let mut c = base(VmTee::Sim { channel_fd: 3 });
+        assert_eq!(
+            after(&argv(&c), "-netdev").len(),
+            1,
+            "--network none: no pod NIC"
+        );
+        c.workload = Some(WorkloadNet {
+            ports: vec![
+                "127.0.0.1:16379:6379".parse().unwrap(),
+                "5353:53/udp".parse().unwrap(),
+            ],
+        });
+        let a = argv(&c);
+        let nets = after(&a, "-netdev");
+        assert_eq!(nets.len(), 2);
+        assert!(!nets[0].contains("6379"), "agent NIC: {}", nets[0]);
+        assert_eq!(
+            nets[1],
+            "user,id=net1,net=10.0.3.0/24,ipv6=off,hostfwd=tcp:127.0.0.1:16379-10.0.3.15:6379,\
+             hostfwd=udp::5353-10.0.3.15:53"
+        );
+        assert!(
+            after(&a, "-device")
+                .contains(&"virtio-net-pci,netdev=net1,mac=52:54:00:76:65:01,romfile="),
+            "{a:?}"
+        );
     }
 
     fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {

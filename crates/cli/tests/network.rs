@@ -214,13 +214,12 @@ fn publish_needs_the_bridge_mode() {
 }
 
 /// Must-hold 7: the host cannot publish a port the policy does not pin. A
-/// single-image run pins its `-p` mapping in the generated policy; a host
-/// that then runs the same init-data with another host port, or with a
-/// port the policy gives no container, is refused by the agent at
+/// policy generated from a pod pins its container's port and host port; a
+/// host that runs that init-data with another host port, or with a port
+/// the policy gives no container, is refused by the agent at
 /// `create_container`, naming the port and the policy's port rule, and
 /// `veil run` exits 125 (veil failed before the container ran).
 #[test]
-#[ignore = "unfinished: the first run's init-data names its embedded KBS, gone by the second run; generate the init-data with `veil policy generate` from a pod with ports instead"]
 fn host_cannot_publish_a_port_the_policy_does_not_pin() {
     let env = Env::new();
     let Some(net) = TestNet::new(&env) else {
@@ -234,24 +233,32 @@ fn host_cannot_publish_a_port_the_policy_does_not_pin() {
         t.local_addr().unwrap().port()
     };
     let (pinned, other) = (free(), free());
-    // The owner's run: the generated policy pins 127.0.0.1:PINNED -> 8080.
-    let out = ok(net
-        .veil(&env)
-        .args(["run", "-p", &format!("127.0.0.1:{pinned}:8080"), &l])
+    // The owner's policy: container app publishes 8080 on host port PINNED.
+    let pod = common::write_pod(
+        &env,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: default}}\nspec:\n  containers:\n  - name: app\n    image: web:1\n    ports:\n    - containerPort: 8080\n      hostPort: {pinned}\n"
+        ),
+    );
+    let init = env.dir.path().join("init.toml");
+    ok(env
+        .veil()
+        .args(["policy", "generate"])
+        .arg(&pod)
+        .arg("--image-dir")
+        .arg(layout.root())
+        .arg("--init-data")
+        .arg(&init)
+        .arg("-o")
+        .arg(env.dir.path().join("annotated.yaml"))
         .output()
         .unwrap());
-    let id = only_sandbox_id(&env);
-    let _rm = RmOnDrop(&env, id.clone());
-    drop(out);
-    let init_data = record_of(&env, &id)["init_data_file"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let init_data = init.to_str().unwrap().to_string();
     let toml = std::fs::read_to_string(&init_data).unwrap();
     assert!(
         toml.contains("\"container_port\": 8080")
             && toml.contains(&format!("\"host_port\": {pinned}")),
-        "the generated policy pins the mapping"
+        "the generated policy pins the mapping: {toml}"
     );
     let attack = |publish: String| {
         let out = net

@@ -190,17 +190,20 @@ fn nginx_serves_a_config_map_page_and_a_sidecar_reads_its_log() {
         return;
     };
     let layout = test_images();
-    let pod = common::write_pod(
-        &env,
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: site\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: html\n    configMap: {name: site-html}\n  - name: logs\n    emptyDir: {}\n  containers:\n  - name: nginx\n    image: nginx\n    volumeMounts:\n    - {name: html, mountPath: /usr/share/nginx/html}\n    - {name: logs, mountPath: /var/log/nginx}\n  - name: reader\n    image: nginx\n    command: [\"/bin/sh\", \"-c\", \"until grep -q 'GET /index.html' /logs/access.log 2>/dev/null; do sleep 0.2; done; echo \\\"reader saw: $(grep 'GET /index.html' /logs/access.log | head -n 1)\\\"; sleep 3600\"]\n    volumeMounts:\n    - {name: logs, mountPath: /logs, readOnly: true}\n",
+    // The policy pins the published port (must-hold 7): the pod declares it.
+    let port = free_port().to_string();
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: site\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: html\n    configMap: {name: site-html}\n  - name: logs\n    emptyDir: {}\n  containers:\n  - name: nginx\n    image: nginx\n    volumeMounts:\n    - {name: html, mountPath: /usr/share/nginx/html}\n    - {name: logs, mountPath: /var/log/nginx}\n  - name: reader\n    image: nginx\n    command: [\"/bin/sh\", \"-c\", \"until grep -q 'GET /index.html' /logs/access.log 2>/dev/null; do sleep 0.2; done; echo \\\"reader saw: $(grep 'GET /index.html' /logs/access.log | head -n 1)\\\"; sleep 3600\"]\n    volumeMounts:\n    - {name: logs, mountPath: /logs, readOnly: true}\n".replacen(
+        "    image: nginx\n",
+        &format!("    image: nginx\n    ports:\n    - {{containerPort: 80, hostPort: {port}}}\n"),
+        1,
     );
+    let pod = common::write_pod(&env, &yaml);
     let config = env.dir.path().join("site.yaml");
     std::fs::write(
         &config,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: site-html\ndata:\n  index.html: \"<h1>served from a configMap</h1>\\n\"\n",
     )
     .unwrap();
-    let port = free_port().to_string();
     let id = start(
         &env,
         &net,

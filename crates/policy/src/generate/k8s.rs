@@ -268,6 +268,19 @@ pub(crate) struct Workload {
 /// Key → bytes of a ConfigMap or Secret (zeroized on drop: secret values).
 pub(crate) type KeyedData = BTreeMap<String, Zeroizing<Vec<u8>>>;
 
+/// A downward-API field path naming one label or annotation,
+/// `metadata.labels['KEY']` / `metadata.annotations['KEY']`, as
+/// (`"labels"` or `"annotations"`, KEY).
+pub(super) fn metadata_key(path: &str) -> Option<(&'static str, &str)> {
+    path.strip_prefix("metadata.labels['")
+        .map(|r| ("labels", r))
+        .or_else(|| {
+            path.strip_prefix("metadata.annotations['")
+                .map(|r| ("annotations", r))
+        })
+        .and_then(|(sec, r)| r.strip_suffix("']").map(|k| (sec, k)))
+}
+
 /// ConfigMaps and Secrets defined in the input, by (namespace, name).
 pub(crate) struct References {
     /// `data` (strings), what env and envFrom read.
@@ -761,18 +774,9 @@ fn container_policy(
                         (ip_regex(), Strategy::Regex)
                     }
                     other => {
-                        let label = other
-                            .strip_prefix("metadata.labels['")
-                            .map(|r| ("labels", r))
-                            .or_else(|| {
-                                other
-                                    .strip_prefix("metadata.annotations['")
-                                    .map(|r| ("annotations", r))
-                            });
-                        match label.and_then(|(sec, r)| {
-                            r.strip_suffix("']")
-                                .and_then(|k| w.metadata.get(sec).and_then(|m| get_str(m, k)))
-                        }) {
+                        match metadata_key(other)
+                            .and_then(|(sec, k)| w.metadata.get(sec).and_then(|m| get_str(m, k)))
+                        {
                             Some(v) => (v.to_string(), Strategy::Exact),
                             None => {
                                 return Err(field(

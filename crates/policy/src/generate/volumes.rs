@@ -14,7 +14,7 @@ use veil_agent_api::{
 use zeroize::Zeroizing;
 
 use super::GenerateError;
-use super::k8s::{References, Workload, field, get_str};
+use super::k8s::{References, Workload, field, get_str, metadata_key};
 use crate::initdata::INIT_DATA_ANNOTATION;
 use crate::model::{
     VolumeFile, VolumeKind, VolumePolicy, check_volume_name, check_volume_path, exact_regex,
@@ -217,16 +217,7 @@ fn downward_files(
             "metadata.labels" => format_map(section("labels"), &[]),
             "metadata.annotations" => format_map(section("annotations"), &[INIT_DATA_ANNOTATION]),
             other => {
-                let one = other
-                    .strip_prefix("metadata.labels['")
-                    .map(|r| ("labels", r))
-                    .or_else(|| {
-                        other
-                            .strip_prefix("metadata.annotations['")
-                            .map(|r| ("annotations", r))
-                    })
-                    .and_then(|(sec, r)| r.strip_suffix("']").map(|k| (sec, k)));
-                match one {
+                match metadata_key(other) {
                     Some((sec, k)) => section(sec)
                         .get(k)
                         .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))

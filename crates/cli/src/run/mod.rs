@@ -82,6 +82,11 @@ pub struct RunArgs {
     /// (split at spaces; repeatable; single-image runs with a generated policy).
     #[arg(long = "allow-exec", value_name = "'CMD ARGS'")]
     pub allow_exec: Vec<String>,
+    /// Admit the pod's `securityContext.privileged: true` containers in the
+    /// generated policy (with --pod; they get every capability in the sandbox).
+    #[arg(long, requires = "pod")]
+    #[serde(default)]
+    pub allow_privileged: bool,
     /// Run in the background and print the sandbox id.
     #[arg(short = 'd', long)]
     pub detach: bool,
@@ -472,6 +477,12 @@ fn check_conflicts(a: &RunArgs, given: Option<&GivenInitData>) -> Result<()> {
             veil_policy::generate::ANNOTATION_EXEC
         );
     }
+    if a.allow_privileged {
+        bail!(
+            "--allow-privileged only works with a generated policy: {why}; set {} = true in the settings when generating it",
+            veil_policy::generate::ALLOW_PRIVILEGED_SETTING
+        );
+    }
     if !a.volumes.volume.is_empty() || !a.volumes.mount.is_empty() || a.volumes.allow_host_path {
         bail!(
             "-v/--mount/--allow-host-path only work with a generated policy: {why}, and the volumes are the ones it declares (sandbox.volumes)"
@@ -650,6 +661,7 @@ fn workload(
     let mut settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
     settings.sandbox.unpack_limits = a.unpack.bounds();
     settings.sandbox.allow_host_path = a.volumes.host_paths_allowed();
+    settings.sandbox.allow_privileged = a.allow_privileged;
     let g = veil_policy::generate::generate(&inputs, &resolver, &settings)
         .map_err(|e| anyhow!("generating the policy: {e}"))?;
     let w = g

@@ -10,6 +10,8 @@
 //! - [`vm`]: the VM sandbox (QEMU, KVM or TCG; none/sim/SNP/TDX) and the
 //!   guest image builder.
 //! - [`paths`]: veil's data dir.
+//! - [`node`]: `veil node install`/`uninstall` (containerd config drop-in,
+//!   shim, per-handler shim configs; idempotent, exactly reversible).
 //!
 //! The host is untrusted by design: nothing here can make the agent do what
 //! its policy does not allow. Not for: the agent itself (`veil-agent`), the
@@ -18,6 +20,7 @@
 pub mod client;
 pub mod measure;
 pub mod net;
+pub mod node;
 pub mod paths;
 pub mod requests;
 pub mod sandbox;

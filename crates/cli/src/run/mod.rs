@@ -33,7 +33,7 @@ use clap::{Args, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
-use veil_agent::proto::{ReadStreamResult, StatsContainerResult};
+use veil_agent_api::proto::{ReadStreamResult, StatsContainerResult};
 use veil_agent_api::{
     AgentRequest, GetEvidenceRequest, ReadStreamRequest, RemoveContainerRequest,
     SignalProcessRequest, StartContainerRequest, StatsContainerRequest, Stream,
@@ -1119,7 +1119,7 @@ fn run_sandbox(
             // agent decides, with the policy's explanation.
             a.docker.apply(&mut req.process, &a.command)?;
         }
-        let r: veil_agent::proto::CreateContainerResult = c
+        let r: veil_agent_api::proto::CreateContainerResult = c
             .call_typed(AgentRequest::CreateContainer(req))
             .map_err(|e| anyhow!("create_container {}: {e}", c_pol.name))?;
         pull_ms += r.pull_ms;
@@ -1461,12 +1461,12 @@ fn print_summary(rec: &Record) {
         "veil: sandbox {} ({}): {}, TEE: {}",
         rec.id, rec.name, rec.sandbox_label, h.tee
     );
-    let no_tee = h.tee == veil_agent::proto::NO_TEE;
+    let no_tee = h.tee == veil_agent_api::proto::NO_TEE;
     if h.tee == "sim" {
         eprintln!("  WARNING: {}", veil_attest::sim::WARNING);
     }
     if no_tee {
-        eprintln!("  WARNING: {}", veil_agent::proto::NO_TEE_WARNING);
+        eprintln!("  WARNING: {}", veil_agent_api::proto::NO_TEE_WARNING);
         eprintln!("  measurement  none (no TEE measures this guest)");
     } else {
         eprintln!("  measurement  {} ({m_ok})", h.measurement);
@@ -1974,11 +1974,11 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
         let (_, _, mut c) = connect(&rec.id)?;
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);
-        let ev = c.call_typed::<veil_agent::proto::GetEvidenceResult>(AgentRequest::GetEvidence(
-            GetEvidenceRequest {
+        let ev = c.call_typed::<veil_agent_api::proto::GetEvidenceResult>(
+            AgentRequest::GetEvidence(GetEvidenceRequest {
                 runtime_data: veil_agent_api::Bytes(nonce.to_vec()),
-            },
-        ));
+            }),
+        );
         out["evidence"] = match ev {
             Ok(ev) if ev.tee == "sim" => {
                 let platform = SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&data))
@@ -1989,7 +1989,7 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
                 ) {
                     Ok(claims) => serde_json::json!({
                         "tee": "sim",
-                        "verified": claims.report_data == veil_agent::proto::report_data_for(&nonce).to_vec(),
+                        "verified": claims.report_data == veil_agent_api::proto::report_data_for(&nonce).to_vec(),
                         "claims": claims.to_json(),
                         "warning": veil_attest::sim::WARNING,
                     }),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use veil_agent::proto::Hello;
+use veil_agent_api::proto::Hello;
 
 /// One sandbox.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use veil_agent::proto::Hello;
+use veil_agent_api::proto::Hello;
 use veil_runtime::vm::qemu::{self, Accel, GuestForward, WorkloadNet};
 use veil_runtime::vm::{TeeChoice, VmConfig, VmSandbox, guest};
 use veil_runtime::{AgentClient, CallError, ProcessSandbox, SandboxConfig, SimPlatform};
@@ -126,7 +126,7 @@ impl VmArgs {
     }
     /// `--tee none`.
     pub fn no_tee(&self) -> bool {
-        self.tee == veil_agent::proto::NO_TEE
+        self.tee == veil_agent_api::proto::NO_TEE
     }
 }
 

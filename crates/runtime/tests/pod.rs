@@ -39,7 +39,9 @@ impl GivenNetns {
         };
         ip(&["netns", "add", &n.name]);
         let peer = format!("{}p", n.nic);
-        ip(&["-n", &n.name, "link", "add", &n.nic, "type", "veth", "peer", "name", &peer]);
+        ip(&[
+            "-n", &n.name, "link", "add", &n.nic, "type", "veth", "peer", "name", &peer,
+        ]);
         n
     }
     fn path(&self) -> PathBuf {
@@ -178,6 +180,9 @@ fn a_pod_lives_and_dies_through_the_library() {
     let (found, mut other) = PodClient::reconnect(&data, id, Duration::from_secs(30)).unwrap();
     assert_eq!(found.network, format!("ns:{}", netns.path().display()));
     assert_eq!(found.kind, "process");
+    // ... and the policy it enforces, to build requests with.
+    let app = found.policy().unwrap().container("app").unwrap().clone();
+    let app = &app;
     assert_eq!(other.hello(), sb.inner().hello());
     let deadline = Instant::now() + Duration::from_secs(30);
     while other.stats(cid).unwrap().state != "running" {

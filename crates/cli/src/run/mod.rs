@@ -939,18 +939,6 @@ fn say(quiet: bool, msg: &str) {
     }
 }
 
-fn kbs_url_of(p: &ParsedInitData) -> Option<String> {
-    let aa = p.init_data.data.get(veil_policy::initdata::AA_KEY)?;
-    aa.lines().find_map(|l| {
-        let v = l
-            .trim()
-            .strip_prefix("url")?
-            .trim_start()
-            .strip_prefix('=')?;
-        Some(v.trim().trim_matches('"').to_string())
-    })
-}
-
 #[allow(clippy::too_many_arguments)]
 fn run_sandbox(
     a: &RunArgs,
@@ -970,9 +958,9 @@ fn run_sandbox(
     check_conflicts(a, given.as_ref())?;
     // The KBS: --kbs, else the one init-data names, else the embedded one.
     let init_kbs = match &given {
-        Some(g) => {
-            kbs_url_of(&ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?)
-        }
+        Some(g) => pod::kbs_url_of(
+            &ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?,
+        ),
         None => None,
     };
     let t_kbs = Instant::now();
@@ -1494,10 +1482,7 @@ fn pod_err(e: PodError) -> anyhow::Error {
 }
 
 fn policy_of(rec: &Record) -> Result<PolicyData> {
-    let bytes = std::fs::read(&rec.init_data_file)?;
-    let p = ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{e}"))?;
-    veil_policy::rego::extract_policy_data(p.init_data.policy().map_err(|e| anyhow!("{e}"))?)
-        .map_err(|e| anyhow!("{e}"))
+    Ok(rec.policy()?)
 }
 
 /// `veil exec`: exit code of the command; 126 when the policy refuses it.
@@ -1828,22 +1813,7 @@ pub fn stop(a: IdsArgs) -> Result<ExitCode> {
 }
 
 fn stop_record(rec: &Record) -> Result<()> {
-    if !rec.owner_alive() {
-        return Ok(());
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(rec.owner_pid as i32),
-        Signal::SIGTERM,
-    )
-    .map_err(|e| anyhow!("signalling the sandbox owner: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rec.owner_alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if rec.owner_alive() {
-        bail!("sandbox {} did not stop within 30 s", rec.id);
-    }
-    Ok(())
+    Ok(rec.stop_owner(Duration::from_secs(30))?)
 }
 
 /// `veil rm`.

@@ -44,6 +44,8 @@ pub use launch::{AnySandbox, LaunchError, LaunchEvent, SandboxKind, Tee, VmOptio
 pub use record::{Record, RecordError};
 pub use stdio::{Attached, Exit, Sink, Source, Stdio};
 
+use veil_policy::ParsedInitData;
+
 use crate::net::{NetError, NetSettings, NetworkMode, PodNetwork, PortMapping};
 use crate::vm::qemu::{GuestForward, WorkloadNet};
 use crate::{AgentClient, CallError, SandboxConfig, SimPlatform};
@@ -154,7 +156,8 @@ pub struct Sandbox {
 impl Sandbox {
     /// Network and launch the sandbox `spec` describes, filling `rec` (the
     /// caller's record, saved to the store here once the agent is up) with
-    /// what it is: network, address, ports, hello, socket, agent PID, kind.
+    /// what it is: network, address, ports, hello, socket, agent PID, kind,
+    /// and (unless the caller set it) the init-data file.
     /// The record dir `<data>/run/<id>` must exist. A VM's launch with an
     /// auto accelerator reports a KVM→TCG fallback through `on` and in the
     /// returned note.
@@ -186,6 +189,15 @@ impl Sandbox {
                 (None, w.clone())
             }
         };
+        if rec.init_data_file.as_os_str().is_empty() {
+            // What a second client reads the policy from (Record::policy).
+            let path = dir.join("init-data.toml");
+            std::fs::write(&path, &spec.init_data).map_err(|source| PodError::Io {
+                context: format!("writing {}", path.display()),
+                source,
+            })?;
+            rec.init_data_file = path;
+        }
         rec.save(&spec.data)?;
         let dns = if workload.is_some() {
             // QEMU's DNS relay on the VM's pod NIC: the agent writes resolv.conf.
@@ -333,6 +345,21 @@ fn setup_network(
     )?;
     rec.address = net.state().address.clone();
     Ok(Some(net))
+}
+
+/// The KBS URL an init-data document names (`aa.toml`'s `url`), if any:
+/// the KBS its agent attests to, which a VM sandbox must be able to reach
+/// ([`launch::route_kbs`]).
+pub fn kbs_url_of(p: &ParsedInitData) -> Option<String> {
+    let aa = p.init_data.data.get(veil_policy::initdata::AA_KEY)?;
+    aa.lines().find_map(|l| {
+        let v = l
+            .trim()
+            .strip_prefix("url")?
+            .trim_start()
+            .strip_prefix('=')?;
+        Some(v.trim().trim_matches('"').to_string())
+    })
 }
 
 /// Tear down the networks that killed owners left behind (their owner is

@@ -8,8 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 use veil_agent_api::proto::Hello;
+use veil_policy::{ParsedInitData, PolicyData};
 
 /// Why a record could not be read, found or written.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,16 @@ pub enum RecordError {
     /// The record could not be serialized.
     #[error("serializing the sandbox record: {0}")]
     Serialize(#[source] serde_json::Error),
+    /// The record's init-data (and so its policy) cannot be read.
+    #[error("the init-data of sandbox {id} ({}): {reason}", path.display())]
+    Policy {
+        id: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The sandbox's owner could not be signalled or did not stop.
+    #[error("{0}")]
+    Stop(String),
     /// Writing failed.
     #[error("{context}")]
     Write {
@@ -198,6 +211,45 @@ impl Record {
     /// Whether the owning process is alive (a crashed owner leaves `running`).
     pub fn owner_alive(&self) -> bool {
         self.owner_pid != 0 && Path::new(&format!("/proc/{}", self.owner_pid)).exists()
+    }
+
+    /// The policy the sandbox enforces, from the init-data it was given
+    /// (what a second client needs to build exec requests).
+    pub fn policy(&self) -> Result<PolicyData> {
+        let fail = |reason: String| RecordError::Policy {
+            id: self.id.clone(),
+            path: self.init_data_file.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&self.init_data_file).map_err(|e| fail(e.to_string()))?;
+        let p = ParsedInitData::parse(&bytes).map_err(|e| fail(e.to_string()))?;
+        let rego = p.init_data.policy().map_err(|e| fail(e.to_string()))?;
+        veil_policy::rego::extract_policy_data(rego).map_err(|e| fail(e.to_string()))
+    }
+
+    /// Stop the sandbox through its owner (SIGTERM; the owner tears it
+    /// down), waiting up to `timeout`. Nothing to do if the owner is gone.
+    pub fn stop_owner(&self, timeout: Duration) -> Result<()> {
+        if !self.owner_alive() {
+            return Ok(());
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.owner_pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(|e| RecordError::Stop(format!("signalling the sandbox owner: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        while self.owner_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.owner_alive() {
+            return Err(RecordError::Stop(format!(
+                "sandbox {} did not stop within {} s",
+                self.id,
+                timeout.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// Status as shown: a `running` record whose owner died is `dead`.

@@ -239,6 +239,9 @@ fn a_pod_lives_and_dies_through_the_library() {
     assert_eq!((exit.code, exit.denied), (Some(5), None));
     assert_eq!(std::fs::read_to_string(&eo).unwrap(), "exec-out\n");
     assert_eq!(std::fs::read_to_string(&ee).unwrap(), "exec-err\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&eo).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "output files are the workload's data");
     // What the policy does not name is refused, with its reason.
     let refused = other
         .exec(requests::exec_process(app, cid, "e3", vec!["sh".into()]))

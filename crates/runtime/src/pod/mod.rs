@@ -143,9 +143,10 @@ pub struct SandboxSpec {
     pub ready_timeout: Duration,
 }
 
-/// A running sandbox, owned by this process: dropping it without
-/// [`Sandbox::stop`] leaves the agent to the process sandbox's own guards
-/// (killed with its owner) and the network to the next [`reap_networks`].
+/// A running sandbox, owned by this process. Dropping it stops it as
+/// [`Sandbox::stop`] does (the agent or QEMU first, then the network; field
+/// order), without reporting errors; an owner killed outright leaves the
+/// network to the next [`reap_networks`].
 pub struct Sandbox {
     id: String,
     sandbox: AnySandbox,

@@ -9,6 +9,7 @@
 //! `process.stdin`): a refusal reaches the caller with the policy's words.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,9 +35,10 @@ pub enum Sink {
     Discard,
     /// A path opened for writing when the pump starts (a FIFO's open waits
     /// for its reader, so it happens on the pump's thread); a regular file
-    /// is created or appended to.
+    /// is created (0600) or appended to.
     Path(PathBuf),
-    /// Any writer.
+    /// Any writer; a descriptor the caller was handed is
+    /// `Writer(Box::new(File::from(owned_fd)))`.
     Writer(Box<dyn Write + Send>),
 }
 
@@ -45,7 +47,7 @@ pub enum Source {
     /// A path opened for reading when forwarding starts (FIFO: on the
     /// forwarding thread, as its open waits for the writer).
     Path(PathBuf),
-    /// Any reader.
+    /// Any reader (a descriptor: `Reader(Box::new(File::from(owned_fd)))`).
     Reader(Box<dyn Read + Send>),
 }
 
@@ -88,10 +90,12 @@ fn open_sink(sink: Sink) -> std::io::Result<Box<dyn Write + Send>> {
     Ok(match sink {
         Sink::Discard => Box::new(std::io::sink()),
         Sink::Writer(w) => w,
+        // Workload output is the workload's data: a file made here is 0600.
         Sink::Path(p) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&p)?,
         ),
     })

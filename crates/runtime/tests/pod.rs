@@ -103,7 +103,6 @@ fn a_pod_lives_and_dies_through_the_library() {
     let netns = GivenNetns::new();
     let data = env.dir.path().join("data");
     let id = "podlib1";
-    std::fs::create_dir_all(record::dir_of(&data, id)).unwrap();
     let mut rec = Record {
         id: id.into(),
         status: "starting".into(),
@@ -134,6 +133,12 @@ fn a_pod_lives_and_dies_through_the_library() {
         "a process sandbox has no VM events"
     );
     assert_eq!(sb.inner().hello().tee, "sim");
+    use std::os::unix::fs::PermissionsExt;
+    let dir_mode = std::fs::metadata(record::dir_of(&data, id))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "the sandbox dir is private");
     rec.status = "running".into();
     rec.save(&data).unwrap();
 
@@ -163,17 +168,18 @@ fn a_pod_lives_and_dies_through_the_library() {
     // the process writes until it is read).
     let started = c.start(cid).unwrap();
     assert!(started.pid > 0);
-    let attached = c
-        .attach(
-            cid,
-            "",
-            Stdio::paths(
-                &fin.to_string_lossy(),
-                &fout.to_string_lossy(),
-                &ferr.to_string_lossy(),
-            ),
-        )
-        .unwrap();
+    let (exits, exited) = std::sync::mpsc::channel();
+    c.attach(
+        cid,
+        "",
+        Stdio::paths(
+            &fin.to_string_lossy(),
+            &fout.to_string_lossy(),
+            &ferr.to_string_lossy(),
+        ),
+    )
+    .unwrap()
+    .on_exit(move |e| exits.send(e).unwrap());
     writer.join().unwrap();
 
     // A second client finds the sandbox by name in the record store.
@@ -239,7 +245,6 @@ fn a_pod_lives_and_dies_through_the_library() {
     assert_eq!((exit.code, exit.denied), (Some(5), None));
     assert_eq!(std::fs::read_to_string(&eo).unwrap(), "exec-out\n");
     assert_eq!(std::fs::read_to_string(&ee).unwrap(), "exec-err\n");
-    use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&eo).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "output files are the workload's data");
     // What the policy does not name is refused, with its reason.
@@ -256,7 +261,11 @@ fn a_pod_lives_and_dies_through_the_library() {
     // kill, wait, and the FIFOs carry everything the init wrote.
     c.kill(cid, "", 9).unwrap();
     assert_eq!(c.wait(cid).unwrap(), 128 + 9);
-    let exit = attached.wait().unwrap();
+    // The exit event, once everything the process wrote was delivered.
+    let exit = exited
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code, Some(128 + 9));
     assert_eq!(out.join().unwrap(), "got hello shim\n");
     assert_eq!(err.join().unwrap(), "to-stderr\n");

@@ -10,8 +10,10 @@
 //!   owner or from any other process that found the sandbox in the record
 //!   store ([`PodClient::reconnect`]): create/start/exec/kill/wait/delete a
 //!   container, resize a terminal, close stdin, stats and pids.
-//! - [`stdio`]: a process's streams wired to the caller's terminal, files or
-//!   FIFO paths; an attached process's end gives its exit code.
+//! - [`stdio`]: a process's streams wired to the caller's terminal, files,
+//!   descriptors or FIFO paths; an attached process's end gives its exit
+//!   code, waited for ([`Attached::wait`]) or as an exit event
+//!   ([`Attached::on_exit`]).
 //! - [`launch`]: the launch itself (KVM→TCG fallback, the guest image,
 //!   routing a loopback KBS into a VM).
 //!
@@ -29,6 +31,7 @@ pub mod launch;
 pub mod record;
 pub mod stdio;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,16 +161,25 @@ impl Sandbox {
     /// Network and launch the sandbox `spec` describes, filling `rec` (the
     /// caller's record, saved to the store here once the agent is up) with
     /// what it is: network, address, ports, hello, socket, agent PID, kind,
-    /// and (unless the caller set it) the init-data file.
-    /// The record dir `<data>/run/<id>` must exist. A VM's launch with an
-    /// auto accelerator reports a KVM→TCG fallback through `on` and in the
-    /// returned note.
+    /// and (unless the caller set it) the init-data file. The record dir
+    /// `<data>/run/<id>` is created (0700) if it does not exist. A VM's
+    /// launch with an auto accelerator reports a KVM→TCG fallback through
+    /// `on` and in the returned note.
     pub fn launch(
         spec: SandboxSpec,
         rec: &mut Record,
         on: &mut dyn FnMut(LaunchEvent),
     ) -> Result<(Sandbox, Option<String>), PodError> {
         let dir = record::dir_of(&spec.data, &spec.id);
+        // Private: it holds the agent socket, logs and workload output.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| PodError::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
         let platform = Arc::new(
             SimPlatform::load_or_create(&crate::paths::sim_dir(&spec.data))
                 .map_err(|e| PodError::Platform(e.to_string()))?,

@@ -238,6 +238,14 @@ impl Attached {
             denied: out.denied.or(err.denied),
         })
     }
+    /// Call `f` with how the process ended, on a thread of its own: the
+    /// exit event a front-end publishes (containerd's `TaskExit`).
+    pub fn on_exit(
+        self,
+        f: impl FnOnce(Result<Exit, CallError>) + Send + 'static,
+    ) -> JoinHandle<()> {
+        std::thread::spawn(move || f(self.wait()))
+    }
 }
 
 /// Wire a process's streams: one connection and thread per output stream

@@ -177,11 +177,16 @@ fn docs_kbs_runs() {
     assert!(run_doc("docs/kbs.md") >= 1);
 }
 
+#[test]
+fn docs_kubernetes_runs() {
+    assert!(run_doc("docs/kubernetes.md") >= 1);
+}
+
 /// Every doc file with marked blocks has a test above, and every `sh`
 /// block not run says why.
 #[test]
 fn every_shell_block_is_run_or_says_why_not() {
-    let tested = ["README.md", "docs/kbs.md"];
+    let tested = ["README.md", "docs/kbs.md", "docs/kubernetes.md"];
     let mut problems = Vec::new();
     for doc in doc_files() {
         let text = std::fs::read_to_string(repo().join(&doc)).unwrap();

@@ -35,6 +35,10 @@ PACKAGES=(
   # kbs on PostgreSQL (crates/kbs/tests/replicas.rs, the store suite): initdb, postgres, psql
   # from /usr/lib/postgresql/*/bin, run by crates/testkit's postgres helper (setpriv: util-linux)
   postgresql
+  # containerd shim tests (crates/shim/tests): Debian's containerd (1.6.x, ships ctr). Debian
+  # enables a systemd unit; tests never use a system containerd: crates/testkit starts a
+  # private one (own root, state, socket) per test and stops it by PID.
+  containerd
 )
 
 missing=()

@@ -11,39 +11,21 @@
 //! workloads reach their secrets and fresh evidence through a small local
 //! HTTP API ([`local_api`]).
 //!
-//! Without the `server` feature only [`proto`] (the wire protocol) is
-//! built, for the host side.
+//! The wire protocol both sides speak is `veil-agent-api` (requests,
+//! [`veil_agent_api::proto`] for the hello and responses); descriptor
+//! hygiene before exec is `veil-fds`. The host links those, never this crate.
 
-pub mod proto;
-
-#[cfg(feature = "fds")]
-pub mod fds;
-
-#[cfg(feature = "server")]
 pub mod boot;
-#[cfg(feature = "server")]
 pub mod container;
-#[cfg(feature = "server")]
 pub mod guest;
-#[cfg(feature = "server")]
 pub mod init;
-#[cfg(feature = "server")]
 pub mod kbs;
-#[cfg(feature = "server")]
 pub mod local_api;
-#[cfg(feature = "server")]
 pub mod net;
-#[cfg(feature = "server")]
 pub mod pull;
-#[cfg(feature = "server")]
 pub mod seccomp;
-#[cfg(feature = "server")]
 pub mod server;
-#[cfg(feature = "server")]
 pub mod streams;
-#[cfg(feature = "server")]
 pub mod tty;
-#[cfg(feature = "server")]
 pub mod vm;
-#[cfg(feature = "server")]
 pub mod volumes;

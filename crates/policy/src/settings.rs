@@ -121,6 +121,9 @@ pub struct SandboxSettings {
     pub unpack_limits: crate::model::UnpackBounds,
     /// Admit `hostPath` volumes (the untrusted host can read and change them).
     pub allow_host_path: bool,
+    /// Admit `securityContext.privileged: true` containers (every
+    /// capability inside the sandbox, including over the agent).
+    pub allow_privileged: bool,
 }
 
 /// Per-container defaults.
@@ -145,6 +148,7 @@ impl Default for SandboxSettings {
             kernel_modules: Vec::new(),
             unpack_limits: Default::default(),
             allow_host_path: false,
+            allow_privileged: false,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct ProcessIo {
 pub struct SandboxRequest {
     /// The id containerd gave the pod sandbox (or the standalone container).
     pub id: String,
+    /// containerd's namespace of the task.
+    pub namespace: String,
     pub handler_name: String,
     pub handler: HandlerConfig,
     /// The pod's init-data (measured at launch).
@@ -125,5 +127,10 @@ pub trait Sandbox: Send {
 pub trait Launcher: Send + Sync {
     fn launch(&self, req: SandboxRequest) -> Result<Box<dyn Sandbox>, BackendError>;
     /// Remove what a dead shim left for sandbox `id` (the `delete` action).
-    fn cleanup(&self, handler: &HandlerConfig, id: &str) -> Result<(), BackendError>;
+    fn cleanup(
+        &self,
+        handler: &HandlerConfig,
+        namespace: &str,
+        id: &str,
+    ) -> Result<(), BackendError>;
 }

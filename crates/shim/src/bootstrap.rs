@@ -164,9 +164,11 @@ pub fn delete(flags: &Flags, launcher: &dyn Launcher) -> Result<Vec<u8>, Bootstr
                 .unwrap_or_else(|| config::DEFAULT_HANDLER.into());
             let cfg = ShimConfig::load().map_err(|e| BootstrapError::Other(e.to_string()))?;
             if let Ok(h) = cfg.handler(&handler) {
-                launcher.cleanup(h, &flags.id).map_err(|e| {
-                    BootstrapError::Other(format!("cleaning up sandbox {}: {e}", flags.id))
-                })?;
+                launcher
+                    .cleanup(h, &flags.namespace, &flags.id)
+                    .map_err(|e| {
+                        BootstrapError::Other(format!("cleaning up sandbox {}: {e}", flags.id))
+                    })?;
             }
             let sock = socket_path(&bundle, &flags.address, &flags.namespace, &flags.id);
             if !connectable(&sock) {
@@ -237,8 +239,15 @@ pub fn serve(flags: &Flags, launcher: Arc<dyn Launcher>) -> Result<(), Bootstrap
     tracing::info!(socket = %sock.display(), "veil shim serving");
     exit.wait();
     tracing::info!("shutting down");
-    server.shutdown();
     let _ = std::fs::remove_file(&sock);
+    // ttrpc's shutdown waits for requests in flight (a Wait on a process
+    // that will never end now); give them a moment, then exit regardless.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        server.shutdown();
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
     Ok(())
 }
 

@@ -17,5 +17,6 @@ pub mod bootstrap;
 pub mod config;
 pub mod content;
 pub mod events;
+pub mod runtime;
 pub mod service;
 pub mod spec;

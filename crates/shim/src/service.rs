@@ -310,6 +310,7 @@ impl Service {
             .map_err(|e| pre(e.to_string()))?;
         Ok(SandboxRequest {
             id: id.into(),
+            namespace: self.namespace.clone(),
             handler_name,
             handler,
             init_data: pod.parsed,
@@ -523,7 +524,18 @@ impl protos::Task for Service {
                 .sandbox
                 .as_mut()
                 .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the sandbox is gone"))?;
-            Some(sandbox.start(&pref).map_err(backend_err)?)
+            match sandbox.start(&pref) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    // An exec that could not start (refused by the policy, a
+                    // command that does not exist) has ended: a Wait on it
+                    // returns, as for runc, with 126 ("cannot execute").
+                    if !req.exec_id.is_empty() {
+                        exit.set(126);
+                    }
+                    return Err(backend_err(e));
+                }
+            }
         };
         Self::proc_mut(&mut st, &req.id, &req.exec_id)?.started = true;
         drop(st);
@@ -583,6 +595,10 @@ impl protos::Task for Service {
             return Ok(resp);
         }
         let task = st.tasks.remove(&req.id).expect("looked up above");
+        // Execs that never ran or whose end was not seen end with the task.
+        for e in task.execs.values() {
+            e.exit.set(137);
+        }
         let mut result = Ok(());
         if !task.pause {
             if let Some(s) = st.sandbox.as_mut() {
@@ -596,7 +612,11 @@ impl protos::Task for Service {
                 if let Some(s) = st.sandbox.as_mut() {
                     let _ = s.remove_container(&other);
                 }
-                st.tasks.remove(&other);
+                if let Some(t) = st.tasks.remove(&other) {
+                    for p in std::iter::once(&t.init).chain(t.execs.values()) {
+                        p.exit.set(137);
+                    }
+                }
             }
             if let Some(s) = st.sandbox.take() {
                 let stopped = s.stop();

@@ -117,7 +117,7 @@ impl Launcher for FakeLauncher {
             exits: self.exits.clone(),
         }))
     }
-    fn cleanup(&self, _h: &HandlerConfig, id: &str) -> Result<(), BackendError> {
+    fn cleanup(&self, _h: &HandlerConfig, _ns: &str, id: &str) -> Result<(), BackendError> {
         self.log.push(format!("cleanup {id}"));
         Ok(())
     }

@@ -32,9 +32,9 @@ pub fn sandbox_id(namespace: &str, id: &str) -> String {
     hex::encode(&sha2::Sha256::digest(format!("{namespace}/{id}"))[..8])
 }
 
-fn call_err(what: &str, e: CallError) -> BackendError {
+fn failure(denied: bool, what: &str, e: impl std::fmt::Display) -> BackendError {
     BackendError {
-        kind: if e.is_denied() {
+        kind: if denied {
             FailureKind::Denied
         } else {
             FailureKind::Failed
@@ -43,15 +43,12 @@ fn call_err(what: &str, e: CallError) -> BackendError {
     }
 }
 
+fn call_err(what: &str, e: CallError) -> BackendError {
+    failure(e.is_denied(), what, e)
+}
+
 fn pod_err(what: &str, e: pod::PodError) -> BackendError {
-    BackendError {
-        kind: if e.is_denied() {
-            FailureKind::Denied
-        } else {
-            FailureKind::Failed
-        },
-        message: format!("{what}: {e}"),
-    }
+    failure(e.is_denied(), what, e)
 }
 
 /// Launches veil sandboxes for the shim.

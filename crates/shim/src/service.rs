@@ -189,6 +189,14 @@ fn backend_err(e: BackendError) -> ttrpc::Error {
     status(code, e.message)
 }
 
+fn task_exists(st: &State, id: &str) -> ttrpc::Result<()> {
+    if st.tasks.contains_key(id) {
+        Ok(())
+    } else {
+        Err(status(Code::NOT_FOUND, format!("task {id:?} not found")))
+    }
+}
+
 /// Remove the shim's dir of a sandbox, and its namespace dir once empty.
 fn remove_dir(dir: Option<&Path>) {
     let Some(dir) = dir else { return };
@@ -742,12 +750,7 @@ impl protos::Task for Service {
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         let st = self.lock();
-        if !st.tasks.contains_key(&req.id) {
-            return Err(status(
-                Code::NOT_FOUND,
-                format!("task {:?} not found", req.id),
-            ));
-        }
+        task_exists(&st, &req.id)?;
         let mut info = ProcessInfo::new();
         info.pid = Self::pid(&st);
         let mut resp = PidsResponse::new();
@@ -852,12 +855,7 @@ impl protos::Task for Service {
 
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
         let st = self.lock();
-        if !st.tasks.contains_key(&req.id) {
-            return Err(status(
-                Code::NOT_FOUND,
-                format!("task {:?} not found", req.id),
-            ));
-        }
+        task_exists(&st, &req.id)?;
         let mut resp = ConnectResponse::new();
         resp.shim_pid = std::process::id();
         resp.task_pid = Self::pid(&st);

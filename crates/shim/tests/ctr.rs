@@ -83,20 +83,8 @@ fn env() -> Env {
     let data = dir.path().join("data");
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-veil-v2"));
     let config = dir.path().join("shim.toml");
-    let ctd_opts = |root: &Path| {
-        std::fs::write(
-            &config,
-            format!(
-                "[handlers.veil]\ncontainerd_root = {:?}\ndata_dir = {:?}\nagent = {:?}\n",
-                root.display().to_string(),
-                data.display().to_string(),
-                veil_testkit::veil_agent().display().to_string()
-            ),
-        )
-        .unwrap();
-    };
-    // The config names containerd's root, which the testkit picks: start,
-    // write the config, and let the shims read it when they start.
+    // The shims read the config when containerd starts them (after this
+    // function); it names containerd's root, which the testkit picks.
     let ctd = Containerd::start(ContainerdOptions {
         shim_dir: Some(shim.parent().unwrap().to_path_buf()),
         env: vec![
@@ -105,7 +93,16 @@ fn env() -> Env {
         ],
         cri: None,
     });
-    ctd_opts(&ctd.root());
+    std::fs::write(
+        &config,
+        format!(
+            "[handlers.veil]\ncontainerd_root = {:?}\ndata_dir = {:?}\nagent = {:?}\n",
+            ctd.root().display().to_string(),
+            data.display().to_string(),
+            veil_testkit::veil_agent().display().to_string()
+        ),
+    )
+    .unwrap();
     Env { dir, ctd, data }
 }
 

@@ -35,8 +35,9 @@ PACKAGES=(
   # kbs on PostgreSQL (crates/kbs/tests/replicas.rs, the store suite): initdb, postgres, psql
   # from /usr/lib/postgresql/*/bin, run by crates/testkit's postgres helper (setpriv: util-linux)
   postgresql
-  # Kubernetes (containerd-shim-veil-v2, veil node install): Debian's containerd and ctr
-  # (tests start their own containerd on private sockets)
+  # Kubernetes (containerd-shim-veil-v2, veil node install): Debian's containerd (1.6.x) and ctr.
+  # Debian enables a systemd unit; tests never use a system containerd: crates/testkit starts
+  # a private one (own root, state, sockets) per test and stops it by PID.
   containerd
 )
 

@@ -1,12 +1,14 @@
 //! Harnesses that several veil crates' integration tests share: real
 //! services on free 127.0.0.1 ports, stopped when dropped — Debian's
-//! `docker-registry` ([`registry::DockerRegistry`]), PostgreSQL
+//! `docker-registry` ([`registry::DockerRegistry`]), a private containerd
+//! ([`containerd::Containerd`]), PostgreSQL
 //! ([`postgres::Postgres`]) and `veil kbs serve`
 //! ([`kbs::DevKbs`]) — and the `veil-agent` binary ([`veil_agent`]).
 //!
 //! Dev-only: used as a `[dev-dependencies]` path entry, never published.
 //! Not for helpers that only one test file needs.
 
+pub mod containerd;
 pub mod kbs;
 pub mod postgres;
 pub mod registry;

@@ -1,0 +1,390 @@
+//! `/etc/veil/shim.toml`: one table per runtime handler (the name a
+//! RuntimeClass gives containerd), e.g.
+//!
+//! ```toml
+//! [handlers.veil]
+//! sandbox = "process"
+//! tee = "sim"
+//!
+//! [handlers.veil-vm-snp]
+//! sandbox = "vm"
+//! tee = "snp"
+//! kbs_url = "https://kbs.example:8080"
+//! kbs_ca = "/etc/veil/kbs-ca.pem"
+//! vcpus = 2
+//! memory_mib = 2048
+//! ```
+//!
+//! Which file: `$VEIL_SHIM_CONFIG` if set, else `/etc/veil/shim.toml`, else
+//! (no file at all) the built-in handler `veil` = process sandbox, sim TEE. Which handler: the container's
+//! `io.kubernetes.cri.runtime-handler` annotation (containerd ≥ 1.7's CRI
+//! sets it), else `veil`. A handler the file does not define is refused.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The system-wide config file.
+pub const DEFAULT_PATH: &str = "/etc/veil/shim.toml";
+/// Environment variable naming another config file (tests, staging).
+pub const ENV_VAR: &str = "VEIL_SHIM_CONFIG";
+/// The handler used when the container names none.
+pub const DEFAULT_HANDLER: &str = "veil";
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+/// Config errors: each names the file and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the shim config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the shim config {path} is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("the shim config {path} is not valid: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error(
+        "runtime handler {handler:?} is not configured in {path}: it defines {defined:?}; add a [handlers.{handler}] table"
+    )]
+    UnknownHandler {
+        handler: String,
+        path: String,
+        defined: Vec<String>,
+    },
+}
+
+/// Which sandbox runs a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// veil-agent in its own namespaces on the host (no hardware protection).
+    #[default]
+    Process,
+    /// One QEMU VM per pod.
+    Vm,
+}
+
+/// The TEE a handler launches under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Tee {
+    #[default]
+    Sim,
+    None,
+    Snp,
+    Tdx,
+}
+
+/// One runtime handler's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    #[serde(default)]
+    pub sandbox: SandboxKind,
+    #[serde(default)]
+    pub tee: Tee,
+    /// The KBS this handler's pods must attest to: a pod whose init-data
+    /// (`aa.toml`) names another KBS, or none, is refused. The guest trusts
+    /// only the KBS its measured init-data names; this lets the operator
+    /// pin which one that is on these nodes.
+    pub kbs_url: Option<String>,
+    /// PEM file of the certificate (or CA) the init-data must pin for
+    /// `kbs_url` (`aa.toml`'s `cert`).
+    pub kbs_ca: Option<PathBuf>,
+    /// VM sandbox resources.
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    /// containerd's root (its content store holds the images' blobs).
+    #[serde(default = "default_containerd_root")]
+    pub containerd_root: PathBuf,
+    /// Where sandboxes' runtime dirs and records go.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The veil-agent binary (process sandbox) or guest image dir (VM).
+    pub agent: Option<PathBuf>,
+}
+
+fn default_containerd_root() -> PathBuf {
+    "/var/lib/containerd".into()
+}
+fn default_data_dir() -> PathBuf {
+    "/var/lib/veil".into()
+}
+
+impl Default for HandlerConfig {
+    fn default() -> Self {
+        HandlerConfig {
+            sandbox: SandboxKind::Process,
+            tee: Tee::Sim,
+            kbs_url: None,
+            kbs_ca: None,
+            vcpus: None,
+            memory_mib: None,
+            containerd_root: default_containerd_root(),
+            data_dir: default_data_dir(),
+            agent: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct AaToml {
+    #[serde(default)]
+    token_configs: TokenConfigs,
+}
+#[derive(Deserialize, Default)]
+struct TokenConfigs {
+    kbs: Option<KbsConfig>,
+}
+#[derive(Deserialize)]
+struct KbsConfig {
+    url: String,
+    #[serde(default)]
+    cert: String,
+}
+
+impl HandlerConfig {
+    /// Check the pod's init-data against `kbs_url`/`kbs_ca`.
+    pub fn check_kbs(
+        &self,
+        handler: &str,
+        init_data: &veil_policy::initdata::ParsedInitData,
+    ) -> Result<(), String> {
+        let Some(want) = &self.kbs_url else {
+            return Ok(());
+        };
+        let kbs = match init_data.init_data.data.get(veil_policy::initdata::AA_KEY) {
+            Some(t) => {
+                toml::from_str::<AaToml>(t)
+                    .map_err(|e| format!("init-data aa.toml: {e}"))?
+                    .token_configs
+                    .kbs
+            }
+            None => None,
+        };
+        let Some(kbs) = kbs else {
+            return Err(format!(
+                "runtime handler {handler:?} requires pods to attest to the KBS {want}, but the pod's init-data names no KBS; generate it with `veil policy generate --kbs-url {want}`"
+            ));
+        };
+        if kbs.url.trim_end_matches('/') != want.trim_end_matches('/') {
+            return Err(format!(
+                "runtime handler {handler:?} requires the KBS {want}, the pod's init-data names {}: generate the policy for {want}, or use a handler for that KBS",
+                kbs.url
+            ));
+        }
+        if let Some(ca) = &self.kbs_ca {
+            let pem = std::fs::read_to_string(ca)
+                .map_err(|e| format!("reading kbs_ca {}: {e}", ca.display()))?;
+            if pem.trim() != kbs.cert.trim() {
+                return Err(format!(
+                    "runtime handler {handler:?} pins the KBS certificate in {}, the pod's init-data pins another one (aa.toml cert): generate the policy with that certificate",
+                    ca.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    handlers: BTreeMap<String, HandlerConfig>,
+}
+
+/// The loaded config and where it came from.
+#[derive(Debug)]
+pub struct ShimConfig {
+    /// The file read, or `None` for the built-in default.
+    pub source: Option<PathBuf>,
+    handlers: BTreeMap<String, HandlerConfig>,
+}
+
+impl ShimConfig {
+    /// Load by the documented precedence (`$VEIL_SHIM_CONFIG`, then
+    /// `/etc/veil/shim.toml`, then the built-in default).
+    pub fn load() -> Result<Self, ConfigError> {
+        if let Some(p) = std::env::var_os(ENV_VAR) {
+            return Self::from_file(Path::new(&p));
+        }
+        match Self::from_file(Path::new(DEFAULT_PATH)) {
+            Err(ConfigError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(Self::builtin())
+            }
+            r => r,
+        }
+    }
+
+    /// The built-in config: handler `veil` with the defaults.
+    pub fn builtin() -> Self {
+        ShimConfig {
+            source: None,
+            handlers: BTreeMap::from([(DEFAULT_HANDLER.to_string(), HandlerConfig::default())]),
+        }
+    }
+
+    /// Read and validate one file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut c = Self::parse(&text, &path.display().to_string())?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    /// Parse config text (`label` names it in errors).
+    pub fn parse(text: &str, label: &str) -> Result<Self, ConfigError> {
+        let f: File = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: label.into(),
+            reason: e.to_string(),
+        })?;
+        for (name, h) in &f.handlers {
+            if h.sandbox == SandboxKind::Process && !matches!(h.tee, Tee::Sim) {
+                return Err(ConfigError::Invalid {
+                    path: label.into(),
+                    reason: format!(
+                        "handler {name}: the process sandbox runs only with tee = \"sim\" (got {:?}); use sandbox = \"vm\" for none/snp/tdx",
+                        h.tee
+                    ),
+                });
+            }
+        }
+        Ok(ShimConfig {
+            source: None,
+            handlers: f.handlers,
+        })
+    }
+
+    /// The settings of `handler`.
+    pub fn handler(&self, handler: &str) -> Result<&HandlerConfig, ConfigError> {
+        self.handlers
+            .get(handler)
+            .ok_or_else(|| ConfigError::UnknownHandler {
+                handler: handler.into(),
+                path: self.source.as_ref().map_or_else(
+                    || "the built-in config (no shim.toml)".into(),
+                    |p| p.display().to_string(),
+                ),
+                defined: self.handlers.keys().cloned().collect(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handlers_and_defaults() {
+        let c = ShimConfig::parse(
+            "[handlers.veil]\n[handlers.veil-vm-snp]\nsandbox = \"vm\"\ntee = \"snp\"\nkbs_url = \"https://kbs\"\nvcpus = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.handler("veil").unwrap(), &HandlerConfig::default());
+        let snp = c.handler("veil-vm-snp").unwrap();
+        assert_eq!(
+            (snp.sandbox, snp.tee, snp.vcpus),
+            (SandboxKind::Vm, Tee::Snp, Some(2))
+        );
+        let e = c.handler("kata-cc").unwrap_err().to_string();
+        assert!(
+            e.contains("\"kata-cc\"")
+                && e.contains("[handlers.kata-cc]")
+                && e.contains("veil-vm-snp"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_impossible_combinations() {
+        let e = ShimConfig::parse("[handlers.veil]\ntee_kind = \"sim\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.toml") && e.contains("tee_kind"), "{e}");
+        let e = ShimConfig::parse("[handlers.veil]\ntee = \"snp\"\n", "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sandbox = \\\"vm\\\"") || e.contains("sandbox = \"vm\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kbs_pin() {
+        let c = ShimConfig::parse(
+            "[handlers.veil]\nkbs_url = \"https://kbs.example:8080\"\n",
+            "t",
+        )
+        .unwrap();
+        let h = c.handler("veil").unwrap();
+        let with = |aa: Option<&str>| {
+            let mut d = veil_policy::initdata::InitData::new(Default::default());
+            d.data
+                .insert("policy.rego".into(), "package agent_policy\n".into());
+            if let Some(aa) = aa {
+                d.data.insert("aa.toml".into(), aa.into());
+            }
+            veil_policy::initdata::ParsedInitData::parse(d.to_toml().unwrap().as_bytes()).unwrap()
+        };
+        assert!(
+            h.check_kbs(
+                "veil",
+                &with(Some(
+                    "[token_configs.kbs]\nurl = \"https://kbs.example:8080/\"\n"
+                ))
+            )
+            .is_ok()
+        );
+        let e = h
+            .check_kbs(
+                "veil",
+                &with(Some("[token_configs.kbs]\nurl = \"https://evil:1\"\n")),
+            )
+            .unwrap_err();
+        assert!(
+            e.contains("https://evil:1") && e.contains("https://kbs.example:8080"),
+            "{e}"
+        );
+        assert!(
+            h.check_kbs("veil", &with(None))
+                .unwrap_err()
+                .contains("names no KBS")
+        );
+    }
+
+    #[test]
+    fn builtin_has_only_veil() {
+        let c = ShimConfig::builtin();
+        assert!(c.handler("veil").is_ok());
+        assert!(
+            c.handler("veil-vm-snp")
+                .unwrap_err()
+                .to_string()
+                .contains("built-in")
+        );
+    }
+}

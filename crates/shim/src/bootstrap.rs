@@ -164,6 +164,18 @@ pub fn delete(flags: &Flags, launcher: &dyn Launcher) -> Result<Vec<u8>, Bootstr
                 .unwrap_or_else(|| config::DEFAULT_HANDLER.into());
             let cfg = ShimConfig::load().map_err(|e| BootstrapError::Other(e.to_string()))?;
             if let Ok(h) = cfg.handler(&handler) {
+                let dir = h.shim_dir(&flags.namespace, &flags.id);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(BootstrapError::Other(format!(
+                            "removing {}: {e}",
+                            dir.display()
+                        )));
+                    }
+                }
+                if let Some(ns) = dir.parent() {
+                    let _ = std::fs::remove_dir(ns);
+                }
                 launcher
                     .cleanup(h, &flags.namespace, &flags.id)
                     .map_err(|e| {

@@ -149,6 +149,12 @@ struct KbsConfig {
 }
 
 impl HandlerConfig {
+    /// The shim's own dir for the sandbox of containerd's `namespace`/`id`
+    /// (the image layout it hands the sandbox).
+    pub fn shim_dir(&self, namespace: &str, id: &str) -> PathBuf {
+        self.data_dir.join("shim").join(namespace).join(id)
+    }
+
     /// Check the pod's init-data against `kbs_url`/`kbs_ca`.
     pub fn check_kbs(
         &self,

@@ -63,7 +63,7 @@ impl Publisher {
     /// Publish `event` on `topic`; failures are logged (containerd
     /// re-reads task state, so a lost event is not fatal).
     pub fn publish<M: MessageFull>(&self, topic: &str, event: &M) {
-        tracing::info!(topic, event = ?event, "event");
+        tracing::debug!(topic, event = ?event, "event");
         let Some(client) = &self.client else { return };
         let mut any = Any::new();
         any.type_url = event.descriptor_dyn().full_name().to_string();

@@ -304,7 +304,7 @@ impl Service {
             .collect();
         images.sort();
         images.dedup();
-        let dir = handler.data_dir.join("shim").join(&self.namespace).join(id);
+        let dir = handler.shim_dir(&self.namespace, id);
         let layout = dir.join("layout");
         if layout.exists() {
             std::fs::remove_dir_all(&layout).map_err(|e| {

@@ -329,3 +329,58 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_killed_shim_takes_its_sandbox_with_it_and_delete_cleans_up() {
+    let env = env();
+    let layout_dir = env.dir.path().join("layout");
+    let layout = OciLayout::create(&layout_dir).unwrap();
+    image(&layout, env.dir.path(), "2", "echo ready; exec sleep 300");
+    env.import(&layout_dir);
+    let init = init_data(&layout_dir, "2", "[]");
+    ok(
+        env.run(&["-d"], "2", "three", &init),
+        &env.explain("ctr run -d"),
+    );
+    let data = env.data.display().to_string();
+    assert!(
+        !processes_mentioning(&data).is_empty(),
+        "the sandbox's agent runs from the shim's data dir"
+    );
+    let shims = env.ctd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    // SAFETY: kill(2) on the shim this test's containerd started.
+    unsafe { libc::kill(shims[0], libc::SIGKILL) };
+
+    // containerd sees the shim die, runs `containerd-shim-veil-v2 delete`,
+    // and the task ends; the sandbox died with its shim.
+    assert!(
+        wait_for("the sandbox to die with its shim", 20, || {
+            processes_mentioning(&data).is_empty()
+        }),
+        "{}",
+        env.explain(&format!("left: {:?}", processes_mentioning(&data)))
+    );
+    assert!(
+        wait_for("the task to be gone or stopped", 20, || {
+            let t = text(&env.ctr(&["task", "ls"]).stdout);
+            !t.lines()
+                .any(|l| l.starts_with("three") && l.contains("RUNNING"))
+        }),
+        "{}",
+        env.explain("task still running after its shim was killed")
+    );
+    let _ = env.ctr(&["task", "delete", "three"]);
+    ok(
+        env.ctr(&["container", "delete", "three"]),
+        &env.explain("ctr container delete"),
+    );
+    let left = walk(&env.data.join("run"));
+    assert!(
+        left.is_empty(),
+        "{}",
+        env.explain(&format!("record files left: {left:?}"))
+    );
+    let left = walk(&env.data.join("shim"));
+    assert!(left.is_empty(), "layout left: {left:?}");
+}

@@ -751,8 +751,9 @@ fn finish(
     (status, text(&o.join().unwrap()), text(&e.join().unwrap()))
 }
 
-/// Issue 14 must-hold 5 in the VM sandbox, one boot: in a detached VM
-/// sandbox, `veil exec` without `-i` ends at once though its own stdin
+/// Issue 14 must-hold 5 in the VM sandbox, one boot: `veil run -d -t`
+/// gives the container a terminal (its `tty` prints a /dev/pts path); in
+/// that sandbox, `veil exec` without `-i` ends at once though its own stdin
 /// stays open; with `-i` the input reaches the container (`cat` prints
 /// hi, exit 0); `-t` gives the process a terminal (`tty` prints a
 /// /dev/pts path).
@@ -766,14 +767,26 @@ fn vm_stdin_and_tty() {
         "cat",
         "--allow-exec",
         "tty",
+        "-t",
         &img,
         "--",
-        "sleep",
-        "900",
+        "sh",
+        "-c",
+        "tty; sleep 900",
     ]);
     let out = ok(run.output().unwrap());
     let id = text(&out.stdout).trim().to_string();
     let _rm = RmOnDrop(&env, id.clone());
+    // `veil run -t`: the container's own output names its terminal.
+    let mut logs = String::new();
+    for _ in 0..600 {
+        logs = text(&ok(env.veil().args(["logs", &id]).output().unwrap()).stdout);
+        if logs.contains('\n') {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(logs.starts_with("/dev/pts/"), "{logs:?}");
 
     // Without -i: at end-of-file at once, though veil's stdin stays open.
     let mut child = env

@@ -4,8 +4,9 @@
 //! image is built once per test process and only a few tests boot.
 //! Needs root and scripts/install-deps.sh (qemu-system-x86, linux-image-amd64).
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,26 @@ impl Env {
         .arg(guest_kernel())
         .arg("--initrd")
         .arg(initrd);
+        c
+    }
+    /// `veil run -d --sandbox vm --tee sim`, forced to TCG, with the shared
+    /// guest (no `--rm`: the test removes the sandbox).
+    fn run_vm_detached(&self) -> Command {
+        let mut c = self.veil();
+        c.args([
+            "run",
+            "-d",
+            "--sandbox",
+            "vm",
+            "--tee",
+            "sim",
+            "--accel",
+            "tcg",
+        ])
+        .arg("--kernel")
+        .arg(guest_kernel())
+        .arg("--initrd")
+        .arg(guest().0.join("initrd.img"));
         c
     }
     /// A busybox image running `cmd`, as `oci:DIR:app:1`.
@@ -622,25 +643,11 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: vmfds\n  namespace: default\n  annotations:\n    policy.veil.dev/exec.app: '[[\"sh\", \"-c\", \"echo fds /proc/self/fd/*\"]]'\nspec:\n  containers:\n  - name: app\n    image: app:1\n",
     )
     .unwrap();
-    let mut run = env.veil();
-    run.args([
-        "run",
-        "-d",
-        "--sandbox",
-        "vm",
-        "--tee",
-        "sim",
-        "--accel",
-        "tcg",
-    ])
-    .arg("--kernel")
-    .arg(guest_kernel())
-    .arg("--initrd")
-    .arg(guest().0.join("initrd.img"))
-    .args(["--secret", "k=kbs:///default/secret/k", "--pod"])
-    .arg(&pod)
-    .arg("--oci-layout")
-    .arg(layout.root());
+    let mut run = env.run_vm_detached();
+    run.args(["--secret", "k=kbs:///default/secret/k", "--pod"])
+        .arg(&pod)
+        .arg("--oci-layout")
+        .arg(layout.root());
     hold_root_as_fd7(&mut run);
     let out = ok(run.output().unwrap());
     let id = text(&out.stdout).trim().to_string();
@@ -670,6 +677,152 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
         e.contains("report_data") && e.contains("caller-supplied runtime data"),
         "{e}"
     );
+    ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
+    nothing_left(&env);
+}
+
+/// Issue 14 in the VM sandbox, one boot: `echo hi | veil run -i` reaches
+/// the pod's `stdin: true` container, which writes it to an emptyDir the
+/// pod's second container reads; a configMap volume holds the content the
+/// generated policy pins, read-only.
+#[test]
+fn vm_pod_takes_stdin_and_shares_volumes() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo default");
+    let pod = write_pod(
+        &env,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: vmvols\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: data\n    emptyDir: {}\n  - name: site\n    configMap: {name: site}\n  containers:\n  - name: writer\n    image: app:1\n    stdin: true\n    command: [\"/bin/sh\", \"-c\", \"cat > /data/f.tmp && mv /data/f.tmp /data/f; echo read $(cat /data/f); cat /site/index.html; echo; stat -c '%a %n' /site/index.html; echo x > /site/new || echo site-read-only\"]\n    volumeMounts:\n    - {name: data, mountPath: /data}\n    - {name: site, mountPath: /site}\n  - name: reader\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 900 ]; do if [ -f /data/f ]; then echo got $(cat /data/f); exit 0; fi; sleep 0.2; i=$((i+1)); done; exit 3\"]\n    volumeMounts:\n    - {name: data, mountPath: /data, readOnly: true}\n",
+    );
+    let config = env.dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: site\n  namespace: default\ndata:\n  index.html: \"<h1>vm pinned page</h1>\"\n",
+    )
+    .unwrap();
+    let mut child = env
+        .run_vm()
+        .arg("-i")
+        .arg("--pod")
+        .arg(&pod)
+        .arg("--oci-layout")
+        .arg(layout.root())
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // veil's stdin ends after the input: the container's must end too.
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let (status, out, err) = finish(&mut child, 600);
+    assert_eq!(status.code(), Some(0), "{out}\n{err}");
+    for want in [
+        "[writer] read hi\n",
+        "[reader] got hi\n",
+        "[writer] <h1>vm pinned page</h1>\n",
+        "[writer] 644 /site/index.html\n",
+        "[writer] site-read-only\n",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}\n{err}");
+    }
+    nothing_left(&env);
+}
+
+/// Waits for `child` (at most `secs`) and returns its status, stdout, stderr.
+fn finish(
+    child: &mut std::process::Child,
+    secs: u64,
+) -> (std::process::ExitStatus, String, String) {
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = wait_for_exit(child, secs);
+    (status, text(&o.join().unwrap()), text(&e.join().unwrap()))
+}
+
+/// Issue 14 must-hold 5 in the VM sandbox, one boot: `veil run -d -t`
+/// gives the container a terminal (its `tty` prints a /dev/pts path); in
+/// that sandbox, `veil exec` without `-i` ends at once though its own stdin
+/// stays open; with `-i` the input reaches the container (`cat` prints
+/// hi, exit 0); `-t` gives the process a terminal (`tty` prints a
+/// /dev/pts path).
+#[test]
+fn vm_stdin_and_tty() {
+    let env = Env::new();
+    let img = env.vm_image("echo default");
+    let mut run = env.run_vm_detached();
+    run.args([
+        "--allow-exec",
+        "cat",
+        "--allow-exec",
+        "tty",
+        "-t",
+        &img,
+        "--",
+        "sh",
+        "-c",
+        "tty; sleep 900",
+    ]);
+    let out = ok(run.output().unwrap());
+    let id = text(&out.stdout).trim().to_string();
+    let _rm = RmOnDrop(&env, id.clone());
+    // `veil run -t`: the container's own output names its terminal.
+    let mut logs = String::new();
+    for _ in 0..600 {
+        logs = text(&ok(env.veil().args(["logs", &id]).output().unwrap()).stdout);
+        if logs.contains('\n') {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(logs.starts_with("/dev/pts/"), "{logs:?}");
+
+    // Without -i: at end-of-file at once, though veil's stdin stays open.
+    let mut child = env
+        .veil()
+        .args(["exec", &id, "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = child.stdin.take().unwrap();
+    let (status, out, err) = finish(&mut child, 120);
+    drop(held);
+    assert_eq!((status.code(), out.as_str()), (Some(0), ""), "{err}");
+
+    let mut child = env
+        .veil()
+        .args(["exec", "-i", &id, "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    let (status, out, err) = finish(&mut child, 120);
+    assert_eq!((status.code(), out.as_str()), (Some(0), "hi\n"), "{err}");
+
+    let out = ok(env
+        .veil()
+        .args(["exec", "-t", &id, "--", "tty"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap());
+    let line = text(&out.stdout);
+    assert!(line.starts_with("/dev/pts/"), "{line:?}");
+
     ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
     nothing_left(&env);
 }

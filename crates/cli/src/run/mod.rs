@@ -915,6 +915,9 @@ struct Output {
     lines: logs::LineLog,
     quiet: bool,
     prefix: bool,
+    /// The (container, is-stdout) streams whose last write ended inside a
+    /// line: their next write continues it, unprefixed.
+    mid_line: Mutex<std::collections::HashSet<(String, bool)>>,
 }
 
 impl Output {
@@ -927,10 +930,15 @@ impl Output {
             return;
         }
         let mut buf = Vec::new();
-        if self.prefix {
-            for line in bytes.split_inclusive(|b| *b == b'\n') {
-                buf.extend_from_slice(format!("[{container}] ").as_bytes());
-                buf.extend_from_slice(line);
+        if self.prefix && !bytes.is_empty() {
+            let key = (container.to_string(), matches!(stream, Stream::Stdout));
+            let mut mid = self.mid_line.lock().unwrap_or_else(|e| e.into_inner());
+            let mut inside = mid.contains(&key);
+            buf = prefix_lines(container, bytes, &mut inside);
+            if inside {
+                mid.insert(key);
+            } else {
+                mid.remove(&key);
             }
         } else {
             buf.extend_from_slice(bytes);
@@ -943,6 +951,21 @@ impl Output {
             Stream::Stderr => std::io::stderr().lock().write_all(&buf),
         };
     }
+}
+
+/// `bytes` with `[container] ` before each line that starts in them;
+/// `inside` says whether the stream's previous bytes ended inside a line
+/// (that line's rest gets no prefix) and is updated for the next call.
+fn prefix_lines(container: &str, bytes: &[u8], inside: &mut bool) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(bytes.len() + container.len() + 3);
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        if !*inside {
+            buf.extend_from_slice(format!("[{container}] ").as_bytes());
+        }
+        buf.extend_from_slice(line);
+        *inside = !line.ends_with(b"\n");
+    }
+    buf
 }
 
 fn say(quiet: bool, msg: &str) {
@@ -1159,6 +1182,7 @@ fn run_sandbox(
         lines: logs::LineLog::open(dir)?,
         quiet,
         prefix: rec.containers.len() > 1,
+        mid_line: Mutex::new(Default::default()),
     });
     let (tx, rx) = mpsc::channel::<Event>();
     let first_output: Arc<Mutex<Option<u64>>> = Arc::new(Mutex::new(None));
@@ -1984,6 +2008,22 @@ pub fn secret(cmd: SecretCommand) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line written in several pieces (`cat f; echo`) is prefixed once.
+    #[test]
+    fn container_prefix_once_per_line_across_writes() {
+        let mut inside = false;
+        let mut out = prefix_lines("w", b"<h1>page</h1>", &mut inside);
+        assert!(inside);
+        out.extend(prefix_lines("w", b"\nnext\nla", &mut inside));
+        out.extend(prefix_lines("w", b"st\n", &mut inside));
+        assert!(!inside);
+        assert_eq!(text_of(&out), "[w] <h1>page</h1>\n[w] next\n[w] last\n");
+    }
+
+    fn text_of(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
 
     #[test]
     fn signals_by_number_or_name() {

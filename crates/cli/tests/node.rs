@@ -106,9 +106,16 @@ fn node_install_twice_is_once_and_uninstall_restores_the_node_byte_for_byte() {
         );
     }
     assert!(
-        dump.contains("ConfigPath = \"/etc/veil/shim/veil-vm-snp.toml\""),
+        dump.contains("runtime_path = \"/usr/local/bin/containerd-shim-veil-vm-snp-v2\""),
         "{dump}"
     );
+    // Which the handler's link to the shim, so the shim knows its handler.
+    assert_eq!(
+        fs::read_link(root.join("usr/local/bin/containerd-shim-veil-vm-snp-v2")).unwrap(),
+        Path::new("containerd-shim-veil-v2")
+    );
+    let shim_toml = fs::read_to_string(root.join("etc/veil/shim.toml")).unwrap();
+    assert!(shim_toml.contains("[handlers.veil-vm-tdx]"), "{shim_toml}");
     // The main config imports the drop-in and keeps everything else.
     let main = fs::read_to_string(root.join("etc/containerd/config.toml")).unwrap();
     assert!(

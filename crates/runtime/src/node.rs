@@ -4,14 +4,16 @@
 //! What install does, under a root directory (`/` on a node, the host's
 //! root mounted into the installer DaemonSet's pod, or a test's temp dir):
 //!
-//! - copies the shim (`containerd-shim-veil-v2`) to `/usr/local/bin`;
+//! - copies the shim (`containerd-shim-veil-v2`) to `/usr/local/bin`, with
+//!   a link `containerd-shim-<handler>-v2` to it for every other handler
+//!   (the name the shim is started by tells it its handler on containerd
+//!   1.6, whose CRI does not annotate the handler);
 //! - writes one containerd drop-in, `/etc/veil/containerd/veil.toml`, in
 //!   the config schema the node's containerd reads (`version = 2` for
 //!   1.6/1.7, `version = 3` for 2.x), with one runtime per handler:
 //!   `runtime_type = "io.containerd.veil.v2"`, the shim's path, the
-//!   `pod_annotations` allowlist for init-data and policy annotations and
-//!   the handler's shim config (`options.ConfigPath`);
-//! - writes each handler's shim config `/etc/veil/shim/<handler>.toml`
+//!   `pod_annotations` allowlist for init-data and policy annotations;
+//! - writes the shim config `/etc/veil/shim.toml` with a table per handler
 //!   (sandbox kind and TEE; an operator adds the KBS URL and CA there);
 //! - adds the drop-in to the `imports` list of containerd's main config,
 //!   editing only that key (the rest of the file keeps its bytes).
@@ -49,8 +51,8 @@ pub const POD_ANNOTATIONS: &[&str] = &[
 pub const SHIM_PATH: &str = "usr/local/bin/containerd-shim-veil-v2";
 /// The containerd drop-in, relative to the root.
 pub const DROP_IN: &str = "etc/veil/containerd/veil.toml";
-/// The directory of per-handler shim configs, relative to the root.
-pub const SHIM_CONFIG_DIR: &str = "etc/veil/shim";
+/// The shim config (crates/shim's `config`), relative to the root.
+pub const SHIM_CONFIG: &str = "etc/veil/shim.toml";
 /// Install state, relative to the root.
 pub const STATE_DIR: &str = "etc/veil/node";
 /// containerd's main config, relative to the root.
@@ -170,6 +172,9 @@ struct State {
     files: Vec<Written>,
     /// Directories install created, deepest last.
     dirs: Vec<String>,
+    /// Per-handler links to the shim install created.
+    #[serde(default)]
+    links: Vec<String>,
 }
 
 /// What install or uninstall did, for the user.
@@ -295,6 +300,16 @@ fn parse(bytes: &[u8], path: &Path) -> Result<toml_edit::DocumentMut, NodeError>
         .map_err(|e| NodeError::Refused(format!("{}: not valid TOML: {e}", path.display())))
 }
 
+/// The shim path of handler `h` on the node: the shim itself for `veil`,
+/// else the handler's link to it.
+pub fn shim_path_of(h: &str) -> String {
+    if h == "veil" {
+        format!("/{SHIM_PATH}")
+    } else {
+        format!("/usr/local/bin/containerd-shim-{h}-v2")
+    }
+}
+
 /// The drop-in for `handlers` in `schema`.
 pub fn drop_in(schema: Schema, handlers: &[String]) -> Result<String, NodeError> {
     let mut out = format!(
@@ -307,17 +322,14 @@ pub fn drop_in(schema: Schema, handlers: &[String]) -> Result<String, NodeError>
         .collect::<Vec<_>>()
         .join(", ");
     for h in handlers {
-        let table = format!("{}.{}", schema.runtimes_table(), toml_key(h)?);
+        let (name, _, _) = handler(h)?;
+        let table = format!("{}.{name}", schema.runtimes_table());
         out.push_str(&format!(
-            "\n[{table}]\n  runtime_type = {RUNTIME_TYPE:?}\n  runtime_path = \"/{SHIM_PATH}\"\n  pod_annotations = [{annotations}]\n  privileged_without_host_devices = true\n[{table}.options]\n  ConfigPath = \"/{SHIM_CONFIG_DIR}/{h}.toml\"\n"
+            "\n[{table}]\n  runtime_type = {RUNTIME_TYPE:?}\n  runtime_path = {:?}\n  pod_annotations = [{annotations}]\n  privileged_without_host_devices = true\n",
+            shim_path_of(name)
         ));
     }
     Ok(out)
-}
-
-fn toml_key(h: &str) -> Result<String, NodeError> {
-    let (name, _, _) = handler(h)?;
-    Ok(name.to_string())
 }
 
 fn handler(h: &str) -> Result<(&'static str, &'static str, &'static str), NodeError> {
@@ -337,17 +349,20 @@ fn handler(h: &str) -> Result<(&'static str, &'static str, &'static str), NodeEr
         })
 }
 
-/// The shim config of handler `h`.
-pub fn shim_config(h: &str) -> Result<String, NodeError> {
-    let (name, sandbox, tee) = handler(h)?;
-    Ok(format!(
-        "# veil shim config for the RuntimeClass handler {name:?} (docs/kubernetes.md).\n\
-         # Written by `veil node install`; edit it to set the KBS.\n\
-         sandbox = {sandbox:?}\n\
-         tee = {tee:?}\n\
-         # kbs_url = \"https://kbs.example:8080\"\n\
-         # kbs_cert = \"/etc/veil/kbs-ca.pem\"\n"
-    ))
+/// The shim config (`/etc/veil/shim.toml`, crates/shim's format) for `handlers`.
+pub fn shim_config(handlers: &[String]) -> Result<String, NodeError> {
+    let mut out = String::from(
+        "# veil shim config: one table per RuntimeClass handler (docs/kubernetes.md).\n\
+         # Written by `veil node install`; edit it to set each handler's KBS\n\
+         # (kbs_url, kbs_ca) and resources (vcpus, memory_mib).\n",
+    );
+    for h in handlers {
+        let (name, sandbox, tee) = handler(h)?;
+        out.push_str(&format!(
+            "\n[handlers.{name}]\nsandbox = {sandbox:?}\ntee = {tee:?}\n"
+        ));
+    }
+    Ok(out)
 }
 
 /// Add `entry` to the top-level `imports` array of `doc` (creating it).
@@ -483,13 +498,11 @@ pub fn install(o: &InstallOptions) -> Result<Report, NodeError> {
         (SHIM_PATH.to_string(), shim, 0o755),
         (DROP_IN.to_string(), drop_in_text.into_bytes(), 0o644),
     ];
-    for h in &handlers {
-        files.push((
-            format!("{SHIM_CONFIG_DIR}/{h}.toml"),
-            shim_config(h)?.into_bytes(),
-            0o644,
-        ));
-    }
+    files.push((
+        SHIM_CONFIG.to_string(),
+        shim_config(&handlers)?.into_bytes(),
+        0o644,
+    ));
     let mut written = Vec::new();
     for (path, bytes, mode) in &files {
         let p = o.root.join(path);
@@ -500,7 +513,7 @@ pub fn install(o: &InstallOptions) -> Result<Report, NodeError> {
             .as_ref()
             .and_then(|s| s.files.iter().find(|f| &f.path == path));
         // A shim config the operator edited is theirs now: keep it.
-        if path.starts_with(SHIM_CONFIG_DIR)
+        if path == SHIM_CONFIG
             && let Some(old) = read_bounded(&p)?
             && ours.is_none_or(|f| f.sha256 != sha256_hex(&old))
         {
@@ -519,6 +532,32 @@ pub fn install(o: &InstallOptions) -> Result<Report, NodeError> {
             path: path.clone(),
             sha256: sha256_hex(bytes),
         });
+    }
+    // A link per handler other than veil: its name tells the shim its handler.
+    let mut links = Vec::new();
+    for h in handlers.iter().filter(|h| h.as_str() != "veil") {
+        let link = shim_path_of(h).trim_start_matches('/').to_string();
+        let p = o.root.join(&link);
+        match fs::read_link(&p) {
+            Ok(t) if t == Path::new(node_shim_name()) => {}
+            Ok(_) | Err(_) if fs::symlink_metadata(&p).is_ok() => {
+                return Err(NodeError::Refused(format!(
+                    "{}: exists and is not veil's link to {}; remove it or leave handler {h} out",
+                    p.display(),
+                    node_shim_name()
+                )));
+            }
+            _ => {
+                std::os::unix::fs::symlink(node_shim_name(), &p).map_err(io(&p))?;
+                report.changed.push(format!("/{link}"));
+            }
+        }
+        links.push(link);
+    }
+    if let Some(s) = &previous {
+        for l in s.links.iter().filter(|l| !links.contains(l)) {
+            remove_link_if_ours(&o.root, l, &mut report)?;
+        }
     }
     // Files a previous install wrote for handlers not asked for now.
     if let Some(s) = &previous {
@@ -559,10 +598,31 @@ pub fn install(o: &InstallOptions) -> Result<Report, NodeError> {
         config_written_sha256: sha256_hex(&new_cfg),
         files: written,
         dirs,
+        links,
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| NodeError::Refused(e.to_string()))?;
     write_file(&state_dir.join("state.json"), &json, 0o600)?;
     Ok(report)
+}
+
+/// What the per-handler links point to (a sibling in the same directory).
+fn node_shim_name() -> &'static str {
+    SHIM_BINARY
+}
+
+fn remove_link_if_ours(root: &Path, link: &str, report: &mut Report) -> Result<(), NodeError> {
+    let p = root.join(link);
+    match fs::read_link(&p) {
+        Ok(t) if t == Path::new(node_shim_name()) => {
+            fs::remove_file(&p).map_err(io(&p))?;
+            report.changed.push(format!("/{link}"));
+        }
+        Ok(_) => report
+            .warnings
+            .push(format!("/{link}: left in place (changed after install)")),
+        Err(_) => {}
+    }
+    Ok(())
 }
 
 fn remove_if_ours(root: &Path, f: &Written, report: &mut Report) -> Result<(), NodeError> {
@@ -629,6 +689,9 @@ pub fn uninstall(root: &Path) -> Result<Report, NodeError> {
             "/{}: gone since install; not recreated",
             state.containerd_config
         )),
+    }
+    for l in &state.links {
+        remove_link_if_ours(root, l, &mut report)?;
     }
     for f in &state.files {
         remove_if_ours(root, f, &mut report)?;
@@ -715,6 +778,16 @@ mod tests {
             )
         );
         assert!(drop.contains("runtime_type = \"io.containerd.veil.v2\""));
+        assert!(drop.contains("runtime_path = \"/usr/local/bin/containerd-shim-veil-vm-sim-v2\""));
+        assert_eq!(
+            fs::read_link(root.join("usr/local/bin/containerd-shim-veil-vm-sim-v2")).unwrap(),
+            Path::new("containerd-shim-veil-v2")
+        );
+        let shim_toml = fs::read_to_string(root.join(SHIM_CONFIG)).unwrap();
+        assert!(
+            shim_toml.contains("[handlers.veil-vm-sim]\nsandbox = \"vm\"\ntee = \"sim\""),
+            "{shim_toml}"
+        );
         uninstall(root).unwrap();
         assert_eq!(snapshot(root), before);
         let again = uninstall(root).unwrap();

@@ -103,6 +103,11 @@ pub fn start(flags: &Flags) -> Result<String, BootstrapError> {
     }
     let exe = std::env::current_exe().map_err(io("finding the shim binary"))?;
     let mut cmd = Command::new(exe);
+    // The server keeps the name containerd started the shim by: it names
+    // the runtime handler on containerd 1.6 (config::handler_name).
+    if let Some(argv0) = std::env::args_os().next() {
+        cmd.arg0(argv0);
+    }
     cmd.current_dir(&bundle)
         .args([
             "-namespace",
@@ -157,11 +162,8 @@ pub fn delete(flags: &Flags, launcher: &dyn Launcher) -> Result<Vec<u8>, Bootstr
             Role::PodContainer { .. }
         );
         if owns {
-            let handler = spec
-                .annotations
-                .get(annotations::RUNTIME_HANDLER)
-                .cloned()
-                .unwrap_or_else(|| config::DEFAULT_HANDLER.into());
+            let handler =
+                config::handler_name(&spec.annotations, std::env::args_os().next().as_deref());
             let cfg = ShimConfig::load().map_err(|e| BootstrapError::Other(e.to_string()))?;
             if let Ok(h) = cfg.handler(&handler) {
                 let dir = h.shim_dir(&flags.namespace, &flags.id);

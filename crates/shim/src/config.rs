@@ -32,6 +32,28 @@ pub const DEFAULT_PATH: &str = "/etc/veil/shim.toml";
 pub const ENV_VAR: &str = "VEIL_SHIM_CONFIG";
 /// The handler used when the container names none.
 pub const DEFAULT_HANDLER: &str = "veil";
+
+/// The runtime handler a container runs under: the CRI's
+/// `io.kubernetes.cri.runtime-handler` annotation (containerd ≥ 1.7), else
+/// the name the shim was started by (`veil node install` gives each handler
+/// its own `containerd-shim-<handler>-v2` link and `runtime_path`, which
+/// containerd 1.6 runs), else [`DEFAULT_HANDLER`].
+pub fn handler_name(
+    annotations: &std::collections::BTreeMap<String, String>,
+    argv0: Option<&std::ffi::OsStr>,
+) -> String {
+    if let Some(h) = annotations.get(crate::annotations::RUNTIME_HANDLER) {
+        return h.clone();
+    }
+    argv0
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("containerd-shim-"))
+        .and_then(|n| n.strip_suffix("-v2"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or(DEFAULT_HANDLER)
+        .to_string()
+}
 /// Largest config file read.
 pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
 
@@ -392,5 +414,49 @@ mod tests {
                 .to_string()
                 .contains("built-in")
         );
+    }
+
+    #[test]
+    fn the_handler_comes_from_the_annotation_then_the_binary_name() {
+        use std::collections::BTreeMap;
+        use std::ffi::OsStr;
+        let none = BTreeMap::new();
+        assert_eq!(handler_name(&none, None), "veil");
+        let link = OsStr::new("/usr/local/bin/containerd-shim-veil-vm-snp-v2");
+        assert_eq!(handler_name(&none, Some(link)), "veil-vm-snp");
+        let plain = OsStr::new("/usr/local/bin/containerd-shim-veil-v2");
+        assert_eq!(handler_name(&none, Some(plain)), "veil");
+        assert_eq!(handler_name(&none, Some(OsStr::new("shim"))), "veil");
+        let cri = BTreeMap::from([(
+            crate::annotations::RUNTIME_HANDLER.to_string(),
+            "veil-vm-tdx".to_string(),
+        )]);
+        assert_eq!(handler_name(&cri, Some(link)), "veil-vm-tdx");
+    }
+
+    /// The shim reads the config `veil node install` writes, with every
+    /// handler's sandbox and TEE as the RuntimeClass names promise.
+    #[test]
+    fn reads_what_veil_node_install_writes() {
+        let all: Vec<String> = veil_runtime::node::HANDLERS
+            .iter()
+            .map(|(n, _, _)| n.to_string())
+            .collect();
+        let text = veil_runtime::node::shim_config(&all).unwrap();
+        let c = ShimConfig::parse(&text, "node install").unwrap();
+        for (name, sandbox, tee) in veil_runtime::node::HANDLERS {
+            let h = c.handler(name).unwrap();
+            let want_sandbox = if *sandbox == "vm" {
+                SandboxKind::Vm
+            } else {
+                SandboxKind::Process
+            };
+            let want_tee = match *tee {
+                "snp" => Tee::Snp,
+                "tdx" => Tee::Tdx,
+                _ => Tee::Sim,
+            };
+            assert_eq!((h.sandbox, h.tee), (want_sandbox, want_tee), "{name}");
+        }
     }
 }

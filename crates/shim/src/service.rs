@@ -260,11 +260,8 @@ impl Service {
                 &loaded
             }
         };
-        let handler_name = spec
-            .annotations
-            .get(annotations::RUNTIME_HANDLER)
-            .cloned()
-            .unwrap_or_else(|| config::DEFAULT_HANDLER.to_string());
+        let handler_name =
+            config::handler_name(&spec.annotations, std::env::args_os().next().as_deref());
         let handler = cfg
             .handler(&handler_name)
             .map_err(|e| pre(e.to_string()))?

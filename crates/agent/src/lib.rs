@@ -11,9 +11,13 @@
 //! workloads reach their secrets and fresh evidence through a small local
 //! HTTP API ([`local_api`]).
 //!
-//! Without the `server` feature only [`proto`] (the wire protocol) is
-//! built, for the host side.
+//! Encrypted volumes are opened in the guest by [`storage`] (LUKS2 headers
+//! read by [`luks2`]).
+//!
+//! Without the `server` feature only [`proto`] (the wire protocol) and
+//! [`luks2`] are built, for the host side.
 
+pub mod luks2;
 pub mod proto;
 
 #[cfg(feature = "fds")]
@@ -39,6 +43,8 @@ pub mod pull;
 pub mod seccomp;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod storage;
 #[cfg(feature = "server")]
 pub mod streams;
 #[cfg(feature = "server")]

@@ -14,6 +14,8 @@
 //!   tmpfs of `sizeLimit` bytes when `medium: Memory`.
 //! - **hostPath**: only when the policy admits it (the owner allowed it
 //!   when generating); bound from the guest's own filesystem.
+//! - **encrypted** (a veil volume, VM sandbox only): opened by
+//!   [`crate::storage`] before the agent serves, then bound from there.
 
 use std::ffi::CString;
 use std::fs;
@@ -258,6 +260,7 @@ pub fn prepare_mount(
         }
         VolumeKind::EmptyDir => ensure_empty_dir(v, path),
         VolumeKind::HostPath => bind_host_path(v, path),
+        VolumeKind::Encrypted => crate::storage::bind(v, path),
     }
 }
 
@@ -365,6 +368,7 @@ mod tests {
             memory: false,
             size_limit: None,
             host_path: String::new(),
+            encrypted: None,
             files: vec![
                 VolumeFile {
                     path: "conf/app.conf".into(),

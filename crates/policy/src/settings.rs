@@ -121,6 +121,11 @@ pub struct SandboxSettings {
     pub unpack_limits: crate::model::UnpackBounds,
     /// Admit `hostPath` volumes (the untrusted host can read and change them).
     pub allow_host_path: bool,
+    /// Encrypted persistent volumes a pod's `persistentVolumeClaim` may
+    /// name (`[sandbox.encrypted_volumes.CLAIM]`: the veil volume, its LUKS2
+    /// UUID and its KBS key path); `veil run` fills it from `veil volume`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub encrypted_volumes: std::collections::BTreeMap<String, crate::model::EncryptedVolume>,
 }
 
 /// Per-container defaults.
@@ -145,6 +150,7 @@ impl Default for SandboxSettings {
             kernel_modules: Vec::new(),
             unpack_limits: Default::default(),
             allow_host_path: false,
+            encrypted_volumes: Default::default(),
         }
     }
 }

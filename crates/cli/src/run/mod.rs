@@ -650,6 +650,7 @@ fn workload(
     let mut settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
     settings.sandbox.unpack_limits = a.unpack.bounds();
     settings.sandbox.allow_host_path = a.volumes.host_paths_allowed();
+    settings.sandbox.encrypted_volumes = crate::volume::known(&veil_runtime::paths::data_dir())?;
     let g = veil_policy::generate::generate(&inputs, &resolver, &settings)
         .map_err(|e| anyhow!("generating the policy: {e}"))?;
     let w = g

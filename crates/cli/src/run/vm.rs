@@ -346,6 +346,7 @@ pub fn launch(
     workload: Option<WorkloadNet>,
     quiet: bool,
 ) -> Result<(AnySandbox, Option<String>)> {
+    let volume_disks = crate::volume::disks_for(data, &cfg.init_data, v.is_vm())?;
     if !v.is_vm() {
         return ProcessSandbox::launch(platform, cfg)
             .map(|s| (AnySandbox::Process(Box::new(s)), None))
@@ -396,6 +397,7 @@ pub fn launch(
         init_data: cfg.init_data.clone(),
         handover_init_data: cfg.handover_init_data.clone(),
         oci_layout: cfg.oci_layout.clone(),
+        volume_disks,
         forwards,
         workload,
         debug: cfg.debug,

@@ -219,7 +219,8 @@ pub fn open_all(
         let mapper = format!("veil-vol-{name}");
         let fresh = state == DiskState::Blank;
         if fresh {
-            let label = format!("veil:{}", e.volume);
+            // LUKS2 labels hold at most 47 bytes (the name is ASCII).
+            let label: String = format!("veil:{}", e.volume).chars().take(47).collect();
             cryptsetup(
                 &[
                     "luksFormat",

@@ -298,6 +298,70 @@ fn encrypted_volume_persists_is_bound_to_its_workload_and_opens_with_cryptsetup(
     for l in stdout.lines().filter(|l| !l.starts_with("sum-exit=")) {
         assert!(MARKER.starts_with(l), "altered data returned: {l:?}");
     }
+
+    // A header the host wrote itself (with stock cryptsetup and a key of
+    // its own): with another volume's UUID, then with the pinned UUID but
+    // without integrity. Both are refused, by name, before any container.
+    for (fake_uuid, check) in [
+        ("11111111-2222-4333-8444-555555555555", "check LUKS2 UUID"),
+        (uuid.as_str(), "check LUKS2 integrity"),
+    ] {
+        let header = host_made_header(&env, fake_uuid);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+            f.write_all_at(&header, 0).unwrap();
+            f.sync_all().unwrap();
+        }
+        let out = run("db-app", &app);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "{stdout}");
+        assert!(
+            !stdout.contains("wrote") && !stdout.contains(MARKER),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains(&format!("volume db: {check} of disk")),
+            "{stderr}"
+        );
+    }
+}
+
+/// The first 16 MiB (header and keyslots) of a LUKS2 volume the host makes
+/// with stock cryptsetup, a key of its own and UUID `uuid`.
+fn host_made_header(env: &Env, uuid: &str) -> Vec<u8> {
+    let f = env.dir.path().join("host-made.img");
+    let _ = std::fs::remove_file(&f);
+    std::fs::File::create(&f)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
+    let key = env.dir.path().join("host.key");
+    std::fs::write(&key, [7u8; 64]).unwrap();
+    ok(Command::new("cryptsetup")
+        .args([
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--disable-locks",
+        ])
+        .args([
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--uuid",
+            uuid,
+        ])
+        .arg("--key-file")
+        .arg(&key)
+        .arg(&f)
+        .output()
+        .unwrap());
+    let mut b = std::fs::read(&f).unwrap();
+    b.truncate(16 << 20);
+    b
 }
 
 /// Boot the guest kernel with an initrd of Debian's busybox and stock

@@ -153,11 +153,11 @@ fn encrypted_volume_persists_is_bound_to_its_workload_and_opens_with_cryptsetup(
     // Run 1 formats the blank volume and writes the marker.
     // A fixed --name: the pod name is part of the policy, so the same
     // workload has the same init-data digest on every run.
-    let run = |name: &str, img: &str| -> Output {
+    let run_on = |name: &str, volume: &str, img: &str| -> Output {
         let t = Instant::now();
         let out = run_vm(&env)
             .args(["--name", name, "--memory", "512M", "--kbs", &kbs.url()])
-            .args(["-v", "db:/data", img])
+            .args(["-v", &format!("{volume}:/data"), img])
             .output()
             .unwrap();
         eprintln!(
@@ -168,6 +168,7 @@ fn encrypted_volume_persists_is_bound_to_its_workload_and_opens_with_cryptsetup(
         );
         out
     };
+    let run = |name: &str, img: &str| run_on(name, "db", img);
     let out = run("db-app", &app);
     assert!(out.status.success());
     let stdout = text(&out.stdout);
@@ -325,6 +326,51 @@ fn encrypted_volume_persists_is_bound_to_its_workload_and_opens_with_cryptsetup(
             "{stderr}"
         );
     }
+
+    // A whole disk the host formatted (in a VM of its own) with the pinned
+    // UUID and integrity, under a key of its own: the KBS key opens no
+    // keyslot. Made here as the host would: a volume "evil" whose record
+    // the host edits to carry db's UUID, formatted by a run, then swapped
+    // in as db's file.
+    ok(kbs
+        .client()
+        .args([
+            "volume",
+            "create",
+            "evil",
+            "--size",
+            "96M",
+            "--insecure-http",
+            "--kbs",
+        ])
+        .arg(kbs.url())
+        .env("VEIL_DATA_DIR", env.data())
+        .output()
+        .unwrap());
+    let records = env.data().join("volumes");
+    let edit = |name: &str, key: &str, value: &str| {
+        let p = records.join(format!("{name}.json"));
+        let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        r[key] = value.into();
+        std::fs::write(&p, serde_json::to_vec(&r).unwrap()).unwrap();
+    };
+    edit("evil", "uuid", &uuid);
+    let out = run_on("evil", "evil", &app);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    edit(
+        "db",
+        "file",
+        &records.join("evil.img").display().to_string(),
+    );
+    let out = run("db-app", &app);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stdout.contains("wrote"), "{stdout}");
+    assert!(
+        stderr.contains("volume db: check key of disk")
+            && stderr.contains("opens no LUKS2 keyslot"),
+        "{stderr}"
+    );
 }
 
 /// The first 16 MiB (header and keyslots) of a LUKS2 volume the host makes

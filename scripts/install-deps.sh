@@ -35,6 +35,9 @@ PACKAGES=(
   # kbs on PostgreSQL (crates/kbs/tests/replicas.rs, the store suite): initdb, postgres, psql
   # from /usr/lib/postgresql/*/bin, run by crates/testkit's postgres helper (setpriv: util-linux)
   postgresql
+  # Kubernetes (containerd-shim-veil-v2, veil node install): Debian's containerd and ctr
+  # (tests start their own containerd on private sockets)
+  containerd
 )
 
 missing=()
@@ -69,6 +72,17 @@ if ! "$NV_VERIFIER_VENV/bin/python" -c 'import importlib.metadata as m, sys; sys
   rm -rf "$NV_VERIFIER_VENV"
   python3 -m venv "$NV_VERIFIER_VENV"
   "$NV_VERIFIER_VENV/bin/pip" install -q --disable-pip-version-check nv-local-gpu-verifier==2.7.3
+fi
+
+# Kubernetes manifests (deploy/, crates/cli/tests/node.rs): kubernetes-validate,
+# pinned, with the OpenAPI schemas of Kubernetes 1.25–1.37, in its own venv (tests
+# look for it here, or at $VEIL_KUBERNETES_VALIDATE).
+K8S_VALIDATE_VENV="${XDG_CACHE_HOME:-$HOME/.cache}/veil/kubernetes-validate-1.37.0"
+if [ "$("$K8S_VALIDATE_VENV/bin/kubernetes-validate" --version 2>/dev/null)" != "1.37.0" ]; then
+  echo "install-deps: installing kubernetes-validate 1.37.0 into $K8S_VALIDATE_VENV" >&2
+  rm -rf "$K8S_VALIDATE_VENV"
+  python3 -m venv "$K8S_VALIDATE_VENV"
+  "$K8S_VALIDATE_VENV/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then

@@ -1,5 +1,8 @@
-//! The agent API: every request the (untrusted) host may send to the in-guest
-//! veil agent, as typed, versioned, serde-JSON structures.
+//! The host<->agent wire protocol, whole: every request the (untrusted) host
+//! may send to the in-guest veil agent, as typed, versioned, serde-JSON
+//! structures, and (in [`proto`]) what the agent answers: [`proto::Hello`],
+//! [`proto::AgentResponse`] and the result of each request kind. Both sides
+//! link this crate; the host never links the agent.
 //!
 //! The wire form of one request is an [`AgentMessage`]:
 //!
@@ -11,8 +14,9 @@
 //! [`AgentRequest::policy_view`]), is what the workload policy (Rego) sees as
 //! `input.request`. Keep this crate small: it is linked into the agent.
 //!
-//! Not in this crate: the transport (vsock framing), the policy itself
-//! (`veil-policy`), and the agent's behaviour.
+//! Not in this crate: the byte framing (`veil_tee::channel`, shared with the
+//! sim platform's channel), the policy itself (`veil-policy`), and the
+//! agent's behaviour.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +25,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
+
+pub mod proto;
 
 /// The agent API version this crate speaks.
 pub const API_VERSION: u32 = 1;
@@ -297,6 +303,8 @@ pub struct CreateContainerRequest {
 /// disk's LUKS2 UUID against the policy.
 pub const VOLUME_SERIAL_PREFIX: &str = "veil-vol-";
 
+pub mod luks2;
+
 pub mod workload_net {
     /// The NIC's MAC address, which is how the guest tells it from the
     /// agent channel's NIC.
@@ -462,7 +470,7 @@ pub struct StatsContainerRequest {
 
 /// Produce TEE evidence binding `runtime_data`, domain-separated from any KBS
 /// binding: REPORT_DATA = SHA-384("veil/user-runtime-data/v1\0" ‖ runtime_data)
-/// ‖ "VEIL:USERDATA:v1" (see `veil_agent::proto::report_data_for`).
+/// ‖ "VEIL:USERDATA:v1" (see [`proto::report_data_for`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GetEvidenceRequest {

@@ -31,7 +31,7 @@ pub enum BootError {
     Policy(String),
 }
 
-pub use crate::proto::{NO_TEE, NO_TEE_WARNING};
+pub use veil_agent_api::proto::{NO_TEE, NO_TEE_WARNING};
 
 /// What the agent proved at start.
 pub struct Booted {

@@ -25,8 +25,8 @@ use veil_agent_api::{
 use crate::guest::GuestPaths;
 use crate::init::{CapSets, InitSpec, MountSpec, STATUS_FD};
 use crate::kbs::Kbs;
-use crate::proto::{CreateContainerResult, StartContainerResult, StatsContainerResult};
 use crate::streams::Stream;
+use veil_agent_api::proto::{CreateContainerResult, StartContainerResult, StatsContainerResult};
 
 /// A running (or exited) process.
 pub struct Proc {
@@ -690,7 +690,7 @@ impl Manager {
                     }
                 }
                 // Only stdio, the status pipe (and the console socket) reach the launcher.
-                crate::fds::cloexec_all_but(Some(STATUS_FD))?;
+                veil_fds::cloexec_all_but(Some(STATUS_FD))?;
                 if console_fd.is_some() && libc::fcntl(crate::tty::CONSOLE_FD, libc::F_SETFD, 0) < 0
                 {
                     return Err(std::io::Error::last_os_error());

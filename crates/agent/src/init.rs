@@ -253,7 +253,7 @@ fn child(spec: &InitSpec) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     // Last step before exec: no descriptor but stdio reaches the workload
     // (the status pipe closes on exec, and so does anything inherited).
-    crate::fds::cloexec_all_but(None).map_err(|e| fail("marking descriptors close-on-exec", e))?;
+    veil_fds::cloexec_all_but(None).map_err(|e| fail("marking descriptors close-on-exec", e))?;
     let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
     Err(fail(&format!("exec {}", program.to_string_lossy()), e))
 }

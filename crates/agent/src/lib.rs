@@ -9,47 +9,25 @@
 //! digest, decrypted and unpacked ([`pull`]); containers run with their own
 //! namespaces, capabilities and seccomp filter ([`container`], [`init`]);
 //! workloads reach their secrets and fresh evidence through a small local
-//! HTTP API ([`local_api`]).
+//! HTTP API ([`local_api`]). Encrypted volumes are opened in the guest by
+//! [`storage`] (LUKS2 headers read by [`veil_agent_api::luks2`]).
 //!
-//! Encrypted volumes are opened in the guest by [`storage`] (LUKS2 headers
-//! read by [`luks2`]).
-//!
-//! Without the `server` feature only [`proto`] (the wire protocol) and
-//! [`luks2`] are built, for the host side.
+//! The wire protocol both sides speak is `veil-agent-api` (requests,
+//! [`veil_agent_api::proto`] for the hello and responses); descriptor
+//! hygiene before exec is `veil-fds`. The host links those, never this crate.
 
-pub mod luks2;
-pub mod proto;
-
-#[cfg(feature = "fds")]
-pub mod fds;
-
-#[cfg(feature = "server")]
 pub mod boot;
-#[cfg(feature = "server")]
 pub mod container;
-#[cfg(feature = "server")]
 pub mod guest;
-#[cfg(feature = "server")]
 pub mod init;
-#[cfg(feature = "server")]
 pub mod kbs;
-#[cfg(feature = "server")]
 pub mod local_api;
-#[cfg(feature = "server")]
 pub mod net;
-#[cfg(feature = "server")]
 pub mod pull;
-#[cfg(feature = "server")]
 pub mod seccomp;
-#[cfg(feature = "server")]
 pub mod server;
-#[cfg(feature = "server")]
 pub mod storage;
-#[cfg(feature = "server")]
 pub mod streams;
-#[cfg(feature = "server")]
 pub mod tty;
-#[cfg(feature = "server")]
 pub mod vm;
-#[cfg(feature = "server")]
 pub mod volumes;

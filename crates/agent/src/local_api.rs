@@ -118,7 +118,7 @@ pub struct LocalApi {
     pub info: serde_json::Value,
 }
 
-pub use crate::proto::report_data_for;
+pub use veil_agent_api::proto::report_data_for;
 
 impl LocalApi {
     /// Answer one request: (status, content type, body).

@@ -20,9 +20,9 @@ use veil_agent::container::{Manager, ManagerConfig, write_private};
 use veil_agent::guest::GuestPaths;
 use veil_agent::kbs::{Kbs, secret_name, target_of};
 use veil_agent::local_api::LocalApi;
-use veil_agent::proto::{AttestationStatus, Hello};
 use veil_agent::server::Agent;
 use veil_agent::vm;
+use veil_agent_api::proto::{AttestationStatus, Hello};
 use veil_tee::{DetectRoots, TeeKind, detect};
 
 /// `--tee`: detect, a named TEE, or none at all.

@@ -23,7 +23,7 @@ use veil_tee::Attester;
 use veil_tee::channel::{read_frame, send_json};
 
 use crate::container::Manager;
-use crate::proto::{
+use veil_agent_api::proto::{
     AgentResponse, DEFAULT_READ_CHUNK, DeniedBecause, GetEvidenceResult, Hello, MAX_READ_CHUNK,
     ReadStreamResult,
 };

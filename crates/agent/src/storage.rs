@@ -6,7 +6,7 @@
 //!
 //! 1. its disk is found by the virtio-blk serial the host gave it
 //!    ([`veil_agent_api::VOLUME_SERIAL_PREFIX`]`<index>`; untrusted);
-//! 2. its LUKS2 header is read ([`crate::luks2`]) and its UUID must be the
+//! 2. its LUKS2 header is read ([`veil_agent_api::luks2`]) and its UUID must be the
 //!    one the policy pins (a volume of another workload, or a header the
 //!    host replaced with one of its own, is refused by name) — a disk
 //!    that is blank (zero header) is a new volume and is formatted;
@@ -32,7 +32,7 @@ use veil_agent_api::VOLUME_SERIAL_PREFIX;
 use veil_policy::model::{EncryptedVolume, VolumeKind, VolumePolicy};
 use zeroize::Zeroizing;
 
-use crate::luks2::{self, Luks2Header};
+use veil_agent_api::luks2::{self, Luks2Header};
 
 /// Where opened volumes are mounted in the guest.
 pub const MOUNT_ROOT: &str = "/run/veil-volumes";
@@ -374,13 +374,15 @@ mod tests {
             DiskState::Blank
         );
         let json = r#"{"keyslots":{"0":{"kdf":{"type":"pbkdf2"}}},"segments":{"0":{"encryption":"aes-xts-plain64","sector_size":4096,"offset":"0","integrity":{"type":"hmac(sha256)"}}}}"#;
-        let ok = crate::luks2::tests_support::header(&pinned().uuid, json);
+        let ok = veil_agent_api::luks2::tests_support::header(&pinned().uuid, json);
         assert!(matches!(
             identify("db", "/dev/vdb", &pinned(), disk(ok)).unwrap(),
             DiskState::Luks(_)
         ));
-        let other =
-            crate::luks2::tests_support::header("11111111-2222-4333-8444-555555555555", json);
+        let other = veil_agent_api::luks2::tests_support::header(
+            "11111111-2222-4333-8444-555555555555",
+            json,
+        );
         let e = identify("db", "/dev/vdb", &pinned(), disk(other)).unwrap_err();
         assert!(e.contains("check LUKS2 UUID"), "{e}");
         assert!(
@@ -396,7 +398,10 @@ mod tests {
             "db",
             "/dev/vdb",
             &pinned(),
-            disk(crate::luks2::tests_support::header(&pinned().uuid, &plain)),
+            disk(veil_agent_api::luks2::tests_support::header(
+                &pinned().uuid,
+                &plain,
+            )),
         )
         .unwrap_err();
         assert!(e.contains("check LUKS2 integrity"), "{e}");

@@ -14,6 +14,11 @@
 //!   tmpfs of `sizeLimit` bytes when `medium: Memory`.
 //! - **hostPath**: only when the policy admits it (the owner allowed it
 //!   when generating); bound from the guest's own filesystem.
+//!
+//! With the pod's `fsGroup` (`fs_group` of a content or emptyDir volume)
+//! the volume is group-owned as the kubelet makes it: files and
+//! directories get that group, files are group-readable and directories
+//! setgid, so files made later in an emptyDir inherit the group.
 //! - **encrypted** (a veil volume, VM sandbox only): opened by
 //!   [`crate::storage`] before the agent serves, then bound from there.
 
@@ -136,6 +141,38 @@ fn paths(p: &VolumePolicy) -> String {
         .join(", ")
 }
 
+/// Give `fd` the volume's fsGroup, if it has one (owner unchanged).
+fn own_by_fs_group(v: &VolumePolicy, fd: impl AsFd, what: &str) -> Result<(), String> {
+    let Some(gid) = v.fs_group else {
+        return Ok(());
+    };
+    nix::unistd::fchown(fd, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+        format!(
+            "volume {}: giving {what} the pod's fsGroup {gid}: {e} (the agent must be able to own files of that group)",
+            v.name
+        )
+    })
+}
+
+/// The mode of a content volume's file: the policy's, group-readable
+/// when the pod has an fsGroup (as the kubelet makes it).
+fn content_file_mode(v: &VolumePolicy, mode: u32) -> u32 {
+    if v.fs_group.is_some() {
+        mode | 0o040
+    } else {
+        mode
+    }
+}
+
+/// The mode of a directory the agent makes in volume `v`.
+fn volume_dir_mode(v: &VolumePolicy, mode: u32) -> u32 {
+    if v.fs_group.is_some() {
+        mode | 0o2000
+    } else {
+        mode
+    }
+}
+
 fn cstr(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
 }
@@ -185,6 +222,9 @@ pub fn write_content(
         )
         .map_err(|e| format!("volume {}: creating its directory: {e}", p.name))?;
         let vdir = subdir(&root, &p.name)?;
+        own_by_fs_group(p, &vdir, "its directory")?;
+        fchmod(&vdir, Mode::from_bits_truncate(volume_dir_mode(p, 0o755)))
+            .map_err(|e| format!("volume {}: chmod of its directory: {e}", p.name))?;
         let files = given
             .iter()
             .find(|g| g.name == p.name)
@@ -201,6 +241,9 @@ pub fn write_content(
             let mut dir = vdir.try_clone().map_err(|e| format!("dup: {e}"))?;
             for d in dirs {
                 dir = subdir(&dir, d).map_err(|e| format!("volume {}: {e}", p.name))?;
+                own_by_fs_group(p, &dir, &format!("directory {d}"))?;
+                fchmod(&dir, Mode::from_bits_truncate(volume_dir_mode(p, 0o755)))
+                    .map_err(|e| format!("volume {}: chmod of directory {d}: {e}", p.name))?;
             }
             let leaf_c = cstr(leaf)?;
             let fd = openat(
@@ -214,9 +257,13 @@ pub fn write_content(
                 Mode::from_bits_truncate(0o600),
             )
             .map_err(|e| format!("volume {}: creating file {}: {e}", p.name, pf.path))?;
+            own_by_fs_group(p, &fd, &format!("file {}", pf.path))?;
             // The umask must not narrow the mode the policy pins.
-            fchmod(fd.as_fd(), Mode::from_bits_truncate(pf.mode))
-                .map_err(|e| format!("volume {}: chmod {}: {e}", p.name, pf.path))?;
+            fchmod(
+                fd.as_fd(),
+                Mode::from_bits_truncate(content_file_mode(p, pf.mode)),
+            )
+            .map_err(|e| format!("volume {}: chmod {}: {e}", p.name, pf.path))?;
             let mut file = fs::File::from(fd);
             file.write_all(&f.data.0)
                 .map_err(|e| format!("volume {}: writing {}: {e}", p.name, pf.path))?;
@@ -295,7 +342,9 @@ fn ensure_empty_dir(v: &VolumePolicy, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("volume {name}: mounting its tmpfs (medium: Memory{size}): {e}"))?;
     }
     // The umask must not narrow what every container user may write.
-    let mode = if v.memory { 0o1777 } else { 0o777 };
+    let mode = volume_dir_mode(v, if v.memory { 0o1777 } else { 0o777 });
+    let dir = fs::File::open(path).map_err(|e| format!("emptyDir volume {name}: {e}"))?;
+    own_by_fs_group(v, &dir, "its directory")?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| format!("emptyDir volume {name}: {e}"))
 }
@@ -381,6 +430,7 @@ mod tests {
                     mode: 0o644,
                 },
             ],
+            fs_group: None,
         }
     }
 
@@ -392,6 +442,64 @@ mod tests {
                 file("conf/app.conf", b"listen 80;\n"),
             ],
         }]
+    }
+
+    /// A group the test may give files: any as root, else its own.
+    fn a_group() -> u32 {
+        if nix::unistd::geteuid().is_root() {
+            2000
+        } else {
+            nix::unistd::getegid().as_raw()
+        }
+    }
+
+    #[test]
+    fn fs_group_owns_content_and_empty_dir_volumes() {
+        use std::os::unix::fs::MetadataExt;
+        let gid = a_group();
+        let dir = tempfile::tempdir().unwrap();
+        let mut content = config_volume();
+        content.fs_group = Some(gid);
+        let policy = vec![content];
+        write_content(&policy, &honest(), dir.path()).unwrap();
+        let conf = fs::metadata(dir.path().join("site/conf/app.conf")).unwrap();
+        assert_eq!(conf.gid(), gid);
+        assert_eq!(
+            conf.mode() & 0o7777,
+            0o640,
+            "0640 is already group-readable"
+        );
+        let index = fs::metadata(dir.path().join("site/index.html")).unwrap();
+        assert_eq!((index.gid(), index.mode() & 0o7777), (gid, 0o644));
+        for d in ["site", "site/conf"] {
+            let m = fs::metadata(dir.path().join(d)).unwrap();
+            assert_eq!((m.gid(), m.mode() & 0o7777), (gid, 0o2755), "{d}");
+        }
+
+        let scratch = VolumePolicy {
+            name: "data".into(),
+            kind: VolumeKind::EmptyDir,
+            source: "emptyDir".into(),
+            memory: false,
+            size_limit: None,
+            host_path: String::new(),
+            files: Vec::new(),
+            fs_group: Some(gid),
+            encrypted: None,
+        };
+        let path = dir.path().join("data");
+        prepare_mount(&[scratch], "data", &path, &["rw".into()]).unwrap();
+        let m = fs::metadata(&path).unwrap();
+        assert_eq!((m.gid(), m.mode() & 0o7777), (gid, 0o2777));
+    }
+
+    #[test]
+    fn a_content_file_gets_group_read_with_an_fs_group() {
+        let mut v = config_volume();
+        assert_eq!(content_file_mode(&v, 0o600), 0o600);
+        v.fs_group = Some(7);
+        assert_eq!(content_file_mode(&v, 0o600), 0o640);
+        assert_eq!(volume_dir_mode(&v, 0o777), 0o2777);
     }
 
     #[test]

@@ -195,7 +195,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     }
     if let Some(text) = &a.runtime_data {
         expectations.report_data =
-            Some(veil_agent::proto::report_data_for(text.as_bytes()).to_vec());
+            Some(veil_agent_api::proto::report_data_for(text.as_bytes()).to_vec());
     }
     if let Some(d) = &a.init_data_digest {
         expectations.init_data_digest = Some(output::parse_digest("init-data-digest", d)?);

@@ -17,6 +17,7 @@ mod info;
 mod kbs;
 mod limits;
 mod measure;
+mod node;
 mod output;
 mod policy;
 mod progress;
@@ -59,6 +60,9 @@ enum Command {
     Kbs(kbs::KbsCommand),
     /// Man pages: veil.1 on stdout, or one page per (sub)command into a directory.
     Man(cli_docs::ManArgs),
+    /// Kubernetes nodes: install or remove the containerd shim and runtimes.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Expected launch measurements (SEV-SNP digest, TDX MRTD) as KBS reference values.
     #[command(subcommand)]
     Measure(measure::MeasureCommand),
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         Command::Kbs(cmd) => kbs::run(cmd),
         Command::Man(a) => cli_docs::man::<Cli>(a),
         Command::Measure(cmd) => measure::run(cmd),
+        Command::Node(cmd) => node::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Run(a) => run::run(*a),
         Command::Ps(a) => run::ps(a),

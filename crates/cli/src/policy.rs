@@ -88,6 +88,10 @@ pub struct GenerateArgs {
     /// the untrusted host can read and change them.
     #[arg(long)]
     allow_host_path: bool,
+    /// Admit `securityContext.privileged: true` containers (settings:
+    /// sandbox.allow_privileged): they get every capability in the sandbox.
+    #[arg(long)]
+    allow_privileged: bool,
 }
 
 #[derive(Args)]
@@ -147,6 +151,9 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
     let mut settings = with_kbs_args(settings, a.kbs_url.as_deref(), &a.secrets)?;
     if a.allow_host_path {
         settings.sandbox.allow_host_path = true;
+    }
+    if a.allow_privileged {
+        settings.sandbox.allow_privileged = true;
     }
     let mut texts = Vec::new();
     for f in &a.files {

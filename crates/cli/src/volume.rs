@@ -18,7 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
-use veil_agent::luks2::{self, Luks2Header};
+use veil_agent_api::luks2::{self, Luks2Header};
 use veil_policy::model::{EncryptedVolume, check_volume_name};
 use zeroize::Zeroizing;
 
@@ -269,6 +269,24 @@ pub fn disks_for(data: &Path, init_data: &[u8], vm: bool) -> Result<Vec<PathBuf>
         out.push(r.file);
     }
     Ok(out)
+}
+
+/// `kind` with the encrypted volumes of the policy in `init_data`
+/// attached (a VM), or refused (the process sandbox): see [`disks_for`].
+pub fn with_disks(
+    kind: veil_runtime::pod::launch::SandboxKind,
+    data: &Path,
+    init_data: &[u8],
+) -> Result<veil_runtime::pod::launch::SandboxKind> {
+    use veil_runtime::pod::launch::SandboxKind;
+    let disks = disks_for(data, init_data, kind.is_vm())?;
+    Ok(match kind {
+        SandboxKind::Vm(mut v) => {
+            v.volume_disks = disks;
+            SandboxKind::Vm(v)
+        }
+        k => k,
+    })
 }
 
 fn uuid_v4() -> String {

@@ -72,7 +72,9 @@ fn host_and_workload_evidence_never_unlocks_the_kbs() {
             .unwrap();
     let claims =
         veil_attest::sim::verify(seen[0].to_string().as_bytes(), Some(&platform.root())).unwrap();
-    assert!(veil_agent::proto::is_user_report_data(&claims.report_data));
+    assert!(veil_agent_api::proto::is_user_report_data(
+        &claims.report_data
+    ));
 
     // A workload's way in: the local API, same bytes.
     let api = api_socket(&rec);

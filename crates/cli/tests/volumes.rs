@@ -312,3 +312,64 @@ fn security_context_and_sysctls_are_applied() {
         "{err}"
     );
 }
+
+/// `fsGroup` as Kubernetes applies it: a non-root container user reads a
+/// secret file of mode 0440 through the group, and a file it makes in an
+/// emptyDir inherits that group. `privileged: true` is refused with the
+/// way to admit it; `veil policy generate --allow-privileged` admits it.
+#[test]
+fn fs_group_owns_volumes_and_privileged_needs_the_flag() {
+    let env = Env::new();
+    let layout = busybox(&env);
+    let pod = write_pod(
+        &env,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: grp\nspec:\n  securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}\n  volumes:\n  - name: creds\n    secret: {secretName: creds, defaultMode: 0o440}\n  - name: scratch\n    emptyDir: {}\n  containers:\n  - name: app\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"id -G; stat -c '%g %a' /creds/password /scratch; cat /creds/password; echo; touch /scratch/f; stat -c '%g' /scratch/f\"]\n    volumeMounts:\n    - {name: creds, mountPath: /creds}\n    - {name: scratch, mountPath: /scratch}\n",
+    );
+    let config = write(&env, "config.yaml", CONFIG);
+    let out = run_pod(&env, &pod, &layout, &["--config", config.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].split(' ').any(|g| g == "2000"),
+        "fsGroup not a supplementary group: {stdout}"
+    );
+    assert_eq!(lines[1], "2000 440", "{stdout}");
+    assert_eq!(lines[2], "2000 2777", "{stdout}");
+    assert_eq!(lines[3], "hunter2-not-logged", "{stdout}");
+    assert_eq!(
+        lines[4], "2000",
+        "a new emptyDir file inherits fsGroup: {stdout}"
+    );
+
+    let privileged = write_pod(
+        &env,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: priv\nspec:\n  containers:\n  - name: app\n    image: app:1\n    command: [\"/bin/true\"]\n    securityContext: {privileged: true}\n",
+    );
+    let out = run_pod(&env, &privileged, &layout, &[]);
+    let err = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("securityContext.privileged"), "{err}");
+    assert!(err.contains("--allow-privileged"), "{err}");
+    // Admitted, the policy pins the container privileged.
+    let init = env.dir.path().join("priv.toml");
+    ok(env
+        .veil()
+        .args(["policy", "generate", "--allow-privileged"])
+        .arg(&privileged)
+        .arg("--image-dir")
+        .arg(&layout)
+        .arg("--init-data")
+        .arg(&init)
+        .arg("-o")
+        .arg(env.dir.path().join("priv-annotated.yaml"))
+        .output()
+        .unwrap());
+    let init = std::fs::read_to_string(&init).unwrap();
+    assert!(init.contains("\"privileged\": true"), "{init}");
+}

@@ -15,7 +15,7 @@ pub const EAT_PROFILE: &str = "tag:github.com,2024:confidential-containers/Trust
 
 /// The tail veil's agent puts in REPORT_DATA when it produces evidence over
 /// caller-supplied runtime data (the host's `get_evidence`, a workload's
-/// `/aa/evidence`): `veil_agent::proto::USER_REPORT_DATA_TAG`.
+/// `/aa/evidence`): `veil_agent_api::proto::USER_REPORT_DATA_TAG`.
 const USER_REPORT_DATA_TAG_HEX: &str = "5645494c3a55534552444154413a7631";
 
 /// A token issued for an attestation, with what the audit log records.

@@ -148,6 +148,11 @@ pub struct VolumePolicy {
     /// Every file of a content volume, sorted by path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<VolumeFile>,
+    /// The pod's `securityContext.fsGroup`: the agent makes the volume's
+    /// files and directories owned by this group (group-readable; emptyDir
+    /// directories setgid), as the kubelet does. Not for hostPath volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_group: Option<u32>,
     /// The disk, UUID and key of an encrypted volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<EncryptedVolume>,

@@ -121,6 +121,9 @@ pub struct SandboxSettings {
     pub unpack_limits: crate::model::UnpackBounds,
     /// Admit `hostPath` volumes (the untrusted host can read and change them).
     pub allow_host_path: bool,
+    /// Admit `securityContext.privileged: true` containers (every
+    /// capability inside the sandbox, including over the agent).
+    pub allow_privileged: bool,
     /// Encrypted persistent volumes a pod's `persistentVolumeClaim` may
     /// name (`[sandbox.encrypted_volumes.CLAIM]`: the veil volume, its LUKS2
     /// UUID and its KBS key path); `veil run` fills it from `veil volume`.
@@ -150,6 +153,7 @@ impl Default for SandboxSettings {
             kernel_modules: Vec::new(),
             unpack_limits: Default::default(),
             allow_host_path: false,
+            allow_privileged: false,
             encrypted_volumes: Default::default(),
         }
     }

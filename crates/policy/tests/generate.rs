@@ -769,3 +769,48 @@ fn ports_are_pinned_per_container_with_their_host_port() {
         assert!(e.contains(why), "{bad}: {e}");
     }
 }
+
+#[test]
+fn privileged_containers_are_refused_unless_the_settings_allow_them() {
+    let pod =
+        manifest("pod-multi.yaml").replace("allowPrivilegeEscalation: false", "privileged: true");
+    assert!(
+        pod.contains("privileged: true"),
+        "the manifest changed: {pod}"
+    );
+    let e = run(&[&pod]).unwrap_err().to_string();
+    assert!(e.contains("securityContext.privileged"), "{e}");
+    assert!(e.contains("sandbox.allow_privileged = true"), "{e}");
+    assert!(e.contains("--allow-privileged"), "{e}");
+    let mut s = Settings::default();
+    s.sandbox.allow_privileged = true;
+    let g = generate(&[&pod], &resolver(), &s).unwrap();
+    assert!(
+        g.workloads[0]
+            .policy
+            .containers
+            .iter()
+            .any(|c| c.privileged),
+        "the admitted container is pinned privileged"
+    );
+}
+
+#[test]
+fn fs_group_owns_the_pods_managed_volumes_but_not_host_paths() {
+    let pod = with_host_path().replace(
+        "supplementalGroups: [2000]\n",
+        "supplementalGroups: [2000]\n    fsGroup: 2000\n",
+    );
+    assert!(pod.contains("fsGroup: 2000"), "the manifest changed: {pod}");
+    let mut s = Settings::default();
+    s.sandbox.allow_host_path = true;
+    let g = generate(&[&pod], &resolver(), &s).unwrap();
+    let vols = &g.workloads[0].policy.sandbox.volumes;
+    let data = vols.iter().find(|v| v.name == "data").unwrap();
+    assert_eq!(data.fs_group, Some(2000));
+    let host = vols.iter().find(|v| v.name == "host").unwrap();
+    assert_eq!(host.fs_group, None);
+    let bad = pod.replace("fsGroup: 2000", "fsGroup: -1");
+    let e = generate(&[&bad], &resolver(), &s).unwrap_err().to_string();
+    assert!(e.contains("securityContext.fsGroup"), "{e}");
+}

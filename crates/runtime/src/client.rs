@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use veil_agent::proto::{AgentResponse, Hello, MAX_RESPONSE_BYTES};
+use veil_agent_api::proto::{AgentResponse, Hello, MAX_RESPONSE_BYTES};
 use veil_agent_api::{AgentMessage, AgentRequest};
 use veil_tee::channel::{ChannelError, recv_json, send_json};
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use veil_agent::proto::Hello;
+use veil_agent_api::proto::Hello;
 use veil_policy::{BindingField, InitDataDigest, ParsedInitData};
 
 use crate::client::AgentClient;
@@ -188,7 +188,7 @@ impl ProcessSandbox {
                 tee: String::new(),
                 init_data_digest: String::new(),
                 measurement: String::new(),
-                attestation: veil_agent::proto::AttestationStatus {
+                attestation: veil_agent_api::proto::AttestationStatus {
                     status: String::new(),
                     kbs_url: String::new(),
                     token_exp: 0,
@@ -501,6 +501,6 @@ impl PreExec {
         }
         // Nothing the caller of `veil run` held crosses into the sandbox:
         // only stdio and the platform channel.
-        veil_agent::fds::cloexec_all_but(Some(PLATFORM_FD))
+        veil_fds::cloexec_all_but(Some(PLATFORM_FD))
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use veil_agent::proto::{ReadStreamResult, StatsContainerResult};
+use veil_agent_api::proto::{ReadStreamResult, StatsContainerResult};
 use veil_agent_api::{
     AgentRequest, ReadStreamRequest, RemoveContainerRequest, StartContainerRequest,
     StatsContainerRequest, Stream,

@@ -15,7 +15,7 @@ pub mod local_kbs;
 pub mod logs;
 pub mod net;
 pub mod pull;
-pub mod record;
+pub use veil_runtime::pod::record;
 pub mod stdio;
 pub mod vm;
 pub mod volumes;
@@ -28,19 +28,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use base64::Engine as _;
 use clap::{Args, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
-use veil_agent::proto::{ReadStreamResult, StatsContainerResult};
-use veil_agent_api::{
-    AgentRequest, GetEvidenceRequest, ReadStreamRequest, RemoveContainerRequest,
-    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, Stream,
-};
+use veil_agent_api::{AgentRequest, GetEvidenceRequest, Stream};
 use veil_image::OciRef;
 use veil_policy::{InitData, ParsedInitData, PolicyData};
-use veil_runtime::{AgentClient, CallError, SandboxConfig, SimPlatform, requests};
+use veil_runtime::pod::{self, PodClient, PodError, PodNet, Sandbox, SandboxSpec};
+use veil_runtime::{AgentClient, SimPlatform, requests};
 
 use local_kbs::LocalKbs;
 use record::Record;
@@ -82,6 +78,11 @@ pub struct RunArgs {
     /// (split at spaces; repeatable; single-image runs with a generated policy).
     #[arg(long = "allow-exec", value_name = "'CMD ARGS'")]
     pub allow_exec: Vec<String>,
+    /// Admit the pod's `securityContext.privileged: true` containers in the
+    /// generated policy (with --pod; they get every capability in the sandbox).
+    #[arg(long, requires = "pod")]
+    #[serde(default)]
+    pub allow_privileged: bool,
     /// Run in the background and print the sandbox id.
     #[arg(short = 'd', long)]
     pub detach: bool,
@@ -472,6 +473,12 @@ fn check_conflicts(a: &RunArgs, given: Option<&GivenInitData>) -> Result<()> {
             veil_policy::generate::ANNOTATION_EXEC
         );
     }
+    if a.allow_privileged {
+        bail!(
+            "--allow-privileged only works with a generated policy: {why}; set {} = true in the settings when generating it",
+            veil_policy::generate::ALLOW_PRIVILEGED_SETTING
+        );
+    }
     if !a.volumes.volume.is_empty() || !a.volumes.mount.is_empty() || a.volumes.allow_host_path {
         bail!(
             "-v/--mount/--allow-host-path only work with a generated policy: {why}, and the volumes are the ones it declares (sandbox.volumes)"
@@ -650,6 +657,7 @@ fn workload(
     let mut settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
     settings.sandbox.unpack_limits = a.unpack.bounds();
     settings.sandbox.allow_host_path = a.volumes.host_paths_allowed();
+    settings.sandbox.allow_privileged = a.allow_privileged;
     settings.sandbox.encrypted_volumes = crate::volume::known(&veil_runtime::paths::data_dir())?;
     let g = veil_policy::generate::generate(&inputs, &resolver, &settings)
         .map_err(|e| anyhow!("generating the policy: {e}"))?;
@@ -944,18 +952,6 @@ fn say(quiet: bool, msg: &str) {
     }
 }
 
-fn kbs_url_of(p: &ParsedInitData) -> Option<String> {
-    let aa = p.init_data.data.get(veil_policy::initdata::AA_KEY)?;
-    aa.lines().find_map(|l| {
-        let v = l
-            .trim()
-            .strip_prefix("url")?
-            .trim_start()
-            .strip_prefix('=')?;
-        Some(v.trim().trim_matches('"').to_string())
-    })
-}
-
 #[allow(clippy::too_many_arguments)]
 fn run_sandbox(
     a: &RunArgs,
@@ -975,9 +971,9 @@ fn run_sandbox(
     check_conflicts(a, given.as_ref())?;
     // The KBS: --kbs, else the one init-data names, else the embedded one.
     let init_kbs = match &given {
-        Some(g) => {
-            kbs_url_of(&ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?)
-        }
+        Some(g) => pod::kbs_url_of(
+            &ParsedInitData::parse(&g.bytes).map_err(|e| anyhow!("{}: {e}", g.label))?,
+        ),
         None => None,
     };
     let t_kbs = Instant::now();
@@ -1044,41 +1040,34 @@ fn run_sandbox(
         );
     }
 
-    let (pod_net, workload_net) = if a.vm.is_vm() {
-        (None, net::vm(&a.net, rec)?)
+    let network = if a.vm.is_vm() {
+        PodNet::Vm(a.net.vm_workload()?)
     } else {
-        (net::setup(&a.net, data, dir, rec)?, None)
+        PodNet::Process {
+            mode: a.net.mode()?,
+            ports: a.net.ports()?,
+        }
     };
-    rec.save(data)?;
     let t_launch = Instant::now();
-    let cfg = SandboxConfig {
+    let spec = SandboxSpec {
         id: rec.id.clone(),
+        data: data.to_path_buf(),
         agent_binary: agent,
-        dir: dir.join("sandbox"),
-        log_path: dir.join("agent.log"),
+        kind: crate::volume::with_disks(a.vm.kind()?, data, &w.init_data)?,
+        tee: a.vm.tee()?,
         init_data: w.init_data.clone(),
-        handover_init_data: None,
-        oci_layout: Some(
-            std::fs::canonicalize(&w.layout).with_context(|| format!("{}", w.layout.display()))?,
-        ),
-        debug: false,
+        oci_layout: Some(w.layout.clone()),
+        forwards,
+        network,
         log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         ready_timeout: Duration::from_secs(120),
-        pod_netns: pod_net.as_ref().map(|n| n.netns().to_path_buf()),
     };
-    let vm_dns = workload_net.is_some();
-    let (mut sb, note) = vm::launch(&a.vm, data, &platform, &cfg, forwards, workload_net, quiet)?;
-    rec.notes.extend(note);
+    let mut shown = vm::LaunchOutput::new(quiet);
+    let (mut sb, _note) =
+        Sandbox::launch(spec, rec, &mut |e| shown.event(e)).map_err(|e| anyhow!("{e}"))?;
+    shown.launched(sb.inner());
     rec.timings
         .insert("launch_and_attest_ms".into(), ms(t_launch));
-    sb.add_timings(&mut rec.timings);
-    let hello = sb.hello().clone();
-    rec.hello = Some(hello.clone());
-    rec.expected_measurement = hex::encode(sb.launch_info().measurement);
-    rec.agent_pid = sb.agent_pid().unwrap_or(0);
-    rec.socket = sb.socket();
-    rec.kind = if a.vm.is_vm() { "vm" } else { "process" }.into();
-    rec.sandbox_label = sb.label();
     rec.kbs_embedded = local.is_some();
     rec.save(data)?;
     if !quiet {
@@ -1086,21 +1075,14 @@ fn run_sandbox(
     }
 
     let t_create = Instant::now();
-    let mut c = sb.connect().map_err(|e| anyhow!("{e}"))?;
-    c.set_timeout(Duration::from_secs(600))
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut c = sb.client().map_err(|e| anyhow!("{e}"))?;
     let mut sandbox_req = requests::create_sandbox(&w.policy, &rec.id, &w.pod_name);
     if let Some(h) = &a.docker.hostname {
         sandbox_req.hostname = h.clone();
     }
     sandbox_req.volumes = std::mem::take(&mut w.volume_contents);
-    if vm_dns {
-        // QEMU's DNS relay on the VM's pod NIC: the agent writes resolv.conf.
-        let [a, b, c, d] = veil_agent_api::workload_net::DNS;
-        sandbox_req.dns = vec![format!("{a}.{b}.{c}.{d}")];
-    }
-    c.call(AgentRequest::CreateSandbox(sandbox_req))
-        .map_err(|e| anyhow!("create_sandbox: {e}"))?;
+    sb.create_pod(&mut c, sandbox_req)
+        .map_err(|e| anyhow!("{e}"))?;
     let mut pull_ms = 0u64;
     // The container veil's stdin and terminal go to (-i/-t): the only one,
     // or a pod's first that the policy lets have them.
@@ -1120,16 +1102,14 @@ fn run_sandbox(
             // agent decides, with the policy's explanation.
             a.docker.apply(&mut req.process, &a.command)?;
         }
-        let r: veil_agent::proto::CreateContainerResult = c
-            .call_typed(AgentRequest::CreateContainer(req))
+        let r = c
+            .create_container(req)
             .map_err(|e| anyhow!("create_container {}: {e}", c_pol.name))?;
         pull_ms += r.pull_ms;
         if c_pol.init {
             // Init containers run to completion, in order, before the others.
-            c.call(AgentRequest::StartContainer(StartContainerRequest {
-                container_id: cid.clone(),
-            }))
-            .map_err(|e| anyhow!("start_container {}: {e}", c_pol.name))?;
+            c.start(&cid)
+                .map_err(|e| anyhow!("start_container {}: {e}", c_pol.name))?;
             let code = wait_exit(&sb, &cid)?;
             if code != 0 {
                 bail!("init container {} exited with {code}", c_pol.name);
@@ -1140,10 +1120,7 @@ fn run_sandbox(
         .insert("pull_decrypt_unpack_ms".into(), pull_ms.into());
     let t_start = Instant::now();
     for (cid, name) in &rec.containers {
-        c.call(AgentRequest::StartContainer(StartContainerRequest {
-            container_id: cid.clone(),
-        }))
-        .map_err(|e| {
+        c.start(cid).map_err(|e| {
             let message = format!("start_container {name}: {e}");
             anyhow::Error::new(docker::ExitWith {
                 code: docker::start_failure_code(&message),
@@ -1161,10 +1138,10 @@ fn run_sandbox(
     let _raw = match &attached_cid {
         Some(cid) if a.monitor.is_none() => {
             if a.stdio.tty {
-                stdio::send_window_size(&mut c, cid, "");
+                stdio::send_window_size(c.agent(), cid, "");
             }
             if a.stdio.interactive {
-                stdio::forward_stdin(sb.socket(), cid.clone(), String::new());
+                stdio::forward_stdin(sb.inner().socket(), cid.clone(), String::new());
             }
             (a.stdio.tty && a.stdio.interactive && stdio::stdin_is_terminal())
                 .then(stdio::RawMode::enable)
@@ -1197,7 +1174,7 @@ fn run_sandbox(
                 cid.clone(),
                 name.clone(),
                 stream,
-                sb.connect().map_err(|e| anyhow!("{e}"))?,
+                sb.inner().connect().map_err(|e| anyhow!("{e}"))?,
             ));
         }
     }
@@ -1254,7 +1231,7 @@ fn run_sandbox(
             }
             Ok(Event::Signal(Signal::SIGWINCH)) => {
                 if let (Some(cid), true) = (&attached_cid, a.stdio.tty) {
-                    stdio::send_window_size(&mut c, cid, "");
+                    stdio::send_window_size(c.agent(), cid, "");
                 }
             }
             Ok(Event::Signal(sig)) => {
@@ -1276,26 +1253,17 @@ fn run_sandbox(
     // mount of the sandbox), then the KBS.
     if !lost {
         for (cid, _) in &rec.containers {
-            let _ = c.call(AgentRequest::RemoveContainer(RemoveContainerRequest {
-                container_id: cid.clone(),
-                timeout_secs: 2,
-            }));
+            let _ = c.delete(cid, 2);
         }
     }
     drop(c);
     // How the agent (process sandbox) or QEMU (VM) ended, when it did.
     let ended = if lost { sb.exit_status() } else { None };
-    sb.stop(Duration::from_secs(5))
+    let net_warning = sb
+        .stop(Duration::from_secs(5))
         .map_err(|e| anyhow!("{e}"))?;
-    if let Some(mut n) = pod_net {
-        if let Err(e) = n.teardown() {
-            say(
-                quiet,
-                &format!(
-                    "veil: warning: tearing down the pod network: {e}; the next veil command retries"
-                ),
-            );
-        }
+    if let Some(w) = net_warning {
+        say(quiet, &format!("veil: warning: {w}"));
     }
     drop(local);
     rec.timings.insert("total_ms".into(), ms(t0));
@@ -1348,18 +1316,33 @@ fn stdio_container(a: &RunArgs, policy: &PolicyData) -> Result<Option<String>> {
     }
 }
 
-fn wait_exit(sb: &vm::AnySandbox, cid: &str) -> Result<i32> {
-    let mut c = sb.connect().map_err(|e| anyhow!("{e}"))?;
-    loop {
-        let s: StatsContainerResult = c
-            .call_typed(AgentRequest::StatsContainer(StatsContainerRequest {
-                container_id: cid.into(),
-            }))
-            .map_err(|e| anyhow!("{e}"))?;
-        if let Some(code) = s.exit_code {
-            return Ok(code);
+fn wait_exit(sb: &Sandbox, cid: &str) -> Result<i32> {
+    let mut c = sb.client().map_err(|e| anyhow!("{e}"))?;
+    c.wait(cid).map_err(|e| anyhow!("{e}"))
+}
+
+/// One output stream of a container as [`Output`] takes it, noting when
+/// the first byte of the workload's output arrived.
+struct OutputSink<'a> {
+    out: &'a Output,
+    name: &'a str,
+    stream: Stream,
+    first: &'a Mutex<Option<u64>>,
+    t0: Instant,
+}
+
+impl Write for OutputSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if !bytes.is_empty() {
+            if let Ok(mut f) = self.first.lock() {
+                f.get_or_insert(self.t0.elapsed().as_millis() as u64);
+            }
+            self.out.write(self.name, self.stream, bytes);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -1378,74 +1361,32 @@ fn pump(
     denied: &Mutex<String>,
     t0: Instant,
 ) {
-    loop {
-        let r: Result<ReadStreamResult, CallError> =
-            c.call_typed(AgentRequest::ReadStream(ReadStreamRequest {
-                container_id: cid.into(),
-                exec_id: String::new(),
-                stream,
-                max_bytes: 0,
-            }));
-        match r {
-            Ok(r) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(r.data)
-                    .unwrap_or_default();
-                if !bytes.is_empty() {
-                    if let Ok(mut f) = first.lock() {
-                        f.get_or_insert(t0.elapsed().as_millis() as u64);
-                    }
-                    out.write(name, stream, &bytes);
-                }
-                if r.eof {
-                    let _ = tx.send(Event::Exited {
-                        container: name.into(),
-                        stream,
-                        code: r.exit_code.unwrap_or(0),
-                    });
-                    return;
-                }
+    let mut sink = OutputSink {
+        out,
+        name,
+        stream,
+        first,
+        t0,
+    };
+    let mut on_denied = |msg: &str| {
+        if stream == Stream::Stdout {
+            if !out.quiet {
+                eprintln!("veil: the policy does not allow reading the output of {name}: {msg}");
             }
-            Err(e) if e.is_denied() => {
-                if stream == Stream::Stdout {
-                    let msg = e.to_string();
-                    if !out.quiet {
-                        eprintln!(
-                            "veil: the policy does not allow reading the output of {name}: {msg}"
-                        );
-                    }
-                    if let Ok(mut d) = denied.lock() {
-                        *d = msg;
-                    }
-                }
-                loop {
-                    match c.call_typed::<StatsContainerResult>(AgentRequest::StatsContainer(
-                        StatsContainerRequest {
-                            container_id: cid.into(),
-                        },
-                    )) {
-                        Ok(s) if s.exit_code.is_some() => {
-                            let _ = tx.send(Event::Exited {
-                                container: name.into(),
-                                stream,
-                                code: s.exit_code.unwrap_or(0),
-                            });
-                            return;
-                        }
-                        Ok(_) => std::thread::sleep(Duration::from_millis(100)),
-                        Err(e) => {
-                            let _ = tx.send(Event::AgentLost(e.to_string()));
-                            return;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Event::AgentLost(e.to_string()));
-                return;
+            if let Ok(mut d) = denied.lock() {
+                *d = msg.to_string();
             }
         }
-    }
+    };
+    let event = match pod::stdio::pump(&mut c, cid, "", stream, &mut sink, &mut on_denied) {
+        Ok(end) => Event::Exited {
+            container: name.into(),
+            stream,
+            code: end.exit_code.unwrap_or(0),
+        },
+        Err(e) => Event::AgentLost(e.to_string()),
+    };
+    let _ = tx.send(event);
 }
 
 /// What was proved at start, on stderr (also by `veil run -d`, from the record).
@@ -1462,12 +1403,12 @@ fn print_summary(rec: &Record) {
         "veil: sandbox {} ({}): {}, TEE: {}",
         rec.id, rec.name, rec.sandbox_label, h.tee
     );
-    let no_tee = h.tee == veil_agent::proto::NO_TEE;
+    let no_tee = h.tee == veil_agent_api::proto::NO_TEE;
     if h.tee == "sim" {
         eprintln!("  WARNING: {}", veil_attest::sim::WARNING);
     }
     if no_tee {
-        eprintln!("  WARNING: {}", veil_agent::proto::NO_TEE_WARNING);
+        eprintln!("  WARNING: {}", veil_agent_api::proto::NO_TEE_WARNING);
         eprintln!("  measurement  none (no TEE measures this guest)");
     } else {
         eprintln!("  measurement  {} ({m_ok})", h.measurement);
@@ -1538,22 +1479,23 @@ fn print_summary(rec: &Record) {
 }
 
 /// A running sandbox's record and a client.
-fn connect(key: &str) -> Result<(PathBuf, Record, AgentClient)> {
+fn connect(key: &str) -> Result<(PathBuf, Record, PodClient)> {
     let data = data_dir()?;
-    let rec = Record::find(&data, key)?;
-    if rec.effective_status() != "running" {
-        bail!("sandbox {} is {}", rec.id, rec.effective_status());
-    }
-    let c = AgentClient::connect(&rec.socket, Duration::from_secs(30))
-        .map_err(|e| anyhow!("connecting to the agent of {}: {e}", rec.id))?;
+    let (rec, c) = PodClient::reconnect(&data, key, Duration::from_secs(30)).map_err(pod_err)?;
     Ok((data, rec, c))
 }
 
+/// A library error for the user: a record error keeps its cause chain;
+/// the others already say theirs.
+fn pod_err(e: PodError) -> anyhow::Error {
+    match e {
+        PodError::Record(r) => r.into(),
+        e => anyhow!("{e}"),
+    }
+}
+
 fn policy_of(rec: &Record) -> Result<PolicyData> {
-    let bytes = std::fs::read(&rec.init_data_file)?;
-    let p = ParsedInitData::parse(&bytes).map_err(|e| anyhow!("{e}"))?;
-    veil_policy::rego::extract_policy_data(p.init_data.policy().map_err(|e| anyhow!("{e}"))?)
-        .map_err(|e| anyhow!("{e}"))
+    Ok(rec.policy()?)
 }
 
 /// `veil exec`: exit code of the command; 126 when the policy refuses it.
@@ -1588,8 +1530,8 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    match c.call(AgentRequest::ExecProcess(req)) {
-        Ok(_) => {}
+    match c.exec(req) {
+        Ok(()) => {}
         Err(e) if e.is_denied() => {
             eprintln!("veil: exec refused: {e}");
             eprintln!("{}", exec_hint(&rec, &name, &a.command));
@@ -1604,7 +1546,7 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
         }
     }
     if let Some(sigs) = winch {
-        stdio::send_window_size(&mut c, &cid, &exec_id);
+        stdio::send_window_size(c.agent(), &cid, &exec_id);
         let (socket, cid, exec_id) = (rec.socket.clone(), cid.clone(), exec_id.clone());
         std::thread::spawn(move || {
             let Ok(mut c) = AgentClient::connect(&socket, Duration::from_secs(30)) else {
@@ -1627,28 +1569,13 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow!("{e}"))?;
         let (cid, exec_id) = (cid.clone(), exec_id.clone());
         handles.push(std::thread::spawn(move || -> Result<i32> {
-            loop {
-                let r: ReadStreamResult = c
-                    .call_typed(AgentRequest::ReadStream(ReadStreamRequest {
-                        container_id: cid.clone(),
-                        exec_id: exec_id.clone(),
-                        stream,
-                        max_bytes: 0,
-                    }))
-                    .map_err(|e| anyhow!("{e}"))?;
-                let b = base64::engine::general_purpose::STANDARD
-                    .decode(r.data)
-                    .unwrap_or_default();
-                let _ = match stream {
-                    Stream::Stdout => std::io::stdout()
-                        .write_all(&b)
-                        .and_then(|_| std::io::stdout().flush()),
-                    Stream::Stderr => std::io::stderr().write_all(&b),
-                };
-                if r.eof {
-                    return Ok(r.exit_code.unwrap_or(0));
-                }
-            }
+            let mut out: Box<dyn Write> = match stream {
+                Stream::Stdout => Box::new(std::io::stdout()),
+                Stream::Stderr => Box::new(std::io::stderr()),
+            };
+            let end = pod::stdio::pump(&mut c, &cid, &exec_id, stream, &mut out, &mut |_| {})
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(end.exit_code.unwrap_or(0))
         }));
     }
     let mut code = 0;
@@ -1845,12 +1772,8 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
 pub fn kill(a: KillArgs) -> Result<ExitCode> {
     let (_, rec, mut c) = connect(&a.id)?;
     for (cid, _) in &rec.containers {
-        c.call(AgentRequest::SignalProcess(SignalProcessRequest {
-            container_id: cid.clone(),
-            exec_id: String::new(),
-            signal: a.signal,
-        }))
-        .map_err(|e| anyhow!("signal {}: {e}", a.signal))?;
+        c.kill(cid, "", a.signal)
+            .map_err(|e| anyhow!("signal {}: {e}", a.signal))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1903,22 +1826,7 @@ pub fn stop(a: IdsArgs) -> Result<ExitCode> {
 }
 
 fn stop_record(rec: &Record) -> Result<()> {
-    if !rec.owner_alive() {
-        return Ok(());
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(rec.owner_pid as i32),
-        Signal::SIGTERM,
-    )
-    .map_err(|e| anyhow!("signalling the sandbox owner: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rec.owner_alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if rec.owner_alive() {
-        bail!("sandbox {} did not stop within 30 s", rec.id);
-    }
-    Ok(())
+    Ok(rec.stop_owner(Duration::from_secs(30))?)
 }
 
 /// `veil rm`.
@@ -1975,11 +1883,13 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
         let (_, _, mut c) = connect(&rec.id)?;
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);
-        let ev = c.call_typed::<veil_agent::proto::GetEvidenceResult>(AgentRequest::GetEvidence(
-            GetEvidenceRequest {
-                runtime_data: veil_agent_api::Bytes(nonce.to_vec()),
-            },
-        ));
+        let ev = c
+            .agent()
+            .call_typed::<veil_agent_api::proto::GetEvidenceResult>(AgentRequest::GetEvidence(
+                GetEvidenceRequest {
+                    runtime_data: veil_agent_api::Bytes(nonce.to_vec()),
+                },
+            ));
         out["evidence"] = match ev {
             Ok(ev) if ev.tee == "sim" => {
                 let platform = SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(&data))
@@ -1990,7 +1900,7 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
                 ) {
                     Ok(claims) => serde_json::json!({
                         "tee": "sim",
-                        "verified": claims.report_data == veil_agent::proto::report_data_for(&nonce).to_vec(),
+                        "verified": claims.report_data == veil_agent_api::proto::report_data_for(&nonce).to_vec(),
                         "claims": claims.to_json(),
                         "warning": veil_attest::sim::WARNING,
                     }),

@@ -2,18 +2,16 @@
 //! `veil_runtime::net` and docs/network.md), and reaping the networks of
 //! `veil run`s that were killed before they could tear theirs down.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use veil_runtime::net::{self, NetSettings, NetworkMode, PodNetwork, PortMapping};
+use veil_runtime::net::{NetworkMode, PortMapping};
+use veil_runtime::pod;
 use veil_runtime::vm::qemu::WorkloadNet;
 
-use super::record::{self, Record};
-
-/// The state file of a sandbox's network, in its record dir.
-pub const STATE_FILE: &str = "net.json";
+use super::record;
 
 /// Networking flags of `veil run`.
 #[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
@@ -144,54 +142,12 @@ impl NetArgs {
     }
 }
 
-/// Set up the network of a process sandbox; the returned guard tears it
-/// down when dropped (also on every error path of `veil run`).
-pub fn setup(a: &NetArgs, data: &Path, dir: &Path, rec: &mut Record) -> Result<Option<PodNetwork>> {
-    let id = rec.id.clone();
-    let mode = a.mode()?;
-    let ports = a.ports()?;
-    rec.network = mode.to_string();
-    rec.ports = ports.iter().map(ToString::to_string).collect();
-    if !nix::unistd::geteuid().is_root() {
-        if mode != NetworkMode::None || !ports.is_empty() {
-            bail!(
-                "--network {mode}{}: needs root (veil creates a network namespace and a \
-                 bridge port, and changes the host's NAT rules); run as root, or use \
-                 --network none without -p",
-                if ports.is_empty() { "" } else { " with -p" }
-            );
-        }
-        // The agent makes the loopback-only namespace itself.
-        return Ok(None);
-    }
-    let settings = NetSettings::from_env(data);
-    let net = PodNetwork::setup(&settings, &id, &mode, &ports, &dir.join(STATE_FILE))
-        .map_err(|e| anyhow!("setting up the pod network ({mode}): {e}"))?;
-    rec.address = net.state().address.clone();
-    Ok(Some(net))
-}
-
 /// Tear down the networks that killed `veil run`s left behind (their
 /// owner is gone, the state file is still there). Run by every command
 /// that lists or removes sandboxes, and by `veil run`.
 pub fn reap(data: &Path) {
-    let settings = NetSettings::from_env(data);
-    let Ok(rd) = std::fs::read_dir(record::run_root(data)) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let state: PathBuf = e.path().join(STATE_FILE);
-        if !state.exists() {
-            continue;
-        }
-        let Some(id) = e.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let alive = Record::load(data, &id).is_ok_and(|r| r.owner_alive());
-        if alive {
-            continue;
-        }
-        match net::teardown_state_file(&state, &settings.cni_path) {
+    for (id, r) in pod::reap_networks(data) {
+        match r {
             Ok(true) => eprintln!(
                 "veil: removed the pod network sandbox {id} left behind (its owner was killed)"
             ),
@@ -199,20 +155,13 @@ pub fn reap(data: &Path) {
             Err(e) => eprintln!(
                 "veil: warning: could not remove the network sandbox {id} left behind: {e} \
                  (state in {})",
-                veil_kbs::text::escape_controls(&state.display().to_string())
+                veil_kbs::text::escape_controls(
+                    &record::dir_of(data, &id)
+                        .join(pod::NET_STATE_FILE)
+                        .display()
+                        .to_string()
+                )
             ),
         }
     }
-}
-
-/// The VM sandbox's network (see [`NetArgs::vm_workload`]), recorded.
-pub fn vm(a: &NetArgs, rec: &mut Record) -> Result<Option<WorkloadNet>> {
-    let w = a.vm_workload()?;
-    rec.network = if w.is_some() { "user" } else { "none" }.into();
-    rec.ports = a.ports()?.iter().map(ToString::to_string).collect();
-    if w.is_some() {
-        let [a, b, c, d] = veil_agent_api::workload_net::GUEST_IP;
-        rec.address = format!("{a}.{b}.{c}.{d}");
-    }
-    Ok(w)
 }

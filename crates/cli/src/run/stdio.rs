@@ -11,14 +11,13 @@
 //! generated policies allow them when the pod's container says `stdin:
 //! true` / `tty: true`, which is what `-i`/`-t` put in the generated pod).
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use veil_agent_api::{AgentRequest, Process, ResizeTerminalRequest, WriteStdinRequest};
+use veil_agent_api::{AgentRequest, Process, ResizeTerminalRequest};
 use veil_runtime::AgentClient;
 
 /// `-i`, `-t`.
@@ -92,9 +91,6 @@ pub fn send_window_size(c: &mut AgentClient, container_id: &str, exec_id: &str) 
     }
 }
 
-/// Largest stdin chunk sent in one request.
-const STDIN_CHUNK: usize = 64 * 1024;
-
 /// Forward veil's stdin to a process's stdin on its own connection, until
 /// either ends; the end of veil's stdin closes the process's.
 pub fn forward_stdin(socket: PathBuf, container_id: String, exec_id: String) {
@@ -102,24 +98,12 @@ pub fn forward_stdin(socket: PathBuf, container_id: String, exec_id: String) {
         let Ok(mut c) = AgentClient::connect(&socket, Duration::from_secs(30)) else {
             return;
         };
-        let mut input = std::io::stdin().lock();
-        let mut buf = vec![0u8; STDIN_CHUNK];
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => 0,
-            };
-            // n == 0 sends the empty write that closes the container's stdin.
-            let r = c.call(AgentRequest::WriteStdin(WriteStdinRequest {
-                container_id: container_id.clone(),
-                exec_id: exec_id.clone(),
-                data: veil_agent_api::Bytes(buf[..n].to_vec()),
-            }));
-            if n == 0 || r.is_err() {
-                return;
-            }
-        }
+        let _ = veil_runtime::pod::stdio::forward_stdin(
+            &mut c,
+            &container_id,
+            &exec_id,
+            &mut std::io::stdin().lock(),
+        );
     });
 }
 

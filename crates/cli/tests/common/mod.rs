@@ -235,7 +235,7 @@ pub fn impersonate_tee_to_kbs(
 pub fn host_get_evidence(socket: &std::path::Path, runtime_data: &[u8]) -> serde_json::Value {
     let mut c = veil_runtime::AgentClient::connect(socket, std::time::Duration::from_secs(30))
         .expect("connecting to the agent");
-    let ev: veil_agent::proto::GetEvidenceResult = c
+    let ev: veil_agent_api::proto::GetEvidenceResult = c
         .call_typed(veil_agent_api::AgentRequest::GetEvidence(
             veil_agent_api::GetEvidenceRequest {
                 runtime_data: veil_agent_api::Bytes(runtime_data.to_vec()),

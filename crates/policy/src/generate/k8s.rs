@@ -126,6 +126,9 @@ const CONTAINER_SC_KNOWN: &[&str] = &[
     "readOnlyRootFilesystem",
 ];
 
+/// The setting that admits privileged containers.
+pub const ALLOW_PRIVILEGED_SETTING: &str = "sandbox.allow_privileged";
+
 /// containerd's default capability set.
 const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
@@ -228,7 +231,7 @@ fn str_list(v: Option<&Value>, path: &str) -> Result<Option<Vec<String>>, Genera
     }
 }
 
-fn as_u32(v: Option<&Value>, path: &str) -> Result<Option<u32>, GenerateError> {
+pub(crate) fn as_u32(v: Option<&Value>, path: &str) -> Result<Option<u32>, GenerateError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(x) => x
@@ -913,6 +916,18 @@ fn container_policy(
 
     // ---- privileges and capabilities
     let privileged = as_bool(sc.get("privileged")) == Some(true);
+    if privileged && !settings.sandbox.allow_privileged {
+        return Err(field(
+            format!("{path}.securityContext.privileged"),
+            format!(
+                "true would give the container every capability, so it could read the agent's memory and keys, \
+                 reach the TEE's attestation device and remount anything in the sandbox; veil refuses it unless \
+                 the settings allow it ({ALLOW_PRIVILEGED_SETTING} = true, or veil policy generate / veil run \
+                 --allow-privileged); add only the capabilities the container needs \
+                 (securityContext.capabilities.add) instead"
+            ),
+        ));
+    }
     let mut caps: BTreeSet<String> = if privileged {
         ALL_CAPS.iter().map(|s| s.to_string()).collect()
     } else {

@@ -16,6 +16,7 @@ mod volumes;
 use std::collections::BTreeMap;
 
 pub use images::{ImageInfo, ImageResolver, LayoutResolver, RegistryResolver};
+pub use k8s::ALLOW_PRIVILEGED_SETTING;
 use serde_json::Value;
 pub use volumes::{ALLOW_HOST_PATH_SETTING, DEFAULT_MODE, pod_volume_contents};
 

@@ -261,6 +261,12 @@ pub(crate) fn pod_volumes(
     let Some(list) = w.spec.get("volumes").and_then(Value::as_array) else {
         return Ok(out);
     };
+    let fs_group = super::k8s::as_u32(
+        w.spec
+            .get("securityContext")
+            .and_then(|sc| sc.get("fsGroup")),
+        &format!("{path}.securityContext.fsGroup"),
+    )?;
     let mut total_files = 0usize;
     let mut total_bytes = 0usize;
     for (i, v) in list.iter().enumerate() {
@@ -284,6 +290,7 @@ pub(crate) fn pod_volumes(
             size_limit: None,
             host_path: String::new(),
             files: Vec::new(),
+            fs_group: None,
             encrypted: None,
         };
         let mut files = Vec::new();
@@ -455,6 +462,10 @@ pub(crate) fn pod_volumes(
             })
             .collect();
         vp.files.sort();
+        // As the kubelet: fsGroup owns the volumes it manages, not hostPath.
+        if vp.kind != VolumeKind::HostPath {
+            vp.fs_group = fs_group;
+        }
         out.push(PodVolume { policy: vp, files });
     }
     Ok(out)

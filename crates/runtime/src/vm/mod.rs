@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use veil_agent::proto::Hello;
+use veil_agent_api::proto::Hello;
 use veil_policy::{BindingField, InitDataDigest, ParsedInitData};
 
 use crate::client::AgentClient;
@@ -423,7 +423,7 @@ impl VmSandbox {
                     return Err(std::io::Error::last_os_error());
                 }
                 // Only stdio and the guest channel reach QEMU.
-                veil_agent::fds::cloexec_all_but(keep_fd)
+                veil_fds::cloexec_all_but(keep_fd)
             });
         }
         let t0 = Instant::now();

@@ -1,12 +1,66 @@
-//! What `veil ps/logs/exec/…` know about a sandbox: a record per sandbox in
-//! `<data>/run/<id>/record.json`, written atomically by the process that
-//! owns the sandbox (the foreground `veil run`, or its detached monitor).
+//! The sandbox record store: what another process (`veil ps/logs/exec/…`,
+//! a second shim) knows about a sandbox, to find it and reconnect to its
+//! agent. One record per sandbox in `<data>/run/<id>/record.json`, written
+//! atomically by the process that owns the sandbox (the foreground `veil
+//! run`, its detached monitor, or the shim). Records are public
+//! information (no secret is ever in one): the sandbox dir is 0700 because
+//! it also holds the agent socket and logs.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
-use veil_agent::proto::Hello;
+use veil_agent_api::proto::Hello;
+use veil_policy::{ParsedInitData, PolicyData};
+
+/// Why a record could not be read, found or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// No record under that id.
+    #[error("no sandbox {id:?} ({} not found)", path.display())]
+    NotFound {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record that does not parse.
+    #[error("reading {}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No record matches the id, id prefix or name.
+    #[error("no sandbox {0:?} (see veil ps -a)")]
+    NoMatch(String),
+    /// Several records match an id prefix.
+    #[error("{0:?} matches several sandboxes; give more of the id")]
+    Ambiguous(String),
+    /// The record could not be serialized.
+    #[error("serializing the sandbox record: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// The record's init-data (and so its policy) cannot be read.
+    #[error("the init-data of sandbox {id} ({}): {reason}", path.display())]
+    Policy {
+        id: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The sandbox's owner could not be signalled or did not stop.
+    #[error("{0}")]
+    Stop(String),
+    /// Writing failed.
+    #[error("{context}")]
+    Write {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, RecordError>;
 
 /// One sandbox.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -83,7 +137,7 @@ pub struct Record {
 
 /// `<data>/run`.
 pub fn run_root(data: &Path) -> PathBuf {
-    veil_runtime::paths::run_dir(data)
+    crate::paths::run_dir(data)
 }
 
 /// `<data>/run/<id>`.
@@ -96,18 +150,26 @@ impl Record {
     pub fn save(&self, data: &Path) -> Result<()> {
         let dir = dir_of(data, &self.id);
         let tmp = dir.join(".record.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join("record.json")).context("saving the sandbox record")?;
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(self).map_err(RecordError::Serialize)?;
+        std::fs::write(&tmp, bytes).map_err(|source| RecordError::Write {
+            context: format!("writing {}", tmp.display()),
+            source,
+        })?;
+        std::fs::rename(&tmp, dir.join("record.json")).map_err(|source| RecordError::Write {
+            context: "saving the sandbox record".into(),
+            source,
+        })
     }
 
     /// Load one record.
     pub fn load(data: &Path, id: &str) -> Result<Record> {
         let p = dir_of(data, id).join("record.json");
-        let bytes = std::fs::read(&p)
-            .with_context(|| format!("no sandbox {id:?} ({} not found)", p.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("reading {}", p.display()))
+        let bytes = std::fs::read(&p).map_err(|source| RecordError::NotFound {
+            id: id.into(),
+            path: p.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| RecordError::Corrupt { path: p, source })
     }
 
     /// Find by id, unique id prefix or name.
@@ -123,12 +185,12 @@ impl Record {
         let hits: Vec<&Record> = all.iter().filter(|r| r.id.starts_with(key)).collect();
         match hits.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => bail!("no sandbox {key:?} (see veil ps -a)"),
-            _ => bail!("{key:?} matches several sandboxes; give more of the id"),
+            [] => Err(RecordError::NoMatch(key.into())),
+            _ => Err(RecordError::Ambiguous(key.into())),
         }
     }
 
-    /// Every record, newest first.
+    /// Every record, newest first (unreadable ones are skipped).
     pub fn all(data: &Path) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         let root = run_root(data);
@@ -149,6 +211,45 @@ impl Record {
     /// Whether the owning process is alive (a crashed owner leaves `running`).
     pub fn owner_alive(&self) -> bool {
         self.owner_pid != 0 && Path::new(&format!("/proc/{}", self.owner_pid)).exists()
+    }
+
+    /// The policy the sandbox enforces, from the init-data it was given
+    /// (what a second client needs to build exec requests).
+    pub fn policy(&self) -> Result<PolicyData> {
+        let fail = |reason: String| RecordError::Policy {
+            id: self.id.clone(),
+            path: self.init_data_file.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&self.init_data_file).map_err(|e| fail(e.to_string()))?;
+        let p = ParsedInitData::parse(&bytes).map_err(|e| fail(e.to_string()))?;
+        let rego = p.init_data.policy().map_err(|e| fail(e.to_string()))?;
+        veil_policy::rego::extract_policy_data(rego).map_err(|e| fail(e.to_string()))
+    }
+
+    /// Stop the sandbox through its owner (SIGTERM; the owner tears it
+    /// down), waiting up to `timeout`. Nothing to do if the owner is gone.
+    pub fn stop_owner(&self, timeout: Duration) -> Result<()> {
+        if !self.owner_alive() {
+            return Ok(());
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.owner_pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(|e| RecordError::Stop(format!("signalling the sandbox owner: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        while self.owner_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.owner_alive() {
+            return Err(RecordError::Stop(format!(
+                "sandbox {} did not stop within {} s",
+                self.id,
+                timeout.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// Status as shown: a `running` record whose owner died is `dead`.

@@ -5,6 +5,12 @@
 //!
 //! Called between `fork` and `exec`: async-signal-safe system calls only,
 //! no allocation.
+//!
+//! One home for the agent (before exec'ing a container's process) and the
+//! host's sandbox launchers (before exec'ing `veil-agent` or QEMU): a crate of
+//! its own because `veil-agent-api` is pure data linked by the policy engine
+//! and its fuzzers, and the host must not link the agent. Not for: anything
+//! but deciding which descriptors survive `exec`.
 
 /// `CLOSE_RANGE_CLOEXEC` (Linux 5.11): mark the range close-on-exec.
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;

@@ -1,10 +1,10 @@
-//! The agent API wire protocol: how the typed requests of `veil-agent-api`
-//! travel over a byte stream (a unix socket in the process sandbox; vsock or
-//! virtio-serial in a VM), and what the agent answers.
+//! The agent's side of the wire protocol: how the typed requests of this
+//! crate travel over a byte stream (a unix socket in the process sandbox, a
+//! loopback-forwarded TCP port in a VM), and what the agent answers.
 //!
-//! Every frame is a 4-byte big-endian length and JSON ([`veil_tee::channel`]).
+//! Every frame is a 4-byte big-endian length and JSON (`veil_tee::channel`).
 //! On connect the agent sends one [`Hello`]; then the host sends an
-//! [`veil_agent_api::AgentMessage`] and the agent answers one
+//! [`crate::AgentMessage`] and the agent answers one
 //! [`AgentResponse`], in turn, until either side closes.
 
 use serde::{Deserialize, Serialize};

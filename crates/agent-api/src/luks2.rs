@@ -204,12 +204,13 @@ impl Luks2Header {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests_support {
+/// Test helpers: headers laid out as cryptsetup writes them.
+#[doc(hidden)]
+pub mod tests_support {
     use super::*;
 
     /// A header as cryptsetup lays it out, with a valid checksum.
-    pub(crate) fn header(uuid: &str, json: &str) -> Vec<u8> {
+    pub fn header(uuid: &str, json: &str) -> Vec<u8> {
         let mut b = vec![0u8; 16 << 10];
         b[MAGIC_RANGE].copy_from_slice(MAGIC);
         b[VERSION_RANGE].copy_from_slice(&2u16.to_be_bytes());

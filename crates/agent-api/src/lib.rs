@@ -297,6 +297,14 @@ pub struct CreateContainerRequest {
 /// network, that the guest agent moves into the pod's network namespace.
 /// Separate from the NIC that carries this API. Both sides use these
 /// addresses (QEMU's defaults for `net=10.0.3.0/24`).
+/// The virtio-blk serial of the VM sandbox's encrypted volume disk `i`
+/// is this prefix followed by `i` (the volume's index among the policy's
+/// encrypted volumes, sorted by name). Untrusted: the guest checks each
+/// disk's LUKS2 UUID against the policy.
+pub const VOLUME_SERIAL_PREFIX: &str = "veil-vol-";
+
+pub mod luks2;
+
 pub mod workload_net {
     /// The NIC's MAC address, which is how the guest tells it from the
     /// agent channel's NIC.

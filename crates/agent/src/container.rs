@@ -785,6 +785,8 @@ impl Manager {
                 Err(_) => 127,
             };
             tracing::info!(launcher, code, "container process exited");
+            // The host may stop the VM as soon as it hears of the exit.
+            crate::storage::flush();
             o.set_exit(code);
             e.set_exit(code);
         });

@@ -9,7 +9,8 @@
 //! digest, decrypted and unpacked ([`pull`]); containers run with their own
 //! namespaces, capabilities and seccomp filter ([`container`], [`init`]);
 //! workloads reach their secrets and fresh evidence through a small local
-//! HTTP API ([`local_api`]).
+//! HTTP API ([`local_api`]). Encrypted volumes are opened in the guest by
+//! [`storage`] (LUKS2 headers read by [`veil_agent_api::luks2`]).
 //!
 //! The wire protocol both sides speak is `veil-agent-api` (requests,
 //! [`veil_agent_api::proto`] for the hello and responses); descriptor
@@ -25,6 +26,7 @@ pub mod net;
 pub mod pull;
 pub mod seccomp;
 pub mod server;
+pub mod storage;
 pub mod streams;
 pub mod tty;
 pub mod vm;

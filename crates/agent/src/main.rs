@@ -379,6 +379,11 @@ fn run(a: ServeArgs) -> Result<(), String> {
             Some(kbs)
         }
     };
+    open_encrypted_volumes(
+        &booted.engine.data().sandbox.volumes,
+        a.listen_tcp.is_some(),
+        kbs.as_deref(),
+    )?;
 
     let hello = Hello {
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -463,6 +468,39 @@ fn run(a: ServeArgs) -> Result<(), String> {
     match listener {
         Listener::Unix(l) => agent.serve(l),
         Listener::Tcp(l) => agent.serve_tcp(l),
+    }
+    Ok(())
+}
+
+/// Open the policy's encrypted volumes (before any container exists), or
+/// refuse: they need the VM sandbox (`in_vm`) and a KBS for their keys.
+fn open_encrypted_volumes(
+    volumes: &[veil_policy::model::VolumePolicy],
+    in_vm: bool,
+    kbs: Option<&Kbs>,
+) -> Result<(), String> {
+    let enc = veil_agent::storage::encrypted(volumes);
+    let Some((first, _)) = enc.first() else {
+        return Ok(());
+    };
+    if !in_vm {
+        return Err(format!(
+            "volume {}: encrypted volumes need the VM sandbox (veil run --sandbox vm), where the guest kernel encrypts them; the process sandbox would give the host every byte",
+            first.name
+        ));
+    }
+    let kbs = kbs.ok_or_else(|| {
+        format!(
+            "volume {}: encrypted volumes need a KBS to release their keys, and init-data names none (a TEE other than none, and the KBS in aa.toml)",
+            first.name
+        )
+    })?;
+    let lines = veil_agent::storage::open_all(volumes, |uri| {
+        let path = veil_kbs_client::ResourcePath::parse(uri).map_err(|e| e.to_string())?;
+        kbs.get_resource(&path)
+    })?;
+    for l in lines {
+        tracing::info!("{l}");
     }
     Ok(())
 }

@@ -19,6 +19,8 @@
 //! the volume is group-owned as the kubelet makes it: files and
 //! directories get that group, files are group-readable and directories
 //! setgid, so files made later in an emptyDir inherit the group.
+//! - **encrypted** (a veil volume, VM sandbox only): opened by
+//!   [`crate::storage`] before the agent serves, then bound from there.
 
 use std::ffi::CString;
 use std::fs;
@@ -305,6 +307,7 @@ pub fn prepare_mount(
         }
         VolumeKind::EmptyDir => ensure_empty_dir(v, path),
         VolumeKind::HostPath => bind_host_path(v, path),
+        VolumeKind::Encrypted => crate::storage::bind(v, path),
     }
 }
 
@@ -414,6 +417,7 @@ mod tests {
             memory: false,
             size_limit: None,
             host_path: String::new(),
+            encrypted: None,
             files: vec![
                 VolumeFile {
                     path: "conf/app.conf".into(),
@@ -481,6 +485,7 @@ mod tests {
             host_path: String::new(),
             files: Vec::new(),
             fs_group: Some(gid),
+            encrypted: None,
         };
         let path = dir.path().join("data");
         prepare_mount(&[scratch], "data", &path, &["rw".into()]).unwrap();

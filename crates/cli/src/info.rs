@@ -352,6 +352,7 @@ mod tests {
             initrd_sha384: "22".repeat(48),
             agent_sha384: "33".repeat(48),
             modules: vec![],
+            tools: vec![],
             pvh_kernel: None,
             pvh_kernel_sha384: None,
             pvh_unavailable: Some("test".into()),

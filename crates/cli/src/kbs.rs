@@ -676,7 +676,7 @@ pub(crate) fn client_config(c: &ConnArgs) -> Result<ClientConfig> {
     Ok(cfg)
 }
 
-fn admin_client(a: &AdminArgs) -> Result<AdminClient> {
+pub(crate) fn admin_client(a: &AdminArgs) -> Result<AdminClient> {
     let pem = Zeroizing::new(
         std::fs::read_to_string(&a.admin_key)
             .with_context(|| format!("reading {}", a.admin_key.display()))?,

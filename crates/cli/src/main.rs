@@ -23,6 +23,7 @@ mod policy;
 mod progress;
 mod run;
 mod sim_root;
+mod volume;
 
 /// Run unmodified OCI containers inside hardware TEEs (AMD SEV-SNP, Intel TDX)
 /// and prove, with hardware-signed evidence, exactly what runs there before
@@ -89,6 +90,10 @@ enum Command {
     /// Secrets of the embedded KBS that `veil run` starts without --kbs.
     #[command(subcommand)]
     Secret(run::SecretCommand),
+    /// Encrypted persistent volumes (LUKS2 + dm-integrity in the VM
+    /// sandbox, keys in the KBS): create, inspect, list, recover the key.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 fn main() -> ExitCode {
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
         Command::Prune(a) => run::prune(a),
         Command::Inspect(a) => run::inspect(a),
         Command::Secret(cmd) => run::secret(cmd),
+        Command::Volume(cmd) => volume::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -456,29 +456,6 @@ fn auto_accel_falls_back_to_tcg_when_qemu_aborts_under_kvm() {
     nothing_left(&env);
 }
 
-/// A dev-mode `veil kbs serve` on loopback that trusts the sim platform of
-/// `env`'s data dir (its key made now, where `veil run` will use it).
-fn kbs_for_sim_of(env: &Env) -> veil_testkit::kbs::DevKbs {
-    let d = env.dir.path().join("kbs");
-    std::fs::create_dir_all(&d).unwrap();
-    let veil = Path::new(env!("CARGO_BIN_EXE_veil"));
-    veil_testkit::kbs::make_keys(veil, &d);
-    std::fs::create_dir_all(env.data().join("sim")).unwrap();
-    // fs::copy keeps the 0600 mode the sim platform insists on.
-    std::fs::copy(d.join("sim.key"), env.data().join("sim/platform-key.pem")).unwrap();
-    veil_testkit::kbs::DevKbs::serve(veil, &d)
-}
-
-/// `veil kbs ARGS… [FILE] --insecure-http` against `kbs`, which must succeed.
-fn kbs_admin(kbs: &veil_testkit::kbs::DevKbs, args: &[&str], file: Option<&Path>) {
-    let mut c = kbs.client();
-    c.arg("kbs").args(args);
-    if let Some(f) = file {
-        c.arg(f);
-    }
-    ok(c.arg("--insecure-http").output().unwrap());
-}
-
 /// A KBS that releases only to guests whose measurement is among its
 /// reference values: the VM's sim evidence carries the measurement of the
 /// exact guest that booted, so the KBS refuses it while another value is

@@ -72,6 +72,59 @@ pub enum VolumeKind {
     Content,
     /// A directory of the untrusted host, only when the settings allow it.
     HostPath,
+    /// A persistent veil volume (`veil volume create`): a disk the host
+    /// attaches, opened in the guest with dm-crypt + dm-integrity (LUKS2)
+    /// under a key the agent fetches from the KBS (VM sandbox only).
+    Encrypted,
+}
+
+/// What the policy pins about an encrypted persistent volume.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptedVolume {
+    /// The veil volume's name (`veil volume create NAME`).
+    pub volume: String,
+    /// The LUKS2 UUID the disk must carry (chosen at `veil volume create`,
+    /// written by the guest when it formats the volume on first use).
+    pub uuid: String,
+    /// `kbs:///repo/type/tag` of the volume key.
+    pub key: String,
+}
+
+impl EncryptedVolume {
+    /// Check the fields' shapes: a volume name, a lowercase hyphenated
+    /// UUID, a `kbs:///repo/type/tag` key path.
+    pub fn validate(&self) -> Result<(), String> {
+        check_volume_name(&self.volume)?;
+        if !is_uuid(&self.uuid) {
+            return Err(format!(
+                "encrypted volume {:?}: uuid {:?} is not a lowercase UUID (8-4-4-4-12 hex digits)",
+                self.volume, self.uuid
+            ));
+        }
+        let segs: Vec<&str> = self
+            .key
+            .strip_prefix("kbs:///")
+            .map(|r| r.split('/').collect())
+            .unwrap_or_default();
+        if segs.len() != 3 || segs.iter().any(|s| s.is_empty()) {
+            return Err(format!(
+                "encrypted volume {:?}: key {:?} is not kbs:///repo/type/tag",
+                self.volume, self.key
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A lowercase hyphenated UUID (`8-4-4-4-12` hex digits).
+pub fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// One pod volume.
@@ -100,6 +153,9 @@ pub struct VolumePolicy {
     /// directories setgid), as the kubelet does. Not for hostPath volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs_group: Option<u32>,
+    /// The disk, UUID and key of an encrypted volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<EncryptedVolume>,
 }
 
 /// One file of a content volume.
@@ -369,6 +425,22 @@ impl PolicyData {
                     "volume {:?}: only content volumes list files",
                     v.name
                 ));
+            }
+            match (&v.encrypted, v.kind == VolumeKind::Encrypted) {
+                (Some(e), true) => e.validate()?,
+                (None, true) => {
+                    return Err(format!(
+                        "volume {:?}: an encrypted volume needs its uuid and key",
+                        v.name
+                    ));
+                }
+                (Some(_), false) => {
+                    return Err(format!(
+                        "volume {:?}: only encrypted volumes name a uuid and key",
+                        v.name
+                    ));
+                }
+                (None, false) => {}
             }
         }
         for r in &self.sandbox.copy_file {

@@ -124,6 +124,11 @@ pub struct SandboxSettings {
     /// Admit `securityContext.privileged: true` containers (every
     /// capability inside the sandbox, including over the agent).
     pub allow_privileged: bool,
+    /// Encrypted persistent volumes a pod's `persistentVolumeClaim` may
+    /// name (`[sandbox.encrypted_volumes.CLAIM]`: the veil volume, its LUKS2
+    /// UUID and its KBS key path); `veil run` fills it from `veil volume`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub encrypted_volumes: std::collections::BTreeMap<String, crate::model::EncryptedVolume>,
 }
 
 /// Per-container defaults.
@@ -149,6 +154,7 @@ impl Default for SandboxSettings {
             unpack_limits: Default::default(),
             allow_host_path: false,
             allow_privileged: false,
+            encrypted_volumes: Default::default(),
         }
     }
 }

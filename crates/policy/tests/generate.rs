@@ -465,6 +465,61 @@ fn host_path_is_refused_unless_the_settings_allow_it() {
     assert!(m.options.contains(&"rw".to_string()), "{m:?}");
 }
 
+fn with_claim() -> String {
+    manifest("pod-multi.yaml")
+        .replace(
+            "        - {name: data, mountPath: /data}\n",
+            "        - {name: data, mountPath: /data}\n        - {name: db, mountPath: /db}\n",
+        )
+        .replace(
+            "    - name: data\n      emptyDir: {}\n",
+            "    - name: data\n      emptyDir: {}\n    - name: db\n      persistentVolumeClaim: {claimName: pgdata}\n",
+        )
+}
+
+/// A persistentVolumeClaim becomes an encrypted volume only when it names a
+/// veil volume; the policy then pins its LUKS2 UUID and key path.
+#[test]
+fn claims_must_name_a_veil_encrypted_volume_and_pin_its_uuid_and_key() {
+    let e = run(&[&with_claim()]).unwrap_err().to_string();
+    assert!(e.contains("persistentVolumeClaim.claimName"), "{e}");
+    assert!(e.contains("veil volume create pgdata"), "{e}");
+    let mut s = Settings::default();
+    let ev = veil_policy::model::EncryptedVolume {
+        volume: "pgdata".into(),
+        uuid: "0b4f1c1e-8c53-4a43-9a61-3e2f0a7d9c11".into(),
+        key: "kbs:///veil-volume/key/pgdata".into(),
+    };
+    s.sandbox
+        .encrypted_volumes
+        .insert("pgdata".into(), ev.clone());
+    let g = generate(&[&with_claim()], &resolver(), &s).unwrap();
+    let p = &g.workloads[0].policy;
+    let v = p.sandbox.volumes.iter().find(|v| v.name == "db").unwrap();
+    assert_eq!(v.kind, VolumeKind::Encrypted);
+    assert_eq!(v.encrypted.as_ref(), Some(&ev));
+    let m = p
+        .container("api")
+        .unwrap()
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/db")
+        .unwrap();
+    assert!(m.options.contains(&"rw".to_string()), "{m:?}");
+    // The UUID is measured: another volume gives another digest.
+    let mut s2 = s.clone();
+    s2.sandbox.encrypted_volumes.get_mut("pgdata").unwrap().uuid =
+        "0b4f1c1e-8c53-4a43-9a61-3e2f0a7d9c12".into();
+    let g2 = generate(&[&with_claim()], &resolver(), &s2).unwrap();
+    assert_ne!(g.workloads[0].digest, g2.workloads[0].digest);
+    // A malformed pin is refused.
+    s2.sandbox.encrypted_volumes.get_mut("pgdata").unwrap().key = "kbs:///a/b".into();
+    let e = generate(&[&with_claim()], &resolver(), &s2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("kbs:///repo/type/tag"), "{e}");
+}
+
 fn sha256(b: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))

@@ -658,6 +658,7 @@ fn workload(
     settings.sandbox.unpack_limits = a.unpack.bounds();
     settings.sandbox.allow_host_path = a.volumes.host_paths_allowed();
     settings.sandbox.allow_privileged = a.allow_privileged;
+    settings.sandbox.encrypted_volumes = crate::volume::known(&veil_runtime::paths::data_dir())?;
     let g = veil_policy::generate::generate(&inputs, &resolver, &settings)
         .map_err(|e| anyhow!("generating the policy: {e}"))?;
     let w = g
@@ -1075,7 +1076,7 @@ fn run_sandbox(
         id: rec.id.clone(),
         data: data.to_path_buf(),
         agent_binary: agent,
-        kind: a.vm.kind()?,
+        kind: crate::volume::with_disks(a.vm.kind()?, data, &w.init_data)?,
         tee: a.vm.tee()?,
         init_data: w.init_data.clone(),
         oci_layout: Some(w.layout.clone()),

@@ -149,6 +149,7 @@ impl VmArgs {
                 "guest".into(),
                 "relay".into(),
             ],
+            volume_disks: Vec::new(),
         }))
     }
 }

@@ -28,8 +28,10 @@ pub struct VolumeArgs {
     /// documents of the pod YAML itself.
     #[arg(long = "config", value_name = "FILE", requires = "pod")]
     pub config: Vec<PathBuf>,
-    /// A scratch volume NAME mounted at /path, made empty inside the
-    /// sandbox (an emptyDir; repeatable). Host directories need --mount.
+    /// Volume NAME mounted at /path (repeatable): the encrypted persistent
+    /// veil volume NAME if there is one (`veil volume create`; VM sandbox
+    /// only), else a scratch volume made empty inside the sandbox (an
+    /// emptyDir). Host directories need --mount.
     #[arg(short = 'v', long = "volume", value_name = "NAME:/path[:ro]")]
     pub volume: Vec<String>,
     /// A host directory in the container:
@@ -198,6 +200,16 @@ impl VolumeArgs {
                     q(&m.name),
                     q(&h.to_string_lossy())
                 )),
+                // A veil volume of that name: the encrypted persistent one.
+                None if crate::volume::find(&veil_runtime::paths::data_dir(), &m.name)?
+                    .is_some() =>
+                {
+                    vols.push_str(&format!(
+                        "  - name: {}\n    persistentVolumeClaim: {{claimName: {}}}\n",
+                        q(&m.name),
+                        q(&m.name)
+                    ))
+                }
                 None => vols.push_str(&format!("  - name: {}\n    emptyDir: {{}}\n", q(&m.name))),
             }
         }
@@ -208,7 +220,10 @@ impl VolumeArgs {
 /// The content volumes of the pod in `inputs` (the pod YAML and the
 /// `--config` files), as the agent must be handed them.
 pub fn contents(inputs: &[&str]) -> Result<Vec<VolumeContent>> {
-    veil_policy::generate::pod_volume_contents(inputs, &veil_policy::Settings::default())
+    let mut settings = veil_policy::Settings::default();
+    // Claims of veil volumes are volumes too (they have no content).
+    settings.sandbox.encrypted_volumes = crate::volume::known(&veil_runtime::paths::data_dir())?;
+    veil_policy::generate::pod_volume_contents(inputs, &settings)
         .map_err(|e| anyhow!("the pod's volumes: {e}"))
 }
 

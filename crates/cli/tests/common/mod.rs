@@ -85,6 +85,8 @@ pub fn image(env: &Env, layout: &OciLayout, tag: &str, cmd: &str) {
         "printenv",
         "stat",
         "grep",
+        "seq",
+        "mv",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
     }
@@ -336,4 +338,27 @@ pub fn fds_listed(output: &str) -> Vec<String> {
         .split_whitespace()
         .map(|p| p.trim_start_matches("/proc/self/fd/").to_string())
         .collect()
+}
+
+/// A dev-mode `veil kbs serve` on loopback that trusts the sim platform of
+/// `env`'s data dir (its key made now, where `veil run` will use it).
+pub fn kbs_for_sim_of(env: &Env) -> veil_testkit::kbs::DevKbs {
+    let d = env.dir.path().join("kbs");
+    std::fs::create_dir_all(&d).unwrap();
+    let veil = std::path::Path::new(env!("CARGO_BIN_EXE_veil"));
+    veil_testkit::kbs::make_keys(veil, &d);
+    std::fs::create_dir_all(env.data().join("sim")).unwrap();
+    // fs::copy keeps the 0600 mode the sim platform insists on.
+    std::fs::copy(d.join("sim.key"), env.data().join("sim/platform-key.pem")).unwrap();
+    veil_testkit::kbs::DevKbs::serve(veil, &d)
+}
+
+/// `veil kbs ARGS… [FILE] --insecure-http` against `kbs`, which must succeed.
+pub fn kbs_admin(kbs: &veil_testkit::kbs::DevKbs, args: &[&str], file: Option<&std::path::Path>) {
+    let mut c = kbs.client();
+    c.arg("kbs").args(args);
+    if let Some(f) = file {
+        c.arg(f);
+    }
+    ok(c.arg("--insecure-http").output().unwrap());
 }

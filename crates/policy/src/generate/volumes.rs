@@ -291,6 +291,7 @@ pub(crate) fn pod_volumes(
             host_path: String::new(),
             files: Vec::new(),
             fs_group: None,
+            encrypted: None,
         };
         let mut files = Vec::new();
         let default_mode = mode_of(
@@ -399,6 +400,31 @@ pub(crate) fn pod_volumes(
                 }
                 vp.kind = VolumeKind::HostPath;
                 vp.host_path = hp.to_string();
+            }
+            "persistentVolumeClaim" => {
+                let claim = get_str(&src, "claimName").ok_or_else(|| field(&p, "no claimName"))?;
+                let Some(e) = settings.sandbox.encrypted_volumes.get(claim) else {
+                    let known: Vec<&str> = settings
+                        .sandbox
+                        .encrypted_volumes
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    return Err(field(
+                        format!("{p}.claimName"),
+                        format!(
+                            "claim {claim:?} is not a veil encrypted volume (known: {}); a claim's storage is the untrusted host's, so veil mounts only volumes it encrypts: create one with `veil volume create {claim}` (veil run looks it up by name)",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                };
+                e.validate().map_err(|e| field(&p, e))?;
+                vp.kind = VolumeKind::Encrypted;
+                vp.encrypted = Some(e.clone());
             }
             other => {
                 unsupported.push(format!(

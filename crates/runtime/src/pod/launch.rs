@@ -86,6 +86,9 @@ pub struct VmOptions {
     /// host service, with the `127.0.0.1:PORT` to relay to appended and the
     /// connection on its stdin/stdout (`veil guest relay`).
     pub relay_command: Vec<String>,
+    /// Encrypted volume files, in the order of the policy's encrypted
+    /// volumes (sorted by pod volume name), attached writable.
+    pub volume_disks: Vec<PathBuf>,
 }
 
 /// Which sandbox to launch.
@@ -391,6 +394,7 @@ pub fn launch(
         init_data: cfg.init_data.clone(),
         handover_init_data: cfg.handover_init_data.clone(),
         oci_layout: cfg.oci_layout.clone(),
+        volume_disks: v.volume_disks.clone(),
         forwards,
         workload,
         debug: cfg.debug,
@@ -481,6 +485,7 @@ mod tests {
             memory_mib: 1024,
             boot_timeout: Duration::from_secs(300),
             relay_command: vec!["/usr/bin/veil".into(), "guest".into(), "relay".into()],
+            volume_disks: Vec::new(),
         })
     }
 

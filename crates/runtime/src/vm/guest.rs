@@ -6,8 +6,9 @@
 //! `veil-agent` as `/init` (stripped of debug info when `strip` exists), the
 //! shared libraries `ldd` names for it, the kernel modules the agent loads
 //! ([`MODULES`] and their dependencies from `modules.dep`, listed in load
-//! order in `/etc/veil/modules`), `/dev/console` and the empty mount points.
-//! Nothing else. Every entry has mtime 0 and uid/gid 0 and entries are
+//! order in `/etc/veil/modules`), Debian's `cryptsetup` and `mke2fs` for
+//! encrypted volumes ([`TOOLS`], with their shared libraries; see
+//! docs/storage.md), `/dev/console` and the empty mount points. Nothing else. Every entry has mtime 0 and uid/gid 0 and entries are
 //! sorted, so the same inputs give the same bytes: the initrd's digest is
 //! part of the launch measurement.
 
@@ -30,7 +31,21 @@ pub const MODULES: &[&str] = &[
     "overlay",
     "dm_verity",
     "dm_crypt",
+    // Encrypted volumes (docs/storage.md): dm-integrity under dm-crypt
+    // (LUKS2 authenticated encryption: aes-xts + hmac-sha256 via authenc),
+    // ext4 on top; crc32c for ext4's metadata checksums.
+    "dm_integrity",
+    "ecb",
+    "xts",
+    "authenc",
+    "crc32c_generic",
+    "ext4",
 ];
+
+/// Programs of the host copied into the initrd (with their shared
+/// libraries): the agent runs them to open and format encrypted volumes.
+/// Guest path = host path. See docs/storage.md for why these two.
+pub const TOOLS: &[&str] = &["/usr/sbin/cryptsetup", "/usr/sbin/mke2fs"];
 
 /// Where the initrd lists the modules to load, in order.
 pub const MODULE_LIST: &str = "etc/veil/modules";
@@ -85,6 +100,9 @@ pub struct GuestImage {
     pub agent_sha384: String,
     /// Modules in load order.
     pub modules: Vec<String>,
+    /// Programs copied into the initrd ([`TOOLS`]).
+    #[serde(default)]
+    pub tools: Vec<String>,
     /// The uncompressed kernel extracted from `kernel` for PVH boot
     /// ([`super::pvh`]), which the sim and none VM sandboxes boot.
     #[serde(default)]
@@ -281,6 +299,7 @@ fn agent_bytes(agent: &Path, scratch: &Path) -> Result<Vec<u8>, GuestError> {
 /// Assemble the initrd archive.
 pub fn initrd_archive(
     agent: &[u8],
+    tools: &[(PathBuf, Vec<u8>)],
     libs: &[(PathBuf, Vec<u8>)],
     version: &str,
     modules: &[(String, Vec<u8>)],
@@ -304,7 +323,7 @@ pub fn initrd_archive(
             minor: 1,
         },
     )?;
-    for (path, data) in libs {
+    for (path, data) in tools.iter().chain(libs) {
         let rel = path.to_string_lossy();
         a.add(
             rel.trim_start_matches('/'),
@@ -386,12 +405,22 @@ pub fn build(cfg: &GuestBuildConfig, out: &Path) -> Result<GuestImage, GuestErro
     }
     std::fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
     let agent = agent_bytes(&cfg.agent, out)?;
+    let mut lib_paths: BTreeSet<PathBuf> = shared_libs(&cfg.agent)?.into_iter().collect();
+    let mut tools = Vec::new();
+    for t in TOOLS {
+        let p = Path::new(t);
+        let data = std::fs::read(p).map_err(io(format!(
+            "reading {t} (for encrypted volumes; install Debian's cryptsetup-bin and e2fsprogs: scripts/install-deps.sh)"
+        )))?;
+        lib_paths.extend(shared_libs(p)?);
+        tools.push((p.to_path_buf(), data));
+    }
     let mut libs = Vec::new();
-    for l in shared_libs(&cfg.agent)? {
+    for l in lib_paths {
         let data = std::fs::read(&l).map_err(io(format!("reading {}", l.display())))?;
         libs.push((l, data));
     }
-    let archive = initrd_archive(&agent, &libs, &version, &modules)?;
+    let archive = initrd_archive(&agent, &tools, &libs, &version, &modules)?;
     let initrd_path = out.join("initrd.img");
     let kernel_path = out.join("vmlinuz");
     write_atomic(&initrd_path, &archive.write())?;
@@ -428,6 +457,7 @@ pub fn build(cfg: &GuestBuildConfig, out: &Path) -> Result<GuestImage, GuestErro
         initrd: initrd_path,
         kernel_version: version,
         modules: order,
+        tools: TOOLS.iter().map(|t| t.to_string()).collect(),
     };
     let json = serde_json::to_vec_pretty(&img).unwrap_or_default();
     write_atomic(&out.join("guest.json"), &json)?;
@@ -451,7 +481,14 @@ pub fn cached(dir: &Path, agent: &Path, digest_cache: &Path) -> Option<GuestImag
         (None, None) => img.pvh_unavailable.is_some(),
         _ => false,
     };
-    (h(agent)? == img.agent_sha384
+    // An image from before encrypted volumes lacks their tools: rebuild.
+    let tools_ok = img
+        .tools
+        .iter()
+        .map(String::as_str)
+        .eq(TOOLS.iter().copied());
+    (tools_ok
+        && h(agent)? == img.agent_sha384
         && h(&img.kernel)? == img.kernel_sha384
         && h(&img.initrd)? == img.initrd_sha384
         && pvh_ok)
@@ -491,15 +528,17 @@ kernel/drivers/md/dm-mod.ko:\n";
     fn initrd_is_deterministic_and_minimal() {
         let libs = vec![(PathBuf::from("/lib/x/libc.so.6"), b"libc".to_vec())];
         let mods = vec![("kernel/a.ko".to_string(), b"ko".to_vec())];
-        let a = initrd_archive(b"agent", &libs, "6.1.0-1-amd64", &mods).unwrap();
-        let b = initrd_archive(b"agent", &libs, "6.1.0-1-amd64", &mods).unwrap();
+        let tools = vec![(PathBuf::from("/usr/sbin/cryptsetup"), b"cs".to_vec())];
+        let a = initrd_archive(b"agent", &tools, &libs, "6.1.0-1-amd64", &mods).unwrap();
+        let b = initrd_archive(b"agent", &tools, &libs, "6.1.0-1-amd64", &mods).unwrap();
         assert_eq!(a.write(), b.write());
         let paths: Vec<&str> = a.paths().collect();
         assert!(paths.contains(&"init"));
         assert!(paths.contains(&"dev/console"));
         assert!(paths.contains(&"lib/modules/6.1.0-1-amd64/kernel/a.ko"));
         assert!(paths.contains(&"lib/x/libc.so.6"));
-        let c = initrd_archive(b"agent2", &libs, "6.1.0-1-amd64", &mods).unwrap();
+        assert!(paths.contains(&"usr/sbin/cryptsetup"));
+        let c = initrd_archive(b"agent2", &tools, &libs, "6.1.0-1-amd64", &mods).unwrap();
         assert_ne!(a.write(), c.write());
     }
 }

@@ -136,6 +136,9 @@ pub struct VmConfig {
     pub handover_init_data: Option<Vec<u8>>,
     /// The OCI layout to expose read-only.
     pub oci_layout: Option<PathBuf>,
+    /// Encrypted volume files, in the order of the policy's encrypted
+    /// volumes (sorted by pod volume name); attached writable.
+    pub volume_disks: Vec<PathBuf>,
     /// Host services the guest reaches at `10.0.2.100:port`.
     pub forwards: Vec<GuestForward>,
     /// The pod's NIC and published ports; `None`: loopback only.
@@ -376,6 +379,7 @@ impl VmSandbox {
             forwards: cfg.forwards.clone(),
             init_data_file: init_path,
             oci_disk,
+            volume_disks: cfg.volume_disks.clone(),
             tee,
             workload: cfg.workload.clone(),
         };

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use veil_agent_api::workload_net;
+use veil_agent_api::{VOLUME_SERIAL_PREFIX, workload_net};
 
 use crate::net::PortMapping;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -98,6 +98,10 @@ pub struct QemuConfig {
     pub init_data_file: PathBuf,
     /// Read-only disk with the OCI layout archive.
     pub oci_disk: Option<PathBuf>,
+    /// Encrypted volume files, in the policy's order (sorted by pod volume
+    /// name): writable virtio-blk disks with serial `veil-vol-<index>`.
+    /// The guest checks each one's LUKS2 UUID against the policy.
+    pub volume_disks: Vec<PathBuf>,
     pub tee: VmTee,
     /// The pod's NIC and its published ports; `None`: the pod has
     /// loopback only (`--network none`).
@@ -268,6 +272,14 @@ pub fn argv(c: &QemuConfig) -> Vec<String> {
             &format!("if=none,id=oci,file={},format=raw,readonly=on", p(d)),
             "-device",
             "virtio-blk-pci,drive=oci",
+        ]);
+    }
+    for (i, d) in c.volume_disks.iter().enumerate() {
+        push(&[
+            "-drive",
+            &format!("if=none,id=vol{i},file={},format=raw,discard=ignore", p(d)),
+            "-device",
+            &format!("virtio-blk-pci,drive=vol{i},serial={VOLUME_SERIAL_PREFIX}{i}"),
         ]);
     }
     if let VmTee::Sim { channel_fd } = &c.tee {
@@ -530,6 +542,7 @@ mod tests {
             }],
             init_data_file: "/s/init-data.toml".into(),
             oci_disk: Some("/s/oci.tar".into()),
+            volume_disks: vec![],
             tee,
             workload: None,
         }

@@ -1,0 +1,656 @@
+//! `veil volume`: encrypted persistent volumes (docs/storage.md).
+//!
+//! A volume is a sparse file (or a block device) the host attaches to the
+//! VM sandbox, plus a record of what the owner chose for it: its LUKS2
+//! UUID and the KBS path of its key. The key itself is 64 random bytes
+//! generated here, stored in the KBS through the admin API and zeroized:
+//! nothing about it is written next to the volume. The guest formats the
+//! volume (LUKS2 with dm-integrity, ext4) on first use and opens it on
+//! every later run, after attestation, with the key the KBS releases to it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use veil_agent_api::luks2::{self, Luks2Header};
+use veil_policy::model::{EncryptedVolume, check_volume_name};
+use zeroize::Zeroizing;
+
+/// Smallest volume: the LUKS2 header (16 MiB) plus room for dm-integrity and ext4.
+pub const MIN_VOLUME_BYTES: u64 = 64 << 20;
+/// Largest volume file.
+pub const MAX_VOLUME_BYTES: u64 = 16 << 40;
+/// Bytes of a volume key.
+pub const KEY_BYTES: usize = 64;
+/// Largest volume record read.
+const MAX_RECORD_BYTES: usize = 64 << 10;
+
+/// `veil volume …`.
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume: a sparse file and a fresh key stored in the KBS
+    /// (the guest formats it, LUKS2 + dm-integrity + ext4, on first use).
+    Create(CreateArgs),
+    /// What the volume's record and LUKS2 header say (never the key).
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List volumes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recovery: write the volume's key, read with the KBS's own KEK from
+    /// its store (admin rights over the KBS's data), to a 0600 file for
+    /// `cryptsetup open --key-file`.
+    Key(KeyArgs),
+}
+
+/// `veil volume create`.
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The volume's name (a DNS label: `veil run -v NAME:/path`, or a pod's
+    /// `persistentVolumeClaim.claimName`).
+    pub name: String,
+    /// Size: bytes, or with a unit K, M, G, T (binary), e.g. 1G.
+    #[arg(long, value_parser = parse_size)]
+    pub size: u64,
+    /// The volume file [default: <data>/volumes/NAME.img]; an existing block
+    /// device is used as is.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// The KBS that keeps the key [default: veil run's embedded KBS].
+    #[arg(long)]
+    pub kbs: Option<String>,
+    /// Admin private key of --kbs.
+    #[arg(long, env = "VEIL_KBS_ADMIN_KEY")]
+    pub admin_key: Option<PathBuf>,
+    /// CA certificate(s) of --kbs (PEM).
+    #[arg(long, env = "VEIL_KBS_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Allow an http:// --kbs (loopback development servers).
+    #[arg(long, requires = "kbs")]
+    pub insecure_http: bool,
+    /// Where the key goes in the KBS [default: kbs:///veil-volume/key/NAME].
+    #[arg(long)]
+    pub key_path: Option<String>,
+}
+
+/// `veil volume key`.
+#[derive(Args)]
+pub struct KeyArgs {
+    pub name: String,
+    /// Where to write the key (0600, never over an existing file).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The KBS's data dir [default: the embedded KBS's, <data>/kbs].
+    #[arg(long, requires = "kek_file")]
+    pub kbs_data_dir: Option<PathBuf>,
+    /// The KBS's KEK file [default: <data>/kbs.kek].
+    #[arg(long, requires = "kbs_data_dir")]
+    pub kek_file: Option<PathBuf>,
+}
+
+/// What `veil volume create` recorded (`<data>/volumes/NAME.json`):
+/// public facts only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub file: PathBuf,
+    pub size: u64,
+    pub uuid: String,
+    /// `kbs:///repo/type/tag` of the key.
+    pub key: String,
+    /// The KBS URL, or `embedded`.
+    pub kbs: String,
+    /// RFC 3339.
+    pub created: String,
+}
+
+impl VolumeRecord {
+    /// What the policy pins.
+    pub fn pin(&self) -> EncryptedVolume {
+        EncryptedVolume {
+            volume: self.name.clone(),
+            uuid: self.uuid.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// `--size`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected bytes or a size like 512M, 1G"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))?;
+    if bytes < MIN_VOLUME_BYTES {
+        return Err(format!(
+            "{s:?}: a volume needs at least {} MiB (the LUKS2 header alone takes 16 MiB)",
+            MIN_VOLUME_BYTES >> 20
+        ));
+    }
+    if bytes > MAX_VOLUME_BYTES {
+        return Err(format!("{s:?}: at most {} TiB", MAX_VOLUME_BYTES >> 40));
+    }
+    Ok(bytes)
+}
+
+/// Where volume records live.
+pub fn volumes_dir(data: &Path) -> PathBuf {
+    data.join("volumes")
+}
+
+fn record_path(data: &Path, name: &str) -> PathBuf {
+    volumes_dir(data).join(format!("{name}.json"))
+}
+
+/// The record of volume `name`, if there is one.
+pub fn find(data: &Path, name: &str) -> Result<Option<VolumeRecord>> {
+    if check_volume_name(name).is_err() {
+        return Ok(None);
+    }
+    let p = record_path(data, name);
+    if std::fs::symlink_metadata(&p).is_err() {
+        return Ok(None);
+    }
+    let bytes = crate::output::read_limited(&p, "volume record", MAX_RECORD_BYTES)?;
+    let r: VolumeRecord =
+        serde_json::from_slice(&bytes).with_context(|| format!("volume record {}", p.display()))?;
+    if r.name != name {
+        bail!(
+            "volume record {}: names volume {:?}, expected {name:?}",
+            p.display(),
+            r.name
+        );
+    }
+    r.pin()
+        .validate()
+        .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    Ok(Some(r))
+}
+
+/// Every volume, by name.
+pub fn all(data: &Path) -> Result<BTreeMap<String, VolumeRecord>> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(volumes_dir(data)) else {
+        return Ok(out);
+    };
+    for e in rd.flatten() {
+        let f = e.file_name();
+        let Some(name) = f.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        if let Some(r) = find(data, name)? {
+            out.insert(name.to_string(), r);
+        }
+    }
+    Ok(out)
+}
+
+/// What generated policies may pin: every volume of `data`, by name (a
+/// pod's `persistentVolumeClaim.claimName`, or `veil run -v NAME:/path`).
+pub fn known(data: &Path) -> Result<BTreeMap<String, EncryptedVolume>> {
+    Ok(all(data)?.into_iter().map(|(n, r)| (n, r.pin())).collect())
+}
+
+/// The volume files to attach for the encrypted volumes of the policy in
+/// `init_data`, in the guest's order (sorted by pod volume name). Each must
+/// be a volume of `data` with the UUID the policy pins. In the process
+/// sandbox (`vm` false) any encrypted volume is refused.
+pub fn disks_for(data: &Path, init_data: &[u8], vm: bool) -> Result<Vec<PathBuf>> {
+    let parsed = veil_policy::ParsedInitData::parse(init_data).map_err(|e| anyhow!("{e}"))?;
+    let policy = veil_policy::rego::extract_policy_data(
+        parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let mut enc: Vec<_> = policy
+        .sandbox
+        .volumes
+        .iter()
+        .filter_map(|v| v.encrypted.as_ref().map(|e| (v.name.clone(), e.clone())))
+        .collect();
+    enc.sort_by(|a, b| a.0.cmp(&b.0));
+    if let (false, Some((pod_name, e))) = (vm, enc.first()) {
+        bail!(
+            "volume {pod_name} is the encrypted veil volume {}: encrypted volumes need the VM sandbox (--sandbox vm), whose guest kernel encrypts them; the process sandbox protects nothing from the host, so veil refuses to put the volume's key there",
+            e.volume
+        );
+    }
+    let mut out = Vec::new();
+    for (pod_name, e) in enc {
+        let r = find(data, &e.volume)?.ok_or_else(|| {
+            anyhow!(
+                "volume {pod_name}: the policy names the veil volume {}, which this host does not have (veil volume ls); create it with `veil volume create {}`, or copy its file and record here",
+                e.volume,
+                e.volume
+            )
+        })?;
+        if r.uuid != e.uuid {
+            bail!(
+                "volume {pod_name}: the policy pins veil volume {} with LUKS2 UUID {}, this host's volume {} has UUID {} (made by another `veil volume create`); generate the policy again, or attach the volume it was made for",
+                e.volume,
+                e.uuid,
+                r.name,
+                r.uuid
+            );
+        }
+        let meta = std::fs::symlink_metadata(&r.file)
+            .with_context(|| format!("volume {}: its file {}", r.name, r.file.display()))?;
+        if !(meta.is_file() || meta.file_type().is_block_device()) {
+            bail!(
+                "volume {}: {} is not a regular file or block device (symbolic links are not followed)",
+                r.name,
+                r.file.display()
+            );
+        }
+        out.push(r.file);
+    }
+    Ok(out)
+}
+
+/// `kind` with the encrypted volumes of the policy in `init_data`
+/// attached (a VM), or refused (the process sandbox): see [`disks_for`].
+pub fn with_disks(
+    kind: veil_runtime::pod::launch::SandboxKind,
+    data: &Path,
+    init_data: &[u8],
+) -> Result<veil_runtime::pod::launch::SandboxKind> {
+    use veil_runtime::pod::launch::SandboxKind;
+    let disks = disks_for(data, init_data, kind.is_vm())?;
+    Ok(match kind {
+        SandboxKind::Vm(mut v) => {
+            v.volume_disks = disks;
+            SandboxKind::Vm(v)
+        }
+        k => k,
+    })
+}
+
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Make the volume file: a new sparse file (never an existing one), or an
+/// existing block device.
+fn make_file(path: &Path, size: u64) -> Result<bool> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_block_device() {
+            return Ok(false);
+        }
+        bail!(
+            "{}: already exists; a volume file is created new (or give a block device)",
+            path.display()
+        );
+    }
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(size)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    Ok(true)
+}
+
+fn data_dir() -> Result<PathBuf> {
+    let d = veil_runtime::paths::data_dir();
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}
+
+/// An admin client for the volume's KBS: `--kbs`, or the embedded one
+/// (kept running while the client is used).
+enum Admin {
+    Remote(veil_kbs_client::admin::AdminClient),
+    Embedded {
+        /// Kept running while `client` is used.
+        _server: crate::run::local_kbs::LocalKbs,
+        client: veil_kbs_client::admin::AdminClient,
+    },
+}
+
+impl Admin {
+    fn client(&self) -> &veil_kbs_client::admin::AdminClient {
+        match self {
+            Admin::Remote(c) | Admin::Embedded { client: c, .. } => c,
+        }
+    }
+}
+
+fn admin_for(a: &CreateArgs, data: &Path) -> Result<Admin> {
+    match &a.kbs {
+        Some(url) => {
+            let admin_key = a.admin_key.clone().ok_or_else(|| {
+                anyhow!(
+                    "--kbs {url}: the admin key is needed (--admin-key FILE or VEIL_KBS_ADMIN_KEY)"
+                )
+            })?;
+            let args = crate::kbs::AdminArgs {
+                conn: crate::kbs::ConnArgs {
+                    url: url.clone(),
+                    ca: a.ca.clone(),
+                    insecure_http: a.insecure_http,
+                },
+                admin_key,
+                audience: veil_kbs_client::admin::DEFAULT_ADMIN_AUDIENCE.into(),
+            };
+            Ok(Admin::Remote(crate::kbs::admin_client(&args)?))
+        }
+        None => {
+            let platform =
+                veil_runtime::sim::SimPlatform::load_or_create(&veil_runtime::paths::sim_dir(data))
+                    .map_err(|e| anyhow!("{e}"))?;
+            let kbs = crate::run::local_kbs::LocalKbs::start(data, platform.root())?;
+            let c = kbs.admin_client()?;
+            Ok(Admin::Embedded {
+                _server: kbs,
+                client: c,
+            })
+        }
+    }
+}
+
+fn create(a: CreateArgs) -> Result<ExitCode> {
+    check_volume_name(&a.name).map_err(|e| anyhow!("{e}"))?;
+    let data = data_dir()?;
+    if find(&data, &a.name)?.is_some() {
+        bail!(
+            "volume {} already exists ({}); pick another name",
+            a.name,
+            record_path(&data, &a.name).display()
+        );
+    }
+    let key_uri = a
+        .key_path
+        .clone()
+        .unwrap_or_else(|| format!("kbs:///veil-volume/key/{}", a.name));
+    let key_path = veil_kbs_client::ResourcePath::parse(&key_uri).map_err(|e| anyhow!("{e}"))?;
+    let key_uri = format!("kbs:///{key_path}");
+    let file = match &a.file {
+        Some(f) => std::path::absolute(f).with_context(|| format!("{}", f.display()))?,
+        None => volumes_dir(&data).join(format!("{}.img", a.name)),
+    };
+    let admin = admin_for(&a, &data)?;
+    if admin.client().resource_info(&key_path).is_ok() {
+        bail!(
+            "{key_uri} already holds a resource in the KBS: a volume key is never overwritten (another volume's data would be lost); choose --key-path"
+        );
+    }
+    let made = make_file(&file, a.size)?;
+    let mut key = Zeroizing::new([0u8; KEY_BYTES]);
+    OsRng.fill_bytes(key.as_mut());
+    let record = VolumeRecord {
+        name: a.name.clone(),
+        file: file.clone(),
+        size: a.size,
+        uuid: uuid_v4(),
+        key: key_uri.clone(),
+        kbs: a.kbs.clone().unwrap_or_else(|| "embedded".into()),
+        created: crate::kbs::rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        ),
+    };
+    let stored = admin
+        .client()
+        .put_resource(&key_path, key.as_ref())
+        .map_err(|e| anyhow!("storing the volume key at {key_uri}: {e}"));
+    drop(key);
+    if let Err(e) = stored {
+        if made {
+            let _ = std::fs::remove_file(&file);
+        }
+        return Err(e);
+    }
+    crate::output::stage(
+        &record_path(&data, &a.name),
+        &serde_json::to_vec_pretty(&record)?,
+        crate::output::Access::OwnerOnly,
+        crate::output::Existing::Keep,
+    )?
+    .commit()?;
+    eprintln!(
+        "veil: volume {} created: {} ({} bytes, sparse), LUKS2 UUID {}, key {} in {}; the guest formats it (LUKS2, dm-crypt + dm-integrity, ext4) on first use",
+        a.name,
+        file.display(),
+        a.size,
+        record.uuid,
+        key_uri,
+        if a.kbs.is_some() {
+            record.kbs.as_str()
+        } else {
+            "the embedded KBS"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The header facts of a volume file: `None` while it is blank.
+pub fn header_of(file: &Path) -> Result<Option<Luks2Header>> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+        .with_context(|| format!("opening {}", file.display()))?;
+    let mut first = vec![0u8; luks2::BINARY_HEADER_BYTES];
+    let n = f.read(&mut first)?;
+    first.truncate(n);
+    if first.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let size = luks2::header_size(&first).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let mut all = first;
+    (&mut f)
+        .take(size - all.len() as u64)
+        .read_to_end(&mut all)?;
+    Ok(Some(
+        Luks2Header::parse(&all).map_err(|e| anyhow!("{}: {e}", file.display()))?,
+    ))
+}
+
+fn inspect(name: &str, json: bool) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let r = find(&data, name)?.ok_or_else(|| {
+        anyhow!("no volume {name} (veil volume ls); create it with `veil volume create {name}`")
+    })?;
+    let header = header_of(&r.file)?;
+    if let Some(h) = &header {
+        if h.uuid != r.uuid {
+            bail!(
+                "volume {name}: {} carries LUKS2 UUID {}, the record says {}: the file was replaced",
+                r.file.display(),
+                h.uuid,
+                r.uuid
+            );
+        }
+    }
+    if json {
+        let v = serde_json::json!({"volume": r, "formatted": header.is_some(), "header": header});
+        crate::output::stdout_fmt(format_args!("{}\n", serde_json::to_string_pretty(&v)?));
+        return Ok(ExitCode::SUCCESS);
+    }
+    use crate::output::kv;
+    kv("name", &r.name);
+    kv("file", &r.file.display().to_string());
+    kv("size", &r.size.to_string());
+    kv("uuid", &r.uuid);
+    kv("key", &format!("{} ({})", r.key, r.kbs));
+    kv("created", &r.created);
+    match header {
+        None => kv(
+            "header",
+            "none yet (blank: the guest formats it on first use)",
+        ),
+        Some(h) => {
+            kv(
+                "header",
+                &format!("LUKS2, {} bytes, seqid {}", h.hdr_size, h.seqid),
+            );
+            kv("label", &h.label);
+            kv("cipher", &h.cipher);
+            kv("integrity", &h.integrity);
+            kv("sector size", &h.sector_size.to_string());
+            kv("data offset", &h.data_offset.to_string());
+            kv("keyslots", &format!("{} ({})", h.keyslots, h.kdf));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ls(json: bool) -> Result<ExitCode> {
+    let data = data_dir()?;
+    let all = all(&data)?;
+    if json {
+        let v: Vec<&VolumeRecord> = all.values().collect();
+        crate::output::stdout_fmt(format_args!("{}\n", serde_json::to_string_pretty(&v)?));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = format!("{:<24} {:>14}  {:<36}  KEY\n", "NAME", "SIZE", "UUID");
+    for r in all.values() {
+        out.push_str(&format!(
+            "{:<24} {:>14}  {:<36}  {}\n",
+            r.name, r.size, r.uuid, r.key
+        ));
+    }
+    crate::output::stdout_fmt(format_args!("{out}"));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key(a: KeyArgs) -> Result<ExitCode> {
+    use veil_kbs::store::Store;
+    let data = data_dir()?;
+    let r =
+        find(&data, &a.name)?.ok_or_else(|| anyhow!("no volume {} (veil volume ls)", a.name))?;
+    let (dir, kek_file) = match (&a.kbs_data_dir, &a.kek_file) {
+        (Some(d), Some(k)) => (d.clone(), k.clone()),
+        _ => {
+            let p = crate::run::local_kbs::LocalKbsPaths::new(&data);
+            (p.dir, p.kek)
+        }
+    };
+    let kek = veil_kbs::Kek::from_file(&kek_file)
+        .map_err(|e| anyhow!("the KBS's KEK {}: {e}", kek_file.display()))?;
+    let store = veil_kbs::store::sqlite::SqliteStore::open(&dir)
+        .map_err(|e| anyhow!("the KBS's store {}: {e}", dir.display()))?;
+    let path = veil_kbs_client::ResourcePath::parse(&r.key).map_err(|e| anyhow!("{e}"))?;
+    let (_, blob) = store
+        .get_resource(&path.to_string())
+        .map_err(|e| anyhow!("{e}"))?
+        .ok_or_else(|| anyhow!("the KBS in {} holds no {}", dir.display(), r.key))?;
+    let value = kek
+        .open(&format!("resource:{path}"), &blob)
+        .map_err(|e| anyhow!("{e}"))?;
+    crate::output::stage(
+        &a.out,
+        &value,
+        crate::output::Access::OwnerOnly,
+        crate::output::Existing::Keep,
+    )?
+    .commit()?;
+    eprintln!(
+        "veil: the key of volume {} written to {} (0600); open the volume offline with: cryptsetup open --key-file {} {} NAME",
+        r.name,
+        a.out.display(),
+        a.out.display(),
+        r.file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `veil volume`.
+pub fn run(cmd: VolumeCommand) -> Result<ExitCode> {
+    match cmd {
+        VolumeCommand::Create(a) => create(a),
+        VolumeCommand::Inspect { name, json } => inspect(&name, json),
+        VolumeCommand::Ls { json } => ls(json),
+        VolumeCommand::Key(a) => key(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_have_a_floor_and_binary_units() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert!(parse_size("1M").unwrap_err().contains("at least 64 MiB"));
+        assert!(parse_size("1Q").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn uuids_are_v4_and_fresh() {
+        let (a, b) = (uuid_v4(), uuid_v4());
+        assert!(veil_policy::model::is_uuid(&a), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(&a[14..15], "4");
+    }
+
+    #[test]
+    fn records_round_trip_and_files_are_never_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("v.img");
+        assert!(make_file(&f, 1 << 20).unwrap());
+        assert_eq!(std::fs::metadata(&f).unwrap().len(), 1 << 20);
+        assert!(make_file(&f, 1 << 20).is_err());
+        assert!(header_of(&f).unwrap().is_none());
+        std::fs::create_dir_all(volumes_dir(d.path())).unwrap();
+        let r = VolumeRecord {
+            name: "db".into(),
+            file: f,
+            size: 1 << 20,
+            uuid: uuid_v4(),
+            key: "kbs:///veil-volume/key/db".into(),
+            kbs: "embedded".into(),
+            created: "2026-12-03T09:00:00Z".into(),
+        };
+        std::fs::write(record_path(d.path(), "db"), serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(find(d.path(), "db").unwrap(), Some(r.clone()));
+        assert_eq!(known(d.path()).unwrap()["db"], r.pin());
+        assert_eq!(find(d.path(), "other").unwrap(), None);
+    }
+}

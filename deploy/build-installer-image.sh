@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the node-installer image that deploy/node-installer.yaml runs: veil,
 # containerd-shim-veil-v2, the shared libraries they need, and busybox (sh,
-# nsenter, cut, sleep). Not run by CI as part of the deploy manifests test;
-# see docs/kubernetes.md.
+# nsenter, cut, sleep). crates/cli/tests/node.rs builds it and runs the
+# DaemonSet's commands in it; see docs/kubernetes.md.
 #
 #   deploy/build-installer-image.sh oci:installer-layout:0.1.0 [BIN_DIR]
 #

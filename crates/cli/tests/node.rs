@@ -235,3 +235,40 @@ fn runtime_classes_name_the_installed_handlers() {
         "deploy/runtimeclasses.yaml and `veil node install --handlers` disagree"
     );
 }
+
+/// deploy/build-installer-image.sh builds an image in which the
+/// DaemonSet's commands work: veil and the shim run (their libraries are
+/// in), busybox gives sh/nsenter/cut, and `veil node install` installs
+/// into a root inside the container.
+#[test]
+fn installer_image_runs_veil_node_install() {
+    let env = common::Env::new();
+    let bin = Path::new(env!("CARGO_BIN_EXE_veil")).parent().unwrap();
+    assert!(
+        bin.join("containerd-shim-veil-v2").is_file(),
+        "build the workspace first (cargo build --workspace)"
+    );
+    let layout = env.dir.path().join("installer");
+    let reference = format!("oci:{}:0.1.0", layout.display());
+    ok(Command::new("bash")
+        .arg(deploy_dir().join("build-installer-image.sh"))
+        .arg(&reference)
+        .arg(bin)
+        .output()
+        .unwrap());
+    let script = "veil --version; /opt/veil/bin/containerd-shim-veil-v2 --version; \
+        nsenter --help 2>&1 | head -1; \
+        mkdir -p /tmp/node; veil node install --root /tmp/node --shim /opt/veil/bin/containerd-shim-veil-v2 --containerd-version 1.6.20 >/dev/null; \
+        grep -c runtime_type /tmp/node/etc/veil/containerd/veil.toml";
+    let out = ok(env
+        .veil()
+        .args(["run", "--rm", &reference, "--", "/bin/sh", "-c", script])
+        .output()
+        .unwrap());
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("veil "), "{stdout}");
+    assert!(lines[1].contains("io.containerd.veil.v2"), "{stdout}");
+    assert!(lines[2].starts_with("BusyBox"), "nsenter missing: {stdout}");
+    assert_eq!(lines[3], "4", "every handler installed: {stdout}");
+}

@@ -423,6 +423,12 @@ fn load_state(root: &Path) -> Result<Option<State>, NodeError> {
 /// Install veil on the node under `o.root`. Idempotent.
 pub fn install(o: &InstallOptions) -> Result<Report, NodeError> {
     let mut report = Report::default();
+    if !o.root.is_dir() {
+        return Err(NodeError::Refused(format!(
+            "the node root {} is not a directory (expected / or the node's root mounted, e.g. /host)",
+            o.root.display()
+        )));
+    }
     if o.handlers.is_empty() {
         return Err(NodeError::Refused(
             "no handlers to install (expected at least one of veil, veil-vm-sim, veil-vm-snp, veil-vm-tdx)".into(),
@@ -860,6 +866,10 @@ mod tests {
             );
         }
         fs::write(root.join(CONTAINERD_CONFIG), ORIGINAL).unwrap();
+        let mut elsewhere = o.clone();
+        elsewhere.root = root.join("missing");
+        let e = install(&elsewhere).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
         o.handlers = vec!["kata".into()];
         let e = install(&o).unwrap_err().to_string();
         assert!(e.contains("unknown handler \"kata\""), "{e}");

@@ -293,6 +293,14 @@ fn declared_schema(doc: &toml_edit::DocumentMut, path: &Path) -> Result<Option<S
     }
 }
 
+/// The permission bits of `path` (kept when it is rewritten), 0644 when
+/// it does not exist yet.
+fn mode_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644)
+}
+
 fn parse(bytes: &[u8], path: &Path) -> Result<toml_edit::DocumentMut, NodeError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| NodeError::Refused(format!("{}: not UTF-8", path.display())))?;
@@ -396,9 +404,12 @@ fn remove_import(doc: &mut toml_edit::DocumentMut, entry: &str, created: bool) -
 }
 
 /// The new main config: `original` (or a fresh one) importing the drop-in.
-fn main_config(original: Option<&[u8]>, path: &Path, schema: Schema) -> Result<Vec<u8>, NodeError> {
+fn main_config(
+    original: Option<toml_edit::DocumentMut>,
+    schema: Schema,
+) -> Result<Vec<u8>, NodeError> {
     let mut doc = match original {
-        Some(b) => parse(b, path)?,
+        Some(d) => d,
         None => format!("version = {}\n", schema.number())
             .parse::<toml_edit::DocumentMut>()
             .map_err(|e| NodeError::Refused(e.to_string()))?,
@@ -459,10 +470,18 @@ pub fn install(o: &InstallOptions) -> Result<Report, NodeError> {
         )));
     }
     let current = read_bounded(&cfg_path)?;
-    let doc_schema = match &current {
-        Some(b) => declared_schema(&parse(b, &cfg_path)?, &cfg_path)?,
+    // Parsed once: its schema, whether it had `imports`, and the edit.
+    let current_doc = current
+        .as_deref()
+        .map(|b| parse(b, &cfg_path))
+        .transpose()?;
+    let doc_schema = match &current_doc {
+        Some(d) => declared_schema(d, &cfg_path)?,
         None => None,
     };
+    let had_imports = current_doc
+        .as_ref()
+        .is_some_and(|d| d.get("imports").is_some());
     let schema = match (o.schema, doc_schema, &o.containerd_version) {
         (Some(s), Some(d), _) if s != d => {
             return Err(NodeError::Refused(format!(
@@ -483,7 +502,7 @@ pub fn install(o: &InstallOptions) -> Result<Report, NodeError> {
     };
 
     // Everything is computed (and so checked) before anything is written.
-    let new_cfg = main_config(current.as_deref(), &cfg_path, schema)?;
+    let new_cfg = main_config(current_doc, schema)?;
     let drop_in_text = drop_in(schema, &handlers)?;
 
     let state_dir = o.root.join(STATE_DIR);
@@ -580,18 +599,13 @@ pub fn install(o: &InstallOptions) -> Result<Report, NodeError> {
     if let Some(parent) = parent {
         make_dirs(&o.root, &parent, &mut dirs)?;
     }
-    let cfg_mode = fs::symlink_metadata(&cfg_path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
+    let cfg_mode = mode_of(&cfg_path);
     if write_file(&cfg_path, &new_cfg, cfg_mode)? {
         report.changed.push(format!("/{cfg_rel}"));
     }
     let imports_created = match &previous {
         Some(s) => s.imports_created,
-        None => match &current {
-            Some(b) => parse(b, &cfg_path)?.get("imports").is_none(),
-            None => true,
-        },
+        None => !had_imports,
     };
     let state = State {
         imports_created,
@@ -668,9 +682,7 @@ pub fn uninstall(root: &Path) -> Result<Report, NodeError> {
                         orig_path.display()
                     ))
                 })?;
-                let mode = fs::symlink_metadata(&cfg_path)
-                    .map(|m| m.permissions().mode() & 0o7777)
-                    .unwrap_or(0o644);
+                let mode = mode_of(&cfg_path);
                 write_file(&cfg_path, &orig, mode)?;
             } else {
                 fs::remove_file(&cfg_path).map_err(io(&cfg_path))?;
@@ -680,9 +692,7 @@ pub fn uninstall(root: &Path) -> Result<Report, NodeError> {
         Some(b) => {
             let mut doc = parse(&b, &cfg_path)?;
             if remove_import(&mut doc, &format!("/{DROP_IN}"), state.imports_created) {
-                let mode = fs::symlink_metadata(&cfg_path)
-                    .map(|m| m.permissions().mode() & 0o7777)
-                    .unwrap_or(0o644);
+                let mode = mode_of(&cfg_path);
                 write_file(&cfg_path, doc.to_string().as_bytes(), mode)?;
                 report.changed.push(format!("/{}", state.containerd_config));
             }

@@ -444,8 +444,14 @@ proptest! {
     fn nvidia_rim_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000), cut in 0usize..20519) {
         let _ = Rim::parse(&bytes);
         let xml = fixture(&format!("rims/{DRIVER_RIM}"));
-        let _ = Rim::parse(&xml[..cut.min(xml.len())]);
-        prop_assert!(Rim::verify(&xml[..cut.min(xml.len())], RIM_TIME).is_err());
+        let cut = cut.min(xml.len());
+        let _ = Rim::parse(&xml[..cut]);
+        // Cutting only the trailing newline leaves the same signed document.
+        if xml[cut..].iter().all(u8::is_ascii_whitespace) {
+            prop_assert!(Rim::verify(&xml[..cut], RIM_TIME).is_ok());
+        } else {
+            prop_assert!(Rim::verify(&xml[..cut], RIM_TIME).is_err());
+        }
     }
 
     /// Corrupting a real report (a byte changed, the tail cut) never panics

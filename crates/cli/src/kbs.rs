@@ -59,6 +59,16 @@ pub struct ServeArgs {
     /// (put a password in $VEIL_KBS_STORE rather than on the command line).
     #[arg(long, env = "VEIL_KBS_STORE", hide_env_values = true)]
     pub store: Option<String>,
+    /// TLS to PostgreSQL: the CA certificate(s) (PEM) that signed the
+    /// database server's certificate. TLS is then required and the server
+    /// verified (chain and host name, as libpq's verify-full).
+    #[arg(
+        long,
+        env = "VEIL_KBS_STORE_CA",
+        value_name = "FILE",
+        requires = "store"
+    )]
+    pub store_ca: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -201,10 +211,23 @@ pub struct TlsKeygenArgs {
 
 /// Arguments of `veil kbs rotate-kek`.
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["data_dir", "store"])))]
 pub struct RotateKekArgs {
-    /// Data directory of a stopped KBS.
+    /// Data directory of a stopped KBS (SQLite store).
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    /// The PostgreSQL store of a KBS whose replicas are all stopped
+    /// (refused while any replica runs on it).
+    #[arg(long, env = "VEIL_KBS_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// TLS to PostgreSQL: the CA certificate(s) (PEM) of its server.
+    #[arg(
+        long,
+        env = "VEIL_KBS_STORE_CA",
+        value_name = "FILE",
+        requires = "store"
+    )]
+    pub store_ca: Option<PathBuf>,
     /// The KEK the secrets are sealed under now.
     #[arg(long)]
     pub old_kek_file: PathBuf,
@@ -471,6 +494,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     };
     let mut cfg = ServerConfig::new(a.data_dir.clone(), kek);
     cfg.store_url = a.store.clone();
+    cfg.store_ca = a.store_ca.clone();
     cfg.listen = a.listen;
     cfg.tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
@@ -610,20 +634,37 @@ fn kek_generate(a: KekGenerateArgs) -> Result<ExitCode> {
 fn rotate_kek(a: RotateKekArgs) -> Result<ExitCode> {
     let old = Kek::from_file(&a.old_kek_file)?;
     let new = Kek::from_file(&a.new_kek_file)?;
-    if !a.data_dir.is_dir() {
-        bail!("--data-dir {}: no such directory", a.data_dir.display());
-    }
-    // Held until the rotation is committed: no server may start meanwhile.
-    let _lock = match veil_kbs::datadir::DataDirLock::exclusive(&a.data_dir) {
-        Ok(l) => l,
-        Err(e @ veil_kbs::datadir::LockError::InUse { .. }) => {
-            eprintln!("veil: refused: {e}");
-            return Ok(ExitCode::from(1));
+    let n = if let Some(url) = &a.store {
+        use veil_kbs::store::postgres::{PgStore, PgTls};
+        let tls = PgTls::from_ca_file(a.store_ca.as_deref())?;
+        // The store refuses inside its transaction while a replica holds
+        // its share of the KEK lock.
+        let store = PgStore::open_with(url, &tls)?;
+        match veil_kbs::secrets::rotate_kek(&store, &old, &new) {
+            Ok(n) => n,
+            Err(e) if e.contains("refused:") => {
+                eprintln!("veil: {e}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => bail!(e),
         }
-        Err(e) => return Err(e.into()),
+    } else {
+        let dir = a.data_dir.as_deref().expect("clap: --data-dir or --store");
+        if !dir.is_dir() {
+            bail!("--data-dir {}: no such directory", dir.display());
+        }
+        // Held until the rotation is committed: no server may start meanwhile.
+        let _lock = match veil_kbs::datadir::DataDirLock::exclusive(dir) {
+            Ok(l) => l,
+            Err(e @ veil_kbs::datadir::LockError::InUse { .. }) => {
+                eprintln!("veil: refused: {e}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let store = veil_kbs::store::sqlite::SqliteStore::open(dir)?;
+        veil_kbs::secrets::rotate_kek(&store, &old, &new).map_err(anyhow::Error::msg)?
     };
-    let store = veil_kbs::store::sqlite::SqliteStore::open(&a.data_dir)?;
-    let n = veil_kbs::secrets::rotate_kek(&store, &old, &new).map_err(anyhow::Error::msg)?;
     outln!(
         "re-sealed {n} secret(s) from KEK {} to KEK {}",
         old.id(),

@@ -227,6 +227,105 @@ fn rotate_kek_refused_while_a_server_runs() {
     allow_and_fetch(&kbs);
 }
 
+/// A KBS on PostgreSQL over verified TLS (`--store-ca`): it serves; its KEK
+/// cannot be rotated while it runs (the refusal says how many replicas hold
+/// the KEK lock); once it is stopped `rotate-kek --store` re-seals, and a
+/// replica with the new KEK releases the same secret.
+#[test]
+fn postgres_store_over_tls_and_kek_rotation_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_keys(Path::new(VEIL), d);
+    let tls = veil_kbs::tlsgen::generate(&["127.0.0.1".into()], 10, 10).unwrap();
+    let pg = veil_testkit::postgres::Postgres::start_tls(&tls.cert_chain, &tls.key);
+    pg.create_db("kbs");
+    std::fs::write(d.join("pg-ca.pem"), &tls.ca_cert).unwrap();
+    let ca = d.join("pg-ca.pem");
+    let url = pg.tcp_url("kbs");
+    let store_args = ["--store", url.as_str(), "--store-ca", ca.to_str().unwrap()];
+    std::fs::write(d.join("secret.bin"), "over-tls").unwrap();
+    run_ok(
+        veil()
+            .args(["kbs", "kek-generate", "--out"])
+            .arg(d.join("kek-new.hex")),
+    );
+    let fetch = |kbs: &DevKbs| {
+        run_ok(kbs.client().args([
+            "kbs",
+            "policy",
+            "set",
+            "--insecure-http",
+            "--template",
+            "allow-all",
+        ]));
+        run_ok(
+            kbs.sim_guest()
+                .arg("--out")
+                .arg(d.join("got.bin"))
+                .arg("repo/key/r"),
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("got.bin")).unwrap(),
+            "over-tls"
+        );
+        std::fs::remove_file(d.join("got.bin")).unwrap();
+    };
+    let rotate = || {
+        veil()
+            .env_remove("VEIL_KBS_STORE")
+            .args(["kbs", "rotate-kek"])
+            .args(store_args)
+            .arg("--old-kek-file")
+            .arg(d.join("kek.hex"))
+            .arg("--new-kek-file")
+            .arg(d.join("kek-new.hex"))
+            .output()
+            .unwrap()
+    };
+
+    let kbs = DevKbs::serve_with(Path::new(VEIL), d, &store_args);
+    run_ok(
+        kbs.client()
+            .args(["kbs", "resource", "put", "--insecure-http", "repo/key/r"])
+            .arg(d.join("secret.bin")),
+    );
+    fetch(&kbs);
+    assert_eq!(
+        pg.psql(
+            "kbs",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'veil-kbs' AND NOT s.ssl"
+        ),
+        "0",
+        "every connection of the KBS is encrypted"
+    );
+    let out = rotate();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused: 1 KBS replica(s)"), "{err}");
+    fetch(&kbs);
+    kbs.kill();
+
+    // The dead replica's backend lets go of its lock as soon as PostgreSQL
+    // notices the closed connection.
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = rotate();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("re-sealed"));
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("refused: 1 KBS replica(s)") && t0.elapsed().as_secs() < 10,
+            "{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::rename(d.join("kek-new.hex"), d.join("kek.hex")).unwrap();
+    let kbs = DevKbs::serve_with(Path::new(VEIL), d, &store_args);
+    fetch(&kbs);
+}
+
 /// `veil kbs audit | head`: a reader that has gone away ends the command
 /// quietly (status 0, no panic message), in text and in JSON.
 #[test]

@@ -48,7 +48,7 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
     }
     let lock = crate::datadir::DataDirLock::for_server(&cfg.data_dir)
         .map_err(|e| StartError(e.to_string()))?;
-    let store = open_store(&cfg)?;
+    let (store, replica_lock) = open_store(&cfg)?;
     let ids = store.kek_ids().map_err(|e| StartError(e.to_string()))?;
     if let Some(other) = ids.iter().find(|id| *id != cfg.kek.id()) {
         return Err(StartError(format!(
@@ -82,20 +82,37 @@ pub fn build_state(cfg: ServerConfig) -> Result<Arc<AppState>, StartError> {
         release_pin: RwLock::new(None),
         admin_jtis,
         _data_dir_lock: lock,
+        _replica_lock: replica_lock,
     };
     state.reload().map_err(StartError)?;
     Ok(Arc::new(state))
 }
 
-/// The store `cfg` names: PostgreSQL for `store_url`, else SQLite in the
-/// data dir.
-pub fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn Store>, StartError> {
+/// The store `cfg` names: PostgreSQL for `store_url` (with this replica's
+/// share of the KEK lock), else SQLite in the data dir.
+fn open_store(
+    cfg: &ServerConfig,
+) -> Result<(Arc<dyn Store>, Option<crate::store::postgres::ReplicaLock>), StartError> {
     Ok(match &cfg.store_url {
-        Some(url) => Arc::new(
-            PgStore::open(url)
-                .map_err(|e| StartError(format!("opening the store given by --store: {e}")))?,
+        Some(url) => {
+            let tls = crate::store::postgres::PgTls::from_ca_file(cfg.store_ca.as_deref())
+                .map_err(|e| StartError(e.to_string()))?;
+            let pg = PgStore::open_with(url, &tls)
+                .map_err(|e| StartError(format!("opening the store given by --store: {e}")))?;
+            let lock = pg
+                .hold_replica_lock()
+                .map_err(|e| StartError(e.to_string()))?;
+            (Arc::new(pg), Some(lock))
+        }
+        None if cfg.store_ca.is_some() => {
+            return Err(StartError(
+                "--store-ca is for a PostgreSQL store (--store postgres://…); the SQLite store is local".into(),
+            ));
+        }
+        None => (
+            Arc::new(SqliteStore::open(&cfg.data_dir).map_err(|e| StartError(e.to_string()))?),
+            None,
         ),
-        None => Arc::new(SqliteStore::open(&cfg.data_dir).map_err(|e| StartError(e.to_string()))?),
     })
 }
 

@@ -32,6 +32,9 @@ pub struct ServerConfig {
     /// A shared store for replicas (`postgres://…`); `None` = SQLite in
     /// the data directory.
     pub store_url: Option<String>,
+    /// CA certificate(s) (PEM) that verify the PostgreSQL server's
+    /// certificate: TLS to the store, required and verified.
+    pub store_ca: Option<PathBuf>,
     /// TLS files; `None` = plain HTTP, allowed on loopback only.
     pub tls: Option<TlsFiles>,
     /// The key-encryption key for secrets at rest.
@@ -103,6 +106,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir,
             store_url: None,
+            store_ca: None,
             tls: None,
             kek,
             admin_keys: Vec::new(),
@@ -192,6 +196,8 @@ pub struct AppState {
     pub release_pin: RwLock<Option<Arc<crate::pin::ReleasePin>>>,
     /// Held shared while the server lives: `rotate-kek` waits for no one.
     pub(crate) _data_dir_lock: crate::datadir::DataDirLock,
+    /// On PostgreSQL: this replica's share of the KEK lock.
+    pub(crate) _replica_lock: Option<crate::store::postgres::ReplicaLock>,
 }
 
 /// Unix seconds now.

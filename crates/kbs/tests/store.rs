@@ -422,3 +422,108 @@ fn postgres_down_is_unavailable_naming_the_store_then_recovers_by_itself() {
     }
     s.append_audit(&rec(2, "admin", "y")).unwrap();
 }
+
+#[test]
+fn postgres_over_tls_verifies_the_server_and_refuses_what_it_cannot_verify() {
+    use veil_kbs::store::postgres::PgTls;
+    let tls = veil_kbs::tlsgen::generate(&["127.0.0.1".into()], 10, 10).unwrap();
+    let pg = Postgres::start_tls(&tls.cert_chain, &tls.key);
+    pg.create_db("tls");
+    let url = pg.tcp_url("tls");
+
+    // The right CA: TLS in PostgreSQL's own view, and the store works.
+    let verify = PgTls::Verify(tls.ca_cert.as_bytes().to_vec());
+    let s = PgStore::open_with(&url, &verify).unwrap_or_else(|e| panic!("{e}"));
+    assert!(s.tls_in_use().unwrap(), "pg_stat_ssl says TLS");
+    assert!(s.describe().contains("TLS, verified"), "{}", s.describe());
+    s.put_resource("a/t/1", 1, &blob("k", 1), 1).unwrap();
+    assert!(s.get_resource("a/t/1").unwrap().is_some());
+
+    // Without --store-ca the same server is reached in plaintext (what a
+    // Unix socket or private network gives), never "TLS unverified".
+    let plain = PgStore::open(&url).unwrap();
+    assert!(!plain.tls_in_use().unwrap());
+
+    // Another CA: refused, naming the certificate check.
+    let other = veil_kbs::tlsgen::generate(&["127.0.0.1".into()], 10, 10).unwrap();
+    let e = PgStore::open_with(&url, &PgTls::Verify(other.ca_cert.as_bytes().to_vec()))
+        .err()
+        .expect("an unknown issuer is refused")
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+
+    // The right CA but a certificate for another name (verify-full).
+    let named = veil_kbs::tlsgen::generate(&["db.example".into()], 10, 10).unwrap();
+    let pg2 = Postgres::start_tls(&named.cert_chain, &named.key);
+    pg2.create_db("tls");
+    let e = PgStore::open_with(
+        &pg2.tcp_url("tls"),
+        &PgTls::Verify(named.ca_cert.as_bytes().to_vec()),
+    )
+    .err()
+    .expect("a certificate for another host is refused")
+    .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+
+    // sslmode=require with nothing to verify against: refused, saying how.
+    let e = PgStore::open(&format!("{url}?sslmode=require"))
+        .err()
+        .expect("require without a CA")
+        .to_string();
+    assert!(e.contains("--store-ca"), "{e}");
+    // A CA file with no certificate, and TLS asked over a Unix socket.
+    let e = PgStore::open_with(&url, &PgTls::Verify(b"not pem".to_vec()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no certificate"), "{e}");
+    let e = PgStore::open_with(&pg.url("tls"), &verify)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("Unix socket"), "{e}");
+}
+
+#[test]
+fn kek_rotation_on_postgres_waits_for_every_replica_to_stop() {
+    let pg = Postgres::start();
+    let s = pg_db(&pg, "rotate");
+    let (old, new) = (
+        Kek::from_bytes(&[0x11; 32]).unwrap(),
+        Kek::from_bytes(&[0x22; 32]).unwrap(),
+    );
+    s.put_resource("a/t/1", 6, &old.seal("resource:a/t/1", b"secret"), 1)
+        .unwrap();
+    // Two running replicas hold their share of the KEK lock.
+    let r1 = s.hold_replica_lock().unwrap();
+    let other = PgStore::open(&pg.url("rotate")).unwrap();
+    let r2 = other.hold_replica_lock().unwrap();
+    let e = veil_kbs::secrets::rotate_kek(&s, &old, &new).unwrap_err();
+    assert!(e.contains("refused: 2 KBS replica(s)"), "{e}");
+    assert_eq!(s.kek_ids().unwrap(), [old.id()], "nothing re-sealed");
+    drop(r1);
+    let e = veil_kbs::secrets::rotate_kek(&s, &old, &new).unwrap_err();
+    assert!(e.contains("refused: 1 KBS replica(s)"), "{e}");
+    // The last replica stops: its lock goes with its connection.
+    drop(r2);
+    drop(other);
+    // The server ends the backend (and frees its lock) just after the
+    // client hangs up.
+    let t0 = Instant::now();
+    let n = loop {
+        match veil_kbs::secrets::rotate_kek(&s, &old, &new) {
+            Ok(n) => break n,
+            Err(e) if t0.elapsed() < Duration::from_secs(10) => {
+                assert!(e.contains("refused: 1 KBS replica(s)"), "{e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(n, 1);
+    let (_, b) = s.get_resource("a/t/1").unwrap().unwrap();
+    assert_eq!(
+        new.open("resource:a/t/1", &b).unwrap().as_slice(),
+        b"secret"
+    );
+}

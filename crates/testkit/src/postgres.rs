@@ -46,12 +46,42 @@ pub struct Postgres {
     bin: PathBuf,
     as_postgres: bool,
     child: Option<Child>,
+    /// The server's port (its socket file is `.s.PGSQL.<port>`).
+    port: u16,
+    /// TLS on 127.0.0.1:`port` besides the Unix socket.
+    tls: bool,
 }
 
 impl Postgres {
     /// `initdb` and start a server; panics with the reason when PostgreSQL
     /// is not installed or does not start.
     pub fn start() -> Self {
+        let mut pg = Self::init();
+        pg.start_again();
+        pg
+    }
+
+    /// Like [`Postgres::start`], and also listening with TLS (`ssl=on`,
+    /// this certificate chain and key, PEM) on 127.0.0.1 at a free port:
+    /// [`Postgres::tcp_url`].
+    pub fn start_tls(cert_chain: &str, key: &str) -> Self {
+        let mut pg = Self::init();
+        let data = pg.data_dir();
+        for (name, pem) in [("server.crt", cert_chain), ("server.key", key)] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).expect("writing the server's TLS files");
+            crate::run_ok(Command::new("chmod").arg("0600").arg(&path));
+            if pg.as_postgres {
+                crate::run_ok(Command::new("chown").arg("postgres:").arg(&path));
+            }
+        }
+        pg.port = crate::free_port();
+        pg.tls = true;
+        pg.start_again();
+        pg
+    }
+
+    fn init() -> Self {
         let bin = bin_dir().unwrap_or_else(|| {
             panic!(
                 "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres): run scripts/install-deps.sh"
@@ -65,11 +95,13 @@ impl Postgres {
         if as_postgres {
             crate::run_ok(Command::new("chown").arg("postgres:").arg(dir.path()));
         }
-        let mut pg = Postgres {
+        let pg = Postgres {
             dir,
             bin,
             as_postgres,
             child: None,
+            port: 5432,
+            tls: false,
         };
         let data = pg.data_dir();
         crate::run_ok(
@@ -85,7 +117,6 @@ impl Postgres {
                 ])
                 .arg(&data),
         );
-        pg.start_again();
         pg
     }
 
@@ -127,11 +158,16 @@ impl Postgres {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "PostgreSQL is already running");
         let log = std::fs::File::create(self.dir.path().join("postgres.log")).expect("log file");
-        let child = self
-            .command("postgres")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-c", "listen_addresses="])
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D").arg(self.data_dir());
+        if self.tls {
+            cmd.args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"]);
+        } else {
+            cmd.args(["-c", "listen_addresses="]);
+        }
+        let child = cmd
+            .arg("-c")
+            .arg(format!("port={}", self.port))
             .arg("-c")
             .arg(format!(
                 "unix_socket_directories={}",
@@ -144,7 +180,8 @@ impl Postgres {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}/postgres: {e}", self.bin.display()));
         self.child = Some(child);
-        let sock = self.socket_dir().join(".s.PGSQL.5432");
+        let sock = self.socket_dir().join(format!(".s.PGSQL.{}", self.port));
+        let port = self.port.to_string();
         let ready = self.bin.join("pg_isready");
         crate::wait_until(
             "PostgreSQL",
@@ -156,7 +193,7 @@ impl Postgres {
                         .arg("-q")
                         .arg("-h")
                         .arg(self.socket_dir())
-                        .args(["-U", USER, "-d", "postgres"])
+                        .args(["-p", &port, "-U", USER, "-d", "postgres"])
                         .status()
                         .is_ok_and(|s| s.success())
             },
@@ -190,7 +227,7 @@ impl Postgres {
             Command::new(self.bin.join("createdb"))
                 .arg("-h")
                 .arg(self.socket_dir())
-                .args(["-U", USER, name]),
+                .args(["-p", &self.port.to_string(), "-U", USER, name]),
         );
     }
 
@@ -202,7 +239,17 @@ impl Postgres {
             .to_string()
             .replace('%', "%25")
             .replace('/', "%2F");
-        format!("postgres://{USER}@{host}/{name}")
+        format!("postgres://{USER}@{host}:{}/{name}", self.port)
+    }
+
+    /// The connection URL of database `name` over TCP to 127.0.0.1 (a
+    /// server from [`Postgres::start_tls`]).
+    pub fn tcp_url(&self, name: &str) -> String {
+        assert!(
+            self.tls,
+            "tcp_url: the server listens on TCP only with start_tls"
+        );
+        format!("postgres://{USER}@127.0.0.1:{}/{name}", self.port)
     }
 
     /// Run SQL through `psql` on database `name`; returns its unaligned,
@@ -213,6 +260,8 @@ impl Postgres {
                 .arg("-h")
                 .arg(self.socket_dir())
                 .args([
+                    "-p",
+                    &self.port.to_string(),
                     "-U",
                     USER,
                     "-d",

@@ -22,11 +22,17 @@
 //! version is in `veil_schema`. A database with a newer schema is refused.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use postgres::NoTls;
+use postgres::config::{Host, SslMode};
 use postgres::types::ToSql;
 use r2d2_postgres::PostgresConnectionManager;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     AuditRecord, Found, ResourceMeta, Result, SealedBlob, SharedSessions, Store, StoreError,
@@ -116,13 +122,175 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pooled connections per replica.
 pub const POOL_SIZE: u32 = 16;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+/// Advisory lock key every running replica holds shared and `rotate-kek`
+/// takes exclusively ("veilkek" in ASCII).
+const KEK_LOCK: i64 = 0x0076_6569_6c6b_656b;
+
+/// How often a replica checks the connection that holds its share of the
+/// KEK lock (and takes it again after the database restarted).
+const REPLICA_LOCK_CHECK: Duration = Duration::from_secs(1);
+
+/// The pool, plain or TLS: the driver's TLS connector is a type parameter,
+/// and a TLS connector cannot be used for Unix sockets at all (it is asked
+/// for a server name before the SSL mode is looked at).
+enum Pool {
+    Plain(r2d2::Pool<PostgresConnectionManager<NoTls>>),
+    Tls(r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>),
+}
+
+/// A pooled connection of either kind: a `postgres::Client`.
+enum Conn {
+    Plain(r2d2::PooledConnection<PostgresConnectionManager<NoTls>>),
+    Tls(r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>),
+}
+
+impl std::ops::Deref for Conn {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        match self {
+            Conn::Plain(c) => c,
+            Conn::Tls(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        match self {
+            Conn::Plain(c) => c,
+            Conn::Tls(c) => c,
+        }
+    }
+}
+
+/// How the KBS talks to PostgreSQL.
+#[derive(Clone, Debug, Default)]
+pub enum PgTls {
+    /// No TLS: the database is reached over a Unix socket or a private
+    /// network. A connection string with `sslmode=require` is refused (it
+    /// would need a CA to verify the server against).
+    #[default]
+    Off,
+    /// TLS required, the server's certificate verified (chain and host
+    /// name, as libpq's `verify-full`) against these CA certificates (PEM).
+    Verify(Vec<u8>),
+}
+
+/// Largest `--store-ca` file read.
+const MAX_CA_FILE: u64 = 1 << 20;
+
+impl PgTls {
+    /// `Verify` with the CA certificates of `path`, `Off` without one.
+    pub fn from_ca_file(path: Option<&std::path::Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(PgTls::Off);
+        };
+        use std::io::Read;
+        let mut pem = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CA_FILE + 1).read_to_end(&mut pem))
+            .map_err(|e| StoreError::Failed(format!("--store-ca {}: {e}", path.display())))?;
+        if pem.len() as u64 > MAX_CA_FILE {
+            return Err(StoreError::Failed(format!(
+                "--store-ca {}: larger than {MAX_CA_FILE} bytes; expected PEM CA certificate(s)",
+                path.display()
+            )));
+        }
+        Ok(PgTls::Verify(pem))
+    }
+}
 
 /// PostgreSQL-backed [`Store`] and [`SharedSessions`].
 pub struct PgStore {
     pool: Pool,
     desc: String,
+    cfg: postgres::Config,
+    /// `None`: no TLS.
+    tls: Option<MakeRustlsConnect>,
+}
+
+/// A running replica's share of the KEK lock: while any replica holds it,
+/// `veil kbs rotate-kek` refuses (it would re-seal the secrets under a KEK
+/// the running replicas do not have). Held on a connection of its own,
+/// checked every second and taken again when the database restarted.
+/// Released on drop (and by PostgreSQL when the process dies).
+pub struct ReplicaLock {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ReplicaLock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connect once and hang up (the reason of a failure, with its sources).
+fn lock_free_probe(
+    cfg: &postgres::Config,
+    tls: &Option<MakeRustlsConnect>,
+) -> std::result::Result<(), String> {
+    match tls {
+        Some(t) => cfg.connect(t.clone()),
+        None => cfg.connect(NoTls),
+    }
+    .map(drop)
+    .map_err(|e| format!("cannot connect: {}", chain(&e)))
+}
+
+/// A connection holding a shared KEK lock.
+fn lock_shared(
+    cfg: &postgres::Config,
+    tls: &Option<MakeRustlsConnect>,
+) -> std::result::Result<postgres::Client, String> {
+    let mut c = match tls {
+        Some(t) => cfg.connect(t.clone()),
+        None => cfg.connect(NoTls),
+    }
+    .map_err(|e| format!("cannot connect: {}", chain(&e)))?;
+    let got: bool = c
+        .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&KEK_LOCK])
+        .map_err(|e| chain(&e))?
+        .get(0);
+    if got {
+        Ok(c)
+    } else {
+        Err("refused: a KEK rotation (`veil kbs rotate-kek --store …`) is running on this database; start the replica with the new KEK once it has finished".into())
+    }
+}
+
+/// The rustls connector for `tls` (ring, the KBS's provider); `None` for
+/// no TLS.
+fn connector(tls: &PgTls) -> Result<Option<MakeRustlsConnect>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let PgTls::Verify(pem) = tls else {
+        return Ok(None);
+    };
+    {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| {
+                StoreError::Failed(format!("--store-ca: not a PEM certificate ({e})"))
+            })?;
+            roots.add(cert).map_err(|e| {
+                StoreError::Failed(format!("--store-ca: certificate not usable as a CA ({e})"))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(StoreError::Failed(
+                "--store-ca: no certificate in the file (expected the PEM CA certificate that signed PostgreSQL's server certificate)".into(),
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Failed(format!("TLS to PostgreSQL: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(MakeRustlsConnect::new(config)))
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -147,42 +315,116 @@ fn describe(cfg: &postgres::Config) -> String {
         .get_ports()
         .first()
         .map_or(String::new(), |p| format!(":{p}"));
+    let tls = if cfg.get_ssl_mode() == SslMode::Require {
+        " (TLS, verified)"
+    } else {
+        ""
+    };
     format!(
-        "PostgreSQL {}{port}/{}",
+        "PostgreSQL {}{port}/{}{tls}",
         hosts.join(","),
         cfg.get_dbname().unwrap_or("(user's database)")
     )
 }
 
+/// An error with its sources (rustls' verdict is in the source of the
+/// driver's error).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
+}
+
 impl PgStore {
     /// Connect to `url` (a `postgres://` URL or a `key=value` connection
-    /// string) and apply the schema migrations.
+    /// string) without TLS and apply the schema migrations.
     pub fn open(url: &str) -> Result<Self> {
-        let cfg = postgres::Config::from_str(url).map_err(|e| {
+        Self::open_with(url, &PgTls::Off)
+    }
+
+    /// Connect to `url` with `tls` and apply the schema migrations.
+    pub fn open_with(url: &str, tls: &PgTls) -> Result<Self> {
+        let mut cfg = postgres::Config::from_str(url).map_err(|e| {
             StoreError::Failed(format!(
                 "the PostgreSQL connection string is not valid ({e}); expected postgres://USER@HOST[:PORT]/DB or postgres:///DB?host=/SOCKET/DIR"
             ))
         })?;
-        if cfg.get_ssl_mode() == postgres::config::SslMode::Require {
-            return Err(StoreError::Failed(
-                "sslmode=require: this veil connects to PostgreSQL without TLS; reach it over a Unix socket or a private network (see docs/kbs.md, PostgreSQL)".into(),
-            ));
+        match (tls, cfg.get_ssl_mode()) {
+            (PgTls::Off, SslMode::Require) => {
+                return Err(StoreError::Failed(
+                    "sslmode=require: TLS to PostgreSQL needs the CA certificate that signed the server's certificate, to verify it: pass --store-ca FILE ($VEIL_KBS_STORE_CA), or reach the database over a Unix socket or a private network without sslmode=require (see docs/kbs.md, PostgreSQL)".into(),
+                ));
+            }
+            // Never offer TLS that could not verify anything.
+            (PgTls::Off, _) => {
+                cfg.ssl_mode(SslMode::Disable);
+            }
+            (PgTls::Verify(_), SslMode::Disable) => {
+                return Err(StoreError::Failed(
+                    "--store-ca asks for TLS, but the connection string says sslmode=disable: drop one of them".into(),
+                ));
+            }
+            (PgTls::Verify(_), _) => {
+                if let Some(Host::Unix(p)) =
+                    cfg.get_hosts().iter().find(|h| matches!(h, Host::Unix(_)))
+                {
+                    return Err(StoreError::Failed(format!(
+                        "--store-ca: TLS is for TCP hosts, and the connection string names the Unix socket directory {} (local, no TLS needed): drop --store-ca, or name the server's TCP host",
+                        p.display()
+                    )));
+                }
+                // `require` = TLS or nothing; the connector verifies the
+                // chain and the host name (libpq's verify-full).
+                cfg.ssl_mode(SslMode::Require);
+            }
         }
+        let connector = connector(tls)?;
         let desc = describe(&cfg);
-        let mut cfg = cfg;
         cfg.connect_timeout(CONNECT_TIMEOUT);
         if cfg.get_application_name().is_none() {
             cfg.application_name("veil-kbs");
         }
-        let pool = r2d2::Pool::builder()
-            .max_size(POOL_SIZE)
-            .min_idle(Some(1))
-            .connection_timeout(CONNECT_TIMEOUT)
-            .test_on_check_out(true)
-            .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build(PostgresConnectionManager::new(cfg, NoTls))
-            .map_err(|e| StoreError::Unavailable(format!("{desc}: cannot connect: {e}")))?;
-        let store = PgStore { pool, desc };
+        // One direct connection first: the pool reports only the last
+        // error's text, and a TLS refusal's reason is in its sources.
+        lock_free_probe(&cfg, &connector)
+            .map_err(|e| StoreError::Unavailable(format!("{desc}: {e}")))?;
+        fn builder<M: r2d2::ManageConnection>() -> r2d2::Builder<M> {
+            r2d2::Pool::builder()
+                .max_size(POOL_SIZE)
+                .min_idle(Some(1))
+                .connection_timeout(CONNECT_TIMEOUT)
+                .test_on_check_out(true)
+                .error_handler(Box::new(r2d2::NopErrorHandler))
+        }
+        let failed = |e: r2d2::Error| {
+            StoreError::Unavailable(format!("{desc}: cannot connect: {}", chain(&e)))
+        };
+        let pool = match &connector {
+            Some(t) => Pool::Tls(
+                builder()
+                    .build(PostgresConnectionManager::new(cfg.clone(), t.clone()))
+                    .map_err(failed)?,
+            ),
+            None => Pool::Plain(
+                builder()
+                    .build(PostgresConnectionManager::new(cfg.clone(), NoTls))
+                    .map_err(failed)?,
+            ),
+        };
+        let store = PgStore {
+            pool,
+            desc,
+            cfg,
+            tls: connector,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -235,8 +477,84 @@ impl PgStore {
         Ok(r.get(0))
     }
 
+    /// Whether this store's connections are encrypted (PostgreSQL's own
+    /// view, `pg_stat_ssl`).
+    pub fn tls_in_use(&self) -> Result<bool> {
+        let mut c = self.conn()?;
+        let r = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(r.get(0))
+    }
+
+    /// Take this replica's share of the KEK lock (see [`ReplicaLock`]);
+    /// refused while a KEK rotation runs.
+    pub fn hold_replica_lock(&self) -> Result<ReplicaLock> {
+        let first = self.take_replica_lock()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cfg, tls, desc, flag) = (
+            self.cfg.clone(),
+            self.tls.clone(),
+            self.desc.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("kek-lock".into())
+            .spawn(move || {
+                let mut client = Some(first);
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let alive = client.as_mut().is_some_and(|c| {
+                        c.is_valid(CONNECT_TIMEOUT).is_ok()
+                    });
+                    if alive {
+                        // A full check every REPLICA_LOCK_CHECK is enough.
+                        for _ in 0..(REPLICA_LOCK_CHECK.as_millis() / 100) {
+                            if flag.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        continue;
+                    }
+                    client = None;
+                    match lock_shared(&cfg, &tls) {
+                        Ok(c) => {
+                            tracing::info!(store = %desc, "took the replica's share of the KEK lock again");
+                            client = Some(c);
+                        }
+                        Err(e) => {
+                            tracing::warn!(store = %desc, error = %crate::text::escape_controls(&e), "cannot take the replica's share of the KEK lock (retrying)");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Failed(format!("starting the KEK lock thread: {e}")))?;
+        Ok(ReplicaLock {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn take_replica_lock(&self) -> Result<postgres::Client> {
+        lock_shared(&self.cfg, &self.tls).map_err(|e| {
+            if e.starts_with("refused") {
+                StoreError::Failed(format!("{}: {e}", self.desc))
+            } else {
+                StoreError::Unavailable(format!("{}: {e}", self.desc))
+            }
+        })
+    }
+
     fn conn(&self) -> Result<Conn> {
-        self.pool.get().map_err(|e| {
+        match &self.pool {
+            Pool::Plain(p) => p.get().map(Conn::Plain),
+            Pool::Tls(p) => p.get().map(Conn::Tls),
+        }
+        .map_err(|e| {
             StoreError::Unavailable(format!(
                 "{} cannot be reached ({e}); the KBS retries by itself and serves again once the database answers",
                 self.desc
@@ -354,6 +672,23 @@ impl Store for PgStore {
     ) -> Result<usize> {
         let mut c = self.conn()?;
         let mut tx = c.transaction().map_err(|e| self.err(e))?;
+        let got: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&KEK_LOCK])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        if !got {
+            let holders: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ShareLock' AND ((classid::bigint << 32) | objid::bigint) = $1",
+                    &[&KEK_LOCK],
+                )
+                .map_err(|e| self.err(e))?
+                .get(0);
+            return Err(StoreError::Failed(format!(
+                "refused: {holders} KBS replica(s) run on {} (each holds the KEK lock): re-sealing now would leave them with a KEK that opens nothing. Stop every replica, rotate, then start them with the new KEK",
+                self.desc
+            )));
+        }
         let mut count = 0;
         for (table, key_col, prefix) in [
             ("resources", "path", "resource:"),

@@ -227,6 +227,67 @@ pub fn create_container(
     }
 }
 
+/// The image a host was asked to run (the CRI's image name), as the agent's
+/// request names it. A digest in the reference is the one sent; else the
+/// digest the policy pins for that reference (the guest checks the image it
+/// is given against it); a reference the policy does not name is sent
+/// without a digest, which the policy refuses with its reason.
+pub fn requested_image(data: &PolicyData, reference: &str) -> ImageRef {
+    requested_among(data.containers.iter().map(|c| &c.image), reference)
+}
+
+fn requested_among<'a>(
+    pinned: impl IntoIterator<Item = &'a veil_policy::model::ImagePolicy>,
+    reference: &str,
+) -> ImageRef {
+    if let Some((_, digest)) = reference.split_once('@') {
+        return ImageRef {
+            reference: reference.into(),
+            digest: digest.into(),
+        };
+    }
+    let wanted = normalize_reference(reference);
+    let pinned = pinned
+        .into_iter()
+        .find(|i| normalize_reference(&i.reference) == wanted);
+    ImageRef {
+        reference: reference.into(),
+        digest: pinned.map(|i| i.digest.clone()).unwrap_or_default(),
+    }
+}
+
+/// A Docker reference normalized as containerd and containers/image name
+/// images: `busybox` → `docker.io/library/busybox:latest`.
+pub fn normalize_reference(reference: &str) -> String {
+    let (name, digest) = match reference.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (reference, None),
+    };
+    let (first, rest) = name.split_once('/').unwrap_or(("", name));
+    let domain_given =
+        !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
+    let mut out = if domain_given {
+        if first == "docker.io" && !rest.contains('/') {
+            format!("docker.io/library/{rest}")
+        } else {
+            name.to_string()
+        }
+    } else if first.is_empty() {
+        format!("docker.io/library/{rest}")
+    } else {
+        format!("docker.io/{name}")
+    };
+    let last = out.rsplit('/').next().unwrap_or("");
+    if digest.is_none() && !last.contains(':') {
+        out.push_str(":latest");
+    }
+    if let Some(d) = digest {
+        out.push('@');
+        out.push_str(d);
+    }
+    out
+}
+
 /// `exec_process` of `args` in a container created from `c`.
 pub fn exec_process(
     c: &ContainerPolicy,
@@ -244,6 +305,39 @@ pub fn exec_process(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_normalize_as_containerd_names_images() {
+        for (given, want) in [
+            ("busybox", "docker.io/library/busybox:latest"),
+            ("busybox:1.36", "docker.io/library/busybox:1.36"),
+            ("docker.io/busybox", "docker.io/library/busybox:latest"),
+            ("library/busybox", "docker.io/library/busybox:latest"),
+            ("reg.test/a/b:1", "reg.test/a/b:1"),
+            ("localhost:5000/app", "localhost:5000/app:latest"),
+            ("app@sha256:ab", "docker.io/library/app@sha256:ab"),
+        ] {
+            assert_eq!(normalize_reference(given), want, "{given}");
+        }
+    }
+
+    #[test]
+    fn requested_images_take_the_policys_digest_for_its_own_references_only() {
+        let images = [veil_policy::model::ImagePolicy {
+            reference: "reg.test/app:1".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+        }];
+        let r = requested_among(&images, "reg.test/app:1");
+        assert_eq!(r.digest, format!("sha256:{}", "a".repeat(64)));
+        let r = requested_among(&images, "reg.test/app:2");
+        assert_eq!(
+            (r.reference.as_str(), r.digest.as_str()),
+            ("reg.test/app:2", "")
+        );
+        let pinned = format!("reg.test/app:1@sha256:{}", "b".repeat(64));
+        let r = requested_among(&images, &pinned);
+        assert_eq!(r.digest, format!("sha256:{}", "b".repeat(64)));
+    }
 
     #[test]
     fn literals_of_exact_regexes() {

@@ -409,6 +409,7 @@ fn cri_runs_an_attested_pod_in_a_veil_sandbox() {
         .exec_sync(&reader, &["/bin/cat", "/etc/shadow"], 30)
         .expect_err("an exec the policy does not list must be refused");
     let msg = err.message();
+    eprintln!("ExecSync: {msg}");
     assert!(
         msg.contains("exec_process") && msg.contains("policy"),
         "the CRI error carries the policy's reason: {msg}"
@@ -436,4 +437,111 @@ fn cri_runs_an_attested_pod_in_a_veil_sandbox() {
         ip_forward,
         "the host's forwarding setting is untouched"
     );
+}
+
+/// Must-hold 4: the host alters the pod's init-data annotation after the
+/// owner generated it (here: the policy text, so that `kubectl exec` could
+/// read /etc/shadow). The sim TEE measures what it is given, the KBS holds
+/// a resource policy bound to the original digest, so it refuses the
+/// secret: the pod never becomes ready, and the CRI error says why. The
+/// same KBS releases to the original init-data.
+#[test]
+fn cri_pod_with_altered_init_data_is_refused_by_the_kbs() {
+    let env = env();
+    let cri = env.node.cri();
+    let (annotation, init) = env.generate("web");
+    env.bind_secret_to(&init);
+
+    let original = veil_policy::initdata::decode_annotation(&annotation).unwrap();
+    let original = String::from_utf8(original).unwrap();
+    assert!(original.contains("/shared/msg"), "{original}");
+    let altered = original.replacen("/shared/msg", "/etc/shadow", 1);
+    let altered_digest = veil_policy::ParsedInitData::parse(altered.as_bytes())
+        .expect("the altered init-data is still valid")
+        .digest()
+        .to_string();
+    let altered = veil_policy::initdata::encode_annotation(altered.as_bytes()).unwrap();
+
+    let pod = env.pod_config("web", &altered);
+    let err = cri
+        .run_pod_sandbox(&pod, HANDLER)
+        .expect_err("a pod whose init-data was altered must not run");
+    let msg = err.message();
+    eprintln!("RunPodSandbox: {msg}");
+    assert!(
+        msg.contains("PolicyDeny") && msg.contains(&altered_digest),
+        "{}",
+        env.explain(format!(
+            "the CRI error names the KBS's refusal and the altered digest {altered_digest}: {msg}"
+        ))
+    );
+    assert!(
+        cri.list_pod_sandboxes()
+            .unwrap()
+            .iter()
+            .all(|p| p.state != api::PodSandboxState::SandboxReady as i32),
+        "no pod is ready"
+    );
+    for p in cri.list_pod_sandboxes().unwrap() {
+        cri.remove_pod_sandbox(&p.id).unwrap();
+    }
+    env.assert_nothing_left();
+
+    // The untouched annotation runs, with the same KBS.
+    let pod = env.pod_config("web", &annotation);
+    let pod_id = cri
+        .run_pod_sandbox(&pod, HANDLER)
+        .unwrap_or_else(|e| panic!("{}", env.explain(format!("RunPodSandbox: {e}"))));
+    cri.stop_pod_sandbox(&pod_id).unwrap();
+    cri.remove_pod_sandbox(&pod_id).unwrap();
+    env.assert_nothing_left();
+}
+
+/// A pod whose policy runs `app:writer` as its container `writer`, asked
+/// by the kubelet to create `writer` from another image (one containerd
+/// holds): the guest refuses, and StartContainer (where containerd's CRI
+/// creates the task) fails with the policy's reason.
+#[test]
+fn cri_refuses_a_container_image_the_policy_does_not_run() {
+    let env = env();
+    let cri = env.node.cri();
+    let (annotation, init) = env.generate("web");
+    env.bind_secret_to(&init);
+    let pod = env.pod_config("web", &annotation);
+    let pod_id = cri
+        .run_pod_sandbox(&pod, HANDLER)
+        .unwrap_or_else(|e| panic!("{}", env.explain(format!("RunPodSandbox: {e}"))));
+    // containerd's CRI creates the task (the shim's Create) at StartContainer.
+    let c = env.container("web", "writer", &format!("{REPO}:other"));
+    let bad = cri
+        .create_container(&pod_id, &c, &pod)
+        .unwrap_or_else(|e| panic!("{}", env.explain(format!("CreateContainer: {e}"))));
+    let err = cri
+        .start_container(&bad)
+        .expect_err("an image the policy does not run must be refused");
+    let msg = err.message();
+    eprintln!("StartContainer: {msg}");
+    assert!(
+        msg.contains("image digest")
+            && msg.contains(r#"does not match the policy for container "writer""#)
+            && msg.contains(&format!("{REPO}:other")),
+        "{}",
+        env.explain(format!("the CRI error carries the policy's reason: {msg}"))
+    );
+    let s = cri.container_status(&bad).unwrap();
+    assert_ne!(
+        s.state,
+        api::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+    cri.remove_container(&bad).unwrap();
+    // The image the policy names still runs in that pod.
+    let c = env.container("web", "writer", &format!("{REPO}:writer"));
+    let id = cri
+        .create_container(&pod_id, &c, &pod)
+        .unwrap_or_else(|e| panic!("{}", env.explain(format!("CreateContainer: {e}"))));
+    cri.start_container(&id).unwrap();
+    cri.stop_pod_sandbox(&pod_id).unwrap();
+    cri.remove_pod_sandbox(&pod_id).unwrap();
+    env.assert_nothing_left();
 }

@@ -290,6 +290,25 @@ fn log_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The CRI's image id (`sha256:` of the config) for `reference`.
+fn image_id(cri: &cri::CriClient, reference: &str) -> String {
+    let req = api::ImageStatusRequest {
+        image: Some(api::ImageSpec {
+            image: reference.into(),
+            ..Default::default()
+        }),
+        verbose: false,
+    };
+    let id = cri
+        .images(|mut c| async move { c.image_status(req).await })
+        .unwrap()
+        .image
+        .map(|i| i.id)
+        .unwrap_or_default();
+    assert!(id.starts_with("sha256:"), "{reference}: image id {id:?}");
+    id
+}
+
 fn stdout_of(r: &api::ExecSyncResponse) -> String {
     text(&r.stdout)
 }
@@ -322,9 +341,17 @@ fn cri_runs_an_attested_pod_in_a_veil_sandbox() {
         env.node.network().subnet()
     );
 
+    // The kubelet names the writer's image by its ID (ImageStatus's, the
+    // config digest), as it does after pulling; the reader's by reference.
     let mut ids = BTreeMap::new();
     for name in ["writer", "reader"] {
-        let c = env.container("web", name, &format!("{REPO}:{name}"));
+        let reference = format!("{REPO}:{name}");
+        let image = if name == "writer" {
+            image_id(cri, &reference)
+        } else {
+            reference
+        };
+        let c = env.container("web", name, &image);
         let id = cri
             .create_container(&pod_id, &c, &pod)
             .unwrap_or_else(|e| panic!("{}", env.explain(format!("CreateContainer {name}: {e}"))));

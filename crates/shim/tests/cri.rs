@@ -31,13 +31,15 @@ const WRITER_CMD: &str = "echo writer up; echo from-writer > /shared/msg; \
     exec nc -ll -p 7777 -e /bin/pong";
 const READER_CMD: &str = "echo reader up; exec sleep 600";
 
+/// Dropped in field order: the node (pods removed through the CRI,
+/// containerd stopped, the bridge deleted), then the KBS, then the files.
 struct Env {
-    dir: tempfile::TempDir,
+    node: CriNode,
+    kbs: DevKbs,
     veil: PathBuf,
     layout: PathBuf,
     data: PathBuf,
-    kbs: DevKbs,
-    node: CriNode,
+    dir: tempfile::TempDir,
 }
 
 fn env() -> Env {
@@ -106,12 +108,12 @@ fn env() -> Env {
     .unwrap();
     node.import(&layout);
     Env {
-        dir,
+        node,
+        kbs,
         veil,
         layout,
         data,
-        kbs,
-        node,
+        dir,
     }
 }
 

@@ -473,7 +473,8 @@ fn cri_runs_an_attested_pod_in_a_veil_sandbox() {
 /// read /etc/shadow). The sim TEE measures what it is given, the KBS holds
 /// a resource policy bound to the original digest, so it refuses the
 /// secret: the pod never becomes ready, and the CRI error says why. The
-/// same KBS releases to the original init-data.
+/// same KBS releases to the original init-data; a pod with no init-data
+/// annotation at all is refused before anything starts.
 #[test]
 fn cri_pod_with_altered_init_data_is_refused_by_the_kbs() {
     let env = env();
@@ -490,6 +491,18 @@ fn cri_pod_with_altered_init_data_is_refused_by_the_kbs() {
         .digest()
         .to_string();
     let altered = veil_policy::initdata::encode_annotation(altered.as_bytes()).unwrap();
+
+    // No annotation at all: refused before anything starts.
+    let mut bare = env.pod_config("web", "");
+    bare.annotations.clear();
+    let err = cri
+        .run_pod_sandbox(&bare, HANDLER)
+        .expect_err("a pod without init-data must not run");
+    assert!(err.message().contains("no init-data"), "{}", err.message());
+    for p in cri.list_pod_sandboxes().unwrap() {
+        cri.remove_pod_sandbox(&p.id).unwrap();
+    }
+    env.assert_nothing_left();
 
     let pod = env.pod_config("web", &altered);
     let err = cri

@@ -26,7 +26,7 @@ const SECRET: &[u8] = b"cri-secret-for-the-pod";
 
 /// The writer serves "pong" on the pod's loopback (port 7777) once it has
 /// written to the emptyDir; the reader sleeps.
-const WRITER_CMD: &str = "echo writer up; echo from-writer > /shared/msg; \
+const WRITER_CMD: &str = "echo writer up; echo writer-stderr >&2; echo from-writer > /shared/msg; \
     echo secret-fp $(sha256sum /run/veil/secrets/k | cut -c1-16); \
     exec nc -ll -p 7777 -e /bin/pong";
 const READER_CMD: &str = "echo reader up; exec sleep 600";
@@ -134,7 +134,7 @@ metadata:
   name: {name}
   namespace: default
   annotations:
-    policy.veil.dev/exec.reader: '[["/bin/cat","/shared/msg"],["/bin/sh","-c","nc 127.0.0.1 7777 </dev/null"],["/bin/cat","/proc/net/fib_trie"]]'
+    policy.veil.dev/exec.reader: '[["/bin/sh","-c","exit 7"],["/bin/cat","/shared/msg"],["/bin/sh","-c","nc 127.0.0.1 7777 </dev/null"],["/bin/cat","/proc/net/fib_trie"]]'
     policy.veil.dev/exec.writer: '[["/bin/cat","/proc/net/fib_trie"]]'
 spec:
   volumes:
@@ -373,8 +373,18 @@ fn cri_runs_an_attested_pod_in_a_veil_sandbox() {
         env.explain(format!("writer log: {:?}", log_lines(&wlog)))
     );
     assert_eq!(
-        log_lines(&wlog)[..2],
+        log_lines(&wlog)
+            .into_iter()
+            .filter(|l| l != "writer-stderr")
+            .collect::<Vec<_>>(),
         ["writer up".to_string(), format!("secret-fp {fp}")]
+    );
+    // Each line with its stream, as `kubectl logs` reads them.
+    let raw = std::fs::read_to_string(&wlog).unwrap();
+    assert!(
+        raw.lines().any(|l| l.ends_with(" stdout F writer up"))
+            && raw.lines().any(|l| l.ends_with(" stderr F writer-stderr")),
+        "{raw}"
     );
     let rlog = Path::new(&pod.log_directory).join("reader/0.log");
     assert!(
@@ -407,6 +417,10 @@ fn cri_runs_an_attested_pod_in_a_veil_sandbox() {
         .exec_sync(&reader, &["/bin/cat", "/shared/msg"], 30)
         .unwrap_or_else(|e| panic!("{}", env.explain(format!("ExecSync: {e}"))));
     assert_eq!((r.exit_code, stdout_of(&r).as_str()), (0, "from-writer\n"));
+    let r = cri
+        .exec_sync(&reader, &["/bin/sh", "-c", "exit 7"], 30)
+        .unwrap();
+    assert_eq!(r.exit_code, 7, "an exec's exit status reaches the kubelet");
     let r = cri
         .exec_sync(
             &reader,

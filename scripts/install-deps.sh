@@ -39,6 +39,9 @@ PACKAGES=(
   # Debian enables a systemd unit; tests never use a system containerd: crates/testkit starts
   # a private one (own root, state, sockets) per test and stops it by PID.
   containerd
+  # CRI tests (crates/shim/tests/cri.rs, veil-testkit's `cri` feature): the k8s-cri crate
+  # compiles Kubernetes' CRI protos with protoc at build time
+  protobuf-compiler
 )
 
 missing=()

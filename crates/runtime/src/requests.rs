@@ -227,6 +227,83 @@ pub fn create_container(
     }
 }
 
+/// The image a host was asked to run (the CRI's image name), as the agent's
+/// request names it. A digest in the reference is the one sent; else the
+/// digest the policy pins for that image: same repository and tag, or same
+/// repository when the policy pins it by digest alone (the guest checks the
+/// image it is given against that digest, whatever the host's tag points
+/// to). An image the policy does not run is sent without a digest, which
+/// the policy refuses with its reason.
+pub fn requested_image(data: &PolicyData, reference: &str) -> ImageRef {
+    requested_among(data.containers.iter().map(|c| &c.image), reference)
+}
+
+fn requested_among<'a>(
+    pinned: impl IntoIterator<Item = &'a veil_policy::model::ImagePolicy>,
+    reference: &str,
+) -> ImageRef {
+    let asked = DockerRef::parse(reference);
+    let digest = match &asked.digest {
+        Some(d) => d.clone(),
+        None => pinned
+            .into_iter()
+            .find(|i| {
+                let p = DockerRef::parse(&i.reference);
+                p.repository == asked.repository
+                    && (p.tag == asked.tag || (p.tag.is_none() && p.digest.is_some()))
+            })
+            .map(|i| i.digest.clone())
+            .unwrap_or_default(),
+    };
+    ImageRef {
+        reference: reference.into(),
+        digest,
+    }
+}
+
+/// A Docker reference split and normalized as containerd and
+/// containers/image name images (`busybox` → `docker.io/library/busybox`,
+/// tag `latest` when neither a tag nor a digest is given).
+#[derive(Debug, PartialEq, Eq)]
+struct DockerRef {
+    repository: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl DockerRef {
+    fn parse(reference: &str) -> Self {
+        let (name, digest) = match reference.split_once('@') {
+            Some((n, d)) => (n, Some(d.to_string())),
+            None => (reference, None),
+        };
+        // A tag is after the last '/' (a registry port is before it).
+        let (name, tag) = match name.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n, Some(t.to_string())),
+            _ => (name, None),
+        };
+        let tag = tag.or_else(|| digest.is_none().then(|| "latest".to_string()));
+        let repository = match name.split_once('/') {
+            None => format!("docker.io/library/{name}"),
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                if first == "docker.io" && !rest.contains('/') {
+                    format!("docker.io/library/{rest}")
+                } else {
+                    name.to_string()
+                }
+            }
+            Some(_) => format!("docker.io/{name}"),
+        };
+        DockerRef {
+            repository,
+            tag,
+            digest,
+        }
+    }
+}
+
 /// `exec_process` of `args` in a container created from `c`.
 pub fn exec_process(
     c: &ContainerPolicy,
@@ -244,6 +321,83 @@ pub fn exec_process(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_normalize_as_containerd_names_images() {
+        let r = |s: &str| {
+            let d = DockerRef::parse(s);
+            (d.repository, d.tag, d.digest)
+        };
+        let some = |s: &str| Some(s.to_string());
+        for (given, repo, tag, digest) in [
+            ("busybox", "docker.io/library/busybox", some("latest"), None),
+            (
+                "busybox:1.36",
+                "docker.io/library/busybox",
+                some("1.36"),
+                None,
+            ),
+            (
+                "docker.io/busybox",
+                "docker.io/library/busybox",
+                some("latest"),
+                None,
+            ),
+            (
+                "library/busybox",
+                "docker.io/library/busybox",
+                some("latest"),
+                None,
+            ),
+            ("reg.test/a/b:1", "reg.test/a/b", some("1"), None),
+            (
+                "localhost:5000/app",
+                "localhost:5000/app",
+                some("latest"),
+                None,
+            ),
+            (
+                "app@sha256:ab",
+                "docker.io/library/app",
+                None,
+                some("sha256:ab"),
+            ),
+            (
+                "r.io/app:1@sha256:ab",
+                "r.io/app",
+                some("1"),
+                some("sha256:ab"),
+            ),
+        ] {
+            assert_eq!(r(given), (repo.to_string(), tag, digest), "{given}");
+        }
+    }
+
+    #[test]
+    fn requested_images_take_the_policys_digest_for_its_own_images_only() {
+        let d = |c: &str| format!("sha256:{}", c.repeat(64));
+        let images = [
+            veil_policy::model::ImagePolicy {
+                reference: "reg.test/app:1".into(),
+                digest: d("a"),
+            },
+            veil_policy::model::ImagePolicy {
+                reference: format!("web@{}", d("c")),
+                digest: d("c"),
+            },
+        ];
+        let digest = |r: &str| requested_among(&images, r).digest;
+        assert_eq!(digest("reg.test/app:1"), d("a"));
+        assert_eq!(digest("reg.test/app:2"), "", "another tag");
+        assert_eq!(digest("reg.test/other:1"), "", "another repository");
+        assert_eq!(digest(&format!("reg.test/app:1@{}", d("b"))), d("b"));
+        // Pinned by digest alone: whatever tag the kubelet's image has.
+        assert_eq!(digest("docker.io/library/web:3"), d("c"));
+        assert_eq!(
+            requested_among(&images, "reg.test/app:2").reference,
+            "reg.test/app:2"
+        );
+    }
 
     #[test]
     fn literals_of_exact_regexes() {

@@ -24,6 +24,10 @@ pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 /// CRI: the pod's name and namespace.
 pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
 pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+/// CRI: the image the kubelet asked for (containerd's name for it).
+pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+/// CRI-O's spelling of the image name.
+const CRIO_IMAGE_NAME: &str = "io.kubernetes.cri-o.ImageName";
 /// CRI (containerd ≥ 1.7): the RuntimeClass handler.
 pub const RUNTIME_HANDLER: &str = "io.kubernetes.cri.runtime-handler";
 /// CRI-O's spelling of the container type and sandbox id.
@@ -42,6 +46,15 @@ pub enum Role {
     PodContainer { sandbox_id: String },
     /// No CRI annotations (`ctr run`): its own sandbox.
     Standalone,
+}
+
+/// The image the CRI asked for (containerd's or CRI-O's annotation), if any.
+pub fn image_name(annotations: &BTreeMap<String, String>) -> Option<&str> {
+    annotations
+        .get(IMAGE_NAME)
+        .or_else(|| annotations.get(CRIO_IMAGE_NAME))
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// The container's role.

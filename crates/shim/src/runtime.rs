@@ -301,9 +301,18 @@ impl Sandbox for RuntimeSandbox {
         // none (it reads end-of-file), as in Kubernetes without `stdin: true`.
         let stdin = req.io.stdin.is_some() && c.allow_stdin;
         apply_process(&req.spec.process, &req.io, stdin, &mut creq.process);
-        self.client
-            .create_container(creq)
-            .map_err(|e| call_err("create_container", e))?;
+        // The image the CRI asked for, not the policy's: the guest decides.
+        let image = crate::annotations::image_name(&req.spec.annotations);
+        if let Some(image) = image {
+            creq.image = veil_runtime::requests::requested_image(&self.policy, image);
+        }
+        self.client.create_container(creq).map_err(|e| {
+            let mut err = call_err("create_container", e);
+            if let Some(image) = image {
+                err.message = format!("{} (the CRI asked for image {image})", err.message);
+            }
+            err
+        })?;
         let mut io = req.io.clone();
         if !stdin {
             io.stdin = None;

@@ -5,53 +5,22 @@
 //! policy), `ctr task kill`, and deleting leaves no process, mount or
 //! record behind.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
 
+use common::{assert_root, ok, processes_mentioning, text, wait_for, walk};
 use veil_image::OciLayout;
-use veil_image::builder::ImageBuilder;
-use veil_image::spec::{Compression, ContainerConfig};
 use veil_policy::generate::{LayoutResolver, generate};
 use veil_testkit::containerd::{Containerd, ContainerdOptions, mounts_under};
 
 const RUNTIME: &str = "io.containerd.veil.v2";
 const IMAGE: &str = "docker.io/veil-test/app";
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
-}
-
 /// A busybox image tagged `IMAGE:tag` whose command is `sh -c cmd`.
 fn image(layout: &OciLayout, work: &Path, tag: &str, cmd: &str) {
-    let root = work.join(format!("rootfs-{tag}"));
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in ["sh", "echo", "sleep", "cat", "id"] {
-        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
-    }
-    let mut b = ImageBuilder::new(layout);
-    b.config(ContainerConfig {
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-        cmd: Some(vec![cmd.into()]),
-        env: Some(vec!["PATH=/bin".into()]),
-        working_dir: Some("/".into()),
-        user: Some("0:0".into()),
-        ..Default::default()
-    });
-    b.add_layer_dir(&root, Compression::Gzip).unwrap();
-    b.finish(&format!("{IMAGE}:{tag}")).unwrap();
+    common::busybox_image(layout, work, &format!("{IMAGE}:{tag}"), cmd, &[]);
 }
 
 /// base64(gzip(init-data)) for a pod running `IMAGE:tag` as container `app`.
@@ -75,10 +44,7 @@ struct Env {
 }
 
 fn env() -> Env {
-    assert!(
-        nix_is_root(),
-        "this test runs containerd and containers and needs root (CI runs as root)"
-    );
+    assert_root();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-veil-v2"));
@@ -92,6 +58,7 @@ fn env() -> Env {
             ("VEIL_SHIM_LOG".into(), "debug".into()),
         ],
         cri: None,
+        private_mounts: false,
     });
     std::fs::write(
         &config,
@@ -104,13 +71,6 @@ fn env() -> Env {
     )
     .unwrap();
     Env { dir, ctd, data }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
 
 impl Env {
@@ -174,40 +134,6 @@ impl Env {
     fn explain(&self, what: &str) -> String {
         format!("{what}\n--- containerd log:\n{}", self.ctd.log())
     }
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("timed out waiting for {what}");
-    false
-}
-
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let c = text(&c).replace('\0', " ");
-            if c.contains(needle) {
-                out.push(format!("{}: {c}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -309,25 +235,6 @@ fn ctr_runs_a_container_in_a_veil_sandbox() {
     assert!(left.is_empty(), "left under the shim's data dir: {left:?}");
     let tasks = text(&env.ctr(&["task", "ls"]).stdout);
     assert_eq!(tasks.lines().count(), 1, "only the header: {tasks}");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                let inner = walk(&p);
-                if inner.is_empty() {
-                    continue;
-                }
-                out.extend(inner);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

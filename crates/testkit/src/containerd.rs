@@ -21,6 +21,12 @@ pub struct ContainerdOptions {
     /// Load the CRI plugin (`io.containerd.grpc.v1.cri`), with this TOML
     /// appended verbatim to the config (runtime handlers, CNI dirs…).
     pub cri: Option<String>,
+    /// Run containerd (and so its shims and CNI plugins) in a mount
+    /// namespace of its own in which `/var/lib` is an overlay whose writes
+    /// land in the temp dir: libcni keeps its cache in `/var/lib/cni`
+    /// (containerd 1.6 cannot move it), which the host never sees then.
+    /// Mounts containerd makes stay in that namespace and go with it.
+    pub private_mounts: bool,
 }
 
 /// A running private containerd; stopped and cleaned up on drop.
@@ -91,9 +97,26 @@ impl Containerd {
             path = p;
         }
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config_path)
+        let mut cmd = if opts.private_mounts {
+            let (upper, work) = (d.join("var-lib"), d.join("var-lib.work"));
+            std::fs::create_dir_all(&upper).unwrap();
+            std::fs::create_dir_all(&work).unwrap();
+            // unshare and sh exec: the child's PID is containerd's.
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(
+                    "mount -t overlay veil-test-var-lib -o \"lowerdir=/var/lib,upperdir=$1,workdir=$2\" /var/lib \
+                     && exec containerd --config \"$3\"",
+                )
+                .arg("sh")
+                .args([&upper, &work, &config_path]);
+            c
+        } else {
+            let mut c = Command::new("containerd");
+            c.arg("--config").arg(&config_path);
+            c
+        };
+        let child = cmd
             .env("PATH", path)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -205,9 +228,18 @@ impl Containerd {
         pids
     }
 
-    /// Mount points at or under the temp dir, deepest first.
+    /// containerd's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Mount points at or under the temp dir, deepest first, as containerd
+    /// (and its shims) see them.
     pub fn mounts(&self) -> Vec<PathBuf> {
-        mounts_under(self.dir.path())
+        match self.pid() {
+            Some(pid) => mounts_in(&format!("/proc/{pid}/mountinfo"), self.dir.path()),
+            None => mounts_under(self.dir.path()),
+        }
     }
 
     fn stop(&mut self) {
@@ -231,7 +263,8 @@ impl Containerd {
         while !self.shim_pids().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        for m in self.mounts() {
+        // In a private mount namespace, its mounts went with its last process.
+        for m in mounts_under(self.dir.path()) {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
     }
@@ -251,7 +284,13 @@ unsafe fn libc_kill(pid: i32, sig: i32) {
 
 /// Mount points at or under `dir` (from /proc/self/mountinfo), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts_in("/proc/self/mountinfo", dir)
+}
+
+/// Mount points at or under `dir` in the `mountinfo` file at `path`,
+/// deepest first.
+pub fn mounts_in(path: &str, dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string(path).unwrap_or_default();
     let mut out: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))

@@ -1,7 +1,8 @@
 //! Harnesses that several veil crates' integration tests share: real
 //! services on free 127.0.0.1 ports, stopped when dropped — Debian's
 //! `docker-registry` ([`registry::DockerRegistry`]), a private containerd
-//! ([`containerd::Containerd`]), PostgreSQL
+//! ([`containerd::Containerd`]; with the `cri` feature, its CRI plugin
+//! and a CRI client acting as the kubelet: [`cri::CriNode`]), PostgreSQL
 //! ([`postgres::Postgres`]) and `veil kbs serve`
 //! ([`kbs::DevKbs`]) — and the `veil-agent` binary ([`veil_agent`]).
 //!
@@ -9,6 +10,8 @@
 //! Not for helpers that only one test file needs.
 
 pub mod containerd;
+#[cfg(feature = "cri")]
+pub mod cri;
 pub mod kbs;
 pub mod postgres;
 pub mod registry;

@@ -25,7 +25,7 @@ use veil_image::sign::cosign::SigstoreSignature;
 use veil_image::sign::policy::{Policy, oci_scopes};
 use veil_image::sign::reference::DockerReference;
 use veil_image::sign::{StoredSignature, Subject, evaluate};
-use veil_image::source::BlobSource;
+use veil_image::source::{BlobSource, SourceError};
 
 use crate::kbs::{ImageTrust, Kbs, KbsKeks};
 use crate::registry::{GuestRegistry, RegistryAccess};
@@ -222,8 +222,16 @@ pub fn pull(
         Source::Registry(access) => {
             let reg = GuestRegistry::open(access, want, kbs)?;
             let img = reg.resolve().map_err(|e| {
+                let check = match &e {
+                    SourceError::DigestMismatch { .. } => "image digest check",
+                    _ => "registry pull",
+                };
+                let creds = match &access.trust.auth {
+                    Some(p) => format!(" with the credentials from kbs:///{p}"),
+                    None => " anonymously (init-data names no registry credentials)".into(),
+                };
                 format!(
-                    "image digest check: pulling {:?} by its pinned digest {} from {}: {e}; refusing before reading any layer",
+                    "{check}: pulling {:?} by its pinned digest {} from {}{creds}: {e}; refusing before reading any layer",
                     want.reference, want.digest, reg.endpoint
                 )
             })?;

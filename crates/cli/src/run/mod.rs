@@ -800,7 +800,7 @@ fn pull_image(a: &mut RunArgs, data: &Path, id: &str) -> Result<()> {
         return Ok(());
     };
     let network = a.vm.is_vm() && a.net.vm_workload()?.is_some();
-    if pull::pulls_in_guest(&a.pull, &img, a.vm.is_vm(), network)? {
+    if pull::pulls_in_guest(&a.pull, &img, a.vm.is_vm(), network, a.init_data.is_some())? {
         if a.init_data.is_some() && (a.pull.registry_auth.is_some() || a.pull.registry_ca.is_some())
         {
             bail!(

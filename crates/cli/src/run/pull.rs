@@ -97,9 +97,17 @@ pub enum PullIn {
 /// or by the host: `vm` is the VM sandbox, `network` whether its pods have
 /// a network. `Err` when the user asked for what cannot be; a fallback
 /// of `auto` is said on stderr.
-pub fn pulls_in_guest(a: &PullArgs, reference: &str, vm: bool, network: bool) -> Result<bool> {
+/// With `given_init_data`, its cdh.toml decides the guest's CAs.
+pub fn pulls_in_guest(
+    a: &PullArgs,
+    reference: &str,
+    vm: bool,
+    network: bool,
+    given_init_data: bool,
+) -> Result<bool> {
     let r = normalize(reference, &a.default_registry)?;
-    let plain_http = registry::is_loopback(r.domain()) && a.registry_ca.is_none();
+    let plain_http =
+        registry::is_loopback(r.domain()) && a.registry_ca.is_none() && !given_init_data;
     match a.pull_in {
         PullIn::Host => Ok(false),
         PullIn::Guest if vm && !network => bail!(

@@ -836,6 +836,8 @@ fn vm_guest_pulls_from_the_registry_with_kbs_credentials() {
         .arg(guest_kernel())
         .arg("--initrd")
         .arg(guest().0.join("initrd.img"))
+        // The workload NIC (QEMU user networking) the guest pulls over.
+        .args(["--network", "user"])
         .args(["--timings", "--pull-in", "guest", "--registry-ca"])
         .arg(&reg.ca)
         .arg("--authfile")

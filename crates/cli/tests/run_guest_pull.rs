@@ -34,7 +34,7 @@ fn put(kbs: &veil_testkit::kbs::DevKbs, path: &str, file: &std::path::Path) {
 #[test]
 fn guest_pulls_with_kbs_credentials_and_refuses_what_it_must() {
     let env = Env::new();
-    let reg = TlsRegistry::start(&env, "echo pulled-by-the-guest");
+    let reg = TlsRegistry::start(&env, "echo pulled-by-the-guest", None);
     let kbs = dev_kbs(&env);
     ok(kbs
         .client()

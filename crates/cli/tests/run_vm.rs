@@ -807,17 +807,29 @@ fn vm_stdin_and_tty() {
 /// The guest pulls the image itself over its workload network (issues
 /// #14/#15): from a TLS registry with Basic auth on the host's loopback
 /// (the guest's 10.0.3.2), with the CA from init-data and the credentials
-/// from the KBS; the host hands in no layout disk and pulls no layer.
+/// from the KBS, its encrypted layer decrypted with a key from the KBS; the
+/// host hands in no layout disk and pulls no layer.
 #[test]
 fn vm_guest_pulls_from_the_registry_with_kbs_credentials() {
     let env = Env::new();
-    let reg = TlsRegistry::start(&env, "echo guest-pulled; ls /bin/busybox");
-    ok(env
-        .veil()
-        .args(["secret", "put", "default/registry/auth"])
-        .arg(&reg.good_auth)
-        .output()
-        .unwrap());
+    // Its layer encrypted: the key from the KBS, decrypted in the guest only.
+    let kek = [0x3cu8; 32];
+    let reg = TlsRegistry::start(&env, "echo guest-pulled; ls /bin/busybox", Some(&kek));
+    let manifest = std::fs::read_to_string(reg.blob_file(&reg.digest)).unwrap();
+    assert!(manifest.contains("+encrypted"), "{manifest}");
+    let kek_file = env.dir.path().join("kek.bin");
+    std::fs::write(&kek_file, kek).unwrap();
+    for (path, file) in [
+        ("default/registry/auth", &reg.good_auth),
+        ("default/key/app", &kek_file),
+    ] {
+        ok(env
+            .veil()
+            .args(["secret", "put", path])
+            .arg(file)
+            .output()
+            .unwrap());
+    }
     let t = Instant::now();
     let out = env
         .veil()

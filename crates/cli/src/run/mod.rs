@@ -1126,11 +1126,18 @@ fn run_sandbox(
     if let Some(l) = &local {
         // The embedded KBS serves this sandbox only: its init-data digest,
         // and only the secrets and image keys it names.
-        l.pin(
-            &format!("sandbox {}", rec.id),
-            &digest.hex(),
-            local_kbs::named_resources(&w.init_data, w.layout.as_deref(), &w.policy),
-        );
+        let mut resources =
+            local_kbs::named_resources(&w.init_data, w.layout.as_deref(), &w.policy);
+        if w.layout.is_none() {
+            for c in &w.policy.containers {
+                resources.extend(pull::layer_key_ids(
+                    &a.pull,
+                    &c.image.reference,
+                    &c.image.digest,
+                )?);
+            }
+        }
+        l.pin(&format!("sandbox {}", rec.id), &digest.hex(), resources);
     }
     if w.generated {
         say(

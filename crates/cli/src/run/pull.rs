@@ -137,6 +137,31 @@ pub fn pulls_in_guest(
     }
 }
 
+/// The KBS resources holding the key-encryption keys of the encrypted
+/// layers of `reference` at `digest`, from the registry's manifest (a guest
+/// pull leaves the host no layout to read them from): what the embedded
+/// KBS must be willing to release to the sandbox.
+pub fn layer_key_ids(a: &PullArgs, reference: &str, digest: &str) -> Result<Vec<String>> {
+    let r = normalize(reference, &a.default_registry)?;
+    let d: Digest = digest
+        .parse()
+        .map_err(|e| anyhow!("the policy's digest {digest:?} for {reference}: {e}"))?;
+    let pinned = r.with_digest(&d);
+    let creds = match &a.authfile {
+        Some(p) => Credentials::from_auth_file(p, r.domain())?,
+        None => None,
+    };
+    let img = Registry::connect(&pinned, creds, &connection(a)?)?
+        .resolve(&Platform::linux_amd64())
+        .map_err(|e| anyhow!("reading the manifest of {pinned} for its layer keys: {e}"))?;
+    Ok(img
+        .layers()
+        .iter()
+        .flat_map(veil_image::crypt::kbs::key_ids_of)
+        .map(|k| k.path())
+        .collect())
+}
+
 /// How the host reaches registries: `--registry-ca` trusted when given.
 pub fn connection(a: &PullArgs) -> Result<Connection> {
     let ca_pem = match &a.registry_ca {

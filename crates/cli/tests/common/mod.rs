@@ -384,7 +384,8 @@ pub const REGISTRY_USER: &str = "veil";
 pub const REGISTRY_PASSWORD: &str = "pull-secret";
 
 impl TlsRegistry {
-    pub fn start(env: &Env, cmd: &str) -> Self {
+    /// With `kek`, the image's layer is encrypted to `kbs:///default/key/app`.
+    pub fn start(env: &Env, cmd: &str, kek: Option<&[u8; 32]>) -> Self {
         let d = env.dir.path().join("registry-tls");
         std::fs::create_dir_all(&d).unwrap();
         let (ca, cert, key) = (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"));
@@ -410,6 +411,24 @@ impl TlsRegistry {
         let reference = reg.reference("veil/app:v1");
         let layout = OciLayout::create(env.dir.path().join("registry-src")).unwrap();
         image(env, &layout, "v1", cmd);
+        if let Some(kek) = kek {
+            use veil_image::crypt::{KeyWrapper, LayerSelection, encrypt_image};
+            let wrapper = veil_image::crypt::kbs::KbsWrapper::new(
+                veil_image::crypt::kbs::ResourceUri::parse("kbs:///default/key/app").unwrap(),
+                kek,
+            )
+            .unwrap();
+            let wrappers: [&dyn KeyWrapper; 1] = [&wrapper];
+            encrypt_image(
+                &layout,
+                Some("v1"),
+                &layout,
+                "v1",
+                &wrappers,
+                &LayerSelection::All,
+            )
+            .unwrap();
+        }
         let b64 = |s: &str| {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD.encode(s)

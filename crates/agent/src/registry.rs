@@ -30,6 +30,7 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use veil_agent_api::{ImageRef, workload_net};
 use veil_image::registry::{Connection, Credentials, Registry, is_loopback};
@@ -147,6 +148,8 @@ pub struct GuestRegistry {
     reference: DockerReference,
     digest: Digest,
     netns: Option<(File, File)>,
+    /// Set when this thread could not leave the pod's namespace.
+    stranded: AtomicBool,
     /// `host:port` the guest connects to.
     pub endpoint: String,
 }
@@ -241,6 +244,7 @@ impl GuestRegistry {
             reference,
             digest,
             netns,
+            stranded: AtomicBool::new(false),
             endpoint: endpoint.unwrap_or(domain),
         })
     }
@@ -250,6 +254,11 @@ impl GuestRegistry {
         let Some((pod, home)) = &self.netns else {
             return f();
         };
+        if self.stranded.load(Ordering::SeqCst) {
+            return Err(SourceError::Registry(
+                "this pull is stranded in the pod's network namespace".into(),
+            ));
+        }
         let ns = nix::sched::CloneFlags::CLONE_NEWNET;
         nix::sched::setns(pod.as_fd(), ns).map_err(|e| {
             SourceError::Registry(format!("entering the pod's network namespace: {e}"))
@@ -257,9 +266,12 @@ impl GuestRegistry {
         let r = f();
         if let Err(e) = nix::sched::setns(home.as_fd(), ns) {
             // This thread must not go on in the wrong namespace (it would
-            // reach the KBS through the workload's network).
-            tracing::error!(error = %e, "cannot leave the pod's network namespace");
-            std::process::abort();
+            // reach the KBS through the workload's network): the pull
+            // fails here, and the thread (the pull's own) ends with it.
+            self.stranded.store(true, Ordering::SeqCst);
+            return Err(SourceError::Registry(format!(
+                "leaving the pod's network namespace: {e}"
+            )));
         }
         r
     }

@@ -78,21 +78,19 @@ impl Env {
     /// `veil run -d --sandbox vm --tee sim`, forced to TCG, with the shared
     /// guest (no `--rm`: the test removes the sandbox).
     fn run_vm_detached(&self) -> Command {
+        self.run_vm_kept(&["-d"])
+    }
+    /// `veil run LEAD… --sandbox vm --tee sim`, forced to TCG, with the
+    /// shared guest, without `--rm`.
+    fn run_vm_kept(&self, lead: &[&str]) -> Command {
         let mut c = self.veil();
-        c.args([
-            "run",
-            "-d",
-            "--sandbox",
-            "vm",
-            "--tee",
-            "sim",
-            "--accel",
-            "tcg",
-        ])
-        .arg("--kernel")
-        .arg(guest_kernel())
-        .arg("--initrd")
-        .arg(guest().0.join("initrd.img"));
+        c.arg("run")
+            .args(lead)
+            .args(["--sandbox", "vm", "--tee", "sim", "--accel", "tcg"])
+            .arg("--kernel")
+            .arg(guest_kernel())
+            .arg("--initrd")
+            .arg(guest().0.join("initrd.img"));
         c
     }
     /// A busybox image running `cmd`, as `oci:DIR:app:1`.
@@ -832,22 +830,7 @@ fn vm_guest_pulls_from_the_registry_with_kbs_credentials() {
     }
     let t = Instant::now();
     let out = env
-        .veil()
-        .args([
-            "run",
-            "--name",
-            "gp",
-            "--sandbox",
-            "vm",
-            "--tee",
-            "sim",
-            "--accel",
-            "tcg",
-        ])
-        .arg("--kernel")
-        .arg(guest_kernel())
-        .arg("--initrd")
-        .arg(guest().0.join("initrd.img"))
+        .run_vm_kept(&["--name", "gp"])
         // The workload NIC (QEMU user networking) the guest pulls over.
         .args(["--network", "user"])
         .args(["--timings", "--pull-in", "guest", "--registry-ca"])

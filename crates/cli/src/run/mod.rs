@@ -1215,14 +1215,9 @@ fn run_sandbox(
             .create_container(req)
             .map_err(|e| anyhow!("create_container {}: {e}", c_pol.name))?;
         pull_ms += r.pull_ms;
-        if !r.pulled_from.is_empty() && !rec.pull.contains(&r.pulled_from) {
+        if !rec.pull.is_empty() && !r.pulled_from.is_empty() && !rec.pull.contains('(') {
             // What the agent says it pulled from, next to what was asked.
-            let mode = if rec.pull.is_empty() {
-                "layout"
-            } else {
-                &rec.pull
-            };
-            rec.pull = format!("{mode} ({})", r.pulled_from);
+            rec.pull = format!("{} ({})", rec.pull, r.pulled_from);
         }
         if c_pol.init {
             // Init containers run to completion, in order, before the others.

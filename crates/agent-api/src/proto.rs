@@ -152,6 +152,10 @@ pub struct CreateContainerResult {
     pub encrypted_layers: u32,
     /// Milliseconds spent pulling, decrypting and unpacking.
     pub pull_ms: u64,
+    /// Where the guest pulled the image from: `layout` (the read-only disk
+    /// or directory the host exposed) or `registry HOST[:PORT]`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pulled_from: String,
 }
 
 /// `start_container` result.

@@ -25,6 +25,7 @@ use veil_agent_api::{
 use crate::guest::GuestPaths;
 use crate::init::{CapSets, InitSpec, MountSpec, STATUS_FD};
 use crate::kbs::Kbs;
+use crate::pull::Source;
 use crate::streams::Stream;
 use veil_agent_api::proto::{CreateContainerResult, StartContainerResult, StatsContainerResult};
 
@@ -77,8 +78,11 @@ pub struct ManagerConfig {
     pub paths: GuestPaths,
     /// The agent binary (re-executed as the launcher).
     pub agent_exe: PathBuf,
-    /// The read-only OCI layout images are pulled from.
+    /// The read-only OCI layout images are pulled from; without one, they
+    /// are pulled from their registries.
     pub oci_layout: Option<PathBuf>,
+    /// How registries are reached when there is no layout.
+    pub registry: crate::registry::RegistryAccess,
     /// Install the default seccomp profile.
     pub seccomp: bool,
     /// The image signature trust policy init-data names, if any.
@@ -250,11 +254,6 @@ impl Manager {
         &self,
         r: &CreateContainerRequest,
     ) -> Result<CreateContainerResult, String> {
-        let layout = self
-            .cfg
-            .oci_layout
-            .as_ref()
-            .ok_or("the host exposed no OCI layout to pull images from")?;
         let dir = self.cfg.paths.container(&r.container_id);
         if dir.exists() {
             return Err(format!("container {} already exists", r.container_id));
@@ -265,14 +264,28 @@ impl Manager {
             .create(&dir)
             .map_err(|e| err("creating the container dir", e))?;
         let rootfs = dir.join("rootfs");
-        let stats = match crate::pull::pull(
-            layout,
-            &r.image,
-            &rootfs,
-            self.kbs.as_ref(),
-            self.cfg.image_trust.as_ref(),
-            &self.cfg.unpack_limits,
-        ) {
+        let pull = |source| {
+            crate::pull::pull(
+                source,
+                &r.image,
+                &rootfs,
+                self.kbs.as_ref(),
+                self.cfg.image_trust.as_ref(),
+                &self.cfg.unpack_limits,
+            )
+        };
+        let pulled = match &self.cfg.oci_layout {
+            Some(layout) => pull(Source::Layout(layout)),
+            // Its own thread: it enters the pod's network namespace to
+            // connect, and a failure to come back ends it, not the agent's
+            // request thread.
+            None => std::thread::scope(|s| {
+                s.spawn(|| pull(Source::Registry(&self.cfg.registry)))
+                    .join()
+                    .unwrap_or_else(|_| Err("the registry pull thread panicked".into()))
+            }),
+        };
+        let stats = match pulled {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
@@ -326,6 +339,7 @@ impl Manager {
             layers: stats.layers,
             encrypted_layers: stats.encrypted_layers,
             pull_ms: stats.ms,
+            pulled_from: stats.source,
         })
     }
 

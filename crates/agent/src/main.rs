@@ -421,10 +421,23 @@ fn run(a: ServeArgs) -> Result<(), String> {
             paths,
             agent_exe,
             oci_layout: a.oci_layout.clone(),
+            registry: veil_agent::registry::RegistryAccess {
+                trust: veil_agent::registry::registry_trust_of(&booted.init_data)?,
+                // A VM reaches registries over its workload NIC, which is
+                // in the pod's namespace; a process sandbox from the host's.
+                netns: a
+                    .workload_nic
+                    .as_ref()
+                    .map(|_| pod_netns.path.clone()),
+                loopback_is_gateway: a.listen_tcp.is_some(),
+                unreachable: (a.listen_tcp.is_some() && a.workload_nic.is_none()).then(|| {
+                    "the VM has no workload network (--network none), so the guest cannot reach a registry; run with a network, or let the host pull (--pull-in host)".to_string()
+                }),
+            },
             seccomp: a.seccomp,
             image_trust: veil_agent::kbs::image_trust_of(&booted.init_data)?,
             unpack_limits,
-            pod_netns: Some(pod_netns.path),
+            pod_netns: Some(pod_netns.path.clone()),
             volumes: booted.engine.data().sandbox.volumes.clone(),
         },
         kbs,

@@ -1,11 +1,13 @@
-//! Pulling an image inside the guest from an OCI layout the host exposes
-//! read-only: find the manifest whose digest is the one the policy allowed,
-//! refuse before any layer is read if there is none, then decrypt (keys from
-//! the KBS) and unpack every layer with `veil-image`, each checked against
-//! its digest and `diff_id`, into a staging directory that becomes the
-//! rootfs only when everything passed. When init-data names an image trust
-//! policy (`cdh.toml` `[image]`), the image's signatures are checked
-//! against it first, also before any layer is read.
+//! Pulling an image inside the guest, from an OCI layout the host exposes
+//! read-only or from the registry itself ([`crate::registry`]): find the
+//! manifest whose digest is the one the policy allowed, refuse before any
+//! layer is read if there is none, then decrypt (keys from the KBS) and
+//! unpack every layer with `veil-image`, each checked against its digest
+//! and `diff_id`, into a staging directory that becomes the rootfs only
+//! when everything passed. When init-data names an image trust policy
+//! (`cdh.toml` `[image]`), the image's signatures are checked against it
+//! first, also before any layer is read. Both sources share
+//! [`verify_and_unpack`]: only where the bytes come from differs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,11 +21,14 @@ use veil_image::unpack::{UnpackLimits, unpack_image};
 use veil_image::{OciLayout, Platform, ResolvedImage};
 
 use veil_image::sign::cosign;
+use veil_image::sign::cosign::SigstoreSignature;
 use veil_image::sign::policy::{Policy, oci_scopes};
 use veil_image::sign::reference::DockerReference;
 use veil_image::sign::{StoredSignature, Subject, evaluate};
+use veil_image::source::{BlobSource, SourceError};
 
 use crate::kbs::{ImageTrust, Kbs, KbsKeks};
+use crate::registry::{GuestRegistry, RegistryAccess};
 
 /// What a pull did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,6 +39,10 @@ pub struct PullStats {
     pub ms: u64,
     /// The image configuration (entrypoint, env…) as pulled.
     pub user: String,
+    /// `layout`, or `registry HOST[:PORT]`.
+    pub source: String,
+    /// Compressed bytes of the layers.
+    pub bytes: u64,
 }
 
 /// Find the image whose manifest digest is `want.digest` in the layout.
@@ -80,13 +89,16 @@ pub fn find_image(layout: &OciLayout, want: &ImageRef) -> Result<ResolvedImage, 
 }
 
 /// Check the signatures of `img` against the trust policy init-data names.
-/// Signatures are the cosign attachments stored next to the image in the
-/// layout (`sha256-<hex>.sig`); keys must be inline (`keyData`) or come
-/// from the KBS, never from a host path.
+/// Signatures are the cosign attachments stored next to the image (in the
+/// layout, `sha256-<hex>.sig`, or in the registry under that tag), read by
+/// `signatures`; keys must be inline (`keyData`) or come from the KBS,
+/// never from a host path. `layout_root` names the layout for `oci`
+/// scopes when the reference is not a registry's.
 pub fn check_signatures(
-    layout: &OciLayout,
     want: &ImageRef,
     img: &ResolvedImage,
+    signatures: &dyn Fn() -> Result<Vec<SigstoreSignature>, String>,
+    layout_root: Option<&Path>,
     trust: &ImageTrust,
     kbs: Option<&Arc<Kbs>>,
 ) -> Result<String, String> {
@@ -114,15 +126,20 @@ pub fn check_signatures(
     let policy = Policy::parse(&bytes, Path::new("/nonexistent/veil-trust-policy"))
         .map_err(|e| refuse(format!("the trust policy: {e}")))?;
     let digest = img.manifest_digest().clone();
-    let sigs: Vec<StoredSignature> = cosign::layout_attachments(layout, &digest)
+    let sigs: Vec<StoredSignature> = signatures()
         .map_err(|e| refuse(format!("reading the signatures: {e}")))?
         .into_iter()
         .map(StoredSignature::Sigstore)
         .collect();
     let identity = DockerReference::parse(&want.reference).ok();
-    let (transport, scopes) = match &identity {
-        Some(id) => ("docker", id.policy_scopes()),
-        None => ("oci", oci_scopes(layout.root(), None)),
+    let (transport, scopes) = match (&identity, layout_root) {
+        (Some(id), _) => ("docker", id.policy_scopes()),
+        (None, Some(root)) => ("oci", oci_scopes(root, None)),
+        (None, None) => {
+            return Err(refuse(
+                "the reference names no registry repository to match the trust policy's scopes against".into(),
+            ));
+        }
     };
     let subject = Subject {
         manifest_digest: digest,
@@ -160,11 +177,18 @@ pub fn tmpfs_bytes(limits: &UnpackLimits, containers: usize) -> u64 {
         .saturating_add(TMPFS_HEADROOM_BYTES)
 }
 
-/// Pull `want` from the layout at `layout_dir` into `rootfs` (which must
-/// not exist), checking signatures first when `trust` is given, within
-/// `limits`.
+/// Where the guest pulls an image from.
+pub enum Source<'a> {
+    /// The read-only OCI layout the host exposes.
+    Layout(&'a Path),
+    /// The registry itself ([`crate::registry`]).
+    Registry(&'a RegistryAccess),
+}
+
+/// Pull `want` from `source` into `rootfs` (which must not exist),
+/// checking signatures first when `trust` is given, within `limits`.
 pub fn pull(
-    layout_dir: &Path,
+    source: Source<'_>,
     want: &ImageRef,
     rootfs: &Path,
     kbs: Option<&Arc<Kbs>>,
@@ -172,11 +196,75 @@ pub fn pull(
     limits: &UnpackLimits,
 ) -> Result<PullStats, String> {
     let start = Instant::now();
-    let layout = OciLayout::open(layout_dir)
-        .map_err(|e| format!("opening the OCI layout {}: {e}", layout_dir.display()))?;
-    let img = find_image(&layout, want)?;
+    match source {
+        Source::Layout(layout_dir) => {
+            let layout = OciLayout::open(layout_dir)
+                .map_err(|e| format!("opening the OCI layout {}: {e}", layout_dir.display()))?;
+            let img = find_image(&layout, want)?;
+            let sigs = || {
+                cosign::layout_attachments(&layout, img.manifest_digest())
+                    .map_err(|e| e.to_string())
+            };
+            let mut stats = verify_and_unpack(
+                &layout,
+                &img,
+                (&sigs, Some(layout.root())),
+                want,
+                rootfs,
+                kbs,
+                trust,
+                limits,
+            )?;
+            stats.source = "layout".into();
+            stats.ms = start.elapsed().as_millis() as u64;
+            Ok(stats)
+        }
+        Source::Registry(access) => {
+            let reg = GuestRegistry::open(access, want, kbs)?;
+            let img = reg.resolve().map_err(|e| {
+                let check = match &e {
+                    SourceError::DigestMismatch { .. } => "image digest check",
+                    _ => "registry pull",
+                };
+                let creds = match &access.trust.auth {
+                    Some(p) => format!(" with the credentials from kbs:///{p}"),
+                    None => " anonymously (init-data names no registry credentials)".into(),
+                };
+                format!(
+                    "{check}: pulling {:?} by its pinned digest {} from {}{creds}: {e}; refusing before reading any layer",
+                    want.reference, want.digest, reg.endpoint
+                )
+            })?;
+            let sigs = || reg.signatures().map_err(|e| e.to_string());
+            let mut stats =
+                verify_and_unpack(&reg, &img, (&sigs, None), want, rootfs, kbs, trust, limits)?;
+            stats.source = format!("registry {}", reg.endpoint);
+            stats.ms = start.elapsed().as_millis() as u64;
+            Ok(stats)
+        }
+    }
+}
+
+type Signatures<'a> = (
+    &'a dyn Fn() -> Result<Vec<SigstoreSignature>, String>,
+    Option<&'a Path>,
+);
+
+/// What both sources share once the manifest matched: signatures, then
+/// every layer decrypted and unpacked, each checked against its digest.
+#[allow(clippy::too_many_arguments)]
+fn verify_and_unpack(
+    source: &dyn BlobSource,
+    img: &ResolvedImage,
+    (signatures, layout_root): Signatures<'_>,
+    want: &ImageRef,
+    rootfs: &Path,
+    kbs: Option<&Arc<Kbs>>,
+    trust: Option<&ImageTrust>,
+    limits: &UnpackLimits,
+) -> Result<PullStats, String> {
     if let Some(trust) = trust {
-        let accepted = check_signatures(&layout, want, &img, trust, kbs)?;
+        let accepted = check_signatures(want, img, signatures, layout_root, trust, kbs)?;
         tracing::info!(image = %want.reference, accepted = %accepted, "image signatures accepted");
     }
     let encrypted = img
@@ -192,13 +280,15 @@ pub fn pull(
     let unwrapper = kbs.map(|k| KbsUnwrapper::new(KbsKeks(k.clone())));
     let unwrappers: Vec<&dyn KeyUnwrapper> =
         unwrapper.iter().map(|u| u as &dyn KeyUnwrapper).collect();
-    let stats = unpack_image(&layout, &img, rootfs, &unwrappers, limits)
+    let stats = unpack_image(source, img, rootfs, &unwrappers, limits)
         .map_err(|e| format!("unpacking {}: {e}", want.reference))?;
     Ok(PullStats {
         digest: img.manifest_digest().to_string(),
         layers: stats.layers as u32,
         encrypted_layers: encrypted,
-        ms: start.elapsed().as_millis() as u64,
+        ms: 0,
         user: img.config.user().to_string(),
+        source: String::new(),
+        bytes: img.layers().iter().map(|l| l.size).sum(),
     })
 }

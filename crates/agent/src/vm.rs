@@ -432,6 +432,14 @@ pub fn setup() -> Result<VmSetup, String> {
         Some(n) => console(&format!("workload NIC {n}: for the pod's network")),
         None => console("no workload NIC: pods get loopback only"),
     }
+    if workload_nic.is_some() {
+        // The agent's own pull from a registry by name (see `registry`)
+        // resolves it through QEMU's DNS relay on the workload network.
+        let [a, b, c, d] = workload_net::DNS;
+        if let Err(e) = fs::write("/etc/resolv.conf", format!("nameserver {a}.{b}.{c}.{d}\n")) {
+            console(&format!("cannot write /etc/resolv.conf: {e}"));
+        }
+    }
     let _ = nix::unistd::sethostname("veil-guest");
     fs::create_dir_all(veil_agent_guest_root()).map_err(|e| format!("/run/veil: {e}"))?;
     let boot_dir = Path::new("/run/veil-boot");

@@ -78,21 +78,19 @@ impl Env {
     /// `veil run -d --sandbox vm --tee sim`, forced to TCG, with the shared
     /// guest (no `--rm`: the test removes the sandbox).
     fn run_vm_detached(&self) -> Command {
+        self.run_vm_kept(&["-d"])
+    }
+    /// `veil run LEAD… --sandbox vm --tee sim`, forced to TCG, with the
+    /// shared guest, without `--rm`.
+    fn run_vm_kept(&self, lead: &[&str]) -> Command {
         let mut c = self.veil();
-        c.args([
-            "run",
-            "-d",
-            "--sandbox",
-            "vm",
-            "--tee",
-            "sim",
-            "--accel",
-            "tcg",
-        ])
-        .arg("--kernel")
-        .arg(guest_kernel())
-        .arg("--initrd")
-        .arg(guest().0.join("initrd.img"));
+        c.arg("run")
+            .args(lead)
+            .args(["--sandbox", "vm", "--tee", "sim", "--accel", "tcg"])
+            .arg("--kernel")
+            .arg(guest_kernel())
+            .arg("--initrd")
+            .arg(guest().0.join("initrd.img"));
         c
     }
     /// A busybox image running `cmd`, as `oci:DIR:app:1`.
@@ -801,5 +799,72 @@ fn vm_stdin_and_tty() {
     assert!(line.starts_with("/dev/pts/"), "{line:?}");
 
     ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
+    nothing_left(&env);
+}
+
+/// The guest pulls the image itself over its workload network (issues
+/// #14/#15): from a TLS registry with Basic auth on the host's loopback
+/// (the guest's 10.0.3.2), with the CA from init-data and the credentials
+/// from the KBS, its encrypted layer decrypted with a key from the KBS; the
+/// host hands in no layout disk and pulls no layer.
+#[test]
+fn vm_guest_pulls_from_the_registry_with_kbs_credentials() {
+    let env = Env::new();
+    // Its layer encrypted: the key from the KBS, decrypted in the guest only.
+    let kek = [0x3cu8; 32];
+    let reg = TlsRegistry::start(&env, "echo guest-pulled; ls /bin/busybox", Some(&kek));
+    let manifest = std::fs::read_to_string(reg.blob_file(&reg.digest)).unwrap();
+    assert!(manifest.contains("+encrypted"), "{manifest}");
+    let kek_file = env.dir.path().join("kek.bin");
+    std::fs::write(&kek_file, kek).unwrap();
+    for (path, file) in [
+        ("default/registry/auth", &reg.good_auth),
+        ("default/key/app", &kek_file),
+    ] {
+        ok(env
+            .veil()
+            .args(["secret", "put", path])
+            .arg(file)
+            .output()
+            .unwrap());
+    }
+    let t = Instant::now();
+    let out = env
+        .run_vm_kept(&["--name", "gp"])
+        // The workload NIC (QEMU user networking) the guest pulls over.
+        .args(["--network", "user"])
+        .args(["--timings", "--pull-in", "guest", "--registry-ca"])
+        .arg(&reg.ca)
+        .arg("--authfile")
+        .arg(&reg.good_auth)
+        .args([
+            "--registry-auth",
+            "kbs:///default/registry/auth",
+            &reg.reference,
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    eprintln!("boot to exit: {:?}\n{stderr}", t.elapsed());
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("guest-pulled") && stdout.contains("/bin/busybox"),
+        "{stdout}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&ok(env.veil().args(["inspect", "gp"]).output().unwrap()).stdout)
+            .unwrap();
+    let port = reg.reg.addr().rsplit_once(':').unwrap().1;
+    assert_eq!(
+        rec["pull"],
+        format!("guest (registry 10.0.3.2:{port})"),
+        "{rec}"
+    );
+    // The host holds no image: no layout, no layout disk, no cache.
+    let run_dir = env.data().join("run").join(rec["id"].as_str().unwrap());
+    assert!(!run_dir.join("layout").exists());
+    assert!(!run_dir.join("sandbox/oci-layout.tar").exists());
+    assert!(!env.data().join("images").exists());
+    ok(env.veil().args(["rm", "gp"]).output().unwrap());
     nothing_left(&env);
 }

@@ -34,6 +34,9 @@ const MAX_TOKEN_BYTES: u64 = 64 << 10;
 /// Largest error body read for a message.
 const MAX_ERROR_BYTES: u64 = 4 << 10;
 
+/// Largest `auth.json` read.
+pub const MAX_AUTH_FILE_BYTES: usize = 1 << 20;
+
 /// `docker://` references.
 pub const TRANSPORT_PREFIX: &str = "docker://";
 
@@ -62,9 +65,28 @@ impl Credentials {
     /// Credentials for `registry` from a containers / docker `auth.json`
     /// (`{"auths":{"host:port":{"auth":"base64(user:pass)"}}}`).
     pub fn from_auth_file(path: &Path, registry: &str) -> Result<Option<Self>, SourceError> {
-        let bytes = crate::sign::policy::read_bounded(path, 1 << 20, "auth file")
+        let bytes = crate::sign::policy::read_bounded(path, MAX_AUTH_FILE_BYTES, "auth file")
             .map_err(|e| SourceError::malformed("auth file", e))?;
-        let bytes = Zeroizing::new(bytes);
+        Self::from_auth_json(&Zeroizing::new(bytes), registry)
+    }
+
+    /// Credentials for `registry` (`host[:port]`) from the bytes of a
+    /// containers / docker `auth.json`: the entry whose key is that
+    /// registry (with or without a scheme or a repository path), either
+    /// `auth` (base64 of `user:password`) or `username` and `password`.
+    /// `None` when the file has no entry for it. At most
+    /// [`MAX_AUTH_FILE_BYTES`]; errors never quote the file.
+    pub fn from_auth_json(bytes: &[u8], registry: &str) -> Result<Option<Self>, SourceError> {
+        const WHAT: &str = "auth file";
+        if bytes.len() > MAX_AUTH_FILE_BYTES {
+            return Err(SourceError::malformed(
+                WHAT,
+                format!(
+                    "{} bytes, larger than the limit of {MAX_AUTH_FILE_BYTES}",
+                    bytes.len()
+                ),
+            ));
+        }
         #[derive(serde::Deserialize)]
         struct File {
             #[serde(default)]
@@ -73,41 +95,79 @@ impl Credentials {
         #[derive(serde::Deserialize)]
         struct Entry {
             #[serde(default)]
-            auth: Option<String>,
+            auth: Option<SecretString>,
+            #[serde(default)]
+            username: Option<String>,
+            #[serde(default)]
+            password: Option<SecretString>,
         }
-        let f: File =
-            serde_json::from_slice(&bytes).map_err(|e| SourceError::malformed("auth file", e))?;
-        let Some(auth) = f
-            .auths
-            .iter()
-            .find(|(k, _)| {
-                let k = k
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://");
-                k.split('/').next() == Some(registry)
-            })
-            .and_then(|(_, e)| e.auth.as_ref())
-        else {
+        // serde_json's messages may quote the input: say where, not what.
+        let f: File = serde_json::from_slice(bytes).map_err(|e| {
+            SourceError::malformed(
+                WHAT,
+                format!(
+                    "not an auth.json ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let Some(entry) = f.auths.iter().find_map(|(k, e)| {
+            let k = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            (k.split('/').next() == Some(registry)).then_some(e)
+        }) else {
             return Ok(None);
         };
-        let decoded = Zeroizing::new(
-            B64.decode(auth.trim())
-                .map_err(|e| SourceError::malformed("auth file", format!("auth: {e}")))?,
-        );
-        let text = std::str::from_utf8(&decoded)
-            .map_err(|_| SourceError::malformed("auth file", "auth is not UTF-8"))?;
-        let (user, pass) = text
-            .split_once(':')
-            .ok_or_else(|| SourceError::malformed("auth file", "auth is not user:password"))?;
-        Ok(Some(Credentials {
-            username: user.to_owned(),
-            password: Zeroizing::new(pass.to_owned()),
-        }))
+        if let Some(auth) = entry
+            .auth
+            .as_ref()
+            .map(|a| &a.0)
+            .filter(|a| !a.trim().is_empty())
+        {
+            let decoded = Zeroizing::new(B64.decode(auth.trim()).map_err(|_| {
+                SourceError::malformed(WHAT, format!("the auth of {registry} is not base64"))
+            })?);
+            let text = std::str::from_utf8(&decoded).map_err(|_| {
+                SourceError::malformed(WHAT, format!("the auth of {registry} is not UTF-8"))
+            })?;
+            let (user, pass) = text.split_once(':').ok_or_else(|| {
+                SourceError::malformed(
+                    WHAT,
+                    format!("the auth of {registry} is not base64 of user:password"),
+                )
+            })?;
+            return Ok(Some(Credentials {
+                username: user.to_owned(),
+                password: Zeroizing::new(pass.to_owned()),
+            }));
+        }
+        match (&entry.username, &entry.password) {
+            (Some(u), Some(p)) => Ok(Some(Credentials {
+                username: u.clone(),
+                password: p.0.clone(),
+            })),
+            _ => Err(SourceError::malformed(
+                WHAT,
+                format!("the entry of {registry} has neither auth nor username and password"),
+            )),
+        }
     }
 
     fn basic(&self) -> Zeroizing<String> {
         let raw = Zeroizing::new(format!("{}:{}", self.username, &*self.password));
         Zeroizing::new(format!("Basic {}", B64.encode(raw.as_bytes())))
+    }
+}
+
+/// A string from a credentials file, zeroized on drop.
+struct SecretString(Zeroizing<String>);
+
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(|s| SecretString(Zeroizing::new(s)))
     }
 }
 
@@ -122,7 +182,8 @@ pub struct Registry {
     cache: Option<OciLayout>,
 }
 
-fn is_loopback(host: &str) -> bool {
+/// Whether `host[:port]` is a loopback registry (reached over plain HTTP by default).
+pub fn is_loopback(host: &str) -> bool {
     let h = host.rsplit_once(':').map_or(host, |(h, p)| {
         if p.bytes().all(|b| b.is_ascii_digit()) {
             h
@@ -152,26 +213,85 @@ enum Body<'a> {
     Blob(&'a OciLayout, &'a Descriptor),
 }
 
+/// How a [`Registry`] client reaches the registry (defaults: the
+/// reference's own host, plain HTTP for loopback only, Mozilla's roots).
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// Trust only these CA certificates (PEM) for the registry's TLS, and
+    /// use HTTPS even for a loopback registry.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Never use plain HTTP, not even for a loopback registry.
+    pub https_only: bool,
+    /// Connect to this `host[:port]` instead of the reference's registry
+    /// (the repository path and the credentials stay the reference's; TLS
+    /// checks the certificate against this host).
+    pub endpoint: Option<String>,
+}
+
+/// The root certificates in `pem`, or why not.
+fn root_certs(pem: &[u8]) -> Result<ureq::tls::RootCerts, SourceError> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(SourceError::malformed("registry CA certificates", e)),
+        }
+    }
+    if certs.is_empty() {
+        return Err(SourceError::malformed(
+            "registry CA certificates",
+            "no PEM certificate in them",
+        ));
+    }
+    Ok(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+}
+
 impl Registry {
     /// A client for `reference`'s repository.
     pub fn new(reference: &DockerReference, creds: Option<Credentials>) -> Self {
-        let scheme = if is_loopback(reference.domain()) {
+        Self::build(reference, creds, &Connection::default(), None)
+    }
+
+    /// A client for `reference`'s repository, reached as `conn` says.
+    pub fn connect(
+        reference: &DockerReference,
+        creds: Option<Credentials>,
+        conn: &Connection,
+    ) -> Result<Self, SourceError> {
+        let roots = conn.ca_pem.as_deref().map(root_certs).transpose()?;
+        Ok(Self::build(reference, creds, conn, roots))
+    }
+
+    fn build(
+        reference: &DockerReference,
+        creds: Option<Credentials>,
+        conn: &Connection,
+        roots: Option<ureq::tls::RootCerts>,
+    ) -> Self {
+        // Docker Hub's API lives at registry-1.docker.io (as in containers/image).
+        let host = match (conn.endpoint.as_deref(), reference.domain()) {
+            (Some(e), _) => e,
+            (None, "docker.io") => "registry-1.docker.io",
+            (None, d) => d,
+        };
+        let scheme = if is_loopback(host) && !conn.https_only && roots.is_none() {
             "http"
         } else {
             "https"
         };
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(r) = roots {
+            tls = tls.root_certs(r);
+        }
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
             .timeout_global(Some(Duration::from_secs(3600)))
             .max_redirects(5)
+            .tls_config(tls.build())
             .build()
             .new_agent();
-        // Docker Hub's API lives at registry-1.docker.io (as in containers/image).
-        let host = match reference.domain() {
-            "docker.io" => "registry-1.docker.io",
-            d => d,
-        };
         Registry {
             base: format!("{scheme}://{host}"),
             repo: reference.clone(),
@@ -180,6 +300,11 @@ impl Registry {
             auth: Mutex::new(None),
             cache: None,
         }
+    }
+
+    /// The base URL requests go to (`https://host:port`).
+    pub fn base_url(&self) -> &str {
+        &self.base
     }
 
     /// Keep pulled blobs in the content-addressed layout `dir` and reuse
@@ -303,7 +428,9 @@ impl Registry {
                 let realm = params
                     .get("realm")
                     .ok_or_else(|| self.err(what, "Bearer challenge without a realm"))?;
+                // A plain-HTTP realm only for a plain-HTTP (loopback) registry.
                 let loopback_http = realm.starts_with("http://")
+                    && self.base.starts_with("http://")
                     && is_loopback(
                         realm
                             .trim_start_matches("http://")
@@ -829,10 +956,110 @@ mod tests {
         assert_eq!(r.url("tags/list"), "http://127.0.0.1:5000/v2/a/b/tags/list");
     }
 
+    #[test]
+    fn auth_json_gives_the_named_registrys_credentials_only() {
+        let b64 = B64.encode("alice:s3cr:et");
+        let file = format!(
+            r#"{{"auths":{{"https://10.0.3.2:5000/v1/":{{"auth":"{b64}"}},"other.example":{{"username":"bob","password":"pw"}}}}}}"#
+        );
+        let c = Credentials::from_auth_json(file.as_bytes(), "10.0.3.2:5000")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("alice", "s3cr:et")
+        );
+        assert!(
+            !format!("{c:?}").contains("s3cr"),
+            "Debug never shows the password"
+        );
+        let c = Credentials::from_auth_json(file.as_bytes(), "other.example")
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("bob", "pw"));
+        assert!(
+            Credentials::from_auth_json(file.as_bytes(), "10.0.3.2:5001")
+                .unwrap()
+                .is_none()
+        );
+        // Malformed entries are refused without quoting the secret.
+        for (bad, why) in [
+            (
+                r#"{"auths":{"r":{"auth":"!!notbase64-TOPSECRET"}}}"#,
+                "not base64",
+            ),
+            (
+                r#"{"auths":{"r":{"auth":"VE9QU0VDUkVU"}}}"#,
+                "user:password",
+            ),
+            (r#"{"auths":{"r":{"username":"u"}}}"#, "neither auth nor"),
+            (
+                r#"{"auths":{"r":{"auth":5, "x":"TOPSECRET"}}}"#,
+                "not an auth.json",
+            ),
+            (r#"{"auths":"TOPSECRET"}"#, "not an auth.json"),
+        ] {
+            let e = Credentials::from_auth_json(bad.as_bytes(), "r")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("TOPSECRET"), "{e}");
+        }
+        let big = vec![b' '; MAX_AUTH_FILE_BYTES + 1];
+        let e = Credentials::from_auth_json(&big, "r")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than the limit"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_or_https_only_means_tls_even_on_loopback() {
+        let r = parse_reference("127.0.0.1:5000/a/b").unwrap();
+        let https = Connection {
+            https_only: true,
+            ..Default::default()
+        };
+        let reg = Registry::connect(&r, None, &https).unwrap();
+        assert_eq!(reg.base_url(), "https://127.0.0.1:5000");
+        let moved = Connection {
+            https_only: true,
+            endpoint: Some("10.0.3.2:5000".into()),
+            ..Default::default()
+        };
+        let reg = Registry::connect(&r, None, &moved).unwrap();
+        assert_eq!(
+            reg.url("tags/list"),
+            "https://10.0.3.2:5000/v2/a/b/tags/list"
+        );
+        let bad_ca = Connection {
+            ca_pem: Some(b"not a certificate".to_vec()),
+            ..Default::default()
+        };
+        let e = Registry::connect(&r, None, &bad_ca)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
+    }
+
     proptest! {
         #[test]
         fn arbitrary_challenges_never_panic(s in ".{0,300}") {
             let _ = parse_challenge(&s);
+        }
+
+        #[test]
+        fn arbitrary_auth_files_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Credentials::from_auth_json(&bytes, "r");
+        }
+
+        #[test]
+        fn any_user_password_round_trips(user in "[^:\\x00]{0,40}", pass in ".{0,80}") {
+            let auth = B64.encode(format!("{user}:{pass}"));
+            let file = serde_json::json!({"auths": {"reg.example:5000": {"auth": auth}}}).to_string();
+            let c = Credentials::from_auth_json(file.as_bytes(), "reg.example:5000").unwrap().unwrap();
+            prop_assert_eq!(c.username, user);
+            prop_assert_eq!(c.password.as_str(), pass.as_str());
         }
     }
 }

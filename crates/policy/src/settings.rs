@@ -104,6 +104,13 @@ pub fn check_secret(name: &str, uri: &str) -> Result<(), String> {
 pub struct ImageSettings {
     /// URI of the image signature trust policy (containers-policy.json), e.g. `kbs:///default/security-policy/prod`.
     pub security_policy_uri: String,
+    /// URI of a docker `auth.json` with registry credentials for the guest's
+    /// own pull, e.g. `kbs:///default/registry/auth` (cdh.toml `[image]
+    /// authenticated_registry_credentials_uri`).
+    pub registry_credentials_uri: String,
+    /// CA certificates (PEM) the guest trusts for registries' TLS (cdh.toml
+    /// `[image] extra_root_certificates`; measured with init-data).
+    pub extra_root_certificates: Vec<String>,
 }
 
 /// Sandbox-wide defaults.

@@ -30,6 +30,16 @@ impl DockerRegistry {
     /// Start a registry; with `htpasswd` (one `user:bcrypt-hash` line) it
     /// requires Basic auth. Returns once it accepts connections.
     pub fn start(htpasswd: Option<&str>) -> Self {
+        Self::start_with(htpasswd, None)
+    }
+
+    /// [`DockerRegistry::start`] serving HTTPS only, with the certificate
+    /// chain `cert` and key `key` (PEM files, e.g. from `veil kbs tls-keygen`).
+    pub fn start_tls(htpasswd: Option<&str>, cert: &Path, key: &Path) -> Self {
+        Self::start_with(htpasswd, Some((cert, key)))
+    }
+
+    fn start_with(htpasswd: Option<&str>, tls: Option<(&Path, &Path)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", crate::free_port());
         let storage = dir.path().join("data");
@@ -44,12 +54,20 @@ impl DockerRegistry {
             }
             None => String::new(),
         };
+        let tls = match tls {
+            Some((cert, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {addr}\n{auth}",
+                 http:\n  addr: {addr}\n{tls}{auth}",
                 storage.display()
             ),
         )

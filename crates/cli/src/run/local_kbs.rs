@@ -28,7 +28,7 @@ const OLD_DEV_POLICY: &str = "package policy\nimport rego.v1\n\ndefault allow :=
 /// every encrypted layer of the images its policy pins.
 pub fn named_resources(
     init_data: &[u8],
-    layout: &Path,
+    layout: Option<&Path>,
     policy: &veil_policy::PolicyData,
 ) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
@@ -42,7 +42,7 @@ pub fn named_resources(
             out.insert(p.to_string());
         }
     }
-    let Ok(layout) = veil_image::OciLayout::open(layout) else {
+    let Some(Ok(layout)) = layout.map(veil_image::OciLayout::open) else {
         return out;
     };
     let Ok(index) = layout.index() else {

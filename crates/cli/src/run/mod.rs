@@ -53,6 +53,11 @@ pub struct RunArgs {
     #[arg(skip)]
     #[serde(default)]
     pub pulled_from: Option<String>,
+    /// The normalized reference the guest pulls itself (set by `veil run`
+    /// itself when the pull happens in the guest, see `--pull-in`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub guest_pull: Option<String>,
     /// Run the pod (containers) of a Kubernetes YAML file instead of one image.
     #[arg(long)]
     pub pod: Option<PathBuf>,
@@ -267,7 +272,8 @@ struct Workload {
     generated: bool,
     /// Where the policy came from, as the summary says it.
     policy_from: String,
-    layout: PathBuf,
+    /// The OCI layout handed to the sandbox; `None` when the guest pulls.
+    layout: Option<PathBuf>,
     image_label: String,
     pod_name: String,
     /// What the pod's configMap/secret/downwardAPI/projected volumes hold.
@@ -532,16 +538,27 @@ fn workload(
 ) -> Result<Workload> {
     let (layout, image_label, pod_yaml) = match (&a.image, &a.pod) {
         (Some(img), None) => {
-            let r = OciRef::parse(img).map_err(|e| anyhow!("{e}"))?;
-            let layout = veil_image::OciLayout::open(&r.dir).map_err(|e| anyhow!("{e}"))?;
-            let desc = layout.find(r.tag.as_deref()).map_err(|e| anyhow!("{e}"))?;
-            let reference = desc
-                .annotations
-                .get(veil_image::spec::ANNOTATION_REF_NAME)
-                .cloned()
-                .ok_or_else(|| {
-                    anyhow!("the image in {} has no ref name (tag it)", r.dir.display())
-                })?;
+            // The layout and the digest in it, unless the guest pulls.
+            let (layout_dir, reference, digest) = match &a.guest_pull {
+                Some(r) => (None, r.clone(), None),
+                None => {
+                    let r = OciRef::parse(img).map_err(|e| anyhow!("{e}"))?;
+                    let layout = veil_image::OciLayout::open(&r.dir).map_err(|e| anyhow!("{e}"))?;
+                    let desc = layout.find(r.tag.as_deref()).map_err(|e| anyhow!("{e}"))?;
+                    let reference = desc
+                        .annotations
+                        .get(veil_image::spec::ANNOTATION_REF_NAME)
+                        .cloned()
+                        .ok_or_else(|| {
+                            anyhow!("the image in {} has no ref name (tag it)", r.dir.display())
+                        })?;
+                    (
+                        Some(r.dir.clone()),
+                        reference,
+                        Some(desc.digest.to_string()),
+                    )
+                }
+            };
             if let Some(g) = given {
                 // The image only supplies the layout: the policy pins what
                 // runs. An image the policy does not name would be refused
@@ -551,7 +568,7 @@ fn workload(
                     p.init_data.policy().map_err(|e| anyhow!("{e}"))?,
                 )
                 .map_err(|e| anyhow!("{e}"))?;
-                let digest = desc.digest.to_string();
+                let digest = digest.clone().unwrap_or_else(|| "its pinned digest".into());
                 if !policy
                     .containers
                     .iter()
@@ -600,7 +617,7 @@ fn workload(
             yaml.push_str(&mounts);
             yaml.push_str(&volumes);
             (
-                r.dir.clone(),
+                layout_dir,
                 a.pulled_from.clone().unwrap_or_else(|| img.clone()),
                 yaml,
             )
@@ -612,7 +629,7 @@ fn workload(
                 .oci_layout
                 .clone()
                 .ok_or_else(|| anyhow!("--pod needs --oci-layout"))?;
-            (layout, pod.display().to_string(), text)
+            (Some(layout), pod.display().to_string(), text)
         }
         _ => bail!(
             "give an image (a registry reference such as redis:7, or oci:DIR[:TAG]) or --pod FILE"
@@ -652,14 +669,31 @@ fn workload(
             volume_contents,
         });
     }
-    let resolver =
-        veil_policy::generate::LayoutResolver::open(&layout).map_err(|e| anyhow!("{e}"))?;
+    // The digest to pin: from the layout, or (guest pull) the registry's
+    // manifest and config only, never a layer.
+    let resolver: Box<dyn veil_policy::generate::ImageResolver> = match &layout {
+        Some(l) => {
+            Box::new(veil_policy::generate::LayoutResolver::open(l).map_err(|e| anyhow!("{e}"))?)
+        }
+        None => {
+            let r = veil_policy::generate::RegistryResolver::new(None, a.pull.authfile.as_deref())
+                .map_err(|e| anyhow!("{e}"))?;
+            Box::new(match pull::connection(&a.pull)?.ca_pem {
+                Some(pem) => r.with_ca(pem),
+                None => r,
+            })
+        }
+    };
     let mut settings = settings_for(kbs_url, a.kbs_cert.as_deref())?;
+    if a.guest_pull.is_some() {
+        settings.image.registry_credentials_uri = a.pull.registry_auth.clone().unwrap_or_default();
+        settings.image.extra_root_certificates = pull::registry_cas(&a.pull)?;
+    }
     settings.sandbox.unpack_limits = a.unpack.bounds();
     settings.sandbox.allow_host_path = a.volumes.host_paths_allowed();
     settings.sandbox.allow_privileged = a.allow_privileged;
     settings.sandbox.encrypted_volumes = crate::volume::known(&veil_runtime::paths::data_dir())?;
-    let g = veil_policy::generate::generate(&inputs, &resolver, &settings)
+    let g = veil_policy::generate::generate(&inputs, resolver.as_ref(), &settings)
         .map_err(|e| anyhow!("generating the policy: {e}"))?;
     let w = g
         .workloads
@@ -740,6 +774,11 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
 fn pull_image(a: &mut RunArgs, data: &Path, id: &str) -> Result<()> {
     let dir = record::dir_of(data, id);
     if let (Some(pod), None) = (&a.pod, &a.oci_layout) {
+        if a.pull.pull_in == pull::PullIn::Guest {
+            bail!(
+                "--pull-in guest: a pod's images (--pod) are pulled on the host for now; run a single image to have the guest pull it, or use --pull-in host"
+            );
+        }
         let yaml =
             std::fs::read_to_string(pod).with_context(|| format!("reading {}", pod.display()))?;
         let layout = pull::pull_pod(&yaml, &a.pull, data, &dir).inspect_err(|_| {
@@ -749,8 +788,43 @@ fn pull_image(a: &mut RunArgs, data: &Path, id: &str) -> Result<()> {
         return Ok(());
     }
     let Some(img) = a.image.clone().filter(|i| !pull::is_layout(i)) else {
+        if a.pull.pull_in == pull::PullIn::Guest {
+            bail!(
+                "--pull-in guest pulls images given by registry reference; {} is handed to the sandbox on a read-only disk (use a reference such as host:port/repo:tag)",
+                a.image
+                    .as_deref()
+                    .map(quoted)
+                    .unwrap_or_else(|| "--pod with --oci-layout".into())
+            );
+        }
         return Ok(());
     };
+    let network = a.vm.is_vm() && a.net.vm_workload()?.is_some();
+    if pull::pulls_in_guest(&a.pull, &img, a.vm.is_vm(), network, a.init_data.is_some())? {
+        if a.init_data.is_some() && (a.pull.registry_auth.is_some() || a.pull.registry_ca.is_some())
+        {
+            bail!(
+                "--registry-auth and --registry-ca go into a generated policy's init-data; with --init-data, put them in its cdh.toml [image] (authenticated_registry_credentials_uri, extra_root_certificates)"
+            );
+        }
+        if let Some(u) = &a.pull.registry_auth {
+            let path = u.strip_prefix("kbs:///").ok_or_else(|| {
+                anyhow!(
+                    "--registry-auth {u:?}: expected kbs:///repo/type/tag (a resource in the KBS)"
+                )
+            })?;
+            veil_kbs_client::ResourcePath::parse(path)
+                .map_err(|e| anyhow!("--registry-auth {u:?}: {e}"))?;
+        }
+        a.guest_pull = Some(pull::normalize(&img, &a.pull.default_registry)?.to_string());
+        a.pulled_from = Some(img);
+        return Ok(());
+    }
+    if a.pull.registry_auth.is_some() {
+        bail!(
+            "--registry-auth names credentials for the guest's own pull, but {img} is pulled on the host (see --pull-in); give the host's credentials with --authfile"
+        );
+    }
     let pulled = pull::pull_for_run(&img, &a.pull, data, &dir).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
     })?;
@@ -1031,6 +1105,11 @@ fn run_sandbox(
     rec.policy_generated = w.generated;
     rec.policy_from = w.policy_from.clone();
     rec.single_image = a.image.is_some();
+    rec.pull = match (&a.guest_pull, &a.pulled_from) {
+        (Some(_), _) => "guest".into(),
+        (None, Some(_)) => "host".into(),
+        (None, None) => String::new(),
+    };
     rec.init_data_file = init_path;
     rec.kbs_url = kbs_url.clone();
     rec.containers = w
@@ -1047,11 +1126,18 @@ fn run_sandbox(
     if let Some(l) = &local {
         // The embedded KBS serves this sandbox only: its init-data digest,
         // and only the secrets and image keys it names.
-        l.pin(
-            &format!("sandbox {}", rec.id),
-            &digest.hex(),
-            local_kbs::named_resources(&w.init_data, &w.layout, &w.policy),
-        );
+        let mut resources =
+            local_kbs::named_resources(&w.init_data, w.layout.as_deref(), &w.policy);
+        if w.layout.is_none() {
+            for c in &w.policy.containers {
+                resources.extend(pull::layer_key_ids(
+                    &a.pull,
+                    &c.image.reference,
+                    &c.image.digest,
+                )?);
+            }
+        }
+        l.pin(&format!("sandbox {}", rec.id), &digest.hex(), resources);
     }
     if w.generated {
         say(
@@ -1079,7 +1165,7 @@ fn run_sandbox(
         kind: crate::volume::with_disks(a.vm.kind()?, data, &w.init_data)?,
         tee: a.vm.tee()?,
         init_data: w.init_data.clone(),
-        oci_layout: Some(w.layout.clone()),
+        oci_layout: w.layout.clone(),
         forwards,
         network,
         log_filter: std::env::var("VEIL_AGENT_LOG").unwrap_or_else(|_| "info".into()),
@@ -1129,6 +1215,10 @@ fn run_sandbox(
             .create_container(req)
             .map_err(|e| anyhow!("create_container {}: {e}", c_pol.name))?;
         pull_ms += r.pull_ms;
+        if !rec.pull.is_empty() && !r.pulled_from.is_empty() && !rec.pull.contains('(') {
+            // What the agent says it pulled from, next to what was asked.
+            rec.pull = format!("{} ({})", rec.pull, r.pulled_from);
+        }
         if c_pol.init {
             // Init containers run to completion, in order, before the others.
             c.start(&cid)

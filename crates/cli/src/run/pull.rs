@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
-use veil_image::registry::{self, Credentials, Registry};
+use veil_image::registry::{self, Connection, Credentials, Registry};
 use veil_image::sign::reference::DockerReference;
 use veil_image::spec::{Descriptor, Platform};
 use veil_image::{Digest, OciLayout};
@@ -53,10 +53,152 @@ pub struct PullArgs {
     )]
     #[serde(default)]
     pub default_registry: String,
-    /// containers/docker auth.json with registry credentials.
+    /// containers/docker auth.json with registry credentials (the host's
+    /// pull, and the host's look-up of the digest to pin).
     #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
     #[serde(default)]
     pub authfile: Option<PathBuf>,
+    /// Where an image given by reference is pulled in the VM sandbox:
+    /// `guest` (the agent pulls it over the guest's network: the host never
+    /// holds the image), `host` (pulled here, handed in on a read-only
+    /// disk), or `auto` (guest when the VM has a network and the registry
+    /// speaks TLS, else host, saying why).
+    #[arg(long, value_enum, value_name = "WHERE", default_value_t = PullIn::Auto)]
+    #[serde(default)]
+    pub pull_in: PullIn,
+    /// CA certificate(s) (PEM) of a private registry: trusted by the host's
+    /// look-up and, with a guest pull, put in the generated init-data
+    /// (measured) for the guest.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub registry_ca: Option<PathBuf>,
+    /// `kbs:///repo/type/tag` of a docker auth.json in the KBS that the
+    /// guest fetches after attestation for its own pull (generated
+    /// policies; never read by the host).
+    #[arg(long, value_name = "URI")]
+    #[serde(default)]
+    pub registry_auth: Option<String>,
+}
+
+/// Where an image given by reference is pulled.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullIn {
+    /// Guest when it can, else host (and say why).
+    #[default]
+    Auto,
+    /// Inside the sandbox, from the registry.
+    Guest,
+    /// On the host, into veil's image cache.
+    Host,
+}
+
+/// Whether the image `reference` of a run is pulled by the guest (`true`)
+/// or by the host: `vm` is the VM sandbox, `network` whether its pods have
+/// a network. `Err` when the user asked for what cannot be; a fallback
+/// of `auto` is said on stderr.
+/// With `given_init_data`, its cdh.toml decides the guest's CAs.
+pub fn pulls_in_guest(
+    a: &PullArgs,
+    reference: &str,
+    vm: bool,
+    network: bool,
+    given_init_data: bool,
+) -> Result<bool> {
+    let r = normalize(reference, &a.default_registry)?;
+    let plain_http =
+        registry::is_loopback(r.domain()) && a.registry_ca.is_none() && !given_init_data;
+    match a.pull_in {
+        PullIn::Host => Ok(false),
+        PullIn::Guest if vm && !network => bail!(
+            "--pull-in guest: the VM has no workload network (--network none), so the guest cannot reach {}; drop --network none, or use --pull-in host",
+            r.domain()
+        ),
+        PullIn::Guest if plain_http => bail!(
+            "--pull-in guest: {} is a loopback registry, which the host reaches over plain HTTP, but the guest pulls only over TLS (credentials and layers would cross the host in clear); serve it over TLS and give its CA with --registry-ca, or use --pull-in host",
+            r.domain()
+        ),
+        PullIn::Guest => Ok(true),
+        PullIn::Auto if !vm => Ok(false),
+        PullIn::Auto if !network => {
+            eprintln!(
+                "veil: pulling {r} on the host: the VM has no workload network (--network none) to pull it from the guest"
+            );
+            Ok(false)
+        }
+        PullIn::Auto if plain_http => {
+            eprintln!(
+                "veil: pulling {r} on the host: {} is a plain-HTTP loopback registry and the guest pulls only over TLS (give --registry-ca for a TLS one)",
+                r.domain()
+            );
+            Ok(false)
+        }
+        PullIn::Auto => Ok(true),
+    }
+}
+
+/// The KBS resources holding the key-encryption keys of the encrypted
+/// layers of `reference` at `digest`, from the registry's manifest (a guest
+/// pull leaves the host no layout to read them from): what the embedded
+/// KBS must be willing to release to the sandbox.
+pub fn layer_key_ids(a: &PullArgs, reference: &str, digest: &str) -> Result<Vec<String>> {
+    let r = normalize(reference, &a.default_registry)?;
+    let d: Digest = digest
+        .parse()
+        .map_err(|e| anyhow!("the policy's digest {digest:?} for {reference}: {e}"))?;
+    let pinned = r.with_digest(&d);
+    let creds = match &a.authfile {
+        Some(p) => Credentials::from_auth_file(p, r.domain())?,
+        None => None,
+    };
+    let img = Registry::connect(&pinned, creds, &connection(a)?)?
+        .resolve(&Platform::linux_amd64())
+        .map_err(|e| anyhow!("reading the manifest of {pinned} for its layer keys: {e}"))?;
+    Ok(img
+        .layers()
+        .iter()
+        .flat_map(veil_image::crypt::kbs::key_ids_of)
+        .map(|k| k.path())
+        .collect())
+}
+
+/// How the host reaches registries: `--registry-ca` trusted when given.
+pub fn connection(a: &PullArgs) -> Result<Connection> {
+    let ca_pem = match &a.registry_ca {
+        Some(p) => Some(
+            std::fs::read(p).with_context(|| format!("reading --registry-ca {}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Connection {
+        ca_pem,
+        ..Default::default()
+    })
+}
+
+/// The CA certificates of `--registry-ca`, one PEM block each.
+pub fn registry_cas(a: &PullArgs) -> Result<Vec<String>> {
+    let Some(p) = &a.registry_ca else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("reading --registry-ca {}", p.display()))?;
+    const END: &str = "-----END CERTIFICATE-----";
+    let certs: Vec<String> = text
+        .split_inclusive(END)
+        .filter_map(|b| {
+            b.find("-----BEGIN CERTIFICATE-----")
+                .map(|i| b[i..].to_string())
+        })
+        .filter(|b| b.ends_with(END))
+        .collect();
+    if certs.is_empty() {
+        bail!(
+            "--registry-ca {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            p.display()
+        );
+    }
+    Ok(certs)
 }
 
 /// Whether `image` names an OCI layout (`oci:DIR[:TAG]`) rather than a
@@ -230,7 +372,7 @@ fn fetch(
                 Some(p) => Credentials::from_auth_file(p, r.domain())?,
                 None => None,
             };
-            let reg = Registry::new(&r, creds);
+            let reg = Registry::connect(&r, creds, &connection(a)?)?;
             let bar = crate::progress::Bar::new("pulling");
             let d = reg
                 .pull_into_with_progress(&cache, &name, &bar)

@@ -362,3 +362,115 @@ pub fn kbs_admin(kbs: &veil_testkit::kbs::DevKbs, args: &[&str], file: Option<&s
     }
     ok(c.arg("--insecure-http").output().unwrap());
 }
+
+/// A TLS registry with Basic auth (user `veil`, password `pull-secret`),
+/// certified by a private CA for 127.0.0.1 and the VM's view of the host
+/// (10.0.3.2), holding the busybox image `cmd` runs as `veil/app:v1`.
+pub struct TlsRegistry {
+    pub reg: veil_testkit::registry::DockerRegistry,
+    /// The CA certificate (PEM file).
+    pub ca: PathBuf,
+    /// `127.0.0.1:PORT/veil/app:v1`.
+    pub reference: String,
+    /// Its manifest digest.
+    pub digest: veil_image::Digest,
+    /// A containers auth.json with the right credentials.
+    pub good_auth: PathBuf,
+    /// One with a wrong password.
+    pub bad_auth: PathBuf,
+}
+
+pub const REGISTRY_USER: &str = "veil";
+pub const REGISTRY_PASSWORD: &str = "pull-secret";
+
+impl TlsRegistry {
+    /// With `kek`, the image's layer is encrypted to `kbs:///default/key/app`.
+    pub fn start(env: &Env, cmd: &str, kek: Option<&[u8; 32]>) -> Self {
+        let d = env.dir.path().join("registry-tls");
+        std::fs::create_dir_all(&d).unwrap();
+        let (ca, cert, key) = (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"));
+        ok(Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args([
+                "kbs",
+                "tls-keygen",
+                "--san",
+                "127.0.0.1",
+                "--san",
+                "10.0.3.2",
+            ])
+            .arg("--ca-cert")
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .output()
+            .unwrap());
+        let line = veil_testkit::registry::htpasswd_line(REGISTRY_USER, REGISTRY_PASSWORD);
+        let reg = veil_testkit::registry::DockerRegistry::start_tls(Some(&line), &cert, &key);
+        let reference = reg.reference("veil/app:v1");
+        let layout = OciLayout::create(env.dir.path().join("registry-src")).unwrap();
+        image(env, &layout, "v1", cmd);
+        if let Some(kek) = kek {
+            use veil_image::crypt::{KeyWrapper, LayerSelection, encrypt_image};
+            let wrapper = veil_image::crypt::kbs::KbsWrapper::new(
+                veil_image::crypt::kbs::ResourceUri::parse("kbs:///default/key/app").unwrap(),
+                kek,
+            )
+            .unwrap();
+            let wrappers: [&dyn KeyWrapper; 1] = [&wrapper];
+            encrypt_image(
+                &layout,
+                Some("v1"),
+                &layout,
+                "v1",
+                &wrappers,
+                &LayerSelection::All,
+            )
+            .unwrap();
+        }
+        let b64 = |s: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        let (good_auth, bad_auth) = (d.join("auth.json"), d.join("bad-auth.json"));
+        std::fs::write(
+            &good_auth,
+            reg.auth_json(&b64(&format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"))),
+        )
+        .unwrap();
+        std::fs::write(
+            &bad_auth,
+            reg.auth_json(&b64(&format!("{REGISTRY_USER}:wrong"))),
+        )
+        .unwrap();
+        let r = veil_image::registry::parse_reference(&reference).unwrap();
+        let creds =
+            veil_image::registry::Credentials::from_auth_file(&good_auth, r.domain()).unwrap();
+        let conn = veil_image::registry::Connection {
+            ca_pem: Some(std::fs::read(&ca).unwrap()),
+            ..Default::default()
+        };
+        let digest = veil_image::registry::Registry::connect(&r, creds, &conn)
+            .unwrap()
+            .push(&layout, Some("v1"))
+            .unwrap();
+        TlsRegistry {
+            reg,
+            ca,
+            reference,
+            digest,
+            good_auth,
+            bad_auth,
+        }
+    }
+
+    /// Path of a blob's data file in the registry's storage.
+    pub fn blob_file(&self, d: &veil_image::Digest) -> PathBuf {
+        self.reg.storage().join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{}/data",
+            &d.hex()[..2],
+            d.hex()
+        ))
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use veil_image::registry::{self, Credentials, Registry};
+use veil_image::registry::{self, Connection, Credentials, Registry};
 use veil_image::{OciLayout, Platform, ResolvedImage, SourceError};
 
 /// What policy generation needs from an image.
@@ -136,6 +136,7 @@ fn image_info(img: &ResolvedImage) -> ImageInfo {
 pub struct RegistryResolver {
     mirror: Option<String>,
     auth_file: Option<PathBuf>,
+    connection: Connection,
     platform: Platform,
     /// Results per reference, so an image used by several containers is
     /// fetched once.
@@ -163,9 +164,17 @@ impl RegistryResolver {
         Ok(RegistryResolver {
             mirror,
             auth_file: auth_file.map(Path::to_path_buf),
+            connection: Connection::default(),
             platform: Platform::linux_amd64(),
             resolved: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Trust only the CA certificates in `pem` for registries' TLS (and use
+    /// TLS even for a loopback registry).
+    pub fn with_ca(mut self, pem: Vec<u8>) -> Self {
+        self.connection.ca_pem = Some(pem);
+        self
     }
 
     /// Where `reference` is fetched from: its own registry or the mirror.
@@ -197,8 +206,8 @@ impl RegistryResolver {
                 .map_err(|e| format!("{}: {e}", p.display()))?,
             None => None,
         };
-        let img = Registry::new(&target, creds)
-            .resolve(&self.platform)
+        let img = Registry::connect(&target, creds, &self.connection)
+            .and_then(|r| r.resolve(&self.platform))
             .map_err(|e| format!("{at}: {e}"))?;
         // The client fetched the pinned digest and checked the bytes against
         // it; check again that the pin is this image or the index it came from.

@@ -165,10 +165,32 @@ fn cdh_toml(settings: &Settings) -> String {
         basic_string(&settings.kbs.cert, &mut s);
         s.push('\n');
     }
-    if !settings.image.security_policy_uri.is_empty() {
-        s.push_str("\n[image]\nimage_security_policy_uri = ");
-        basic_string(&settings.image.security_policy_uri, &mut s);
+    let image = &settings.image;
+    if !image.security_policy_uri.is_empty()
+        || !image.registry_credentials_uri.is_empty()
+        || !image.extra_root_certificates.is_empty()
+    {
+        s.push_str("\n[image]\n");
+    }
+    if !image.security_policy_uri.is_empty() {
+        s.push_str("image_security_policy_uri = ");
+        basic_string(&image.security_policy_uri, &mut s);
         s.push('\n');
+    }
+    if !image.registry_credentials_uri.is_empty() {
+        s.push_str("authenticated_registry_credentials_uri = ");
+        basic_string(&image.registry_credentials_uri, &mut s);
+        s.push('\n');
+    }
+    if !image.extra_root_certificates.is_empty() {
+        s.push_str("extra_root_certificates = [");
+        for (i, c) in image.extra_root_certificates.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            basic_string(c, &mut s);
+        }
+        s.push_str("]\n");
     }
     s
 }

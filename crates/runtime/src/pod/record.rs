@@ -130,6 +130,12 @@ pub struct Record {
     /// Published ports, `[IP:]HOST:CONTAINER/PROTO`.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// Where the image given by reference was pulled: `guest` (by the
+    /// agent, from the registry) or `host` (handed in read-only), with
+    /// what the agent reported (`guest (registry 10.0.3.2:5000)`); empty
+    /// for an OCI layout given as such.
+    #[serde(default)]
+    pub pull: String,
     /// Phase timings in milliseconds.
     #[serde(default)]
     pub timings: serde_json::Map<String, serde_json::Value>,

@@ -24,6 +24,7 @@ pub mod kbs;
 pub mod local_api;
 pub mod net;
 pub mod pull;
+pub mod scratch;
 pub mod seccomp;
 pub mod server;
 pub mod storage;

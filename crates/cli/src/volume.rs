@@ -129,6 +129,21 @@ impl VolumeRecord {
 
 /// `--size`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes_with_unit(s)?;
+    if bytes < MIN_VOLUME_BYTES {
+        return Err(format!(
+            "{s:?}: a volume needs at least {} MiB (the LUKS2 header alone takes 16 MiB)",
+            MIN_VOLUME_BYTES >> 20
+        ));
+    }
+    if bytes > MAX_VOLUME_BYTES {
+        return Err(format!("{s:?}: at most {} TiB", MAX_VOLUME_BYTES >> 40));
+    }
+    Ok(bytes)
+}
+
+/// Bytes, or a number with a binary unit: `512M`, `1G`, `2T`.
+pub fn parse_bytes_with_unit(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -143,19 +158,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tib" => 40,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
     };
-    let bytes = n
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?}: too large"))?;
-    if bytes < MIN_VOLUME_BYTES {
-        return Err(format!(
-            "{s:?}: a volume needs at least {} MiB (the LUKS2 header alone takes 16 MiB)",
-            MIN_VOLUME_BYTES >> 20
-        ));
-    }
-    if bytes > MAX_VOLUME_BYTES {
-        return Err(format!("{s:?}: at most {} TiB", MAX_VOLUME_BYTES >> 40));
-    }
-    Ok(bytes)
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// Where volume records live.
@@ -221,11 +225,7 @@ pub fn known(data: &Path) -> Result<BTreeMap<String, EncryptedVolume>> {
 /// be a volume of `data` with the UUID the policy pins. In the process
 /// sandbox (`vm` false) any encrypted volume is refused.
 pub fn disks_for(data: &Path, init_data: &[u8], vm: bool) -> Result<Vec<PathBuf>> {
-    let parsed = veil_policy::ParsedInitData::parse(init_data).map_err(|e| anyhow!("{e}"))?;
-    let policy = veil_policy::rego::extract_policy_data(
-        parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?,
-    )
-    .map_err(|e| anyhow!("{e}"))?;
+    let policy = policy_of(init_data)?;
     let mut enc: Vec<_> = policy
         .sandbox
         .volumes
@@ -271,18 +271,31 @@ pub fn disks_for(data: &Path, init_data: &[u8], vm: bool) -> Result<Vec<PathBuf>
     Ok(out)
 }
 
-/// `kind` with the encrypted volumes of the policy in `init_data`
-/// attached (a VM), or refused (the process sandbox): see [`disks_for`].
+/// The policy data of `init_data`.
+pub fn policy_of(init_data: &[u8]) -> Result<veil_policy::model::PolicyData> {
+    let parsed = veil_policy::ParsedInitData::parse(init_data).map_err(|e| anyhow!("{e}"))?;
+    veil_policy::rego::extract_policy_data(parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?)
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// `kind` with the disks of the policy in `init_data`: its encrypted
+/// volumes attached (a VM) or refused (the process sandbox), see
+/// [`disks_for`]; and, for a VM, the encrypted scratch disk:
+/// `scratch_base` (`--scratch-size`, else the default) plus the sizeLimits
+/// of the pod's disk-backed emptyDirs.
 pub fn with_disks(
     kind: veil_runtime::pod::launch::SandboxKind,
     data: &Path,
     init_data: &[u8],
+    scratch_base: Option<u64>,
 ) -> Result<veil_runtime::pod::launch::SandboxKind> {
-    use veil_runtime::pod::launch::SandboxKind;
+    use veil_runtime::pod::launch::{SandboxKind, scratch_bytes};
     let disks = disks_for(data, init_data, kind.is_vm())?;
     Ok(match kind {
         SandboxKind::Vm(mut v) => {
             v.volume_disks = disks;
+            let policy = policy_of(init_data)?;
+            v.scratch_bytes = Some(scratch_bytes(scratch_base, &policy.sandbox.volumes));
             SandboxKind::Vm(v)
         }
         k => k,

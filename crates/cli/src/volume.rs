@@ -91,11 +91,20 @@ pub struct KeyArgs {
     /// Where to write the key (0600, never over an existing file).
     #[arg(long)]
     pub out: PathBuf,
-    /// The KBS's data dir [default: the embedded KBS's, <data>/kbs].
+    /// The KBS's data dir, for a KBS on SQLite [default: the embedded
+    /// KBS's, <data>/kbs].
     #[arg(long, requires = "kek_file")]
     pub kbs_data_dir: Option<PathBuf>,
-    /// The KBS's KEK file [default: <data>/kbs.kek].
-    #[arg(long, requires = "kbs_data_dir")]
+    /// The store of a `veil kbs serve --store postgres://…` (the same URL).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "kek_file",
+        conflicts_with = "kbs_data_dir"
+    )]
+    pub store: Option<String>,
+    /// The KBS's KEK file (with --kbs-data-dir or --store) [default: <data>/kbs.kek].
+    #[arg(long)]
     pub kek_file: Option<PathBuf>,
 }
 
@@ -576,22 +585,51 @@ fn key(a: KeyArgs) -> Result<ExitCode> {
     let data = data_dir()?;
     let r =
         find(&data, &a.name)?.ok_or_else(|| anyhow!("no volume {} (veil volume ls)", a.name))?;
-    let (dir, kek_file) = match (&a.kbs_data_dir, &a.kek_file) {
-        (Some(d), Some(k)) => (d.clone(), k.clone()),
+    let (store, kek_file): (Box<dyn Store>, PathBuf) = match (
+        &a.kbs_data_dir,
+        &a.store,
+        &a.kek_file,
+    ) {
+        (Some(d), None, Some(k)) => (
+            Box::new(
+                veil_kbs::store::sqlite::SqliteStore::open(d)
+                    .map_err(|e| anyhow!("the KBS's store {}: {e}", d.display()))?,
+            ),
+            k.clone(),
+        ),
+        (None, Some(url), Some(k)) => (
+            Box::new(
+                veil_kbs::store::postgres::PgStore::open(url)
+                    .map_err(|e| anyhow!("the KBS's PostgreSQL store: {e}"))?,
+            ),
+            k.clone(),
+        ),
+        (None, None, Some(_)) => bail!(
+            "--kek-file needs the store it opens: --kbs-data-dir DIR (SQLite) or --store postgres://… (as given to veil kbs serve)"
+        ),
         _ => {
             let p = crate::run::local_kbs::LocalKbsPaths::new(&data);
-            (p.dir, p.kek)
+            (
+                Box::new(
+                    veil_kbs::store::sqlite::SqliteStore::open(&p.dir)
+                        .map_err(|e| anyhow!("the KBS's store {}: {e}", p.dir.display()))?,
+                ),
+                p.kek,
+            )
         }
+    };
+    let where_ = match (&a.store, &a.kbs_data_dir) {
+        (Some(_), _) => "the PostgreSQL store".to_string(),
+        (None, Some(d)) => d.display().to_string(),
+        (None, None) => "the embedded KBS".to_string(),
     };
     let kek = veil_kbs::Kek::from_file(&kek_file)
         .map_err(|e| anyhow!("the KBS's KEK {}: {e}", kek_file.display()))?;
-    let store = veil_kbs::store::sqlite::SqliteStore::open(&dir)
-        .map_err(|e| anyhow!("the KBS's store {}: {e}", dir.display()))?;
     let path = veil_kbs_client::ResourcePath::parse(&r.key).map_err(|e| anyhow!("{e}"))?;
     let (_, blob) = store
         .get_resource(&path.to_string())
         .map_err(|e| anyhow!("{e}"))?
-        .ok_or_else(|| anyhow!("the KBS in {} holds no {}", dir.display(), r.key))?;
+        .ok_or_else(|| anyhow!("the KBS in {where_} holds no {}", r.key))?;
     let value = kek
         .open(&format!("resource:{path}"), &blob)
         .map_err(|e| anyhow!("{e}"))?;

@@ -891,22 +891,51 @@ fn vm_scratch_holds_twice_the_guest_ram_encrypted_and_goes_with_the_sandbox() {
         .unwrap();
     assert_eq!(grep.code(), Some(1), "plaintext marker in the scratch file");
 
-    // A killed owner leaves the sandbox dir; the next command removes the scratch.
+    // A killed owner leaves the sandbox dir; the next command removes the
+    // scratch. SIGKILL for the record's owner and for QEMU's parent (the
+    // process holding the sandbox), so no teardown runs.
     let rec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("record.json")).unwrap()).unwrap();
-    let owner = rec["owner_pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(owner),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let mut victims = vec![rec["owner_pid"].as_i64().unwrap() as i32];
+    let data = env.data().display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("qemu-system") && cmd.contains(&data) {
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            victims.extend(status.lines().find_map(|l| {
+                l.strip_prefix("PPid:")
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+            }));
+        }
+    }
+    for pid in victims {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !processes_mentioning(&env.data().display().to_string()).is_empty()
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(scratch.exists(), "the killed owner could not remove it");
+    let listing = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        scratch.exists(),
+        "the killed owner could not remove it; run dir {:?}, sandbox dir {:?}, processes {:?}",
+        listing(&dir),
+        listing(&dir.join("sandbox")),
+        processes_mentioning(&data)
+    );
     let out = ok(env.veil().args(["ps", "-a"]).output().unwrap());
     assert!(
         text(&out.stderr).contains(&format!("removed the scratch disk of the VM sandbox {id}")),

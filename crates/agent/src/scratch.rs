@@ -146,8 +146,14 @@ fn zero_ends(mapped: &Path) -> Result<(), String> {
 /// Open the scratch disk the fw_cfg item `fw_cfg` announces (PID 1, at
 /// boot). `Ok(None)`: the set-up announces none. A log line on success.
 pub fn open_announced(fw_cfg: &Path) -> Result<Option<String>, String> {
-    let raw = match fs::read(fw_cfg) {
-        Ok(r) => r,
+    use std::io::Read;
+    let mut raw = Vec::new();
+    match fs::File::open(fw_cfg) {
+        // The host's bytes: at most what a size can take (parse_size refuses more).
+        Ok(f) => f
+            .take(64)
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("scratch: reading fw_cfg {SCRATCH_FW_CFG}: {e}"))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("scratch: reading fw_cfg {SCRATCH_FW_CFG}: {e}")),
     };
@@ -169,31 +175,7 @@ pub fn open(expected: u64) -> Result<String, String> {
     // an integrity error, and ext4 reads only what it wrote. No journal
     // either: the scratch never outlives the VM, so a torn write is moot.
     storage::cryptsetup(
-        &[
-            "luksFormat",
-            "--batch-mode",
-            "--type",
-            "luks2",
-            "--cipher",
-            "aes-xts-plain64",
-            "--integrity",
-            "hmac-sha256",
-            "--integrity-no-wipe",
-            "--sector-size",
-            "4096",
-            // 64 random bytes: no key stretching needed.
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
-            "--hash",
-            "sha256",
-            "--label",
-            "veil:scratch",
-            "--key-file",
-            "-",
-            &dev_s,
-        ],
+        &storage::luks_format_args(&["--integrity-no-wipe", "--label", "veil:scratch"], &dev_s),
         &key,
     )
     .map_err(|(_, m)| {

@@ -160,6 +160,37 @@ pub(crate) fn read_head(dev: &Path, n: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// `cryptsetup luksFormat` of `dev` as every veil disk is made: LUKS2,
+/// aes-xts-plain64 with hmac-sha256 integrity (dm-integrity) on 4 KiB
+/// sectors, the key on stdin, plus `extra`. The key is 64 random bytes
+/// (from the KBS, or born in the guest): no stretching needed, so PBKDF2
+/// with 1000 iterations.
+pub(crate) fn luks_format_args<'a>(extra: &[&'a str], dev: &'a str) -> Vec<&'a str> {
+    let mut a = vec![
+        "luksFormat",
+        "--batch-mode",
+        "--type",
+        "luks2",
+        "--cipher",
+        "aes-xts-plain64",
+        "--integrity",
+        "hmac-sha256",
+        "--sector-size",
+        "4096",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--hash",
+        "sha256",
+        "--key-file",
+        "-",
+    ];
+    a.extend_from_slice(extra);
+    a.push(dev);
+    a
+}
+
 /// Run cryptsetup with the key on its stdin (never on a disk or argv).
 pub(crate) fn cryptsetup(args: &[&str], key: &[u8]) -> Result<(), (i32, String)> {
     let _ = fs::create_dir_all("/run/cryptsetup");
@@ -224,32 +255,7 @@ pub fn open_all(
             // LUKS2 labels hold at most 47 bytes (the name is ASCII).
             let label: String = format!("veil:{}", e.volume).chars().take(47).collect();
             cryptsetup(
-                &[
-                    "luksFormat",
-                    "--batch-mode",
-                    "--type",
-                    "luks2",
-                    "--cipher",
-                    "aes-xts-plain64",
-                    "--integrity",
-                    "hmac-sha256",
-                    "--sector-size",
-                    "4096",
-                    // The key is 64 random bytes from the KBS: no stretching needed.
-                    "--pbkdf",
-                    "pbkdf2",
-                    "--pbkdf-force-iterations",
-                    "1000",
-                    "--hash",
-                    "sha256",
-                    "--uuid",
-                    &e.uuid,
-                    "--label",
-                    &label,
-                    "--key-file",
-                    "-",
-                    &dev_s,
-                ],
+                &luks_format_args(&["--uuid", &e.uuid, "--label", &label], &dev_s),
                 &key,
             )
             .map_err(|(_, m)| format!("volume {name}: formatting the blank disk {dev_s} (LUKS2, aes-xts-plain64 + hmac-sha256): {m}"))?;

@@ -415,6 +415,26 @@ mod tests {
     }
 
     #[test]
+    fn scratch_size_takes_a_unit_within_bounds() {
+        assert_eq!(parse_scratch_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_scratch_size("10G"), Ok(10 << 30));
+        for s in ["64M", "65T", "10X", ""] {
+            assert!(parse_scratch_size(s).is_err(), "{s}");
+        }
+        assert!(
+            parse_scratch_size("64M")
+                .unwrap_err()
+                .contains("128 MiB to 64 TiB")
+        );
+        let v = T::parse_from(["t", "--scratch-size", "1G"]).v;
+        let e = v.check_process_flags().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--scratch-size only applies to the VM sandbox"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn vm_only_flags_are_refused_with_the_process_sandbox() {
         let v = T::parse_from(["t", "--memory", "2G"]).v;
         let e = v.check_process_flags().unwrap_err().to_string();

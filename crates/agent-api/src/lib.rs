@@ -303,6 +303,18 @@ pub struct CreateContainerRequest {
 /// disk's LUKS2 UUID against the policy.
 pub const VOLUME_SERIAL_PREFIX: &str = "veil-vol-";
 
+/// The virtio-blk serial of the VM sandbox's scratch disk: a fresh sparse
+/// disk the guest encrypts with a key born in the guest (docs/storage.md).
+pub const SCRATCH_SERIAL: &str = "veil-scratch";
+/// The fw_cfg item that tells the guest the scratch disk's size in bytes
+/// (decimal ASCII). The guest uses a disk with [`SCRATCH_SERIAL`] only when
+/// this item is there, and only when the disk has exactly this size.
+pub const SCRATCH_FW_CFG: &str = "opt/veil/scratch-bytes";
+/// Smallest scratch disk (LUKS2 header and dm-integrity tags take ~17 MiB).
+pub const MIN_SCRATCH_BYTES: u64 = 128 << 20;
+/// Largest scratch disk (64 TiB).
+pub const MAX_SCRATCH_BYTES: u64 = 64 << 40;
+
 pub mod luks2;
 
 pub mod workload_net {

@@ -42,9 +42,14 @@ impl GuestPaths {
         self.root.join("sandbox").join(id)
     }
 
+    /// The containers' files (on the encrypted scratch disk when the VM has one).
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
     /// One container's files (rootfs, launch spec).
     pub fn container(&self, id: &str) -> PathBuf {
-        self.root.join("containers").join(id)
+        self.containers().join(id)
     }
 
     /// Map a guest path (`/run/veil/...`) to the agent's view; `None` for

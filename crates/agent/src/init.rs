@@ -251,11 +251,28 @@ fn child(spec: &InitSpec) -> Result<(), String> {
         .iter()
         .map(|a| CString::new(a.as_bytes()).map_err(|_| "NUL in env".to_string()))
         .collect::<Result<_, _>>()?;
+    reset_signals()?;
     // Last step before exec: no descriptor but stdio reaches the workload
     // (the status pipe closes on exec, and so does anything inherited).
     veil_fds::cloexec_all_but(None).map_err(|e| fail("marking descriptors close-on-exec", e))?;
     let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
     Err(fail(&format!("exec {}", program.to_string_lossy()), e))
+}
+
+/// The workload starts with default signal handling, as under runc: the
+/// agent (a Rust program) ignores SIGPIPE and blocks SIGTERM/SIGINT for its
+/// signal thread, and exec keeps ignored signals and the mask. A workload
+/// that inherited them would not die writing to a closed pipe (`yes | head`
+/// spins forever) nor on `veil stop`'s SIGTERM.
+fn reset_signals() -> Result<(), String> {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+    for sig in [Signal::SIGPIPE, Signal::SIGXFSZ] {
+        // SAFETY: installing the default disposition (no handler code runs).
+        unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }
+            .map_err(|e| fail(&format!("resetting {sig}"), e))?;
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| fail("unblocking signals", e))
 }
 
 /// Find `arg0` in the container's PATH (from its env), as execvp would.
@@ -592,6 +609,36 @@ fn switch_user(spec: &InitSpec) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workload_gets_default_signal_handling() {
+        use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+        // In a child process: the test harness's own dispositions stay.
+        // SAFETY: the child only makes syscalls and exits.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let ok = (|| {
+                    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }
+                        .ok()?;
+                    let mut set = SigSet::empty();
+                    set.add(Signal::SIGTERM);
+                    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).ok()?;
+                    reset_signals().ok()?;
+                    let old =
+                        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+                            .ok()?;
+                    let mut now = SigSet::empty();
+                    sigprocmask(SigmaskHow::SIG_BLOCK, None, Some(&mut now)).ok()?;
+                    (matches!(old, SigHandler::SigDfl) && !now.contains(Signal::SIGTERM))
+                        .then_some(())
+                })();
+                unsafe { libc::_exit(if ok.is_some() { 0 } else { 1 }) }
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
+        }
+    }
 
     #[test]
     fn mount_options_split_into_flags_and_data() {

@@ -25,6 +25,7 @@ pub mod local_api;
 pub mod net;
 pub mod pull;
 pub mod registry;
+pub mod scratch;
 pub mod seccomp;
 pub mod server;
 pub mod storage;

@@ -8,7 +8,7 @@
 //! ```
 
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -332,6 +332,16 @@ fn run(a: ServeArgs) -> Result<(), String> {
         )
     })?;
     let paths = GuestPaths::new(&a.guest_root);
+    // With an encrypted scratch disk (VM sandbox), the containers' rootfs
+    // live there rather than in guest RAM; secrets stay on the tmpfs.
+    let containers = paths.containers();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&containers)
+        .map_err(|e| format!("creating the containers dir: {e}"))?;
+    if veil_agent::scratch::bind(std::path::Path::new("containers"), &containers)? {
+        tracing::info!("container rootfs on the encrypted scratch disk");
+    }
     std::fs::create_dir(paths.secrets()).map_err(|e| format!("creating the secrets dir: {e}"))?;
     let _ = std::fs::set_permissions(paths.secrets(), std::fs::Permissions::from_mode(0o755));
 

@@ -126,9 +126,9 @@ pub fn identify(
     Ok(DiskState::Luks(header))
 }
 
-/// The disk the host attached as encrypted volume `index`.
-fn find_disk(index: usize) -> Result<PathBuf, String> {
-    let serial = format!("{VOLUME_SERIAL_PREFIX}{index}");
+/// The disk the host attached with virtio-blk serial `serial` (the
+/// host's word: callers check what is on it).
+pub(crate) fn find_disk(serial: &str) -> Result<PathBuf, String> {
     let start = Instant::now();
     loop {
         if let Ok(rd) = fs::read_dir("/sys/block") {
@@ -144,7 +144,7 @@ fn find_disk(index: usize) -> Result<PathBuf, String> {
         }
         if start.elapsed() > DISK_WAIT {
             return Err(format!(
-                "no disk with serial {serial} within {} s: the host did not attach it (veil run attaches the volume files the policy names)",
+                "no disk with serial {serial} within {} s: the host did not attach it",
                 DISK_WAIT.as_secs()
             ));
         }
@@ -152,7 +152,7 @@ fn find_disk(index: usize) -> Result<PathBuf, String> {
     }
 }
 
-fn read_head(dev: &Path, n: usize) -> Result<Vec<u8>, String> {
+pub(crate) fn read_head(dev: &Path, n: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(n);
     fs::File::open(dev)
         .and_then(|f| f.take(n as u64).read_to_end(&mut out))
@@ -160,8 +160,39 @@ fn read_head(dev: &Path, n: usize) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// `cryptsetup luksFormat` of `dev` as every veil disk is made: LUKS2,
+/// aes-xts-plain64 with hmac-sha256 integrity (dm-integrity) on 4 KiB
+/// sectors, the key on stdin, plus `extra`. The key is 64 random bytes
+/// (from the KBS, or born in the guest): no stretching needed, so PBKDF2
+/// with 1000 iterations.
+pub(crate) fn luks_format_args<'a>(extra: &[&'a str], dev: &'a str) -> Vec<&'a str> {
+    let mut a = vec![
+        "luksFormat",
+        "--batch-mode",
+        "--type",
+        "luks2",
+        "--cipher",
+        "aes-xts-plain64",
+        "--integrity",
+        "hmac-sha256",
+        "--sector-size",
+        "4096",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--hash",
+        "sha256",
+        "--key-file",
+        "-",
+    ];
+    a.extend_from_slice(extra);
+    a.push(dev);
+    a
+}
+
 /// Run cryptsetup with the key on its stdin (never on a disk or argv).
-fn cryptsetup(args: &[&str], key: &[u8]) -> Result<(), (i32, String)> {
+pub(crate) fn cryptsetup(args: &[&str], key: &[u8]) -> Result<(), (i32, String)> {
     let _ = fs::create_dir_all("/run/cryptsetup");
     let mut child = Command::new(CRYPTSETUP)
         .args(args)
@@ -198,7 +229,9 @@ pub fn open_all(
     let mut lines = Vec::new();
     for (index, (v, e)) in encrypted(policy).into_iter().enumerate() {
         let name = &v.name;
-        let dev = find_disk(index).map_err(|err| format!("volume {name}: {err}"))?;
+        let dev = find_disk(&format!("{VOLUME_SERIAL_PREFIX}{index}")).map_err(|err| {
+            format!("volume {name}: {err} (veil run attaches the volume files the policy names)")
+        })?;
         let dev_s = dev.display().to_string();
         let state = identify(name, &dev_s, e, |n| read_head(&dev, n))?;
         let key = key_of(&e.key).map_err(|err| {
@@ -222,32 +255,7 @@ pub fn open_all(
             // LUKS2 labels hold at most 47 bytes (the name is ASCII).
             let label: String = format!("veil:{}", e.volume).chars().take(47).collect();
             cryptsetup(
-                &[
-                    "luksFormat",
-                    "--batch-mode",
-                    "--type",
-                    "luks2",
-                    "--cipher",
-                    "aes-xts-plain64",
-                    "--integrity",
-                    "hmac-sha256",
-                    "--sector-size",
-                    "4096",
-                    // The key is 64 random bytes from the KBS: no stretching needed.
-                    "--pbkdf",
-                    "pbkdf2",
-                    "--pbkdf-force-iterations",
-                    "1000",
-                    "--hash",
-                    "sha256",
-                    "--uuid",
-                    &e.uuid,
-                    "--label",
-                    &label,
-                    "--key-file",
-                    "-",
-                    &dev_s,
-                ],
+                &luks_format_args(&["--uuid", &e.uuid, "--label", &label], &dev_s),
                 &key,
             )
             .map_err(|(_, m)| format!("volume {name}: formatting the blank disk {dev_s} (LUKS2, aes-xts-plain64 + hmac-sha256): {m}"))?;
@@ -271,22 +279,8 @@ pub fn open_all(
         drop(key);
         let mapped = Path::new("/dev/mapper").join(&mapper);
         if fresh {
-            let fs_label: String = e.volume.chars().take(16).collect();
-            let out = Command::new(MKE2FS)
-                .args(["-t", "ext4", "-q", "-F", "-m", "0", "-E", "nodiscard", "-L"])
-                .arg(&fs_label)
-                .arg(&mapped)
-                .env_clear()
-                .env("LC_ALL", "C")
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|err| format!("volume {name}: starting {MKE2FS}: {err}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "volume {name}: making its ext4 file system: {}",
-                    escape(String::from_utf8_lossy(&out.stderr).trim())
-                ));
-            }
+            mkfs(&mapped, &e.volume, &["-E", "nodiscard"])
+                .map_err(|err| format!("volume {name}: {err}"))?;
         }
         let target = Path::new(MOUNT_ROOT).join(name);
         fs::create_dir_all(&target).map_err(|err| format!("{}: {err}", target.display()))?;
@@ -316,6 +310,30 @@ pub fn open_all(
         ));
     }
     Ok(lines)
+}
+
+/// Make an ext4 file system labelled `label` (first 16 characters) on
+/// `dev` with Debian's mke2fs and the `extra` options.
+pub(crate) fn mkfs(dev: &Path, label: &str, extra: &[&str]) -> Result<(), String> {
+    let fs_label: String = label.chars().take(16).collect();
+    let out = Command::new(MKE2FS)
+        .args(["-t", "ext4", "-q", "-F", "-m", "0"])
+        .args(extra)
+        .arg("-L")
+        .arg(&fs_label)
+        .arg(dev)
+        .env_clear()
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("starting {MKE2FS}: {err}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "making its ext4 file system: {}",
+            escape(String::from_utf8_lossy(&out.stderr).trim())
+        ));
+    }
+    Ok(())
 }
 
 /// Bind opened volume `v` onto the sandbox's volume directory `path`.

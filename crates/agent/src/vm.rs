@@ -33,6 +33,9 @@ pub const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
 pub const SIM_PORT_NAME: &str = "veil.sim";
 /// The fw_cfg item with init-data.
 pub const INIT_DATA_FW_CFG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/veil/init-data/raw";
+/// The fw_cfg item with the scratch disk's size ([`veil_agent_api::SCRATCH_FW_CFG`]).
+pub const SCRATCH_FW_CFG_PATH: &str =
+    "/sys/firmware/qemu_fw_cfg/by_name/opt/veil/scratch-bytes/raw";
 /// The read-only disk with the OCI layout archive.
 pub const OCI_DISK: &str = "/dev/vda";
 /// Largest OCI layout archive unpacked from the disk.
@@ -459,8 +462,20 @@ pub fn setup() -> Result<VmSetup, String> {
     } else {
         None
     };
-    let oci_layout = if Path::new(OCI_DISK).exists() {
-        let dst = Path::new("/run/veil-oci");
+    // The encrypted scratch disk, before anything large is unpacked.
+    match crate::scratch::open_announced(Path::new(SCRATCH_FW_CFG_PATH))? {
+        Some(line) => console(&line),
+        None => console("no scratch disk announced: emptyDirs and container layers in guest RAM"),
+    }
+    // The layout disk has no serial; /dev/vda with one (a volume or the
+    // scratch disk, when the host attached no layout) is not it.
+    let layout_disk = Path::new(OCI_DISK).exists()
+        && !fs::read_to_string("/sys/block/vda/serial")
+            .is_ok_and(|s| s.trim().starts_with("veil-"));
+    let oci_layout = if layout_disk {
+        let dst = crate::scratch::dir(Path::new("oci"))?
+            .unwrap_or_else(|| PathBuf::from("/run/veil-oci"));
+        let dst = dst.as_path();
         fs::create_dir_all(dst).map_err(|e| format!("{}: {e}", dst.display()))?;
         let disk = fs::File::open(OCI_DISK).map_err(|e| format!("{OCI_DISK}: {e}"))?;
         let n = unpack_layout(std::io::BufReader::new(disk), dst, MAX_OCI_BYTES)?;

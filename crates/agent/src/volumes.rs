@@ -10,8 +10,9 @@
 //!   `openat` with `O_NOFOLLOW|O_EXCL` under a directory the agent just
 //!   made) and later mounted read-only. The host cannot write there
 //!   afterwards: `copy_file` refuses pod volume paths.
-//! - **emptyDir**: an empty directory shared by the pod's containers, a
-//!   tmpfs of `sizeLimit` bytes when `medium: Memory`.
+//! - **emptyDir**: an empty directory shared by the pod's containers, on
+//!   the VM's encrypted scratch disk ([`crate::scratch`]) when there is
+//!   one; a tmpfs of `sizeLimit` bytes when `medium: Memory`.
 //! - **hostPath**: only when the policy admits it (the owner allowed it
 //!   when generating); bound from the guest's own filesystem.
 //!
@@ -327,7 +328,12 @@ fn ensure_empty_dir(v: &VolumePolicy, path: &Path) -> Result<(), String> {
         Err(_) => {}
     }
     make_volume_dir(name, path, 0o777)?;
-    if v.memory {
+    if !v.memory {
+        // On the encrypted scratch disk when the VM has one (else the
+        // sandbox's tmpfs, in guest RAM).
+        let rel = Path::new("emptydir").join(path.strip_prefix("/").unwrap_or(path));
+        crate::scratch::bind(&rel, path).map_err(|e| format!("volume {name}: {e}"))?;
+    } else {
         let size = v
             .size_limit
             .map(|b| format!(",size={b}"))

@@ -91,11 +91,20 @@ pub struct KeyArgs {
     /// Where to write the key (0600, never over an existing file).
     #[arg(long)]
     pub out: PathBuf,
-    /// The KBS's data dir [default: the embedded KBS's, <data>/kbs].
+    /// The KBS's data dir, for a KBS on SQLite [default: the embedded
+    /// KBS's, <data>/kbs].
     #[arg(long, requires = "kek_file")]
     pub kbs_data_dir: Option<PathBuf>,
-    /// The KBS's KEK file [default: <data>/kbs.kek].
-    #[arg(long, requires = "kbs_data_dir")]
+    /// The store of a `veil kbs serve --store postgres://…` (the same URL).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "kek_file",
+        conflicts_with = "kbs_data_dir"
+    )]
+    pub store: Option<String>,
+    /// The KBS's KEK file (with --kbs-data-dir or --store) [default: <data>/kbs.kek].
+    #[arg(long)]
     pub kek_file: Option<PathBuf>,
 }
 
@@ -129,6 +138,21 @@ impl VolumeRecord {
 
 /// `--size`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes_with_unit(s)?;
+    if bytes < MIN_VOLUME_BYTES {
+        return Err(format!(
+            "{s:?}: a volume needs at least {} MiB (the LUKS2 header alone takes 16 MiB)",
+            MIN_VOLUME_BYTES >> 20
+        ));
+    }
+    if bytes > MAX_VOLUME_BYTES {
+        return Err(format!("{s:?}: at most {} TiB", MAX_VOLUME_BYTES >> 40));
+    }
+    Ok(bytes)
+}
+
+/// Bytes, or a number with a binary unit: `512M`, `1G`, `2T`.
+pub fn parse_bytes_with_unit(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -143,19 +167,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tib" => 40,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
     };
-    let bytes = n
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?}: too large"))?;
-    if bytes < MIN_VOLUME_BYTES {
-        return Err(format!(
-            "{s:?}: a volume needs at least {} MiB (the LUKS2 header alone takes 16 MiB)",
-            MIN_VOLUME_BYTES >> 20
-        ));
-    }
-    if bytes > MAX_VOLUME_BYTES {
-        return Err(format!("{s:?}: at most {} TiB", MAX_VOLUME_BYTES >> 40));
-    }
-    Ok(bytes)
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// Where volume records live.
@@ -221,11 +234,7 @@ pub fn known(data: &Path) -> Result<BTreeMap<String, EncryptedVolume>> {
 /// be a volume of `data` with the UUID the policy pins. In the process
 /// sandbox (`vm` false) any encrypted volume is refused.
 pub fn disks_for(data: &Path, init_data: &[u8], vm: bool) -> Result<Vec<PathBuf>> {
-    let parsed = veil_policy::ParsedInitData::parse(init_data).map_err(|e| anyhow!("{e}"))?;
-    let policy = veil_policy::rego::extract_policy_data(
-        parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?,
-    )
-    .map_err(|e| anyhow!("{e}"))?;
+    let policy = policy_of(init_data)?;
     let mut enc: Vec<_> = policy
         .sandbox
         .volumes
@@ -271,18 +280,31 @@ pub fn disks_for(data: &Path, init_data: &[u8], vm: bool) -> Result<Vec<PathBuf>
     Ok(out)
 }
 
-/// `kind` with the encrypted volumes of the policy in `init_data`
-/// attached (a VM), or refused (the process sandbox): see [`disks_for`].
+/// The policy data of `init_data`.
+pub fn policy_of(init_data: &[u8]) -> Result<veil_policy::model::PolicyData> {
+    let parsed = veil_policy::ParsedInitData::parse(init_data).map_err(|e| anyhow!("{e}"))?;
+    veil_policy::rego::extract_policy_data(parsed.init_data.policy().map_err(|e| anyhow!("{e}"))?)
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// `kind` with the disks of the policy in `init_data`: its encrypted
+/// volumes attached (a VM) or refused (the process sandbox), see
+/// [`disks_for`]; and, for a VM, the encrypted scratch disk:
+/// `scratch_base` (`--scratch-size`, else the default) plus the sizeLimits
+/// of the pod's disk-backed emptyDirs.
 pub fn with_disks(
     kind: veil_runtime::pod::launch::SandboxKind,
     data: &Path,
     init_data: &[u8],
+    scratch_base: Option<u64>,
 ) -> Result<veil_runtime::pod::launch::SandboxKind> {
-    use veil_runtime::pod::launch::SandboxKind;
+    use veil_runtime::pod::launch::{SandboxKind, scratch_bytes};
     let disks = disks_for(data, init_data, kind.is_vm())?;
     Ok(match kind {
         SandboxKind::Vm(mut v) => {
             v.volume_disks = disks;
+            let policy = policy_of(init_data)?;
+            v.scratch_bytes = Some(scratch_bytes(scratch_base, &policy.sandbox.volumes));
             SandboxKind::Vm(v)
         }
         k => k,
@@ -563,22 +585,51 @@ fn key(a: KeyArgs) -> Result<ExitCode> {
     let data = data_dir()?;
     let r =
         find(&data, &a.name)?.ok_or_else(|| anyhow!("no volume {} (veil volume ls)", a.name))?;
-    let (dir, kek_file) = match (&a.kbs_data_dir, &a.kek_file) {
-        (Some(d), Some(k)) => (d.clone(), k.clone()),
+    let (store, kek_file): (Box<dyn Store>, PathBuf) = match (
+        &a.kbs_data_dir,
+        &a.store,
+        &a.kek_file,
+    ) {
+        (Some(d), None, Some(k)) => (
+            Box::new(
+                veil_kbs::store::sqlite::SqliteStore::open(d)
+                    .map_err(|e| anyhow!("the KBS's store {}: {e}", d.display()))?,
+            ),
+            k.clone(),
+        ),
+        (None, Some(url), Some(k)) => (
+            Box::new(
+                veil_kbs::store::postgres::PgStore::open(url)
+                    .map_err(|e| anyhow!("the KBS's PostgreSQL store: {e}"))?,
+            ),
+            k.clone(),
+        ),
+        (None, None, Some(_)) => bail!(
+            "--kek-file needs the store it opens: --kbs-data-dir DIR (SQLite) or --store postgres://… (as given to veil kbs serve)"
+        ),
         _ => {
             let p = crate::run::local_kbs::LocalKbsPaths::new(&data);
-            (p.dir, p.kek)
+            (
+                Box::new(
+                    veil_kbs::store::sqlite::SqliteStore::open(&p.dir)
+                        .map_err(|e| anyhow!("the KBS's store {}: {e}", p.dir.display()))?,
+                ),
+                p.kek,
+            )
         }
+    };
+    let where_ = match (&a.store, &a.kbs_data_dir) {
+        (Some(_), _) => "the PostgreSQL store".to_string(),
+        (None, Some(d)) => d.display().to_string(),
+        (None, None) => "the embedded KBS".to_string(),
     };
     let kek = veil_kbs::Kek::from_file(&kek_file)
         .map_err(|e| anyhow!("the KBS's KEK {}: {e}", kek_file.display()))?;
-    let store = veil_kbs::store::sqlite::SqliteStore::open(&dir)
-        .map_err(|e| anyhow!("the KBS's store {}: {e}", dir.display()))?;
     let path = veil_kbs_client::ResourcePath::parse(&r.key).map_err(|e| anyhow!("{e}"))?;
     let (_, blob) = store
         .get_resource(&path.to_string())
         .map_err(|e| anyhow!("{e}"))?
-        .ok_or_else(|| anyhow!("the KBS in {} holds no {}", dir.display(), r.key))?;
+        .ok_or_else(|| anyhow!("the KBS in {where_} holds no {}", r.key))?;
     let value = kek
         .open(&format!("resource:{path}"), &blob)
         .map_err(|e| anyhow!("{e}"))?;

@@ -373,3 +373,89 @@ fn fs_group_owns_volumes_and_privileged_needs_the_flag() {
     let init = std::fs::read_to_string(&init).unwrap();
     assert!(init.contains("\"privileged\": true"), "{init}");
 }
+
+/// `veil volume key` recovers a volume key from a `veil kbs serve` whose
+/// store is PostgreSQL (`--store`, as given to the server), and nothing
+/// from its data dir, which holds no SQLite store then; a wrong KEK opens
+/// nothing.
+#[test]
+fn volume_key_reads_a_kbs_whose_store_is_postgresql() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let pg = veil_testkit::postgres::Postgres::start();
+    pg.create_db("kbs");
+    let url = pg.url("kbs");
+    let d = env.dir.path().join("kbs");
+    std::fs::create_dir_all(&d).unwrap();
+    let veil = Path::new(env!("CARGO_BIN_EXE_veil"));
+    veil_testkit::kbs::make_keys(veil, &d);
+    let kbs = veil_testkit::kbs::DevKbs::serve_with(veil, &d, &["--store", &url]);
+    ok(kbs
+        .client()
+        .args([
+            "volume",
+            "create",
+            "db",
+            "--size",
+            "64M",
+            "--insecure-http",
+            "--kbs",
+        ])
+        .arg(kbs.url())
+        .env("VEIL_DATA_DIR", env.data())
+        .output()
+        .unwrap());
+    let key = |extra: &[&str], kek: &Path, out: &Path| {
+        env.veil()
+            .args(["volume", "key", "db", "--out"])
+            .arg(out)
+            .args(extra)
+            .arg("--kek-file")
+            .arg(kek)
+            .output()
+            .unwrap()
+    };
+    let out_file = env.dir.path().join("db.key");
+    let out = ok(key(&["--store", &url], &d.join("kek.hex"), &out_file));
+    assert!(
+        text(&out.stderr).contains("cryptsetup open --key-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let k = std::fs::read(&out_file).unwrap();
+    assert_eq!(k.len(), 64, "the 64-byte volume key");
+    assert_eq!(
+        std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The server's data dir has no SQLite copy of it.
+    let out = key(
+        &["--kbs-data-dir", d.to_str().unwrap()],
+        &d.join("kek.hex"),
+        &env.dir.path().join("other.key"),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("holds no kbs:///veil-volume/key/db"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Another KEK opens nothing.
+    let other = env.dir.path().join("other-kek");
+    std::fs::create_dir_all(&other).unwrap();
+    veil_testkit::kbs::make_keys(veil, &other);
+    let out = key(
+        &["--store", &url],
+        &other.join("kek.hex"),
+        &env.dir.path().join("x.key"),
+    );
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(!env.dir.path().join("x.key").exists());
+    // --kek-file alone names no store.
+    let out = key(&[], &d.join("kek.hex"), &env.dir.path().join("y.key"));
+    assert!(
+        text(&out.stderr).contains("--kbs-data-dir DIR (SQLite) or --store"),
+        "{}",
+        text(&out.stderr)
+    );
+}

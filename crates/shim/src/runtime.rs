@@ -70,6 +70,9 @@ fn kind_of(h: &HandlerConfig) -> pod::SandboxKind {
             // pod whose policy names one fails closed in the guest
             // ("no disk with serial"), see docs/kubernetes.md.
             volume_disks: Vec::new(),
+            // emptyDirs and container layers on an encrypted scratch disk
+            // of the default size (sparse), not in guest RAM.
+            scratch_bytes: Some(veil_runtime::vm::DEFAULT_SCRATCH_BYTES),
         }),
     }
 }

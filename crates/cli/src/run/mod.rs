@@ -1162,7 +1162,7 @@ fn run_sandbox(
         id: rec.id.clone(),
         data: data.to_path_buf(),
         agent_binary: agent,
-        kind: crate::volume::with_disks(a.vm.kind()?, data, &w.init_data)?,
+        kind: crate::volume::with_disks(a.vm.kind()?, data, &w.init_data, a.vm.scratch_size)?,
         tee: a.vm.tee()?,
         init_data: w.init_data.clone(),
         oci_layout: w.layout.clone(),

@@ -143,9 +143,16 @@ impl NetArgs {
 }
 
 /// Tear down the networks that killed `veil run`s left behind (their
-/// owner is gone, the state file is still there). Run by every command
-/// that lists or removes sandboxes, and by `veil run`.
+/// owner is gone, the state file is still there), and remove their VM
+/// scratch disks. Run by every command that lists or removes sandboxes,
+/// and by `veil run`.
 pub fn reap(data: &Path) {
+    let dead = |id: &str| {
+        record::Record::load(data, id).is_ok_and(|r| r.owner_pid != 0 && !r.owner_alive())
+    };
+    for id in veil_runtime::vm::reap_scratch(&record::run_root(data), |id| !dead(id)) {
+        eprintln!("veil: removed the scratch disk of the VM sandbox {id} (its owner was killed)");
+    }
     for (id, r) in pod::reap_networks(data) {
         match r {
             Ok(true) => eprintln!(

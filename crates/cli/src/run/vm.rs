@@ -40,9 +40,27 @@ pub struct VmArgs {
     /// Memory of the VM, MiB or with a unit: 512M, 2G (measured) [default: 1024M].
     #[arg(long, value_parser = parse_memory_mib)]
     pub memory: Option<u32>,
+    /// Encrypted scratch disk for emptyDirs and container layers, with a
+    /// unit: 10G (sparse; plus the pod's emptyDir sizeLimits) [default: 4G].
+    #[arg(long, value_parser = parse_scratch_size)]
+    pub scratch_size: Option<u64>,
     /// Seconds to wait for the VM's agent (boot and attestation) [default: 300].
     #[arg(long)]
     pub boot_timeout: Option<u64>,
+}
+
+/// `--scratch-size`: bytes or a size with a unit (`512M`, `10G`).
+pub fn parse_scratch_size(s: &str) -> Result<u64, String> {
+    use veil_agent_api::{MAX_SCRATCH_BYTES, MIN_SCRATCH_BYTES};
+    let b = crate::volume::parse_bytes_with_unit(s)?;
+    if !(MIN_SCRATCH_BYTES..=MAX_SCRATCH_BYTES).contains(&b) {
+        return Err(format!(
+            "{s:?}: the scratch disk takes {} MiB to {} TiB (its LUKS2 header and integrity tags alone take ~17 MiB)",
+            MIN_SCRATCH_BYTES >> 20,
+            MAX_SCRATCH_BYTES >> 40
+        ));
+    }
+    Ok(b)
 }
 
 /// `--memory`: MiB, or a number with a unit `M`/`MiB`, `G`/`GiB` (binary units).
@@ -108,6 +126,7 @@ impl VmArgs {
             ("--accel", self.accel.is_some()),
             ("--vcpus", self.vcpus.is_some()),
             ("--memory", self.memory.is_some()),
+            ("--scratch-size", self.scratch_size.is_some()),
             ("--boot-timeout", self.boot_timeout.is_some()),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
@@ -150,6 +169,8 @@ impl VmArgs {
                 "relay".into(),
             ],
             volume_disks: Vec::new(),
+            // Sized from the policy by `volume::with_disks`.
+            scratch_bytes: None,
         }))
     }
 }
@@ -391,6 +412,26 @@ mod tests {
         for s in ["", "0", "2X", "M", "-1G", "5000000G"] {
             assert!(parse_memory_mib(s).is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn scratch_size_takes_a_unit_within_bounds() {
+        assert_eq!(parse_scratch_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_scratch_size("10G"), Ok(10 << 30));
+        for s in ["64M", "65T", "10X", ""] {
+            assert!(parse_scratch_size(s).is_err(), "{s}");
+        }
+        assert!(
+            parse_scratch_size("64M")
+                .unwrap_err()
+                .contains("128 MiB to 64 TiB")
+        );
+        let v = T::parse_from(["t", "--scratch-size", "1G"]).v;
+        let e = v.check_process_flags().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--scratch-size only applies to the VM sandbox"),
+            "{e}"
+        );
     }
 
     #[test]

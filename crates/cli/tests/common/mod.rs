@@ -87,6 +87,10 @@ pub fn image(env: &Env, layout: &OciLayout, tag: &str, cmd: &str) {
         "grep",
         "seq",
         "mv",
+        "dd",
+        "yes",
+        "ls",
+        "sync",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
     }

@@ -89,6 +89,26 @@ pub struct VmOptions {
     /// Encrypted volume files, in the order of the policy's encrypted
     /// volumes (sorted by pod volume name), attached writable.
     pub volume_disks: Vec<PathBuf>,
+    /// Size of the encrypted scratch disk (emptyDirs and container layers
+    /// on a disk the guest encrypts with a key of its own); `None`: none,
+    /// they stay in guest RAM. See [`scratch_bytes`].
+    pub scratch_bytes: Option<u64>,
+}
+
+/// The scratch disk for a pod: `base` (a user's choice, else
+/// [`crate::vm::DEFAULT_SCRATCH_BYTES`]) plus every disk-backed emptyDir's
+/// `sizeLimit`, rounded up to 4 KiB.
+pub fn scratch_bytes(base: Option<u64>, volumes: &[veil_policy::model::VolumePolicy]) -> u64 {
+    let limits: u64 = volumes
+        .iter()
+        .filter(|v| v.kind == veil_policy::model::VolumeKind::EmptyDir && !v.memory)
+        .filter_map(|v| v.size_limit)
+        .fold(0u64, u64::saturating_add);
+    base.unwrap_or(crate::vm::DEFAULT_SCRATCH_BYTES)
+        .saturating_add(limits)
+        .min(u64::MAX - 4095)
+        .div_ceil(4096)
+        * 4096
 }
 
 /// Which sandbox to launch.
@@ -395,6 +415,7 @@ pub fn launch(
         handover_init_data: cfg.handover_init_data.clone(),
         oci_layout: cfg.oci_layout.clone(),
         volume_disks: v.volume_disks.clone(),
+        scratch_bytes: v.scratch_bytes,
         forwards,
         workload,
         debug: cfg.debug,
@@ -486,7 +507,35 @@ mod tests {
             boot_timeout: Duration::from_secs(300),
             relay_command: vec!["/usr/bin/veil".into(), "guest".into(), "relay".into()],
             volume_disks: Vec::new(),
+            scratch_bytes: None,
         })
+    }
+
+    #[test]
+    fn scratch_is_the_base_plus_disk_backed_size_limits() {
+        use veil_policy::model::{VolumeKind, VolumePolicy};
+        let v = |name: &str, memory: bool, limit: Option<u64>| VolumePolicy {
+            name: name.into(),
+            kind: VolumeKind::EmptyDir,
+            source: "emptyDir".into(),
+            memory,
+            size_limit: limit,
+            host_path: String::new(),
+            files: Vec::new(),
+            fs_group: None,
+            encrypted: None,
+        };
+        let vols = [
+            v("a", false, Some(1 << 30)),
+            v("m", true, Some(1 << 30)),
+            v("b", false, Some(1000)),
+            v("c", false, None),
+        ];
+        assert_eq!(
+            scratch_bytes(None, &vols),
+            crate::vm::DEFAULT_SCRATCH_BYTES + (1 << 30) + 4096
+        );
+        assert_eq!(scratch_bytes(Some(256 << 20), &[]), 256 << 20);
     }
 
     #[test]

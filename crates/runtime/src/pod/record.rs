@@ -141,6 +141,18 @@ pub struct Record {
     pub timings: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Whether process `pid` exists and is not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S …`: the state follows the last `)` (comm may hold one).
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
+}
+
 /// `<data>/run`.
 pub fn run_root(data: &Path) -> PathBuf {
     crate::paths::run_dir(data)
@@ -214,9 +226,11 @@ impl Record {
         Ok(out)
     }
 
-    /// Whether the owning process is alive (a crashed owner leaves `running`).
+    /// Whether the owning process is alive (a crashed owner leaves
+    /// `running`). A zombie is not: a killed detached owner stays one until
+    /// whoever inherited it reaps it, which some PID 1s never do.
     pub fn owner_alive(&self) -> bool {
-        self.owner_pid != 0 && Path::new(&format!("/proc/{}", self.owner_pid)).exists()
+        self.owner_pid != 0 && pid_alive(self.owner_pid)
     }
 
     /// The policy the sandbox enforces, from the init-data it was given
@@ -265,5 +279,29 @@ impl Record {
         } else {
             self.status.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_owner_is_not_alive() {
+        assert!(pid_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not reaped yet: a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pid_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "still a zombie"
+        );
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
     }
 }

@@ -18,8 +18,13 @@
 //!   layout, which the agent unpacks into its tmpfs and checks against the
 //!   policy's digests (never a writable host share).
 //!
+//! - scratch: a fresh sparse file in the sandbox dir ([`SCRATCH_FILE`]),
+//!   a writable virtio-blk disk that the guest encrypts with a key of its
+//!   own and uses for emptyDirs and container layers (docs/storage.md).
+//!
 //! Teardown (stop, error, drop; QEMU also gets `PR_SET_PDEATHSIG`) kills
-//! QEMU, joins every thread and removes the sandbox dir.
+//! QEMU, joins every thread and removes the sandbox dir, the scratch file
+//! with it; [`reap_scratch`] removes the scratch file a killed owner left.
 
 pub mod cpio;
 pub mod guest;
@@ -50,6 +55,56 @@ use crate::measure::file_sha384_cached;
 use crate::sandbox::{AGENT_SOCKET, log_tail};
 use crate::sim::{LaunchRecord, SimPlatform};
 use qemu::{Accel, GuestForward, QemuConfig, VmTee};
+
+/// The scratch disk's file in the sandbox dir.
+pub const SCRATCH_FILE: &str = "scratch.img";
+/// The scratch disk's size when nothing asks for more (sparse: the host
+/// stores only what the guest writes).
+pub const DEFAULT_SCRATCH_BYTES: u64 = 4 << 30;
+
+/// Make the scratch disk: a new sparse file of `bytes` (0600, never an
+/// existing file or a symlink).
+pub fn make_scratch(path: &Path, bytes: u64) -> Result<(), VmError> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(format!(
+            "creating the scratch disk {}",
+            path.display()
+        )))?;
+    f.set_len(bytes).map_err(io_err(format!(
+        "sizing the scratch disk {} to {bytes} bytes",
+        path.display()
+    )))
+}
+
+/// Remove the scratch file of every sandbox dir `<run>/<id>/sandbox`
+/// whose owner is gone (`alive(id)` false): a killed `veil run` leaves
+/// its sandbox dir behind, and the scratch may hold gigabytes of
+/// ciphertext. Returns the ids cleaned.
+pub fn reap_scratch(run_root: &Path, alive: impl Fn(&str) -> bool) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(run_root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let f = e.path().join("sandbox").join(SCRATCH_FILE);
+        if fs::symlink_metadata(&f).is_err() {
+            continue;
+        }
+        let id = e.file_name().to_string_lossy().into_owned();
+        if alive(&id) {
+            continue;
+        }
+        if fs::remove_file(&f).is_ok() {
+            out.push(id);
+        }
+    }
+    out
+}
 
 /// VM sandbox errors.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +194,9 @@ pub struct VmConfig {
     /// Encrypted volume files, in the order of the policy's encrypted
     /// volumes (sorted by pod volume name); attached writable.
     pub volume_disks: Vec<PathBuf>,
+    /// Size of the encrypted scratch disk; `None`: no scratch disk (the
+    /// guest keeps emptyDirs and container layers in its RAM).
+    pub scratch_bytes: Option<u64>,
     /// Host services the guest reaches at `10.0.2.100:port`.
     pub forwards: Vec<GuestForward>,
     /// The pod's NIC and published ports; `None`: loopback only.
@@ -330,6 +388,14 @@ impl VmSandbox {
             }
             None => None,
         };
+        let scratch = match cfg.scratch_bytes {
+            Some(bytes) => {
+                let file = cfg.dir.join(SCRATCH_FILE);
+                make_scratch(&file, bytes)?;
+                Some(qemu::ScratchDisk { file, bytes })
+            }
+            None => None,
+        };
         let mut guest_channel = None;
         let tee = match &cfg.tee {
             TeeChoice::None => VmTee::None,
@@ -380,6 +446,7 @@ impl VmSandbox {
             init_data_file: init_path,
             oci_disk,
             volume_disks: cfg.volume_disks.clone(),
+            scratch,
             tee,
             workload: cfg.workload.clone(),
         };
@@ -692,6 +759,35 @@ mod tests {
         fs::create_dir(&out).unwrap();
         veil_agent_unpack(&a, &out);
         assert_eq!(fs::read(out.join("blobs/sha256/ab")).unwrap(), b"blob");
+    }
+
+    #[test]
+    fn scratch_is_sparse_new_and_reaped_only_when_its_owner_is_gone() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        for id in ["live", "dead"] {
+            let sb = d.path().join(id).join("sandbox");
+            fs::create_dir_all(&sb).unwrap();
+            make_scratch(&sb.join(SCRATCH_FILE), 1 << 30).unwrap();
+        }
+        let f = d.path().join("dead/sandbox").join(SCRATCH_FILE);
+        let m = fs::metadata(&f).unwrap();
+        assert_eq!(m.len(), 1 << 30);
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "not sparse: {} blocks",
+            m.blocks()
+        );
+        assert_eq!(m.mode() & 0o777, 0o600);
+        // Never over an existing file, never through a symlink.
+        assert!(make_scratch(&f, 1 << 30).is_err());
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path().join("target"), &link).unwrap();
+        assert!(make_scratch(&link, 1 << 30).is_err());
+        assert!(!d.path().join("target").exists());
+        assert_eq!(reap_scratch(d.path(), |id| id == "live"), ["dead"]);
+        assert!(!f.exists());
+        assert!(d.path().join("live/sandbox").join(SCRATCH_FILE).exists());
     }
 
     fn veil_agent_unpack(bytes: &[u8], out: &Path) {

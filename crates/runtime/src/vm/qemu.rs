@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use veil_agent_api::{VOLUME_SERIAL_PREFIX, workload_net};
+use veil_agent_api::{SCRATCH_FW_CFG, SCRATCH_SERIAL, VOLUME_SERIAL_PREFIX, workload_net};
 
 use crate::net::PortMapping;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -102,10 +102,21 @@ pub struct QemuConfig {
     /// name): writable virtio-blk disks with serial `veil-vol-<index>`.
     /// The guest checks each one's LUKS2 UUID against the policy.
     pub volume_disks: Vec<PathBuf>,
+    /// The scratch disk: a fresh sparse file of `bytes`, serial
+    /// `veil-scratch`, its size announced in fw_cfg; the guest encrypts it
+    /// with a key of its own (docs/storage.md).
+    pub scratch: Option<ScratchDisk>,
     pub tee: VmTee,
     /// The pod's NIC and its published ports; `None`: the pod has
     /// loopback only (`--network none`).
     pub workload: Option<WorkloadNet>,
+}
+
+/// The VM's scratch disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScratchDisk {
+    pub file: PathBuf,
+    pub bytes: u64,
 }
 
 /// The pod's own NIC (separate from the agent channel's): QEMU user-mode
@@ -280,6 +291,19 @@ pub fn argv(c: &QemuConfig) -> Vec<String> {
             &format!("if=none,id=vol{i},file={},format=raw,discard=ignore", p(d)),
             "-device",
             &format!("virtio-blk-pci,drive=vol{i},serial={VOLUME_SERIAL_PREFIX}{i}"),
+        ]);
+    }
+    if let Some(s) = &c.scratch {
+        push(&[
+            "-drive",
+            &format!(
+                "if=none,id=scratch,file={},format=raw,discard=ignore",
+                p(&s.file)
+            ),
+            "-device",
+            &format!("virtio-blk-pci,drive=scratch,serial={SCRATCH_SERIAL}"),
+            "-fw_cfg",
+            &format!("name={SCRATCH_FW_CFG},string={}", s.bytes),
         ]);
     }
     if let VmTee::Sim { channel_fd } = &c.tee {
@@ -543,6 +567,7 @@ mod tests {
             init_data_file: "/s/init-data.toml".into(),
             oci_disk: Some("/s/oci.tar".into()),
             volume_disks: vec![],
+            scratch: None,
             tee,
             workload: None,
         }
@@ -669,6 +694,31 @@ mod tests {
             vec![7u8; 48]
         );
         assert_eq!(after(&a, "-bios"), ["/usr/share/ovmf/OVMF.inteltdx.fd"]);
+    }
+
+    #[test]
+    fn the_scratch_disk_has_its_serial_and_its_size_in_fw_cfg() {
+        let mut c = base(VmTee::Sim { channel_fd: 3 });
+        c.volume_disks = vec!["/v/db.img".into()];
+        c.scratch = Some(ScratchDisk {
+            file: "/s/scratch.img".into(),
+            bytes: 4 << 30,
+        });
+        let a = argv(&c);
+        let drives = after(&a, "-drive");
+        // The layout disk stays first (the guest's /dev/vda).
+        assert!(drives[0].contains("id=oci"), "{drives:?}");
+        assert_eq!(
+            drives[2],
+            "if=none,id=scratch,file=/s/scratch.img,format=raw,discard=ignore"
+        );
+        assert!(after(&a, "-device").contains(&"virtio-blk-pci,drive=scratch,serial=veil-scratch"));
+        assert!(
+            after(&a, "-fw_cfg").contains(&"name=opt/veil/scratch-bytes,string=4294967296"),
+            "{a:?}"
+        );
+        c.scratch = None;
+        assert!(!argv(&c).iter().any(|x| x.contains("scratch")));
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub struct ManagerConfig {
     pub unpack_limits: veil_image::unpack::UnpackLimits,
     /// The pod's network namespace, joined by every container.
     pub pod_netns: Option<PathBuf>,
+    /// The pod's `eth0` waits for its configuration from `create_sandbox`
+    /// (a VM NIC joined to a namespace the host was handed).
+    pub nic_awaits_config: bool,
     /// The pod's volumes as the policy declares them.
     pub volumes: Vec<veil_policy::model::VolumePolicy>,
 }
@@ -137,6 +140,7 @@ impl Manager {
 
     /// Create the sandbox's hostname, hosts and resolv.conf.
     pub fn create_sandbox(&self, r: &CreateSandboxRequest) -> Result<(), String> {
+        let nic = self.joined_nic_config(r)?;
         let dir = self.cfg.paths.sandbox(&r.sandbox_id);
         fs::DirBuilder::new()
             .recursive(true)
@@ -161,10 +165,38 @@ impl Manager {
             &r.volumes,
             &dir.join(crate::volumes::VOLUMES_DIR),
         )?;
+        if let (Some(c), Some(ns)) = (&nic, &self.cfg.pod_netns) {
+            crate::net::configure_joined_nic(ns, c)
+                .map_err(|e| err("configuring the pod's NIC (workload_nic)", e))?;
+        }
         if let Ok(mut s) = self.sandbox.lock() {
             *s = Some((r.sandbox_id.clone(), r.hostname.clone()));
         }
         Ok(())
+    }
+
+    /// The checked configuration of a joined pod NIC, when this guest has
+    /// one; a refusal when the request and the NIC do not go together.
+    fn joined_nic_config(
+        &self,
+        r: &CreateSandboxRequest,
+    ) -> Result<Option<veil_agent_api::nic::NicConfig>, String> {
+        match (&r.workload_nic, self.cfg.nic_awaits_config) {
+            (Some(n), true) => n.check().map(Some).map_err(|e| {
+                format!(
+                    "create_sandbox: workload_nic: {e}; refusing to configure the pod's NIC                      (the host reads these from the network namespace the pod joins: check                      that namespace's interface)"
+                )
+            }),
+            (Some(_), false) => Err(
+                "create_sandbox: workload_nic is given, but this sandbox's pod NIC is not joined                  to a network namespace (a VM started with --network user or none, or a process                  sandbox): nothing to configure; send create_sandbox without workload_nic"
+                    .into(),
+            ),
+            (None, true) => Err(
+                "create_sandbox: workload_nic is missing: the pod's NIC is joined to a network                  namespace the host was handed, and its MAC, addresses and routes come with                  create_sandbox; without them the pod has no network"
+                    .into(),
+            ),
+            (None, false) => Ok(None),
+        }
     }
 
     fn mounts(&self, r: &CreateContainerRequest) -> Result<Vec<MountSpec>, String> {

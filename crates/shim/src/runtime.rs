@@ -118,7 +118,10 @@ impl Launcher for RuntimeLauncher {
                 mode: NetworkMode::None,
                 ports: Vec::new(),
             },
-            (pod::SandboxKind::Vm(_), _) => PodNet::Vm(None),
+            // The guest's NIC is a tap in the pod's netns, mirrored to
+            // CNI's interface; no netns given: loopback only.
+            (pod::SandboxKind::Vm(_), Some(ns)) => PodNet::VmJoin(ns.clone()),
+            (pod::SandboxKind::Vm(_), None) => PodNet::Vm(None),
         };
         let dir = pod::record::dir_of(&data, &id);
         std::fs::create_dir_all(&dir)

@@ -269,6 +269,10 @@ impl PodNetwork {
         let (joined, mirror) = tap::setup(netns, &mut |m| {
             state.vm_tap = Some(m.clone());
             save_state(state_file, &state)
+        })
+        .inspect_err(|_| {
+            // setup undid what it made.
+            let _ = std::fs::remove_file(state_file);
         })?;
         net.state = state;
         net.state.vm_tap = Some(mirror);

@@ -184,15 +184,21 @@ impl Manager {
         match (&r.workload_nic, self.cfg.nic_awaits_config) {
             (Some(n), true) => n.check().map(Some).map_err(|e| {
                 format!(
-                    "create_sandbox: workload_nic: {e}; refusing to configure the pod's NIC                      (the host reads these from the network namespace the pod joins: check                      that namespace's interface)"
+                    "create_sandbox: workload_nic: {e}; refusing to configure the pod's NIC \
+                     (the host reads these from the network namespace the pod joins: check \
+                     that namespace's interface)"
                 )
             }),
             (Some(_), false) => Err(
-                "create_sandbox: workload_nic is given, but this sandbox's pod NIC is not joined                  to a network namespace (a VM started with --network user or none, or a process                  sandbox): nothing to configure; send create_sandbox without workload_nic"
+                "create_sandbox: workload_nic is given, but this sandbox's pod NIC is not joined \
+                 to a network namespace (a VM started with --network user or none, or a process \
+                 sandbox): nothing to configure; send create_sandbox without workload_nic"
                     .into(),
             ),
             (None, true) => Err(
-                "create_sandbox: workload_nic is missing: the pod's NIC is joined to a network                  namespace the host was handed, and its MAC, addresses and routes come with                  create_sandbox; without them the pod has no network"
+                "create_sandbox: workload_nic is missing: the pod's NIC is joined to a network \
+                 namespace the host was handed, and its MAC, addresses and routes come with \
+                 create_sandbox; without them the pod has no network"
                     .into(),
             ),
             (None, false) => Ok(None),

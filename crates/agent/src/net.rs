@@ -124,12 +124,12 @@ pub fn configure_joined_nic(
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| format!("entering the pod's netns: {e}"))?;
             let pod = workload_net::POD_IFNAME;
-            let mac = std::fs::read_to_string(format!("/sys/class/net/{pod}/address"))
-                .unwrap_or_default();
-            if !mac.trim().eq_ignore_ascii_case(workload_net::JOIN_MAC) {
+            // Not /sys/class/net: sysfs shows the namespace it was mounted in.
+            let mac = get_hwaddr(pod)?;
+            if !mac.eq_ignore_ascii_case(workload_net::JOIN_MAC) {
                 return Err(format!(
-                    "the pod's {pod} has MAC {:?}, expected {} (the joined NIC, not yet                      configured): it was configured already",
-                    mac.trim(),
+                    "the pod's {pod} has MAC {mac}, expected {} (the joined NIC, not yet \
+                     configured): it was configured already",
                     workload_net::JOIN_MAC
                 ));
             }
@@ -151,6 +151,25 @@ pub fn configure_joined_nic(
         .map_err(|e| format!("starting the pod NIC thread: {e}"))?
         .join()
         .map_err(|_| "the pod NIC thread panicked".to_string())?
+}
+
+/// `name`'s MAC, as `aa:bb:cc:dd:ee:ff`.
+fn get_hwaddr(name: &str) -> Result<String, String> {
+    let mut r = ifreq(name)?;
+    with_inet_socket(|fd| {
+        // SAFETY: ioctl on our socket with an initialized ifreq.
+        check(
+            unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut r) },
+            &format!("SIOCGIFHWADDR {name}"),
+        )
+    })?;
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let d = unsafe { r.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(d[..6]
+        .iter()
+        .map(|b| format!("{:02x}", *b as u8))
+        .collect::<Vec<_>>()
+        .join(":"))
 }
 
 /// Set `name`'s MAC (the interface is down).

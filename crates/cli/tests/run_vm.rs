@@ -880,7 +880,7 @@ impl CniLikeNetns {
             .args(["netns", "exec", &self.pod, "tc", "qdisc", "show", "ingress"])
             .output()
             .unwrap();
-        out.extend(text(&q.stdout).lines().map(|l| format!("qdisc {l}")));
+        out.extend(text(&q.stdout).lines().map(str::to_string));
         out.extend(
             self.ip(&["-n", &self.pod, "-4", "-o", "addr", "show", "dev", "eth0"])
                 .split_whitespace()
@@ -924,9 +924,18 @@ fn vm_joins_a_cni_style_netns_traffic_both_ways_and_sigkill_leaves_it_as_it_was(
     std::fs::write(www.join("peer.html"), "hello-from-the-peer\n").unwrap();
     let mut peer_server = Command::new("ip")
         .args([
-            "netns", "exec", &net.peer, "busybox", "httpd", "-f", "-p", "18080", "-h",
+            "netns",
+            "exec",
+            &net.peer,
+            "python3",
+            "-m",
+            "http.server",
+            "18080",
         ])
+        .args(["--bind", &net.peer_ip(), "--directory"])
         .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     struct KillOnDrop<'a>(&'a mut std::process::Child);
@@ -938,9 +947,10 @@ fn vm_joins_a_cni_style_netns_traffic_both_ways_and_sigkill_leaves_it_as_it_was(
     }
     let _peer_server = KillOnDrop(&mut peer_server);
 
+    // (busybox wget without -T: this busybox's wget crashes with it.)
     let cmd = format!(
         "mkdir -p /tmp; echo served-by-the-vm > /tmp/index.html; \
-         i=0; until busybox wget -q -T 3 -O /tmp/from-peer http://{}:18080/peer.html; do \
+         i=0; until busybox wget -q -O /tmp/from-peer http://{}:18080/peer.html; do \
          i=$((i+1)); [ $i -gt 30 ] && break; sleep 1; done; \
          exec busybox httpd -f -p 8080 -h /tmp",
         net.peer_ip()
@@ -948,7 +958,8 @@ fn vm_joins_a_cni_style_netns_traffic_both_ways_and_sigkill_leaves_it_as_it_was(
     let img = env.vm_image(&cmd);
     let out = ok(env
         .run_vm_detached()
-        .args(["--network", &format!("ns:{}", net.pod_path()), &img])
+        .args(["--network", &format!("ns:{}", net.pod_path())])
+        .args(["--allow-exec", "cat /sys/class/net/eth0/address", &img])
         .output()
         .unwrap());
     let id = text(&out.stdout).trim().to_string();
@@ -961,10 +972,9 @@ fn vm_joins_a_cni_style_netns_traffic_both_ways_and_sigkill_leaves_it_as_it_was(
         let url = format!("http://{}:8080/{path}", net.pod_ip());
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
+            // curl: the host's busybox wget is not to be relied on.
             let o = Command::new("ip")
-                .args([
-                    "netns", "exec", &net.peer, "busybox", "wget", "-q", "-T", "3", "-O", "-",
-                ])
+                .args(["netns", "exec", &net.peer, "curl", "-sf", "--max-time", "3"])
                 .arg(&url)
                 .output()
                 .unwrap();
@@ -1012,6 +1022,9 @@ fn vm_joins_a_cni_style_netns_traffic_both_ways_and_sigkill_leaves_it_as_it_was(
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(processes_mentioning(&data), Vec::<String>::new());
+    while Path::new(&format!("/proc/{monitor}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = ok(env.veil().args(["ps", "-a"]).output().unwrap());
     assert!(
         text(&out.stderr).contains(&format!("removed the pod network sandbox {id}")),

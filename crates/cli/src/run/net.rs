@@ -72,7 +72,8 @@ impl NetArgs {
             };
             if let Some(p) = self.ports()?.first() {
                 bail!(
-                    "-p {p}: with --network {m} the namespace's owner publishes ports (CNI's                      portmap, for instance), not veil; drop -p"
+                    "-p {p}: with --network {m} the namespace's owner publishes ports (CNI's \
+                     portmap, for instance), not veil; drop -p"
                 );
             }
             return Ok(pod::PodNet::VmJoin(path));

@@ -410,7 +410,8 @@ fn join_vm_network(
     rec.ports = Vec::new();
     if !nix::unistd::geteuid().is_root() {
         return Err(PodError::Network(format!(
-            "--network {mode} with the VM sandbox: needs root (veil creates a tap in that              namespace and mirrors it with tc); run as root, or use --network user"
+            "--network {mode} with the VM sandbox: needs root (veil creates a tap in that \
+             namespace and mirrors it with tc); run as root, or use --network user"
         )));
     }
     let settings = NetSettings::from_env(data);

@@ -9,7 +9,10 @@
 //! `/proc/<agent>/task/<thread>/ns/net`. In a VM with a workload NIC (see
 //! [`veil_agent_api::workload_net`]) that thread also moves the NIC into the
 //! namespace (one `RTM_NEWLINK` over netlink), names it `eth0`, gives it
-//! its address and a default route (ioctls). The agent itself stays where
+//! its address and a default route (ioctls). A NIC joined to a namespace
+//! the host was handed (`JOIN_MAC`) is only moved and named there; its
+//! MAC, MTU, addresses and routes come with `create_sandbox`, checked
+//! ([`veil_agent_api::nic`]), and [`configure_joined_nic`] applies them. The agent itself stays where
 //! it was: its channel to the host and the KBS is not the workload's
 //! network, and the workload's NIC is not in the agent's namespace.
 

@@ -47,6 +47,12 @@ impl Netns {
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
+    /// `ip -n NAME ARGS` (ARGS split at spaces).
+    fn inside(&self, args: &str) -> String {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend(args.split(' '));
+        self.ip(&a)
+    }
     fn tc(&self, args: &[&str]) -> String {
         let o = Command::new("ip")
             .args(["netns", "exec", &self.name, "tc"])
@@ -82,46 +88,31 @@ impl Drop for Netns {
     }
 }
 
-fn settings(dir: &std::path::Path) -> NetSettings {
-    NetSettings::from_env(dir)
+/// Join `ns` for sandbox `id`, with the state file in a new temp dir.
+fn join(
+    ns: &Netns,
+    id: &str,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    Result<(PodNetwork, tap::JoinedTap), veil_runtime::net::NetError>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("net.json");
+    let r = PodNetwork::join_vm(&NetSettings::from_env(dir.path()), id, &ns.path(), &state);
+    (dir, state, r)
 }
 
 #[test]
 fn join_mirrors_both_ways_and_teardown_leaves_the_namespace_as_it_was() {
     let Some(ns) = Netns::new("a") else { return };
-    ns.ip(&[
-        "-n",
-        &ns.name,
-        "addr",
-        "add",
-        "10.214.0.7/24",
-        "dev",
-        "eth0",
-    ]);
-    ns.ip(&["-n", &ns.name, "link", "set", "eth0", "mtu", "1400"]);
-    ns.ip(&[
-        "-n",
-        &ns.name,
-        "route",
-        "add",
-        "10.99.0.0/16",
-        "via",
-        "10.214.0.1",
-    ]);
-    ns.ip(&[
-        "-n",
-        &ns.name,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.214.0.1",
-    ]);
+    ns.inside("addr add 10.214.0.7/24 dev eth0");
+    ns.inside("link set eth0 mtu 1400");
+    ns.inside("route add 10.99.0.0/16 via 10.214.0.1");
+    ns.inside("route add default via 10.214.0.1");
     let before = ns.snapshot();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("net.json");
-    let (mut net, joined) =
-        PodNetwork::join_vm(&settings(dir.path()), "vmjt1", &ns.path(), &state).unwrap();
+    let (_dir, state, r) = join(&ns, "vmjt1");
+    let (mut net, joined) = r.unwrap();
 
     // What the guest's NIC gets: eth0's MAC, MTU, address and routes (not
     // the kernel's own prefix route).
@@ -177,20 +168,10 @@ fn join_mirrors_both_ways_and_teardown_leaves_the_namespace_as_it_was() {
 #[test]
 fn a_killed_owners_mirroring_is_removed_from_its_state_file() {
     let Some(ns) = Netns::new("b") else { return };
-    ns.ip(&[
-        "-n",
-        &ns.name,
-        "addr",
-        "add",
-        "10.214.1.7/24",
-        "dev",
-        "eth0",
-    ]);
+    ns.inside("addr add 10.214.1.7/24 dev eth0");
     let before = ns.snapshot();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("net.json");
-    let (net, joined) =
-        PodNetwork::join_vm(&settings(dir.path()), "vmjt2", &ns.path(), &state).unwrap();
+    let (_dir, state, r) = join(&ns, "vmjt2");
+    let (net, joined) = r.unwrap();
     // The owner dies without tearing down (SIGKILL): its descriptor closes,
     // its guard never runs.
     std::mem::forget(net);
@@ -205,52 +186,26 @@ fn a_killed_owners_mirroring_is_removed_from_its_state_file() {
 #[test]
 fn what_cannot_be_joined_is_refused_and_nothing_is_made() {
     let Some(ns) = Netns::new("c") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("net.json");
-    let join = || {
-        PodNetwork::join_vm(&settings(dir.path()), "vmjt3", &ns.path(), &state)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
-    };
+    let refusal = || join(&ns, "vmjt3").2.map(|_| ()).unwrap_err().to_string();
     // No address yet: CNI has not run.
-    let e = join();
+    let e = refusal();
     assert!(e.contains("eth0 has no IPv4 address"), "{e}");
 
     // A gateway that is not on-link (the kernel takes it with `onlink`;
     // the guest must not).
-    ns.ip(&[
-        "-n",
-        &ns.name,
-        "addr",
-        "add",
-        "10.214.2.7/24",
-        "dev",
-        "eth0",
-    ]);
-    ns.ip(&[
-        "-n",
-        &ns.name,
-        "route",
-        "add",
-        "default",
-        "via",
-        "192.0.2.1",
-        "dev",
-        "eth0",
-        "onlink",
-    ]);
-    let e = join();
+    ns.inside("addr add 10.214.2.7/24 dev eth0");
+    ns.inside("route add default via 192.0.2.1 dev eth0 onlink");
+    let e = refusal();
     assert!(
         e.contains("routes[0].gateway: 192.0.2.1 is not on-link"),
         "{e}"
     );
-    ns.ip(&["-n", &ns.name, "route", "del", "default"]);
+    ns.inside("route del default");
 
     // Someone else's traffic control on eth0: not shared, not touched.
     ns.tc(&["qdisc", "add", "dev", "eth0", "ingress"]);
     let before = ns.snapshot();
-    let e = join();
+    let e = refusal();
     assert!(e.contains("eth0 already has a ingress qdisc"), "{e}");
     assert_eq!(ns.snapshot(), before, "nothing made, nothing removed");
     assert!(!before.contains(tap::TAP_NAME));

@@ -326,10 +326,16 @@ pub fn setup(
         run_in(&ns, "ip", &["link", "set", TAP_NAME, "mtu", &mtu, "up"])?;
         let links = json_in(&ns, "ip", &["-j", "link", "show", TAP_NAME])?;
         st.tap_index = links[0]["ifindex"].as_u64().unwrap_or(0) as u32;
+        record(&st)?;
+        // Recorded once made, so that a qdisc someone else added in the
+        // meantime (ours then fails to be added) is never removed.
+        run_in(&ns, "tc", &["qdisc", "add", "dev", &iface, "ingress"])?;
         st.iface_qdisc = true;
         record(&st)?;
-        mirror(&ns, &iface, TAP_NAME)?;
-        mirror(&ns, TAP_NAME, &iface)
+        redirect(&ns, &iface, TAP_NAME)?;
+        // The tap's own qdisc goes with the tap.
+        run_in(&ns, "tc", &["qdisc", "add", "dev", TAP_NAME, "ingress"])?;
+        redirect(&ns, TAP_NAME, &iface)
     })();
     if let Err(e) = made {
         drop(fd);
@@ -339,10 +345,9 @@ pub fn setup(
     Ok((JoinedTap { fd, nic, notes }, st))
 }
 
-/// `from`'s ingress redirected to `to`'s egress (an ingress qdisc on
-/// `from` with one match-all `u32` filter, as Kata's tcfilter model).
-fn mirror(ns: &std::fs::File, from: &str, to: &str) -> Result<(), NetError> {
-    run_in(ns, "tc", &["qdisc", "add", "dev", from, "ingress"])?;
+/// `from`'s ingress (its ingress qdisc) redirected to `to`'s egress: one
+/// match-all `u32` filter, as Kata's tcfilter model.
+fn redirect(ns: &std::fs::File, from: &str, to: &str) -> Result<(), NetError> {
     run_in(
         ns,
         "tc",

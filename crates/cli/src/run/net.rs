@@ -188,3 +188,39 @@ pub fn reap(data: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(network: &str, publish: &[&str]) -> NetArgs {
+        NetArgs {
+            network: Some(network.into()),
+            publish: publish.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_vm_sandbox_joins_a_netns_without_publishing_and_refuses_bridge() {
+        assert_eq!(
+            args("ns:/run/netns/cni-1", &[]).vm_network().unwrap(),
+            pod::PodNet::VmJoin("/run/netns/cni-1".into())
+        );
+        let e = args("ns:/run/netns/cni-1", &["8080:80"])
+            .vm_network()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the namespace's owner publishes ports"), "{e}");
+        let e = args("ns:relative", &[])
+            .vm_network()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute path"), "{e}");
+        let e = args("bridge", &[]).vm_network().unwrap_err().to_string();
+        assert!(e.contains("bridge is for --sandbox process"), "{e}");
+        assert_eq!(
+            args("none", &[]).vm_network().unwrap(),
+            pod::PodNet::Vm(None)
+        );
+    }
+}

@@ -144,13 +144,20 @@ pub fn read_iface(
             let names: Vec<&str> = ethers.iter().map(|(n, _)| n.as_str()).collect();
             return Err(other(format!(
                 "--network ns:{}: expected one Ethernet interface (or one named eth0) for the \
-                 VM's NIC, found {} ({}); CNI gives a pod one interface, eth0",
+                 VM's NIC, found {} ({names:?}); CNI gives a pod one interface, eth0",
                 shown.display(),
                 names.len(),
-                names.join(", ")
             )));
         }
     };
+    // It names things in messages and tc commands: printable only.
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(other(format!(
+            "--network ns:{}: interface name {name:?} has characters other than printable \
+             ASCII; rename it (CNI names it eth0)",
+            shown.display()
+        )));
+    }
     let mac = link["address"].as_str().unwrap_or_default().to_string();
     let mtu = link["mtu"].as_u64().unwrap_or(1500) as u32;
     let addrs = json_in(ns, "ip", &["-j", "addr", "show", "dev", &name])?;

@@ -26,6 +26,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
+pub mod nic;
 pub mod proto;
 
 /// The agent API version this crate speaks.
@@ -239,6 +240,11 @@ pub struct CreateSandboxRequest {
     /// the policy pins before writing it into the sandbox.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeContent>,
+    /// VM sandbox joined to a network namespace the host was handed: the
+    /// MAC, MTU, addresses and routes of that namespace's interface, for
+    /// the guest's pod NIC (checked by the agent, [`nic::WorkloadNic::check`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_nic: Option<nic::WorkloadNic>,
 }
 
 /// Most bytes of volume content one sandbox may be handed (all files together).
@@ -321,6 +327,12 @@ pub mod workload_net {
     /// The NIC's MAC address, which is how the guest tells it from the
     /// agent channel's NIC.
     pub const MAC: &str = "52:54:00:76:65:01";
+    /// The MAC QEMU gives the NIC instead when it is a tap joined to a
+    /// network namespace the host was handed: the guest moves it into the
+    /// pod's namespace, and configures it only when `create_sandbox`
+    /// brings the namespace's MAC, addresses and routes
+    /// ([`crate::nic::WorkloadNic`]).
+    pub const JOIN_MAC: &str = "52:54:00:76:65:02";
     /// The subnet QEMU's user network gives it.
     pub const SUBNET: &str = "10.0.3.0/24";
     /// The pod's address (what QEMU's `hostfwd` forwards to).
@@ -687,6 +699,15 @@ impl AgentRequest {
                 check_str("pod_namespace", &r.pod_namespace)?;
                 check_list("dns", &r.dns)?;
                 check_list("kernel_modules", &r.kernel_modules)?;
+                if let Some(n) = &r.workload_nic {
+                    check_str("workload_nic.mac", &n.mac)?;
+                    if n.addresses.len() > nic::MAX_ADDRESSES {
+                        return Err(invalid("workload_nic.addresses", "too many entries"));
+                    }
+                    if n.routes.len() > nic::MAX_ROUTES {
+                        return Err(invalid("workload_nic.routes", "too many entries"));
+                    }
+                }
                 check_volumes(&r.volumes)
             }
             AgentRequest::CreateContainer(r) => {
@@ -1050,6 +1071,7 @@ mod tests {
                     data: SecretBytes(Zeroizing::new(data.to_vec())),
                 }],
             }],
+            workload_nic: None,
         })
     }
 

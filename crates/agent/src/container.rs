@@ -91,6 +91,9 @@ pub struct ManagerConfig {
     pub unpack_limits: veil_image::unpack::UnpackLimits,
     /// The pod's network namespace, joined by every container.
     pub pod_netns: Option<PathBuf>,
+    /// The pod's `eth0` waits for its configuration from `create_sandbox`
+    /// (a VM NIC joined to a namespace the host was handed).
+    pub nic_awaits_config: bool,
     /// The pod's volumes as the policy declares them.
     pub volumes: Vec<veil_policy::model::VolumePolicy>,
 }
@@ -102,6 +105,36 @@ pub struct Manager {
     kbs: Option<Arc<Kbs>>,
     sandbox: Mutex<Option<(String, String)>>,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
+}
+
+/// The checked configuration of a joined pod NIC, when this guest has
+/// one; a refusal when the request and the NIC do not go together.
+fn joined_nic_config(
+    nic: Option<&veil_agent_api::nic::WorkloadNic>,
+    awaits_config: bool,
+) -> Result<Option<veil_agent_api::nic::NicConfig>, String> {
+    match (nic, awaits_config) {
+        (Some(n), true) => n.check().map(Some).map_err(|e| {
+            format!(
+                "create_sandbox: workload_nic: {e}; refusing to configure the pod's NIC \
+                 (the host reads these from the network namespace the pod joins: check \
+                 that namespace's interface)"
+            )
+        }),
+        (Some(_), false) => Err(
+            "create_sandbox: workload_nic is given, but this sandbox's pod NIC is not joined \
+             to a network namespace (a VM started with --network user or none, or a process \
+             sandbox): nothing to configure; send create_sandbox without workload_nic"
+                .into(),
+        ),
+        (None, true) => Err(
+            "create_sandbox: workload_nic is missing: the pod's NIC is joined to a network \
+             namespace the host was handed, and its MAC, addresses and routes come with \
+             create_sandbox; without them the pod has no network"
+                .into(),
+        ),
+        (None, false) => Ok(None),
+    }
 }
 
 fn err(context: &str, e: impl std::fmt::Display) -> String {
@@ -141,6 +174,7 @@ impl Manager {
 
     /// Create the sandbox's hostname, hosts and resolv.conf.
     pub fn create_sandbox(&self, r: &CreateSandboxRequest) -> Result<(), String> {
+        let nic = joined_nic_config(r.workload_nic.as_ref(), self.cfg.nic_awaits_config)?;
         let dir = self.cfg.paths.sandbox(&r.sandbox_id);
         fs::DirBuilder::new()
             .recursive(true)
@@ -165,6 +199,10 @@ impl Manager {
             &r.volumes,
             &dir.join(crate::volumes::VOLUMES_DIR),
         )?;
+        if let (Some(c), Some(ns)) = (&nic, &self.cfg.pod_netns) {
+            crate::net::configure_joined_nic(ns, c)
+                .map_err(|e| err("configuring the pod's NIC (workload_nic)", e))?;
+        }
         if let Ok(mut s) = self.sandbox.lock() {
             *s = Some((r.sandbox_id.clone(), r.hostname.clone()));
         }
@@ -855,4 +893,38 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
     f.write_all(data).map_err(|e| err("writing the file", e))?;
     drop(f);
     fs::rename(&tmp, path).map_err(|e| err("renaming the file", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veil_agent_api::nic::WorkloadNic;
+
+    fn nic(gateway: &str) -> WorkloadNic {
+        serde_json::from_value(serde_json::json!({
+            "mac": "0a:58:0a:58:00:05", "mtu": 1500, "addresses": ["10.88.0.5/16"],
+            "routes": [{"dst": "0.0.0.0/0", "gateway": gateway}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_joined_nic_needs_a_checked_configuration_and_only_a_joined_one_takes_one() {
+        let c = joined_nic_config(Some(&nic("10.88.0.1")), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.addresses[0].to_string(), "10.88.0.5/16");
+        assert_eq!(joined_nic_config(None, false), Ok(None));
+        let e = joined_nic_config(Some(&nic("192.0.2.1")), true).unwrap_err();
+        assert!(
+            e.starts_with(
+                "create_sandbox: workload_nic: routes[0].gateway: 192.0.2.1 is not on-link"
+            ),
+            "{e}"
+        );
+        let e = joined_nic_config(None, true).unwrap_err();
+        assert!(e.contains("workload_nic is missing"), "{e}");
+        let e = joined_nic_config(Some(&nic("10.88.0.1")), false).unwrap_err();
+        assert!(e.contains("not joined to a network namespace"), "{e}");
+    }
 }

@@ -448,6 +448,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
             image_trust: veil_agent::kbs::image_trust_of(&booted.init_data)?,
             unpack_limits,
             pod_netns: Some(pod_netns.path.clone()),
+            nic_awaits_config: pod_netns.awaiting_config,
             volumes: booted.engine.data().sandbox.volumes.clone(),
         },
         kbs,

@@ -9,7 +9,10 @@
 //! `/proc/<agent>/task/<thread>/ns/net`. In a VM with a workload NIC (see
 //! [`veil_agent_api::workload_net`]) that thread also moves the NIC into the
 //! namespace (one `RTM_NEWLINK` over netlink), names it `eth0`, gives it
-//! its address and a default route (ioctls). The agent itself stays where
+//! its address and a default route (ioctls). A NIC joined to a namespace
+//! the host was handed (`JOIN_MAC`) is only moved and named there; its
+//! MAC, MTU, addresses and routes come with `create_sandbox`, checked
+//! ([`veil_agent_api::nic`]), and [`configure_joined_nic`] applies them. The agent itself stays where
 //! it was: its channel to the host and the KBS is not the workload's
 //! network, and the workload's NIC is not in the agent's namespace.
 
@@ -23,6 +26,10 @@ use veil_agent_api::workload_net;
 pub struct PodNetns {
     /// The namespace file containers join.
     pub path: PathBuf,
+    /// Its `eth0` is a VM NIC joined to a namespace the host was handed
+    /// ([`workload_net::JOIN_MAC`]): moved in and named, but down until
+    /// `create_sandbox` brings its configuration ([`configure_joined_nic`]).
+    pub awaiting_config: bool,
 }
 
 impl PodNetns {
@@ -36,13 +43,21 @@ impl PodNetns {
                 path.display()
             ));
         }
-        Ok(PodNetns { path })
+        Ok(PodNetns {
+            path,
+            awaiting_config: false,
+        })
     }
 
     /// A new namespace held by a parked thread: loopback, and `nic` (the
     /// VM's workload NIC, by its name in the agent's namespace) moved in
     /// and configured when given.
     pub fn create(nic: Option<String>) -> Result<Self, String> {
+        // A joined NIC is configured later, from create_sandbox.
+        let awaiting_config = nic.as_deref().is_some_and(|n| {
+            std::fs::read_to_string(format!("/sys/class/net/{n}/address"))
+                .is_ok_and(|m| m.trim().eq_ignore_ascii_case(workload_net::JOIN_MAC))
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("pod-netns".into())
@@ -62,7 +77,11 @@ impl PodNetns {
                             .map_err(|e| format!("opening the pod's netns: {e}"))?;
                         move_link(&nl, index, ns.as_raw_fd())
                             .map_err(|e| format!("moving {name} into the pod's netns: {e}"))?;
-                        configure_workload_nic(name)?;
+                        if awaiting_config {
+                            rename(name, workload_net::POD_IFNAME)?;
+                        } else {
+                            configure_workload_nic(name)?;
+                        }
                     }
                     // SAFETY: gettid has no preconditions.
                     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
@@ -83,8 +102,136 @@ impl PodNetns {
         let path = rx
             .recv()
             .map_err(|_| "the pod netns thread died".to_string())??;
-        Ok(PodNetns { path })
+        Ok(PodNetns {
+            path,
+            awaiting_config,
+        })
     }
+}
+
+/// Give the pod's joined NIC (`eth0` in the namespace at `netns`, down) the
+/// checked configuration the host read from the namespace it was handed:
+/// MAC and MTU, then the addresses (the first primary, the others aliases
+/// `eth0:N`), up, then the routes in order. Runs on a thread of its own that
+/// enters the namespace; the agent's threads stay where they are.
+pub fn configure_joined_nic(
+    netns: &std::path::Path,
+    c: &veil_agent_api::nic::NicConfig,
+) -> Result<(), String> {
+    let ns = std::fs::File::open(netns)
+        .map_err(|e| format!("opening the pod's netns {}: {e}", netns.display()))?;
+    let c = c.clone();
+    std::thread::Builder::new()
+        .name("pod-nic".into())
+        .spawn(move || -> Result<(), String> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("entering the pod's netns: {e}"))?;
+            let pod = workload_net::POD_IFNAME;
+            // Not /sys/class/net: sysfs shows the namespace it was mounted in.
+            let mac = get_hwaddr(pod)?;
+            if !mac.eq_ignore_ascii_case(workload_net::JOIN_MAC) {
+                return Err(format!(
+                    "the pod's {pod} has MAC {mac}, expected {} (the joined NIC, not yet \
+                     configured): it was configured already",
+                    workload_net::JOIN_MAC
+                ));
+            }
+            set_hwaddr(pod, c.mac)?;
+            set_mtu(pod, c.mtu)?;
+            for (i, a) in c.addresses.iter().enumerate() {
+                let name = if i == 0 {
+                    pod.to_string()
+                } else {
+                    format!("{pod}:{i}")
+                };
+                if_up(&name, Some((a.addr.octets(), a.netmask().octets())))?;
+            }
+            for r in &c.routes {
+                add_route(pod, r)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("starting the pod NIC thread: {e}"))?
+        .join()
+        .map_err(|_| "the pod NIC thread panicked".to_string())?
+}
+
+/// `name`'s MAC, as `aa:bb:cc:dd:ee:ff`.
+fn get_hwaddr(name: &str) -> Result<String, String> {
+    let mut r = ifreq(name)?;
+    with_inet_socket(|fd| {
+        // SAFETY: ioctl on our socket with an initialized ifreq.
+        check(
+            unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut r) },
+            &format!("SIOCGIFHWADDR {name}"),
+        )
+    })?;
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let d = unsafe { r.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(d[..6]
+        .iter()
+        .map(|b| format!("{:02x}", *b as u8))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+/// Set `name`'s MAC (the interface is down).
+fn set_hwaddr(name: &str, mac: [u8; 6]) -> Result<(), String> {
+    let mut r = ifreq(name)?;
+    // SAFETY: writing plain data into the ifreq union's sockaddr.
+    unsafe {
+        r.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (d, s) in r.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+            *d = s as libc::c_char;
+        }
+    }
+    with_inet_socket(|fd| {
+        // SAFETY: ioctl on our socket with an initialized ifreq.
+        check(
+            unsafe { libc::ioctl(fd, libc::SIOCSIFHWADDR, &r) },
+            &format!("SIOCSIFHWADDR {name}"),
+        )
+    })
+}
+
+fn set_mtu(name: &str, mtu: u32) -> Result<(), String> {
+    let mut r = ifreq(name)?;
+    r.ifr_ifru.ifru_mtu = i32::try_from(mtu).map_err(|_| format!("MTU {mtu} out of range"))?;
+    with_inet_socket(|fd| {
+        // SAFETY: ioctl on our socket with an initialized ifreq.
+        check(
+            unsafe { libc::ioctl(fd, libc::SIOCSIFMTU, &r) },
+            &format!("SIOCSIFMTU {name} {mtu}"),
+        )
+    })
+}
+
+/// Add a checked route through `dev` (on-link when it has no gateway).
+fn add_route(dev: &str, r: &veil_agent_api::nic::Route) -> Result<(), String> {
+    let dev_c = std::ffi::CString::new(dev).map_err(|e| format!("interface {dev:?}: {e}"))?;
+    // SAFETY: rtentry is plain old data; all-zero is valid.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr(r.dst.addr.octets());
+    rt.rt_genmask = sockaddr(r.dst.netmask().octets());
+    rt.rt_flags = libc::RTF_UP;
+    if r.dst.prefix == 32 {
+        rt.rt_flags |= libc::RTF_HOST;
+    }
+    if let Some(g) = r.gateway {
+        rt.rt_gateway = sockaddr(g.octets());
+        rt.rt_flags |= libc::RTF_GATEWAY;
+    }
+    // The kernel copies the name during the ioctl; `dev_c` outlives it.
+    rt.rt_dev = dev_c.as_ptr() as *mut libc::c_char;
+    let what = match r.gateway {
+        Some(g) => format!("SIOCADDRT {} via {g} dev {dev}", r.dst),
+        None => format!("SIOCADDRT {} dev {dev}", r.dst),
+    };
+    with_inet_socket(|fd| {
+        // SAFETY: ioctl on our socket with an initialized rtentry whose
+        // device name pointer is valid for the call.
+        check(unsafe { libc::ioctl(fd, libc::SIOCADDRT, &rt) }, &what)
+    })
 }
 
 /// In the pod's namespace: `name` becomes `eth0` with the workload

@@ -180,8 +180,9 @@ fn mac_of(name: &str) -> String {
 }
 
 /// Configure the agent channel's NIC; return the workload NIC's name (the
-/// one with [`workload_net::MAC`]) when the host gave the VM one, for the
-/// pod's network namespace to take over.
+/// one with [`workload_net::MAC`], or [`workload_net::JOIN_MAC`] for a tap
+/// joined to a namespace the host was handed) when the host gave the VM
+/// one, for the pod's network namespace to take over.
 fn network() -> Result<Option<String>, String> {
     crate::net::if_up("lo", None)?;
     // Every virtio network device (virtio device id 1) has its interface.
@@ -211,7 +212,13 @@ fn network() -> Result<Option<String>, String> {
             (!v.is_empty() && v.len() >= virtio_nets()).then_some(v)
         },
     )?;
-    let workload = all.iter().find(|n| mac_of(n) == workload_net::MAC).cloned();
+    let workload = all
+        .iter()
+        .find(|n| {
+            let mac = mac_of(n);
+            mac == workload_net::MAC || mac == workload_net::JOIN_MAC
+        })
+        .cloned();
     let agent_nic = all
         .iter()
         .find(|n| Some(*n) != workload.as_ref())

@@ -1008,4 +1008,234 @@ fn vm_scratch_holds_twice_the_guest_ram_encrypted_and_goes_with_the_sandbox() {
     ok(env.veil().args(["rm", &id]).output().unwrap());
     assert!(!dir.exists());
     nothing_left(&env);
+/// A pod network namespace made the way CNI makes one (`ip netns add`; a
+/// veth whose pod end is `eth0`, addressed, with a default route), and a
+/// peer namespace holding the other end (the "node" side). Both private to
+/// the test (unique names, `10.213.N.0/24`) and removed on drop, with the
+/// veth pair.
+struct CniLikeNetns {
+    pod: String,
+    peer: String,
+    prefix: String,
+}
+
+impl CniLikeNetns {
+    fn new() -> Self {
+        let pid = std::process::id();
+        let n = CniLikeNetns {
+            pod: format!("vmnj-pod-{pid}"),
+            peer: format!("vmnj-peer-{pid}"),
+            prefix: format!("10.213.{}", pid % 250 + 1),
+        };
+        let peer_if = format!("vmnjp{}", pid % 100_000);
+        for args in [
+            vec!["netns", "add", &n.pod],
+            vec!["netns", "add", &n.peer],
+            vec![
+                "-n", &n.pod, "link", "add", "eth0", "type", "veth", "peer", "name", &peer_if,
+                "netns", &n.peer,
+            ],
+        ] {
+            n.ip(&args);
+        }
+        let (pod_ip, peer_ip) = (format!("{}.2/24", n.prefix), format!("{}.1/24", n.prefix));
+        n.ip(&["-n", &n.pod, "addr", "add", &pod_ip, "dev", "eth0"]);
+        n.ip(&["-n", &n.pod, "link", "set", "eth0", "up"]);
+        n.ip(&["-n", &n.pod, "route", "add", "default", "via", &n.peer_ip()]);
+        n.ip(&["-n", &n.peer, "addr", "add", &peer_ip, "dev", &peer_if]);
+        n.ip(&["-n", &n.peer, "link", "set", &peer_if, "up"]);
+        n.ip(&["-n", &n.peer, "link", "set", "lo", "up"]);
+        n
+    }
+    fn ip(&self, args: &[&str]) -> String {
+        text(&ok(Command::new("ip").args(args).output().unwrap()).stdout)
+    }
+    fn pod_path(&self) -> String {
+        format!("/run/netns/{}", self.pod)
+    }
+    fn pod_ip(&self) -> String {
+        format!("{}.2", self.prefix)
+    }
+    fn peer_ip(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+    /// The pod namespace's interfaces and ingress qdiscs, one line each
+    /// (what a joined VM adds and must remove).
+    fn pod_state(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .ip(&["-n", &self.pod, "-o", "link", "show"])
+            .lines()
+            .map(|l| {
+                let name = l.split(':').nth(1).unwrap_or("").trim();
+                let mac = l
+                    .split("link/ether ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(' ')
+                    .next();
+                format!(
+                    "link {} {}",
+                    name.split('@').next().unwrap(),
+                    mac.unwrap_or("")
+                )
+            })
+            .collect();
+        let q = Command::new("ip")
+            .args(["netns", "exec", &self.pod, "tc", "qdisc", "show", "ingress"])
+            .output()
+            .unwrap();
+        out.extend(text(&q.stdout).lines().map(str::to_string));
+        out.extend(
+            self.ip(&["-n", &self.pod, "-4", "-o", "addr", "show", "dev", "eth0"])
+                .split_whitespace()
+                .filter(|w| w.contains('/'))
+                .map(|w| format!("addr {w}")),
+        );
+        out
+    }
+}
+
+impl Drop for CniLikeNetns {
+    fn drop(&mut self) {
+        for ns in [&self.pod, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The containerd shim's network contract, in the VM sandbox: `veil run
+/// --sandbox vm --network ns:PATH` joins a namespace someone else made
+/// (as CNI does: a veth `eth0` with an address and a default route). The
+/// guest's pod NIC is a tap in that namespace mirrored with tc, and takes
+/// eth0's MAC and address: a server in the guest's container answers from
+/// the peer namespace, the container reaches a server there, and the peer
+/// learns the pod's address at eth0's MAC. After SIGKILL of the detached
+/// monitor the next `veil ps` removes the tap and the qdiscs veil made, and
+/// leaves the veth, its MAC and its address as they were. One boot.
+#[test]
+fn vm_joins_a_cni_style_netns_traffic_both_ways_and_sigkill_leaves_it_as_it_was() {
+    let env = Env::new();
+    let net = CniLikeNetns::new();
+    let before = net.pod_state();
+    let eth0_mac = before
+        .iter()
+        .find_map(|l| l.strip_prefix("link eth0 "))
+        .unwrap()
+        .to_string();
+    // A server in the peer namespace, stopped by PID when the test ends.
+    let www = env.dir.path().join("peer-www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("peer.html"), "hello-from-the-peer\n").unwrap();
+    let mut peer_server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.peer,
+            "python3",
+            "-m",
+            "http.server",
+            "18080",
+        ])
+        .args(["--bind", &net.peer_ip(), "--directory"])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _peer_server = KillOnDrop(&mut peer_server);
+
+    // (busybox wget without -T: this busybox's wget crashes with it.)
+    let cmd = format!(
+        "mkdir -p /tmp; echo served-by-the-vm > /tmp/index.html; \
+         i=0; until busybox wget -q -O /tmp/from-peer http://{}:18080/peer.html; do \
+         i=$((i+1)); [ $i -gt 30 ] && break; sleep 1; done; \
+         exec busybox httpd -f -p 8080 -h /tmp",
+        net.peer_ip()
+    );
+    let img = env.vm_image(&cmd);
+    let out = ok(env
+        .run_vm_detached()
+        .args(["--network", &format!("ns:{}", net.pod_path())])
+        .args(["--allow-exec", "cat /sys/class/net/eth0/address", &img])
+        .output()
+        .unwrap());
+    let id = text(&out.stdout).trim().to_string();
+    let rm = RmOnDrop(&env, id.clone());
+    let rec = record_of(&env, &id);
+    assert_eq!(rec["network"], format!("ns:{}", net.pod_path()), "{rec}");
+    assert_eq!(rec["address"], format!("{}/24", net.pod_ip()), "{rec}");
+
+    let get = |path: &str| {
+        let url = format!("http://{}:8080/{path}", net.pod_ip());
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            // curl: the host's busybox wget is not to be relied on.
+            let o = Command::new("ip")
+                .args(["netns", "exec", &net.peer, "curl", "-sf", "--max-time", "3"])
+                .arg(&url)
+                .output()
+                .unwrap();
+            if o.status.success() {
+                return text(&o.stdout);
+            }
+            assert!(Instant::now() < deadline, "{url}: {}", text(&o.stderr));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    // Peer -> guest container, and the container -> peer (what it fetched).
+    assert_eq!(get("index.html"), "served-by-the-vm\n");
+    assert_eq!(get("from-peer"), "hello-from-the-peer\n");
+    // The guest's NIC answered ARP with eth0's MAC, and has it.
+    let neigh = net.ip(&["-n", &net.peer, "neigh", "show", &net.pod_ip()]);
+    assert!(neigh.contains(&eth0_mac), "{neigh} (eth0 is {eth0_mac})");
+    let guest = ok(env
+        .veil()
+        .args(["exec", &id, "--", "cat", "/sys/class/net/eth0/address"])
+        .output()
+        .unwrap());
+    assert_eq!(text(&guest.stdout).trim(), eth0_mac);
+    let running = net.pod_state();
+    assert!(
+        running.iter().any(|l| l.starts_with("link tap0_veil"))
+            && running
+                .iter()
+                .filter(|l| l.starts_with("qdisc ingress"))
+                .count()
+                == 2,
+        "while running: a tap and two ingress qdiscs: {running:?}"
+    );
+
+    // SIGKILL of the monitor: QEMU follows (the tap goes with it), and the
+    // next veil command removes the qdisc veil added to eth0.
+    let data = env.data().display().to_string();
+    let monitor = rec["owner_pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&data).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(processes_mentioning(&data), Vec::<String>::new());
+    while Path::new(&format!("/proc/{monitor}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = ok(env.veil().args(["ps", "-a"]).output().unwrap());
+    assert!(
+        text(&out.stderr).contains(&format!("removed the pod network sandbox {id}")),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(net.pod_state(), before, "the pod netns is as it was");
+    ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
+    drop(rm);
 }

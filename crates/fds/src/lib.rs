@@ -37,6 +37,20 @@ pub fn cloexec_all_but(keep: Option<libc::c_int>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// [`cloexec_all_but`] for several descriptors (QEMU's sim channel and a
+/// joined namespace's tap): every descriptor from 3 up close-on-exec, then
+/// each of `keep` (those ≥ 3) inheritable again. No allocation.
+pub fn cloexec_all_but_these(keep: &[libc::c_int]) -> std::io::Result<()> {
+    mark_range(3, libc::c_uint::MAX);
+    for &k in keep.iter().filter(|k| **k >= 3) {
+        // SAFETY: fcntl on a descriptor number; no memory is touched.
+        if unsafe { libc::fcntl(k, libc::F_SETFD, 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn mark_range(first: libc::c_uint, last: libc::c_uint) {
     if first > last {
         return;
@@ -99,5 +113,38 @@ mod tests {
             !listed.contains(&leaked.to_string()),
             "leaked fd {leaked} crossed exec: {listed:?}"
         );
+    }
+
+    /// Several kept descriptors cross; the one in between does not.
+    #[test]
+    fn only_the_kept_descriptors_cross_exec() {
+        let (a, leaked, b) = (210, 211, 212);
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        // SAFETY: dup2 onto unused numbers.
+        unsafe {
+            for n in [a, leaked, b] {
+                assert_eq!(libc::dup2(f.as_raw_fd(), n), n);
+            }
+        }
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg("ls /proc/self/fd/");
+        // SAFETY: cloexec_all_but_these is async-signal-safe.
+        unsafe { cmd.pre_exec(move || cloexec_all_but_these(&[a, b])) };
+        let out = cmd.output().unwrap();
+        let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        // SAFETY: closing the numbers this test dup'ed.
+        unsafe {
+            for n in [a, leaked, b] {
+                libc::close(n);
+            }
+        }
+        assert!(
+            listed.contains(&a.to_string()) && listed.contains(&b.to_string()),
+            "{listed:?}"
+        );
+        assert!(!listed.contains(&leaked.to_string()), "{listed:?}");
     }
 }

@@ -44,6 +44,7 @@ pub fn create_sandbox(data: &PolicyData, sandbox_id: &str, pod_name: &str) -> Cr
         kernel_modules: Vec::new(),
         sandbox_pidns: data.sandbox.sandbox_pidns,
         volumes: Vec::new(),
+        workload_nic: None,
     }
 }
 

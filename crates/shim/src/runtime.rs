@@ -54,6 +54,24 @@ fn pod_err(what: &str, e: pod::PodError) -> BackendError {
 /// Launches veil sandboxes for the shim.
 pub struct RuntimeLauncher;
 
+/// The pod network of a sandbox spec: the CRI/CNI's namespace when the
+/// spec names one (joined by the process sandbox's containers; a tap
+/// mirrored to its interface for a VM), else loopback only.
+fn pod_network(kind: &pod::SandboxKind, netns: Option<&PathBuf>) -> PodNet {
+    match (kind, netns) {
+        (pod::SandboxKind::Process, Some(ns)) => PodNet::Process {
+            mode: NetworkMode::Join(ns.clone()),
+            ports: Vec::new(),
+        },
+        (pod::SandboxKind::Process, None) => PodNet::Process {
+            mode: NetworkMode::None,
+            ports: Vec::new(),
+        },
+        (pod::SandboxKind::Vm(_), Some(ns)) => PodNet::VmJoin(ns.clone()),
+        (pod::SandboxKind::Vm(_), None) => PodNet::Vm(None),
+    }
+}
+
 fn kind_of(h: &HandlerConfig) -> pod::SandboxKind {
     match h.sandbox {
         SandboxKind::Process => pod::SandboxKind::Process,
@@ -112,17 +130,7 @@ impl Launcher for RuntimeLauncher {
                 .map_err(|e| BackendError::failed(e.to_string()))?
                 .1
         };
-        let network = match (&kind, &req.netns) {
-            (pod::SandboxKind::Process, Some(ns)) => PodNet::Process {
-                mode: NetworkMode::Join(ns.clone()),
-                ports: Vec::new(),
-            },
-            (pod::SandboxKind::Process, None) => PodNet::Process {
-                mode: NetworkMode::None,
-                ports: Vec::new(),
-            },
-            (pod::SandboxKind::Vm(_), _) => PodNet::Vm(None),
-        };
+        let network = pod_network(&kind, req.netns.as_ref());
         let dir = pod::record::dir_of(&data, &id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| BackendError::failed(format!("creating {}: {e}", dir.display())))?;
@@ -448,5 +456,38 @@ impl Sandbox for RuntimeSandbox {
         // containerd owns the lifecycle: no record outlives the task.
         let _ = std::fs::remove_dir_all(&dir);
         result.map_err(|e| pod_err("stopping the sandbox", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CRI's pod netns reaches the sandbox in both kinds: joined by a
+    /// process sandbox, a tap mirrored to it for a VM (`veil-vm-*`).
+    #[test]
+    fn the_cri_netns_is_the_pod_network_of_both_sandbox_kinds() {
+        let ns = PathBuf::from("/var/run/netns/cni-1");
+        let vm = kind_of(&HandlerConfig {
+            sandbox: SandboxKind::Vm,
+            ..Default::default()
+        });
+        let process = kind_of(&HandlerConfig::default());
+        assert_eq!(pod_network(&vm, Some(&ns)), PodNet::VmJoin(ns.clone()));
+        assert_eq!(pod_network(&vm, None), PodNet::Vm(None));
+        assert_eq!(
+            pod_network(&process, Some(&ns)),
+            PodNet::Process {
+                mode: NetworkMode::Join(ns.clone()),
+                ports: Vec::new(),
+            }
+        );
+        assert_eq!(
+            pod_network(&process, None),
+            PodNet::Process {
+                mode: NetworkMode::None,
+                ports: Vec::new(),
+            }
+        );
     }
 }

@@ -1150,7 +1150,7 @@ fn run_sandbox(
     }
 
     let network = if a.vm.is_vm() {
-        PodNet::Vm(a.net.vm_workload()?)
+        a.net.vm_network()?
     } else {
         PodNet::Process {
             mode: a.net.mode()?,

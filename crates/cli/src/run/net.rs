@@ -47,7 +47,7 @@ impl NetArgs {
     /// Refuse what cannot be honoured, before anything starts.
     pub fn check(&self, vm: bool) -> Result<()> {
         if vm {
-            return self.vm_workload().map(|_| ());
+            return self.vm_network().map(|_| ());
         }
         let mode = self.mode()?;
         let ports = self.ports()?;
@@ -60,6 +60,25 @@ impl NetArgs {
             );
         }
         Ok(())
+    }
+
+    /// The VM sandbox's pod network: [`Self::vm_workload`], or
+    /// `ns:/path/to/netns` (the guest's NIC joined to a namespace someone
+    /// else made, through a tap there; root).
+    pub fn vm_network(&self) -> Result<pod::PodNet> {
+        if let Some(m) = self.network.as_deref().filter(|m| m.starts_with("ns:")) {
+            let NetworkMode::Join(path) = m.parse().map_err(|e: String| anyhow!(e))? else {
+                bail!("--network {m}: expected ns:/path/to/netns");
+            };
+            if let Some(p) = self.ports()?.first() {
+                bail!(
+                    "-p {p}: with --network {m} the namespace's owner publishes ports (CNI's \
+                     portmap, for instance), not veil; drop -p"
+                );
+            }
+            return Ok(pod::PodNet::VmJoin(path));
+        }
+        self.vm_workload().map(pod::PodNet::Vm)
     }
 
     /// The VM sandbox's pod NIC: `user` (the default: QEMU user-mode
@@ -77,7 +96,10 @@ impl NetArgs {
             );
         }
         match self.network.as_deref() {
-            None | Some("user") => Ok(Some(WorkloadNet { ports })),
+            None | Some("user") => Ok(Some(WorkloadNet {
+                ports,
+                tap_fd: None,
+            })),
             Some("none") => match ports.first() {
                 Some(p) => bail!(
                     "-p {p}: --network none gives the pod loopback only, so nothing can be \
@@ -87,8 +109,9 @@ impl NetArgs {
             },
             Some(m) => bail!(
                 "--network {m}: the VM sandbox's pods have `user` (the default: their own NIC \
-                 on QEMU's user-mode network, outbound NAT, -p published there) or `none` \
-                 (loopback only); bridge and ns: are for --sandbox process"
+                 on QEMU's user-mode network, outbound NAT, -p published there), `none` \
+                 (loopback only) or ns:/path/to/netns (a namespace someone else made); bridge \
+                 is for --sandbox process"
             ),
         }
     }
@@ -170,5 +193,41 @@ pub fn reap(data: &Path) {
                 )
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(network: &str, publish: &[&str]) -> NetArgs {
+        NetArgs {
+            network: Some(network.into()),
+            publish: publish.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_vm_sandbox_joins_a_netns_without_publishing_and_refuses_bridge() {
+        assert_eq!(
+            args("ns:/run/netns/cni-1", &[]).vm_network().unwrap(),
+            pod::PodNet::VmJoin("/run/netns/cni-1".into())
+        );
+        let e = args("ns:/run/netns/cni-1", &["8080:80"])
+            .vm_network()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the namespace's owner publishes ports"), "{e}");
+        let e = args("ns:relative", &[])
+            .vm_network()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute path"), "{e}");
+        let e = args("bridge", &[]).vm_network().unwrap_err().to_string();
+        assert!(e.contains("bridge is for --sandbox process"), "{e}");
+        assert_eq!(
+            args("none", &[]).vm_network().unwrap(),
+            pod::PodNet::Vm(None)
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Agent requests from the host, decoded and decided against a fixed policy.
+//! Agent requests from the host, decoded and decided against a fixed policy
+//! (and a joined VM NIC's configuration checked as the agent does).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -21,6 +22,12 @@ fn engine() -> PolicyEngine {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = AgentMessage::from_json(data) {
+        // What the agent runs on a joined VM NIC's configuration.
+        if let veil_agent_api::AgentRequest::CreateSandbox(r) = &msg.request
+            && let Some(n) = &r.workload_nic
+        {
+            let _ = n.check();
+        }
         let mut e = engine();
         let _ = e.enforce(&msg);
     }

@@ -7,7 +7,9 @@
 //!   `ipMasq`), published ports through `portmap`.
 //! - [`NetworkMode::None`]: loopback only (`loopback` plugin).
 //! - [`NetworkMode::Join`]: a namespace someone else made (the containerd
-//!   shim contract); veil configures nothing in it and removes nothing.
+//!   shim contract); veil configures nothing in it and removes nothing,
+//!   except for a VM ([`PodNetwork::join_vm`], [`tap`]): a tap of its own
+//!   mirrored to the namespace's interface with `tc`, removed at teardown.
 //!
 //! Every step is written to a state file *before* it is made, so a
 //! teardown after a crash (or `SIGKILL` of `veil run`) undoes exactly what
@@ -16,6 +18,7 @@
 
 pub mod cni;
 pub mod ports;
+pub mod tap;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -143,6 +146,10 @@ pub struct NetState {
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// A VM joined to the namespace: the tap and `tc` mirroring veil made
+    /// there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_tap: Option<tap::TapMirror>,
 }
 
 /// A sandbox's network namespace, configured. Dropping it tears it down.
@@ -236,6 +243,51 @@ impl PodNetwork {
         Ok(net)
     }
 
+    /// Join the namespace `netns` someone else made for VM sandbox `id`:
+    /// a tap there mirrored to its interface ([`tap::setup`]), each step
+    /// recorded in `state_file` first. The tap's descriptor (for QEMU) and
+    /// the interface's configuration (for the agent) come back with the
+    /// guard that undoes it.
+    pub fn join_vm(
+        settings: &NetSettings,
+        id: &str,
+        netns: &Path,
+        state_file: &Path,
+    ) -> Result<(Self, tap::JoinedTap), NetError> {
+        let mut net = PodNetwork {
+            state: NetState {
+                mode: NetworkMode::Join(netns.to_path_buf()).to_string(),
+                netns: netns.to_path_buf(),
+                container_id: format!("veil-{id}"),
+                ..NetState::default()
+            },
+            state_file: state_file.to_path_buf(),
+            cni_path: settings.cni_path.clone(),
+            torn_down: false,
+        };
+        let mut state = net.state.clone();
+        let (joined, mirror) = tap::setup(netns, &mut |m| {
+            state.vm_tap = Some(m.clone());
+            save_state(state_file, &state)
+        })
+        .inspect_err(|_| {
+            // setup undid what it made.
+            let _ = std::fs::remove_file(state_file);
+        })?;
+        net.state = state;
+        net.state.vm_tap = Some(mirror);
+        net.state.address = joined.nic.addresses.first().cloned().unwrap_or_default();
+        net.state.gateway = joined
+            .nic
+            .routes
+            .iter()
+            .find(|r| r.dst == "0.0.0.0/0")
+            .and_then(|r| r.gateway.clone())
+            .unwrap_or_default();
+        net.save()?;
+        Ok((net, joined))
+    }
+
     fn add(&mut self, att: cni::Attachment) -> Result<(), NetError> {
         self.state.attachments.push(att);
         self.save()?;
@@ -325,6 +377,11 @@ pub fn bridge_conflist(s: &NetSettings) -> serde_json::Value {
 /// Every step is tried; the first failure is returned.
 pub fn teardown(state: &NetState, cni_path: &[PathBuf]) -> Result<(), NetError> {
     let mut first: Option<NetError> = None;
+    if let Some(m) = &state.vm_tap {
+        if let Err(e) = tap::teardown(m) {
+            first.get_or_insert(e);
+        }
+    }
     for att in state.attachments.iter().rev() {
         if let Err(e) = cni::del(cni_path, &state.container_id, &state.netns, att) {
             first.get_or_insert(e.into());

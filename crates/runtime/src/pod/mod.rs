@@ -117,6 +117,12 @@ pub enum PodNet {
     /// VM sandbox: a NIC on QEMU user networking with these forwards, or
     /// (`None`) loopback only.
     Vm(Option<WorkloadNet>),
+    /// VM sandbox joined to the network namespace at this path, which
+    /// someone else made (CNI, the shim's case; `ip netns add`): the
+    /// guest's NIC is a tap there, mirrored with `tc` to the namespace's
+    /// interface, and takes that interface's MAC, addresses and routes
+    /// ([`crate::net::tap`]).
+    VmJoin(PathBuf),
 }
 
 /// Everything [`Sandbox::launch`] needs.
@@ -155,6 +161,8 @@ pub struct Sandbox {
     sandbox: AnySandbox,
     net: Option<PodNetwork>,
     dns: Vec<String>,
+    /// A joined VM's NIC configuration, for `create_sandbox`.
+    workload_nic: Option<veil_agent_api::nic::WorkloadNic>,
 }
 
 impl Sandbox {
@@ -184,6 +192,7 @@ impl Sandbox {
             SimPlatform::load_or_create(&crate::paths::sim_dir(&spec.data))
                 .map_err(|e| PodError::Platform(e.to_string()))?,
         );
+        let mut tap: Option<crate::net::tap::JoinedTap> = None;
         let (net, workload) = match &spec.network {
             PodNet::Process { mode, ports } => (
                 setup_network(&spec.data, &dir, &spec.id, mode, ports, rec)?,
@@ -201,6 +210,20 @@ impl Sandbox {
                 }
                 (None, w.clone())
             }
+            PodNet::VmJoin(netns) => {
+                let (net, joined) = join_vm_network(&spec.data, &dir, &spec.id, netns, rec)?;
+                tap = Some(joined);
+                (Some(net), None)
+            }
+        };
+        // QEMU inherits the joined namespace's tap; veil's copy closes
+        // once the VM is launched, so the tap goes with QEMU.
+        let workload = match &tap {
+            Some(t) => Some(WorkloadNet {
+                ports: Vec::new(),
+                tap_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&t.fd)),
+            }),
+            None => workload,
         };
         if rec.init_data_file.as_os_str().is_empty() {
             // What a second client reads the policy from (Record::policy).
@@ -212,7 +235,7 @@ impl Sandbox {
             rec.init_data_file = path;
         }
         rec.save(&spec.data)?;
-        let dns = if workload.is_some() {
+        let dns = if workload.as_ref().is_some_and(|w| w.tap_fd.is_none()) {
             // QEMU's DNS relay on the VM's pod NIC: the agent writes resolv.conf.
             let [a, b, c, d] = veil_agent_api::workload_net::DNS;
             vec![format!("{a}.{b}.{c}.{d}")]
@@ -237,7 +260,11 @@ impl Sandbox {
             debug: false,
             log_filter: spec.log_filter.clone(),
             ready_timeout: spec.ready_timeout,
-            pod_netns: net.as_ref().map(|n| n.netns().to_path_buf()),
+            // A VM's pod namespace is the guest's own.
+            pod_netns: net
+                .as_ref()
+                .filter(|_| !spec.kind.is_vm())
+                .map(|n| n.netns().to_path_buf()),
         };
         let (sandbox, note) = launch::launch(
             &spec.kind,
@@ -249,6 +276,11 @@ impl Sandbox {
             workload,
             on,
         )?;
+        let (workload_nic, tap_notes) = match tap {
+            Some(t) => (Some(t.nic), t.notes),
+            None => (None, Vec::new()),
+        };
+        rec.notes.extend(tap_notes);
         rec.notes.extend(note.clone());
         sandbox.add_timings(&mut rec.timings);
         rec.hello = Some(sandbox.hello().clone());
@@ -263,6 +295,7 @@ impl Sandbox {
             sandbox,
             net,
             dns,
+            workload_nic,
         };
         Ok((sb, note))
     }
@@ -302,6 +335,9 @@ impl Sandbox {
     ) -> Result<(), PodError> {
         if req.dns.is_empty() {
             req.dns = self.dns.clone();
+        }
+        if req.workload_nic.is_none() {
+            req.workload_nic = self.workload_nic.clone();
         }
         c.client
             .call(AgentRequest::CreateSandbox(req))
@@ -358,6 +394,31 @@ fn setup_network(
     )?;
     rec.address = net.state().address.clone();
     Ok(Some(net))
+}
+
+/// Join a VM to the network namespace `netns` someone else made, recording
+/// it in `rec`; the guard undoes the tap and mirroring when dropped.
+fn join_vm_network(
+    data: &Path,
+    dir: &Path,
+    id: &str,
+    netns: &Path,
+    rec: &mut Record,
+) -> Result<(PodNetwork, crate::net::tap::JoinedTap), PodError> {
+    let mode = NetworkMode::Join(netns.to_path_buf());
+    rec.network = mode.to_string();
+    rec.ports = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        return Err(PodError::Network(format!(
+            "--network {mode} with the VM sandbox: needs root (veil creates a tap in that \
+             namespace and mirrors it with tc); run as root, or use --network user"
+        )));
+    }
+    let settings = NetSettings::from_env(data);
+    let (net, joined) = PodNetwork::join_vm(&settings, id, netns, &dir.join(NET_STATE_FILE))
+        .map_err(|source| PodError::NetSetup { mode, source })?;
+    rec.address = net.state().address.clone();
+    Ok((net, joined))
 }
 
 /// The KBS URL an init-data document names (`aa.toml`'s `url`), if any:

@@ -468,7 +468,11 @@ impl VmSandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
-        let keep_fd = guest_channel.as_ref().map(|c| c.as_raw_fd());
+        // The sim channel and a joined namespace's tap (-1: none).
+        let keep_fds = [
+            guest_channel.as_ref().map_or(-1, |c| c.as_raw_fd()),
+            cfg.workload.as_ref().and_then(|w| w.tap_fd).unwrap_or(-1),
+        ];
         // SAFETY: async-signal-safe syscalls only.
         unsafe {
             cmd.pre_exec(move || {
@@ -489,8 +493,8 @@ impl VmSandbox {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Only stdio and the guest channel reach QEMU.
-                veil_fds::cloexec_all_but(keep_fd)
+                // Only stdio, the guest channel and the tap reach QEMU.
+                veil_fds::cloexec_all_but_these(&keep_fds)
             });
         }
         let t0 = Instant::now();

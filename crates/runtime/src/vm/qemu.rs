@@ -121,15 +121,34 @@ pub struct ScratchDisk {
 
 /// The pod's own NIC (separate from the agent channel's): QEMU user-mode
 /// networking with outbound NAT, each published port a `hostfwd` to the
-/// pod's address ([`veil_agent_api::workload_net`]).
+/// pod's address ([`veil_agent_api::workload_net`]); or, with `tap_fd`, a
+/// tap in a network namespace the host was handed (`crate::net::tap`),
+/// whose descriptor QEMU inherits (no ports: that namespace's owner
+/// publishes them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkloadNet {
     pub ports: Vec<PortMapping>,
+    /// The joined namespace's tap, a descriptor QEMU inherits.
+    pub tap_fd: Option<i32>,
 }
 
 impl WorkloadNet {
+    /// The NIC's MAC, by which the guest tells which kind it is.
+    pub fn mac(&self) -> &'static str {
+        if self.tap_fd.is_some() {
+            workload_net::JOIN_MAC
+        } else {
+            workload_net::MAC
+        }
+    }
+
     /// The `-netdev` value.
     pub fn netdev(&self) -> String {
+        if let Some(fd) = self.tap_fd {
+            // vhost=off: TCG cannot use vhost-net, and QEMU needs no
+            // /dev/vhost-net rights.
+            return format!("tap,id=net1,fd={fd},vhost=off");
+        }
         let [a, b, c, d] = workload_net::GUEST_IP;
         let mut net = format!("user,id=net1,net={},ipv6=off", workload_net::SUBNET);
         for p in &self.ports {
@@ -271,10 +290,7 @@ pub fn argv(c: &QemuConfig) -> Vec<String> {
             "-netdev",
             &w.netdev(),
             "-device",
-            &format!(
-                "virtio-net-pci,netdev=net1,mac={},romfile=",
-                workload_net::MAC
-            ),
+            &format!("virtio-net-pci,netdev=net1,mac={},romfile=", w.mac()),
         ]);
     }
     if let Some(d) = &c.oci_disk {
@@ -586,6 +602,7 @@ mod tests {
                 "127.0.0.1:16379:6379".parse().unwrap(),
                 "5353:53/udp".parse().unwrap(),
             ],
+            tap_fd: None,
         });
         let a = argv(&c);
         let nets = after(&a, "-netdev");
@@ -599,6 +616,22 @@ mod tests {
         assert!(
             after(&a, "-device")
                 .contains(&"virtio-net-pci,netdev=net1,mac=52:54:00:76:65:01,romfile="),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_joined_namespace_is_a_tap_descriptor_with_the_join_mac() {
+        let mut c = base(VmTee::Sim { channel_fd: 3 });
+        c.workload = Some(WorkloadNet {
+            ports: vec![],
+            tap_fd: Some(9),
+        });
+        let a = argv(&c);
+        assert_eq!(after(&a, "-netdev")[1], "tap,id=net1,fd=9,vhost=off");
+        assert!(
+            after(&a, "-device")
+                .contains(&"virtio-net-pci,netdev=net1,mac=52:54:00:76:65:02,romfile="),
             "{a:?}"
         );
     }

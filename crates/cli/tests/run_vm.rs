@@ -866,6 +866,9 @@ fn vm_guest_pulls_from_the_registry_with_kbs_credentials() {
     assert!(!run_dir.join("sandbox/oci-layout.tar").exists());
     assert!(!env.data().join("images").exists());
     ok(env.veil().args(["rm", "gp"]).output().unwrap());
+    nothing_left(&env);
+}
+
 /// Issue 16 must-hold 5, one boot: a pod whose disk-backed emptyDir
 /// receives twice the guest's RAM in files completes (the emptyDir is on
 /// the encrypted scratch disk, not in RAM); the scratch file has the size
@@ -1008,6 +1011,8 @@ fn vm_scratch_holds_twice_the_guest_ram_encrypted_and_goes_with_the_sandbox() {
     ok(env.veil().args(["rm", &id]).output().unwrap());
     assert!(!dir.exists());
     nothing_left(&env);
+}
+
 /// A pod network namespace made the way CNI makes one (`ip netns add`; a
 /// veth whose pod end is `eth0`, addressed, with a default route), and a
 /// peer namespace holding the other end (the "node" side). Both private to

@@ -96,8 +96,9 @@ fn node_install_twice_is_once_and_uninstall_restores_the_node_byte_for_byte() {
         let section = &section[..section[1..]
             .find("\n[plugins")
             .map_or(section.len(), |e| e + 1)];
+        // containerd runs containerd-shim-<handler>-v2 for it.
         assert!(
-            section.contains("runtime_type = \"io.containerd.veil.v2\""),
+            section.contains(&format!("runtime_type = \"io.containerd.{h}.v2\"")),
             "{section}"
         );
         assert!(

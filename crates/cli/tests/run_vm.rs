@@ -7,7 +7,6 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -15,35 +14,27 @@ use common::*;
 
 /// `veil guest build --json` into `dir`.
 fn guest_build(dir: &Path) -> serde_json::Value {
-    let out = veil_testkit::run_ok(
-        Command::new(env!("CARGO_BIN_EXE_veil"))
-            .args(["guest", "build", "--json", "-o"])
-            .arg(dir)
-            .env("VEIL_AGENT", agent()),
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    veil_testkit::guest::build(Path::new(env!("CARGO_BIN_EXE_veil")), dir)
 }
 
-/// One guest image for every test of this process.
-fn guest() -> &'static (PathBuf, serde_json::Value) {
-    static G: OnceLock<(PathBuf, serde_json::Value)> = OnceLock::new();
-    G.get_or_init(|| {
-        // Under the target dir: reused (rebuilt) by every run, never leaked.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-guest");
-        let v = guest_build(&dir);
-        (dir, v)
-    })
+/// One guest image for every VM test of this process (shared with the
+/// shim's VM tests: the same dir under the target dir).
+fn guest() -> (&'static Path, &'static serde_json::Value) {
+    let g = veil_testkit::guest::shared(
+        Path::new(env!("CARGO_BIN_EXE_veil")),
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+    );
+    (&g.dir, &g.build)
 }
 
 /// The kernel `veil run --sandbox vm --tee sim|none` boots from the shared
 /// guest image: the extracted PVH vmlinux.
 fn guest_kernel() -> PathBuf {
-    let (_, v) = guest();
-    let pvh = v["pvh_kernel"]
-        .as_str()
-        .expect("the Debian kernel yields a PVH vmlinux");
-    assert_eq!(v["boot_kernel"].as_str(), Some(pvh));
-    PathBuf::from(pvh)
+    veil_testkit::guest::shared(
+        Path::new(env!("CARGO_BIN_EXE_veil")),
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+    )
+    .kernel()
 }
 
 impl Env {

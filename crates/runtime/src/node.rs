@@ -11,7 +11,8 @@
 //! - writes one containerd drop-in, `/etc/veil/containerd/veil.toml`, in
 //!   the config schema the node's containerd reads (`version = 2` for
 //!   1.6/1.7, `version = 3` for 2.x), with one runtime per handler:
-//!   `runtime_type = "io.containerd.veil.v2"`, the shim's path, the
+//!   `runtime_type = "io.containerd.<handler>.v2"` (containerd runs the
+//!   handler's `containerd-shim-<handler>-v2`), the shim's path, the
 //!   `pod_annotations` allowlist for init-data and policy annotations;
 //! - writes the shim config `/etc/veil/shim.toml` with a table per handler
 //!   (sandbox kind and TEE; an operator adds the KBS URL and CA there);
@@ -318,6 +319,15 @@ pub fn shim_path_of(h: &str) -> String {
     }
 }
 
+/// The `runtime_type` of handler `h`: `io.containerd.<h>.v2`, so that
+/// containerd runs `containerd-shim-<h>-v2` (the handler's link to the
+/// shim, found on its `PATH`), which tells the shim its handler on every
+/// containerd: 1.6's CRI neither annotates the handler nor honours
+/// `runtime_path` (containerd/containerd#8207, fixed in 1.7.1).
+pub fn runtime_type_of(h: &str) -> String {
+    format!("io.containerd.{h}.v2")
+}
+
 /// The drop-in for `handlers` in `schema`.
 pub fn drop_in(schema: Schema, handlers: &[String]) -> Result<String, NodeError> {
     let mut out = format!(
@@ -333,7 +343,8 @@ pub fn drop_in(schema: Schema, handlers: &[String]) -> Result<String, NodeError>
         let (name, _, _) = handler(h)?;
         let table = format!("{}.{name}", schema.runtimes_table());
         out.push_str(&format!(
-            "\n[{table}]\n  runtime_type = {RUNTIME_TYPE:?}\n  runtime_path = {:?}\n  pod_annotations = [{annotations}]\n  privileged_without_host_devices = true\n",
+            "\n[{table}]\n  runtime_type = {:?}\n  runtime_path = {:?}\n  pod_annotations = [{annotations}]\n  privileged_without_host_devices = true\n",
+            runtime_type_of(name),
             shim_path_of(name)
         ));
     }
@@ -794,6 +805,7 @@ mod tests {
             )
         );
         assert!(drop.contains("runtime_type = \"io.containerd.veil.v2\""));
+        assert!(drop.contains("runtime_type = \"io.containerd.veil-vm-sim.v2\""));
         assert!(drop.contains("runtime_path = \"/usr/local/bin/containerd-shim-veil-vm-sim-v2\""));
         assert_eq!(
             fs::read_link(root.join("usr/local/bin/containerd-shim-veil-vm-sim-v2")).unwrap(),

@@ -64,8 +64,11 @@ pub struct SandboxRequest {
     pub init_data: ParsedInitData,
     /// Which annotation it came from (for messages).
     pub init_data_source: String,
-    /// The OCI layout holding the policy's images.
-    pub layout: PathBuf,
+    /// The shim's own dir for this sandbox (removed with it).
+    pub dir: PathBuf,
+    /// The OCI layout holding the policy's images (in `dir`); `None`: the
+    /// guest pulls them from their registries (the handler's `pull = "guest"`).
+    pub layout: Option<PathBuf>,
     /// The pod's network namespace from the spec, joined when given.
     pub netns: Option<PathBuf>,
     /// Pod name / namespace from the CRI annotations, when present.

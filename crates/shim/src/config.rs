@@ -127,8 +127,47 @@ pub struct HandlerConfig {
     /// Where sandboxes' runtime dirs and records go.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// The veil-agent binary (process sandbox) or guest image dir (VM).
+    /// The veil-agent binary: the process sandbox's agent, and the one a
+    /// VM's guest image is built from when `kernel`/`initrd` are not given.
     pub agent: Option<PathBuf>,
+    /// VM sandbox: the QEMU binary (default `qemu-system-x86_64` from `PATH`).
+    pub qemu: Option<PathBuf>,
+    /// VM sandbox: QEMU's accelerator, `kvm` or `tcg` (default: KVM when it
+    /// works here, else TCG, as `veil run --accel auto`).
+    pub accel: Option<Accel>,
+    /// VM sandbox: the guest kernel and initrd (`veil guest build`'s
+    /// `boot_kernel` and `initrd.img`), both or neither; default: the
+    /// image built into `<data_dir>/guest` from `agent`.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// VM sandbox: OVMF (SNP) or TDVF (TDX).
+    pub firmware: Option<PathBuf>,
+    /// Where the pod's images are pulled: `host` (default: containerd's
+    /// content store, as the kubelet pulled them, handed to the sandbox as
+    /// an OCI layout the guest checks) or `guest` (the agent pulls each
+    /// image from its registry by the digest the policy pins, over the
+    /// pod's network; the host never holds a layer).
+    #[serde(default)]
+    pub pull: Pull,
+}
+
+/// Where a handler's pods get their images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    /// From containerd's content store, as an OCI layout.
+    #[default]
+    Host,
+    /// From the registries, inside the sandbox.
+    Guest,
+}
+
+/// QEMU's accelerator for a VM handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
 }
 
 fn default_containerd_root() -> PathBuf {
@@ -150,6 +189,12 @@ impl Default for HandlerConfig {
             containerd_root: default_containerd_root(),
             data_dir: default_data_dir(),
             agent: None,
+            qemu: None,
+            accel: None,
+            kernel: None,
+            initrd: None,
+            firmware: None,
+            pull: Pull::Host,
         }
     }
 }
@@ -298,6 +343,33 @@ impl ShimConfig {
                     ),
                 });
             }
+            if h.kernel.is_some() != h.initrd.is_some() {
+                return Err(ConfigError::Invalid {
+                    path: label.into(),
+                    reason: format!(
+                        "handler {name}: kernel and initrd go together (a guest image from `veil guest build`); give both, or neither for the image built from `agent`"
+                    ),
+                });
+            }
+            let vm_only = [
+                ("qemu", h.qemu.is_some()),
+                ("accel", h.accel.is_some()),
+                ("kernel", h.kernel.is_some()),
+                ("firmware", h.firmware.is_some()),
+                ("vcpus", h.vcpus.is_some()),
+                ("memory_mib", h.memory_mib.is_some()),
+            ];
+            if let Some((key, _)) = vm_only
+                .iter()
+                .find(|(_, set)| *set && h.sandbox == SandboxKind::Process)
+            {
+                return Err(ConfigError::Invalid {
+                    path: label.into(),
+                    reason: format!(
+                        "handler {name}: {key} is a VM setting, and this handler runs the process sandbox; set sandbox = \"vm\" or remove {key}"
+                    ),
+                });
+            }
         }
         Ok(ShimConfig {
             source: None,
@@ -359,6 +431,29 @@ mod tests {
             e.contains("sandbox = \\\"vm\\\"") || e.contains("sandbox = \"vm\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn vm_settings_need_a_vm_handler_and_a_whole_guest_image() {
+        let c = ShimConfig::parse(
+            "[handlers.v]\nsandbox = \"vm\"\naccel = \"tcg\"\nqemu = \"/q\"\nkernel = \"/k\"\ninitrd = \"/i\"\n",
+            "t",
+        )
+        .unwrap();
+        let v = c.handler("v").unwrap();
+        assert_eq!((v.accel, v.kernel.is_some()), (Some(Accel::Tcg), true));
+        let e = ShimConfig::parse("[handlers.v]\nsandbox = \"vm\"\nkernel = \"/k\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kernel and initrd go together"), "{e}");
+        let e = ShimConfig::parse("[handlers.veil]\naccel = \"kvm\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("accel is a VM setting"), "{e}");
+        let e = ShimConfig::parse("[handlers.v]\nsandbox = \"vm\"\naccel = \"hvf\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hvf"), "{e}");
     }
 
     #[test]

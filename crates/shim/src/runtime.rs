@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 use veil_agent_api::{CreateContainerRequest, ExecProcessRequest, User};
-use veil_policy::model::{ContainerPolicy, PolicyData};
+use veil_policy::model::{ContainerPolicy, PolicyData, VolumePolicy};
 use veil_runtime::CallError;
 use veil_runtime::net::NetworkMode;
 use veil_runtime::pod::{self, PodClient, PodNet, Record, SandboxSpec, Stdio};
@@ -18,7 +18,7 @@ use crate::backend::{
     BackendError, ContainerRequest, ExecRequest, FailureKind, Launcher, ProcRef, ProcessIo,
     Sandbox, SandboxRequest, Waiter,
 };
-use crate::config::{HandlerConfig, SandboxKind, Tee};
+use crate::config::{Accel, HandlerConfig, SandboxKind, Tee};
 use crate::spec::RawProcess;
 
 /// How long the agent may take to come up (attestation included).
@@ -72,27 +72,50 @@ fn pod_network(kind: &pod::SandboxKind, netns: Option<&PathBuf>) -> PodNet {
     }
 }
 
-fn kind_of(h: &HandlerConfig) -> pod::SandboxKind {
+/// The sandbox a handler launches for a pod with these volumes (its policy's).
+fn kind_of(h: &HandlerConfig, volumes: &[VolumePolicy]) -> pod::SandboxKind {
     match h.sandbox {
         SandboxKind::Process => pod::SandboxKind::Process,
         SandboxKind::Vm => pod::SandboxKind::Vm(pod::VmOptions {
-            qemu: "qemu-system-x86_64".into(),
-            accel: None,
-            guest_image: None,
-            firmware: None,
+            qemu: h
+                .qemu
+                .clone()
+                .unwrap_or_else(|| "qemu-system-x86_64".into()),
+            accel: h.accel.map(|a| match a {
+                Accel::Kvm => veil_runtime::vm::qemu::Accel::Kvm,
+                Accel::Tcg => veil_runtime::vm::qemu::Accel::Tcg,
+            }),
+            guest_image: h.kernel.clone().zip(h.initrd.clone()),
+            firmware: h.firmware.clone(),
             vcpus: h.vcpus.unwrap_or(1),
             memory_mib: h.memory_mib.unwrap_or(1024),
             boot_timeout: Duration::from_secs(300),
-            relay_command: vec!["veil".into(), "guest".into(), "relay".into()],
+            relay_command: vec![
+                relay_program().display().to_string(),
+                "guest".into(),
+                "relay".into(),
+            ],
             // Encrypted volumes are not attached through the shim yet: a
             // pod whose policy names one fails closed in the guest
             // ("no disk with serial"), see docs/kubernetes.md.
             volume_disks: Vec::new(),
             // emptyDirs and container layers on an encrypted scratch disk
-            // of the default size (sparse), not in guest RAM.
-            scratch_bytes: Some(veil_runtime::vm::DEFAULT_SCRATCH_BYTES),
+            // (sparse) of the default size plus the pod's emptyDir
+            // sizeLimits, not in guest RAM.
+            scratch_bytes: Some(pod::launch::scratch_bytes(None, volumes)),
         }),
     }
+}
+
+/// The `veil` binary QEMU runs to relay a guest's connection to a KBS on
+/// the host's loopback: the one installed next to the shim (`veil node
+/// install` puts both in one dir), else `veil` from `PATH`.
+fn relay_program() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("veil"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "veil".into())
 }
 
 fn tee_of(t: Tee) -> pod::Tee {
@@ -121,7 +144,7 @@ impl Launcher for RuntimeLauncher {
             .map_err(|e| BackendError::failed(format!("{}: {e}", req.init_data_source)))?;
         let policy = veil_policy::rego::extract_policy_data(policy_text)
             .map_err(|e| BackendError::failed(format!("{}: {e}", req.init_data_source)))?;
-        let kind = kind_of(h);
+        let kind = kind_of(h, &policy.sandbox.volumes);
         let kbs = pod::kbs_url_of(&req.init_data).unwrap_or_default();
         let forwards = if kbs.is_empty() {
             Vec::new()
@@ -148,20 +171,33 @@ impl Launcher for RuntimeLauncher {
             kind,
             tee: tee_of(h.tee),
             init_data: req.init_data.raw().to_vec(),
-            oci_layout: Some(req.layout.clone()),
+            oci_layout: req.layout.clone(),
             forwards,
             network,
             log_filter: "info".into(),
             ready_timeout: READY_TIMEOUT,
         };
         let launched = pod::Sandbox::launch(spec, &mut rec, &mut |_| {});
-        let (sandbox, _note) = match launched {
+        let (sandbox, note) = match launched {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(pod_err("launching the sandbox", e));
             }
         };
+        tracing::info!(
+            sandbox = %id,
+            kind = %sandbox.inner().label(),
+            tee = %tee_of(h.tee),
+            note = note.as_deref().unwrap_or(""),
+            "pod sandbox launched"
+        );
+        if h.tee == Tee::Sim {
+            tracing::warn!(
+                sandbox = %id,
+                "TEE: sim (simulated TEE): no hardware protection; the host can read and change this pod's memory; for development and CI only"
+            );
+        }
         let mut client = match sandbox.client() {
             Ok(c) => c,
             Err(e) => {
@@ -463,16 +499,61 @@ impl Sandbox for RuntimeSandbox {
 mod tests {
     use super::*;
 
+    /// A VM handler's scratch disk holds the pod's disk-backed emptyDirs:
+    /// the default size plus their sizeLimits; the handler's QEMU, guest
+    /// image and accelerator reach the launch.
+    #[test]
+    fn a_vm_handler_sizes_the_scratch_for_the_pods_empty_dirs() {
+        use veil_policy::model::VolumeKind;
+        let vol = |memory, size_limit| VolumePolicy {
+            name: "cache".into(),
+            kind: VolumeKind::EmptyDir,
+            source: "emptyDir".into(),
+            memory,
+            size_limit,
+            host_path: String::new(),
+            files: Vec::new(),
+            fs_group: None,
+            encrypted: None,
+        };
+        let h = HandlerConfig {
+            sandbox: SandboxKind::Vm,
+            qemu: Some("/opt/qemu".into()),
+            accel: Some(Accel::Tcg),
+            kernel: Some("/g/vmlinux".into()),
+            initrd: Some("/g/initrd.img".into()),
+            ..Default::default()
+        };
+        let pod::SandboxKind::Vm(v) =
+            kind_of(&h, &[vol(false, Some(3 << 30)), vol(true, Some(1 << 30))])
+        else {
+            panic!("a VM handler launches a VM");
+        };
+        assert_eq!(
+            v.scratch_bytes,
+            Some(veil_runtime::vm::DEFAULT_SCRATCH_BYTES + (3 << 30))
+        );
+        assert_eq!(v.qemu, PathBuf::from("/opt/qemu"));
+        assert_eq!(v.accel, Some(veil_runtime::vm::qemu::Accel::Tcg));
+        assert_eq!(
+            v.guest_image,
+            Some(("/g/vmlinux".into(), "/g/initrd.img".into()))
+        );
+    }
+
     /// The CRI's pod netns reaches the sandbox in both kinds: joined by a
     /// process sandbox, a tap mirrored to it for a VM (`veil-vm-*`).
     #[test]
     fn the_cri_netns_is_the_pod_network_of_both_sandbox_kinds() {
         let ns = PathBuf::from("/var/run/netns/cni-1");
-        let vm = kind_of(&HandlerConfig {
-            sandbox: SandboxKind::Vm,
-            ..Default::default()
-        });
-        let process = kind_of(&HandlerConfig::default());
+        let vm = kind_of(
+            &HandlerConfig {
+                sandbox: SandboxKind::Vm,
+                ..Default::default()
+            },
+            &[],
+        );
+        let process = kind_of(&HandlerConfig::default(), &[]);
         assert_eq!(pod_network(&vm, Some(&ns)), PodNet::VmJoin(ns.clone()));
         assert_eq!(pod_network(&vm, None), PodNet::Vm(None));
         assert_eq!(

@@ -302,17 +302,33 @@ impl Service {
         images.sort();
         images.dedup();
         let dir = handler.shim_dir(&self.namespace, id);
-        let layout = dir.join("layout");
-        if layout.exists() {
-            std::fs::remove_dir_all(&layout).map_err(|e| {
-                pre(format!(
-                    "removing the stale layout {}: {e}",
-                    layout.display()
-                ))
-            })?;
-        }
-        content::layout_from_store(&handler.containerd_root, &images, &layout)
-            .map_err(|e| pre(e.to_string()))?;
+        let layout = match handler.pull {
+            // The guest pulls each image from its registry by the digest
+            // its policy pins: what the kubelet pulled on the host is not
+            // used, and no layout is built.
+            config::Pull::Guest
+                if handler.sandbox == config::SandboxKind::Vm && spec.netns.is_none() =>
+            {
+                return Err(pre(format!(
+                    "runtime handler {handler_name:?} pulls images in the guest (pull = \"guest\"), but the pod's spec names no network namespace, so its VM has no network to reach a registry; run it through the CRI (which gives the pod a network), or set pull = \"host\" for this handler"
+                )));
+            }
+            config::Pull::Guest => None,
+            config::Pull::Host => {
+                let layout = dir.join("layout");
+                if layout.exists() {
+                    std::fs::remove_dir_all(&layout).map_err(|e| {
+                        pre(format!(
+                            "removing the stale layout {}: {e}",
+                            layout.display()
+                        ))
+                    })?;
+                }
+                content::layout_from_store(&handler.containerd_root, &images, &layout)
+                    .map_err(|e| pre(e.to_string()))?;
+                Some(layout)
+            }
+        };
         Ok(SandboxRequest {
             id: id.into(),
             namespace: self.namespace.clone(),
@@ -320,6 +336,7 @@ impl Service {
             handler,
             init_data: pod.parsed,
             init_data_source: format!("the pod's {} annotation", pod.annotation),
+            dir,
             layout,
             netns: spec.netns.clone(),
             pod_name: spec.annotations.get(annotations::SANDBOX_NAME).cloned(),
@@ -437,7 +454,7 @@ impl protos::Task for Service {
             }
             (_, false) => {
                 let sreq = self.sandbox_request(&req.id, &spec)?;
-                let dir = sreq.layout.parent().map(Path::to_path_buf);
+                let dir = Some(sreq.dir.clone());
                 let launcher = self.launcher.clone();
                 let launched = self
                     .owner

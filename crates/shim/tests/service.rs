@@ -105,7 +105,9 @@ struct FakeLauncher {
 impl Launcher for FakeLauncher {
     fn launch(&self, req: SandboxRequest) -> Result<Box<dyn Sandbox>, BackendError> {
         assert!(
-            req.layout.join("index.json").is_file(),
+            req.layout
+                .as_ref()
+                .is_some_and(|l| l.join("index.json").is_file()),
             "the layout is built before launch"
         );
         self.log.push(format!(

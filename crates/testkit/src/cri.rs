@@ -137,6 +137,26 @@ impl PodNetwork {
         &self.subnet
     }
 
+    /// Give the host an address on the pods' bridge (the subnet's `.254`),
+    /// creating the bridge now if CNI has not yet (its `bridge` plugin then
+    /// uses it as it is): the host side of the pod network, from which a
+    /// test reaches pods and serves them. Gone with the bridge on drop.
+    pub fn add_host_address(&self) -> String {
+        let ip = format!("{}254", self.subnet.trim_end_matches("0/24"));
+        if !Path::new("/sys/class/net").join(&self.bridge).exists() {
+            crate::run_ok(Command::new("ip").args(["link", "add", &self.bridge, "type", "bridge"]));
+        }
+        crate::run_ok(Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &self.bridge,
+        ]));
+        crate::run_ok(Command::new("ip").args(["link", "set", &self.bridge, "up"]));
+        ip
+    }
+
     /// Links still attached to the bridge (pods' host-side veths).
     pub fn attached_links(&self) -> Vec<String> {
         let out = Command::new("ip")

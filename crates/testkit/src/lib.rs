@@ -4,7 +4,8 @@
 //! ([`containerd::Containerd`]; with the `cri` feature, its CRI plugin
 //! and a CRI client acting as the kubelet: [`cri::CriNode`]), PostgreSQL
 //! ([`postgres::Postgres`]) and `veil kbs serve`
-//! ([`kbs::DevKbs`]) — and the `veil-agent` binary ([`veil_agent`]).
+//! ([`kbs::DevKbs`]) — the `veil-agent` binary ([`veil_agent`]) and the
+//! guest image VM tests boot ([`guest::shared`]).
 //!
 //! Dev-only: used as a `[dev-dependencies]` path entry, never published.
 //! Not for helpers that only one test file needs.
@@ -12,6 +13,7 @@
 pub mod containerd;
 #[cfg(feature = "cri")]
 pub mod cri;
+pub mod guest;
 pub mod kbs;
 pub mod postgres;
 pub mod registry;

@@ -17,7 +17,8 @@ pub fn htpasswd_line(user: &str, password: &str) -> String {
     line
 }
 
-/// A `docker-registry serve` child on a free 127.0.0.1 port, storing into
+/// A `docker-registry serve` child on a free port (of 127.0.0.1 unless
+/// told otherwise), storing into
 /// a temporary directory; killed on drop.
 pub struct DockerRegistry {
     child: Child,
@@ -30,18 +31,24 @@ impl DockerRegistry {
     /// Start a registry; with `htpasswd` (one `user:bcrypt-hash` line) it
     /// requires Basic auth. Returns once it accepts connections.
     pub fn start(htpasswd: Option<&str>) -> Self {
-        Self::start_with(htpasswd, None)
+        Self::start_with("127.0.0.1", htpasswd, None)
     }
 
     /// [`DockerRegistry::start`] serving HTTPS only, with the certificate
     /// chain `cert` and key `key` (PEM files, e.g. from `veil kbs tls-keygen`).
     pub fn start_tls(htpasswd: Option<&str>, cert: &Path, key: &Path) -> Self {
-        Self::start_with(htpasswd, Some((cert, key)))
+        Self::start_with("127.0.0.1", htpasswd, Some((cert, key)))
     }
 
-    fn start_with(htpasswd: Option<&str>, tls: Option<(&Path, &Path)>) -> Self {
+    /// [`DockerRegistry::start_tls`] listening on `ip` (an address of this
+    /// host's, e.g. on a test's own bridge) instead of 127.0.0.1.
+    pub fn start_tls_on(ip: &str, htpasswd: Option<&str>, cert: &Path, key: &Path) -> Self {
+        Self::start_with(ip, htpasswd, Some((cert, key)))
+    }
+
+    fn start_with(ip: &str, htpasswd: Option<&str>, tls: Option<(&Path, &Path)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", crate::free_port());
+        let addr = format!("{ip}:{}", crate::free_port());
         let storage = dir.path().join("data");
         let auth = match htpasswd {
             Some(line) => {
@@ -94,7 +101,7 @@ impl DockerRegistry {
         reg
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `IP:PORT` (`127.0.0.1:PORT` by default).
     pub fn addr(&self) -> &str {
         &self.addr
     }

@@ -2,8 +2,9 @@
 //! the image from a TLS registry with Basic auth itself (the host never
 //! holds a layer), with the credentials from the KBS that init-data names,
 //! and refuses a missing or wrong credentials resource and a registry that
-//! serves another manifest than the policy pins, naming the check. The
-//! same pull through a VM's network is in run_vm.rs.
+//! serves another manifest than the policy pins, naming the check; the
+//! same for a pod (`--pod`). The same pull through a VM's network is in
+//! run_vm.rs, and through containerd's shim in crates/shim/tests/cri.rs.
 
 mod common;
 
@@ -90,6 +91,54 @@ fn guest_pulls_with_kbs_credentials_and_refuses_what_it_must() {
     assert!(!run_dir.join("layout").exists());
     assert!(!env.data().join("images").exists());
 
+    // A pod (`--pod`) is pulled by the guest the same way: two containers
+    // of the registry's image, no layout or image cache on the host.
+    let pod = common::write_pod(
+        &env,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: gp-pod\n  namespace: default\nspec:\n  containers:\n  - name: a\n    image: {r}\n  - name: b\n    image: {r}\n    command: [\"/bin/sh\", \"-c\", \"echo b-pulled-by-the-guest\"]\n",
+            r = reg.reference
+        ),
+    );
+    // (Named by the pod: its policy admits that name only.)
+    let run_pod = |init_data: Option<&std::path::Path>| {
+        let mut c = env.veil();
+        c.args(["run", "--kbs", &kbs.url(), "--pull-in", "guest"])
+            .arg("--pod")
+            .arg(&pod);
+        match init_data {
+            Some(i) => c.arg("--init-data").arg(i),
+            None => c
+                .arg("--registry-ca")
+                .arg(&reg.ca)
+                .arg("--authfile")
+                .arg(&reg.good_auth)
+                .args(["--registry-auth", "kbs:///default/registry/auth"]),
+        };
+        c.output().unwrap()
+    };
+    let out = ok(run_pod(None));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("[a] pulled-by-the-guest") && stdout.contains("[b] b-pulled-by-the-guest"),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let pod_rec: serde_json::Value = serde_json::from_slice(
+        &ok(env.veil().args(["inspect", "gp-pod"]).output().unwrap()).stdout,
+    )
+    .unwrap();
+    assert!(
+        pod_rec["pull"].as_str().unwrap_or("").starts_with("guest"),
+        "{pod_rec}"
+    );
+    let pod_dir = env.data().join("run").join(pod_rec["id"].as_str().unwrap());
+    assert!(!pod_dir.join("layout").exists());
+    assert!(!env.data().join("images").exists());
+    let pod_init_data = env.dir.path().join("good-pod-init-data.toml");
+    std::fs::copy(pod_rec["init_data_file"].as_str().unwrap(), &pod_init_data).unwrap();
+    ok(env.veil().args(["rm", "gp-pod"]).output().unwrap());
+
     // The credentials resource missing, or wrong: refused, naming the check.
     let e = refused(run("missing", "kbs:///default/registry/missing"));
     assert!(
@@ -134,6 +183,18 @@ fn guest_pulls_with_kbs_credentials_and_refuses_what_it_must() {
             && e.contains("refusing before reading any layer"),
         "{e}"
     );
+    // The same for a pod: the run fails naming the check, and none of its
+    // containers starts.
+    let out = run_pod(Some(&pod_init_data));
+    let stdout = text(&out.stdout);
+    let e = refused(out);
+    assert!(
+        e.contains("image digest check")
+            && e.contains(&reg.digest.to_string())
+            && e.contains("refusing before reading any layer"),
+        "{e}"
+    );
+    assert!(!stdout.contains("pulled-by-the-guest"), "{stdout}");
 }
 
 #[test]

@@ -25,6 +25,8 @@ const VM_HANDLER: &str = "veil-vm-sim";
 const REPO: &str = "registry.test/veil-cri/app";
 const PAUSE: &str = "registry.test/veil-cri/pause:1";
 const SECRET: &[u8] = b"cri-secret-for-the-pod";
+const REGISTRY_USER: &str = "kubelet-not";
+const REGISTRY_PASSWORD: &str = "guest-pull-secret";
 
 /// The writer serves "pong" on the pod's loopback (port 7777) once it has
 /// written to the emptyDir; the reader sleeps.
@@ -34,23 +36,32 @@ const WRITER_CMD: &str = "echo writer up; echo writer-stderr >&2; echo from-writ
 const READER_CMD: &str = "echo reader up; exec sleep 600";
 
 /// Dropped in field order: the node (pods removed through the CRI,
-/// containerd stopped, the bridge deleted), then the KBS, then the files.
+/// containerd stopped, the bridge deleted), then the registry and the KBS,
+/// then the files.
 struct Env {
     node: CriNode,
+    registry: Option<veil_testkit::registry::DockerRegistry>,
     kbs: DevKbs,
     veil: PathBuf,
     layout: PathBuf,
+    /// The pod's images' repository (`…/veil-cri/app`).
+    repo: String,
+    /// `veil policy generate --settings` (the registry's CA and credentials).
+    policy_settings: Option<PathBuf>,
     data: PathBuf,
     dir: tempfile::TempDir,
 }
 
 fn env() -> Env {
-    env_for(HANDLER, "")
+    env_for(HANDLER, "", false)
 }
 
 /// A node whose runtime handler `handler` has the shim.toml settings
-/// `settings` (beyond its dirs and agent).
-fn env_for(handler: &str, settings: &str) -> Env {
+/// `settings` (beyond its dirs and agent). With `registry`, the pod's images
+/// are also in a TLS registry with Basic auth on the host side of the pods'
+/// bridge, for a guest to pull: its CA and a `kbs:///` URI of its
+/// credentials (stored in the KBS) go into the generated init-data.
+fn env_for(handler: &str, settings: &str, registry: bool) -> Env {
     assert_root();
     let dir = tempfile::tempdir().unwrap();
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-veil-v2"));
@@ -62,15 +73,10 @@ fn env_for(handler: &str, settings: &str) -> Env {
         veil.display()
     );
 
-    // The images the kubelet would have pulled: the pause image, the pod's
-    // two, and one its policy does not run.
+    // The CRI's sandbox (pause) image.
     let layout = dir.path().join("layout");
     let l = OciLayout::create(&layout).unwrap();
     busybox_image(&l, dir.path(), PAUSE, "exec sleep 600", &[]);
-    let pong = [("/bin/pong", "#!/bin/sh\necho pong\n", 0o755)];
-    busybox_image(&l, dir.path(), &format!("{REPO}:writer"), WRITER_CMD, &pong);
-    busybox_image(&l, dir.path(), &format!("{REPO}:reader"), READER_CMD, &[]);
-    busybox_image(&l, dir.path(), &format!("{REPO}:other"), "echo other", &[]);
 
     // The KBS, trusting the sim platform of the shim's data dir.
     let data = dir.path().join("data");
@@ -116,6 +122,37 @@ fn env_for(handler: &str, settings: &str) -> Env {
         }],
         sandbox_image: (layout.clone(), PAUSE.into()),
     });
+
+    let (registry, repo, policy_settings) = if registry {
+        let (reg, settings) = registry_for_guests(&node, &kbs, &veil, dir.path());
+        let repo = reg.reference("veil-cri/app");
+        (Some(reg), repo, Some(settings))
+    } else {
+        (None, REPO.to_string(), None)
+    };
+    // The images the kubelet would have pulled: the pod's two, and one its
+    // policy does not run.
+    let pong = [("/bin/pong", "#!/bin/sh\necho pong\n", 0o755)];
+    busybox_image(&l, dir.path(), &format!("{repo}:writer"), WRITER_CMD, &pong);
+    busybox_image(&l, dir.path(), &format!("{repo}:reader"), READER_CMD, &[]);
+    busybox_image(&l, dir.path(), &format!("{repo}:other"), "echo other", &[]);
+    if let Some(reg) = &registry {
+        let auth = std::fs::read(dir.path().join("registry/auth.json")).unwrap();
+        for tag in ["writer", "reader"] {
+            let r = veil_image::registry::parse_reference(&format!("{repo}:{tag}")).unwrap();
+            let creds =
+                veil_image::registry::Credentials::from_auth_json(&auth, r.domain()).unwrap();
+            let conn = veil_image::registry::Connection {
+                ca_pem: Some(std::fs::read(dir.path().join("registry/ca.pem")).unwrap()),
+                ..Default::default()
+            };
+            veil_image::registry::Registry::connect(&r, creds, &conn)
+                .unwrap()
+                .push(&l, Some(&format!("{repo}:{tag}")))
+                .unwrap_or_else(|e| panic!("pushing {repo}:{tag} to {}: {e}", reg.addr()));
+        }
+    }
+
     // The shims read it when containerd starts them; it names containerd's
     // root, which the testkit picks.
     std::fs::write(
@@ -131,12 +168,64 @@ fn env_for(handler: &str, settings: &str) -> Env {
     node.import(&layout);
     Env {
         node,
+        registry,
         kbs,
         veil,
         layout,
+        repo,
+        policy_settings,
         data,
         dir,
     }
+}
+
+/// A TLS registry with Basic auth on the host's address on the pods'
+/// bridge (its certificate names that address), the pods' guests' way to
+/// their images; its CA and the docker `auth.json` with the credentials go
+/// to `<work>/registry/{ca.pem,auth.json}`, the credentials into the KBS as
+/// `default/registry/auth`. Returns it and the `veil policy generate`
+/// settings that put the CA and the credentials' `kbs:///` URI into the
+/// init-data.
+fn registry_for_guests(
+    node: &CriNode,
+    kbs: &DevKbs,
+    veil: &Path,
+    work: &Path,
+) -> (veil_testkit::registry::DockerRegistry, PathBuf) {
+    use base64::Engine as _;
+    let ip = node.network().add_host_address();
+    let d = work.join("registry");
+    std::fs::create_dir_all(&d).unwrap();
+    let (ca, cert, key) = (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"));
+    ok(
+        Command::new(veil)
+            .args(["kbs", "tls-keygen", "--san", &ip, "--ca-cert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .output()
+            .unwrap(),
+        "veil kbs tls-keygen",
+    );
+    let line = veil_testkit::registry::htpasswd_line(REGISTRY_USER, REGISTRY_PASSWORD);
+    let reg = veil_testkit::registry::DockerRegistry::start_tls_on(&ip, Some(&line), &cert, &key);
+    let auth = d.join("auth.json");
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    std::fs::write(&auth, reg.auth_json(&b64)).unwrap();
+    kbs_admin(kbs, &["resource", "put", "default/registry/auth"], &[&auth]);
+    let settings = d.join("policy-settings.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "[image]\nregistry_credentials_uri = \"kbs:///default/registry/auth\"\nextra_root_certificates = [{:?}]\n",
+            std::fs::read_to_string(&ca).unwrap()
+        ),
+    )
+    .unwrap();
+    (reg, settings)
 }
 
 /// `veil kbs ARGS… FILES… --insecure-http` against `kbs`.
@@ -148,7 +237,7 @@ fn kbs_admin(kbs: &DevKbs, args: &[&str], files: &[&Path]) {
 
 /// The pod YAML an owner writes: two containers sharing an emptyDir, the
 /// commands `kubectl exec` may run.
-fn pod_yaml(name: &str) -> String {
+fn pod_yaml(name: &str, repo: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -164,12 +253,12 @@ spec:
     emptyDir: {{}}
   containers:
   - name: writer
-    image: {REPO}:writer
+    image: {repo}:writer
     volumeMounts:
     - name: shared
       mountPath: /shared
   - name: reader
-    image: {REPO}:reader
+    image: {repo}:reader
     volumeMounts:
     - name: shared
       mountPath: /shared
@@ -183,7 +272,7 @@ impl Env {
     fn generate(&self, name: &str) -> (String, PathBuf) {
         let d = self.dir.path().join(format!("policy-{name}"));
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("pod.yaml"), pod_yaml(name)).unwrap();
+        std::fs::write(d.join("pod.yaml"), pod_yaml(name, &self.repo)).unwrap();
         ok(
             Command::new(&self.veil)
                 .args(["policy", "generate", "--image-dir"])
@@ -195,6 +284,11 @@ impl Env {
                 .arg(d.join("init.toml"))
                 .args(["--kbs-url", &self.kbs.url()])
                 .args(["--secret", "k=kbs:///default/secret/k"])
+                .args(
+                    self.policy_settings
+                        .iter()
+                        .flat_map(|p| [PathBuf::from("--settings"), p.clone()]),
+                )
                 .output()
                 .unwrap(),
             "veil policy generate",
@@ -375,7 +469,7 @@ impl Env {
         );
         let mut ids = BTreeMap::new();
         for name in ["writer", "reader"] {
-            let reference = format!("{REPO}:{name}");
+            let reference = format!("{}:{name}", self.repo);
             let image = if name == "writer" {
                 image_id(cri, &reference)
             } else {
@@ -553,6 +647,12 @@ fn cri_runs_an_attested_pod_in_a_veil_sandbox() {
 /// the pod's address; the sim TEE attests to the test's KBS through the
 /// relay QEMU runs for a loopback KBS; removing the pod leaves no QEMU,
 /// tap, netns, mount, record or sandbox dir.
+///
+/// And the guest pulls (the handler's `pull = "guest"`, CoCo's model):
+/// the images the kubelet pulled into containerd are ignored, no layout is
+/// built on the host, and the agent pulls both images by the digests its
+/// policy pins from a TLS registry on the CNI bridge, with the CA from
+/// init-data and the registry's credentials from the KBS.
 #[test]
 fn cri_runs_an_attested_pod_in_a_vm_sandbox_under_tcg() {
     let veil = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-veil-v2")).with_file_name("veil");
@@ -560,12 +660,18 @@ fn cri_runs_an_attested_pod_in_a_vm_sandbox_under_tcg() {
     let env = env_for(
         VM_HANDLER,
         &format!(
-            "sandbox = \"vm\"\ntee = \"sim\"\naccel = \"tcg\"\nkernel = {:?}\ninitrd = {:?}\n",
+            "sandbox = \"vm\"\ntee = \"sim\"\naccel = \"tcg\"\nkernel = {:?}\ninitrd = {:?}\npull = \"guest\"\n",
             guest.kernel().display().to_string(),
             guest.initrd().display().to_string()
         ),
+        true,
     );
-    let host_ip = env.node.network().add_host_address();
+    let registry = env.registry.as_ref().unwrap().addr().to_string();
+    assert!(
+        env.repo.starts_with(&registry),
+        "the pod's images are the registry's: {}",
+        env.repo
+    );
     let pod = env.run_pod(VM_HANDLER);
     let log = env.node.containerd().log();
     assert!(
@@ -579,6 +685,14 @@ fn cri_runs_an_attested_pod_in_a_vm_sandbox_under_tcg() {
             .any(|p| p.contains("qemu-system")),
         "one QEMU per pod: {:?}",
         processes_mentioning(&data)
+    );
+    // The host built no layout (and so no layout disk): the guest pulled.
+    let shim_files = walk(&env.data.join("shim"));
+    assert!(
+        shim_files
+            .iter()
+            .all(|f| !f.to_string_lossy().contains("layout")),
+        "no image layout on the host: {shim_files:?}"
     );
     env.check_logs(&pod);
 
@@ -615,7 +729,7 @@ fn cri_runs_an_attested_pod_in_a_vm_sandbox_under_tcg() {
                 && pong.trim() == "pong"
         }),
         "{}",
-        env.explain(format!("{host_ip} -> {}:7777 got {pong:?}", pod.ip))
+        env.explain(format!("the host -> {}:7777 got {pong:?}", pod.ip))
     );
 
     env.check_execs(&pod);
@@ -708,7 +822,7 @@ fn cri_refuses_a_container_image_the_policy_does_not_run() {
         .run_pod_sandbox(&pod, HANDLER)
         .unwrap_or_else(|e| panic!("{}", env.explain(format!("RunPodSandbox: {e}"))));
     // containerd's CRI creates the task (the shim's Create) at StartContainer.
-    let c = env.container("web", "writer", &format!("{REPO}:other"));
+    let c = env.container("web", "writer", &format!("{}:other", env.repo));
     let bad = cri
         .create_container(&pod_id, &c, &pod)
         .unwrap_or_else(|e| panic!("{}", env.explain(format!("CreateContainer: {e}"))));
@@ -720,7 +834,7 @@ fn cri_refuses_a_container_image_the_policy_does_not_run() {
     assert!(
         msg.contains("image digest")
             && msg.contains(r#"does not match the policy for container "writer""#)
-            && msg.contains(&format!("{REPO}:other")),
+            && msg.contains(&format!("{}:other", env.repo)),
         "{}",
         env.explain(format!("the CRI error carries the policy's reason: {msg}"))
     );
@@ -732,7 +846,7 @@ fn cri_refuses_a_container_image_the_policy_does_not_run() {
     );
     cri.remove_container(&bad).unwrap();
     // The image the policy names still runs in that pod.
-    let c = env.container("web", "writer", &format!("{REPO}:writer"));
+    let c = env.container("web", "writer", &format!("{}:writer", env.repo));
     let id = cri
         .create_container(&pod_id, &c, &pod)
         .unwrap_or_else(|e| panic!("{}", env.explain(format!("CreateContainer: {e}"))));

@@ -625,11 +625,16 @@ fn workload(
         (None, Some(pod)) => {
             let text = std::fs::read_to_string(pod)
                 .with_context(|| format!("reading {}", pod.display()))?;
-            let layout = a
-                .oci_layout
-                .clone()
-                .ok_or_else(|| anyhow!("--pod needs --oci-layout"))?;
-            (Some(layout), pod.display().to_string(), text)
+            // Pulled by the guest: no layout.
+            let layout = match &a.guest_pull {
+                Some(_) => None,
+                None => Some(
+                    a.oci_layout
+                        .clone()
+                        .ok_or_else(|| anyhow!("--pod needs --oci-layout"))?,
+                ),
+            };
+            (layout, pod.display().to_string(), text)
         }
         _ => bail!(
             "give an image (a registry reference such as redis:7, or oci:DIR[:TAG]) or --pod FILE"
@@ -774,13 +779,33 @@ pub fn run(mut a: RunArgs) -> Result<ExitCode> {
 fn pull_image(a: &mut RunArgs, data: &Path, id: &str) -> Result<()> {
     let dir = record::dir_of(data, id);
     if let (Some(pod), None) = (&a.pod, &a.oci_layout) {
-        if a.pull.pull_in == pull::PullIn::Guest {
-            bail!(
-                "--pull-in guest: a pod's images (--pod) are pulled on the host for now; run a single image to have the guest pull it, or use --pull-in host"
-            );
-        }
         let yaml =
             std::fs::read_to_string(pod).with_context(|| format!("reading {}", pod.display()))?;
+        let images = pull::pod_images(&yaml)?;
+        // In the guest when every image can be pulled there (one pull
+        // model per pod: the sandbox gets a layout of them all, or none).
+        let network = a.vm.is_vm() && a.net.network.as_deref() != Some("none");
+        let mut in_guest = !images.is_empty();
+        for i in &images {
+            in_guest &=
+                pull::pulls_in_guest(&a.pull, i, a.vm.is_vm(), network, a.init_data.is_some())?;
+        }
+        if in_guest {
+            check_guest_pull_args(a)?;
+            a.guest_pull = Some(
+                images
+                    .iter()
+                    .map(|i| pull::normalize(i, &a.pull.default_registry).map(|r| r.to_string()))
+                    .collect::<Result<Vec<_>>>()?
+                    .join(", "),
+            );
+            return Ok(());
+        }
+        if a.pull.registry_auth.is_some() {
+            bail!(
+                "--registry-auth names credentials for the guest's own pull, but the pod's images are pulled on the host (see --pull-in); give the host's credentials with --authfile"
+            );
+        }
         let layout = pull::pull_pod(&yaml, &a.pull, data, &dir).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&dir);
         })?;
@@ -801,21 +826,7 @@ fn pull_image(a: &mut RunArgs, data: &Path, id: &str) -> Result<()> {
     };
     let network = a.vm.is_vm() && a.net.vm_workload()?.is_some();
     if pull::pulls_in_guest(&a.pull, &img, a.vm.is_vm(), network, a.init_data.is_some())? {
-        if a.init_data.is_some() && (a.pull.registry_auth.is_some() || a.pull.registry_ca.is_some())
-        {
-            bail!(
-                "--registry-auth and --registry-ca go into a generated policy's init-data; with --init-data, put them in its cdh.toml [image] (authenticated_registry_credentials_uri, extra_root_certificates)"
-            );
-        }
-        if let Some(u) = &a.pull.registry_auth {
-            let path = u.strip_prefix("kbs:///").ok_or_else(|| {
-                anyhow!(
-                    "--registry-auth {u:?}: expected kbs:///repo/type/tag (a resource in the KBS)"
-                )
-            })?;
-            veil_kbs_client::ResourcePath::parse(path)
-                .map_err(|e| anyhow!("--registry-auth {u:?}: {e}"))?;
-        }
+        check_guest_pull_args(a)?;
         a.guest_pull = Some(pull::normalize(&img, &a.pull.default_registry)?.to_string());
         a.pulled_from = Some(img);
         return Ok(());
@@ -833,6 +844,25 @@ fn pull_image(a: &mut RunArgs, data: &Path, id: &str) -> Result<()> {
     }
     a.image = Some(pulled.oci_ref);
     a.pulled_from = Some(img);
+    Ok(())
+}
+
+/// `--registry-auth`/`--registry-ca` for a guest pull: they go into a
+/// generated policy's init-data, so not with `--init-data`; the credentials
+/// must be a KBS resource.
+fn check_guest_pull_args(a: &RunArgs) -> Result<()> {
+    if a.init_data.is_some() && (a.pull.registry_auth.is_some() || a.pull.registry_ca.is_some()) {
+        bail!(
+            "--registry-auth and --registry-ca go into a generated policy's init-data; with --init-data, put them in its cdh.toml [image] (authenticated_registry_credentials_uri, extra_root_certificates)"
+        );
+    }
+    if let Some(u) = &a.pull.registry_auth {
+        let path = u.strip_prefix("kbs:///").ok_or_else(|| {
+            anyhow!("--registry-auth {u:?}: expected kbs:///repo/type/tag (a resource in the KBS)")
+        })?;
+        veil_kbs_client::ResourcePath::parse(path)
+            .map_err(|e| anyhow!("--registry-auth {u:?}: {e}"))?;
+    }
     Ok(())
 }
 

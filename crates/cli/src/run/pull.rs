@@ -58,11 +58,12 @@ pub struct PullArgs {
     #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
     #[serde(default)]
     pub authfile: Option<PathBuf>,
-    /// Where an image given by reference is pulled in the VM sandbox:
-    /// `guest` (the agent pulls it over the guest's network: the host never
-    /// holds the image), `host` (pulled here, handed in on a read-only
-    /// disk), or `auto` (guest when the VM has a network and the registry
-    /// speaks TLS, else host, saying why).
+    /// Where an image given by reference (or a pod's images, with --pod
+    /// and no --oci-layout) is pulled: `guest` (the agent pulls it over
+    /// the sandbox's network: the host never holds the image), `host`
+    /// (pulled here, handed in on a read-only disk), or `auto` (in the VM
+    /// sandbox: guest when the VM has a network and the registry speaks
+    /// TLS, else host, saying why; the process sandbox: host).
     #[arg(long, value_enum, value_name = "WHERE", default_value_t = PullIn::Auto)]
     #[serde(default)]
     pub pull_in: PullIn,

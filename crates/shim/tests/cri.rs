@@ -25,6 +25,8 @@ const VM_HANDLER: &str = "veil-vm-sim";
 const REPO: &str = "registry.test/veil-cri/app";
 const PAUSE: &str = "registry.test/veil-cri/pause:1";
 const SECRET: &[u8] = b"cri-secret-for-the-pod";
+/// The shared emptyDir's `sizeLimit` (a VM pod's scratch disk grows by it).
+const SHARED_SIZE_LIMIT: &str = "64Mi";
 const REGISTRY_USER: &str = "kubelet-not";
 const REGISTRY_PASSWORD: &str = "guest-pull-secret";
 
@@ -250,7 +252,8 @@ metadata:
 spec:
   volumes:
   - name: shared
-    emptyDir: {{}}
+    emptyDir:
+      sizeLimit: {SHARED_SIZE_LIMIT}
   containers:
   - name: writer
     image: {repo}:writer
@@ -685,6 +688,18 @@ fn cri_runs_an_attested_pod_in_a_vm_sandbox_under_tcg() {
             .any(|p| p.contains("qemu-system")),
         "one QEMU per pod: {:?}",
         processes_mentioning(&data)
+    );
+    // The encrypted scratch disk holds the pod's emptyDirs: the default
+    // size plus the shared emptyDir's sizeLimit.
+    let scratch: Vec<PathBuf> = walk(&env.data.join("run"))
+        .into_iter()
+        .filter(|f| f.ends_with(format!("sandbox/{}", veil_runtime::vm::SCRATCH_FILE)))
+        .collect();
+    assert_eq!(scratch.len(), 1, "one scratch disk: {scratch:?}");
+    assert_eq!(
+        std::fs::metadata(&scratch[0]).unwrap().len(),
+        veil_runtime::vm::DEFAULT_SCRATCH_BYTES + (64 << 20),
+        "{SHARED_SIZE_LIMIT} more than the default"
     );
     // The host built no layout (and so no layout disk): the guest pulled.
     let shim_files = walk(&env.data.join("shim"));

@@ -104,11 +104,15 @@ struct FakeLauncher {
 
 impl Launcher for FakeLauncher {
     fn launch(&self, req: SandboxRequest) -> Result<Box<dyn Sandbox>, BackendError> {
-        assert!(
+        // Pulled on the host (the default): the layout is built before
+        // launch; pulled in the guest (`pull = "guest"`): there is none.
+        let host_pull = req.handler.pull == veil_shim::config::Pull::Host;
+        assert_eq!(
             req.layout
                 .as_ref()
                 .is_some_and(|l| l.join("index.json").is_file()),
-            "the layout is built before launch"
+            host_pull,
+            "a layout is built before launch exactly when the host pulls"
         );
         self.log.push(format!(
             "launch {} {} netns={:?}",
@@ -161,6 +165,11 @@ fn policy_init_data(manifest_digest: &str) -> String {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_handler("")
+    }
+
+    /// With `settings` added to the `veil` handler's table.
+    fn with_handler(settings: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // A content store holding one image.
         let store = veil_shim::content::store_dir(&dir.path().join("ctd"));
@@ -178,7 +187,7 @@ impl Harness {
         );
         let config = ShimConfig::parse(
             &format!(
-                "[handlers.veil]\ncontainerd_root = {:?}\ndata_dir = {:?}\n",
+                "[handlers.veil]\ncontainerd_root = {:?}\ndata_dir = {:?}\n{settings}",
                 dir.path().join("ctd").display().to_string(),
                 dir.path().join("data").display().to_string()
             ),
@@ -222,13 +231,28 @@ impl Harness {
     }
 
     fn bundle(&self, id: &str, annotations: serde_json::Value, args: &[&str]) -> String {
+        self.bundle_in(id, annotations, args, Some("/var/run/netns/pod1"))
+    }
+
+    /// A bundle whose spec names the network namespace `netns`, if any.
+    fn bundle_in(
+        &self,
+        id: &str,
+        annotations: serde_json::Value,
+        args: &[&str],
+        netns: Option<&str>,
+    ) -> String {
         let b = self.dir.path().join("bundles").join(id);
         std::fs::create_dir_all(&b).unwrap();
+        let namespaces = match netns {
+            Some(p) => serde_json::json!([{"type": "network", "path": p}]),
+            None => serde_json::json!([{"type": "network"}]),
+        };
         let spec = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": args, "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
             "annotations": annotations,
-            "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/pod1"}]},
+            "linux": {"namespaces": namespaces},
         });
         std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
         b.display().to_string()
@@ -420,6 +444,41 @@ fn pod_grouping_pause_creates_the_sandbox_containers_join() {
         "the pause container is not created in the guest: {log:?}"
     );
     assert_eq!(log.last().map(String::as_str), Some("stop"));
+}
+
+/// `pull = "guest"`: the sandbox gets no layout (the guest pulls), and a
+/// VM pod without a network namespace, which could not reach a registry,
+/// is refused before anything launches, naming the setting.
+#[test]
+fn a_guest_pull_handler_builds_no_layout_and_needs_the_pods_network() {
+    let h = Harness::with_handler("sandbox = \"vm\"\npull = \"guest\"\n");
+    let ann = serde_json::json!({ veil_shim::annotations::INIT_DATA: h.init_data_b64 });
+    let b = h.bundle_in("c3", ann.clone(), &["/bin/app"], None);
+    let (code, msg) = code_and_message(h.create("c3", &b).unwrap_err());
+    assert_eq!(code, Code::FAILED_PRECONDITION);
+    assert!(
+        msg.contains("pull = \"guest\"")
+            && msg.contains("no network namespace")
+            && msg.contains("pull = \"host\""),
+        "{msg}"
+    );
+    assert!(h.log.all().is_empty(), "nothing launched");
+    let b = h.bundle("c4", ann, &["/bin/app"]);
+    h.create("c4", &b).unwrap();
+    let log = h.log.all();
+    assert!(log[0].starts_with("launch c4"), "{log:?}");
+    let host_pull_layout = h.dir.path().join("data/shim/default/c4/layout");
+    assert!(!host_pull_layout.exists(), "no layout on the host");
+    // The same pod with the default handler gets its layout there.
+    let h = Harness::new();
+    let ann = serde_json::json!({ veil_shim::annotations::INIT_DATA: h.init_data_b64 });
+    h.create("c4", &h.bundle("c4", ann, &["/bin/app"])).unwrap();
+    assert!(
+        h.dir
+            .path()
+            .join("data/shim/default/c4/layout/index.json")
+            .is_file()
+    );
 }
 
 #[test]

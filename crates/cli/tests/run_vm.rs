@@ -650,15 +650,23 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
 /// Issue 14 in the VM sandbox, one boot: `echo hi | veil run -i` reaches
 /// the pod's `stdin: true` container, which writes it to an emptyDir the
 /// pod's second container reads; a configMap volume holds the content the
-/// generated policy pins, read-only.
+/// generated policy pins, read-only. The pod's image is pulled by the guest
+/// (`--pod --pull-in guest`) from a TLS registry with Basic auth on the
+/// host's loopback, credentials from the KBS; the host holds no layout.
 #[test]
 fn vm_pod_takes_stdin_and_shares_volumes() {
     let env = Env::new();
-    let layout = env.layout();
-    image(&env, &layout, "app:1", "echo default");
+    let reg = TlsRegistry::start(&env, "echo default", None);
+    ok(env
+        .veil()
+        .args(["secret", "put", "default/registry/auth"])
+        .arg(&reg.good_auth)
+        .output()
+        .unwrap());
     let pod = write_pod(
         &env,
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: vmvols\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: data\n    emptyDir: {}\n  - name: site\n    configMap: {name: site}\n  containers:\n  - name: writer\n    image: app:1\n    stdin: true\n    command: [\"/bin/sh\", \"-c\", \"cat > /data/f.tmp && mv /data/f.tmp /data/f; echo read $(cat /data/f); cat /site/index.html; echo; stat -c '%a %n' /site/index.html; echo x > /site/new || echo site-read-only\"]\n    volumeMounts:\n    - {name: data, mountPath: /data}\n    - {name: site, mountPath: /site}\n  - name: reader\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 900 ]; do if [ -f /data/f ]; then echo got $(cat /data/f); exit 0; fi; sleep 0.2; i=$((i+1)); done; exit 3\"]\n    volumeMounts:\n    - {name: data, mountPath: /data, readOnly: true}\n",
+        &"apiVersion: v1\nkind: Pod\nmetadata:\n  name: vmvols\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: data\n    emptyDir: {}\n  - name: site\n    configMap: {name: site}\n  containers:\n  - name: writer\n    image: app:1\n    stdin: true\n    command: [\"/bin/sh\", \"-c\", \"cat > /data/f.tmp && mv /data/f.tmp /data/f; echo read $(cat /data/f); cat /site/index.html; echo; stat -c '%a %n' /site/index.html; echo x > /site/new || echo site-read-only\"]\n    volumeMounts:\n    - {name: data, mountPath: /data}\n    - {name: site, mountPath: /site}\n  - name: reader\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 900 ]; do if [ -f /data/f ]; then echo got $(cat /data/f); exit 0; fi; sleep 0.2; i=$((i+1)); done; exit 3\"]\n    volumeMounts:\n    - {name: data, mountPath: /data, readOnly: true}\n"
+            .replace("app:1", &reg.reference),
     );
     let config = env.dir.path().join("config.yaml");
     std::fs::write(
@@ -666,13 +674,18 @@ fn vm_pod_takes_stdin_and_shares_volumes() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: site\n  namespace: default\ndata:\n  index.html: \"<h1>vm pinned page</h1>\"\n",
     )
     .unwrap();
+    // Kept after it ends (no --rm), for `veil inspect`.
     let mut child = env
-        .run_vm()
-        .arg("-i")
+        .run_vm_kept(&["-i"])
+        // The workload NIC (QEMU user networking) the guest pulls over.
+        .args(["--network", "user"])
+        .args(["--name", "vmvols", "--pull-in", "guest", "--registry-ca"])
+        .arg(&reg.ca)
+        .arg("--authfile")
+        .arg(&reg.good_auth)
+        .args(["--registry-auth", "kbs:///default/registry/auth"])
         .arg("--pod")
         .arg(&pod)
-        .arg("--oci-layout")
-        .arg(layout.root())
         .arg("--config")
         .arg(&config)
         .stdin(Stdio::piped())
@@ -693,6 +706,20 @@ fn vm_pod_takes_stdin_and_shares_volumes() {
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}\n{err}");
     }
+    // The guest pulled: no layout, layout disk or image cache on the host.
+    let rec: serde_json::Value = serde_json::from_slice(
+        &ok(env.veil().args(["inspect", "vmvols"]).output().unwrap()).stdout,
+    )
+    .unwrap();
+    assert!(
+        rec["pull"].as_str().unwrap_or("").starts_with("guest"),
+        "{rec}"
+    );
+    let run_dir = env.data().join("run").join(rec["id"].as_str().unwrap());
+    assert!(!run_dir.join("layout").exists());
+    assert!(!run_dir.join("sandbox/oci-layout.tar").exists());
+    assert!(!env.data().join("images").exists());
+    ok(env.veil().args(["rm", "vmvols"]).output().unwrap());
     nothing_left(&env);
 }
 

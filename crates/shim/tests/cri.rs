@@ -197,20 +197,7 @@ fn registry_for_guests(
     use base64::Engine as _;
     let ip = node.network().add_host_address();
     let d = work.join("registry");
-    std::fs::create_dir_all(&d).unwrap();
-    let (ca, cert, key) = (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"));
-    ok(
-        Command::new(veil)
-            .args(["kbs", "tls-keygen", "--san", &ip, "--ca-cert"])
-            .arg(&ca)
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .output()
-            .unwrap(),
-        "veil kbs tls-keygen",
-    );
+    let (ca, cert, key) = veil_testkit::registry::tls_keygen(veil, &d, &[&ip]);
     let line = veil_testkit::registry::htpasswd_line(REGISTRY_USER, REGISTRY_PASSWORD);
     let reg = veil_testkit::registry::DockerRegistry::start_tls_on(&ip, Some(&line), &cert, &key);
     let auth = d.join("auth.json");

@@ -17,6 +17,32 @@ pub fn htpasswd_line(user: &str, password: &str) -> String {
     line
 }
 
+/// A CA and a server certificate for `sans` (IP addresses or names) from
+/// `veil kbs tls-keygen`, written into `dir` as `ca.pem`, `cert.pem` and
+/// `key.pem`; returns their paths, for [`DockerRegistry::start_tls`].
+pub fn tls_keygen(veil: &Path, dir: &Path, sans: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    let mut c = Command::new(veil);
+    c.args(["kbs", "tls-keygen"]);
+    for s in sans {
+        c.args(["--san", s]);
+    }
+    crate::run_ok(
+        c.arg("--ca-cert")
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key),
+    );
+    (ca, cert, key)
+}
+
 /// A `docker-registry serve` child on a free port (of 127.0.0.1 unless
 /// told otherwise), storing into
 /// a temporary directory; killed on drop.

@@ -7,7 +7,7 @@
 pub mod net;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use veil_image::OciLayout;
@@ -391,25 +391,11 @@ impl TlsRegistry {
     /// With `kek`, the image's layer is encrypted to `kbs:///default/key/app`.
     pub fn start(env: &Env, cmd: &str, kek: Option<&[u8; 32]>) -> Self {
         let d = env.dir.path().join("registry-tls");
-        std::fs::create_dir_all(&d).unwrap();
-        let (ca, cert, key) = (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"));
-        ok(Command::new(env!("CARGO_BIN_EXE_veil"))
-            .args([
-                "kbs",
-                "tls-keygen",
-                "--san",
-                "127.0.0.1",
-                "--san",
-                "10.0.3.2",
-            ])
-            .arg("--ca-cert")
-            .arg(&ca)
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
-            .output()
-            .unwrap());
+        let (ca, cert, key) = veil_testkit::registry::tls_keygen(
+            Path::new(env!("CARGO_BIN_EXE_veil")),
+            &d,
+            &["127.0.0.1", "10.0.3.2"],
+        );
         let line = veil_testkit::registry::htpasswd_line(REGISTRY_USER, REGISTRY_PASSWORD);
         let reg = veil_testkit::registry::DockerRegistry::start_tls(Some(&line), &cert, &key);
         let reference = reg.reference("veil/app:v1");

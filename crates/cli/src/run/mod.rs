@@ -1410,6 +1410,17 @@ fn run_sandbox(
     Ok(exit)
 }
 
+/// Prints the agent's warnings when dropped (at the end of the summary).
+struct Warnings<'a>(&'a [String]);
+
+impl Drop for Warnings<'_> {
+    fn drop(&mut self) {
+        for w in self.0 {
+            eprintln!("  WARNING: {w}");
+        }
+    }
+}
+
 /// Each container's last resource usage into the record; an OOM kill said
 /// on stderr and recorded (`veil ps -a` shows it).
 fn record_resources(c: &mut pod::PodClient, rec: &mut Record, quiet: bool) {
@@ -1552,6 +1563,10 @@ fn print_summary(rec: &Record) {
     let Some(h) = &rec.hello else {
         return;
     };
+    // After the function: what the agent warned of at create_container
+    // (known by `-d` when it reads the record; a foreground run says it
+    // when it hears it).
+    let _warnings = Warnings(&rec.warnings);
     let m_ok = if h.measurement == rec.expected_measurement {
         "matches the launch measurement"
     } else {

@@ -397,12 +397,17 @@ create_container_errors contains v if {
 	lim != null
 	got := req_resource("memory_max")
 	not memory_within(got, lim)
-	got_text := object.get({"null": "none"}, sprintf("%v", [got]), sprintf("%v bytes", [got]))
+	got_text := req_memory_text
 	v := violation("create_container", "resources.memory_max", sprintf("at most %d bytes", [lim]), got_text, sprintf(
 		"create_container: memory limit %s for container %q exceeds the policy's bound of %d bytes (the pod's resources.limits.memory), or is missing; ask for %d bytes or less",
 		[got, c.name, lim, lim],
 	))
 }
+
+req_memory_text := sprintf("%d bytes", [m]) if {
+	m := req_resource("memory_max")
+	m != null
+} else := "none"
 
 memory_within(got, lim) if {
 	got != null

@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 
 pub mod nic;
 pub mod proto;
+pub mod resources;
 
 /// The agent API version this crate speaks.
 pub const API_VERSION: u32 = 1;
@@ -297,6 +298,10 @@ pub struct CreateContainerRequest {
     /// so that no other container of the pod can claim them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
+    /// The limits to apply to the container (the OCI spec's
+    /// `linux.resources`): range-checked here, bounded by the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<resources::Resources>>,
 }
 
 /// The VM sandbox's workload network: the second NIC, on QEMU's user-mode
@@ -737,7 +742,11 @@ impl AgentRequest {
                     }
                     check_str(&format!("ports[{i}].host_ip"), &p.host_ip)?;
                 }
-                check_list("devices", &r.devices)
+                check_list("devices", &r.devices)?;
+                match &r.resources {
+                    Some(res) => res.check().map_err(|e| invalid("resources", e)),
+                    None => Ok(()),
+                }
             }
             AgentRequest::StartContainer(r) => check_id("container_id", &r.container_id),
             AgentRequest::RemoveContainer(r) => check_id("container_id", &r.container_id),

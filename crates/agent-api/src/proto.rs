@@ -156,6 +156,10 @@ pub struct CreateContainerResult {
     /// or directory the host exposed) or `registry HOST[:PORT]`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pulled_from: String,
+    /// What the host should tell the user about the request, once (e.g.
+    /// resource limits the process sandbox cannot enforce).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `start_container` result.
@@ -197,6 +201,9 @@ pub struct StatsContainerResult {
     /// Running exec processes.
     #[serde(default)]
     pub execs: Vec<String>,
+    /// Resource usage and limits, once the container has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::resources::ResourceUsage>,
 }
 
 /// `get_evidence` result.

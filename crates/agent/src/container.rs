@@ -70,6 +70,8 @@ pub struct Container {
     stdin: bool,
     init: Mutex<Option<Arc<Proc>>>,
     execs: Mutex<BTreeMap<String, Arc<Proc>>>,
+    /// Its own cgroup (VM sandbox), which every process of it joins.
+    cgroup: Option<crate::cgroup::ContainerCgroup>,
 }
 
 /// What the manager needs from the rest of the agent.
@@ -96,6 +98,10 @@ pub struct ManagerConfig {
     pub nic_awaits_config: bool,
     /// The pod's volumes as the policy declares them.
     pub volumes: Vec<veil_policy::model::VolumePolicy>,
+    /// The cgroup2 tree containers get their cgroups in (VM sandbox); `None`
+    /// where the host owns the cgroups (process sandbox): no limits, usage
+    /// from `/proc`.
+    pub cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 /// All containers of the sandbox.
@@ -330,6 +336,25 @@ impl Manager {
                 return Err(e);
             }
         };
+        let limits = r.resources.as_deref().cloned().unwrap_or_default();
+        let mut warnings = Vec::new();
+        let cgroup = match &self.cfg.cgroups {
+            Some(cgs) => match cgs.create(&r.container_id, &limits) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            },
+            None => {
+                if !limits.is_empty() {
+                    let w = crate::cgroup::not_enforced_warning(&r.container_id, &limits);
+                    tracing::warn!("{w}");
+                    warnings.push(w);
+                }
+                None
+            }
+        };
         // The rootfs must be traversable by the container user.
         let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o711));
         let hostname = self
@@ -367,6 +392,7 @@ impl Manager {
             stdin: r.process.stdin,
             init: Mutex::new(None),
             execs: Mutex::new(BTreeMap::new()),
+            cgroup,
         });
         self.containers
             .lock()
@@ -378,6 +404,7 @@ impl Manager {
             encrypted_layers: stats.encrypted_layers,
             pull_ms: stats.ms,
             pulled_from: stats.source,
+            warnings,
         })
     }
 
@@ -389,7 +416,12 @@ impl Manager {
         if init.is_some() {
             return Err(format!("container {id} was already started"));
         }
-        let p = self.launch(&c.dir.join("spec.json"), &c.spec, c.stdin)?;
+        let p = self.launch(
+            &c.dir.join("spec.json"),
+            &c.spec,
+            c.stdin,
+            c.cgroup.as_ref(),
+        )?;
         let pid = p.launcher;
         *init = Some(Arc::new(p));
         Ok(StartContainerResult {
@@ -431,6 +463,7 @@ impl Manager {
             &c.dir.join(format!("exec-{}.json", r.exec_id)),
             &spec,
             r.process.stdin,
+            c.cgroup.as_ref(),
         )?;
         execs.insert(r.exec_id.clone(), Arc::new(p));
         Ok(())
@@ -525,6 +558,13 @@ impl Manager {
             .filter(|(_, p)| p.exit_code().is_none())
             .map(|(k, _)| k.clone())
             .collect();
+        let resources = match (&c.cgroup, state) {
+            (_, "created") => None,
+            (Some(cg), _) => Some(cg.usage()?),
+            (None, "running") => Some(crate::cgroup::proc_usage(pid)),
+            // The processes are gone, and /proc with them.
+            (None, _) => None,
+        };
         Ok(StatsContainerResult {
             state: state.into(),
             exit_code,
@@ -532,6 +572,7 @@ impl Manager {
             name: c.name.clone(),
             image_digest: c.image_digest.clone(),
             execs,
+            resources,
         })
     }
 
@@ -576,6 +617,9 @@ impl Manager {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+        }
+        if let Some(cg) = &c.cgroup {
+            cg.remove();
         }
         fs::remove_dir_all(&c.dir).map_err(|e| err("removing the container's files", e))?;
         self.containers
@@ -687,7 +731,14 @@ impl Manager {
     /// Start the launcher for `spec`. Without `stdin` the process reads
     /// end-of-file at once (docker without `-i`); with a terminal its
     /// stdout and stderr are the terminal's master.
-    fn launch(&self, spec_path: &Path, spec: &InitSpec, stdin: bool) -> Result<Proc, String> {
+    fn launch(
+        &self,
+        spec_path: &Path,
+        spec: &InitSpec,
+        stdin: bool,
+        cgroup: Option<&crate::cgroup::ContainerCgroup>,
+    ) -> Result<Proc, String> {
+        let cgroup_procs = cgroup.map(|c| c.procs_path()).transpose()?;
         let json = serde_json::to_vec(spec).map_err(|e| err("encoding the launch spec", e))?;
         fs::write(spec_path, json).map_err(|e| err("writing the launch spec", e))?;
         let (r, w) =
@@ -733,6 +784,10 @@ impl Manager {
         // SAFETY: dup2, fcntl and close_range are async-signal-safe; no allocation.
         unsafe {
             cmd.pre_exec(move || {
+                // Into the container's cgroup before anything of it runs.
+                if let Some(procs) = &cgroup_procs {
+                    crate::cgroup::join_in_pre_exec(procs)?;
+                }
                 if libc::dup2(w_fd, STATUS_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

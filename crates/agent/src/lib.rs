@@ -17,6 +17,7 @@
 //! hygiene before exec is `veil-fds`. The host links those, never this crate.
 
 pub mod boot;
+pub mod cgroup;
 pub mod container;
 pub mod guest;
 pub mod init;

@@ -450,6 +450,9 @@ fn run(a: ServeArgs) -> Result<(), String> {
             pod_netns: Some(pod_netns.path.clone()),
             nic_awaits_config: pod_netns.awaiting_config,
             volumes: booted.engine.data().sandbox.volumes.clone(),
+            // A VM's agent is PID 1 and owns the guest's cgroup2 tree; a
+            // process sandbox runs on the host's, which it must not touch.
+            cgroups: a.listen_tcp.is_some().then(veil_agent::cgroup::Cgroups::guest),
         },
         kbs,
     ));

@@ -87,6 +87,8 @@ enum Command {
     Prune(run::PruneArgs),
     /// Show a sandbox's record and fresh, verified evidence.
     Inspect(run::IdArgs),
+    /// Containers' resource usage and limits (live, or as last seen at exit), OOM kills.
+    Stats(run::stats::StatsArgs),
     /// Secrets of the embedded KBS that `veil run` starts without --kbs.
     #[command(subcommand)]
     Secret(run::SecretCommand),
@@ -135,6 +137,7 @@ fn main() -> ExitCode {
         Command::Rm(a) => run::rm(a),
         Command::Prune(a) => run::prune(a),
         Command::Inspect(a) => run::inspect(a),
+        Command::Stats(a) => run::stats::stats(a),
         Command::Secret(cmd) => run::secret(cmd),
         Command::Volume(cmd) => volume::run(cmd),
     };

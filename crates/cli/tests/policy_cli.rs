@@ -195,7 +195,9 @@ fn requests(db_host: &str) -> serde_json::Value {
                 "capabilities": {"bounding": ["CAP_NET_BIND_SERVICE"]}, "no_new_privileges": true},
             "mounts": [{"destination": "/config", "source": format!("{sb}/volumes/config"), "type": "bind",
                         "options": ["rbind", "rprivate", "ro"]}],
-            "read_only_rootfs": true}}
+            "read_only_rootfs": true,
+            // The pod's resources.limits (cpu "1", memory 256Mi) bound these.
+            "resources": {"memory_max": 268435456u64, "cpu_quota": 100000, "cpu_period": 100000}}}
     ])
 }
 

@@ -375,3 +375,58 @@ fn containers_of_a_pod_share_an_empty_dir() {
         text(&out.stderr)
     );
 }
+
+/// The process sandbox runs a pod with resource limits but cannot enforce
+/// them (the host owns the cgroups): `veil run -d` says so once in its
+/// summary, the record keeps the warning, and `veil stats` reports the
+/// container's usage from `/proc`, marked not enforced.
+#[test]
+fn process_sandbox_reports_usage_and_says_limits_are_not_enforced() {
+    let env = Env::new();
+    let layout = env.layout();
+    image(&env, &layout, "app:1", "echo default");
+    let pod = write_pod(
+        &env,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: limited\n  namespace: default\nspec:\n  containers:\n  - name: app\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"sleep 60\"]\n    resources:\n      limits: {memory: 64Mi, cpu: 250m}\n",
+    );
+    let out = ok(env
+        .veil()
+        .args(["run", "-d", "--pod"])
+        .arg(&pod)
+        .arg("--oci-layout")
+        .arg(layout.root())
+        .output()
+        .unwrap());
+    let id = text(&out.stdout).trim().to_string();
+    let _rm = RmOnDrop(&env, id.clone());
+    let err = text(&out.stderr);
+    let warning = "resource limits of container ";
+    assert_eq!(err.matches(warning).count(), 1, "{err}");
+    assert!(
+        err.contains("(memory 67108864 bytes, cpu 250m) are not enforced: the process sandbox"),
+        "{err}"
+    );
+    let rec = record_of(&env, &id);
+    assert!(
+        rec["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("not enforced"),
+        "{rec}"
+    );
+    let stats: serde_json::Value = serde_json::from_slice(
+        &ok(env.veil().args(["stats", "--json", &id]).output().unwrap()).stdout,
+    )
+    .unwrap();
+    assert_eq!(stats["live"], true, "{stats}");
+    let app = &stats["containers"]["app"];
+    assert_eq!(app["source"], "proc", "{stats}");
+    assert_eq!(app["enforced"], false, "{stats}");
+    assert!(app["memory_current"].as_u64() > Some(0), "{stats}");
+    assert!(app["pids_current"].as_u64() >= Some(1), "{stats}");
+    let table = text(&ok(env.veil().args(["stats", &id]).output().unwrap()).stdout);
+    assert!(
+        table.contains("app") && table.contains("limits not enforced (process sandbox)"),
+        "{table}"
+    );
+}

@@ -665,7 +665,7 @@ fn vm_pod_takes_stdin_and_shares_volumes() {
         .unwrap());
     let pod = write_pod(
         &env,
-        &"apiVersion: v1\nkind: Pod\nmetadata:\n  name: vmvols\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: data\n    emptyDir: {}\n  - name: site\n    configMap: {name: site}\n  containers:\n  - name: writer\n    image: app:1\n    stdin: true\n    command: [\"/bin/sh\", \"-c\", \"cat > /data/f.tmp && mv /data/f.tmp /data/f; echo read $(cat /data/f); cat /site/index.html; echo; stat -c '%a %n' /site/index.html; echo x > /site/new || echo site-read-only\"]\n    volumeMounts:\n    - {name: data, mountPath: /data}\n    - {name: site, mountPath: /site}\n  - name: reader\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 900 ]; do if [ -f /data/f ]; then echo got $(cat /data/f); exit 0; fi; sleep 0.2; i=$((i+1)); done; exit 3\"]\n    volumeMounts:\n    - {name: data, mountPath: /data, readOnly: true}\n"
+        &"apiVersion: v1\nkind: Pod\nmetadata:\n  name: vmvols\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  volumes:\n  - name: data\n    emptyDir: {}\n  - name: site\n    configMap: {name: site}\n  containers:\n  - name: writer\n    image: app:1\n    stdin: true\n    command: [\"/bin/sh\", \"-c\", \"cat > /data/f.tmp && mv /data/f.tmp /data/f; echo read $(cat /data/f); cat /site/index.html; echo; stat -c '%a %n' /site/index.html; echo x > /site/new || echo site-read-only\"]\n    volumeMounts:\n    - {name: data, mountPath: /data}\n    - {name: site, mountPath: /site}\n  - name: reader\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 900 ]; do if [ -f /data/f ]; then echo got $(cat /data/f); exit 0; fi; sleep 0.2; i=$((i+1)); done; exit 3\"]\n    volumeMounts:\n    - {name: data, mountPath: /data, readOnly: true}\n  - name: hog\n    image: app:1\n    command: [\"/bin/sh\", \"-c\", \"dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived\"]\n    resources:\n      limits: {memory: 32Mi, cpu: 500m}\n"
             .replace("app:1", &reg.reference),
     );
     let config = env.dir.path().join("config.yaml");
@@ -696,7 +696,44 @@ fn vm_pod_takes_stdin_and_shares_volumes() {
     // veil's stdin ends after the input: the container's must end too.
     child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
     let (status, out, err) = finish(&mut child, 600);
-    assert_eq!(status.code(), Some(0), "{out}\n{err}");
+    // The hog container, limited to 32Mi by the pod, allocates 64M: the
+    // out-of-memory killer ends it (137, as Kubernetes reports OOMKilled);
+    // the others are not touched.
+    assert_eq!(status.code(), Some(137), "{out}\n{err}");
+    assert!(!out.contains("survived"), "{out}");
+    assert!(
+        err.contains("veil: container hog was killed by the out-of-memory killer (memory limit 33554432 bytes"),
+        "{err}"
+    );
+    let ps = text(&ok(env.veil().args(["ps", "-a"]).output().unwrap()).stdout);
+    assert!(ps.contains("exited (137, OOMKilled)"), "{ps}");
+    let id = text(&ok(env.veil().args(["ps", "-a", "-q"]).output().unwrap()).stdout);
+    let stats: serde_json::Value = serde_json::from_slice(
+        &ok(env
+            .veil()
+            .args(["stats", "--json", id.trim()])
+            .output()
+            .unwrap())
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(stats["oom_killed"], serde_json::json!(["hog"]), "{stats}");
+    let hog = &stats["containers"]["hog"];
+    assert_eq!(hog["source"], "cgroup", "{stats}");
+    assert_eq!(hog["enforced"], true, "{stats}");
+    assert_eq!(hog["memory_max"], 32 << 20, "{stats}");
+    assert!(
+        hog["memory_events"]["oom_kill"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    // The guest's cgroup measured what it used: up to the limit.
+    let peak = hog["memory_peak"].as_u64().unwrap();
+    assert!(peak > 16 << 20 && peak <= 32 << 20, "{stats}");
+    let writer = &stats["containers"]["writer"];
+    assert!(writer["memory_peak"].as_u64() > Some(0), "{stats}");
+    assert_eq!(writer["memory_max"], serde_json::Value::Null, "{stats}");
+    assert_eq!(writer["memory_events"]["oom_kill"], 0, "{stats}");
+    ok(env.veil().args(["rm", id.trim()]).output().unwrap());
     for want in [
         "[writer] read hi\n",
         "[reader] got hi\n",

@@ -310,6 +310,24 @@ pub struct ContainerPolicy {
     /// containers without ports keep their bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortRule>,
+    /// Upper bounds on the container's resource limits (the pod's
+    /// `resources.limits`): the host may ask for these or less, never more
+    /// and never none. Omitted when the pod sets no limits, so such
+    /// policies keep their bytes (and any limit is then allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcePolicy>,
+}
+
+/// The most a container may be given (`ContainerPolicy::resources`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcePolicy {
+    /// Largest `memory.max`, bytes (`resources.limits.memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// Largest CPU limit, thousandths of a CPU (`resources.limits.cpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
 }
 
 /// A declared container port (`containerPort`/`protocol`/`hostPort`).

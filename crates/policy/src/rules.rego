@@ -376,6 +376,64 @@ create_container_errors contains v if {
 	))
 }
 
+# Resource limits: the policy's are upper bounds (the pod's
+# resources.limits). The host may ask for less (it can starve the sandbox
+# anyway), never for more, and never for none.
+resource_limit(c, key) := object.get(object.get(c, "resources", {}), key, null)
+
+req_resource(key) := object.get(object.get(req, "resources", {}), key, null)
+
+req_cpu_millis := m if {
+	q := req_resource("cpu_quota")
+	p := req_resource("cpu_period")
+	q != null
+	p != null
+	m := ceil((q * 1000) / p)
+}
+
+create_container_errors contains v if {
+	c := containers_by_name[req.name]
+	lim := resource_limit(c, "memory_max")
+	lim != null
+	got := req_resource("memory_max")
+	not memory_within(got, lim)
+	got_text := req_memory_text
+	v := violation("create_container", "resources.memory_max", sprintf("at most %d bytes", [lim]), got_text, sprintf(
+		"create_container: memory limit %s for container %q exceeds the policy's bound of %d bytes (the pod's resources.limits.memory), or is missing; ask for %d bytes or less",
+		[got, c.name, lim, lim],
+	))
+}
+
+req_memory_text := sprintf("%d bytes", [m]) if {
+	m := req_resource("memory_max")
+	m != null
+} else := "none"
+
+memory_within(got, lim) if {
+	got != null
+	got <= lim
+}
+
+create_container_errors contains v if {
+	c := containers_by_name[req.name]
+	lim := resource_limit(c, "cpu_millis")
+	lim != null
+	not cpu_within(lim)
+	got := req_cpu_text
+	v := violation("create_container", "resources.cpu_quota", sprintf("at most %dm", [lim]), got, sprintf(
+		"create_container: CPU limit %s (cpu_quota/cpu_period) for container %q exceeds the policy's bound of %dm (the pod's resources.limits.cpu), or is missing; ask for %dm or less",
+		[got, c.name, lim, lim],
+	))
+}
+
+cpu_within(lim) if {
+	req_cpu_millis <= lim
+}
+
+req_cpu_text := sprintf("%dm", [m]) if {
+	m := req_cpu_millis
+} else := "none"
+
 create_container_errors contains v if {
 	c := containers_by_name[req.name]
 	object.get(req.process, "stdin", false)

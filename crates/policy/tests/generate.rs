@@ -194,7 +194,36 @@ fn generated_policy_allows_the_workload_it_describes() {
             {"destination": "/config", "source": format!("{sb}/volumes/config"), "type": "bind", "options": ["rbind", "rprivate", "ro"]},
             {"destination": "/data", "source": format!("{sb}/volumes/data"), "type": "bind", "options": ["rbind", "rprivate", "rw"]},
             {"destination": "/var/run/secrets/kubernetes.io/serviceaccount", "source": format!("{sb}/serviceaccount"), "type": "bind", "options": ["rbind", "rprivate", "ro"]}],
-        "read_only_rootfs": true}});
+        "read_only_rootfs": true,
+        // The pod's resources.limits (cpu "1", memory 256Mi) bound the request.
+        "resources": {"memory_max": 268435456u64, "cpu_quota": 100000, "cpu_period": 100000}}});
+    // Without limits, or above the pod's, the container is refused by name.
+    for (res, field) in [
+        (serde_json::Value::Null, "resources.memory_max"),
+        (
+            serde_json::json!({"memory_max": 268435457u64, "cpu_quota": 100000, "cpu_period": 100000}),
+            "resources.memory_max",
+        ),
+        (
+            serde_json::json!({"memory_max": 268435456u64, "cpu_quota": 100001, "cpu_period": 100000}),
+            "resources.cpu_quota",
+        ),
+    ] {
+        let mut over = create.clone();
+        over["request"]["resources"] = res.clone();
+        let d = engine
+            .evaluate(&AgentMessage::from_value(over).unwrap())
+            .unwrap();
+        assert!(!d.allowed, "{d}");
+        let v = d
+            .violations
+            .iter()
+            .find(|v| v.field == field)
+            .unwrap_or_else(|| panic!("{field}: {d}"));
+        if res.is_null() {
+            assert_eq!(v.actual, "none", "{d}");
+        }
+    }
     let d = engine
         .enforce(&AgentMessage::from_value(create.clone()).unwrap())
         .unwrap();

@@ -2,6 +2,7 @@
 //! agent checks every one of them against the same policy, so building them
 //! from it is how the host gets them right; a dishonest host gets refusals.
 
+use veil_agent_api::resources::{CPU_PERIOD_RANGE, DEFAULT_CPU_PERIOD, MIN_CPU_QUOTA, Resources};
 use veil_agent_api::{
     Capabilities, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, ImageRef,
     Mount, Process, User,
@@ -225,6 +226,28 @@ pub fn create_container(
         sysctls: c.sysctls.clone(),
         devices: Vec::new(),
         ports: crate::net::ports::request_ports(data, c, &[]),
+        resources: c.resources.as_ref().map(|p| Box::new(resources_of(p))),
+    }
+}
+
+/// The limits an honest host asks for under the policy's bounds: the
+/// bounds themselves (a CPU bound as a quota over the default period, or
+/// over the longest one below 10m, whose quota would be under the kernel's
+/// minimum).
+pub fn resources_of(p: &veil_policy::model::ResourcePolicy) -> Resources {
+    let cpu = p.cpu_millis.map(|m| {
+        let period = if m.saturating_mul(DEFAULT_CPU_PERIOD) / 1000 < MIN_CPU_QUOTA {
+            *CPU_PERIOD_RANGE.end()
+        } else {
+            DEFAULT_CPU_PERIOD
+        };
+        (m.saturating_mul(period) / 1000, period)
+    });
+    Resources {
+        memory_max: p.memory_max,
+        cpu_quota: cpu.map(|(q, _)| q),
+        cpu_period: cpu.map(|(_, p)| p),
+        ..Resources::default()
     }
 }
 

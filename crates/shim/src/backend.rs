@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use veil_agent_api::resources::ResourceUsage;
 use veil_policy::initdata::ParsedInitData;
 
 use crate::config::HandlerConfig;
@@ -118,6 +119,10 @@ pub trait Sandbox: Send {
     fn signal(&mut self, p: &ProcRef, signal: u32) -> Result<(), BackendError>;
     fn resize_pty(&mut self, p: &ProcRef, width: u32, height: u32) -> Result<(), BackendError>;
     fn close_stdin(&mut self, p: &ProcRef) -> Result<(), BackendError>;
+    /// A container's resource usage (its cgroup in the VM sandbox, `/proc`
+    /// in the process sandbox), checked by the host; `None` before it runs
+    /// (and in the process sandbox after it exits).
+    fn stats(&mut self, container_id: &str) -> Result<Option<ResourceUsage>, BackendError>;
     /// Remove a container (stopped or not) and everything it holds.
     fn remove_container(&mut self, id: &str) -> Result<(), BackendError>;
     /// Stop the sandbox and remove everything it made on the host.

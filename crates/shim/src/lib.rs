@@ -17,6 +17,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod content;
 pub mod events;
+pub mod metrics;
 pub mod runtime;
 pub mod service;
 pub mod spec;

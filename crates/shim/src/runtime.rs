@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sha2::Digest as _;
+use veil_agent_api::resources::ResourceUsage;
 use veil_agent_api::{CreateContainerRequest, ExecProcessRequest, User};
 use veil_policy::model::{ContainerPolicy, PolicyData, VolumePolicy};
 use veil_runtime::CallError;
@@ -353,13 +354,22 @@ impl Sandbox for RuntimeSandbox {
         if let Some(image) = image {
             creq.image = veil_runtime::requests::requested_image(&self.policy, image);
         }
-        self.client.create_container(creq).map_err(|e| {
+        // The limits containerd asks for (the kubelet's, from the pod's
+        // resources), not the policy's: the agent checks them against its
+        // bounds and refuses, naming the check, what exceeds them.
+        creq.resources = req.spec.resources.clone().map(Box::new);
+        let created = self.client.create_container(creq).map_err(|e| {
             let mut err = call_err("create_container", e);
             if let Some(image) = image {
                 err.message = format!("{} (the CRI asked for image {image})", err.message);
             }
             err
         })?;
+        for w in &created.warnings {
+            // Once per container, in the shim's log (containerd's journal).
+            // Debug-formatted: control characters escaped.
+            tracing::warn!(container = %req.id, warning = ?w, "the agent warns");
+        }
         let mut io = req.io.clone();
         if !stdin {
             io.stdin = None;
@@ -468,6 +478,13 @@ impl Sandbox for RuntimeSandbox {
         self.client
             .close_stdin(&p.container_id, p.exec_id.as_deref().unwrap_or(""))
             .map_err(|e| call_err("write_stdin (close)", e))
+    }
+
+    fn stats(&mut self, container_id: &str) -> Result<Option<ResourceUsage>, BackendError> {
+        self.client
+            .stats(container_id)
+            .map(|s| s.resources)
+            .map_err(|e| call_err("stats_container", e))
     }
 
     fn remove_container(&mut self, id: &str) -> Result<(), BackendError> {

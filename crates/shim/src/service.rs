@@ -21,7 +21,7 @@ use protos::api::{
     WaitRequest, WaitResponse,
 };
 use protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use protos::shim::shim::{CheckpointTaskRequest, UpdateTaskRequest};
 use protos::ttrpc::{self, Code, TtrpcContext};
@@ -348,6 +348,23 @@ impl Service {
         })
     }
 
+    /// Whether the OOM killer killed a process of container `id` (its
+    /// cgroup's `oom_kill` count; never in the process sandbox, which has
+    /// no cgroup of its own).
+    fn oom_killed(state: &Mutex<State>, id: &str) -> bool {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sandbox) = st.sandbox.as_mut() else {
+            return false;
+        };
+        match sandbox.stats(id) {
+            Ok(u) => u.is_some_and(|u| u.oom_killed()),
+            Err(e) => {
+                tracing::warn!(task = ?id, error = %e, "reading the container's OOM kills");
+                false
+            }
+        }
+    }
+
     fn publish_exit(publisher: &Publisher, container_id: &str, exec_id: &str, pid: u32, code: u32) {
         let mut ev = TaskExit::new();
         ev.container_id = container_id.into();
@@ -575,6 +592,7 @@ impl protos::Task for Service {
         }
         if let Some(waiter) = waiter {
             let publisher = self.publisher.clone();
+            let state = self.state.clone();
             let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
             std::thread::spawn(move || {
                 let code = match waiter() {
@@ -584,6 +602,14 @@ impl protos::Task for Service {
                         255
                     }
                 };
+                // An out-of-memory kill is a SIGKILL (137) the container's
+                // cgroup counted: containerd hears of it before the exit,
+                // which is how the CRI reports the reason OOMKilled.
+                if exec_id.is_empty() && code == 137 && Self::oom_killed(&state, &id) {
+                    let mut ev = TaskOOM::new();
+                    ev.container_id = id.clone();
+                    publisher.publish(topic::OOM, &ev);
+                }
                 if exit.set(code) {
                     Self::publish_exit(&publisher, &id, &exec_id, pid, code);
                 }
@@ -806,7 +832,9 @@ impl protos::Task for Service {
         Err(status(
             Code::UNIMPLEMENTED,
             format!(
-                "cannot update the resources of {:?}: veil does not apply container resource limits yet",
+                "cannot update the resources of {:?}: veil applies the limits a container is \
+                 created with (bounded by its policy); changing them while it runs is not \
+                 supported: recreate the container",
                 req.id
             ),
         ))
@@ -858,13 +886,34 @@ impl protos::Task for Service {
     }
 
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            format!(
-                "no stats for {:?}: veil does not report the guest's cgroup metrics to the host yet",
-                req.id
-            ),
-        ))
+        let mut st = self.lock();
+        task_exists(&st, &req.id)?;
+        let pause = st.tasks.get(&req.id).is_some_and(|t| t.pause);
+        let usage = if pause {
+            None
+        } else {
+            let sandbox = st
+                .sandbox
+                .as_mut()
+                .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the sandbox is gone"))?;
+            sandbox.stats(&req.id).map_err(backend_err)?
+        };
+        drop(st);
+        let usage = usage.ok_or_else(|| {
+            status(
+                Code::NOT_FOUND,
+                format!(
+                    "no stats for {:?}: it is not running (the pod's sandbox container runs \
+                     nothing; a process sandbox's container that exited has no processes left \
+                     to measure)",
+                    req.id
+                ),
+            )
+        })?;
+        let mut resp = StatsResponse::new();
+        resp.stats =
+            Some(crate::metrics::stats_any(&usage).map_err(|e| status(Code::INTERNAL, e))?).into();
+        Ok(resp)
     }
 
     fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> ttrpc::Result<ConnectResponse> {

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use veil_agent_api::resources::{DEFAULT_CPU_PERIOD, Resources, weight_of_shares};
 
 /// Largest `config.json` read.
 pub const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
@@ -68,6 +69,68 @@ pub struct RawUser {
 struct RawLinux {
     #[serde(default)]
     namespaces: Vec<RawNamespace>,
+    #[serde(default)]
+    resources: Option<RawResources>,
+}
+
+/// `linux.resources`: what the kubelet derives from the pod's
+/// `resources` (memory and CPU limits, CPU shares from requests, pids).
+#[derive(Debug, Deserialize, Default)]
+struct RawResources {
+    #[serde(default)]
+    memory: Option<RawMemory>,
+    #[serde(default)]
+    cpu: Option<RawCpu>,
+    #[serde(default)]
+    pids: Option<RawPids>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawMemory {
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawCpu {
+    #[serde(default)]
+    shares: Option<u64>,
+    #[serde(default)]
+    quota: Option<i64>,
+    #[serde(default)]
+    period: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawPids {
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+impl RawResources {
+    /// The limits to ask the agent for: a non-positive value (-1, 0) means
+    /// no limit, as for runc; shares become a cgroup v2 weight as runc
+    /// converts them. The agent checks the ranges, the policy the bounds.
+    fn to_request(&self) -> Option<Resources> {
+        let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
+        let cpu = self.cpu.as_ref();
+        let quota = positive(cpu.and_then(|c| c.quota));
+        let r = Resources {
+            memory_max: positive(self.memory.as_ref().and_then(|m| m.limit)),
+            cpu_quota: quota,
+            cpu_period: quota.map(|_| {
+                cpu.and_then(|c| c.period)
+                    .filter(|p| *p > 0)
+                    .unwrap_or(DEFAULT_CPU_PERIOD)
+            }),
+            cpu_weight: cpu
+                .and_then(|c| c.shares)
+                .filter(|s| *s > 0)
+                .map(weight_of_shares),
+            pids_max: positive(self.pids.as_ref().and_then(|p| p.limit)),
+        };
+        (!r.is_empty()).then_some(r)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +150,8 @@ pub struct ContainerSpec {
     /// `linux.namespaces[type=network].path`: the pod's netns the CRI/CNI
     /// made, which the sandbox joins.
     pub netns: Option<PathBuf>,
+    /// `linux.resources` as the limits to ask the agent for.
+    pub resources: Option<Resources>,
 }
 
 /// Read `<bundle>/config.json`.
@@ -118,11 +183,17 @@ pub fn parse(bytes: &[u8]) -> Result<ContainerSpec, String> {
         .and_then(|n| n.path.clone())
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
+    let resources = raw
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.as_ref())
+        .and_then(RawResources::to_request);
     Ok(ContainerSpec {
         process: raw.process.unwrap_or_default(),
         hostname: raw.hostname,
         annotations: raw.annotations,
         netns,
+        resources,
     })
 }
 
@@ -155,6 +226,32 @@ mod tests {
             s.netns, None,
             "a new netns (no path) is not a pod netns to join"
         );
+    }
+
+    #[test]
+    fn linux_resources_as_the_kubelet_writes_them() {
+        // A container with limits {cpu: 500m, memory: 64Mi} and requests {cpu: 250m}.
+        let s = parse(br#"{"linux":{"resources":{"devices":[{"allow":false,"access":"rwm"}],
+            "memory":{"limit":67108864,"swap":67108864},"cpu":{"shares":256,"quota":50000,"period":100000},
+            "pids":{"limit":-1}}}}"#)
+        .unwrap();
+        let r = s.resources.unwrap();
+        assert_eq!(r.memory_max, Some(64 << 20));
+        assert_eq!((r.cpu_quota, r.cpu_period), (Some(50_000), Some(100_000)));
+        assert_eq!(r.cpu_millis(), Some(500));
+        assert_eq!(r.cpu_weight, Some(10));
+        assert_eq!(r.pids_max, None, "-1 is no limit");
+        // BestEffort: shares 2, no quota, no memory limit.
+        let s = parse(br#"{"linux":{"resources":{"cpu":{"shares":2,"quota":-1}}}}"#).unwrap();
+        assert_eq!(
+            s.resources.unwrap(),
+            Resources {
+                cpu_weight: Some(1),
+                ..Default::default()
+            }
+        );
+        let s = parse(br#"{"linux":{"resources":{"memory":{"limit":0}}}}"#).unwrap();
+        assert_eq!(s.resources, None);
     }
 
     proptest! {

@@ -36,6 +36,36 @@ struct FakeSandbox {
     exits: Exits,
 }
 
+/// What the fake agent reports for container `id`: `oom-*` containers
+/// were OOM-killed; `gone-*` have nothing left to measure.
+fn fake_usage(id: &str) -> Option<veil_agent_api::resources::ResourceUsage> {
+    use veil_agent_api::resources::{MemoryEvents, ResourceUsage};
+    if id.starts_with("gone-") {
+        return None;
+    }
+    Some(ResourceUsage {
+        source: "cgroup".into(),
+        enforced: true,
+        memory_current: 3 << 20,
+        memory_peak: 32 << 20,
+        memory_max: Some(32 << 20),
+        memory_events: MemoryEvents {
+            max: 7,
+            oom: u64::from(id.starts_with("oom-")),
+            oom_kill: u64::from(id.starts_with("oom-")),
+            ..Default::default()
+        },
+        cpu_usage_usec: 1500,
+        cpu_user_usec: 1000,
+        cpu_system_usec: 500,
+        cpu_nr_periods: 10,
+        cpu_nr_throttled: 2,
+        cpu_throttled_usec: 300,
+        pids_current: 2,
+        pids_max: None,
+    })
+}
+
 impl Sandbox for FakeSandbox {
     fn pid(&self) -> u32 {
         4242
@@ -87,6 +117,12 @@ impl Sandbox for FakeSandbox {
         self.log.push(format!("close-stdin {}", p.container_id));
         Ok(())
     }
+    fn stats(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<veil_agent_api::resources::ResourceUsage>, BackendError> {
+        Ok(fake_usage(id))
+    }
     fn remove_container(&mut self, id: &str) -> Result<(), BackendError> {
         self.log.push(format!("remove {id}"));
         Ok(())
@@ -129,10 +165,31 @@ impl Launcher for FakeLauncher {
     }
 }
 
+/// containerd's Events service: records each forwarded event's topic.
+struct Events(Arc<Log>);
+impl protos::shim::events_ttrpc::Events for Events {
+    fn forward(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: protos::shim::events::ForwardRequest,
+    ) -> ttrpc::Result<Empty> {
+        let env = req.envelope.unwrap_or_default();
+        self.0.push(format!(
+            "{} {}",
+            env.topic,
+            env.event.map(|a| a.type_url).unwrap_or_default()
+        ));
+        Ok(Default::default())
+    }
+}
+
 struct Harness {
     dir: tempfile::TempDir,
     client: protos::TaskClient,
     log: Arc<Log>,
+    /// Topics (and event types) the service published to containerd.
+    events: Arc<Log>,
+    _events_server: ttrpc::Server,
     exits: Exits,
     exit: Arc<ExitSignal>,
     _server: ttrpc::Server,
@@ -197,9 +254,20 @@ impl Harness {
         let log = Arc::new(Log::default());
         let exits: Exits = Arc::default();
         let exit = Arc::new(ExitSignal::default());
+        let events = Arc::new(Log::default());
+        let events_sock = dir.path().join("events.sock");
+        let events_listener = std::os::unix::net::UnixListener::bind(&events_sock).unwrap();
+        let mut events_server = ttrpc::Server::new()
+            .add_listener(events_listener.into_raw_fd())
+            .unwrap()
+            .register_service(protos::shim::events_ttrpc::create_events(Arc::new(Events(
+                events.clone(),
+            ))));
+        events_server.start().unwrap();
         let service = Service::new(
             "default",
-            veil_shim::events::Publisher::none("default"),
+            veil_shim::events::Publisher::connect(&events_sock.display().to_string(), "default")
+                .unwrap(),
             Arc::new(FakeLauncher {
                 log: log.clone(),
                 exits: exits.clone(),
@@ -223,6 +291,8 @@ impl Harness {
             dir,
             client,
             log,
+            events,
+            _events_server: events_server,
             exits,
             exit,
             _server: server,
@@ -501,4 +571,87 @@ fn no_init_data_is_refused_naming_the_annotations() {
     assert_eq!(code, Code::UNIMPLEMENTED);
     assert!(msg.contains("pause"), "{msg}");
     let _ = Path::new("");
+}
+
+/// Stats: the agent's cgroup figures reach containerd as cgroup v2
+/// `Metrics` (what the CRI turns into the kubelet's container stats); an
+/// OOM-killed container's exit (137) is preceded by `/tasks/oom`, which is
+/// how containerd's CRI reports the reason OOMKilled; a plain SIGKILL is not.
+#[test]
+fn stats_are_cgroup_v2_metrics_and_oom_kills_are_published() {
+    use protos::cgroups_v2::metrics::Metrics;
+    use protos::protobuf::Message as _;
+    use veil_shim::annotations::*;
+    let h = Harness::new();
+    let pause = h.bundle(
+        "pod1",
+        serde_json::json!({ CONTAINER_TYPE: "sandbox", SANDBOX_ID: "pod1", INIT_DATA: h.init_data_b64, SANDBOX_NAME: "web" }),
+        &["/pause"],
+    );
+    h.create("pod1", &pause).unwrap();
+    h.start("pod1", "").unwrap();
+    for id in ["oom-1", "plain-1", "gone-1"] {
+        let b = h.bundle(
+            id,
+            serde_json::json!({ CONTAINER_TYPE: "container", SANDBOX_ID: "pod1", CONTAINER_NAME: "app" }),
+            &["/bin/app"],
+        );
+        h.create(id, &b).unwrap();
+        h.start(id, "").unwrap();
+    }
+    let mut r = StatsRequest::new();
+    // The pod's sandbox container runs nothing to measure.
+    r.id = "pod1".into();
+    assert_eq!(
+        code_and_message(h.client.stats(ctx(), &r).unwrap_err()).0,
+        Code::NOT_FOUND
+    );
+    r.id = "oom-1".into();
+    let any = h.client.stats(ctx(), &r).unwrap().stats.unwrap();
+    assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+    let m = Metrics::parse_from_bytes(&any.value).unwrap();
+    assert_eq!(m.memory.usage, 3 << 20);
+    assert_eq!(m.memory.max_usage, 32 << 20);
+    assert_eq!(m.memory.usage_limit, 32 << 20);
+    assert_eq!(m.memory_events.oom_kill, 1);
+    assert_eq!(m.memory_events.max, 7);
+    assert_eq!((m.cpu.usage_usec, m.cpu.nr_throttled), (1500, 2));
+    assert_eq!(m.pids.current, 2);
+    assert_eq!(m.pids.limit, u64::MAX, "no pids limit is containerd's max");
+    // Nothing to measure: NOT_FOUND, saying why.
+    r.id = "gone-1".into();
+    let (code, msg) = code_and_message(h.client.stats(ctx(), &r).unwrap_err());
+    assert_eq!(code, Code::NOT_FOUND);
+    assert!(msg.contains("not running"), "{msg}");
+    r.id = "nope".into();
+    assert_eq!(
+        code_and_message(h.client.stats(ctx(), &r).unwrap_err()).0,
+        Code::NOT_FOUND
+    );
+
+    h.exit_with("oom-1", None, 137);
+    assert_eq!(h.wait("oom-1", ""), 137);
+    h.exit_with("plain-1", None, 137);
+    assert_eq!(h.wait("plain-1", ""), 137);
+    let events = h.events.all();
+    let oom = events
+        .iter()
+        .position(|e| e == "/tasks/oom containerd.events.TaskOOM")
+        .unwrap_or_else(|| panic!("no OOM event in {events:?}"));
+    let exit = events
+        .iter()
+        .position(|e| e == "/tasks/exit containerd.events.TaskExit")
+        .unwrap();
+    assert!(
+        oom < exit,
+        "the OOM event comes before the exit: {events:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("/tasks/oom"))
+            .count(),
+        1,
+        "only the OOM-killed container: {events:?}"
+    );
 }

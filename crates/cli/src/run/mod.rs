@@ -15,6 +15,7 @@ pub mod local_kbs;
 pub mod logs;
 pub mod net;
 pub mod pull;
+pub mod stats;
 pub use veil_runtime::pod::record;
 pub mod stdio;
 pub mod vm;
@@ -1245,6 +1246,12 @@ fn run_sandbox(
             .create_container(req)
             .map_err(|e| anyhow!("create_container {}: {e}", c_pol.name))?;
         pull_ms += r.pull_ms;
+        for w in &r.warnings {
+            // From the agent: escaped, and said once.
+            let w = veil_kbs::text::escape_controls(w);
+            say(quiet, &format!("veil: warning: {w}"));
+            rec.warnings.push(w);
+        }
         if !rec.pull.is_empty() && !r.pulled_from.is_empty() && !rec.pull.contains('(') {
             // What the agent says it pulled from, next to what was asked.
             rec.pull = format!("{} ({})", rec.pull, r.pulled_from);
@@ -1393,6 +1400,11 @@ fn run_sandbox(
     if let Some(first) = first_output.lock().ok().and_then(|f| *f) {
         rec.timings.insert("first_output_ms".into(), first.into());
     }
+    // What the containers used, and whether the OOM killer ended one
+    // (its exit is then 137, as for any SIGKILL: the cgroup says why).
+    if !lost {
+        record_resources(&mut c, rec, quiet);
+    }
     // Teardown: containers, then the agent (and with it every process and
     // mount of the sandbox), then the KBS.
     if !lost {
@@ -1426,6 +1438,49 @@ fn run_sandbox(
         );
     }
     Ok(exit)
+}
+
+/// Prints the agent's warnings when dropped (at the end of the summary).
+struct Warnings<'a>(&'a [String]);
+
+impl Drop for Warnings<'_> {
+    fn drop(&mut self) {
+        for w in self.0 {
+            eprintln!("  WARNING: {w}");
+        }
+    }
+}
+
+/// Each container's last resource usage into the record; an OOM kill said
+/// on stderr and recorded (`veil ps -a` shows it).
+fn record_resources(c: &mut pod::PodClient, rec: &mut Record, quiet: bool) {
+    for (cid, name) in rec.containers.clone() {
+        let usage = match c.stats(&cid) {
+            Ok(s) => s.resources,
+            Err(e) => {
+                say(
+                    quiet,
+                    &format!("veil: warning: no resource usage for {name}: {e}"),
+                );
+                None
+            }
+        };
+        let Some(u) = usage else { continue };
+        if u.oom_killed() {
+            let limit = u
+                .memory_max
+                .map_or("no limit".to_string(), |m| format!("limit {m} bytes"));
+            say(
+                quiet,
+                &format!(
+                    "veil: container {name} was killed by the out-of-memory killer (memory {limit}, peak {} bytes)",
+                    u.memory_peak
+                ),
+            );
+            rec.oom_killed.push(name.clone());
+        }
+        rec.resources.insert(name, u);
+    }
 }
 
 /// The container `-i`/`-t` attach to: the single image's, or the first of
@@ -1538,6 +1593,10 @@ fn print_summary(rec: &Record) {
     let Some(h) = &rec.hello else {
         return;
     };
+    // After the function: what the agent warned of at create_container
+    // (known by `-d` when it reads the record; a foreground run says it
+    // when it hears it).
+    let _warnings = Warnings(&rec.warnings);
     let m_ok = if h.measurement == rec.expected_measurement {
         "matches the launch measurement"
     } else {
@@ -1864,6 +1923,7 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
                     "init_data_digest": r.hello.as_ref().map(|h| h.init_data_digest.clone()),
                     "status": r.effective_status(),
                     "exit_code": r.exit_code,
+                    "oom_killed": r.oom_killed,
                     "created": rfc3339(r.created),
                     "network": r.network,
                     "address": r.address,
@@ -1879,6 +1939,9 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
         ));
         for r in all {
             let status = match (r.effective_status().as_str(), r.exit_code) {
+                ("exited", Some(c)) if !r.oom_killed.is_empty() => {
+                    format!("exited ({c}, OOMKilled)")
+                }
                 ("exited", Some(c)) => format!("exited ({c})"),
                 (s, _) => s.to_string(),
             };
@@ -2024,6 +2087,10 @@ pub fn inspect(a: IdArgs) -> Result<ExitCode> {
             .collect();
     }
     if rec.effective_status() == "running" {
+        // Live figures over the record's (which are the last ones seen at exit).
+        if let Ok((usage, true)) = stats::usage_of(&rec) {
+            out["resources"] = serde_json::to_value(usage)?;
+        }
         let (_, _, mut c) = connect(&rec.id)?;
         let mut nonce = [0u8; 32];
         OsRng.fill_bytes(&mut nonce);

@@ -1168,6 +1168,7 @@ fn container_policy(
         allow_tty: as_bool(c.get("tty")) == Some(true),
         signals,
         ports: container_ports(c, &path, unsupported)?,
+        resources: super::resources::resource_policy(c, &path, unsupported)?,
     })
 }
 

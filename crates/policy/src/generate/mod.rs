@@ -11,6 +11,7 @@
 
 mod images;
 mod k8s;
+mod resources;
 mod volumes;
 
 use std::collections::BTreeMap;

@@ -52,31 +52,9 @@ fn mode_of(v: Option<&Value>, path: &str, default: u32) -> Result<u32, GenerateE
     }
 }
 
-/// A Kubernetes quantity (`64Mi`, `1G`, `1000`) in bytes.
+/// A Kubernetes quantity (`64Mi`, `1G`, `1000`) in bytes, rounded up.
 pub(crate) fn parse_quantity(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let mult: u64 = match suffix {
-        "" => 1,
-        "k" => 1000,
-        "M" => 1000u64.pow(2),
-        "G" => 1000u64.pow(3),
-        "T" => 1000u64.pow(4),
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult);
-    }
-    let f: f64 = num.parse().ok()?;
-    let bytes = (f * mult as f64).ceil();
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+    super::resources::quantity_scaled(q.trim(), 0).ok()
 }
 
 /// A file of a content volume while it is being assembled.

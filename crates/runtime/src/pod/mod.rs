@@ -619,12 +619,22 @@ impl PodClient {
             .map(|_| ())
     }
 
-    /// A container's state, exit code, init PID and running execs.
+    /// A container's state, exit code, init PID, running execs and
+    /// resource usage (checked: figures no real guest reports are refused).
     pub fn stats(&mut self, container_id: &str) -> Result<StatsContainerResult, CallError> {
-        self.client
-            .call_typed(AgentRequest::StatsContainer(StatsContainerRequest {
-                container_id: container_id.into(),
-            }))
+        let s: StatsContainerResult =
+            self.client
+                .call_typed(AgentRequest::StatsContainer(StatsContainerRequest {
+                    container_id: container_id.into(),
+                }))?;
+        if let Some(r) = &s.resources {
+            r.check().map_err(|e| {
+                CallError::Result(format!(
+                    "stats_container {container_id}: the agent's answer fails the host's check: {e}"
+                ))
+            })?;
+        }
+        Ok(s)
     }
 
     /// The processes of a container, as the agent knows them.

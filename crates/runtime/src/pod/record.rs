@@ -6,6 +6,7 @@
 //! information (no secret is ever in one): the sandbox dir is 0700 because
 //! it also holds the agent socket and logs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
@@ -139,6 +140,17 @@ pub struct Record {
     /// Phase timings in milliseconds.
     #[serde(default)]
     pub timings: serde_json::Map<String, serde_json::Value>,
+    /// Containers the out-of-memory killer killed (their cgroup's
+    /// `memory.events` `oom_kill`), by policy name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oom_killed: Vec<String>,
+    /// Each container's resource usage as last seen (at exit), by policy name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, veil_agent_api::resources::ResourceUsage>,
+    /// Warnings the agent gave when the containers were created (e.g.
+    /// limits the process sandbox does not enforce).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Whether process `pid` exists and is not a zombie.

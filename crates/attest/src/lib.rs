@@ -15,6 +15,7 @@ pub mod azure;
 pub mod bench;
 pub mod claims;
 pub mod dcap;
+pub mod ecdsa;
 pub mod error;
 pub mod expect;
 mod fields;

@@ -5,7 +5,6 @@
 //! failure without saying which of the four chains failed. When it refuses,
 //! [`super`] runs these checks to explain the refusal to the operator.
 
-use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use x509_cert::Certificate;
 use x509_cert::crl::CertificateList;
@@ -53,7 +52,7 @@ fn verify_signed(der: &[u8], sig_der: &[u8], alg: &ObjectIdentifier, issuer: &Ce
     ) else {
         return false;
     };
-    key.verify(der, &sig).is_ok()
+    crate::ecdsa::EcdsaKey::p256(&key).verify_p256(der, &sig)
 }
 
 /// True if `child` carries a valid signature by `issuer`'s key.

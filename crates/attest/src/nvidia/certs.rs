@@ -10,7 +10,6 @@ use std::sync::OnceLock;
 
 use const_oid::ObjectIdentifier;
 use der::{Decode, DecodePem, Encode, Reader, SliceReader};
-use p384::ecdsa::signature::Verifier;
 use p384::ecdsa::{Signature, VerifyingKey};
 use p384::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
@@ -214,7 +213,7 @@ pub fn check_issued_by(
         .signature
         .as_bytes()
         .and_then(|der| Signature::from_der(der).ok())
-        .is_some_and(|sig| key.verify(&tbs, &sig).is_ok());
+        .is_some_and(|sig| crate::ecdsa::EcdsaKey::p384(&key).verify_p384(&tbs, &sig));
     if !verified {
         return Err(Error::refused(
             check,

@@ -28,8 +28,7 @@ pub mod rim;
 pub mod rim_select;
 pub mod xmldsig;
 
-use p384::ecdsa::signature::Verifier;
-use p384::ecdsa::{Signature, VerifyingKey};
+use p384::ecdsa::Signature;
 use x509_cert::Certificate;
 
 pub use self::claims::{GpuClaims, ReportClaims};
@@ -43,7 +42,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct DeviceChain {
     leaf_name: String,
-    leaf_key: VerifyingKey,
+    leaf_key: crate::ecdsa::EcdsaKey,
     fwid: Vec<u8>,
     arch: String,
     hwmodel: String,
@@ -97,7 +96,10 @@ impl DeviceChain {
             certs: below_root,
             revocation_checked: false,
             leaf_name: certs::subject_cn(leaf),
-            leaf_key: certs::p384_key(certs::DEVICE_CHAIN.chain_check, leaf)?,
+            leaf_key: crate::ecdsa::EcdsaKey::p384(&certs::p384_key(
+                certs::DEVICE_CHAIN.chain_check,
+                leaf,
+            )?),
             fwid: certs::fwid(leaf)?,
             arch: arch.to_string(),
             hwmodel: chain.get(1).map(certs::subject_cn).unwrap_or_default(),
@@ -214,7 +216,7 @@ impl DeviceChain {
             ));
         }
         let verified = Signature::from_slice(&report.signature)
-            .is_ok_and(|sig| self.leaf_key.verify(report.signed_bytes(), &sig).is_ok());
+            .is_ok_and(|sig| self.leaf_key.verify_p384(report.signed_bytes(), &sig));
         if !verified {
             return Err(Error::refused(
                 "nvidia.signature",

@@ -14,7 +14,6 @@
 
 use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
-use p384::ecdsa::signature::Verifier;
 use p384::ecdsa::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256, Sha384};
 use x509_cert::Certificate;
@@ -225,7 +224,7 @@ fn check_signature(check: &'static str, resp: &Response, key: &VerifyingKey) -> 
         .signature
         .as_bytes()
         .and_then(|der| Signature::from_der(der).ok())
-        .is_some_and(|sig| key.verify(&tbs, &sig).is_ok());
+        .is_some_and(|sig| crate::ecdsa::EcdsaKey::p384(key).verify_p384(&tbs, &sig));
     if !ok {
         return Err(Error::refused(
             check,

@@ -15,7 +15,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use der::Decode;
 use p384::ecdsa::Signature;
-use p384::ecdsa::signature::Verifier;
 use roxmltree::{Document, Node, NodeId};
 use sha2::{Digest, Sha384};
 use x509_cert::Certificate;
@@ -320,8 +319,8 @@ pub fn verify_enveloped(doc: &Document<'_>) -> Result<Vec<Certificate>> {
     let key = certs::p384_key(CHECK, signer)?;
     let value = base64_text(one(sig, "SignatureValue")?, "SignatureValue")?;
     let verified = Signature::from_slice(&value).is_ok_and(|s| {
-        key.verify(canonical_subtree(signed_info).as_bytes(), &s)
-            .is_ok()
+        crate::ecdsa::EcdsaKey::p384(&key)
+            .verify_p384(canonical_subtree(signed_info).as_bytes(), &s)
     });
     if !verified {
         return Err(Error::refused(

@@ -25,7 +25,7 @@
 use std::ops::Range;
 
 use base64::Engine;
-use p384::ecdsa::signature::{Signer, Verifier};
+use p384::ecdsa::signature::Signer;
 use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p384::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
@@ -319,17 +319,15 @@ pub fn verify(evidence: &[u8], root: Option<&SimRootKey>) -> Result<Claims> {
             "sim report signature is not a valid P-384 signature",
         )
     })?;
-    root.0
-        .verify(&report.raw[SIGNED_RANGE], &sig)
-        .map_err(|_| {
-            Error::refused(
-                "sim.signature",
-                format!(
-                    "sim report signature does not verify with the trusted sim root (platform {}…)",
-                    &hex::encode(expected_id)[..16]
-                ),
-            )
-        })?;
+    if !crate::ecdsa::EcdsaKey::p384(&root.0).verify_p384(&report.raw[SIGNED_RANGE], &sig) {
+        return Err(Error::refused(
+            "sim.signature",
+            format!(
+                "sim report signature does not verify with the trusted sim root (platform {}…)",
+                &hex::encode(expected_id)[..16]
+            ),
+        ));
+    }
     let b = &report.body;
     let tcb = [
         ("bootloader", b.tcb.bootloader),

@@ -9,7 +9,6 @@ pub mod report;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
-use p384::ecdsa::signature::Verifier;
 use rsa::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
@@ -176,15 +175,15 @@ pub fn verify_report(
             format!("report signature is not a valid P-384 (r, s) pair for {kind_name}"),
         )
     })?;
-    vk.verify(report.signed_bytes(), &sig).map_err(|_| {
-        Error::refused(
+    if !crate::ecdsa::EcdsaKey::p384(&vk).verify_p384(report.signed_bytes(), &sig) {
+        return Err(Error::refused(
             "snp.signature",
             format!(
                 "report signature does not verify with {kind_name} (chip_id {}…)",
                 &hex::encode(report.chip_id)[..16]
             ),
-        )
-    })?;
+        ));
+    }
 
     // The endorsement key was derived for exactly the reported TCB.
     let info = certs::endorsement_key_info(&ek)?;

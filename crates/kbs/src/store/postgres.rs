@@ -505,7 +505,7 @@ impl PgStore {
             .name("kek-lock".into())
             .spawn(move || {
                 let mut client = Some(first);
-                while !flag.load(Ordering::Relaxed) {
+                'run: while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
                     let alive = client.as_mut().is_some_and(|c| {
                         c.is_valid(CONNECT_TIMEOUT).is_ok()
@@ -514,7 +514,7 @@ impl PgStore {
                         // A full check every REPLICA_LOCK_CHECK is enough.
                         for _ in 0..(REPLICA_LOCK_CHECK.as_millis() / 100) {
                             if flag.load(Ordering::Relaxed) {
-                                return;
+                                break 'run;
                             }
                             std::thread::sleep(Duration::from_millis(100));
                         }
@@ -530,6 +530,13 @@ impl PgStore {
                             tracing::warn!(store = %desc, error = %crate::text::escape_controls(&e), "cannot take the replica's share of the KEK lock (retrying)");
                         }
                     }
+                }
+                // Release the share before hanging up: the server frees a
+                // session's locks only when its backend exits, a moment
+                // after the client has gone, and a rotation started just
+                // after this replica stopped must not count it.
+                if let Some(mut c) = client {
+                    let _ = c.execute("SELECT pg_advisory_unlock_shared($1)", &[&KEK_LOCK]);
                 }
             })
             .map_err(|e| StoreError::Failed(format!("starting the KEK lock thread: {e}")))?;

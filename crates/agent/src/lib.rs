@@ -18,6 +18,7 @@
 
 pub mod boot;
 pub mod container;
+pub mod gpu;
 pub mod guest;
 pub mod init;
 pub mod kbs;

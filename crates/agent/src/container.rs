@@ -96,6 +96,8 @@ pub struct ManagerConfig {
     pub nic_awaits_config: bool,
     /// The pod's volumes as the policy declares them.
     pub volumes: Vec<veil_policy::model::VolumePolicy>,
+    /// The pod's GPUs, when its policy has containers that need some.
+    pub gpus: Option<crate::gpu::PodGpus>,
 }
 
 /// All containers of the sandbox.
@@ -209,7 +211,11 @@ impl Manager {
         Ok(())
     }
 
-    fn mounts(&self, r: &CreateContainerRequest) -> Result<Vec<MountSpec>, String> {
+    fn mounts(
+        &self,
+        r: &CreateContainerRequest,
+        gpu_nodes: &[String],
+    ) -> Result<Vec<MountSpec>, String> {
         let mut out = Vec::new();
         for m in &r.mounts {
             let source = if m.fs_type == "bind" {
@@ -273,6 +279,16 @@ impl Manager {
                 options: vec![],
             });
         }
+        // The GPUs the KBS accepted, for a container that needs them
+        // (crate::gpu): the guest's device nodes, bound in.
+        for node in gpu_nodes {
+            base.push(MountSpec {
+                destination: node.clone(),
+                fs_type: "bind".into(),
+                source: node.clone(),
+                options: vec!["nosuid".into(), "noexec".into()],
+            });
+        }
         // Order mounts so that parents come before children.
         base.sort_by_key(|m| m.destination.matches('/').count());
         Ok(base)
@@ -296,6 +312,12 @@ impl Manager {
         if dir.exists() {
             return Err(format!("container {} already exists", r.container_id));
         }
+        // Before pulling anything: a container that needs GPUs waits for
+        // the KBS to have accepted them.
+        let gpu_nodes = match &self.cfg.gpus {
+            Some(g) => g.nodes_for(&r.name)?,
+            None => Vec::new(),
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -351,7 +373,7 @@ impl Manager {
             no_new_privileges: r.process.no_new_privileges,
             read_only_rootfs: r.read_only_rootfs,
             hostname,
-            mounts: self.mounts(r)?,
+            mounts: self.mounts(r, &gpu_nodes)?,
             sysctls: r.sysctls.clone(),
             seccomp: self.cfg.seccomp,
             netns: self.cfg.pod_netns.clone(),

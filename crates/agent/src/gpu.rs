@@ -128,8 +128,10 @@ impl Gpus {
     }
 
     /// The device nodes for container `name`, which needs `gpus` GPUs:
-    /// none when it needs none; the ready GPUs' nodes when the gate is open
-    /// and holds enough of them; otherwise a refusal naming the check.
+    /// none when it needs none; the first `gpus` ready GPUs' nodes and the
+    /// control nodes when the gate is open and holds enough of them;
+    /// otherwise a refusal naming the check. (GPUs are not split between
+    /// containers: two containers needing one GPU each both get the first.)
     pub fn devices_for(&self, name: &str, gpus: u32) -> Result<Vec<String>, String> {
         if gpus == 0 {
             return Ok(Vec::new());
@@ -149,7 +151,43 @@ impl Gpus {
                 "container {name:?}: check nvidia.gpu_count: expected {gpus} ready GPU(s), got {ready}"
             ));
         }
-        Ok(nodes)
+        // The first `gpus` of them, and the control nodes (the last two).
+        let mut out: Vec<String> = nodes[..gpus as usize].to_vec();
+        out.extend_from_slice(&nodes[ready..]);
+        Ok(out)
+    }
+}
+
+/// The pod's GPUs: the gate and how many GPUs each container needs (the
+/// policy's `gpus`, by container name).
+#[derive(Debug, Clone)]
+pub struct PodGpus {
+    pub gate: std::sync::Arc<Gpus>,
+    pub per_container: std::collections::BTreeMap<String, u32>,
+}
+
+impl PodGpus {
+    /// For a policy whose containers need GPUs; `None` when none does.
+    pub fn of_policy(
+        data: &veil_policy::model::PolicyData,
+        transport: TransportFactory,
+    ) -> Option<Self> {
+        let per_container: std::collections::BTreeMap<String, u32> = data
+            .containers
+            .iter()
+            .filter(|c| c.gpus > 0)
+            .map(|c| (c.name.clone(), c.gpus))
+            .collect();
+        (!per_container.is_empty()).then(|| PodGpus {
+            gate: std::sync::Arc::new(Gpus::new(transport)),
+            per_container,
+        })
+    }
+
+    /// The device nodes for the container the policy names `name`.
+    pub fn nodes_for(&self, name: &str) -> Result<Vec<String>, String> {
+        self.gate
+            .devices_for(name, self.per_container.get(name).copied().unwrap_or(0))
     }
 }
 

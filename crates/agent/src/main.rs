@@ -357,8 +357,17 @@ fn run(a: ServeArgs) -> Result<(), String> {
         secrets: Vec::new(),
         error: String::new(),
     };
+    let gpus = veil_agent::gpu::PodGpus::of_policy(
+        booted.engine.data(),
+        Box::new(veil_agent::gpu::default_transport),
+    );
     let kbs = match target_of(&booted.init_data)? {
-        None => None,
+        None => {
+            if let Some(g) = &gpus {
+                g.gate.revoke("check nvidia.kbs: expected init-data to name a KBS (aa.toml) to attest the GPUs to, got none");
+            }
+            None
+        }
         Some((target, credentials)) => {
             status.kbs_url = target.url.clone();
             // boot() refuses a KBS without a TEE.
@@ -366,6 +375,9 @@ fn run(a: ServeArgs) -> Result<(), String> {
                 .clone()
                 .ok_or("init-data names a KBS but there is no TEE")?;
             let kbs = Arc::new(Kbs::new(target, attester, &booted.init_data)?);
+            if let Some(g) = &gpus {
+                kbs.require_gpus(g.gate.clone())?;
+            }
             let token = kbs.attest()?;
             status.status = "ok".into();
             status.token_exp = token.exp;
@@ -450,6 +462,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
             pod_netns: Some(pod_netns.path.clone()),
             nic_awaits_config: pod_netns.awaiting_config,
             volumes: booted.engine.data().sandbox.volumes.clone(),
+            gpus,
         },
         kbs,
     ));

@@ -79,6 +79,7 @@ fn policy() -> PolicyData {
                 allow_tty: false,
                 signals: vec![9, 15],
                 ports: vec![],
+                gpus: 0,
             }
         })
         .collect();

@@ -310,6 +310,17 @@ pub struct ContainerPolicy {
     /// containers without ports keep their bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortRule>,
+    /// NVIDIA GPUs the container needs (the pod's
+    /// `resources.limits["nvidia.com/gpu"]`): the agent attests the guest's
+    /// GPUs to the KBS and gives the container their device nodes only once
+    /// the KBS accepted them (docs/gpu.md). Omitted when zero, so policies
+    /// without GPUs keep their bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A declared container port (`containerPort`/`protocol`/`hostPort`).

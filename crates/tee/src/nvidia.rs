@@ -265,15 +265,18 @@ impl GpuGate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::cell::Cell;
 
-    const FIX: &str = concat!(
+    /// The recorded Hopper evidence (`shared/fixtures/nvidia`).
+    pub(crate) const FIX: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../../shared/fixtures/nvidia/"
     );
-    const NONCE: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
+    /// The nonce the fixture report was made for.
+    pub(crate) const NONCE: &str =
+        "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
 
     /// NVML's answers recorded from a Hopper GPU (the fixture files).
     struct Recorded {
@@ -317,7 +320,7 @@ mod tests {
         }
     }
 
-    fn nonce() -> [u8; 32] {
+    pub(crate) fn nonce() -> [u8; 32] {
         hex::decode(NONCE).unwrap().try_into().unwrap()
     }
 

@@ -330,13 +330,8 @@ mod tests {
     //! compiler; never shipped) serving the recorded Hopper answers.
 
     use super::*;
+    use crate::nvidia::tests::{FIX, NONCE, nonce};
     use crate::nvidia::{GpuEvidence, GpuGate, collect};
-
-    const FIX: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/nvidia/"
-    );
-    const NONCE: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
 
     fn report() -> Vec<u8> {
         let hex_text =
@@ -407,10 +402,6 @@ mod tests {
                 **p
             }
         }
-    }
-
-    fn nonce() -> [u8; 32] {
-        hex::decode(NONCE).unwrap().try_into().unwrap()
     }
 
     fn check_of(e: TeeError) -> String {

@@ -22,7 +22,8 @@ pub type TransportFactory = Box<dyn Fn() -> Result<Box<dyn GpuTransport>, TeeErr
 pub fn default_transport() -> Result<Box<dyn GpuTransport>, TeeError> {
     #[cfg(feature = "nvml")]
     {
-        Ok(Box::new(veil_tee::nvml::Nvml::open()?))
+        let nvml: Box<dyn GpuTransport> = Box::new(veil_tee::nvml::Nvml::open()?);
+        Ok(nvml)
     }
     #[cfg(not(feature = "nvml"))]
     {

@@ -42,6 +42,9 @@ PACKAGES=(
   # CRI tests (crates/shim/tests/cri.rs, veil-testkit's `cri` feature): the k8s-cri crate
   # compiles Kubernetes' CRI protos with protoc at build time
   protobuf-compiler
+  # veil-tee's NVML transport tests compile a test double of the driver's libnvidia-ml.so.1
+  # (crates/tee/testdata/nvml_test_double.c) with gcc; libc6-dev for its headers
+  gcc libc6-dev
 )
 
 missing=()

@@ -102,6 +102,8 @@ pub struct ManagerConfig {
     /// where the host owns the cgroups (process sandbox): no limits, usage
     /// from `/proc`.
     pub cgroups: Option<crate::cgroup::Cgroups>,
+    /// The pod's GPUs, when its policy has containers that need some.
+    pub gpus: Option<crate::gpu::PodGpus>,
 }
 
 /// All containers of the sandbox.
@@ -215,7 +217,11 @@ impl Manager {
         Ok(())
     }
 
-    fn mounts(&self, r: &CreateContainerRequest) -> Result<Vec<MountSpec>, String> {
+    fn mounts(
+        &self,
+        r: &CreateContainerRequest,
+        gpu_nodes: &[String],
+    ) -> Result<Vec<MountSpec>, String> {
         let mut out = Vec::new();
         for m in &r.mounts {
             let source = if m.fs_type == "bind" {
@@ -279,6 +285,16 @@ impl Manager {
                 options: vec![],
             });
         }
+        // The GPUs the KBS accepted, for a container that needs them
+        // (crate::gpu): the guest's device nodes, bound in.
+        for node in gpu_nodes {
+            base.push(MountSpec {
+                destination: node.clone(),
+                fs_type: "bind".into(),
+                source: node.clone(),
+                options: vec!["nosuid".into(), "noexec".into()],
+            });
+        }
         // Order mounts so that parents come before children.
         base.sort_by_key(|m| m.destination.matches('/').count());
         Ok(base)
@@ -302,6 +318,12 @@ impl Manager {
         if dir.exists() {
             return Err(format!("container {} already exists", r.container_id));
         }
+        // Before pulling anything: a container that needs GPUs waits for
+        // the KBS to have accepted them.
+        let gpu_nodes = match &self.cfg.gpus {
+            Some(g) => g.nodes_for(&r.name)?,
+            None => Vec::new(),
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -376,7 +398,7 @@ impl Manager {
             no_new_privileges: r.process.no_new_privileges,
             read_only_rootfs: r.read_only_rootfs,
             hostname,
-            mounts: self.mounts(r)?,
+            mounts: self.mounts(r, &gpu_nodes)?,
             sysctls: r.sysctls.clone(),
             seccomp: self.cfg.seccomp,
             netns: self.cfg.pod_netns.clone(),

@@ -8,7 +8,7 @@
 //! times with exponential backoff; a resource fetch re-attests when the KBS
 //! no longer knows the token (e.g. it restarted).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -193,6 +193,8 @@ pub fn secret_name(path: &str) -> Result<&str, String> {
 pub struct TeeEvidence {
     attester: Arc<dyn Attester>,
     init_data: String,
+    /// Set when init-data asks for GPUs: their evidence goes along.
+    gpus: Arc<OnceLock<Arc<crate::gpu::Gpus>>>,
 }
 
 impl EvidenceProvider for TeeEvidence {
@@ -213,12 +215,20 @@ impl EvidenceProvider for TeeEvidence {
             body: self.init_data.clone(),
         })
     }
+
+    fn additional_evidence(&self, device_digest: &[u8; 48]) -> Result<String, String> {
+        match self.gpus.get() {
+            Some(g) => Ok(g.additional_evidence(device_digest)),
+            None => Ok(String::new()),
+        }
+    }
 }
 
 /// The agent's KBS session (one ephemeral key for the agent's lifetime).
 pub struct Kbs {
     target: KbsTarget,
     client: Mutex<KbsClient<TeeEvidence>>,
+    gpus: Arc<OnceLock<Arc<crate::gpu::Gpus>>>,
 }
 
 impl std::fmt::Debug for Kbs {
@@ -259,11 +269,13 @@ impl Kbs {
             .map_err(|_| "init-data is not UTF-8".to_string())?;
         let key = TeeKeyPair::generate(KeyType::EcP256)
             .map_err(|e| format!("generating the TEE key: {e}"))?;
+        let gpus = Arc::new(OnceLock::new());
         let client = KbsClient::new(
             &cfg,
             TeeEvidence {
                 attester,
                 init_data: body,
+                gpus: gpus.clone(),
             },
             key,
         )
@@ -271,7 +283,33 @@ impl Kbs {
         Ok(Kbs {
             target,
             client: Mutex::new(client),
+            gpus,
         })
+    }
+
+    /// Send these GPUs' evidence with every attestation from now on, and
+    /// open or close their gate from each answer (docs/gpu.md).
+    pub fn require_gpus(&self, gpus: Arc<crate::gpu::Gpus>) -> Result<(), String> {
+        self.gpus
+            .set(gpus)
+            .map_err(|_| "GPUs are already attached to this KBS session".to_string())
+    }
+
+    /// After a KBS call: a token that answers an attestation carrying GPU
+    /// evidence opens or closes the GPU gate.
+    fn answer_gpus(&self, c: &mut KbsClient<TeeEvidence>) {
+        let Some(g) = self.gpus.get() else { return };
+        if !g.awaiting_answer() {
+            return;
+        }
+        match c.token() {
+            Ok(t) => {
+                if let Err(e) = g.accept_token(&t.token) {
+                    tracing::warn!(error = %e, "the KBS did not accept this guest's GPUs");
+                }
+            }
+            Err(e) => g.revoke(&format!("no KBS token: {e}")),
+        }
     }
 
     /// The KBS URL.
@@ -292,7 +330,15 @@ impl Kbs {
                     .client
                     .lock()
                     .map_err(|_| "KBS client lock poisoned".to_string())?;
-                f(&mut c)
+                let r = f(&mut c);
+                if r.is_ok() {
+                    self.answer_gpus(&mut c);
+                } else if let Some(g) = self.gpus.get() {
+                    if g.awaiting_answer() {
+                        g.revoke("the attestation carrying the GPU evidence failed");
+                    }
+                }
+                r
             };
             match r {
                 Ok(v) => return Ok(v),

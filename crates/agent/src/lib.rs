@@ -19,6 +19,7 @@
 pub mod boot;
 pub mod cgroup;
 pub mod container;
+pub mod gpu;
 pub mod guest;
 pub mod init;
 pub mod kbs;

@@ -357,8 +357,17 @@ fn run(a: ServeArgs) -> Result<(), String> {
         secrets: Vec::new(),
         error: String::new(),
     };
+    let gpus = veil_agent::gpu::PodGpus::of_policy(
+        booted.engine.data(),
+        Box::new(veil_agent::gpu::default_transport),
+    );
     let kbs = match target_of(&booted.init_data)? {
-        None => None,
+        None => {
+            if let Some(g) = &gpus {
+                g.gate.revoke("check nvidia.kbs: expected init-data to name a KBS (aa.toml) to attest the GPUs to, got none");
+            }
+            None
+        }
         Some((target, credentials)) => {
             status.kbs_url = target.url.clone();
             // boot() refuses a KBS without a TEE.
@@ -366,6 +375,9 @@ fn run(a: ServeArgs) -> Result<(), String> {
                 .clone()
                 .ok_or("init-data names a KBS but there is no TEE")?;
             let kbs = Arc::new(Kbs::new(target, attester, &booted.init_data)?);
+            if let Some(g) = &gpus {
+                kbs.require_gpus(g.gate.clone())?;
+            }
             let token = kbs.attest()?;
             status.status = "ok".into();
             status.token_exp = token.exp;
@@ -453,6 +465,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
             // A VM's agent is PID 1 and owns the guest's cgroup2 tree; a
             // process sandbox runs on the host's, which it must not touch.
             cgroups: a.listen_tcp.is_some().then(veil_agent::cgroup::Cgroups::guest),
+            gpus,
         },
         kbs,
     ));

@@ -98,6 +98,13 @@ pub struct ServeArgs {
     /// Accept CoCo `sample` evidence, which has no cryptography at all.
     #[arg(long)]
     pub insecure_allow_sample: bool,
+    /// With --dev only: do not compare GPU reports' nonces with the
+    /// session's, for recorded GPU evidence (its nonce is fixed); the GPU
+    /// evidence is then bound only through the CPU evidence, its token
+    /// submodule says `nonce_bound: false`, and a `gpu` rule refuses it
+    /// unless it sets `allow_unbound_nonce` (docs/gpu.md).
+    #[arg(long, requires = "dev")]
+    pub dev_gpu_nonce_via_cpu_evidence: bool,
     /// Session (cookie) lifetime in seconds.
     #[arg(long, default_value_t = 300)]
     pub session_timeout: u64,
@@ -431,6 +438,15 @@ pub struct GetResourceArgs {
     /// Init-data TOML to send (its digest is recorded at "launch").
     #[arg(long)]
     pub init_data: Option<PathBuf>,
+    /// Recorded NVIDIA GPU evidence to send as additional evidence beside
+    /// the CPU evidence; repeatable, one per GPU (`gpu0`, `gpu1`, … in
+    /// order). A directory holding the report (`*AttestationReport.txt`,
+    /// `report.txt` or `report.bin`; hex or raw) and the device chain
+    /// (`*CertChain.txt` or `chain.pem`), and optionally `uuid`; or a file
+    /// of Trustee's device evidence JSON (`{"arch", "uuid", "evidence",
+    /// "certificate"}`).
+    #[arg(long, value_name = "DIR|FILE")]
+    pub gpu_evidence: Vec<PathBuf>,
     /// TEE key type: ec-p256, ec-p521, rsa2048, rsa3072.
     #[arg(long, default_value = "ec-p256")]
     pub key_type: KeyType,
@@ -519,6 +535,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     }
     cfg.dev = a.dev;
     cfg.insecure_allow_sample = a.insecure_allow_sample;
+    cfg.dev_gpu_nonce_via_cpu_evidence = a.dev_gpu_nonce_via_cpu_evidence;
     cfg.session_timeout = Duration::from_secs(a.session_timeout.max(1));
     cfg.token_ttl = Duration::from_secs(a.token_ttl.max(1));
     cfg.max_body_bytes = a.max_body_bytes;
@@ -557,6 +574,11 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     }
     if a.dev {
         eprintln!("veil: WARNING: --dev: resources may be released to simulated TEEs");
+    }
+    if a.dev_gpu_nonce_via_cpu_evidence {
+        eprintln!(
+            "veil: WARNING: --dev-gpu-nonce-via-cpu-evidence: GPU reports are accepted with any nonce (recorded evidence); a `gpu` rule still refuses them unless it sets allow_unbound_nonce"
+        );
     }
     if a.insecure_allow_sample {
         eprintln!(
@@ -990,9 +1012,23 @@ fn get_resource(a: GetResourceArgs) -> Result<ExitCode> {
             let mut guest = veil_kbs::simguest::SimGuest::new(platform, &measurement);
             guest.init_data = init_data;
             eprintln!("veil: WARNING: {}", veil_attest::sim::WARNING);
-            fetch_resource(&a, guest)
+            if a.gpu_evidence.is_empty() {
+                fetch_resource(&a, guest)
+            } else {
+                let gpus = a
+                    .gpu_evidence
+                    .iter()
+                    .map(|p| crate::kbs_gpu::read(p))
+                    .collect::<Result<Vec<_>>>()?;
+                fetch_resource(&a, crate::kbs_gpu::WithGpus::new(guest, gpus)?)
+            }
         }
         "sample" => {
+            if !a.gpu_evidence.is_empty() {
+                bail!(
+                    "--gpu-evidence: sample evidence has no cryptography to bind GPU evidence to; use --tee sim"
+                );
+            }
             eprintln!(
                 "veil: WARNING: --tee sample: CoCo SAMPLE evidence has NO cryptography at all (anyone can forge it); DEVELOPMENT ONLY, accepted only by a KBS started with --insecure-allow-sample (or Trustee's sample verifier){}",
                 if init_data.is_some() {

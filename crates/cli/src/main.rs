@@ -15,6 +15,7 @@ mod image;
 mod image_import;
 mod info;
 mod kbs;
+mod kbs_gpu;
 mod limits;
 mod measure;
 mod node;

@@ -80,6 +80,7 @@ fn policy() -> PolicyData {
                 signals: vec![9, 15],
                 ports: vec![],
                 resources: None,
+                gpus: 0,
             }
         })
         .collect();

@@ -316,6 +316,17 @@ pub struct ContainerPolicy {
     /// policies keep their bytes (and any limit is then allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcePolicy>,
+    /// NVIDIA GPUs the container needs (the pod's
+    /// `resources.limits["nvidia.com/gpu"]`): the agent attests the guest's
+    /// GPUs to the KBS and gives the container their device nodes only once
+    /// the KBS accepted them (docs/gpu.md). Omitted when zero, so policies
+    /// without GPUs keep their bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The most a container may be given (`ContainerPolicy::resources`).

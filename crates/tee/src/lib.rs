@@ -12,6 +12,8 @@
 //!   silently — sim is used only when asked for by name.
 //! - `nvidia` (feature `nvidia-gpu`): NVIDIA GPU evidence through a
 //!   transport trait over NVML's documented calls, and the GPU ready state.
+//! - `nvml` (feature `nvml`, which dlopens the driver's library): NVML as
+//!   that transport.
 //! - [`channel`]: length-prefixed JSON frames, shared by the sim platform
 //!   channel and the agent API.
 //!
@@ -20,8 +22,10 @@
 
 pub mod channel;
 pub mod detect;
-#[cfg(feature = "nvidia-gpu")]
+#[cfg(any(feature = "nvidia-gpu", test))]
 pub mod nvidia;
+#[cfg(any(feature = "nvml", test))]
+pub mod nvml;
 pub mod sim;
 pub mod snp;
 pub mod tdx;

@@ -9,11 +9,11 @@
 //! nonce in, the SPDM GET_MEASUREMENTS request ‖ response out) and
 //! `nvmlDeviceGetConfComputeGpuCertificate` (the device chain, PEM), after
 //! `nvmlSystemGetConfComputeState` says CC mode is on. NVML is a C library
-//! (`libnvidia-ml.so.1`, shipped with the driver); the in-guest agent stays
-//! pure Rust, so this module talks to the GPU through the [`GpuTransport`]
-//! trait and does not link or dlopen NVML itself. A transport that does
-//! (or that speaks the driver's ioctls) plugs in here; what this module
-//! guarantees is what it checks on whatever a transport returns.
+//! (`libnvidia-ml.so.1`, shipped with the driver); this module talks to the
+//! GPU through the [`GpuTransport`] trait and stays pure Rust. The `nvml`
+//! feature adds `crate::nvml::Nvml`, which dlopens the driver's library;
+//! without it the default agent neither links nor loads NVML. What this
+//! module guarantees is what it checks on whatever a transport returns.
 //!
 //! Every transport answer is untrusted (the host controls the device
 //! model): sizes are bounded, the report must be the SPDM request/response
@@ -265,15 +265,18 @@ impl GpuGate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::cell::Cell;
 
-    const FIX: &str = concat!(
+    /// The recorded Hopper evidence (`shared/fixtures/nvidia`).
+    pub(crate) const FIX: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../../shared/fixtures/nvidia/"
     );
-    const NONCE: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
+    /// The nonce the fixture report was made for.
+    pub(crate) const NONCE: &str =
+        "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
 
     /// NVML's answers recorded from a Hopper GPU (the fixture files).
     struct Recorded {
@@ -317,7 +320,7 @@ mod tests {
         }
     }
 
-    fn nonce() -> [u8; 32] {
+    pub(crate) fn nonce() -> [u8; 32] {
         hex::decode(NONCE).unwrap().try_into().unwrap()
     }
 

@@ -1169,7 +1169,61 @@ fn container_policy(
         signals,
         ports: container_ports(c, &path, unsupported)?,
         resources: super::resources::resource_policy(c, &path, unsupported)?,
+        gpus: container_gpus(c, &path)?,
     })
+}
+
+/// The Kubernetes extended resource NVIDIA's device plugin serves.
+pub const NVIDIA_GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// `resources.limits["nvidia.com/gpu"]` (an extended resource: requests, if
+/// given, must equal it), at most the GPUs one guest attests.
+fn container_gpus(c: &Value, path: &str) -> Result<u32, GenerateError> {
+    let res = c.get("resources");
+    let count = |what: &str| -> Result<Option<u32>, GenerateError> {
+        let p = format!("{path}.resources.{what}[\"{NVIDIA_GPU_RESOURCE}\"]");
+        match res
+            .and_then(|r| r.get(what))
+            .and_then(|m| m.get(NVIDIA_GPU_RESOURCE))
+        {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => s
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| field(p, format!("expected a whole number of GPUs, got {s:?}"))),
+            v => as_u32(v, &p),
+        }
+    };
+    let limit = count("limits")?;
+    let request = count("requests")?;
+    let n = match (limit, request) {
+        (Some(l), Some(r)) if l != r => {
+            return Err(field(
+                format!("{path}.resources"),
+                format!(
+                    "requests[\"{NVIDIA_GPU_RESOURCE}\"] ({r}) must equal limits ({l}), as Kubernetes requires for extended resources"
+                ),
+            ));
+        }
+        (Some(l), _) => l,
+        (None, Some(r)) => {
+            return Err(field(
+                format!("{path}.resources"),
+                format!(
+                    "requests[\"{NVIDIA_GPU_RESOURCE}\"] ({r}) without limits: Kubernetes requires the limit for extended resources"
+                ),
+            ));
+        }
+        (None, None) => 0,
+    };
+    let max = 16;
+    if n > max {
+        return Err(field(
+            format!("{path}.resources.limits[\"{NVIDIA_GPU_RESOURCE}\"]"),
+            format!("{n} GPUs; one guest attests at most {max}"),
+        ));
+    }
+    Ok(n)
 }
 
 /// The container's `ports`: each `containerPort`/`protocol` and the
@@ -1342,6 +1396,42 @@ pub(crate) fn pod_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_count_comes_from_the_nvidia_limit() {
+        let gpus = |r: serde_json::Value| container_gpus(&serde_json::json!({"resources": r}), "c");
+        assert_eq!(gpus(serde_json::json!({})).unwrap(), 0);
+        assert_eq!(
+            gpus(serde_json::json!({"limits": {"nvidia.com/gpu": 2}})).unwrap(),
+            2
+        );
+        assert_eq!(
+            gpus(serde_json::json!({"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}))
+                .unwrap(),
+            1
+        );
+        for (r, needle) in [
+            (
+                serde_json::json!({"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 2}}),
+                "must equal limits",
+            ),
+            (
+                serde_json::json!({"requests": {"nvidia.com/gpu": 1}}),
+                "without limits",
+            ),
+            (
+                serde_json::json!({"limits": {"nvidia.com/gpu": 17}}),
+                "at most 16",
+            ),
+            (
+                serde_json::json!({"limits": {"nvidia.com/gpu": "half"}}),
+                "whole number",
+            ),
+        ] {
+            let e = gpus(r).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
 
     #[test]
     fn expands_like_kubernetes() {

@@ -139,6 +139,9 @@ pub(crate) fn resource_policy(
         match k.as_str() {
             "memory" => p.memory_max = Some(quantity(v, &at, 0)?),
             "cpu" => p.cpu_millis = Some(quantity(v, &at, 3)?),
+            // The container's `gpus` (k8s.rs `container_gpus`): attested
+            // GPUs, not a cgroup limit.
+            "nvidia.com/gpu" => {}
             _ => unsupported.push(format!("{at}: not enforced by veil (memory and cpu are)")),
         }
     }
@@ -187,7 +190,8 @@ mod tests {
     #[test]
     fn limits_become_bounds_requests_do_not() {
         let c: Value = serde_json::json!({
-            "resources": {"limits": {"memory": "64Mi", "cpu": "250m", "nvidia.com/gpu": 1},
+            "resources": {"limits": {"memory": "64Mi", "cpu": "250m", "nvidia.com/gpu": 1,
+                                     "example.com/fpga": 1},
                           "requests": {"memory": "32Mi"}}
         });
         let mut unsupported = Vec::new();

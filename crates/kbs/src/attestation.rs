@@ -205,7 +205,10 @@ pub fn appraise(
         submods.extend(gpu_submods);
     }
 
-    let token = st.signer.sign(&claims);
+    let token = st
+        .signer
+        .sign(&claims)
+        .map_err(|e| fail(KbsError::AttestationError(e)))?;
     let measurement = verified
         .json
         .get("measurement")

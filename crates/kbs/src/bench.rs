@@ -7,7 +7,6 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use p256::ecdsa::signature::{Signer, Verifier};
 use rand_core::{OsRng, RngCore};
 use veil_attest::sim::{SimPlatformKey, SimReportBody};
 use veil_kbs_client::admin::{AdminClient, AdminKey};
@@ -125,7 +124,9 @@ impl fmt::Display for BenchReport {
 pub fn crypto_baseline(key_type: KeyType, iterations: usize) -> Result<Duration, String> {
     let platform = SimPlatformKey::generate();
     let root = platform.root();
-    let token_key = p256::ecdsa::SigningKey::random(&mut OsRng);
+    let token_key =
+        crate::token::TokenSigner::from_key(p256::ecdsa::SigningKey::random(&mut OsRng))?;
+    let claims = serde_json::json!({"iss": crate::token::ISSUER, "exp": 2, "submods": {}});
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
     // RSA key generation would dominate and a client reuses nothing, so it
@@ -137,11 +138,8 @@ pub fn crypto_baseline(key_type: KeyType, iterations: usize) -> Result<Duration,
         let body = SimReportBody::new(&[7u8; 64], &[1u8; 48], &[]).map_err(|e| e.to_string())?;
         let ev = platform.evidence_json(&body);
         veil_attest::sim::verify(ev.as_bytes(), Some(&root)).map_err(|e| e.to_string())?;
-        let sig: p256::ecdsa::Signature = token_key.sign(b"header.payload-of-a-typical-token");
-        token_key
-            .verifying_key()
-            .verify(b"header.payload-of-a-typical-token", &sig)
-            .map_err(|e| e.to_string())?;
+        let token = token_key.sign(&claims)?;
+        token_key.verify(&token, 1)?;
         let jwe =
             veil_kbs_client::jwe::encrypt(&kp.public_jwk(), &secret).map_err(|e| e.to_string())?;
         let out = kp.decrypt(&jwe).map_err(|e| e.to_string())?;

@@ -1,14 +1,20 @@
 //! The EAR attestation token: an ES256 JWS signed with the KBS's persistent
 //! P-256 key (kept sealed under the KEK in the store), its verification on
 //! every resource request, and the JWKS that publishes the public key.
+//!
+//! The key is stored and parsed as PKCS#8 with RustCrypto; signing and
+//! verification run on AWS-LC (both happen on every handshake and every
+//! resource request; see docs/attestation.md "Cryptography and speed").
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use rand_core::OsRng;
 use sha2::{Digest, Sha256};
+use veil_attest::ecdsa::EcdsaKey;
 
 use crate::secrets::Kek;
 use crate::store::Store;
@@ -22,8 +28,10 @@ pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
 /// Signs and verifies EAR tokens.
 pub struct TokenSigner {
-    key: SigningKey,
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
     verifying: VerifyingKey,
+    verifier: EcdsaKey,
     kid: String,
     jwk: serde_json::Value,
 }
@@ -58,12 +66,24 @@ impl TokenSigner {
                 SigningKey::from_pkcs8_der(&der).map_err(|e| format!("token signing key: {e}"))?
             }
         };
-        Ok(Self::from_key(key))
+        Self::from_key(key)
     }
 
     /// A signer for a given key.
-    pub fn from_key(key: SigningKey) -> Self {
+    pub fn from_key(key: SigningKey) -> Result<Self, String> {
         let verifying = *key.verifying_key();
+        let der = zeroize::Zeroizing::new(
+            key.to_pkcs8_der()
+                .map_err(|e| format!("token signing key: {e}"))?
+                .as_bytes()
+                .to_vec(),
+        );
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+            .map_err(|e| format!("token signing key (AWS-LC): {e}"))?;
+        let point = verifying.to_encoded_point(false);
+        if pair.public_key().as_ref() != point.as_bytes() {
+            return Err("token signing key: AWS-LC derived another public key".into());
+        }
         let spki = verifying
             .to_public_key_der()
             .map(|d| d.as_bytes().to_vec())
@@ -76,12 +96,14 @@ impl TokenSigner {
             "y": b64(point.y().map(|v| &v[..]).unwrap_or_default()),
             "alg": "ES256", "use": "sig", "kid": kid,
         });
-        TokenSigner {
-            key,
+        Ok(TokenSigner {
+            key: pair,
+            rng: SystemRandom::new(),
+            verifier: EcdsaKey::p256(&verifying),
             verifying,
             kid,
             jwk,
-        }
+        })
     }
 
     /// Key id.
@@ -95,7 +117,7 @@ impl TokenSigner {
     }
 
     /// Sign claims into a compact JWS.
-    pub fn sign(&self, claims: &serde_json::Value) -> String {
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, String> {
         let mut jwk = self.jwk.clone();
         if let Some(o) = jwk.as_object_mut() {
             o.remove("use");
@@ -107,8 +129,12 @@ impl TokenSigner {
             b64(header.to_string().as_bytes()),
             b64(claims.to_string().as_bytes())
         );
-        let sig: Signature = self.key.sign(input.as_bytes());
-        format!("{input}.{}", b64(&sig.to_bytes()))
+        // AWS-LC fails to sign only when the system RNG fails: then no token.
+        let sig = self
+            .key
+            .sign(&self.rng, input.as_bytes())
+            .map_err(|_| "signing the token failed (the system RNG failed)".to_string())?;
+        Ok(format!("{input}.{}", b64(sig.as_ref())))
     }
 
     /// Verify a token issued by this KBS and return its claims.
@@ -145,9 +171,12 @@ impl TokenSigner {
         }
         let sig_bytes = B64URL.decode(s).map_err(|_| "signature is not base64url")?;
         let sig = Signature::from_slice(&sig_bytes).map_err(|_| "signature is not a P-256 r||s")?;
-        self.verifying
-            .verify(format!("{h}.{p}").as_bytes(), &sig)
-            .map_err(|_| "signature does not verify with this KBS's token key")?;
+        if !self
+            .verifier
+            .verify_p256(format!("{h}.{p}").as_bytes(), &sig)
+        {
+            return Err("signature does not verify with this KBS's token key".into());
+        }
         let claims: serde_json::Value = B64URL
             .decode(p)
             .ok()
@@ -178,11 +207,27 @@ mod tests {
 
     #[test]
     fn sign_verify_expiry_and_foreign_keys() {
-        let s = TokenSigner::from_key(SigningKey::random(&mut OsRng));
-        let t = s.sign(&serde_json::json!({"iss": ISSUER, "exp": 100}));
+        let s = TokenSigner::from_key(SigningKey::random(&mut OsRng)).unwrap();
+        let t = s
+            .sign(&serde_json::json!({"iss": ISSUER, "exp": 100}))
+            .unwrap();
         assert!(s.verify(&t, 50).is_ok());
+        // Signed on AWS-LC, an ordinary ES256 JWS: RustCrypto (any JOSE
+        // library with the JWKS key) verifies it, and not a changed payload.
+        {
+            use p256::ecdsa::signature::Verifier as _;
+            let (input, sig) = t.rsplit_once('.').unwrap();
+            let sig = Signature::from_slice(&B64URL.decode(sig).unwrap()).unwrap();
+            assert!(s.verifying_key().verify(input.as_bytes(), &sig).is_ok());
+            let forged = input.replacen('.', ".e30", 1);
+            assert!(s.verifying_key().verify(forged.as_bytes(), &sig).is_err());
+            let mut flipped = sig.to_bytes().to_vec();
+            flipped[10] ^= 1;
+            let t2 = format!("{input}.{}", B64URL.encode(&flipped));
+            assert!(s.verify(&t2, 50).unwrap_err().contains("does not verify"));
+        }
         assert!(s.verify(&t, 100).unwrap_err().contains("expired"));
-        let other = TokenSigner::from_key(SigningKey::random(&mut OsRng));
+        let other = TokenSigner::from_key(SigningKey::random(&mut OsRng)).unwrap();
         assert!(other.verify(&t, 50).unwrap_err().contains("signed by key"));
         let mut bad = t.clone();
         bad.push('A');

@@ -86,6 +86,9 @@ struct Proc {
     io: ProcessIo,
     started: bool,
     exit: Arc<ExitCell>,
+    /// containerd asked for SIGKILL: a 137 is then its kill, not the OOM
+    /// killer's, and the exit is reported without asking the sandbox.
+    host_killed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proc {
@@ -94,6 +97,7 @@ impl Proc {
             io,
             started: false,
             exit: Arc::default(),
+            host_killed: Arc::default(),
         }
     }
     fn status(&self) -> Status {
@@ -552,6 +556,7 @@ impl protos::Task for Service {
             ));
         }
         let exit = p.exit.clone();
+        let host_killed = p.host_killed.clone();
         let waiter = if pause {
             None
         } else {
@@ -605,7 +610,11 @@ impl protos::Task for Service {
                 // An out-of-memory kill is a SIGKILL (137) the container's
                 // cgroup counted: containerd hears of it before the exit,
                 // which is how the CRI reports the reason OOMKilled.
-                if exec_id.is_empty() && code == 137 && Self::oom_killed(&state, &id) {
+                if exec_id.is_empty()
+                    && code == 137
+                    && !host_killed.load(std::sync::atomic::Ordering::SeqCst)
+                    && Self::oom_killed(&state, &id)
+                {
                     let mut ev = TaskOOM::new();
                     ev.container_id = id.clone();
                     publisher.publish(topic::OOM, &ev);
@@ -860,6 +869,10 @@ impl protos::Task for Service {
                 Self::publish_exit(&self.publisher, &req.id, &req.exec_id, pid, code);
             }
             return Ok(Empty::new());
+        }
+        if req.signal == 9 {
+            p.host_killed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         drop(st);
         self.on_process(&req.id, &req.exec_id, |s, p| s.signal(p, req.signal))?;

@@ -131,7 +131,14 @@ fn redis_bench(port: u16, a: &ServiceBench) -> Result<(f64, f64)> {
             .find(|l| l.starts_with(&format!("\"{test}\"")))
             .and_then(|l| l.split(',').nth(1))
             .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
-            .ok_or_else(|| anyhow!("no {test} line in redis-benchmark's output: {text}"))
+            .ok_or_else(|| {
+                anyhow!(
+                    "no {test} line in redis-benchmark's output ({}): {}; stderr: {}",
+                    out.status,
+                    veil_kbs::text::escape_controls(text.trim()),
+                    veil_kbs::text::escape_controls(String::from_utf8_lossy(&out.stderr).trim())
+                )
+            })
     };
     Ok((rate("SET")?, rate("GET")?))
 }

@@ -89,7 +89,6 @@ impl TokenSigner {
             .map(|d| d.as_bytes().to_vec())
             .unwrap_or_default();
         let kid = hex::encode(&Sha256::digest(&spki)[..8]);
-        let point = verifying.to_encoded_point(false);
         let jwk = serde_json::json!({
             "kty": "EC", "crv": "P-256",
             "x": b64(point.x().map(|v| &v[..]).unwrap_or_default()),
@@ -195,7 +194,7 @@ impl TokenSigner {
         Ok(claims)
     }
 
-    /// The private key as PKCS#8 DER (for the JWKS test and key export).
+    /// The token public key (what the JWKS publishes).
     pub fn verifying_key(&self) -> &VerifyingKey {
         &self.verifying
     }

@@ -147,6 +147,7 @@ fn rsa_header() -> String {
 }
 
 fn seal(
+    crypto: &dyn SealCrypto,
     header: &str,
     encrypted_key: Vec<u8>,
     cek: &[u8; 32],
@@ -154,17 +155,15 @@ fn seal(
 ) -> Result<FlattenedJwe> {
     let protected = b64(header.as_bytes());
     let mut iv = [0u8; 12];
-    OsRng.fill_bytes(&mut iv);
-    let cipher = Aes256Gcm::new_from_slice(cek).map_err(|e| JweError::InvalidKey(e.to_string()))?;
-    let mut ct = cipher
-        .encrypt(
-            &Nonce::from(iv),
-            Payload {
-                msg: plaintext,
-                aad: protected.as_bytes(),
-            },
-        )
-        .map_err(|_| JweError::InvalidKey("AES-GCM encryption failed".into()))?;
+    crypto.fill_random(&mut iv)?;
+    let mut ct = crypto.aes256_gcm_seal(cek, &iv, protected.as_bytes(), plaintext)?;
+    if ct.len() != plaintext.len() + 16 {
+        return Err(JweError::InvalidKey(format!(
+            "A256GCM produced {} bytes for {} bytes of plaintext (expected ciphertext and a 16-byte tag)",
+            ct.len(),
+            plaintext.len()
+        )));
+    }
     let tag = ct.split_off(ct.len() - 16);
     Ok(FlattenedJwe {
         protected,
@@ -173,6 +172,117 @@ fn seal(
         ciphertext: b64(&ct),
         tag: b64(&tag),
     })
+}
+
+/// The curve of an EC TEE key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    /// NIST P-256.
+    P256,
+    /// NIST P-521.
+    P521,
+}
+
+impl Curve {
+    /// The JWK `crv` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Curve::P256 => "P-256",
+            Curve::P521 => "P-521",
+        }
+    }
+
+    /// Bytes per coordinate.
+    pub fn coord_len(self) -> usize {
+        match self {
+            Curve::P256 => 32,
+            Curve::P521 => 66,
+        }
+    }
+}
+
+/// The primitives the sending side of a resource JWE needs. [`RustCrypto`]
+/// is the pure-Rust set the guest links; the KBS server plugs in a faster
+/// backend through [`encrypt_with`] without the guest linking it. The JWE
+/// format (headers, KDF, layout) stays here, in one place.
+pub trait SealCrypto {
+    /// Ephemeral-static ECDH with `peer` (an uncompressed SEC1 point on
+    /// `curve`, checked to be on the curve): the shared secret Z and the
+    /// ephemeral public key as an uncompressed SEC1 point.
+    fn ecdh_ephemeral(&self, curve: Curve, peer: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>)>;
+    /// AES-256 key wrap (RFC 3394) of a 32-byte content key.
+    fn aes256_kw_wrap(&self, kek: &[u8; 32], cek: &[u8; 32]) -> Result<Vec<u8>>;
+    /// AES-256-GCM: ciphertext followed by the 16-byte tag.
+    fn aes256_gcm_seal(
+        &self,
+        key: &[u8; 32],
+        iv: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>>;
+    /// Fill `buf` from the operating system's CSPRNG.
+    fn fill_random(&self, buf: &mut [u8]) -> Result<()>;
+}
+
+/// The pure-Rust (RustCrypto) primitives.
+pub struct RustCrypto;
+
+impl SealCrypto for RustCrypto {
+    fn ecdh_ephemeral(&self, curve: Curve, peer: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>)> {
+        let not_on_curve =
+            || JweError::InvalidKey(format!("{} point is not on the curve", curve.name()));
+        match curve {
+            Curve::P256 => {
+                let peer = p256::PublicKey::from_sec1_bytes(peer).map_err(|_| not_on_curve())?;
+                let eph = p256::ecdh::EphemeralSecret::random(&mut OsRng);
+                let shared = eph.diffie_hellman(&peer);
+                let ep = p256::EncodedPoint::from(eph.public_key());
+                Ok((
+                    Zeroizing::new(shared.raw_secret_bytes().to_vec()),
+                    ep.as_bytes().to_vec(),
+                ))
+            }
+            Curve::P521 => {
+                let peer = p521::PublicKey::from_sec1_bytes(peer).map_err(|_| not_on_curve())?;
+                let eph = p521::ecdh::EphemeralSecret::random(&mut OsRng);
+                let shared = eph.diffie_hellman(&peer);
+                let ep = p521::EncodedPoint::from(eph.public_key());
+                Ok((
+                    Zeroizing::new(shared.raw_secret_bytes().to_vec()),
+                    ep.as_bytes().to_vec(),
+                ))
+            }
+        }
+    }
+
+    fn aes256_kw_wrap(&self, kek: &[u8; 32], cek: &[u8; 32]) -> Result<Vec<u8>> {
+        wrap_cek(kek, cek)
+    }
+
+    fn aes256_gcm_seal(
+        &self,
+        key: &[u8; 32],
+        iv: &[u8; 12],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
+        let cipher =
+            Aes256Gcm::new_from_slice(key).map_err(|e| JweError::InvalidKey(e.to_string()))?;
+        cipher
+            .encrypt(
+                &Nonce::from(*iv),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| JweError::InvalidKey("AES-GCM encryption failed".into()))
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) -> Result<()> {
+        OsRng.fill_bytes(buf);
+        Ok(())
+    }
 }
 
 fn ec_point(crv: &str, x: &str, y: &str, coord_len: usize) -> Result<(Vec<u8>, Vec<u8>)> {
@@ -260,57 +370,63 @@ fn rsa_public(key: &TeePubKey) -> Result<RsaPublicKey> {
     Ok(pk)
 }
 
-/// Encrypt `plaintext` to a TEE public key.
+/// Encrypt `plaintext` to a TEE public key (pure-Rust primitives).
 pub fn encrypt(key: &TeePubKey, plaintext: &[u8]) -> Result<FlattenedJwe> {
-    validate_tee_pubkey(key)?;
+    encrypt_with(&RustCrypto, key, plaintext)
+}
+
+/// Encrypt `plaintext` to a TEE public key with `crypto`'s primitives for
+/// ECDH, key wrap and AES-GCM (RSA-OAEP, a public-key operation with a
+/// small exponent, stays RustCrypto's).
+pub fn encrypt_with(
+    crypto: &dyn SealCrypto,
+    key: &TeePubKey,
+    plaintext: &[u8],
+) -> Result<FlattenedJwe> {
     let mut cek = Zeroizing::new([0u8; 32]);
-    OsRng.fill_bytes(cek.as_mut());
     match key {
-        TeePubKey::EC { crv, x, y, .. } => {
-            let (z, epk_x, epk_y) = match crv.as_str() {
-                "P-256" => {
-                    let (xb, yb) = ec_point(crv, x, y, 32)?;
-                    let peer = p256::PublicKey::from_sec1_bytes(&uncompressed(&xb, &yb)).map_err(
-                        |_| JweError::InvalidKey("P-256 point is not on the curve".into()),
-                    )?;
-                    let eph = p256::ecdh::EphemeralSecret::random(&mut OsRng);
-                    let shared = eph.diffie_hellman(&peer);
-                    let ep = p256::EncodedPoint::from(eph.public_key());
-                    let z = Zeroizing::new(shared.raw_secret_bytes().to_vec());
-                    (
-                        z,
-                        b64(ep.x().map(|v| &v[..]).unwrap_or_default()),
-                        b64(ep.y().map(|v| &v[..]).unwrap_or_default()),
-                    )
-                }
-                _ => {
-                    let (xb, yb) = ec_point(crv, x, y, 66)?;
-                    let peer = p521::PublicKey::from_sec1_bytes(&uncompressed(&xb, &yb)).map_err(
-                        |_| JweError::InvalidKey("P-521 point is not on the curve".into()),
-                    )?;
-                    let eph = p521::ecdh::EphemeralSecret::random(&mut OsRng);
-                    let shared = eph.diffie_hellman(&peer);
-                    let ep = p521::EncodedPoint::from(eph.public_key());
-                    let z = Zeroizing::new(shared.raw_secret_bytes().to_vec());
-                    (
-                        z,
-                        b64(ep.x().map(|v| &v[..]).unwrap_or_default()),
-                        b64(ep.y().map(|v| &v[..]).unwrap_or_default()),
-                    )
+        TeePubKey::EC { crv, alg, x, y } => {
+            if alg != ALG_ECDH_ES_A256KW {
+                return Err(JweError::UnsupportedKey(format!(
+                    "EC key alg is {alg:?}, supported: {ALG_ECDH_ES_A256KW}"
+                )));
+            }
+            let curve = match crv.as_str() {
+                "P-256" => Curve::P256,
+                "P-521" => Curve::P521,
+                other => {
+                    return Err(JweError::UnsupportedKey(format!(
+                        "EC curve {other:?}, supported: P-256, P-521"
+                    )));
                 }
             };
+            let (xb, yb) = ec_point(crv, x, y, curve.coord_len())?;
+            let (z, epk) = crypto.ecdh_ephemeral(curve, &uncompressed(&xb, &yb))?;
+            let n = curve.coord_len();
+            if epk.len() != 1 + 2 * n || epk[0] != 4 {
+                return Err(JweError::InvalidKey(format!(
+                    "ephemeral {} key is not an uncompressed point ({} bytes)",
+                    curve.name(),
+                    epk.len()
+                )));
+            }
             let kek = concat_kdf(&z);
-            let wrapped = wrap_cek(&kek, &cek)?;
-            seal(&ec_header(crv, &epk_x, &epk_y), wrapped, &cek, plaintext)
+            crypto.fill_random(cek.as_mut())?;
+            let wrapped = crypto.aes256_kw_wrap(&kek, &cek)?;
+            let header = ec_header(crv, &b64(&epk[1..1 + n]), &b64(&epk[1 + n..]));
+            seal(crypto, &header, wrapped, &cek, plaintext)
         }
         TeePubKey::RSA { .. } => {
             let pk = rsa_public(key)?;
+            crypto.fill_random(cek.as_mut())?;
             let wrapped = pk
                 .encrypt(&mut OsRng, Oaep::new::<Sha256>(), cek.as_ref())
                 .map_err(|e| JweError::InvalidKey(format!("RSA-OAEP: {e}")))?;
-            seal(&rsa_header(), wrapped, &cek, plaintext)
+            seal(crypto, &rsa_header(), wrapped, &cek, plaintext)
         }
-        TeePubKey::AKP { .. } => Err(JweError::UnsupportedKey("AKP".into())),
+        TeePubKey::AKP { alg, .. } => Err(JweError::UnsupportedKey(format!(
+            "AKP ({alg}) keys are experimental and not supported"
+        ))),
     }
 }
 

@@ -140,8 +140,7 @@ pub fn crypto_baseline(key_type: KeyType, iterations: usize) -> Result<Duration,
         veil_attest::sim::verify(ev.as_bytes(), Some(&root)).map_err(|e| e.to_string())?;
         let token = token_key.sign(&claims)?;
         token_key.verify(&token, 1)?;
-        let jwe =
-            veil_kbs_client::jwe::encrypt(&kp.public_jwk(), &secret).map_err(|e| e.to_string())?;
+        let jwe = crate::jwe::encrypt(&kp.public_jwk(), &secret).map_err(|e| e.to_string())?;
         let out = kp.decrypt(&jwe).map_err(|e| e.to_string())?;
         if out.as_slice() != secret {
             return Err("baseline JWE round trip mismatch".into());

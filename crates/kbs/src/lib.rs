@@ -20,6 +20,7 @@ pub mod datadir;
 pub mod error;
 pub mod gpu;
 pub mod json;
+pub mod jwe;
 pub mod loadgen;
 pub mod metrics;
 pub mod pin;

@@ -171,7 +171,7 @@ fn release_inner(
         .kek
         .open(&format!("resource:{path}"), &blob)
         .map_err(|e| KbsError::PluginInternalError(e.to_string()))?;
-    let jwe = veil_kbs_client::jwe::encrypt(&tee_pubkey, &plaintext)
+    let jwe = crate::jwe::encrypt(&tee_pubkey, &plaintext)
         .map_err(|e| KbsError::JweError(e.to_string()))?;
     let kty = match &tee_pubkey {
         TeePubKey::EC { crv, .. } => crv.clone(),

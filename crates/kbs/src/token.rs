@@ -34,6 +34,44 @@ pub struct TokenSigner {
     verifier: EcdsaKey,
     kid: String,
     jwk: serde_json::Value,
+    verified: std::sync::Mutex<VerifiedCache>,
+}
+
+/// Tokens this KBS has already verified, by the SHA-256 of the token
+/// string: an attested workload presents the same token on every resource
+/// request, and re-checking its signature and re-parsing its claims was a
+/// sixth of the cost of a resource GET. Only tokens whose signature
+/// verified are entered, so a hit needs the very same token string (a
+/// SHA-256 collision otherwise); expiry is still checked on every hit. The
+/// cache is per signing key (a new key is a new `TokenSigner`), bounded,
+/// and dropped with the server.
+#[derive(Default)]
+struct VerifiedCache {
+    map: std::collections::HashMap<[u8; 32], (u64, serde_json::Value)>,
+}
+
+/// Verified tokens remembered at most.
+const VERIFIED_CACHE_ENTRIES: usize = 16 * 1024;
+
+impl VerifiedCache {
+    fn get(&self, digest: &[u8; 32], now: u64) -> Option<serde_json::Value> {
+        match self.map.get(digest) {
+            Some((exp, claims)) if *exp > now => Some(claims.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, digest: [u8; 32], exp: u64, claims: &serde_json::Value, now: u64) {
+        if self.map.len() >= VERIFIED_CACHE_ENTRIES {
+            self.map.retain(|_, (e, _)| *e > now);
+            if self.map.len() >= VERIFIED_CACHE_ENTRIES {
+                // Every entry is live: start over rather than track ages
+                // (the cost is one signature check per live token).
+                self.map.clear();
+            }
+        }
+        self.map.insert(digest, (exp, claims.clone()));
+    }
 }
 
 fn b64(b: &[u8]) -> String {
@@ -102,6 +140,7 @@ impl TokenSigner {
             verifying,
             kid,
             jwk,
+            verified: Default::default(),
         })
     }
 
@@ -144,6 +183,24 @@ impl TokenSigner {
                 token.len()
             ));
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.verified_cache().get(&digest, now) {
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token, now)?;
+        // `verify_uncached` checked exp is a number after now.
+        let exp = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
+        self.verified_cache().insert(digest, exp, &claims, now);
+        Ok(claims)
+    }
+
+    fn verified_cache(&self) -> std::sync::MutexGuard<'_, VerifiedCache> {
+        // The cache holds only verified claims; a panic elsewhere while it
+        // was locked leaves it consistent.
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn verify_uncached(&self, token: &str, now: u64) -> Result<serde_json::Value, String> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -232,5 +289,42 @@ mod tests {
         bad.push('A');
         assert!(s.verify(&bad, 50).is_err());
         assert!(s.verify("a.b", 50).is_err());
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_but_still_expires_and_only_the_same_string_hits() {
+        let s = TokenSigner::from_key(SigningKey::random(&mut OsRng)).unwrap();
+        let t = s
+            .sign(&serde_json::json!({"iss": ISSUER, "exp": 100, "x": 1}))
+            .unwrap();
+        let first = s.verify(&t, 10).unwrap();
+        assert_eq!(s.verified_cache().map.len(), 1);
+        assert_eq!(s.verify(&t, 20).unwrap(), first);
+        // The same header and claims with another signature: not a hit.
+        let (input, sig) = t.rsplit_once('.').unwrap();
+        let mut flipped = B64URL.decode(sig).unwrap();
+        flipped[3] ^= 1;
+        let forged = format!("{input}.{}", B64URL.encode(&flipped));
+        assert!(
+            s.verify(&forged, 20)
+                .unwrap_err()
+                .contains("does not verify")
+        );
+        assert_eq!(
+            s.verified_cache().map.len(),
+            1,
+            "a failed token is not cached"
+        );
+        // A remembered token still expires.
+        assert!(s.verify(&t, 100).unwrap_err().contains("expired"));
+        // Full of live tokens, the cache starts over and still answers.
+        for i in 0..VERIFIED_CACHE_ENTRIES {
+            let mut d = [0u8; 32];
+            d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            s.verified_cache()
+                .insert(d, 1000, &serde_json::Value::Null, 10);
+        }
+        assert_eq!(s.verify(&t, 30).unwrap(), first);
+        assert!(s.verified_cache().map.len() <= VERIFIED_CACHE_ENTRIES);
     }
 }

@@ -187,22 +187,22 @@ impl Store for SqliteStore {
 
     fn get_resource(&self, path: &str) -> Result<Option<(ResourceMeta, SealedBlob)>> {
         self.read(|c| {
-            c.query_row(
+            // On every resource release: keep the statement compiled.
+            c.prepare_cached(
                 "SELECT size, updated_at, kek_id, nonce, ciphertext FROM resources WHERE path = ?1",
-                params![path],
-                |r| {
-                    let kek_id: String = r.get(2)?;
-                    Ok((
-                        ResourceMeta {
-                            path: path.to_string(),
-                            size: to_u64(r.get(0)?),
-                            updated_at: to_u64(r.get(1)?),
-                            kek_id: kek_id.clone(),
-                        },
-                        blob_from_row(kek_id, r.get(3)?, r.get(4)?),
-                    ))
-                },
-            )
+            )?
+            .query_row(params![path], |r| {
+                let kek_id: String = r.get(2)?;
+                Ok((
+                    ResourceMeta {
+                        path: path.to_string(),
+                        size: to_u64(r.get(0)?),
+                        updated_at: to_u64(r.get(1)?),
+                        kek_id: kek_id.clone(),
+                    },
+                    blob_from_row(kek_id, r.get(3)?, r.get(4)?),
+                ))
+            })
             .optional()
         })
     }

@@ -210,7 +210,7 @@ fn print_table(r: &BenchVolumeResult, accel_reason: &str, a: &VolumeBench) {
         r.fill_ms as f64 / 1000.0
     );
     println!(
-        "  {:<11} {:>6} {:>12} {:>10} {:>15} {:>14} {:>16}",
+        "  {:<11} {:>5} {:>11} {:>11} {:>15} {:>15} {:>16}",
         "phase",
         "block",
         "plain MB/s",
@@ -226,7 +226,7 @@ fn print_table(r: &BenchVolumeResult, accel_reason: &str, a: &VolumeBench) {
             format!("{}K", p.block_bytes >> 10)
         };
         println!(
-            "  {:<11} {:>6} {:>12.1} {:>10.0} {:>15.1} {:>14.0} {:>16}",
+            "  {:<11} {:>5} {:>11.1} {:>11.0} {:>15.1} {:>15.0} {:>16}",
             p.name,
             block,
             p.plain.mb_per_s(),

@@ -136,7 +136,7 @@ impl Drop for RecordDir {
 /// The encrypted disk's figure over the plain one's, or `None` when the
 /// plain one measured nothing.
 fn ratio(enc: f64, plain: f64) -> Option<f64> {
-    (plain > 0.0).then(|| enc / plain)
+    if plain > 0.0 { Some(enc / plain) } else { None }
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {

@@ -116,6 +116,8 @@ pub fn scratch_bytes(base: Option<u64>, volumes: &[veil_policy::model::VolumePol
 
 /// Which sandbox to launch.
 #[derive(Debug, Clone)]
+// One value per launch: boxing the VM's options would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SandboxKind {
     /// `veil-agent` in its own namespaces on the host (sim TEE only).
     Process,

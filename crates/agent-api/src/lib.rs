@@ -26,6 +26,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
+pub mod bench;
 pub mod nic;
 pub mod proto;
 pub mod resources;
@@ -541,11 +542,13 @@ pub enum RequestKind {
     GetEvidence,
     UpdateConfig,
     ResizeTerminal,
+    /// Benchmark-only (`veil bench volume`): see [`bench`].
+    BenchVolume,
 }
 
 impl RequestKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [RequestKind; 13] = [
+    pub const ALL: [RequestKind; 14] = [
         RequestKind::CreateSandbox,
         RequestKind::CreateContainer,
         RequestKind::StartContainer,
@@ -559,6 +562,7 @@ impl RequestKind {
         RequestKind::GetEvidence,
         RequestKind::UpdateConfig,
         RequestKind::ResizeTerminal,
+        RequestKind::BenchVolume,
     ];
 
     /// The snake_case name used on the wire and as the policy rule prefix.
@@ -577,6 +581,7 @@ impl RequestKind {
             RequestKind::GetEvidence => "get_evidence",
             RequestKind::UpdateConfig => "update_config",
             RequestKind::ResizeTerminal => "resize_terminal",
+            RequestKind::BenchVolume => "bench_volume",
         }
     }
 
@@ -611,6 +616,7 @@ pub enum AgentRequest {
     GetEvidence(GetEvidenceRequest),
     UpdateConfig(UpdateConfigRequest),
     ResizeTerminal(ResizeTerminalRequest),
+    BenchVolume(bench::BenchVolumeRequest),
 }
 
 impl AgentRequest {
@@ -630,6 +636,7 @@ impl AgentRequest {
             AgentRequest::GetEvidence(_) => RequestKind::GetEvidence,
             AgentRequest::UpdateConfig(_) => RequestKind::UpdateConfig,
             AgentRequest::ResizeTerminal(_) => RequestKind::ResizeTerminal,
+            AgentRequest::BenchVolume(_) => RequestKind::BenchVolume,
         }
     }
 
@@ -649,6 +656,7 @@ impl AgentRequest {
             AgentRequest::GetEvidence(r) => serde_json::to_value(r),
             AgentRequest::UpdateConfig(r) => serde_json::to_value(r),
             AgentRequest::ResizeTerminal(r) => serde_json::to_value(r),
+            AgentRequest::BenchVolume(r) => serde_json::to_value(r),
         };
         // Serializing these plain structs to a Value cannot fail (string keys only).
         r.unwrap_or(serde_json::Value::Null)
@@ -803,6 +811,7 @@ impl AgentRequest {
                 }
                 Ok(())
             }
+            AgentRequest::BenchVolume(r) => r.check().map_err(|e| invalid("seconds", e)),
         }
     }
 }
@@ -1019,6 +1028,7 @@ impl AgentMessage {
             RequestKind::GetEvidence => AgentRequest::GetEvidence(body(b)?),
             RequestKind::UpdateConfig => AgentRequest::UpdateConfig(body(b)?),
             RequestKind::ResizeTerminal => AgentRequest::ResizeTerminal(body(b)?),
+            RequestKind::BenchVolume => AgentRequest::BenchVolume(body(b)?),
         };
         request.validate()?;
         Ok(AgentMessage {
@@ -1191,6 +1201,28 @@ mod tests {
             r.process.console_size,
             Some(ConsoleSize { rows: 2, cols: 3 })
         );
+    }
+
+    #[test]
+    fn bench_volume_round_trips_and_its_seconds_are_bounded() {
+        let m = AgentMessage::new(AgentRequest::BenchVolume(bench::BenchVolumeRequest {
+            seconds: 2,
+            seed: 7,
+        }));
+        let v = m.to_json();
+        assert_eq!(v["kind"], "bench_volume");
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert_eq!(AgentMessage::from_json(&bytes).unwrap(), m);
+        let mut v = m.to_json();
+        v["request"]["seconds"] = 0.into();
+        let e = AgentMessage::from_value(v).unwrap_err();
+        assert!(e.to_string().contains("invalid field seconds"), "{e}");
+        let mut v = m.to_json();
+        v["request"]["disk"] = "/dev/vda".into();
+        assert!(matches!(
+            AgentMessage::from_value(v),
+            Err(ApiError::Json(_))
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! [`veil_agent_api::proto`] for the hello and responses); descriptor
 //! hygiene before exec is `veil-fds`. The host links those, never this crate.
 
+pub mod bench_volume;
 pub mod boot;
 pub mod cgroup;
 pub mod container;

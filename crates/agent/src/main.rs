@@ -474,6 +474,7 @@ fn run(a: ServeArgs) -> Result<(), String> {
         engine: Mutex::new(booted.engine),
         manager: manager.clone(),
         attester,
+        in_vm: a.listen_tcp.is_some(),
     });
 
     enum Listener {

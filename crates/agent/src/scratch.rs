@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use veil_agent_api::{MAX_SCRATCH_BYTES, MIN_SCRATCH_BYTES, SCRATCH_FW_CFG, SCRATCH_SERIAL};
-use zeroize::Zeroizing;
 
 use crate::storage;
 
@@ -39,84 +38,24 @@ pub fn root() -> Option<&'static Path> {
     ROOT.get().map(PathBuf::as_path)
 }
 
+/// The scratch disk as the set-up announces it.
+pub const DISK: storage::AnnouncedDisk = storage::AnnouncedDisk {
+    what: "scratch",
+    serial: SCRATCH_SERIAL,
+    fw_cfg: SCRATCH_FW_CFG,
+    min_bytes: MIN_SCRATCH_BYTES,
+    max_bytes: MAX_SCRATCH_BYTES,
+};
+
 /// Parse the fw_cfg item: the scratch disk's size in bytes, decimal ASCII.
 pub fn parse_size(raw: &[u8]) -> Result<u64, String> {
-    let text = std::str::from_utf8(raw)
-        .ok()
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| {
-            format!(
-                "scratch: fw_cfg {SCRATCH_FW_CFG} must be a size in bytes (decimal digits), got {:?}",
-                String::from_utf8_lossy(&raw[..raw.len().min(40)])
-            )
-        })?;
-    let n: u64 = text
-        .parse()
-        .map_err(|_| format!("scratch: fw_cfg {SCRATCH_FW_CFG}: {text} is out of range"))?;
-    if !(MIN_SCRATCH_BYTES..=MAX_SCRATCH_BYTES).contains(&n) || n % 4096 != 0 {
-        return Err(format!(
-            "scratch: fw_cfg {SCRATCH_FW_CFG}: expected a multiple of 4096 between {MIN_SCRATCH_BYTES} and {MAX_SCRATCH_BYTES} bytes, got {n}"
-        ));
-    }
-    Ok(n)
+    DISK.parse_size(raw)
 }
 
 /// Check that the disk `dev` is the scratch disk the set-up announced:
-/// exactly `expected` bytes, and blank (a fresh sparse file reads as
-/// zeros; anything else is a disk with content the host attached under
-/// the scratch serial, which the guest will not format over).
+/// exactly `expected` bytes, and blank.
 pub fn check_disk(dev: &str, expected: u64, actual: u64, head: &[u8]) -> Result<(), String> {
-    if actual != expected {
-        return Err(format!(
-            "scratch: check size of disk {dev} (serial {SCRATCH_SERIAL}): expected {expected} bytes (the sandbox set-up, fw_cfg {SCRATCH_FW_CFG}), got {actual}: not the disk veil run attached; refusing to use it"
-        ));
-    }
-    if let Some(at) = head.iter().position(|&b| b != 0) {
-        return Err(format!(
-            "scratch: check disk {dev} (serial {SCRATCH_SERIAL}) is blank: expected zeros (a new sparse file), got a non-zero byte at offset {at}: a disk with content; refusing to format over it"
-        ));
-    }
-    Ok(())
-}
-
-/// `n` bytes from the kernel's CSPRNG.
-fn random(n: usize) -> Result<Zeroizing<Vec<u8>>, String> {
-    let mut key = Zeroizing::new(vec![0u8; n]);
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: writes at most `n - filled` bytes into the buffer we own.
-        let r = unsafe {
-            libc::getrandom(
-                key[filled..].as_mut_ptr() as *mut libc::c_void,
-                n - filled,
-                0,
-            )
-        };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("scratch: getrandom: {e}"));
-        }
-        filled += r as usize;
-    }
-    Ok(key)
-}
-
-fn disk_bytes(dev: &Path) -> Result<u64, String> {
-    let name = dev
-        .file_name()
-        .ok_or_else(|| format!("{}: no device name", dev.display()))?;
-    let sectors = fs::read_to_string(Path::new("/sys/block").join(name).join("size"))
-        .map_err(|e| format!("scratch: size of {}: {e}", dev.display()))?;
-    sectors
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|s| s.checked_mul(512))
-        .ok_or_else(|| format!("scratch: size of {}: {sectors:?}", dev.display()))
+    DISK.check(dev, expected, actual, head)
 }
 
 /// Bytes written at each end of the opened disk before mke2fs.
@@ -146,30 +85,17 @@ fn zero_ends(mapped: &Path) -> Result<(), String> {
 /// Open the scratch disk the fw_cfg item `fw_cfg` announces (PID 1, at
 /// boot). `Ok(None)`: the set-up announces none. A log line on success.
 pub fn open_announced(fw_cfg: &Path) -> Result<Option<String>, String> {
-    use std::io::Read;
-    let mut raw = Vec::new();
-    match fs::File::open(fw_cfg) {
-        // The host's bytes: at most what a size can take (parse_size refuses more).
-        Ok(f) => f
-            .take(64)
-            .read_to_end(&mut raw)
-            .map_err(|e| format!("scratch: reading fw_cfg {SCRATCH_FW_CFG}: {e}"))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("scratch: reading fw_cfg {SCRATCH_FW_CFG}: {e}")),
-    };
-    let expected = parse_size(&raw)?;
-    open(expected).map(Some)
+    match DISK.announced(fw_cfg)? {
+        Some(expected) => open(expected).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Check, format and mount the scratch disk of `expected` bytes.
 pub fn open(expected: u64) -> Result<String, String> {
-    let dev = storage::find_disk(SCRATCH_SERIAL).map_err(|e| {
-        format!("scratch: {e} (the set-up announced a {expected}-byte scratch disk)")
-    })?;
+    let dev = DISK.find_checked(expected)?;
     let dev_s = dev.display().to_string();
-    let head = storage::read_head(&dev, 64 << 10)?;
-    check_disk(&dev_s, expected, disk_bytes(&dev)?, &head)?;
-    let key = random(KEY_BYTES)?;
+    let key = storage::random_key(KEY_BYTES).map_err(|e| format!("scratch: {e}"))?;
     // No integrity wipe: a fresh disk would be written whole (slow, and
     // the host would allocate all of it); sectors never written read as
     // an integrity error, and ext4 reads only what it wrote. No journal
@@ -178,25 +104,10 @@ pub fn open(expected: u64) -> Result<String, String> {
         &storage::luks_format_args(&["--integrity-no-wipe", "--label", "veil:scratch"], &dev_s),
         &key,
     )
-    .map_err(|(_, m)| {
-        format!("scratch: formatting {dev_s} (LUKS2, aes-xts-plain64 + hmac-sha256): {m}")
-    })?;
-    storage::cryptsetup(
-        &[
-            "open",
-            "--type",
-            "luks2",
-            "--integrity-no-journal",
-            "--key-file",
-            "-",
-            &dev_s,
-            MAPPER,
-        ],
-        &key,
-    )
-    .map_err(|(_, m)| format!("scratch: opening {dev_s} with cryptsetup: {m}"))?;
+    .map_err(|(_, m)| format!("scratch: formatting {dev_s} ({}): {m}", storage::ENCRYPTION))?;
+    let mapped = storage::open_luks(&dev_s, MAPPER, &key, &["--integrity-no-journal"])
+        .map_err(|(_, m)| format!("scratch: opening {dev_s} with cryptsetup: {m}"))?;
     drop(key);
-    let mapped = Path::new("/dev/mapper").join(MAPPER);
     zero_ends(&mapped)?;
     // No journal (see above), no backup superblocks and no resize inode
     // (nothing to recover or grow): mke2fs then writes whole blocks only,
@@ -321,8 +232,8 @@ mod tests {
 
     #[test]
     fn random_keys_differ() {
-        let a = random(KEY_BYTES).unwrap();
-        let b = random(KEY_BYTES).unwrap();
+        let a = storage::random_key(KEY_BYTES).unwrap();
+        let b = storage::random_key(KEY_BYTES).unwrap();
         assert_eq!(a.len(), KEY_BYTES);
         assert_ne!(*a, *b);
     }

@@ -38,6 +38,8 @@ pub struct Agent {
     pub manager: Arc<Manager>,
     /// `None`: no TEE (`--tee none`).
     pub attester: Option<Arc<dyn Attester>>,
+    /// The agent is PID 1 of a VM guest (not the process sandbox).
+    pub in_vm: bool,
 }
 
 fn ok<T: serde::Serialize>(v: T) -> AgentResponse {
@@ -199,8 +201,25 @@ impl Agent {
             AgentRequest::ResizeTerminal(r) => m
                 .resize_terminal(&r.container_id, &r.exec_id, r.rows, r.cols)
                 .map(|_| empty()),
+            AgentRequest::BenchVolume(r) => self.bench_volume(r),
         };
         r.unwrap_or_else(|message| AgentResponse::Error { message })
+    }
+
+    /// `bench_volume`, once the Rego rule allowed it: only when the policy
+    /// data itself sets `sandbox.bench_volume` (a policy text whose rules
+    /// admit it without that is still refused) and in a VM.
+    fn bench_volume(
+        &self,
+        r: &veil_agent_api::bench::BenchVolumeRequest,
+    ) -> Result<AgentResponse, String> {
+        let admits = self
+            .engine
+            .lock()
+            .map(|e| e.data().sandbox.bench_volume)
+            .unwrap_or(false);
+        crate::bench_volume::gate(self.in_vm, admits)?;
+        crate::bench_volume::run(r, std::path::Path::new(crate::bench_volume::FW_CFG_PATH)).map(ok)
     }
 
     /// Serve one connection: hello, then request/response until it closes.

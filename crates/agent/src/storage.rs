@@ -219,6 +219,187 @@ pub(crate) fn cryptsetup(args: &[&str], key: &[u8]) -> Result<(), (i32, String)>
     Err((out.status.code().unwrap_or(-1), escape(&msg)))
 }
 
+/// What every veil disk the guest formats is, for messages.
+pub const ENCRYPTION: &str =
+    "LUKS2, dm-crypt aes-xts-plain64 + dm-integrity hmac-sha256, 4096-byte sectors";
+
+/// `luksFormat` a persistent volume (or the benchmark's encrypted disk,
+/// which measures exactly this): [`luks_format_args`] with the integrity
+/// wipe (every tag written now, so any sector reads back), plus `extra`.
+pub(crate) fn format_volume(dev: &str, key: &[u8], extra: &[&str]) -> Result<(), String> {
+    cryptsetup(&luks_format_args(extra, dev), key).map_err(|(_, m)| m)
+}
+
+/// `cryptsetup open` a LUKS2 disk as `/dev/mapper/<mapper>`, the key on
+/// stdin, plus `extra` options (none for a volume: dm-integrity keeps its
+/// journal). The error carries cryptsetup's exit code (2: no keyslot
+/// opened with this key).
+pub(crate) fn open_luks(
+    dev: &str,
+    mapper: &str,
+    key: &[u8],
+    extra: &[&str],
+) -> Result<PathBuf, (i32, String)> {
+    let mut args = vec!["open", "--type", "luks2"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--key-file", "-", dev, mapper]);
+    cryptsetup(&args, key)?;
+    Ok(Path::new("/dev/mapper").join(mapper))
+}
+
+/// Open a persistent volume (or the benchmark's encrypted disk).
+pub(crate) fn open_volume(dev: &str, mapper: &str, key: &[u8]) -> Result<PathBuf, (i32, String)> {
+    open_luks(dev, mapper, key, &[])
+}
+
+/// `cryptsetup close` the mapping `mapper`.
+pub(crate) fn close_luks(mapper: &str) -> Result<(), String> {
+    cryptsetup(&["close", mapper], b"").map_err(|(_, m)| format!("closing {mapper}: {m}"))
+}
+
+/// `n` bytes from the kernel's CSPRNG (a key born in the guest).
+pub(crate) fn random_key(n: usize) -> Result<Zeroizing<Vec<u8>>, String> {
+    let mut key = Zeroizing::new(vec![0u8; n]);
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: writes at most `n - filled` bytes into the buffer we own.
+        let r = unsafe {
+            libc::getrandom(
+                key[filled..].as_mut_ptr() as *mut libc::c_void,
+                n - filled,
+                0,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("getrandom: {e}"));
+        }
+        filled += r as usize;
+    }
+    Ok(key)
+}
+
+/// A blank disk the host set up for the guest to format with a key of
+/// its own (the scratch disk, the benchmark's disks): found by its
+/// virtio-blk serial, used only when an fw_cfg item announces its size.
+#[derive(Debug, Clone, Copy)]
+pub struct AnnouncedDisk {
+    /// Who uses it, first word of every message (`scratch`, `bench_volume`).
+    pub what: &'static str,
+    pub serial: &'static str,
+    /// The fw_cfg item's name (`opt/veil/...`).
+    pub fw_cfg: &'static str,
+    /// Bounds of the announced size.
+    pub min_bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// Bytes of a disk's start that must be zero for it to count as blank.
+pub const BLANK_HEAD_BYTES: usize = 64 << 10;
+
+impl AnnouncedDisk {
+    /// Parse the fw_cfg item (the host's bytes): the disk's size in bytes,
+    /// decimal ASCII, a multiple of 4096 within the bounds.
+    pub fn parse_size(&self, raw: &[u8]) -> Result<u64, String> {
+        let (what, item) = (self.what, self.fw_cfg);
+        let text = std::str::from_utf8(raw)
+            .ok()
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                format!(
+                    "{what}: fw_cfg {item} must be a size in bytes (decimal digits), got {:?}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(40)])
+                )
+            })?;
+        let n: u64 = text
+            .parse()
+            .map_err(|_| format!("{what}: fw_cfg {item}: {text} is out of range"))?;
+        if !(self.min_bytes..=self.max_bytes).contains(&n) || n % 4096 != 0 {
+            return Err(format!(
+                "{what}: fw_cfg {item}: expected a multiple of 4096 between {} and {} bytes, got {n}",
+                self.min_bytes, self.max_bytes
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Read and parse the fw_cfg item at `path`; `Ok(None)`: not announced.
+    pub fn announced(&self, path: &Path) -> Result<Option<u64>, String> {
+        let mut raw = Vec::new();
+        match fs::File::open(path) {
+            // The host's bytes: at most what a size can take (parse_size refuses more).
+            Ok(f) => f
+                .take(64)
+                .read_to_end(&mut raw)
+                .map_err(|e| format!("{}: reading fw_cfg {}: {e}", self.what, self.fw_cfg))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(format!(
+                    "{}: reading fw_cfg {}: {e}",
+                    self.what, self.fw_cfg
+                ));
+            }
+        };
+        self.parse_size(&raw).map(Some)
+    }
+
+    /// Check that the disk `dev` is the one the set-up announced: exactly
+    /// `expected` bytes, and blank (a fresh sparse file reads as zeros;
+    /// anything else is a disk with content the host attached under the
+    /// serial, which the guest will not format over).
+    pub fn check(&self, dev: &str, expected: u64, actual: u64, head: &[u8]) -> Result<(), String> {
+        let (what, serial, item) = (self.what, self.serial, self.fw_cfg);
+        if actual != expected {
+            return Err(format!(
+                "{what}: check size of disk {dev} (serial {serial}): expected {expected} bytes (the sandbox set-up, fw_cfg {item}), got {actual}: not the disk veil attached; refusing to use it"
+            ));
+        }
+        if let Some(at) = head.iter().position(|&b| b != 0) {
+            return Err(format!(
+                "{what}: check disk {dev} (serial {serial}) is blank: expected zeros (a new sparse file), got a non-zero byte at offset {at}: a disk with content; refusing to format over it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Find the disk, and check it against the announced size.
+    pub fn find_checked(&self, expected: u64) -> Result<PathBuf, String> {
+        let dev = find_disk(self.serial).map_err(|e| {
+            format!(
+                "{}: {e} (the set-up announced a {expected}-byte disk)",
+                self.what
+            )
+        })?;
+        let head = read_head(&dev, BLANK_HEAD_BYTES)?;
+        self.check(
+            &dev.display().to_string(),
+            expected,
+            disk_bytes(&dev).map_err(|e| format!("{}: {e}", self.what))?,
+            &head,
+        )?;
+        Ok(dev)
+    }
+}
+
+/// A disk's size in bytes, from sysfs.
+pub(crate) fn disk_bytes(dev: &Path) -> Result<u64, String> {
+    let name = dev
+        .file_name()
+        .ok_or_else(|| format!("{}: no device name", dev.display()))?;
+    let sectors = fs::read_to_string(Path::new("/sys/block").join(name).join("size"))
+        .map_err(|e| format!("size of {}: {e}", dev.display()))?;
+    sectors
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|s| s.checked_mul(512))
+        .ok_or_else(|| format!("size of {}: {sectors:?}", dev.display()))
+}
+
 /// Open (formatting a blank disk first) and mount every encrypted volume
 /// of the policy. `key_of` fetches a key from the KBS. Returns one line
 /// per volume for the log.
@@ -254,19 +435,13 @@ pub fn open_all(
         if fresh {
             // LUKS2 labels hold at most 47 bytes (the name is ASCII).
             let label: String = format!("veil:{}", e.volume).chars().take(47).collect();
-            cryptsetup(
-                &luks_format_args(&["--uuid", &e.uuid, "--label", &label], &dev_s),
-                &key,
-            )
-            .map_err(|(_, m)| format!("volume {name}: formatting the blank disk {dev_s} (LUKS2, aes-xts-plain64 + hmac-sha256): {m}"))?;
+            format_volume(&dev_s, &key, &["--uuid", &e.uuid, "--label", &label]).map_err(|m| {
+                format!("volume {name}: formatting the blank disk {dev_s} ({ENCRYPTION}): {m}")
+            })?;
             // What was written must now read back as the pinned volume.
             identify(name, &dev_s, e, |n| read_head(&dev, n))?;
         }
-        cryptsetup(
-            &["open", "--type", "luks2", "--key-file", "-", &dev_s, &mapper],
-            &key,
-        )
-        .map_err(|(code, m)| {
+        let mapped = open_volume(&dev_s, &mapper, &key).map_err(|(code, m)| {
             if code == 2 {
                 format!(
                     "volume {name}: check key of disk {dev_s}: the key from the KBS ({}) opens no LUKS2 keyslot: a wrong key, or a header the host replaced (cryptsetup: {m})",
@@ -277,7 +452,6 @@ pub fn open_all(
             }
         })?;
         drop(key);
-        let mapped = Path::new("/dev/mapper").join(&mapper);
         if fresh {
             mkfs(&mapped, &e.volume, &["-E", "nodiscard"])
                 .map_err(|err| format!("volume {name}: {err}"))?;

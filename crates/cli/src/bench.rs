@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Redis (redis-benchmark) and nginx (wrk) in the process sandbox vs
     /// the same Debian binaries run natively.
     Service(crate::run::bench_service::ServiceBench),
+    /// Sequential and 4 KiB random I/O on an encrypted volume (LUKS2,
+    /// dm-crypt + dm-integrity) vs the same disk unencrypted, in one VM.
+    Volume(crate::run::bench_volume::VolumeBench),
 }
 
 /// Arguments of `veil bench kbs`.
@@ -109,6 +112,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Run(a) => crate::run::bench::run(a),
         BenchCommand::Image(a) => crate::image::bench(a),
         BenchCommand::Service(a) => crate::run::bench_service::bench(a),
+        BenchCommand::Volume(a) => crate::run::bench_volume::bench(a),
     }
 }
 

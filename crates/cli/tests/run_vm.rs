@@ -645,6 +645,24 @@ fn vm_host_cannot_impersonate_the_guest_and_caller_fds_stay_out() {
         e.contains("report_data") && e.contains("caller-supplied runtime data"),
         "{e}"
     );
+    // The benchmark-only request is refused by name by a workload's policy
+    // (issue #16: only the policy `veil bench volume` generates admits it).
+    let mut c = veil_runtime::AgentClient::connect(&socket, Duration::from_secs(30)).unwrap();
+    let e = c
+        .call(veil_agent_api::AgentRequest::BenchVolume(
+            veil_agent_api::bench::BenchVolumeRequest {
+                seconds: 1,
+                seed: 1,
+            },
+        ))
+        .expect_err("a workload policy admitted bench_volume")
+        .to_string();
+    assert!(
+        e.contains(
+            "bench_volume: refused by policy: sandbox.bench_volume is false (only the policy `veil bench volume` generates admits it)"
+        ),
+        "{e}"
+    );
     ok(env.veil().args(["rm", "-f", &id]).output().unwrap());
     nothing_left(&env);
 }

@@ -373,6 +373,78 @@ fn encrypted_volume_persists_is_bound_to_its_workload_and_opens_with_cryptsetup(
     );
 }
 
+/// `veil bench volume` (one TCG boot, 64 MiB disks, 1 s per phase): every
+/// phase is reported for the plain disk and the encrypted one with their
+/// ratio, the TCG caveat is printed, and the two disk files (and the
+/// sandbox's record) are gone once it returns.
+#[test]
+fn bench_volume_reports_every_phase_against_the_plain_disk_and_leaves_no_disk() {
+    let env = Env::new();
+    let t = Instant::now();
+    let out = ok(env
+        .veil()
+        .args([
+            "bench",
+            "volume",
+            "--size",
+            "64M",
+            "--seconds",
+            "1",
+            "--accel",
+            "tcg",
+        ])
+        .arg("--kernel")
+        .arg(guest_kernel())
+        .arg("--initrd")
+        .arg(guest()["initrd"].as_str().unwrap())
+        .output()
+        .unwrap());
+    eprintln!("veil bench volume took {:?}", t.elapsed());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("plain MB/s")
+            && stdout.contains("encrypted MB/s")
+            && stdout.contains("encrypted/plain"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dm-integrity hmac-sha256"), "{stdout}");
+    for (phase, block) in [
+        ("seq_write", "1M"),
+        ("seq_read", "1M"),
+        ("rand_write", "4K"),
+        ("rand_read", "4K"),
+    ] {
+        let row: Vec<&str> = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(phase))
+            .unwrap_or_else(|| panic!("no {phase} row in {stdout}"))
+            .split_whitespace()
+            .collect();
+        // phase, block, plain MB/s, plain IOPS, encrypted MB/s, encrypted IOPS, ratio
+        assert_eq!(row.len(), 7, "{row:?}");
+        assert_eq!(row[1], block, "{row:?}");
+        for (i, what) in [(2, "plain MB/s"), (4, "encrypted MB/s")] {
+            let v: f64 = row[i].parse().unwrap();
+            assert!(v > 0.0, "{phase}: {what} {v}: {stdout}");
+        }
+        let ratio: f64 = row[6].strip_suffix('x').unwrap().parse().unwrap();
+        assert!(ratio > 0.0, "{phase}: {stdout}");
+    }
+    assert!(
+        stdout.contains("NOTE: accelerator tcg") && stdout.contains("indicative only"),
+        "{stdout}"
+    );
+    // Nothing left: no disk file, no record.
+    let run = env.data().join("run");
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// The first 16 MiB (header and keyslots) of a LUKS2 volume the host makes
 /// with stock cryptsetup, a key of its own and UUID `uuid`.
 fn host_made_header(env: &Env, uuid: &str) -> Vec<u8> {

@@ -97,6 +97,7 @@ fn policy() -> PolicyData {
             update_config: vec![],
             unpack_limits: Default::default(),
             volumes: vec![],
+            bench_volume: false,
         },
         containers,
         platform_env: s.platform_env,

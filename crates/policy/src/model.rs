@@ -59,6 +59,16 @@ pub struct SandboxPolicy {
     /// Omitted when the pod has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumePolicy>,
+    /// Whether the host may ask for `bench_volume` (format a blank disk
+    /// the host announced and measure it against a plain one). Only the
+    /// policy `veil bench volume` generates for itself sets it; omitted
+    /// (false) everywhere else, so no workload's init-data changes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub bench_volume: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// What kind of volume a pod volume is.

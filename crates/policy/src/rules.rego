@@ -768,3 +768,13 @@ update_config_errors contains v if {
 		[key, allowed],
 	))
 }
+
+# ---------------------------------------------------------------- bench_volume
+
+# Benchmark-only: formats a blank disk the host announced and measures it
+# against a plain one. Only the policy `veil bench volume` generates sets
+# sandbox.bench_volume; no workload policy admits it.
+bench_volume_errors contains v if {
+	not policy_data.sandbox.bench_volume
+	v := violation("bench_volume", "sandbox.bench_volume", "true", "false", "bench_volume: refused by policy: sandbox.bench_volume is false (only the policy `veil bench volume` generates admits it)")
+}

@@ -117,11 +117,55 @@ fn every_request_kind_is_covered() {
                 .filter(|c| c.kind == k.as_str() && c.allowed == allowed)
                 .count()
         };
-        assert!(n(true) >= 1, "no allowed case for {k}");
+        // bench_volume: no workload policy admits it (see
+        // bench_volume_is_admitted_only_by_the_bench_policy).
+        if !matches!(k, veil_agent_api::RequestKind::BenchVolume) {
+            assert!(n(true) >= 1, "no allowed case for {k}");
+        }
         if !matches!(k, veil_agent_api::RequestKind::GetEvidence) {
             assert!(n(false) >= 1, "no denied case for {k}");
         }
     }
+}
+
+/// `bench_volume` is refused by name by a workload policy (and by one
+/// whose data predates the field) and admitted only when the policy data
+/// says `sandbox.bench_volume: true`, as `veil bench volume` generates it.
+#[test]
+fn bench_volume_is_admitted_only_by_the_bench_policy() {
+    let msg = AgentMessage::from_value(serde_json::json!({
+        "api_version": 1, "kind": "bench_volume", "request": {"seconds": 1}
+    }))
+    .unwrap();
+    let text = suite_policy();
+    let d = PolicyEngine::new(&text).unwrap().evaluate(&msg).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(
+        d.to_string(),
+        "bench_volume: refused by policy: sandbox.bench_volume is false (only the policy `veil bench volume` generates admits it)"
+    );
+    assert_eq!(
+        (
+            d.violations[0].field.as_str(),
+            d.violations[0].expected.as_str(),
+            d.violations[0].actual.as_str()
+        ),
+        ("sandbox.bench_volume", "true", "false")
+    );
+    // The field is omitted when false: a workload's init-data is unchanged.
+    assert!(
+        !text.contains("bench_volume\":"),
+        "the data names the field"
+    );
+    let mut data = veil_policy::PolicyEngine::new(&text)
+        .unwrap()
+        .data()
+        .clone();
+    data.sandbox.bench_volume = true;
+    let bench = render_policy(&data);
+    assert!(bench.contains("\"bench_volume\": true"));
+    let d = PolicyEngine::new(&bench).unwrap().evaluate(&msg).unwrap();
+    assert!(d.allowed, "{d}");
 }
 
 #[test]

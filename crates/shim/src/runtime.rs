@@ -104,6 +104,7 @@ fn kind_of(h: &HandlerConfig, volumes: &[VolumePolicy]) -> pod::SandboxKind {
             // (sparse) of the default size plus the pod's emptyDir
             // sizeLimits, not in guest RAM.
             scratch_bytes: Some(pod::launch::scratch_bytes(None, volumes)),
+            bench_disk_bytes: None,
         }),
     }
 }

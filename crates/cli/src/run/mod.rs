@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod bench_service;
+pub mod bench_volume;
 pub mod docker;
 pub mod local_kbs;
 pub mod logs;

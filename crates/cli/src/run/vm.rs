@@ -171,6 +171,7 @@ impl VmArgs {
             volume_disks: Vec::new(),
             // Sized from the policy by `volume::with_disks`.
             scratch_bytes: None,
+            bench_disk_bytes: None,
         }))
     }
 }

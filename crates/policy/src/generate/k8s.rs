@@ -1384,6 +1384,8 @@ pub(crate) fn pod_policy(
             update_config: settings.sandbox.update_config.clone(),
             unpack_limits: settings.sandbox.unpack_limits.clone(),
             volumes: pod_volumes.into_iter().map(|v| v.policy).collect(),
+            // Never from a pod or the settings: see `veil bench volume`.
+            bench_volume: false,
         },
         containers,
         platform_env: settings.platform_env.clone(),

@@ -93,6 +93,9 @@ pub struct VmOptions {
     /// on a disk the guest encrypts with a key of its own); `None`: none,
     /// they stay in guest RAM. See [`scratch_bytes`].
     pub scratch_bytes: Option<u64>,
+    /// `veil bench volume` only: the size of each of its two blank disks
+    /// (one the guest encrypts, one it leaves plain); `None` otherwise.
+    pub bench_disk_bytes: Option<u64>,
 }
 
 /// The scratch disk for a pod: `base` (a user's choice, else
@@ -113,6 +116,8 @@ pub fn scratch_bytes(base: Option<u64>, volumes: &[veil_policy::model::VolumePol
 
 /// Which sandbox to launch.
 #[derive(Debug, Clone)]
+// One value per launch: boxing the VM's options would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SandboxKind {
     /// `veil-agent` in its own namespaces on the host (sim TEE only).
     Process,
@@ -416,6 +421,7 @@ pub fn launch(
         oci_layout: cfg.oci_layout.clone(),
         volume_disks: v.volume_disks.clone(),
         scratch_bytes: v.scratch_bytes,
+        bench_disk_bytes: v.bench_disk_bytes,
         forwards,
         workload,
         debug: cfg.debug,
@@ -508,6 +514,7 @@ mod tests {
             relay_command: vec!["/usr/bin/veil".into(), "guest".into(), "relay".into()],
             volume_disks: Vec::new(),
             scratch_bytes: None,
+            bench_disk_bytes: None,
         })
     }
 

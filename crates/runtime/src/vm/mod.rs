@@ -20,7 +20,10 @@
 //!
 //! - scratch: a fresh sparse file in the sandbox dir ([`SCRATCH_FILE`]),
 //!   a writable virtio-blk disk that the guest encrypts with a key of its
-//!   own and uses for emptyDirs and container layers (docs/storage.md).
+//!   own and uses for emptyDirs and container layers (docs/storage.md);
+//! - `veil bench volume` only: two fresh sparse files of one size
+//!   ([`BENCH_FILES`]), one the guest encrypts and one it leaves plain,
+//!   to measure one against the other.
 //!
 //! Teardown (stop, error, drop; QEMU also gets `PR_SET_PDEATHSIG`) kills
 //! QEMU, joins every thread and removes the sandbox dir, the scratch file
@@ -62,44 +65,58 @@ pub const SCRATCH_FILE: &str = "scratch.img";
 /// stores only what the guest writes).
 pub const DEFAULT_SCRATCH_BYTES: u64 = 4 << 30;
 
+/// The benchmark disks' files in the sandbox dir (`veil bench volume`):
+/// the plain one, then the one the guest encrypts.
+pub const BENCH_FILES: [&str; 2] = ["bench-plain.img", "bench-crypt.img"];
+
 /// Make the scratch disk: a new sparse file of `bytes` (0600, never an
 /// existing file or a symlink).
 pub fn make_scratch(path: &Path, bytes: u64) -> Result<(), VmError> {
+    make_sparse(path, bytes, "scratch disk")
+}
+
+/// A new sparse file of `bytes` for the disk `what` (0600, never an
+/// existing file or a symlink).
+pub fn make_sparse(path: &Path, bytes: u64, what: &str) -> Result<(), VmError> {
     let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(io_err(format!(
-            "creating the scratch disk {}",
-            path.display()
-        )))?;
+        .map_err(io_err(format!("creating the {what} {}", path.display())))?;
     f.set_len(bytes).map_err(io_err(format!(
-        "sizing the scratch disk {} to {bytes} bytes",
+        "sizing the {what} {} to {bytes} bytes",
         path.display()
     )))
 }
 
-/// Remove the scratch file of every sandbox dir `<run>/<id>/sandbox`
-/// whose owner is gone (`alive(id)` false): a killed `veil run` leaves
-/// its sandbox dir behind, and the scratch may hold gigabytes of
-/// ciphertext. Returns the ids cleaned.
+/// Remove the scratch file (and `veil bench volume`'s disk files) of
+/// every sandbox dir `<run>/<id>/sandbox` whose owner is gone (`alive(id)`
+/// false): a killed `veil run` leaves its sandbox dir behind, and the
+/// scratch may hold gigabytes of ciphertext. Returns the ids cleaned.
 pub fn reap_scratch(run_root: &Path, alive: impl Fn(&str) -> bool) -> Vec<String> {
     let Ok(rd) = fs::read_dir(run_root) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for e in rd.flatten() {
-        let f = e.path().join("sandbox").join(SCRATCH_FILE);
-        if fs::symlink_metadata(&f).is_err() {
+        let files: Vec<PathBuf> = std::iter::once(SCRATCH_FILE)
+            .chain(BENCH_FILES)
+            .map(|n| e.path().join("sandbox").join(n))
+            .filter(|f| fs::symlink_metadata(f).is_ok())
+            .collect();
+        if files.is_empty() {
             continue;
         }
         let id = e.file_name().to_string_lossy().into_owned();
         if alive(&id) {
             continue;
         }
-        if fs::remove_file(&f).is_ok() {
+        if files
+            .iter()
+            .fold(false, |any, f| fs::remove_file(f).is_ok() | any)
+        {
             out.push(id);
         }
     }
@@ -197,6 +214,8 @@ pub struct VmConfig {
     /// Size of the encrypted scratch disk; `None`: no scratch disk (the
     /// guest keeps emptyDirs and container layers in its RAM).
     pub scratch_bytes: Option<u64>,
+    /// `veil bench volume` only: the size of each of its two disks.
+    pub bench_disk_bytes: Option<u64>,
     /// Host services the guest reaches at `10.0.2.100:port`.
     pub forwards: Vec<GuestForward>,
     /// The pod's NIC and published ports; `None`: loopback only.
@@ -396,6 +415,19 @@ impl VmSandbox {
             }
             None => None,
         };
+        let bench = match cfg.bench_disk_bytes {
+            Some(bytes) => {
+                let [plain, crypt] = BENCH_FILES.map(|n| cfg.dir.join(n));
+                make_sparse(&plain, bytes, "benchmark disk")?;
+                make_sparse(&crypt, bytes, "benchmark disk")?;
+                Some(qemu::BenchDisks {
+                    plain,
+                    crypt,
+                    bytes,
+                })
+            }
+            None => None,
+        };
         let mut guest_channel = None;
         let tee = match &cfg.tee {
             TeeChoice::None => VmTee::None,
@@ -447,6 +479,7 @@ impl VmSandbox {
             oci_disk,
             volume_disks: cfg.volume_disks.clone(),
             scratch,
+            bench,
             tee,
             workload: cfg.workload.clone(),
         };
@@ -792,6 +825,18 @@ mod tests {
         assert_eq!(reap_scratch(d.path(), |id| id == "live"), ["dead"]);
         assert!(!f.exists());
         assert!(d.path().join("live/sandbox").join(SCRATCH_FILE).exists());
+        // A killed `veil bench volume` leaves its two disks: reaped alike.
+        let sb = d.path().join("bench/sandbox");
+        fs::create_dir_all(&sb).unwrap();
+        for n in BENCH_FILES {
+            make_sparse(&sb.join(n), 64 << 20, "benchmark disk").unwrap();
+        }
+        let e = make_sparse(&sb.join(BENCH_FILES[0]), 64 << 20, "benchmark disk")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("creating the benchmark disk"), "{e}");
+        assert_eq!(reap_scratch(d.path(), |id| id == "live"), ["bench"]);
+        assert!(BENCH_FILES.iter().all(|n| !sb.join(n).exists()));
     }
 
     fn veil_agent_unpack(bytes: &[u8], out: &Path) {

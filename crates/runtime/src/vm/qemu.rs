@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use veil_agent_api::{SCRATCH_FW_CFG, SCRATCH_SERIAL, VOLUME_SERIAL_PREFIX, workload_net};
+use veil_agent_api::{SCRATCH_FW_CFG, SCRATCH_SERIAL, VOLUME_SERIAL_PREFIX, bench, workload_net};
 
 use crate::net::PortMapping;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -106,6 +106,8 @@ pub struct QemuConfig {
     /// `veil-scratch`, its size announced in fw_cfg; the guest encrypts it
     /// with a key of its own (docs/storage.md).
     pub scratch: Option<ScratchDisk>,
+    /// `veil bench volume`'s two disks, their size announced in fw_cfg.
+    pub bench: Option<BenchDisks>,
     pub tee: VmTee,
     /// The pod's NIC and its published ports; `None`: the pod has
     /// loopback only (`--network none`).
@@ -116,6 +118,17 @@ pub struct QemuConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScratchDisk {
     pub file: PathBuf,
+    pub bytes: u64,
+}
+
+/// `veil bench volume`'s disks: two fresh sparse files of `bytes` on the
+/// same host file system, one left plain (serial `veil-bench-plain`), one
+/// the guest encrypts (`veil-bench-crypt`); the size is announced in
+/// fw_cfg, without which the guest touches neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchDisks {
+    pub plain: PathBuf,
+    pub crypt: PathBuf,
     pub bytes: u64,
 }
 
@@ -320,6 +333,24 @@ pub fn argv(c: &QemuConfig) -> Vec<String> {
             &format!("virtio-blk-pci,drive=scratch,serial={SCRATCH_SERIAL}"),
             "-fw_cfg",
             &format!("name={SCRATCH_FW_CFG},string={}", s.bytes),
+        ]);
+    }
+    if let Some(b) = &c.bench {
+        // The same drive options for both: only the guest's encryption differs.
+        for (id, file, serial) in [
+            ("benchplain", &b.plain, bench::PLAIN_SERIAL),
+            ("benchcrypt", &b.crypt, bench::CRYPT_SERIAL),
+        ] {
+            push(&[
+                "-drive",
+                &format!("if=none,id={id},file={},format=raw,discard=ignore", p(file)),
+                "-device",
+                &format!("virtio-blk-pci,drive={id},serial={serial}"),
+            ]);
+        }
+        push(&[
+            "-fw_cfg",
+            &format!("name={},string={}", bench::FW_CFG, b.bytes),
         ]);
     }
     if let VmTee::Sim { channel_fd } = &c.tee {
@@ -584,6 +615,7 @@ mod tests {
             oci_disk: Some("/s/oci.tar".into()),
             volume_disks: vec![],
             scratch: None,
+            bench: None,
             tee,
             workload: None,
         }
@@ -752,6 +784,34 @@ mod tests {
         );
         c.scratch = None;
         assert!(!argv(&c).iter().any(|x| x.contains("scratch")));
+    }
+
+    #[test]
+    fn bench_disks_have_their_serials_and_their_size_in_fw_cfg() {
+        let mut c = base(VmTee::Sim { channel_fd: 3 });
+        c.oci_disk = None;
+        c.bench = Some(BenchDisks {
+            plain: "/s/bench-plain.img".into(),
+            crypt: "/s/bench-crypt.img".into(),
+            bytes: 256 << 20,
+        });
+        let a = argv(&c);
+        assert_eq!(
+            after(&a, "-drive"),
+            [
+                "if=none,id=benchplain,file=/s/bench-plain.img,format=raw,discard=ignore",
+                "if=none,id=benchcrypt,file=/s/bench-crypt.img,format=raw,discard=ignore"
+            ]
+        );
+        let dev = after(&a, "-device");
+        assert!(dev.contains(&"virtio-blk-pci,drive=benchplain,serial=veil-bench-plain"));
+        assert!(dev.contains(&"virtio-blk-pci,drive=benchcrypt,serial=veil-bench-crypt"));
+        assert!(
+            after(&a, "-fw_cfg").contains(&"name=opt/veil/bench-volume-bytes,string=268435456"),
+            "{a:?}"
+        );
+        c.bench = None;
+        assert!(!argv(&c).iter().any(|x| x.contains("bench")));
     }
 
     #[test]

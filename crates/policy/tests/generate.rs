@@ -605,6 +605,7 @@ fn a_claims_host_directory_is_never_mounted_in_its_place() {
         assert!(!d.allowed, "{d}");
         let v = mount_violations(&d);
         assert_eq!(v.len(), 1, "{d}");
+        eprintln!("{}", v[0].message);
         assert!(
             v[0].actual.contains(source) && v[0].expected.contains("/db bind ^"),
             "{:?}",

@@ -284,30 +284,39 @@ pub fn lock_all(
                 path: f.clone(),
                 source,
             })?;
-        match fd.try_lock() {
-            Ok(()) => out.push(VolumeLock {
+        // flock(2) (not `File::try_lock`, newer than the MSRV): per open
+        // file description, so another process's lock refuses this one.
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        let r = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if r == 0 {
+            out.push(VolumeLock {
                 file: f.clone(),
                 _fd: fd,
-            }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holders = who(f);
-                return Err(VolumeError::InUse {
-                    file: f.clone(),
-                    holder: if holders.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", holders.join(", "))
-                    },
-                });
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(VolumeError::Io {
-                    what: "locking the volume file".into(),
-                    path: f.clone(),
-                    source,
-                });
-            }
+            });
+            continue;
         }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let holders = who(f);
+            return Err(VolumeError::InUse {
+                file: f.clone(),
+                holder: if holders.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", holders.join(", "))
+                },
+            });
+        }
+        return Err(VolumeError::Io {
+            what: "locking the volume file".into(),
+            path: f.clone(),
+            source: err,
+        });
     }
     Ok(out)
 }

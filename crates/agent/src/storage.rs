@@ -411,7 +411,7 @@ pub fn open_all(
     for (index, (v, e)) in encrypted(policy).into_iter().enumerate() {
         let name = &v.name;
         let dev = find_disk(&format!("{VOLUME_SERIAL_PREFIX}{index}")).map_err(|err| {
-            format!("volume {name}: {err} (veil run attaches the volume files the policy names)")
+            format!("volume {name}: {err} (the host, veil run or the containerd shim, attaches the volume files the policy names)")
         })?;
         let dev_s = dev.display().to_string();
         let state = identify(name, &dev_s, e, |n| read_head(&dev, n))?;

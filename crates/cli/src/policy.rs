@@ -155,6 +155,16 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
     if a.allow_privileged {
         settings.sandbox.allow_privileged = true;
     }
+    // Claims of veil volumes: the settings' `[sandbox.encrypted_volumes]`,
+    // else this machine's volume store (as `veil run` and the shim look
+    // them up: `veil volume create` on the node that runs the pod).
+    for (name, pin) in crate::volume::known(&veil_runtime::paths::data_dir())? {
+        settings
+            .sandbox
+            .encrypted_volumes
+            .entry(name)
+            .or_insert(pin);
+    }
     let mut texts = Vec::new();
     for f in &a.files {
         texts.push(read_text(f, "Kubernetes YAML", MAX_YAML_BYTES)?);
@@ -180,6 +190,16 @@ fn cmd_generate(a: GenerateArgs) -> Result<ExitCode> {
         (None, None) => bail!("give --image-dir DIR or --registry [HOST:PORT]"),
     };
     let g = generate(&refs, resolver.as_ref(), &settings)?;
+    for w in &g.workloads {
+        for v in &w.policy.sandbox.volumes {
+            if let Some(e) = &v.encrypted {
+                eprintln!(
+                    "veil: {} {}: volume {} is the encrypted veil volume {} (LUKS2 UUID {}, key {}), pinned by the policy",
+                    w.kind, w.name, v.name, e.volume, e.uuid, e.key
+                );
+            }
+        }
+    }
     if a.init_data.is_some() && g.workloads.len() != 1 {
         bail!(
             "--init-data needs exactly one workload, the input defines {} ({})",

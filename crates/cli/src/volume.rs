@@ -8,7 +8,6 @@
 //! volume (LUKS2 with dm-integrity, ext4) on first use and opens it on
 //! every later run, after attestation, with the key the KBS releases to it.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -17,9 +16,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 use veil_agent_api::luks2::{self, Luks2Header};
-use veil_policy::model::{EncryptedVolume, check_volume_name};
+use veil_policy::model::check_volume_name;
 use zeroize::Zeroizing;
 
 /// Smallest volume: the LUKS2 header (16 MiB) plus room for dm-integrity and ext4.
@@ -28,9 +26,6 @@ pub const MIN_VOLUME_BYTES: u64 = 64 << 20;
 pub const MAX_VOLUME_BYTES: u64 = 16 << 40;
 /// Bytes of a volume key.
 pub const KEY_BYTES: usize = 64;
-/// Largest volume record read.
-const MAX_RECORD_BYTES: usize = 64 << 10;
-
 /// `veil volume …`.
 #[derive(Subcommand)]
 pub enum VolumeCommand {
@@ -108,34 +103,6 @@ pub struct KeyArgs {
     pub kek_file: Option<PathBuf>,
 }
 
-/// What `veil volume create` recorded (`<data>/volumes/NAME.json`):
-/// public facts only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VolumeRecord {
-    pub name: String,
-    pub file: PathBuf,
-    pub size: u64,
-    pub uuid: String,
-    /// `kbs:///repo/type/tag` of the key.
-    pub key: String,
-    /// The KBS URL, or `embedded`.
-    pub kbs: String,
-    /// RFC 3339.
-    pub created: String,
-}
-
-impl VolumeRecord {
-    /// What the policy pins.
-    pub fn pin(&self) -> EncryptedVolume {
-        EncryptedVolume {
-            volume: self.name.clone(),
-            uuid: self.uuid.clone(),
-            key: self.key.clone(),
-        }
-    }
-}
-
 /// `--size`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let bytes = parse_bytes_with_unit(s)?;
@@ -171,114 +138,7 @@ pub fn parse_bytes_with_unit(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: too large"))
 }
 
-/// Where volume records live.
-pub fn volumes_dir(data: &Path) -> PathBuf {
-    data.join("volumes")
-}
-
-fn record_path(data: &Path, name: &str) -> PathBuf {
-    volumes_dir(data).join(format!("{name}.json"))
-}
-
-/// The record of volume `name`, if there is one.
-pub fn find(data: &Path, name: &str) -> Result<Option<VolumeRecord>> {
-    if check_volume_name(name).is_err() {
-        return Ok(None);
-    }
-    let p = record_path(data, name);
-    if std::fs::symlink_metadata(&p).is_err() {
-        return Ok(None);
-    }
-    let bytes = crate::output::read_limited(&p, "volume record", MAX_RECORD_BYTES)?;
-    let r: VolumeRecord =
-        serde_json::from_slice(&bytes).with_context(|| format!("volume record {}", p.display()))?;
-    if r.name != name {
-        bail!(
-            "volume record {}: names volume {:?}, expected {name:?}",
-            p.display(),
-            r.name
-        );
-    }
-    r.pin()
-        .validate()
-        .map_err(|e| anyhow!("{}: {e}", p.display()))?;
-    Ok(Some(r))
-}
-
-/// Every volume, by name.
-pub fn all(data: &Path) -> Result<BTreeMap<String, VolumeRecord>> {
-    let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(volumes_dir(data)) else {
-        return Ok(out);
-    };
-    for e in rd.flatten() {
-        let f = e.file_name();
-        let Some(name) = f.to_str().and_then(|n| n.strip_suffix(".json")) else {
-            continue;
-        };
-        if let Some(r) = find(data, name)? {
-            out.insert(name.to_string(), r);
-        }
-    }
-    Ok(out)
-}
-
-/// What generated policies may pin: every volume of `data`, by name (a
-/// pod's `persistentVolumeClaim.claimName`, or `veil run -v NAME:/path`).
-pub fn known(data: &Path) -> Result<BTreeMap<String, EncryptedVolume>> {
-    Ok(all(data)?.into_iter().map(|(n, r)| (n, r.pin())).collect())
-}
-
-/// The volume files to attach for the encrypted volumes of the policy in
-/// `init_data`, in the guest's order (sorted by pod volume name). Each must
-/// be a volume of `data` with the UUID the policy pins. In the process
-/// sandbox (`vm` false) any encrypted volume is refused.
-pub fn disks_for(data: &Path, init_data: &[u8], vm: bool) -> Result<Vec<PathBuf>> {
-    let policy = policy_of(init_data)?;
-    let mut enc: Vec<_> = policy
-        .sandbox
-        .volumes
-        .iter()
-        .filter_map(|v| v.encrypted.as_ref().map(|e| (v.name.clone(), e.clone())))
-        .collect();
-    enc.sort_by(|a, b| a.0.cmp(&b.0));
-    if let (false, Some((pod_name, e))) = (vm, enc.first()) {
-        bail!(
-            "volume {pod_name} is the encrypted veil volume {}: encrypted volumes need the VM sandbox (--sandbox vm), whose guest kernel encrypts them; the process sandbox protects nothing from the host, so veil refuses to put the volume's key there",
-            e.volume
-        );
-    }
-    let mut out = Vec::new();
-    for (pod_name, e) in enc {
-        let r = find(data, &e.volume)?.ok_or_else(|| {
-            anyhow!(
-                "volume {pod_name}: the policy names the veil volume {}, which this host does not have (veil volume ls); create it with `veil volume create {}`, or copy its file and record here",
-                e.volume,
-                e.volume
-            )
-        })?;
-        if r.uuid != e.uuid {
-            bail!(
-                "volume {pod_name}: the policy pins veil volume {} with LUKS2 UUID {}, this host's volume {} has UUID {} (made by another `veil volume create`); generate the policy again, or attach the volume it was made for",
-                e.volume,
-                e.uuid,
-                r.name,
-                r.uuid
-            );
-        }
-        let meta = std::fs::symlink_metadata(&r.file)
-            .with_context(|| format!("volume {}: its file {}", r.name, r.file.display()))?;
-        if !(meta.is_file() || meta.file_type().is_block_device()) {
-            bail!(
-                "volume {}: {} is not a regular file or block device (symbolic links are not followed)",
-                r.name,
-                r.file.display()
-            );
-        }
-        out.push(r.file);
-    }
-    Ok(out)
-}
+pub use veil_runtime::volume::{VolumeRecord, find, known, record_path, volumes_dir};
 
 /// The policy data of `init_data`.
 pub fn policy_of(init_data: &[u8]) -> Result<veil_policy::model::PolicyData> {
@@ -289,7 +149,7 @@ pub fn policy_of(init_data: &[u8]) -> Result<veil_policy::model::PolicyData> {
 
 /// `kind` with the disks of the policy in `init_data`: its encrypted
 /// volumes attached (a VM) or refused (the process sandbox), see
-/// [`disks_for`]; and, for a VM, the encrypted scratch disk:
+/// [`veil_runtime::volume::disks_for`]; and, for a VM, the encrypted scratch disk:
 /// `scratch_base` (`--scratch-size`, else the default) plus the sizeLimits
 /// of the pod's disk-backed emptyDirs.
 pub fn with_disks(
@@ -299,11 +159,11 @@ pub fn with_disks(
     scratch_base: Option<u64>,
 ) -> Result<veil_runtime::pod::launch::SandboxKind> {
     use veil_runtime::pod::launch::{SandboxKind, scratch_bytes};
-    let disks = disks_for(data, init_data, kind.is_vm())?;
+    let policy = policy_of(init_data)?;
+    let disks = veil_runtime::volume::disks_for(data, &policy.sandbox.volumes, kind.is_vm())?;
     Ok(match kind {
         SandboxKind::Vm(mut v) => {
             v.volume_disks = disks;
-            let policy = policy_of(init_data)?;
             v.scratch_bytes = Some(scratch_bytes(scratch_base, &policy.sandbox.volumes));
             SandboxKind::Vm(v)
         }
@@ -563,7 +423,7 @@ fn inspect(name: &str, json: bool) -> Result<ExitCode> {
 
 fn ls(json: bool) -> Result<ExitCode> {
     let data = data_dir()?;
-    let all = all(&data)?;
+    let all = veil_runtime::volume::all(&data)?;
     if json {
         let v: Vec<&VolumeRecord> = all.values().collect();
         crate::output::stdout_fmt(format_args!("{}\n", serde_json::to_string_pretty(&v)?));

@@ -549,6 +549,71 @@ fn claims_must_name_a_veil_encrypted_volume_and_pin_its_uuid_and_key() {
     assert!(e.contains("kbs:///repo/type/tag"), "{e}");
 }
 
+/// The kubelet mounts a claim on the host (a CSI or local directory) and
+/// puts that directory in the container's OCI mounts. For a veil volume the
+/// guest uses the decrypted disk instead: a create_container that binds the
+/// host's directory (or anything but the sandbox's volume) at the claim's
+/// path is refused, naming the mount and what the policy allows there.
+#[test]
+fn a_claims_host_directory_is_never_mounted_in_its_place() {
+    let mut s = Settings::default();
+    s.sandbox.encrypted_volumes.insert(
+        "pgdata".into(),
+        veil_policy::model::EncryptedVolume {
+            volume: "pgdata".into(),
+            uuid: "0b4f1c1e-8c53-4a43-9a61-3e2f0a7d9c11".into(),
+            key: "kbs:///veil-volume/key/pgdata".into(),
+        },
+    );
+    let g = generate(&[&with_claim()], &resolver(), &s).unwrap();
+    let w = &g.workloads[0];
+    let mut engine = PolicyEngine::from_init_data(&w.init_data).unwrap();
+    let sandbox = serde_json::json!({"api_version": 1, "kind": "create_sandbox", "request": {
+        "sandbox_id": "sb-1", "hostname": "web", "pod_name": "web", "pod_namespace": "prod"}});
+    assert!(
+        engine
+            .enforce(&AgentMessage::from_value(sandbox).unwrap())
+            .unwrap()
+            .allowed
+    );
+    let api = w.policy.container("api").unwrap();
+    let rule = api.mounts.iter().find(|m| m.destination == "/db").unwrap();
+    let create = |source: &str| {
+        let req = serde_json::json!({"api_version": 1, "kind": "create_container", "request": {
+            "container_id": "c1", "name": "api",
+            "image": {"reference": api.image.reference, "digest": api.image.digest},
+            "process": {"args": api.args, "cwd": "/app"},
+            "mounts": [{"destination": "/db", "source": source, "type": "bind",
+                "options": rule.options}]}});
+        AgentMessage::from_value(req).unwrap()
+    };
+    let mount_violations = |d: &veil_policy::enforce::Decision| {
+        d.violations
+            .iter()
+            .filter(|v| v.field == "mounts[0]")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // The sandbox's own volume (the decrypted disk) is what the policy allows.
+    let d = engine
+        .evaluate(&create("/run/veil/sandbox/sb-1/volumes/db"))
+        .unwrap();
+    assert!(mount_violations(&d).is_empty(), "{d}");
+    let kubelet = "/var/lib/kubelet/pods/uid-web/volumes/kubernetes.io~csi/pvc-1/mount";
+    for source in [kubelet, "/run/veil/sandbox/sb-1/volumes/data"] {
+        let d = engine.evaluate(&create(source)).unwrap();
+        assert!(!d.allowed, "{d}");
+        let v = mount_violations(&d);
+        assert_eq!(v.len(), 1, "{d}");
+        eprintln!("{}", v[0].message);
+        assert!(
+            v[0].actual.contains(source) && v[0].expected.contains("/db bind ^"),
+            "{:?}",
+            v[0]
+        );
+    }
+}
+
 fn sha256(b: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))

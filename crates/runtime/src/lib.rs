@@ -18,6 +18,8 @@
 //! - [`vm`]: the VM sandbox (QEMU, KVM or TCG; none/sim/SNP/TDX) and the
 //!   guest image builder.
 //! - [`paths`]: veil's data dir.
+//! - [`volume`]: the node's store of encrypted persistent volumes (lookup
+//!   against a policy's pins, one sandbox per volume).
 //! - [`node`]: `veil node install`/`uninstall` (containerd config drop-in,
 //!   shim, per-handler shim configs; idempotent, exactly reversible).
 //!
@@ -36,6 +38,7 @@ pub mod requests;
 pub mod sandbox;
 pub mod sim;
 pub mod vm;
+pub mod volume;
 
 pub use client::{AgentClient, CallError};
 pub use sandbox::{ProcessSandbox, SandboxConfig, SandboxError};

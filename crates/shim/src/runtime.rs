@@ -73,9 +73,19 @@ fn pod_network(kind: &pod::SandboxKind, netns: Option<&PathBuf>) -> PodNet {
     }
 }
 
-/// The sandbox a handler launches for a pod with these volumes (its policy's).
-fn kind_of(h: &HandlerConfig, volumes: &[VolumePolicy]) -> pod::SandboxKind {
-    match h.sandbox {
+/// The sandbox a handler launches for a pod with these volumes (its
+/// policy's). The encrypted volumes the policy pins are looked up in the
+/// volume store of the handler's data dir, as `veil run` does (`veil volume
+/// create` as root puts them in `/var/lib/veil/volumes`): a volume that is
+/// not there, has another UUID, or is named for a process sandbox is
+/// refused here, before anything starts.
+fn kind_of(
+    h: &HandlerConfig,
+    volumes: &[VolumePolicy],
+) -> Result<pod::SandboxKind, veil_runtime::volume::VolumeError> {
+    let volume_disks =
+        veil_runtime::volume::disks_for(&h.data_dir, volumes, h.sandbox == SandboxKind::Vm)?;
+    Ok(match h.sandbox {
         SandboxKind::Process => pod::SandboxKind::Process,
         SandboxKind::Vm => pod::SandboxKind::Vm(pod::VmOptions {
             qemu: h
@@ -96,17 +106,19 @@ fn kind_of(h: &HandlerConfig, volumes: &[VolumePolicy]) -> pod::SandboxKind {
                 "guest".into(),
                 "relay".into(),
             ],
-            // Encrypted volumes are not attached through the shim yet: a
-            // pod whose policy names one fails closed in the guest
-            // ("no disk with serial"), see docs/kubernetes.md.
-            volume_disks: Vec::new(),
+            // Attached as `veil run` attaches them (serial `veil-vol-<i>`,
+            // in pod volume order); the guest opens each with the key the
+            // KBS releases to it. The kubelet's mount of the claim (a host
+            // directory in the container's OCI mounts) is never used:
+            // container mounts come from the policy, not the OCI spec.
+            volume_disks,
             // emptyDirs and container layers on an encrypted scratch disk
             // (sparse) of the default size plus the pod's emptyDir
             // sizeLimits, not in guest RAM.
             scratch_bytes: Some(pod::launch::scratch_bytes(None, volumes)),
             bench_disk_bytes: None,
         }),
-    }
+    })
 }
 
 /// The `veil` binary QEMU runs to relay a guest's connection to a KBS on
@@ -146,7 +158,8 @@ impl Launcher for RuntimeLauncher {
             .map_err(|e| BackendError::failed(format!("{}: {e}", req.init_data_source)))?;
         let policy = veil_policy::rego::extract_policy_data(policy_text)
             .map_err(|e| BackendError::failed(format!("{}: {e}", req.init_data_source)))?;
-        let kind = kind_of(h, &policy.sandbox.volumes);
+        let kind =
+            kind_of(h, &policy.sandbox.volumes).map_err(|e| BackendError::failed(e.to_string()))?;
         let kbs = pod::kbs_url_of(&req.init_data).unwrap_or_default();
         let forwards = if kbs.is_empty() {
             Vec::new()
@@ -543,7 +556,7 @@ mod tests {
             ..Default::default()
         };
         let pod::SandboxKind::Vm(v) =
-            kind_of(&h, &[vol(false, Some(3 << 30)), vol(true, Some(1 << 30))])
+            kind_of(&h, &[vol(false, Some(3 << 30)), vol(true, Some(1 << 30))]).unwrap()
         else {
             panic!("a VM handler launches a VM");
         };
@@ -559,6 +572,89 @@ mod tests {
         );
     }
 
+    /// A pod's claims of veil volumes: a VM handler attaches the volume
+    /// files of its data dir's store, in pod volume order (the serials the
+    /// guest looks for); a volume that is not on the node, one with another
+    /// UUID, or any encrypted volume under a process handler is refused
+    /// before anything starts, naming the check and the fix.
+    #[test]
+    fn a_vm_handler_attaches_the_pods_veil_volumes_from_its_data_dir() {
+        use veil_policy::model::{EncryptedVolume, VolumeKind};
+        use veil_runtime::volume::{VolumeRecord, record_path, volumes_dir};
+        const UUID: &str = "0f2c1b6e-3d4a-4b5c-8d6e-7f8091a2b3c4";
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().to_path_buf();
+        let claim = |pod_volume: &str, volume: &str, uuid: &str| VolumePolicy {
+            name: pod_volume.into(),
+            kind: VolumeKind::Encrypted,
+            source: "persistentVolumeClaim".into(),
+            memory: false,
+            size_limit: None,
+            host_path: String::new(),
+            files: Vec::new(),
+            fs_group: None,
+            encrypted: Some(EncryptedVolume {
+                volume: volume.into(),
+                uuid: uuid.into(),
+                key: format!("kbs:///default/key/{volume}"),
+            }),
+        };
+        let vm = HandlerConfig {
+            sandbox: SandboxKind::Vm,
+            data_dir: data.clone(),
+            ..Default::default()
+        };
+        let e = kind_of(&vm, &[claim("data", "db", UUID)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the policy names the veil volume db, which this host does not have")
+                && e.contains(&record_path(&data, "db").display().to_string())
+                && e.contains("veil volume create db --size"),
+            "{e}"
+        );
+        std::fs::create_dir_all(volumes_dir(&data)).unwrap();
+        let mut files = Vec::new();
+        for name in ["db", "logs"] {
+            let file = volumes_dir(&data).join(format!("{name}.img"));
+            std::fs::write(&file, b"").unwrap();
+            let r = VolumeRecord {
+                name: name.into(),
+                file: file.clone(),
+                size: 64 << 20,
+                uuid: UUID.into(),
+                key: format!("kbs:///default/key/{name}"),
+                kbs: "embedded".into(),
+                created: "2026-12-04T09:00:00Z".into(),
+            };
+            std::fs::write(record_path(&data, name), serde_json::to_vec(&r).unwrap()).unwrap();
+            files.push(file);
+        }
+        let pod::SandboxKind::Vm(v) =
+            kind_of(&vm, &[claim("zz", "logs", UUID), claim("data", "db", UUID)]).unwrap()
+        else {
+            panic!("a VM handler launches a VM");
+        };
+        assert_eq!(v.volume_disks, files, "sorted by pod volume name");
+        let other = "11111111-2222-4333-8444-555555555555";
+        let e = kind_of(&vm, &[claim("data", "db", other)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("pins veil volume db with LUKS2 UUID {other}"))
+                && e.contains(&format!("has UUID {UUID}")),
+            "{e}"
+        );
+        let process = HandlerConfig {
+            data_dir: data.clone(),
+            ..Default::default()
+        };
+        let e = kind_of(&process, &[claim("data", "db", UUID)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("encrypted volumes need the VM sandbox"), "{e}");
+    }
+
     /// The CRI's pod netns reaches the sandbox in both kinds: joined by a
     /// process sandbox, a tap mirrored to it for a VM (`veil-vm-*`).
     #[test]
@@ -570,8 +666,9 @@ mod tests {
                 ..Default::default()
             },
             &[],
-        );
-        let process = kind_of(&HandlerConfig::default(), &[]);
+        )
+        .unwrap();
+        let process = kind_of(&HandlerConfig::default(), &[]).unwrap();
         assert_eq!(pod_network(&vm, Some(&ns)), PodNet::VmJoin(ns.clone()));
         assert_eq!(pod_network(&vm, None), PodNet::Vm(None));
         assert_eq!(

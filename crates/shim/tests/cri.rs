@@ -29,6 +29,8 @@ const SECRET: &[u8] = b"cri-secret-for-the-pod";
 const SHARED_SIZE_LIMIT: &str = "64Mi";
 const REGISTRY_USER: &str = "kubelet-not";
 const REGISTRY_PASSWORD: &str = "guest-pull-secret";
+/// What a pod writes into its encrypted volume (never on the host in plaintext).
+const MARKER: &str = "veil-pvc-marker-5f1d3c";
 
 /// The writer serves "pong" on the pod's loopback (port 7777) once it has
 /// written to the emptyDir; the reader sleeps.
@@ -50,6 +52,8 @@ struct Env {
     repo: String,
     /// `veil policy generate --settings` (the registry's CA and credentials).
     policy_settings: Option<PathBuf>,
+    /// The veil volume the pod's reader mounts at /data (a claim), if any.
+    volume: Option<String>,
     data: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -176,6 +180,7 @@ fn env_for(handler: &str, settings: &str, registry: bool) -> Env {
         layout,
         repo,
         policy_settings,
+        volume: None,
         data,
         dir,
     }
@@ -225,8 +230,20 @@ fn kbs_admin(kbs: &DevKbs, args: &[&str], files: &[&Path]) {
 }
 
 /// The pod YAML an owner writes: two containers sharing an emptyDir, the
-/// commands `kubectl exec` may run.
-fn pod_yaml(name: &str, repo: &str) -> String {
+/// commands `kubectl exec` may run; with `claim`, the reader also mounts
+/// that persistentVolumeClaim (a veil volume) at /data and may write and
+/// read a marker there.
+fn pod_yaml(name: &str, repo: &str, claim: Option<&str>) -> String {
+    let (data_execs, data_volume, data_mount) = match claim {
+        Some(c) => (
+            format!(
+                r#",["/bin/sh","-c","echo {MARKER} > /data/marker && sync"],["/bin/cat","/data/marker"]"#
+            ),
+            format!("\n  - name: data\n    persistentVolumeClaim:\n      claimName: {c}"),
+            "\n    - name: data\n      mountPath: /data".to_string(),
+        ),
+        None => Default::default(),
+    };
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -234,13 +251,13 @@ metadata:
   name: {name}
   namespace: default
   annotations:
-    policy.veil.dev/exec.reader: '[["/bin/sh","-c","exit 7"],["/bin/cat","/shared/msg"],["/bin/sh","-c","nc 127.0.0.1 7777 </dev/null"],["/bin/cat","/proc/net/fib_trie"]]'
+    policy.veil.dev/exec.reader: '[["/bin/sh","-c","exit 7"],["/bin/cat","/shared/msg"],["/bin/sh","-c","nc 127.0.0.1 7777 </dev/null"],["/bin/cat","/proc/net/fib_trie"]{data_execs}]'
     policy.veil.dev/exec.writer: '[["/bin/cat","/proc/net/fib_trie"]]'
 spec:
   volumes:
   - name: shared
     emptyDir:
-      sizeLimit: {SHARED_SIZE_LIMIT}
+      sizeLimit: {SHARED_SIZE_LIMIT}{data_volume}
   containers:
   - name: writer
     image: {repo}:writer
@@ -251,7 +268,7 @@ spec:
     image: {repo}:reader
     volumeMounts:
     - name: shared
-      mountPath: /shared
+      mountPath: /shared{data_mount}
 "#
     )
 }
@@ -262,9 +279,15 @@ impl Env {
     fn generate(&self, name: &str) -> (String, PathBuf) {
         let d = self.dir.path().join(format!("policy-{name}"));
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("pod.yaml"), pod_yaml(name, &self.repo)).unwrap();
+        std::fs::write(
+            d.join("pod.yaml"),
+            pod_yaml(name, &self.repo, self.volume.as_deref()),
+        )
+        .unwrap();
         ok(
             Command::new(&self.veil)
+                // Claims of veil volumes are pinned from this store.
+                .env("VEIL_DATA_DIR", &self.data)
                 .args(["policy", "generate", "--image-dir"])
                 .arg(&self.layout)
                 .arg(d.join("pod.yaml"))
@@ -343,17 +366,33 @@ impl Env {
         p
     }
 
+    /// The kubelet's mount of pod `name`'s claim on the host (what a CSI
+    /// driver or a local PV gives it).
+    fn claim_dir(&self, name: &str) -> PathBuf {
+        let p = self
+            .dir
+            .path()
+            .join("kubelet/pods")
+            .join(name)
+            .join("volumes/kubernetes.io~csi/pvc-data/mount");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
     fn container(&self, pod: &str, name: &str, image: &str) -> api::ContainerConfig {
-        cri::container_config(
-            name,
-            image,
-            &format!("{name}/0.log"),
-            vec![api::Mount {
-                container_path: "/shared".into(),
-                host_path: self.empty_dir(pod).display().to_string(),
+        let mut mounts = vec![api::Mount {
+            container_path: "/shared".into(),
+            host_path: self.empty_dir(pod).display().to_string(),
+            ..Default::default()
+        }];
+        if self.volume.is_some() && name == "reader" {
+            mounts.push(api::Mount {
+                container_path: "/data".into(),
+                host_path: self.claim_dir(pod).display().to_string(),
                 ..Default::default()
-            }],
-        )
+            });
+        }
+        cri::container_config(name, image, &format!("{name}/0.log"), mounts)
     }
 
     /// Why something failed, with containerd's log (which holds the shims').
@@ -647,7 +686,7 @@ fn cri_runs_an_attested_pod_in_a_veil_sandbox() {
 fn cri_runs_an_attested_pod_in_a_vm_sandbox_under_tcg() {
     let veil = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-veil-v2")).with_file_name("veil");
     let guest = veil_testkit::guest::shared(&veil, Path::new(env!("CARGO_TARGET_TMPDIR")));
-    let env = env_for(
+    let mut env = env_for(
         VM_HANDLER,
         &format!(
             "sandbox = \"vm\"\ntee = \"sim\"\naccel = \"tcg\"\nkernel = {:?}\ninitrd = {:?}\npull = \"guest\"\n",
@@ -656,6 +695,23 @@ fn cri_runs_an_attested_pod_in_a_vm_sandbox_under_tcg() {
         ),
         true,
     );
+    // A veil volume on the node, in the shim's data dir (where `veil volume
+    // create` as root puts it), its key in the test's KBS under the scope
+    // the pod's resource policy covers; the pod's reader claims it.
+    let out = ok(
+        env.kbs
+            .client()
+            .args(["volume", "create", "db", "--size", "64M", "--insecure-http"])
+            .args(["--key-path", "kbs:///default/volume/db", "--kbs"])
+            .arg(env.kbs.url())
+            .env("VEIL_DATA_DIR", &env.data)
+            .output()
+            .unwrap(),
+        "veil volume create db",
+    );
+    assert!(text(&out.stderr).contains("volume db created"));
+    env.volume = Some("db".into());
+    let volume = env.data.join("volumes/db.img");
     let registry = env.registry.as_ref().unwrap().addr().to_string();
     assert!(
         env.repo.starts_with(&registry),
@@ -735,7 +791,74 @@ fn cri_runs_an_attested_pod_in_a_vm_sandbox_under_tcg() {
     );
 
     env.check_execs(&pod);
+
+    // The reader writes into the encrypted volume; the kubelet's mount of
+    // the claim on the host is not what it wrote to.
+    let cri = env.node.cri();
+    let write = format!("echo {MARKER} > /data/marker && sync");
+    let r = cri
+        .exec_sync(&pod.reader, &["/bin/sh", "-c", &write], 60)
+        .unwrap_or_else(|e| panic!("{}", env.explain(format!("ExecSync: {e}"))));
+    assert_eq!(r.exit_code, 0, "{}", text(&r.stderr));
+    let r = cri
+        .exec_sync(&pod.reader, &["/bin/cat", "/data/marker"], 60)
+        .unwrap();
+    assert_eq!(stdout_of(&r), format!("{MARKER}\n"));
+    assert_eq!(walk(&env.claim_dir("web")), Vec::<PathBuf>::new());
+    assert!(!contains(
+        &std::fs::read(&volume).unwrap(),
+        MARKER.as_bytes()
+    ));
+
+    // A second pod claiming the volume while the first runs is refused
+    // before its VM starts, naming the volume and the pod that holds it.
+    let (annotation, _) = env.generate("web2");
+    let second = env.pod_config("web2", &annotation);
+    let err = cri
+        .run_pod_sandbox(&second, VM_HANDLER)
+        .expect_err("a volume attached to a running pod must not be attached twice");
+    let msg = err.message();
+    eprintln!("RunPodSandbox (second pod): {msg}");
+    assert!(
+        msg.contains(&format!("volume file {}", volume.display()))
+            && msg.contains("attached to another running sandbox")
+            && msg.contains("(web)"),
+        "{}",
+        env.explain(msg)
+    );
+    for p in cri.list_pod_sandboxes().unwrap() {
+        if p.metadata.as_ref().is_some_and(|m| m.name == "web2") {
+            cri.remove_pod_sandbox(&p.id).unwrap();
+        }
+    }
+    let qemus = processes_mentioning(&env.data.display().to_string())
+        .into_iter()
+        .filter(|p| p.contains("qemu-system"))
+        .count();
+    assert_eq!(qemus, 1, "the refused pod started no VM");
+
     env.remove_pod(&pod);
+    // The guest formatted the volume with the UUID the policy pins; the
+    // host's file holds no plaintext after the VM is gone either.
+    let inspect = ok(
+        Command::new(&env.veil)
+            .args(["volume", "inspect", "db", "--json"])
+            .env("VEIL_DATA_DIR", &env.data)
+            .output()
+            .unwrap(),
+        "veil volume inspect",
+    );
+    let rec: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(rec["formatted"], true, "{rec}");
+    assert_eq!(rec["header"]["uuid"], rec["volume"]["uuid"], "{rec}");
+    assert!(!contains(
+        &std::fs::read(&volume).unwrap(),
+        MARKER.as_bytes()
+    ));
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Must-hold 4: the host alters the pod's init-data annotation after the

@@ -89,6 +89,8 @@ pub enum PodError {
         #[source]
         source: NetError,
     },
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -163,6 +165,9 @@ pub struct Sandbox {
     dns: Vec<String>,
     /// A joined VM's NIC configuration, for `create_sandbox`.
     workload_nic: Option<veil_agent_api::nic::WorkloadNic>,
+    /// The encrypted volumes attached to a VM, locked to this sandbox
+    /// while it lives (released when it is dropped, after its stop).
+    _volume_locks: Vec<crate::volume::VolumeLock>,
 }
 
 impl Sandbox {
@@ -178,6 +183,18 @@ impl Sandbox {
         rec: &mut Record,
         on: &mut dyn FnMut(LaunchEvent),
     ) -> Result<(Sandbox, Option<String>), PodError> {
+        // Before anything is made: a volume another running sandbox has
+        // attached is refused (one guest per LUKS2 volume).
+        let volume_locks = match &spec.kind {
+            SandboxKind::Vm(v) => crate::volume::lock_all(&v.volume_disks, &|f| {
+                volume_holders(&spec.data, &spec.id, f)
+            })?,
+            SandboxKind::Process => Vec::new(),
+        };
+        rec.volumes = volume_locks
+            .iter()
+            .map(|l| l.file().to_path_buf())
+            .collect();
         let dir = record::dir_of(&spec.data, &spec.id);
         // Private: it holds the agent socket, logs and workload output.
         std::fs::DirBuilder::new()
@@ -296,6 +313,7 @@ impl Sandbox {
             net,
             dns,
             workload_nic,
+            _volume_locks: volume_locks,
         };
         Ok((sb, note))
     }
@@ -359,6 +377,23 @@ impl Sandbox {
             })
         }))
     }
+}
+
+/// The sandboxes of `data`'s store (other than `id`) whose records say
+/// they attached the volume `file`, for the refusal of a locked volume.
+fn volume_holders(data: &Path, id: &str, file: &Path) -> Vec<String> {
+    Record::all(data)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.id != id && r.volumes.iter().any(|v| v == file))
+        // A record whose owner died holds nothing (the shim's records name
+        // no owner and go with their pod).
+        .filter(|r| r.owner_pid == 0 || r.owner_alive())
+        .map(|r| match r.name.as_str() {
+            "" => format!("sandbox {}", r.id),
+            n => format!("sandbox {} ({n})", r.id),
+        })
+        .collect()
 }
 
 /// Set up the network of a process sandbox, recording it in `rec`; the

@@ -137,6 +137,10 @@ pub struct Record {
     /// for an OCI layout given as such.
     #[serde(default)]
     pub pull: String,
+    /// The encrypted volume files attached to the sandbox (a VM's), which
+    /// it holds locked while it runs.
+    #[serde(default)]
+    pub volumes: Vec<PathBuf>,
     /// Phase timings in milliseconds.
     #[serde(default)]
     pub timings: serde_json::Map<String, serde_json::Value>,
